@@ -1,0 +1,67 @@
+"""Actors layer: the runtime (nodes, cells, dispatcher), refs, ask/tell, supervision, timers.
+
+Public surface: everything in ``__all__``; modules not re-exported here are internal.
+"""
+
+from trimicro.mailbox.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InternalServerError,
+    MicroError,
+    NotFound,
+    RequestTimeout,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+)
+from trimicro.mailbox.mailboxes import MailboxSpec, bounded, priority, unbounded
+from trimicro.mailbox.refs import ActorRef
+
+from .actor import Actor, handles, not_handler
+from .api import ask, tell, try_tell
+from .cell import Escalated
+from .context import Context
+from .messages import DeadLetter, Terminated
+from .node import DEFAULT_ASK_TIMEOUT, Node, start_node
+from .supervision import Backoff, ChildSpec, Restart, Strategy, SupervisorStrategy
+from .supervisor import Supervisor
+from .timers import Timer
+
+__all__ = [
+    "DEFAULT_ASK_TIMEOUT",
+    "Actor",
+    "ActorRef",
+    "Backoff",
+    "BadRequest",
+    "ChildSpec",
+    "Conflict",
+    "Context",
+    "DeadLetter",
+    "Escalated",
+    "Forbidden",
+    "InternalServerError",
+    "MailboxSpec",
+    "MicroError",
+    "Node",
+    "NotFound",
+    "RequestTimeout",
+    "Restart",
+    "ServiceUnavailable",
+    "Strategy",
+    "Supervisor",
+    "SupervisorStrategy",
+    "Terminated",
+    "Timer",
+    "TooManyRequests",
+    "Unauthorized",
+    "ask",
+    "bounded",
+    "handles",
+    "not_handler",
+    "priority",
+    "start_node",
+    "tell",
+    "try_tell",
+    "unbounded",
+]

@@ -1,0 +1,178 @@
+"""The ``Actor`` base class and how its handlers are found.
+
+An actor is a plain class holding its state. Each public ``async def`` method taking one
+argument is a handler. It is chosen two ways:
+
+* by the *type* of the message (its parameter's annotation, usually an attrs class), for
+  Python callers: ``await ask(ref, Add(k=1))``;
+* by *endpoint name*, ``"<service>.<method>"`` (Go Micro style, service defaults to the class
+  name), for callers that only have a name and a map: ``await ask(ref, {"k": 1},
+  endpoint="Counter.add")``; a map body is turned into the annotated attrs class.
+
+Annotations are resolved when the class is first spawned, so messages may be declared after
+the actor. Classes local to a function can name their message types with :func:`handles`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+
+from trimicro.mailbox.errors import BadRequest
+from trimicro.mailbox.mailboxes import MailboxSpec
+
+from .supervision import SupervisorStrategy
+
+if TYPE_CHECKING:
+    from .context import Context
+
+__all__ = ["Actor", "HandlerTable", "handles", "not_handler"]
+
+Handler = Callable[[Any, Any], Awaitable[Any]]
+Converter = Callable[[Any], Any]
+
+#: Lifecycle hooks and fallback: never handlers.
+RESERVED = frozenset({"started", "stopping", "restarted", "receive"})
+
+
+def handles(*types: type) -> Callable[[Handler], Handler]:
+    """Declare the message types a handler takes (instead of, or beyond, its annotation)."""
+
+    def mark(fn: Handler) -> Handler:
+        fn.__trimicro_handles__ = types  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def not_handler(fn: Handler) -> Handler:
+    """Keep a public async method out of the handler table."""
+    fn.__trimicro_not_handler__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+class Actor:
+    """Base class for actors: subclass it, keep state in attributes, write async handlers.
+
+    Class attributes configure how the runtime hosts it: ``mailbox`` (default: bounded, 1000),
+    ``max_concurrency`` (handlers of one actor that may interleave; 1 means one message at a
+    time), ``supervision`` (how it treats failures of the children it spawns) and
+    ``service_name`` (the endpoint prefix).
+    """
+
+    mailbox: ClassVar[MailboxSpec | None] = None
+    max_concurrency: ClassVar[int] = 1
+    supervision: ClassVar[SupervisorStrategy] = SupervisorStrategy()
+    service_name: ClassVar[str | None] = None
+
+    #: Set by the runtime before ``started``: this actor's view of the node.
+    context: Context
+
+    async def started(self) -> None:
+        """Called once the actor is registered, before its first message (and after restarts)."""
+
+    async def stopping(self) -> None:
+        """Called when the actor stops or before it is replaced by a restart."""
+
+    async def restarted(self, failure: BaseException) -> None:
+        """Called on the *new* instance after a restart caused by ``failure``, before started."""
+
+    async def receive(self, message: Any) -> Any:
+        """Fallback for messages no handler takes; the default refuses them as unhandled."""
+        raise _Unhandled(message)
+
+
+class _Unhandled(Exception):
+    def __init__(self, message: Any) -> None:
+        super().__init__(type(message).__name__)
+        self.message = message
+
+
+class HandlerTable:
+    """A class's handlers by message type and by endpoint name, resolved once per class."""
+
+    __slots__ = ("by_endpoint", "by_type", "fallback", "service")
+
+    def __init__(self, cls: type[Actor]) -> None:
+        self.service = cls.service_name or cls.__name__
+        self.by_type: dict[type, Handler] = {}
+        self.by_endpoint: dict[str, tuple[Handler, Converter]] = {}
+        fallback = cls.receive
+        self.fallback: Handler | None = None if fallback is Actor.receive else fallback
+        seen: set[str] = set()
+        for klass in cls.__mro__:
+            if klass is Actor or klass is object:
+                continue
+            for name, fn in vars(klass).items():
+                if name in seen:
+                    continue
+                seen.add(name)
+                if name.startswith("_") or name in RESERVED or not inspect.iscoroutinefunction(fn):
+                    continue
+                if getattr(fn, "__trimicro_not_handler__", False):
+                    continue
+                self._add(cls, name, fn)
+
+    def _add(self, cls: type, name: str, fn: Handler) -> None:
+        params = list(inspect.signature(fn).parameters.values())[1:]
+        if len(params) != 1:
+            return
+        types: tuple[type, ...] = getattr(fn, "__trimicro_handles__", ())
+        if not types:
+            try:
+                hint = typing.get_type_hints(fn).get(params[0].name)
+            except Exception:  # an unresolvable annotation: the endpoint name still works
+                hint = None
+            if isinstance(hint, type) and hint is not object:
+                types = (hint,)
+        for t in types:
+            if t in self.by_type:
+                raise TypeError(f"{cls.__name__}: two handlers take {t.__name__}")
+            self.by_type[t] = fn
+        convert = _converter(types[0] if len(types) == 1 else None)
+        self.by_endpoint[f"{self.service}.{name}"] = (fn, convert)
+        self.by_endpoint.setdefault(name, (fn, convert))
+
+    def for_type(self, t: type) -> Handler | None:
+        """The handler for messages of type ``t`` (subclasses match their base's handler)."""
+        for base in t.__mro__[1:]:
+            fn = self.by_type.get(base)
+            if fn is not None:
+                self.by_type[t] = fn
+                return fn
+        return self.fallback
+
+
+def _converter(t: type | None) -> Converter:
+    if t is None or not attrs.has(t):
+        return _identity
+    cls = t
+
+    def convert(body: Any) -> Any:
+        if isinstance(body, cls):
+            return body
+        if isinstance(body, dict):
+            try:
+                return cls(**body)
+            except (TypeError, ValueError) as e:
+                raise BadRequest(f"body does not fit {cls.__name__}: {e}") from None
+        raise BadRequest(f"expected a map for {cls.__name__}, got {type(body).__name__}")
+
+    return convert
+
+
+def _identity(body: Any) -> Any:
+    return body
+
+
+def handler_table(cls: type[Actor]) -> HandlerTable:
+    """The (cached) handler table of an actor class."""
+    table = cls.__dict__.get("_trimicro_handlers")
+    if table is None:
+        table = HandlerTable(cls)
+        cls._trimicro_handlers = table  # type: ignore[attr-defined]
+    return table

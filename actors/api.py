@@ -1,0 +1,67 @@
+"""``tell``, ``try_tell`` and ``ask``: the same three calls for every ref, local or remote.
+
+A ref carries its binding (the local cell, or later a route to another node), so these are
+plain functions with no global lookup. Called from inside an actor, the actor is the sender.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trimicro.mailbox.errors import NotFound
+from trimicro.mailbox.refs import ActorRef
+
+from .cell import current_cell
+
+__all__ = ["ask", "tell", "try_tell"]
+
+
+def _binding(ref: ActorRef) -> Any:
+    binding = ref.binding
+    if binding is None:
+        raise NotFound(f"{ref} is not bound to a node; get refs from spawn or node.lookup", id=ref.path)
+    return binding
+
+
+def _sender() -> ActorRef | None:
+    cell = current_cell.get()
+    return None if cell is None else cell.ref
+
+
+async def tell(ref: ActorRef, message: Any, *, headers: dict[str, str] | None = None) -> None:
+    """Send one-way. Waits only while the target's bounded mailbox is full (backpressure).
+
+    A message to a stopped actor goes to dead letters. ``tell`` does not yield to the scheduler
+    when the message fits, so a producer sends in batches: that is what makes it fast.
+    """
+    binding = ref.binding
+    if binding is None:
+        _binding(ref)
+    cell = current_cell.get()
+    await binding.tell(message, None if cell is None else cell.ref, headers)
+
+
+def try_tell(ref: ActorRef, message: Any, *, headers: dict[str, str] | None = None) -> bool:
+    """Send one-way without waiting; ``False`` (and a dead letter) if it could not be queued."""
+    return bool(_binding(ref).try_tell(message, _sender(), headers))
+
+
+async def ask(
+    ref: ActorRef,
+    message: Any = None,
+    *,
+    endpoint: str | None = None,
+    timeout: float | None = None,
+    headers: dict[str, str] | None = None,
+) -> Any:
+    """Send a request and return the reply, or raise the handler's typed error.
+
+    ``endpoint`` (``"Service.method"``) selects the handler by name, with ``message`` as its
+    body (a map is turned into the handler's attrs type). ``timeout`` defaults to the node's
+    ``ask_timeout``; on expiry :class:`~trimicro.mailbox.errors.RequestTimeout` is raised and a
+    reply that arrives later is dropped to dead letters, never delivered to another call.
+    """
+    binding = _binding(ref)
+    if timeout is None:
+        timeout = binding.node.ask_timeout
+    return await binding.ask(message, _sender(), headers, endpoint, timeout)

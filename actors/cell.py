@@ -1,0 +1,604 @@
+"""The runtime side of one actor: mailbox, status, children, watchers, timers, supervision.
+
+A cell outlives restarts (the instance is replaced, the ref and mailbox stay). An idle cell owns
+no task: a message arriving for an idle actor asks the node's dispatcher for a worker, which
+drains the mailbox in a batch and goes back to the pool. That is why ``tell`` costs a deque
+append and not a scheduler round trip, and why 100k idle actors cost memory, not tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+import trio
+from trio.lowlevel import Abort, ParkingLot, checkpoint, current_task, reschedule
+
+from trimicro.mailbox.errors import (
+    InternalServerError,
+    MicroError,
+    NotFound,
+    RequestTimeout,
+    ServiceUnavailable,
+)
+from trimicro.mailbox.mailboxes import Mailbox
+from trimicro.mailbox.refs import ActorRef
+
+from .actor import Actor, HandlerTable, _Unhandled, handler_table
+from .messages import Terminated
+from .supervision import ChildSpec, Restart, RestartIntensity, Strategy, SupervisorStrategy
+
+if TYPE_CHECKING:
+    from .context import Context
+    from .node import Node
+    from .timers import Timer
+
+log = logging.getLogger("trimicro.actors")
+
+# Cell status, ordered: a cell accepts messages while status < STOPPING.
+STARTING, RUNNING, SUSPENDED, STOPPING, STOPPED = range(5)
+
+# Results of Cell.offer.
+OK, FULL, DEAD = range(3)
+
+#: Messages a worker handles before yielding to other tasks (fairness without a yield per message).
+BATCH = 128
+
+#: The cell whose handler runs in the current task (the implicit sender of tell/ask).
+current_cell: ContextVar[Cell | None] = ContextVar("trimicro_current_cell", default=None)
+#: The queued item (message, reply, sender, endpoint, headers) the current handler is serving.
+current_item: ContextVar[tuple[Any, ...] | None] = ContextVar("trimicro_current_item", default=None)
+
+
+class Escalated(Exception):
+    """A supervisor gave up on a child (restart intensity exceeded) and fails in turn."""
+
+    def __init__(self, child: ActorRef, cause: BaseException) -> None:
+        super().__init__(f"{child.path} failed too often; last failure: {cause!r}")
+        self.child = child
+        self.cause = cause
+
+
+class _NormalExit(Exception):
+    """The reason given to a PERMANENT child restarted after it stopped itself."""
+
+
+class Reply:
+    """A one-shot reply slot for one ask. A slot is never reused: a late reply finds it abandoned."""
+
+    __slots__ = ("abandoned", "done", "error", "task", "value")
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.done = False
+        self.abandoned = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def resolve(self, value: Any) -> bool:
+        """Deliver the answer; ``False`` if the asker already gave up (the reply is dropped)."""
+        if self.done:
+            return False
+        self.done = True
+        self.value = value
+        task = self.task
+        if task is not None:
+            self.task = None
+            reschedule(task)
+        return not self.abandoned
+
+    def fail(self, error: BaseException) -> bool:
+        if self.done:
+            return False
+        self.done = True
+        self.error = error
+        task = self.task
+        if task is not None:
+            self.task = None
+            reschedule(task)
+        return not self.abandoned
+
+    def _abort(self, raise_cancel: Any) -> Abort:
+        self.task = None
+        self.abandoned = True
+        return Abort.SUCCEEDED
+
+    async def wait(self) -> Any:
+        if self.done:
+            await checkpoint()
+        else:
+            self.task = current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort)
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class Cell:
+    """One actor's runtime state. Also the *binding* of local refs: ``ref.binding.tell(...)``."""
+
+    __slots__ = (
+        "__weakref__",
+        "_intensity",
+        "_room",
+        "_scopes",
+        "_stopped",
+        "_sup_lock",
+        "_timers",
+        "_watchers",
+        "_workers_idle",
+        "active",
+        "children",
+        "context",
+        "handlers",
+        "instance",
+        "mailbox",
+        "max_concurrency",
+        "node",
+        "parent",
+        "path",
+        "ref",
+        "spec",
+        "status",
+    )
+
+    def __init__(
+        self,
+        node: Node,
+        parent: Cell | None,
+        spec: ChildSpec,
+        path: str,
+        uid: int,
+        mailbox: Mailbox[Any],
+    ) -> None:
+        self.node = node
+        self.parent = parent
+        self.spec = spec
+        self.path = path
+        self.ref = ActorRef(node.id, path, uid, binding=self)
+        self.mailbox = mailbox
+        self.status = STARTING
+        self.active = 0
+        self.max_concurrency = 1
+        self.instance: Actor | None = None
+        self.handlers: HandlerTable | None = None
+        self.context: Context | None = None
+        self.children: dict[str, Cell] = {}
+        self._room: ParkingLot | None = None
+        self._scopes: set[trio.CancelScope] | None = None
+        self._stopped: trio.Event | None = None
+        self._workers_idle: trio.Event | None = None
+        self._sup_lock: trio.Lock | None = None
+        self._intensity: RestartIntensity | None = None
+        self._timers: set[Timer] | None = None
+        self._watchers: set[ActorRef] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Cell {self.path} status={self.status}>"
+
+    # ---- delivery (the binding API used by tell / ask / try_tell) ---------------------------
+
+    def offer(self, item: tuple[Any, ...], system: bool = False) -> int:
+        """Queue ``item`` without waiting: ``OK``, ``FULL`` or ``DEAD``."""
+        if self.status >= STOPPING:
+            return DEAD
+        if not self.mailbox.push(item, system):
+            return FULL
+        if self.status == RUNNING and self.active < self.max_concurrency:
+            self.node.dispatcher.activate(self)
+        return OK
+
+    async def _wait_room(self) -> None:
+        room = self._room
+        if room is None:
+            room = self._room = ParkingLot()
+        await room.park()
+
+    async def tell(self, msg: Any, sender: ActorRef | None, headers: dict[str, str] | None) -> None:
+        """Queue a one-way message; waits only while the mailbox is full (backpressure)."""
+        node = self.node
+        node.budget -= 1
+        if node.budget <= 0:  # a producer that never waits still lets others run now and then
+            node.budget = BATCH
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        item = (msg, None, sender, None, headers)
+        while True:
+            result = self.offer(item)
+            if result == OK:
+                return
+            if result == DEAD:
+                node.dead_letter(self.ref, msg, "stopped", sender)
+                return
+            await self._wait_room()
+
+    def try_tell(self, msg: Any, sender: ActorRef | None, headers: dict[str, str] | None) -> bool:
+        result = self.offer((msg, None, sender, None, headers))
+        if result == OK:
+            return True
+        self.node.dead_letter(self.ref, msg, "stopped" if result == DEAD else "full", sender)
+        return False
+
+    async def ask(
+        self,
+        msg: Any,
+        sender: ActorRef | None,
+        headers: dict[str, str] | None,
+        endpoint: str | None,
+        timeout: float,
+    ) -> Any:
+        """Queue a request and wait for its reply; the timeout covers queueing and handling.
+
+        When the actor is idle with an empty mailbox the handler runs directly in the caller's
+        task: the same one-at-a-time guarantee (the actor counts as busy meanwhile), two
+        scheduler passes fewer, and the caller's cancellation or timeout reaches the handler.
+        """
+        if self.status == RUNNING and self.active == 0 and not len(self.mailbox):
+            return await self._ask_direct(msg, sender, headers, endpoint, timeout)
+        reply = Reply()
+        item = (msg, reply, sender, endpoint, headers)
+        with trio.move_on_after(timeout) as scope:
+            while True:
+                result = self.offer(item)
+                if result == OK:
+                    break
+                if result == DEAD:
+                    await checkpoint()
+                    raise ServiceUnavailable(f"actor {self.path} is not running", id=self.path)
+                await self._wait_room()
+            return await reply.wait()
+        reply.abandoned = True
+        if scope.cancelled_caught:
+            raise RequestTimeout(f"no reply from {self.path} within {timeout:g}s", id=self.path)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _ask_direct(
+        self,
+        msg: Any,
+        sender: ActorRef | None,
+        headers: dict[str, str] | None,
+        endpoint: str | None,
+        timeout: float,
+    ) -> Any:
+        node = self.node
+        node.budget -= 1
+        if node.budget <= 0:
+            node.budget = BATCH
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.status != RUNNING or self.active or len(self.mailbox):  # changed while we yielded
+            return await self.ask(msg, sender, headers, endpoint, timeout)
+        reply = Reply()
+        self.active += 1
+        scopes = self._scopes
+        if scopes is None:
+            scopes = self._scopes = set()
+        token = current_cell.set(self)
+        try:
+            with trio.move_on_after(timeout) as scope:
+                scopes.add(scope)
+                await self._handle((msg, reply, sender, endpoint, headers))
+        finally:
+            scopes.discard(scope)
+            current_cell.reset(token)
+            self.active -= 1
+            if self.active == 0 and self._workers_idle is not None:
+                self._workers_idle.set()
+            if self.status == RUNNING and len(self.mailbox):
+                self.node.dispatcher.activate(self)
+        if scope.cancelled_caught:
+            if self.status >= SUSPENDED:
+                raise ServiceUnavailable(f"actor {self.path} stopped while handling", id=self.path)
+            raise RequestTimeout(f"no reply from {self.path} within {timeout:g}s", id=self.path)
+        if reply.error is not None:
+            raise reply.error
+        return reply.value
+
+    def system(self, msg: Any) -> bool:
+        """Deliver a runtime notice (e.g. Terminated) even when the mailbox is full of user mail."""
+        result = self.offer((msg, None, None, None, None), system=True)
+        if result != OK:
+            self.node.dead_letter(self.ref, msg, "stopped" if result == DEAD else "full", None)
+            return False
+        return True
+
+    # ---- processing --------------------------------------------------------------------------
+
+    async def run_batch(self) -> None:
+        """Drain the mailbox (called by a dispatcher worker that counted itself in ``active``)."""
+        token = current_cell.set(self)
+        scope = trio.CancelScope()
+        scopes = self._scopes
+        if scopes is None:
+            scopes = self._scopes = set()
+        scopes.add(scope)
+        mb = self.mailbox
+        handle = self._handle
+        n = 0
+        try:
+            with scope:
+                while self.status == RUNNING and len(mb):
+                    item = mb.pop()
+                    room = self._room
+                    if room:
+                        room.unpark()
+                    if not await handle(item):
+                        break
+                    n += 1
+                    if n == BATCH:
+                        n = 0
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            scopes.discard(scope)
+            self.active -= 1
+            current_cell.reset(token)
+            if self.active == 0 and self._workers_idle is not None:
+                self._workers_idle.set()
+
+    async def _handle(self, item: tuple[Any, ...]) -> bool:
+        """Run one handler; ``False`` when the actor failed and must stop processing."""
+        msg, reply, sender, endpoint, _ = item
+        table = self.handlers
+        assert table is not None
+        token = current_item.set(item)
+        try:
+            if endpoint is None:
+                fn = table.by_type.get(type(msg)) or table.for_type(type(msg))
+                if fn is None:
+                    raise _Unhandled(msg)
+                result = await fn(self.instance, msg)
+            else:
+                entry = table.by_endpoint.get(endpoint)
+                if entry is None:
+                    raise NotFound(f"{self.path} has no endpoint {endpoint}", id=table.service)
+                result = await entry[0](self.instance, entry[1](msg))
+        except MicroError as e:
+            if not e.id:
+                e.id = table.service
+            if reply is not None:
+                if not reply.fail(e):
+                    self.node.dead_letter(self.ref, e, "late-reply", sender)
+            else:
+                self.node.dead_letter(self.ref, msg, "failed", sender)
+            return True
+        except _Unhandled:
+            self.node.dead_letter(self.ref, msg, "unhandled", sender)
+            if reply is not None:
+                reply.fail(NotFound(f"{self.path} has no handler for {type(msg).__name__}", id=table.service))
+            return True
+        except trio.Cancelled:
+            if reply is not None:
+                reply.fail(ServiceUnavailable(f"{self.path} stopped while handling", id=table.service))
+            raise
+        except Exception as e:
+            if reply is not None:
+                reply.fail(InternalServerError(f"{type(e).__name__}: {e}", id=table.service))
+            else:
+                self.node.dead_letter(self.ref, msg, "failed", sender)
+            self.failed(e)
+            return False
+        finally:
+            current_item.reset(token)
+        if reply is not None and not reply.resolve(result):
+            self.node.dead_letter(self.ref, result, "late-reply", sender)
+        return True
+
+    def failed(self, error: BaseException) -> None:
+        """Suspend and hand the failure to the supervisor (in a system task, not this worker)."""
+        if self.status >= STOPPING:
+            return
+        log.warning("actor %s failed: %r", self.path, error, exc_info=error)
+        self.status = SUSPENDED
+        parent = self.parent
+        if parent is None:  # the root guardian itself: nothing above to ask
+            self.node.spawn_system(self.stop, repr(error))
+        else:
+            self.node.spawn_system(parent.child_failed, self, error)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start_instance(self, failure: BaseException | None = None) -> None:
+        """Build a fresh instance and run its hooks; the cell then processes its mailbox."""
+        spec = self.spec
+        self.status = STARTING
+        instance = spec.factory(*spec.args, **spec.kwargs)
+        if not isinstance(instance, Actor):
+            raise TypeError(f"{spec.factory!r} did not build an Actor")
+        instance.context = self.context  # type: ignore[assignment]
+        self.instance = instance
+        if self.handlers is None:  # built by a factory function: the class is known only now
+            self.handlers = handler_table(type(instance))
+            self.max_concurrency = max(1, type(instance).max_concurrency)
+        token = current_cell.set(self)
+        try:
+            if failure is not None:
+                await instance.restarted(failure)
+            await instance.started()
+        finally:
+            current_cell.reset(token)
+        if self.status != STARTING:  # stopped (or failed) while starting
+            return
+        self.status = RUNNING
+        while len(self.mailbox) > self.active and self.active < self.max_concurrency:
+            self.node.dispatcher.activate(self)
+
+    async def _quiesce(self, deadline: float) -> None:
+        """Wait (until ``deadline``) for in-flight handlers, then cancel what is left."""
+        if self.active:
+            with trio.move_on_at(deadline):
+                while self.active:
+                    self._workers_idle = trio.Event()
+                    await self._workers_idle.wait()
+            self._workers_idle = None
+            for scope in list(self._scopes or ()):
+                scope.cancel()
+            while self.active:  # cancelled handlers unwind at their next checkpoint
+                self._workers_idle = trio.Event()
+                with trio.move_on_after(1.0):
+                    await self._workers_idle.wait()
+                if self.active:
+                    log.error("actor %s: %d handler(s) ignore cancellation", self.path, self.active)
+                    break
+            self._workers_idle = None
+
+    async def _terminate_instance(self, deadline: float) -> None:
+        """Stop children, in-flight work, timers, then run ``stopping`` (bounded by ``deadline``)."""
+        await self.stop_children(None)
+        await self._quiesce(deadline)
+        self.cancel_timers()
+        instance = self.instance
+        if instance is not None:
+            token = current_cell.set(self)
+            try:
+                with trio.move_on_at(deadline) as scope:
+                    await instance.stopping()
+                if scope.cancelled_caught:
+                    log.warning("actor %s: stopping() passed its shutdown deadline", self.path)
+            except Exception:
+                log.exception("actor %s: stopping() raised", self.path)
+            finally:
+                current_cell.reset(token)
+
+    async def stop(self, reason: str | None = None) -> None:
+        """Stop for good: children first (reverse start order), queued mail to dead letters."""
+        if self.status >= STOPPING:
+            if self.status == STOPPING:
+                await self.stopped_event().wait()
+            return
+        self.status = STOPPING
+        deadline = trio.current_time() + self.spec.shutdown
+        try:
+            await self._terminate_instance(deadline)
+        finally:
+            self._finish_stop(reason)
+
+    def _finish_stop(self, reason: str | None) -> None:
+        mb = self.mailbox
+        while len(mb):
+            msg, reply, sender, _, _ = mb.pop()
+            if reply is not None:
+                reply.fail(ServiceUnavailable(f"actor {self.path} stopped", id=self.path))
+            elif not isinstance(msg, Terminated):
+                self.node.dead_letter(self.ref, msg, "stopped", sender)
+        self.status = STOPPED
+        if self._room is not None:
+            self._room.unpark_all()
+        self.node.unregister(self)
+        if self.parent is not None and self.parent.children.get(self.ref.name) is self:
+            del self.parent.children[self.ref.name]
+        for watcher in self._watchers or ():
+            cell = watcher.binding
+            if isinstance(cell, Cell):
+                cell.system(Terminated(self.ref, reason))
+        self._watchers = None
+        self.instance = None
+        self.stopped_event().set()
+
+    def stopped_event(self) -> trio.Event:
+        if self._stopped is None:
+            self._stopped = trio.Event()
+        return self._stopped
+
+    async def stop_children(self, reason: str | None) -> None:
+        for child in reversed(list(self.children.values())):
+            await child.stop(reason)
+
+    # ---- supervision (this cell as a parent) -------------------------------------------------
+
+    def strategy(self) -> SupervisorStrategy:
+        if self.instance is None:
+            return self.node.root_strategy
+        return type(self.instance).supervision
+
+    async def child_failed(self, child: Cell, error: BaseException) -> None:
+        """Apply this supervisor's strategy to a failed child (one failure at a time)."""
+        if self._sup_lock is None:
+            self._sup_lock = trio.Lock()
+        async with self._sup_lock:
+            if child.status != SUSPENDED or child.parent is not self or self.status >= STOPPING:
+                return
+            reason = f"{type(error).__name__}: {error}"
+            if child.spec.restart is Restart.TEMPORARY:
+                await child.stop(reason)
+                return
+            policy = self.strategy()
+            if self._intensity is None:
+                self._intensity = RestartIntensity(policy.max_restarts, policy.within)
+            intensity = self._intensity
+            if not intensity.record(trio.current_time()):
+                if self.parent is None:
+                    # The root never escalates: only the actor that keeps failing is stopped.
+                    log.error("actor %s exceeded the root restart intensity; stopping it", child.path)
+                    await child.stop(reason)
+                    self._intensity = None
+                    return
+                log.error("supervisor %s: restart intensity exceeded; escalating", self.path)
+                await self.stop_children(reason)
+                self._intensity = None
+                self.failed(Escalated(child.ref, error))
+                return
+            if policy.backoff is not None:
+                await trio.sleep(policy.backoff.delay(intensity.consecutive, self.node.rng))
+            siblings = list(self.children.values())
+            if policy.strategy is Strategy.ONE_FOR_ONE or child not in siblings:
+                affected = [child]
+            elif policy.strategy is Strategy.ONE_FOR_ALL:
+                affected = siblings
+            else:
+                affected = siblings[siblings.index(child) :]
+            for cell in reversed(affected):
+                if cell.status < STOPPING:
+                    cell.status = SUSPENDED
+                    await cell._terminate_instance(trio.current_time() + cell.spec.shutdown)
+            for cell in affected:
+                if cell.status == SUSPENDED:
+                    await self._restart(cell, error)
+
+    async def _restart(self, cell: Cell, error: BaseException) -> None:
+        try:
+            await cell.start_instance(error)
+        except Exception as e:
+            cell.failed(e)  # a failing restart is a failure too; intensity bounds the loop
+
+    async def child_exited(self, child: Cell) -> None:
+        """A child stopped itself: PERMANENT children are restarted (counted like failures)."""
+        if child.spec.restart is not Restart.PERMANENT or self.status != RUNNING:
+            await child.stop(None)
+            return
+        child.status = SUSPENDED
+        await self.child_failed(child, _NormalExit(child.path))
+
+    # ---- timers and watchers -----------------------------------------------------------------
+
+    def add_timer(self, timer: Timer) -> None:
+        if self._timers is None:
+            self._timers = set()
+        self._timers.add(timer)
+
+    def drop_timer(self, timer: Timer) -> None:
+        if self._timers is not None:
+            self._timers.discard(timer)
+
+    def cancel_timers(self) -> None:
+        timers, self._timers = self._timers, None
+        for timer in timers or ():
+            timer.on_cancel = None
+            timer.cancel()
+
+    def timers(self) -> set[Timer]:
+        return self._timers or set()
+
+    def add_watcher(self, watcher: ActorRef) -> None:
+        if self.status >= STOPPING:
+            cell = watcher.binding
+            if isinstance(cell, Cell):
+                cell.system(Terminated(self.ref, "already stopped"))
+            return
+        if self._watchers is None:
+            self._watchers = set()
+        self._watchers.add(watcher)
+
+    def remove_watcher(self, watcher: ActorRef) -> None:
+        if self._watchers is not None:
+            self._watchers.discard(watcher)

@@ -1,0 +1,130 @@
+"""An actor's view of the runtime: itself, its children, timers, death watch, the current call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from trimicro.mailbox.mailboxes import MailboxSpec
+from trimicro.mailbox.refs import ActorRef
+
+from .cell import STOPPING, Cell, current_item
+from .supervision import ChildSpec, Restart
+
+if TYPE_CHECKING:
+    from .node import Node
+    from .timers import Timer
+
+__all__ = ["Context"]
+
+
+class Context:
+    """Given to every actor as ``self.context``; valid across restarts of the same actor."""
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: Cell) -> None:
+        self._cell = cell
+
+    @property
+    def ref(self) -> ActorRef:
+        """This actor's own ref."""
+        return self._cell.ref
+
+    @property
+    def node(self) -> Node:
+        return self._cell.node
+
+    @property
+    def parent(self) -> ActorRef | None:
+        parent = self._cell.parent
+        return None if parent is None else parent.ref
+
+    @property
+    def children(self) -> list[ActorRef]:
+        """Live children in start order."""
+        return [c.ref for c in self._cell.children.values()]
+
+    @property
+    def sender(self) -> ActorRef | None:
+        """The sender of the message being handled (``None`` outside an actor)."""
+        item = current_item.get()
+        return None if item is None else item[2]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Metadata sent with the message being handled."""
+        item = current_item.get()
+        return {} if item is None or item[4] is None else dict(item[4])
+
+    async def spawn(
+        self,
+        factory: Callable[..., Any],
+        *args: Any,
+        name: str | None = None,
+        restart: Restart = Restart.TRANSIENT,
+        shutdown: float = 5.0,
+        mailbox: MailboxSpec | None = None,
+        **kwargs: Any,
+    ) -> ActorRef:
+        """Start a child supervised by this actor (stopped before it, restarted by its strategy)."""
+        spec = ChildSpec(factory, name, args, kwargs, restart, shutdown, mailbox)
+        return await self._cell.node.spawn_cell(self._cell, spec)
+
+    async def spawn_spec(self, spec: ChildSpec) -> ActorRef:
+        return await self._cell.node.spawn_cell(self._cell, spec)
+
+    def stop(self, ref: ActorRef | None = None) -> None:
+        """Stop this actor (or a child) after the current message; returns at once.
+
+        An actor stopping itself is a *normal exit*: a ``PERMANENT`` child is restarted.
+        """
+        cell = self._cell if ref is None else ref.binding
+        if not isinstance(cell, Cell):
+            raise ValueError(f"{ref} is not a local actor")
+        node = self._cell.node
+        if cell is self._cell and cell.parent is not None:
+            node.spawn_system(cell.parent.child_exited, cell)
+        else:
+            node.spawn_system(cell.stop, None)
+
+    def watch(self, ref: ActorRef) -> None:
+        """Receive :class:`~trimicro.actors.Terminated` when ``ref`` stops (at once if it has)."""
+        cell = ref.binding
+        if not isinstance(cell, Cell):
+            raise ValueError(f"{ref} is not bound to a local actor")
+        cell.add_watcher(self._cell.ref)
+
+    def unwatch(self, ref: ActorRef) -> None:
+        cell = ref.binding
+        if isinstance(cell, Cell):
+            cell.remove_watcher(self._cell.ref)
+
+    def send_after(self, delay: float, message: Any, *, key: Any = None) -> Timer:
+        """Deliver ``message`` to this actor after ``delay`` seconds (cancelled if it stops)."""
+        return self._timer(delay, None, message, key)
+
+    def every(self, interval: float, message: Any, *, key: Any = None, delay: float | None = None) -> Timer:
+        """Deliver ``message`` every ``interval`` seconds until cancelled or the actor stops.
+
+        A tick that meets a full mailbox is dropped to dead letters, not queued up.
+        """
+        return self._timer(interval if delay is None else delay, interval, message, key)
+
+    def cancel_timer(self, key: Any) -> None:
+        """Cancel this actor's timers started with ``key``."""
+        for timer in list(self._cell.timers()):
+            if timer.key == key:
+                timer.cancel()
+
+    def _timer(self, delay: float, interval: float | None, message: Any, key: Any) -> Timer:
+        cell = self._cell
+        if key is not None:
+            self.cancel_timer(key)
+
+        def fire() -> bool:
+            return cell.try_tell(message, cell.ref, None) or cell.status < STOPPING
+
+        timer = cell.node.timers.schedule(delay, fire, interval=interval, key=key, on_cancel=cell.drop_timer)
+        cell.add_timer(timer)
+        return timer

@@ -1,0 +1,50 @@
+"""The dead-letter stream: where undeliverable messages go, observable by tests and users."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from trimicro.actors.messages import DeadLetter
+
+__all__ = ["DeadLetters"]
+
+log = logging.getLogger("trimicro.deadletters")
+
+
+class DeadLetters:
+    """Counts dead letters and fans them out to subscribers with bounded buffers.
+
+    A subscriber that does not keep up loses the newest letters (counted in ``dropped``) rather
+    than slowing the runtime or growing memory: dead letters are diagnostics, not data.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.dropped = 0
+        self._subscribers: list[trio.MemorySendChannel[DeadLetter]] = []
+
+    def publish(self, letter: DeadLetter) -> None:
+        self.count += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("dead letter to %s (%s): %r", letter.recipient, letter.reason, letter.message)
+        for ch in self._subscribers:
+            try:
+                ch.send_nowait(letter)
+            except trio.WouldBlock:
+                self.dropped += 1
+
+    @asynccontextmanager
+    async def subscribe(self, buffer: int = 1000) -> AsyncIterator[trio.MemoryReceiveChannel[DeadLetter]]:
+        """Receive dead letters published while the block is open (at most ``buffer`` queued)."""
+        send, receive = trio.open_memory_channel[DeadLetter](buffer)
+        self._subscribers.append(send)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            self._subscribers.remove(send)
+            send.close()

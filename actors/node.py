@@ -1,0 +1,248 @@
+"""A node: one actor system inside one ``async with`` block.
+
+``start_node()`` opens the node's nursery, starts its timer task and its root supervisor
+(the guardian of ``/user``), and on exit stops every actor in reverse start order within the
+shutdown deadline, then cancels what is left. Nothing is global: several nodes can run in one
+process (each test starts its own).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from trimicro.mailbox.errors import Conflict, NotFound
+from trimicro.mailbox.mailboxes import MailboxSpec, bounded
+from trimicro.mailbox.refs import ActorRef
+
+from .actor import Actor, handler_table
+from .cell import RUNNING, STOPPING, Cell
+from .context import Context
+from .deadletters import DeadLetters
+from .dispatcher import Dispatcher
+from .messages import DeadLetter
+from .supervision import ChildSpec, Restart, SupervisorStrategy
+from .timers import TimerService
+
+__all__ = ["DEFAULT_ASK_TIMEOUT", "Node", "start_node"]
+
+log = logging.getLogger("trimicro.node")
+
+#: Default ``ask`` timeout in seconds. Go Micro allows 30 s, Erlang 5 s; 10 s fails a stuck call
+#: quickly enough for a user-facing request while leaving room for a slow dependency.
+DEFAULT_ASK_TIMEOUT = 10.0
+
+
+class _Guardian(Actor):
+    """The root supervisor's instance: it only hosts top-level actors."""
+
+
+class Node:
+    """An actor system. Create it with :func:`start_node`; do not instantiate directly."""
+
+    def __init__(
+        self,
+        node_id: str,
+        nursery: trio.Nursery,
+        *,
+        ask_timeout: float,
+        root_strategy: SupervisorStrategy,
+        default_mailbox: MailboxSpec,
+        shutdown_timeout: float,
+        seed: int | None,
+    ) -> None:
+        self.id = node_id
+        self.ask_timeout = ask_timeout
+        self.root_strategy = root_strategy
+        self.default_mailbox = default_mailbox
+        self.shutdown_timeout = shutdown_timeout
+        self.rng = random.Random(seed)
+        #: Calls left before a tell/ask that did not need to wait yields anyway (fairness).
+        self.budget = 128
+        self.dead_letters = DeadLetters()
+        self.timers = TimerService()
+        self.dispatcher = Dispatcher(nursery)
+        self._nursery = nursery
+        self._cells: dict[str, Cell] = {}
+        self._uids = itertools.count(1)
+        self._anon = itertools.count(1)
+        root_spec = ChildSpec(_Guardian, "user", restart=Restart.PERMANENT)
+        self._root = Cell(self, None, root_spec, "/user", next(self._uids), bounded(16).build())
+        self._root.context = Context(self._root)
+        self._root.handlers = handler_table(_Guardian)
+        self._root.instance = _Guardian()
+        self._root.status = RUNNING
+        self._cells["/user"] = self._root
+
+    # ---- spawning and stopping ---------------------------------------------------------------
+
+    async def spawn(
+        self,
+        factory: Callable[..., Any],
+        *args: Any,
+        name: str | None = None,
+        restart: Restart = Restart.TRANSIENT,
+        shutdown: float = 5.0,
+        mailbox: MailboxSpec | None = None,
+        **kwargs: Any,
+    ) -> ActorRef:
+        """Start a top-level actor under the root supervisor and return its ref.
+
+        Returns after the actor's ``started`` hook has run; if that hook raises, the actor is
+        not registered and the exception propagates.
+        """
+        spec = ChildSpec(factory, name, args, kwargs, restart, shutdown, mailbox)
+        return await self.spawn_cell(self._root, spec)
+
+    async def spawn_cell(self, parent: Cell, spec: ChildSpec) -> ActorRef:
+        if parent.status >= STOPPING:
+            raise Conflict(f"{parent.path} is stopping; cannot spawn children", id=parent.path)
+        name = spec.name
+        if name is None:
+            name = f"${next(self._anon)}"
+        elif not name or "/" in name or name.startswith("$"):
+            raise ValueError(f"actor names are non-empty, without '/', not starting with '$': {name!r}")
+        if name in parent.children:
+            raise Conflict(f"{parent.path}/{name} already exists", id=parent.path)
+        factory = spec.factory
+        cls = factory if isinstance(factory, type) else None
+        mailbox_spec = spec.mailbox or (cls.mailbox if cls is not None and issubclass(cls, Actor) else None)
+        mailbox = (mailbox_spec or self.default_mailbox).build(_message_of)
+        path = f"{parent.path}/{name}"
+        cell = Cell(self, parent, spec, path, next(self._uids), mailbox)
+        cell.context = Context(cell)
+        if cls is not None and issubclass(cls, Actor):
+            cell.handlers = handler_table(cls)
+            cell.max_concurrency = max(1, cls.max_concurrency)
+        parent.children[name] = cell
+        self._cells[path] = cell
+        try:
+            await cell.start_instance()
+        except BaseException:
+            cell.status = STOPPING
+            cell._finish_stop("failed to start")
+            raise
+        return cell.ref
+
+    async def stop(self, ref: ActorRef, reason: str | None = None) -> None:
+        """Stop a local actor and its children; returns when it has stopped (never restarted)."""
+        cell = self._local(ref)
+        await cell.stop(reason)
+
+    def unregister(self, cell: Cell) -> None:
+        if self._cells.get(cell.path) is cell:
+            del self._cells[cell.path]
+
+    # ---- lookup ------------------------------------------------------------------------------
+
+    def lookup(self, path: str) -> ActorRef | None:
+        """The ref of the live actor at ``path`` (``"/user/counter"`` or ``"counter"``), or None."""
+        if not path.startswith("/"):
+            path = f"/user/{path}"
+        cell = self._cells.get(path)
+        return None if cell is None else cell.ref
+
+    def ref(self, path: str) -> ActorRef:
+        """Like :meth:`lookup` but raises :class:`NotFound`."""
+        ref = self.lookup(path)
+        if ref is None:
+            raise NotFound(f"no actor at {path}", id=self.id)
+        return ref
+
+    def bind(self, ref: ActorRef) -> ActorRef:
+        """Attach a ref decoded from elsewhere to the actor it names on this node."""
+        if ref.node != self.id:
+            raise NotFound(f"{ref} lives on node {ref.node}, not {self.id}", id=self.id)
+        cell = self._cells.get(ref.path)
+        if cell is None or (ref.uid and cell.ref.uid != ref.uid):
+            raise NotFound(f"no actor {ref}", id=self.id)
+        return cell.ref
+
+    def _local(self, ref: ActorRef) -> Cell:
+        cell = ref.binding
+        if isinstance(cell, Cell) and cell.node is self:
+            return cell
+        return self._local(self.bind(ref))
+
+    @property
+    def root(self) -> ActorRef:
+        return self._root.ref
+
+    def children(self) -> list[ActorRef]:
+        """Top-level actors in start order."""
+        return [c.ref for c in self._root.children.values()]
+
+    def __len__(self) -> int:
+        """Live actors (the root guardian not counted)."""
+        return len(self._cells) - 1
+
+    # ---- plumbing used by cells --------------------------------------------------------------
+
+    def dead_letter(self, recipient: ActorRef | None, msg: Any, reason: str, sender: ActorRef | None) -> None:
+        self.dead_letters.publish(DeadLetter(recipient, msg, reason, sender))
+
+    def spawn_system(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run runtime work (supervision, stops) as a node-owned task that logs its failures."""
+        self._nursery.start_soon(self._guarded, fn, *args)
+
+    async def _guarded(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        try:
+            await fn(*args)
+        except Exception:
+            log.exception("runtime task %r failed", fn)
+
+    async def _shutdown(self) -> None:
+        with trio.move_on_after(self.shutdown_timeout) as scope:
+            await self._root.stop_children("node shutdown")
+        if scope.cancelled_caught:
+            log.error(
+                "node %s: shutdown passed %.1fs; cancelling the rest",
+                self.id,
+                self.shutdown_timeout,
+            )
+
+
+def _message_of(item: tuple[Any, ...]) -> Any:
+    return item[0]
+
+
+@asynccontextmanager
+async def start_node(
+    name: str | None = None,
+    *,
+    ask_timeout: float = DEFAULT_ASK_TIMEOUT,
+    root_strategy: SupervisorStrategy | None = None,
+    mailbox: MailboxSpec | None = None,
+    shutdown_timeout: float = 30.0,
+    seed: int | None = None,
+) -> AsyncIterator[Node]:
+    """Run a node for the duration of the block.
+
+    ``name`` is the node id (random if omitted); ``ask_timeout`` the default for ``ask``;
+    ``root_strategy`` how top-level actors are supervised; ``mailbox`` the default mailbox;
+    ``shutdown_timeout`` bounds the orderly stop at exit; ``seed`` makes backoff jitter repeatable.
+    """
+    async with trio.open_nursery() as nursery:
+        node = Node(
+            name or uuid.uuid4().hex[:12],
+            nursery,
+            ask_timeout=ask_timeout,
+            root_strategy=root_strategy or SupervisorStrategy(),
+            default_mailbox=mailbox or bounded(),
+            shutdown_timeout=shutdown_timeout,
+            seed=seed,
+        )
+        nursery.start_soon(node.timers.run, name="trimicro-timers")
+        try:
+            yield node
+        finally:
+            with trio.CancelScope(shield=True):
+                await node._shutdown()
+            nursery.cancel_scope.cancel()
