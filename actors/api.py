@@ -58,8 +58,12 @@ async def ask(
 
     ``endpoint`` (``"Service.method"``) selects the handler by name, with ``message`` as its
     body (a map is turned into the handler's attrs type). ``timeout`` defaults to the node's
-    ``ask_timeout``; on expiry :class:`~trimicro.mailbox.errors.RequestTimeout` is raised and a
-    reply that arrives later is dropped to dead letters, never delivered to another call.
+    ``ask_timeout``; on expiry :class:`~trimicro.mailbox.errors.RequestTimeout` is raised.
+
+    What happens to the handler when the asker gives up (timeout or cancellation): if the actor
+    was idle, its handler ran directly in the asker's task and is cancelled with it (no work is
+    left running for nobody); if the request was queued, the handler runs on a worker and its
+    late reply is dropped to dead letters (``late-reply``), never delivered to another call.
     """
     binding = _binding(ref)
     if timeout is None:

@@ -410,13 +410,16 @@ class Cell:
         if self.handlers is None:  # built by a factory function: the class is known only now
             self.handlers = handler_table(type(instance))
             self.max_concurrency = max(1, type(instance).max_concurrency)
-        token = current_cell.set(self)
-        try:
-            if failure is not None:
-                await instance.restarted(failure)
-            await instance.started()
-        finally:
-            current_cell.reset(token)
+        cls = type(instance)
+        restarted = failure is not None and cls.restarted is not Actor.restarted
+        if restarted or cls.started is not Actor.started:  # skip the no-op hooks: spawn is hot
+            token = current_cell.set(self)
+            try:
+                if restarted:
+                    await instance.restarted(failure)  # type: ignore[arg-type]
+                await instance.started()
+            finally:
+                current_cell.reset(token)
         if self.status != STARTING:  # stopped (or failed) while starting
             return
         self.status = RUNNING
@@ -507,7 +510,7 @@ class Cell:
     # ---- supervision (this cell as a parent) -------------------------------------------------
 
     def strategy(self) -> SupervisorStrategy:
-        if self.instance is None:
+        if self.parent is None or self.instance is None:
             return self.node.root_strategy
         return type(self.instance).supervision
 

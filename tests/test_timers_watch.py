@@ -1,0 +1,168 @@
+"""Death watch and actor timers (driven by MockClock)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from trimicro.actors import Actor, ActorRef, Terminated, ask, start_node
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+@attrs.frozen
+class Tick:
+    n: int = 0
+
+
+@attrs.frozen
+class Watch:
+    ref: ActorRef
+
+
+@attrs.frozen
+class Start:
+    kind: str
+    delay: float
+    key: str | None = None
+
+
+@attrs.frozen
+class Cancel:
+    key: str
+
+
+class Idle(Actor):
+    async def tick(self, msg: Tick) -> None:
+        pass
+
+
+class Watcher(Actor):
+    def __init__(self, got: list[Terminated], event: trio.Event) -> None:
+        self.got = got
+        self.event = event
+
+    async def watch(self, msg: Watch) -> None:
+        self.context.watch(msg.ref)
+
+    async def terminated(self, msg: Terminated) -> None:
+        self.got.append(msg)
+        self.event.set()
+
+
+async def test_watch_delivers_terminated_on_stop() -> None:
+    async with start_node() as node:
+        got: list[Terminated] = []
+        ev = trio.Event()
+        target = await node.spawn(Idle, name="target")
+        watcher = await node.spawn(Watcher, got, ev)
+        await ask(watcher, Watch(target))
+        assert not ev.is_set()
+        await node.stop(target, "bye")
+        with trio.fail_after(5):
+            await ev.wait()
+        assert got == [Terminated(target, "bye")]
+
+
+async def test_watch_already_stopped_delivers_at_once() -> None:
+    async with start_node() as node:
+        got: list[Terminated] = []
+        ev = trio.Event()
+        target = await node.spawn(Idle)
+        await node.stop(target)
+        watcher = await node.spawn(Watcher, got, ev)
+        await ask(watcher, Watch(target))
+        with trio.fail_after(5):
+            await ev.wait()
+        assert len(got) == 1
+        assert got[0].ref == target
+
+
+async def test_unwatch_no_notice() -> None:
+    async with start_node() as node:
+        got: list[Terminated] = []
+        ev = trio.Event()
+        target = await node.spawn(Idle)
+        watcher = await node.spawn(Watcher, got, ev)
+        await ask(watcher, Watch(target))
+        watcher.binding.context.unwatch(target)
+        await node.stop(target)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []
+
+
+class Ticker(Actor):
+    def __init__(self, ticks: list[tuple[float, int]]) -> None:
+        self.ticks = ticks
+
+    async def start(self, msg: Start) -> None:
+        if msg.kind == "after":
+            self.context.send_after(msg.delay, Tick(1), key=msg.key)
+        else:
+            self.context.every(msg.delay, Tick(2), key=msg.key)
+
+    async def cancel(self, msg: Cancel) -> None:
+        self.context.cancel_timer(msg.key)
+
+    async def tick(self, msg: Tick) -> None:
+        self.ticks.append((trio.current_time(), msg.n))
+
+
+async def test_send_after(autojump_clock: Any) -> None:
+    ticks: list[tuple[float, int]] = []
+    async with start_node() as node:
+        ref = await node.spawn(Ticker, ticks)
+        t0 = trio.current_time()
+        await ask(ref, Start("after", 5.0))
+        await trio.sleep(4.9)
+        assert ticks == []
+        await trio.sleep(0.2)
+        assert [(round(t - t0, 6), n) for t, n in ticks] == [(5.0, 1)]
+        await trio.sleep(100)
+        assert len(ticks) == 1
+
+
+async def test_every_and_stop_cancels(autojump_clock: Any) -> None:
+    ticks: list[tuple[float, int]] = []
+    async with start_node() as node:
+        ref = await node.spawn(Ticker, ticks)
+        t0 = trio.current_time()
+        await ask(ref, Start("every", 2.0))
+        await trio.sleep(7.0)
+        assert [round(t - t0, 6) for t, _ in ticks] == [2.0, 4.0, 6.0]
+        assert len(ref.binding.timers()) == 1
+        async with node.dead_letters.subscribe() as dl:
+            await node.stop(ref)
+            await trio.sleep(20.0)
+            assert len(ticks) == 3
+            with pytest.raises(trio.WouldBlock):
+                dl.receive_nowait()
+        assert len(node.timers) == 0
+
+
+async def test_cancel_timer_by_key_and_rekey(autojump_clock: Any) -> None:
+    ticks: list[tuple[float, int]] = []
+    async with start_node() as node:
+        ref = await node.spawn(Ticker, ticks)
+        t0 = trio.current_time()
+        await ask(ref, Start("every", 1.0, key="k"))
+        await ask(ref, Start("after", 3.0, key="once"))
+        await trio.sleep(2.5)
+        await ask(ref, Cancel("k"))
+        await trio.sleep(10.0)
+        assert [(round(t - t0, 6), n) for t, n in ticks] == [(1.0, 2), (2.0, 2), (3.0, 1)]
+        # starting a timer with an existing key replaces it
+        ticks.clear()
+        t1 = trio.current_time()
+        await ask(ref, Start("after", 5.0, key="r"))
+        await ask(ref, Start("after", 1.0, key="r"))
+        await trio.sleep(10.0)
+        assert [(round(t - t1, 6), n) for t, n in ticks] == [(1.0, 1)]
+        assert ref.binding.timers() == set()
