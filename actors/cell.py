@@ -276,7 +276,7 @@ class Cell:
             scopes = self._scopes = set()
         token = current_cell.set(self)
         try:
-            with trio.move_on_after(timeout) as scope:
+            with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
                 scopes.add(scope)
                 await self._handle((msg, reply, sender, endpoint, headers))
         finally:

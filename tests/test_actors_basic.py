@@ -434,3 +434,35 @@ async def test_several_nodes_and_exit_stops_in_reverse_order() -> None:
     ]
     with pytest.raises(ServiceUnavailable):
         await ask(r2[0], Add(1))
+
+
+class Sleeper(Actor):
+    def __init__(self) -> None:
+        self.finished = 0
+        self.cancelled = 0
+
+    async def nap(self, msg: Add) -> int:
+        try:
+            await trio.sleep(msg.k)
+        except trio.Cancelled:
+            self.cancelled += 1
+            raise
+        self.finished += 1
+        return msg.k
+
+
+async def test_direct_ask_handler_that_blocks_completes_and_is_cancelled_with_caller(
+    autojump_clock: Any,
+) -> None:
+    """An idle actor's handler runs in the caller's task even when it blocks midway."""
+    async with start_node() as node:
+        ref = await node.spawn(Sleeper)
+        t0 = trio.current_time()
+        assert await ask(ref, Add(3)) == 3
+        assert trio.current_time() - t0 == pytest.approx(3)
+        with trio.move_on_after(1):
+            await ask(ref, Add(5))
+        cell = ref.binding
+        assert (cell.instance.finished, cell.instance.cancelled) == (1, 1)
+        assert await ask(ref, Add(0)) == 0  # still serving, same instance
+        assert cell.instance.finished == 2
