@@ -451,7 +451,7 @@ class Cell:
         await self._quiesce(deadline)
         self.cancel_timers()
         instance = self.instance
-        if instance is not None:
+        if instance is not None and type(instance).stopping is not Actor.stopping:
             token = current_cell.set(self)
             try:
                 with trio.move_on_at(deadline) as scope:
