@@ -1,0 +1,155 @@
+"""TCP transport on trio: ``"host:port"`` addresses, length-prefixed frames, TCP_NODELAY.
+
+Frames are decoded with :class:`~trimicro.mailbox.framing.FrameDecoder` from 64 KiB reads; a
+batch given to :meth:`TcpConnection.send_frames` is joined into one buffer and written with a
+single ``send_all``, so a burst of small messages costs one system call, and Nagle's algorithm is
+off so a lone message is not held back.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+
+import trio
+
+from trimicro.mailbox.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, ProtocolError, encode_frames
+from trimicro.mailbox.transport import ConnectionClosed, TransportError
+
+__all__ = ["RECEIVE_CHUNK", "TcpConnection", "TcpListener", "TcpTransport", "parse_address"]
+
+#: Bytes asked of the socket per read.
+RECEIVE_CHUNK = 64 * 1024
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """Split ``"host:port"`` (or ``"[v6]:port"``) into host and port."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"TCP address must be 'host:port', not {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class TcpConnection:
+    """A frame connection over one :class:`trio.SocketStream`."""
+
+    def __init__(self, stream: trio.SocketStream, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        self._stream = stream
+        self._decoder = FrameDecoder(max_frame_size)
+        self._send_lock = trio.Lock()
+        self._closed = False
+        self._eof = False
+        try:
+            peer = stream.socket.getpeername()
+        except OSError:
+            peer = None
+        self._peer: tuple[str, int] | None = (peer[0], peer[1]) if peer else None
+
+    @property
+    def peer(self) -> tuple[str, int] | None:
+        """The remote ``(host, port)``."""
+        return self._peer
+
+    @property
+    def max_frame_size(self) -> int:
+        return self._decoder.max_frame_size
+
+    @max_frame_size.setter
+    def max_frame_size(self, value: int) -> None:
+        self._decoder.max_frame_size = value
+
+    async def send_frames(self, frames: Sequence[bytes]) -> None:
+        if self._closed:
+            raise ConnectionClosed("connection is closed")
+        data = encode_frames(frames)
+        async with self._send_lock:
+            try:
+                await self._stream.send_all(data)
+            except trio.ClosedResourceError as exc:
+                raise ConnectionClosed("connection is closed") from exc
+            except trio.BrokenResourceError as exc:
+                raise TransportError(f"send failed: {exc.__cause__ or exc}") from exc
+
+    async def receive_frame(self) -> bytes | None:
+        decoder = self._decoder
+        try:
+            while True:
+                frame = decoder.next_frame()
+                if frame is not None:
+                    return frame
+                if self._eof:
+                    return None
+                try:
+                    data = await self._stream.receive_some(RECEIVE_CHUNK)
+                except trio.ClosedResourceError as exc:
+                    raise ConnectionClosed("connection is closed") from exc
+                except trio.BrokenResourceError as exc:
+                    raise TransportError(f"receive failed: {exc.__cause__ or exc}") from exc
+                if not data:
+                    self._eof = True
+                    decoder.eof()  # raises TruncatedFrame if the stream ended inside a frame
+                else:
+                    decoder.feed(data)
+        except ProtocolError:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._stream.aclose()
+
+
+class TcpListener:
+    """Accepts TCP connections on one bound socket."""
+
+    def __init__(self, listener: trio.SocketListener, *, max_frame_size: int) -> None:
+        self._listener = listener
+        self._max_frame_size = max_frame_size
+        host, port = listener.socket.getsockname()[:2]
+        self._address = _format_address(host, port)
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    async def accept(self) -> TcpConnection:
+        stream = await self._listener.accept()
+        return TcpConnection(stream, max_frame_size=self._max_frame_size)
+
+    async def aclose(self) -> None:
+        await self._listener.aclose()
+
+
+class TcpTransport:
+    """Listens on and dials ``"host:port"``; ``max_frame_size`` applies to every connection."""
+
+    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size
+
+    async def listen(self, address: str) -> TcpListener:
+        host, port = parse_address(address)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            raise TransportError(f"cannot listen on {address}: {exc}") from exc
+        for extra in listeners[1:]:  # a literal host binds exactly one socket
+            await extra.aclose()
+        return TcpListener(listeners[0], max_frame_size=self.max_frame_size)
+
+    async def dial(self, address: str, timeout: float = 10.0) -> TcpConnection:
+        host, port = parse_address(address)
+        try:
+            with trio.fail_after(timeout):
+                stream = await trio.open_tcp_stream(host, port)
+        except trio.TooSlowError as exc:
+            raise TransportError(f"dial {address} timed out after {timeout}s") from exc
+        except OSError as exc:
+            raise TransportError(f"cannot connect to {address}: {exc}") from exc
+        return TcpConnection(stream, max_frame_size=self.max_frame_size)
