@@ -80,19 +80,18 @@ class Reply:
         """Deliver the answer; ``False`` if the asker already gave up (the reply is dropped)."""
         if self.done:
             return False
-        self.done = True
         self.value = value
-        task = self.task
-        if task is not None:
-            self.task = None
-            reschedule(task)
-        return not self.abandoned
+        return self._finish()
 
     def fail(self, error: BaseException) -> bool:
+        """Deliver an error instead of an answer; ``False`` as for :meth:`resolve`."""
         if self.done:
             return False
-        self.done = True
         self.error = error
+        return self._finish()
+
+    def _finish(self) -> bool:
+        self.done = True
         task = self.task
         if task is not None:
             self.task = None
