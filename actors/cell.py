@@ -406,16 +406,17 @@ class Cell:
             raise TypeError(f"{spec.factory!r} did not build an Actor")
         instance.context = self.context  # type: ignore[assignment]
         self.instance = instance
-        if self.handlers is None:  # built by a factory function: the class is known only now
-            self.handlers = handler_table(type(instance))
-            self.max_concurrency = max(1, type(instance).max_concurrency)
         cls = type(instance)
-        restarted = failure is not None and cls.restarted is not Actor.restarted
-        if restarted or cls.started is not Actor.started:  # skip the no-op hooks: spawn is hot
+        if self.handlers is None:  # built by a factory function: the class is known only now
+            self.handlers = handler_table(cls)
+            self.max_concurrency = max(1, cls.max_concurrency)
+        if failure is not None and cls.restarted is Actor.restarted:
+            failure = None  # the hook is the no-op default: nothing to call
+        if failure is not None or cls.started is not Actor.started:  # spawn is hot: skip no-ops
             token = current_cell.set(self)
             try:
-                if restarted:
-                    await instance.restarted(failure)  # type: ignore[arg-type]
+                if failure is not None:
+                    await instance.restarted(failure)
                 await instance.started()
             finally:
                 current_cell.reset(token)
