@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
+
 from trimicro.mailbox.errors import NotFound
 from trimicro.mailbox.refs import ActorRef
 
-from .cell import current_cell
+from .cell import current_cell, current_item
 
 __all__ = ["ask", "tell", "try_tell"]
 
@@ -19,7 +21,10 @@ __all__ = ["ask", "tell", "try_tell"]
 def _binding(ref: ActorRef) -> Any:
     binding = ref.binding
     if binding is None:
-        raise NotFound(f"{ref} is not bound to a node; get refs from spawn or node.lookup", id=ref.path)
+        cell = current_cell.get()
+        if cell is None:
+            raise NotFound(f"{ref} is not bound to a node; use node.resolve(ref)", id=ref.path)
+        binding = cell.node.resolve(ref).binding  # inside an actor: resolve through its node
     return binding
 
 
@@ -37,7 +42,7 @@ async def tell(ref: ActorRef, message: Any, *, headers: dict[str, str] | None = 
     """
     binding = ref.binding
     if binding is None:
-        _binding(ref)
+        binding = _binding(ref)
     cell = current_cell.get()
     await binding.tell(message, None if cell is None else cell.ref, headers)
 
@@ -69,4 +74,8 @@ async def ask(
     binding = _binding(ref)
     if timeout is None:
         timeout = binding.node.ask_timeout
+        item = current_item.get()
+        if item is not None and item[1] is not None and item[1].deadline is not None:
+            # Serving a request with a deadline: a nested call gets what is left of it.
+            timeout = min(timeout, max(0.0, item[1].deadline - trio.current_time()))
     return await binding.ask(message, _sender(), headers, endpoint, timeout)

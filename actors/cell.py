@@ -67,7 +67,7 @@ class _NormalExit(Exception):
 class Reply:
     """A one-shot reply slot for one ask. A slot is never reused: a late reply finds it abandoned."""
 
-    __slots__ = ("abandoned", "done", "error", "task", "value")
+    __slots__ = ("abandoned", "deadline", "done", "error", "scope", "task", "value")
 
     def __init__(self) -> None:
         self.task: trio.lowlevel.Task | None = None
@@ -75,6 +75,10 @@ class Reply:
         self.abandoned = False
         self.value: Any = None
         self.error: BaseException | None = None
+        #: When set (requests from other nodes), the handler runs under a cancel scope with this
+        #: deadline, kept in ``scope`` so that the caller's CANCEL can end it early.
+        self.deadline: float | None = None
+        self.scope: trio.CancelScope | None = None
 
     def resolve(self, value: Any) -> bool:
         """Deliver the answer; ``False`` if the asker already gave up (the reply is dropped)."""
@@ -335,8 +339,44 @@ class Cell:
             if self.active == 0 and self._workers_idle is not None:
                 self._workers_idle.set()
 
+    async def put(self, item: tuple[Any, ...]) -> int:
+        """Queue a prepared item, waiting while the mailbox is full: ``OK`` or ``DEAD``."""
+        while True:
+            result = self.offer(item)
+            if result != FULL:
+                return result
+            await self._wait_room()
+
     async def _handle(self, item: tuple[Any, ...]) -> bool:
         """Run one handler; ``False`` when the actor failed and must stop processing."""
+        reply = item[1]
+        if reply is not None and reply.deadline is not None:
+            return await self._handle_bounded(item, reply)
+        return await self._handle_one(item)
+
+    async def _handle_bounded(self, item: tuple[Any, ...], reply: Reply) -> bool:
+        """A request with a deadline (from another node): cancelled at the deadline or on CANCEL."""
+        if reply.abandoned:  # the caller cancelled while the request was queued
+            return True
+        deadline = reply.deadline
+        assert deadline is not None
+        if trio.current_time() >= deadline:
+            reply.fail(RequestTimeout(f"{self.path}: deadline passed while queued", id=self.path))
+            return True
+        ok = True
+        with trio.CancelScope(deadline=deadline) as scope:
+            reply.scope = scope
+            ok = await self._handle_one(item)
+        reply.scope = None
+        return ok
+
+    def _cancelled_error(self, reply: Reply, service: str) -> MicroError:
+        scope = reply.scope
+        if scope is not None and scope.cancel_called:
+            return RequestTimeout(f"{self.path}: deadline passed or caller cancelled", id=service)
+        return ServiceUnavailable(f"{self.path} stopped while handling", id=service)
+
+    async def _handle_one(self, item: tuple[Any, ...]) -> bool:
         msg, reply, sender, endpoint, _ = item
         table = self.handlers
         assert table is not None
@@ -368,7 +408,7 @@ class Cell:
             return True
         except trio.Cancelled:
             if reply is not None:
-                reply.fail(ServiceUnavailable(f"{self.path} stopped while handling", id=table.service))
+                reply.fail(self._cancelled_error(reply, table.service))
             raise
         except Exception as e:
             if reply is not None:
@@ -491,9 +531,9 @@ class Cell:
         if self.parent is not None and self.parent.children.get(self.ref.name) is self:
             del self.parent.children[self.ref.name]
         for watcher in self._watchers or ():
-            cell = watcher.binding
-            if isinstance(cell, Cell):
-                cell.system(Terminated(self.ref, reason))
+            binding = watcher.binding  # a local cell, or a route to a watcher on another node
+            if binding is not None:
+                binding.system(Terminated(self.ref, reason))
         self._watchers = None
         self.instance = None
         self.stopped_event().set()
@@ -594,9 +634,9 @@ class Cell:
 
     def add_watcher(self, watcher: ActorRef) -> None:
         if self.status >= STOPPING:
-            cell = watcher.binding
-            if isinstance(cell, Cell):
-                cell.system(Terminated(self.ref, "already stopped"))
+            binding = watcher.binding
+            if binding is not None:
+                binding.system(Terminated(self.ref, "already stopped"))
             return
         if self._watchers is None:
             self._watchers = set()

@@ -88,17 +88,32 @@ class Context:
         else:
             node.spawn_system(cell.stop, None)
 
+    @property
+    def deadline(self) -> float | None:
+        """The current request's deadline (trio clock) when the caller sent one, else ``None``.
+
+        Requests from other nodes carry the caller's remaining budget; asks made while handling
+        one default to what is left of it.
+        """
+        item = current_item.get()
+        reply = None if item is None else item[1]
+        return None if reply is None else reply.deadline
+
     def watch(self, ref: ActorRef) -> None:
-        """Receive :class:`~trimicro.actors.Terminated` when ``ref`` stops (at once if it has)."""
-        cell = ref.binding
-        if not isinstance(cell, Cell):
-            raise ValueError(f"{ref} is not bound to a local actor")
-        cell.add_watcher(self._cell.ref)
+        """Receive :class:`~trimicro.actors.Terminated` when ``ref`` stops (at once if it has).
+
+        Works for actors on other nodes too; if their node becomes unreachable, ``Terminated``
+        arrives with the reason ``"node unreachable"``.
+        """
+        binding = ref.binding
+        if binding is None:
+            raise ValueError(f"{ref} is not bound to a node")
+        binding.add_watcher(self._cell.ref)
 
     def unwatch(self, ref: ActorRef) -> None:
-        cell = ref.binding
-        if isinstance(cell, Cell):
-            cell.remove_watcher(self._cell.ref)
+        binding = ref.binding
+        if binding is not None:
+            binding.remove_watcher(self._cell.ref)
 
     def send_after(self, delay: float, message: Any, *, key: Any = None) -> Timer:
         """Deliver ``message`` to this actor after ``delay`` seconds (cancelled if it stops)."""

@@ -14,13 +14,18 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import trio
 
+from trimicro.mailbox.codecs import CodecSet
 from trimicro.mailbox.errors import Conflict, NotFound
 from trimicro.mailbox.mailboxes import MailboxSpec, bounded
 from trimicro.mailbox.refs import ActorRef
+from trimicro.mailbox.tcp import TcpTransport
+from trimicro.mailbox.transport import Transport
+from trimicro.mailbox.typeregistry import TypeRegistry
 
 from .actor import Actor, handler_table
 from .cell import RUNNING, STOPPING, Cell
@@ -28,6 +33,7 @@ from .context import Context
 from .deadletters import DeadLetters
 from .dispatcher import Dispatcher
 from .messages import DeadLetter
+from .remote import Identity, Remoting
 from .supervision import ChildSpec, Restart, SupervisorStrategy
 from .timers import TimerService
 
@@ -57,6 +63,11 @@ class Node:
         default_mailbox: MailboxSpec,
         shutdown_timeout: float,
         seed: int | None,
+        transport: Transport,
+        identity: Callable[[], Identity],
+        codecs: CodecSet,
+        keepalive: float,
+        dead_after: float,
     ) -> None:
         self.id = node_id
         self.ask_timeout = ask_timeout
@@ -71,6 +82,19 @@ class Node:
         self.dispatcher = Dispatcher(nursery)
         self._nursery = nursery
         self._cells: dict[str, Cell] = {}
+        #: Live cells by path (the runtime's index; read-only for everyone else).
+        self.cells = self._cells
+        self.codecs = codecs
+        #: Connections to other nodes (see :mod:`trimicro.actors.remote`).
+        self.remote = Remoting(
+            self,
+            nursery,
+            transport=transport,
+            identity=identity,
+            codecs=codecs,
+            keepalive=keepalive,
+            dead_after=dead_after,
+        )
         self._uids = itertools.count(1)
         self._anon = itertools.count(1)
         root_spec = ChildSpec(_Guardian, "user", restart=Restart.PERMANENT)
@@ -165,6 +189,31 @@ class Node:
             raise NotFound(f"no actor {ref}", id=self.id)
         return cell.ref
 
+    def resolve(self, ref: ActorRef) -> ActorRef:
+        """Bind any ref, local or on another node, so that tell/ask can use it."""
+        return self.remote.bind_ref(ref)
+
+    def remote_ref(self, node_id: str, path: str, uid: int = 0) -> ActorRef:
+        """A bound ref to the actor at ``path`` (``"/user/x"`` or ``"x"``) on node ``node_id``."""
+        if not path.startswith("/"):
+            path = f"/user/{path}"
+        return self.resolve(ActorRef(node_id, path, uid))
+
+    # ---- other nodes -------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str | None:
+        """Where other nodes can dial this one (``None`` unless it listens)."""
+        return self.remote.address
+
+    async def listen(self, address: str = "127.0.0.1:0") -> str:
+        """Accept authenticated connections from other nodes; returns the bound address."""
+        return await self.remote.listen(address)
+
+    async def connect(self, address: str, timeout: float | None = None) -> str:
+        """Open (or reuse) the secure link to the node at ``address``; returns its node id."""
+        return await self.remote.connect(address, timeout)
+
     def _local(self, ref: ActorRef) -> Cell:
         cell = ref.binding
         if isinstance(cell, Cell) and cell.node is self:
@@ -222,27 +271,60 @@ async def start_node(
     mailbox: MailboxSpec | None = None,
     shutdown_timeout: float = 30.0,
     seed: int | None = None,
+    listen: str | None = None,
+    transport: Transport | None = None,
+    identity: Identity | None = None,
+    home: Path | None = None,
+    registry: TypeRegistry | None = None,
+    codecs: CodecSet | None = None,
+    keepalive: float = 1.0,
+    dead_after: float = 10.0,
 ) -> AsyncIterator[Node]:
     """Run a node for the duration of the block.
 
     ``name`` is the node id (random if omitted); ``ask_timeout`` the default for ``ask``;
     ``root_strategy`` how top-level actors are supervised; ``mailbox`` the default mailbox;
     ``shutdown_timeout`` bounds the orderly stop at exit; ``seed`` makes backoff jitter repeatable.
+
+    Other nodes: ``listen`` (e.g. ``"127.0.0.1:0"``) accepts connections at start; ``transport``
+    carries them (TCP by default); ``identity`` proves who this node is. Without one, the node
+    uses the development identity under ``home`` (``$TRIMICRO_HOME`` or ``~/.trimicro``): a local
+    authority and a node key created on first use, so nodes on one machine trust each other with
+    no setup and still talk encrypted. ``registry`` names the message classes that may cross
+    nodes (``codecs``, msgpack by default, encode them). ``keepalive`` is the heartbeat interval
+    of an idle link, ``dead_after`` how long a silent link lives.
     """
+    node_id = name or uuid.uuid4().hex[:12]
+
+    def make_identity() -> Identity:
+        if identity is not None:
+            return identity
+        from trimicro.mailbox.identity import dev_identity
+
+        return dev_identity(node_id, home)
+
     async with trio.open_nursery() as nursery:
         node = Node(
-            name or uuid.uuid4().hex[:12],
+            node_id,
             nursery,
             ask_timeout=ask_timeout,
             root_strategy=root_strategy or SupervisorStrategy(),
             default_mailbox=mailbox or bounded(),
             shutdown_timeout=shutdown_timeout,
             seed=seed,
+            transport=transport or TcpTransport(),
+            identity=make_identity,
+            codecs=codecs or CodecSet.default(registry),
+            keepalive=keepalive,
+            dead_after=dead_after,
         )
         nursery.start_soon(node.timers.run, name="trimicro-timers")
         try:
+            if listen is not None:
+                await node.listen(listen)
             yield node
         finally:
             with trio.CancelScope(shield=True):
                 await node._shutdown()
+                await node.remote.aclose()
             nursery.cancel_scope.cancel()

@@ -9,11 +9,13 @@ not either is bound, and a ref decoded from the wire is bound by the node that d
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import attrs
 
-__all__ = ["ActorRef"]
+__all__ = ["ActorRef", "ref_binder"]
 
 
 @attrs.frozen(slots=True, cache_hash=True)
@@ -63,3 +65,11 @@ class ActorRef:
 
     def __str__(self) -> str:
         return f"{self.node}{self.path}#{self.uid}"
+
+
+#: How refs decoded in the current context get their binding. A node's connection reader sets it
+#: once for its task, so every ref inside a received message (at any depth, through any codec)
+#: arrives usable; unset (``None``), decoded refs stay unbound values.
+ref_binder: ContextVar[Callable[[ActorRef], ActorRef] | None] = ContextVar(
+    "trimicro_ref_binder", default=None
+)

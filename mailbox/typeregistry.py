@@ -26,7 +26,7 @@ from trimicro.mailbox.errors import (
     MicroError,
     error_from_fields,
 )
-from trimicro.mailbox.refs import ActorRef
+from trimicro.mailbox.refs import ActorRef, ref_binder
 
 __all__ = [
     "ERROR_TAG",
@@ -77,9 +77,11 @@ def _ref_from_wire(fields: Any) -> ActorRef:
     if not isinstance(fields, list | tuple) or len(fields) != 3:
         raise DecodeError("an actor ref is [node: str, path: str, uid: int]")
     try:
-        return ActorRef.from_fields(fields)
+        ref = ActorRef.from_fields(fields)
     except ValueError as exc:
         raise DecodeError(str(exc)[:300]) from None
+    binder = ref_binder.get()
+    return ref if binder is None else binder(ref)
 
 
 def _error_to_wire(err: Any) -> Any:

@@ -1,0 +1,872 @@
+"""Remote actors: refs on other nodes, reached over one secure connection per pair of nodes.
+
+A ref whose node is not this one is bound to a :class:`RemoteActor`, which has the same four
+calls as a local cell (``tell``, ``try_tell``, ``ask``, ``system``), so ``tell``/``ask`` and death
+watch work the same whatever the ref's location. Underneath:
+
+- :class:`Remoting` (``node.remote``) owns the listener, the identity, the codecs and one
+  :class:`Peer` per known node.
+- A :class:`Peer` holds the :class:`Link` (secure connection) to one node, dials it on first use
+  (one dial at a time; after a failure, new attempts wait out an exponential backoff), and
+  remembers which local actors watch actors there.
+- A :class:`Link` runs three tasks: a reader that decodes envelopes and dispatches them, a writer
+  that sends everything queued since its last write in one coalesced, encrypted write, and a
+  keepalive watchdog. When the link ends, every ask waiting on it fails at once with 503 "node
+  unreachable" and watchers of actors on that node get ``Terminated``.
+
+Requests from other nodes are queued like local ones, with an :class:`InboundReply` that sends
+the answer back; their deadline bounds the handler (``Cell._handle_bounded``) and the caller's
+CANCEL ends it early. See docs/protocol.md for the wire rules this follows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+from nacl.signing import SigningKey
+from trio.lowlevel import ParkingLot
+
+from trimicro.mailbox.codecs import Codec, CodecSet
+from trimicro.mailbox.envelope import Envelope, Kind, decode_envelope, encode_envelope
+from trimicro.mailbox.errors import (
+    BadRequest,
+    InternalServerError,
+    MicroError,
+    NotFound,
+    RequestTimeout,
+    ServiceUnavailable,
+    TooManyRequests,
+    error_from_fields,
+)
+from trimicro.mailbox.framing import DEFAULT_MAX_FRAME_SIZE
+from trimicro.mailbox.refs import ActorRef, ref_binder
+from trimicro.mailbox.secure_stream import SecureConnection, secure_client, secure_server
+from trimicro.mailbox.transport import Connection, Listener, Transport, serve
+
+from .cell import DEAD, OK, Cell, Reply
+from .messages import Terminated
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["Identity", "InboundReply", "Link", "Peer", "RemoteActor", "Remoting", "Unreachable"]
+
+log = logging.getLogger("trimicro.remote")
+
+#: Bytes queued for one link before senders wait (replies and control messages never wait).
+OUT_HIGH_WATER = 4 * 1024 * 1024
+#: Requests from one peer being served at once; more are refused with 429.
+MAX_INBOUND = 16 * 1024
+#: Bound refs remembered per peer (so a hot sender ref is bound once, not per message).
+REF_CACHE = 4096
+
+
+class Identity(Protocol):
+    """What a node needs to prove who it is and to judge peers (see ``trimicro.mailbox.identity``)."""
+
+    signing_key: SigningKey
+    certificate: bytes
+
+    def verify_peer(self, id_key: bytes, cert: bytes) -> Any:
+        """Return the peer's certificate (with a ``node_id``) or raise to refuse it."""
+        ...
+
+
+class Unreachable(ServiceUnavailable):
+    """503: the node holding the actor cannot be reached (down, refused, or the link dropped)."""
+
+
+def _fail_fields(err: MicroError) -> dict[str, Any]:
+    return err.to_fields()
+
+
+class InboundReply(Reply):
+    """The reply slot of a request from another node: completing it sends REPLY or ERROR back."""
+
+    __slots__ = ("codec", "corr", "link")
+
+    def __init__(self, link: Link, corr: int, codec: Codec) -> None:
+        super().__init__()
+        self.link = link
+        self.corr = corr
+        self.codec = codec
+
+    def _finish(self) -> bool:
+        self.done = True
+        link = self.link
+        link.inbound.pop(self.corr, None)
+        if self.abandoned or link.closed:
+            return False
+        if self.error is None:
+            try:
+                body = self.codec.encode(self.value)
+            except MicroError as exc:
+                link.send_error(self.corr, exc, self.codec)
+                return True
+            link.push(
+                encode_envelope(
+                    Envelope(Kind.REPLY, self.corr, content_type=self.codec.content_type, body=body)
+                )
+            )
+        else:
+            err = self.error
+            if not isinstance(err, MicroError):
+                err = InternalServerError(f"{type(err).__name__}: {err}")
+            link.send_error(self.corr, err, self.codec)
+        return True
+
+
+class _Gone:
+    """Binding of a ref to a local actor that no longer exists: mail goes to dead letters."""
+
+    __slots__ = ("node", "ref")
+
+    def __init__(self, node: Node, ref: ActorRef) -> None:
+        self.node = node
+        self.ref = ref
+
+    async def tell(self, msg: Any, sender: ActorRef | None, headers: dict[str, str] | None) -> None:
+        await trio.lowlevel.checkpoint()
+        self.node.dead_letter(self.ref, msg, "stopped", sender)
+
+    def try_tell(self, msg: Any, sender: ActorRef | None, headers: dict[str, str] | None) -> bool:
+        self.node.dead_letter(self.ref, msg, "stopped", sender)
+        return False
+
+    async def ask(
+        self, msg: Any, sender: ActorRef | None, headers: Any, endpoint: Any, timeout: float
+    ) -> Any:
+        await trio.lowlevel.checkpoint()
+        raise NotFound(f"no actor {self.ref}", id=self.node.id)
+
+    def system(self, msg: Any) -> bool:
+        self.node.dead_letter(self.ref, msg, "stopped", None)
+        return False
+
+    def add_watcher(self, watcher: ActorRef) -> None:
+        binding = watcher.binding
+        if binding is not None:
+            binding.system(Terminated(self.ref, "already stopped"))
+
+    def remove_watcher(self, watcher: ActorRef) -> None:
+        pass
+
+
+class RemoteActor:
+    """The binding of a ref to an actor on another node: same calls as a local cell."""
+
+    __slots__ = ("node", "peer", "target")
+
+    def __init__(self, peer: Peer, target: ActorRef) -> None:
+        self.peer = peer
+        self.node = peer.remoting.node
+        self.target = target
+
+    def __repr__(self) -> str:
+        return f"<RemoteActor {self.target}>"
+
+    async def tell(
+        self,
+        msg: Any,
+        sender: ActorRef | None,
+        headers: dict[str, str] | None,
+        endpoint: str | None = None,
+    ) -> None:
+        """Send one-way; waits only while the link's send buffer is full. Failures are dead letters."""
+        node = self.node
+        node.budget -= 1
+        if node.budget <= 0:
+            node.budget = 128
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            link = self.peer.link or await self.peer.connect(node.ask_timeout)
+            codec = self.peer.remoting.codec
+            body = codec.encode(msg)
+        except MicroError as exc:
+            node.dead_letter(self.target, msg, f"undeliverable: {exc.detail}", sender)
+            return
+        env = Envelope(
+            Kind.TELL, 0, self.target, sender, endpoint or "", codec.content_type, headers or {}, 0, body
+        )
+        await link.send(encode_envelope(env))
+
+    def try_tell(self, msg: Any, sender: ActorRef | None, headers: dict[str, str] | None) -> bool:
+        link = self.peer.link
+        if link is None or link.out_bytes >= OUT_HIGH_WATER:
+            self.node.dead_letter(self.target, msg, "unreachable" if link is None else "full", sender)
+            if link is None:
+                self.peer.connect_soon()
+            return False
+        codec = self.peer.remoting.codec
+        try:
+            body = codec.encode(msg)
+        except MicroError as exc:
+            self.node.dead_letter(self.target, msg, f"undeliverable: {exc.detail}", sender)
+            return False
+        env = Envelope(Kind.TELL, 0, self.target, sender, "", codec.content_type, headers or {}, 0, body)
+        link.push(encode_envelope(env))
+        return True
+
+    async def ask(
+        self,
+        msg: Any,
+        sender: ActorRef | None,
+        headers: dict[str, str] | None,
+        endpoint: str | None,
+        timeout: float,
+    ) -> Any:
+        """Send a request and wait for its answer; on timeout or cancellation send CANCEL."""
+        deadline = trio.current_time() + timeout
+        peer = self.peer
+        link = peer.link
+        if link is None:
+            with trio.move_on_at(deadline):
+                link = await peer.connect(timeout)
+            if link is None:
+                raise RequestTimeout(
+                    f"no connection to node {peer.node_id} within {timeout:g}s", id=self.target.path
+                )
+        codec = peer.remoting.codec
+        body = codec.encode(msg)
+        corr = link.new_corr()
+        reply = Reply()
+        env = Envelope(
+            Kind.ASK,
+            corr,
+            self.target,
+            sender,
+            endpoint or "",
+            codec.content_type,
+            headers or {},
+            max(1, math.ceil(timeout * 1000)),
+            body,
+        )
+        frame = encode_envelope(env)
+        link.pending[corr] = reply
+        try:
+            with trio.move_on_at(deadline):
+                await link.send(frame)
+                return await reply.wait()
+        finally:
+            if not reply.done:  # timed out or cancelled: tell the callee to stop working on it
+                reply.abandoned = True
+                if link.pending.pop(corr, None) is not None and not link.closed:
+                    link.push(encode_envelope(Envelope(Kind.CANCEL, corr)))
+        raise RequestTimeout(f"no reply from {self.target} within {timeout:g}s", id=self.target.path)
+
+    def system(self, msg: Any) -> bool:
+        """Runtime notices for a remote actor; only ``Terminated`` (for a remote watcher) travels."""
+        if not isinstance(msg, Terminated):
+            return False
+        link = self.peer.link
+        if link is None:
+            return False
+        body = self.peer.remoting.codec.encode(msg.reason)
+        link.push(encode_envelope(Envelope(Kind.SYSTEM, 0, self.target, msg.ref, "terminated", body=body)))
+        return True
+
+    def add_watcher(self, watcher: ActorRef) -> None:
+        """Watch this remote actor for ``watcher`` (a local actor)."""
+        self.peer.watch(self.target, watcher)
+
+    def remove_watcher(self, watcher: ActorRef) -> None:
+        self.peer.unwatch(self.target, watcher)
+
+
+class Link:
+    """One authenticated connection to a peer node, shared by every actor on both nodes."""
+
+    def __init__(self, remoting: Remoting, peer: Peer, conn: SecureConnection, initiator: bool) -> None:
+        self.remoting = remoting
+        self.peer = peer
+        self.conn = conn
+        self.initiator = initiator
+        self.closed = False
+        self.reason = ""
+        # Each side numbers the exchanges it starts: the dialer odd, the acceptor even (§3.3).
+        self._corrs = itertools.count(1 if initiator else 2, 2)
+        self.pending: dict[int, Reply] = {}
+        self.inbound: dict[int, InboundReply] = {}
+        self.out: list[bytes] = []
+        self.out_bytes = 0
+        self._writer = ParkingLot()
+        self._room = ParkingLot()
+        self.received = 0
+        self.sent = 0
+        self._cancel_scope = trio.CancelScope()
+        self.seq = next(remoting.link_seq)
+
+    def __repr__(self) -> str:
+        state = " closed" if self.closed else ""
+        return f"<Link to {self.peer.node_id} {'out' if self.initiator else 'in'}{state}>"
+
+    def new_corr(self) -> int:
+        return next(self._corrs)
+
+    # ---- sending -----------------------------------------------------------------------------
+
+    def push(self, frame: bytes) -> None:
+        """Queue a frame for the writer without waiting (answers and control messages)."""
+        if self.closed:
+            return
+        self.out.append(frame)
+        self.out_bytes += len(frame)
+        if self._writer:
+            self._writer.unpark()
+
+    async def send(self, frame: bytes) -> None:
+        """Queue a frame, waiting while the send buffer is over its high-water mark."""
+        if len(frame) > self.remoting.max_frame_size:
+            raise BadRequest(
+                f"message of {len(frame)} bytes exceeds the {self.remoting.max_frame_size}-byte frame limit"
+            )
+        while self.out_bytes >= OUT_HIGH_WATER and not self.closed:
+            await self._room.park()
+        if self.closed:
+            raise Unreachable(f"node {self.peer.node_id} unreachable: {self.reason}", id=self.peer.node_id)
+        self.push(frame)
+
+    def send_error(self, corr: int, err: MicroError, codec: Codec) -> None:
+        body = codec.encode(err.to_fields())
+        self.push(encode_envelope(Envelope(Kind.ERROR, corr, content_type=codec.content_type, body=body)))
+
+    async def _write(self) -> None:
+        conn = self.conn
+        while True:
+            if not self.out:
+                await self._writer.park()
+                continue
+            batch, self.out = self.out, []
+            self.out_bytes = 0
+            if self._room:
+                self._room.unpark_all()
+            self.sent += len(batch)
+            await conn.send_frames(batch)
+
+    # ---- receiving ---------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        ref_binder.set(self.remoting.bind_ref)  # refs inside bodies arrive bound (this task only)
+        conn = self.conn
+        while True:
+            frame = await conn.receive_frame()
+            if frame is None:
+                self.reason = "connection closed by the peer"
+                return
+            self.received += 1
+            env = decode_envelope(frame)
+            kind = env.kind
+            if kind is Kind.REPLY or kind is Kind.ERROR:
+                self._on_answer(env)
+            elif kind is Kind.ASK:
+                self._on_ask(env)
+            elif kind is Kind.TELL:
+                await self._on_tell(env)
+            elif kind is Kind.CANCEL:
+                self._on_cancel(env.corr)
+            elif kind is Kind.SYSTEM:
+                self._on_system(env)
+            # Stream kinds arrive with streams; until then they are ignored like unknown streams.
+
+    def _on_answer(self, env: Envelope) -> None:
+        reply = self.pending.pop(env.corr, None)
+        if reply is None:
+            return  # the caller gave up; a late answer is dropped
+        try:
+            codec = self.remoting.codecs.get(env.content_type)
+            value = codec.decode(env.body)
+            if env.kind is Kind.ERROR:
+                if not isinstance(value, dict):
+                    raise BadRequest("an ERROR body must be an error map")
+                reply.fail(error_from_fields(value))
+            else:
+                reply.resolve(value)
+        except MicroError as exc:
+            reply.fail(exc)
+
+    def _on_ask(self, env: Envelope) -> None:
+        corr = env.corr
+        remoting = self.remoting
+        try:
+            codec = remoting.codecs.get(env.content_type)
+        except MicroError as exc:
+            self.send_error(corr, exc, remoting.codec)
+            return
+        try:
+            if len(self.inbound) >= MAX_INBOUND:
+                raise TooManyRequests(f"more than {MAX_INBOUND} requests in flight", id=remoting.node.id)
+            cell = remoting.local_cell(env.target)
+            msg = codec.decode(env.body)
+        except MicroError as exc:
+            self.send_error(corr, exc, codec)
+            return
+        reply = InboundReply(self, corr, codec)
+        if env.deadline_ms:
+            reply.deadline = trio.current_time() + env.deadline_ms / 1000
+        sender = None if env.sender is None else self.peer.bind(env.sender)
+        item = (msg, reply, sender, env.endpoint or None, env.headers or None)
+        result = cell.offer(item)
+        if result == OK:
+            self.inbound[corr] = reply
+        elif result == DEAD:
+            self.send_error(
+                corr, ServiceUnavailable(f"actor {cell.path} is not running", id=cell.path), codec
+            )
+        else:
+            self.send_error(corr, TooManyRequests(f"mailbox of {cell.path} is full", id=cell.path), codec)
+
+    async def _on_tell(self, env: Envelope) -> None:
+        remoting = self.remoting
+        sender = None if env.sender is None else self.peer.bind(env.sender)
+        try:
+            codec = remoting.codecs.get(env.content_type)
+            cell = remoting.local_cell(env.target)
+            msg = codec.decode(env.body)
+        except MicroError as exc:
+            remoting.node.dead_letter(env.target, env.body, f"undeliverable: {exc.detail}", sender)
+            return
+        # Waiting here on a full mailbox is the backpressure: the peer's writes stall in TCP.
+        if await cell.put((msg, None, sender, env.endpoint or None, env.headers or None)) == DEAD:
+            remoting.node.dead_letter(cell.ref, msg, "stopped", sender)
+
+    def _on_cancel(self, corr: int) -> None:
+        reply = self.inbound.pop(corr, None)
+        if reply is not None:
+            reply.abandoned = True
+            if reply.scope is not None:
+                reply.scope.cancel()
+
+    def _on_system(self, env: Envelope) -> None:
+        op = env.endpoint
+        remoting = self.remoting
+        if op == "hello":
+            try:
+                info = remoting.codec.decode(env.body) if env.body else {}
+            except MicroError:
+                return
+            address = info.get("address") if isinstance(info, dict) else None
+            if isinstance(address, str) and address:
+                self.peer.address = address
+        elif op == "watch" and env.target is not None and env.sender is not None:
+            watcher = self.peer.bind(env.sender)
+            try:
+                cell = remoting.local_cell(env.target)
+            except MicroError:
+                self.push(self._terminated_frame(watcher, env.target, "no such actor"))
+                return
+            cell.add_watcher(watcher)
+        elif op == "unwatch" and env.target is not None and env.sender is not None:
+            try:
+                cell = remoting.local_cell(env.target)
+            except MicroError:
+                return
+            cell.remove_watcher(self.peer.bind(env.sender))
+        elif op == "terminated" and env.target is not None and env.sender is not None:
+            try:
+                reason = remoting.codec.decode(env.body) if env.body else None
+            except MicroError:
+                reason = None
+            self.peer.terminated(env.sender, env.target, reason if isinstance(reason, str) else None)
+        # "heartbeat" and unknown operations only prove the peer is alive.
+
+    def _terminated_frame(self, watcher: ActorRef, ref: ActorRef, reason: str) -> bytes:
+        body = self.remoting.codec.encode(reason)
+        return encode_envelope(Envelope(Kind.SYSTEM, 0, watcher, ref, "terminated", body=body))
+
+    # ---- lifetime ----------------------------------------------------------------------------
+
+    async def _keepalive(self) -> None:
+        """Send a heartbeat when idle; drop the link when the peer has been silent too long."""
+        interval = self.remoting.keepalive
+        silent_limit = self.remoting.dead_after
+        heartbeat = encode_envelope(Envelope(Kind.SYSTEM, endpoint="heartbeat"))
+        last_received = self.received
+        silent = 0.0
+        while True:
+            sent = self.sent
+            await trio.sleep(interval)
+            if self.sent == sent and not self.out:
+                self.push(heartbeat)
+            if self.received == last_received:
+                silent += interval
+                if silent >= silent_limit:
+                    self.reason = f"no traffic for {silent:g}s"
+                    return
+            else:
+                last_received = self.received
+                silent = 0.0
+
+    async def run(self) -> None:
+        """Serve the link until the peer goes away, a task fails, or :meth:`close` is called."""
+        try:
+            with self._cancel_scope:
+                async with trio.open_nursery() as nursery:
+
+                    async def until_done(fn: Callable[[], Any]) -> None:
+                        # The first of the three to end (a clean EOF, a broken or hostile peer,
+                        # silence) ends the link; only MicroErrors are expected here.
+                        try:
+                            await fn()
+                        except MicroError as exc:
+                            self.reason = self.reason or f"{type(exc).__name__}: {exc.detail}"
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(until_done, self._read)
+                    nursery.start_soon(until_done, self._keepalive)
+                    nursery.start_soon(until_done, self._write)
+        finally:
+            self._closed()
+            with trio.CancelScope(shield=True):
+                await self.conn.aclose()
+
+    def close(self, reason: str) -> None:
+        self.reason = self.reason or reason
+        self._cancel_scope.cancel()
+
+    def _closed(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        reason = self.reason or "connection lost"
+        self.out = []
+        self.out_bytes = 0
+        self._room.unpark_all()
+        pending, self.pending = self.pending, {}
+        for reply in pending.values():
+            reply.fail(Unreachable(f"node {self.peer.node_id} unreachable: {reason}", id=self.peer.node_id))
+        inbound, self.inbound = self.inbound, {}
+        for inbound_reply in inbound.values():
+            inbound_reply.abandoned = True
+            if inbound_reply.scope is not None:
+                inbound_reply.scope.cancel()
+        self.peer.link_closed(self)
+
+
+class Peer:
+    """Another node as seen from this one: its link when up, how to dial it, who watches what there."""
+
+    def __init__(self, remoting: Remoting, node_id: str) -> None:
+        self.remoting = remoting
+        self.node_id = node_id
+        self.address: str | None = None
+        self.links: list[Link] = []
+        self._dialing: trio.Event | None = None
+        self._failures = 0
+        self._retry_at = -math.inf
+        self._last_error = ""
+        self._refs: dict[ActorRef, ActorRef] = {}
+        #: remote actor -> local watchers
+        self.watched: dict[ActorRef, set[ActorRef]] = {}
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        """Return at the next change of this peer's links (for tools and tests)."""
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.node_id} at {self.address} links={len(self.links)}>"
+
+    @property
+    def link(self) -> Link | None:
+        """The link new traffic uses (both nodes pick the same one when two exist)."""
+        links = self.links
+        return links[0] if links else None
+
+    def bind(self, ref: ActorRef) -> ActorRef:
+        """``ref`` (an actor on this peer) bound to a :class:`RemoteActor`, cached."""
+        bound = self._refs.get(ref)
+        if bound is None:
+            if len(self._refs) >= REF_CACHE:
+                self._refs.clear()
+            bound = self._refs[ref] = ref.bind(RemoteActor(self, ref))
+        return bound
+
+    # ---- links ---------------------------------------------------------------------------------
+
+    def add_link(self, link: Link) -> None:
+        """Register a new link; with two, both nodes keep the one dialed by the smaller node id."""
+        links = self.links
+        links.append(link)
+        self._failures = 0
+        self._retry_at = -math.inf
+        if len(links) > 1:
+            local = self.remoting.node.id
+
+            def rank(candidate: Link) -> tuple[int, int]:
+                dialer = local if candidate.initiator else self.node_id
+                # Newer links from the same dialer replace older ones (the peer reconnected).
+                return (0 if dialer == min(local, self.node_id) else 1, -candidate.seq)
+
+            links.sort(key=rank)
+            for extra in links[1:]:
+                if extra.initiator:  # the dialer of a losing link retires it
+                    extra.close("duplicate connection")
+        self._notify()
+
+    def link_closed(self, link: Link) -> None:
+        if link in self.links:
+            self.links.remove(link)
+        self._notify()
+        if not self.links:
+            reason = link.reason or "connection lost"
+            watched, self.watched = self.watched, {}
+            for ref, watchers in watched.items():
+                for watcher in watchers:
+                    binding = watcher.binding
+                    if binding is not None:
+                        binding.system(Terminated(self.bind(ref), f"node unreachable: {reason}"))
+
+    def connect_soon(self) -> None:
+        if self.link is None and self._dialing is None:
+            self.remoting.node.spawn_system(self._connect_quietly)
+
+    async def _connect_quietly(self) -> None:
+        with contextlib.suppress(MicroError):
+            await self.connect(self.remoting.node.ask_timeout)
+
+    async def connect(self, timeout: float) -> Link:
+        """The current link, dialing if there is none (one dial at a time, with backoff)."""
+        while True:
+            link = self.link
+            if link is not None:
+                return link
+            if self._dialing is None:
+                break
+            await self._dialing.wait()
+            if self.link is None:
+                raise Unreachable(f"node {self.node_id} unreachable: {self._last_error}", id=self.node_id)
+        now = trio.current_time()
+        if now < self._retry_at:
+            raise Unreachable(
+                f"node {self.node_id} unreachable: {self._last_error} (retry in {self._retry_at - now:.2f}s)",
+                id=self.node_id,
+            )
+        address = self.address or self.remoting.address_of(self.node_id)
+        if address is None:
+            raise Unreachable(f"node {self.node_id} unreachable: no known address", id=self.node_id)
+        event = self._dialing = trio.Event()
+        try:
+            return await self.remoting.dial(address, timeout, expect=self.node_id)
+        except MicroError as exc:
+            self._failures += 1
+            self._last_error = exc.detail
+            backoff = min(5.0, 0.05 * 2 ** min(self._failures, 10))
+            self._retry_at = trio.current_time() + backoff * (0.5 + self.remoting.node.rng.random() / 2)
+            raise Unreachable(f"node {self.node_id} unreachable: {exc.detail}", id=self.node_id) from exc
+        finally:
+            self._dialing = None
+            event.set()
+
+    # ---- death watch ---------------------------------------------------------------------------
+
+    def watch(self, target: ActorRef, watcher: ActorRef) -> None:
+        watchers = self.watched.get(target)
+        if watchers is None:
+            watchers = self.watched[target] = set()
+        first = not watchers
+        watchers.add(watcher)
+        if first:
+            self.remoting.node.spawn_system(self._send_watch, target, watcher)
+
+    async def _send_watch(self, target: ActorRef, watcher: ActorRef) -> None:
+        try:
+            link = await self.connect(self.remoting.node.ask_timeout)
+        except MicroError as exc:
+            watchers = self.watched.pop(target, set())
+            for w in watchers:
+                if w.binding is not None:
+                    w.binding.system(Terminated(self.bind(target), f"node unreachable: {exc.detail}"))
+            return
+        # Any local watcher stands for all of them: the peer answers "terminated" once.
+        link.push(encode_envelope(Envelope(Kind.SYSTEM, 0, target, watcher, "watch")))
+
+    def unwatch(self, target: ActorRef, watcher: ActorRef) -> None:
+        watchers = self.watched.get(target)
+        if not watchers:
+            return
+        watchers.discard(watcher)
+        if not watchers:
+            del self.watched[target]
+            link = self.link
+            if link is not None:
+                link.push(encode_envelope(Envelope(Kind.SYSTEM, 0, target, watcher, "unwatch")))
+
+    def terminated(self, ref: ActorRef, watcher: ActorRef, reason: str | None) -> None:
+        """The peer says ``ref`` stopped: tell every local watcher once."""
+        watchers = self.watched.pop(ref, None)
+        if watchers is None:
+            return
+        bound = self.bind(ref)
+        for w in watchers:
+            if w.binding is not None:
+                w.binding.system(Terminated(bound, reason))
+
+
+class Remoting:
+    """A node's connections to other nodes: listener, identity, codecs and peers."""
+
+    def __init__(
+        self,
+        node: Node,
+        nursery: trio.Nursery,
+        *,
+        transport: Transport,
+        identity: Callable[[], Identity],
+        codecs: CodecSet,
+        keepalive: float = 1.0,
+        dead_after: float = 10.0,
+        handshake_timeout: float = 5.0,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
+        self.node = node
+        self._nursery = nursery
+        self.transport = transport
+        self._identity_factory = identity
+        self._identity: Identity | None = None
+        self.codecs = codecs
+        self.codec = codecs.get()
+        self.keepalive = keepalive
+        self.dead_after = dead_after
+        self.handshake_timeout = handshake_timeout
+        self.max_frame_size = max_frame_size
+        self.peers: dict[str, Peer] = {}
+        self.listener: Listener | None = None
+        self._serve_scope = trio.CancelScope()
+        self.link_seq = itertools.count()
+        #: Hook for discovery: node id -> address, consulted when a peer's address is unknown.
+        self.resolve: Callable[[str], str | None] | None = None
+
+    @property
+    def identity(self) -> Identity:
+        if self._identity is None:
+            self._identity = self._identity_factory()
+        return self._identity
+
+    @property
+    def address(self) -> str | None:
+        return None if self.listener is None else self.listener.address
+
+    def address_of(self, node_id: str) -> str | None:
+        return None if self.resolve is None else self.resolve(node_id)
+
+    def peer(self, node_id: str) -> Peer:
+        peer = self.peers.get(node_id)
+        if peer is None:
+            peer = self.peers[node_id] = Peer(self, node_id)
+        return peer
+
+    def bind_ref(self, ref: ActorRef) -> ActorRef:
+        """Bind a ref decoded from the wire: a local cell, a remote actor, or a dead local one."""
+        node = self.node
+        if ref.node != node.id:
+            return self.peer(ref.node).bind(ref)
+        cell = node.cells.get(ref.path)
+        if cell is None or (ref.uid and cell.ref.uid != ref.uid):
+            return ref.bind(_Gone(node, ref))
+        return cell.ref
+
+    def local_cell(self, target: ActorRef | None) -> Cell:
+        """The live local actor an incoming message is for, or :class:`NotFound`."""
+        node = self.node
+        if target is None or target.node != node.id:
+            raise NotFound(f"message for {target} reached node {node.id}", id=node.id)
+        cell = node.cells.get(target.path)
+        if cell is None or (target.uid and cell.ref.uid != target.uid):
+            raise NotFound(f"no actor {target}", id=node.id)
+        return cell
+
+    # ---- listening and dialing -----------------------------------------------------------------
+
+    async def listen(self, address: str) -> str:
+        """Accept connections from other nodes on ``address``; returns the bound address."""
+        if self.listener is not None:
+            raise RuntimeError(f"node {self.node.id} already listens on {self.listener.address}")
+        _ = self.identity  # load or create it now, so a bad identity fails the start, not a peer
+        self.listener = await self.transport.listen(address)
+        await self._nursery.start(self._serve, self.listener)
+        return self.listener.address
+
+    async def _serve(self, listener: Listener, *, task_status: trio.TaskStatus[None]) -> None:
+        with self._serve_scope:
+            await serve(listener, self._accepted, task_status=task_status)
+
+    async def _accepted(self, conn: Connection) -> None:
+        identity = self.identity
+        secure = await secure_server(
+            conn,
+            identity.signing_key,
+            identity.certificate,
+            identity.verify_peer,
+            self.handshake_timeout,
+            max_frame_size=self.max_frame_size,
+        )
+        node_id = _node_id_of(secure.peer_info)
+        if node_id == self.node.id:
+            raise Unreachable("refusing a connection from a node with this node's own id")
+        peer = self.peer(node_id)
+        link = Link(self, peer, secure, initiator=False)
+        peer.add_link(link)
+        await link.run()
+
+    async def dial(self, address: str, timeout: float, *, expect: str | None = None) -> Link:
+        """Open a secure link to the node at ``address`` (and check it is ``expect`` if given)."""
+        identity = self.identity
+        with trio.move_on_after(timeout) as scope:
+            conn = await self.transport.dial(address, timeout)
+            secure = await secure_client(
+                conn,
+                identity.signing_key,
+                identity.certificate,
+                identity.verify_peer,
+                min(timeout, self.handshake_timeout),
+                max_frame_size=self.max_frame_size,
+            )
+        if scope.cancelled_caught:
+            raise RequestTimeout(f"connecting to {address} took more than {timeout:g}s")
+        node_id = _node_id_of(secure.peer_info)
+        if (expect is not None and node_id != expect) or node_id == self.node.id:
+            await secure.aclose()
+            raise Unreachable(f"{address} is node {node_id}, not {expect or 'another node'}")
+        peer = self.peer(node_id)
+        peer.address = address
+        link = Link(self, peer, secure, initiator=True)
+        peer.add_link(link)
+        hello = self.codec.encode({"address": self.address or ""})
+        link.push(encode_envelope(Envelope(Kind.SYSTEM, endpoint="hello", body=hello)))
+        self._nursery.start_soon(link.run)
+        return link
+
+    async def connect(self, address: str, timeout: float | None = None) -> str:
+        """Dial ``address`` unless a link to that node exists; return the node's id."""
+        for peer in self.peers.values():
+            if peer.address == address and peer.link is not None:
+                return peer.node_id
+        link = await self.dial(address, self.node.ask_timeout if timeout is None else timeout)
+        return link.peer.node_id
+
+    async def aclose(self) -> None:
+        """Stop listening and close every link (peers see a clean end, then "node unreachable")."""
+        self._serve_scope.cancel()
+        if self.listener is not None:
+            await self.listener.aclose()
+        for peer in list(self.peers.values()):
+            for link in list(peer.links):
+                link.close("node shutting down")
+
+
+def _node_id_of(peer_info: Any) -> str:
+    node_id = getattr(peer_info, "node_id", None)
+    if not isinstance(node_id, str) or not node_id:
+        raise Unreachable("the peer's certificate names no node id")
+    return node_id

@@ -1,0 +1,482 @@
+"""Remote actors between nodes in one process: ask/tell, errors, refs, deadlines, cancel, death."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from trimicro.actors import (
+    Actor,
+    ActorRef,
+    DeadLetter,
+    InternalServerError,
+    MicroError,
+    Node,
+    NotFound,
+    RequestTimeout,
+    ServiceUnavailable,
+    Terminated,
+    TooManyRequests,
+    Unauthorized,
+    ask,
+    bounded,
+    start_node,
+    tell,
+)
+from trimicro.actors.remote import Unreachable
+from trimicro.mailbox.identity import Authority, NodeIdentity
+from trimicro.mailbox.inproc import InprocTransport
+from trimicro.mailbox.tcp import TcpTransport
+from trimicro.mailbox.transport import Transport
+from trimicro.mailbox.typeregistry import TypeRegistry
+
+REGISTRY = TypeRegistry()
+
+
+@REGISTRY.message("test.Add")
+@attrs.frozen
+class Add:
+    k: int
+
+
+@REGISTRY.message("test.Get")
+@attrs.frozen
+class Get:
+    pass
+
+
+@REGISTRY.message("test.Fail")
+@attrs.frozen
+class Fail:
+    code: int
+
+
+@REGISTRY.message("test.Sleep")
+@attrs.frozen
+class Sleep:
+    seconds: float
+
+
+@REGISTRY.message("test.Relay")
+@attrs.frozen
+class Relay:
+    """Ask ``to`` to add ``k`` (refs inside messages must arrive usable)."""
+
+    to: ActorRef
+    k: int
+
+
+@attrs.frozen
+class NotRegistered:
+    pass
+
+
+class Counter(Actor):
+    service_name = "Counter"
+
+    def __init__(self, probe: dict[str, Any] | None = None) -> None:
+        self.n = 0
+        self.seen: list[int] = []
+        self.probe = probe if probe is not None else {}
+
+    async def add(self, msg: Add) -> int:
+        self.n += msg.k
+        self.seen.append(msg.k)
+        self.probe["headers"] = self.context.headers
+        self.probe["sender"] = self.context.sender
+        self.probe["deadline"] = self.context.deadline
+        return self.n
+
+    async def get(self, msg: Get) -> list[int]:
+        return self.seen
+
+    async def fail(self, msg: Fail) -> None:
+        if msg.code == 500:
+            raise ZeroDivisionError("boom")
+        raise NotFound("no such thing")
+
+    async def sleep(self, msg: Sleep) -> str:
+        started = self.probe.get("started_event")
+        if started is not None:
+            started.set()
+        try:
+            await trio.sleep(msg.seconds)
+        except trio.Cancelled:
+            self.probe["cancelled"] = trio.current_time()
+            ev = self.probe.get("cancelled_event")
+            if ev is not None:
+                ev.set()
+            raise
+        return "slept"
+
+    async def relay(self, msg: Relay) -> int:
+        result: int = await ask(msg.to, Add(msg.k))
+        return result
+
+    async def odd(self, msg: NotRegistered) -> NotRegistered:
+        return msg
+
+    async def hello(self, body: dict[str, Any]) -> str:
+        return f"hello {body['name']}"
+
+
+class Watcher(Actor):
+    def __init__(self, seen: trio.MemorySendChannel[Terminated]) -> None:
+        self.seen = seen
+
+    async def watch(self, ref: ActorRef) -> None:
+        self.context.watch(ref)
+
+    async def on_terminated(self, msg: Terminated) -> None:
+        self.seen.send_nowait(msg)
+
+
+@pytest.fixture
+def authority() -> Authority:
+    return Authority.generate()
+
+
+@asynccontextmanager
+async def pair(
+    authority: Authority,
+    transport: Transport | None = None,
+    *,
+    a_listen: str = "node-a",
+    b_listen: str = "node-b",
+    **kw: Any,
+) -> AsyncIterator[tuple[Node, Node, str]]:
+    """Two nodes that trust the same authority; ``a`` has connected to ``b``."""
+    tr = transport or InprocTransport()
+    async with (
+        start_node(
+            "a",
+            listen=a_listen,
+            transport=tr,
+            identity=NodeIdentity.issue("a", authority),
+            registry=REGISTRY,
+            **kw,
+        ) as a,
+        start_node(
+            "b",
+            listen=b_listen,
+            transport=tr,
+            identity=NodeIdentity.issue("b", authority),
+            registry=REGISTRY,
+            **kw,
+        ) as b,
+    ):
+        assert b.address is not None
+        peer = await a.connect(b.address)
+        assert peer == "b"
+        yield a, b, b.address
+
+
+async def test_ask_and_tell_across_nodes_by_type_and_endpoint(authority: Authority) -> None:
+    async with pair(authority) as (a, b, _):
+        probe: dict[str, Any] = {}
+        await b.spawn(Counter, probe, name="counter")
+        ref = a.remote_ref("b", "counter")
+        for k in range(1, 51):
+            await tell(ref, Add(k))
+        assert await ask(ref, Get()) == list(range(1, 51))  # one link: order kept
+        assert await ask(ref, Add(1), headers={"trace": "t1"}) == sum(range(1, 51)) + 1
+        assert probe["headers"] == {"trace": "t1"}
+        assert await ask(ref, {"name": "Ada"}, endpoint="Counter.hello") == "hello Ada"
+
+
+async def test_typed_errors_cross_with_all_fields(authority: Authority) -> None:
+    async with pair(authority) as (a, b, _):
+        await b.spawn(Counter, name="counter")
+        ref = a.remote_ref("b", "counter")
+        with pytest.raises(NotFound) as info:
+            await ask(ref, Fail(404))
+        assert (info.value.code, info.value.status, info.value.id) == (404, "Not Found", "Counter")
+        assert info.value.detail == "no such thing"
+        with pytest.raises(InternalServerError) as crash:
+            await ask(ref, Fail(500))
+        assert "ZeroDivisionError" in crash.value.detail
+        # The crashed actor was restarted by its supervisor and serves again.
+        assert await ask(ref, Add(2)) == 2
+        with pytest.raises(NotFound):
+            await ask(a.remote_ref("b", "nobody"), Get())
+        with pytest.raises(NotFound):
+            await ask(ref, {"x": 1}, endpoint="Counter.nope")
+
+
+async def test_unencodable_message_fails_at_the_caller(authority: Authority) -> None:
+    async with pair(authority) as (a, b, _):
+        await b.spawn(Counter, name="counter")
+        ref = a.remote_ref("b", "counter")
+        with pytest.raises(MicroError) as info:
+            await ask(ref, NotRegistered())
+        assert info.value.code == 500
+        assert await ask(ref, Add(1)) == 1  # the link is still fine
+
+
+async def test_refs_inside_messages_and_sender_are_usable(authority: Authority) -> None:
+    async with pair(authority) as (a, b, _):
+        probe: dict[str, Any] = {}
+        local = await a.spawn(Counter, name="local")
+        await b.spawn(Counter, probe, name="counter")
+        remote = a.remote_ref("b", "counter")
+        # b's actor receives a ref to a's actor in the message and asks it back.
+        assert await ask(remote, Relay(local, 5)) == 5
+        assert await ask(local, Get()) == [5]
+        # An actor on b asking a's actor: the sender seen on a is a usable ref to b's actor.
+        assert await ask(remote, Relay(local, 1)) == 6
+        sender_probe: dict[str, Any] = {}
+        relay_src = await a.spawn(Counter, sender_probe, name="src")
+        await ask(relay_src, Relay(remote, 3))  # a's actor asks b's actor
+        sender = probe["sender"]
+        assert sender == relay_src
+        assert sender.node == "a"
+        assert sender.binding is not None
+        # b can use that sender ref to reach a's actor
+        assert await ask(sender, Get()) == []
+
+
+async def test_callee_sees_the_deadline_and_nested_calls_inherit_it(authority: Authority) -> None:
+    async with pair(authority) as (a, b, _):
+        probe: dict[str, Any] = {}
+        await b.spawn(Counter, probe, name="counter")
+        ref = a.remote_ref("b", "counter")
+        before = trio.current_time()
+        await ask(ref, Add(1), timeout=3.0)
+        deadline = probe["deadline"]
+        assert deadline is not None
+        assert before + 2.0 < deadline <= trio.current_time() + 3.0
+
+
+async def test_caller_timeout_cancels_the_remote_handler(authority: Authority) -> None:
+    async with pair(authority) as (a, b, _):
+        cancelled = trio.Event()
+        probe: dict[str, Any] = {"cancelled_event": cancelled}
+        await b.spawn(Counter, probe, name="counter")
+        ref = a.remote_ref("b", "counter")
+        with pytest.raises(RequestTimeout):
+            await ask(ref, Sleep(60), timeout=0.2)
+        with trio.fail_after(5):
+            await cancelled.wait()
+        assert await ask(ref, Add(1)) == 1
+
+
+async def test_caller_cancellation_sends_cancel(authority: Authority) -> None:
+    async with pair(authority) as (a, b, _):
+        cancelled, started = trio.Event(), trio.Event()
+        probe: dict[str, Any] = {"cancelled_event": cancelled, "started_event": started}
+        await b.spawn(Counter, probe, name="counter")
+        ref = a.remote_ref("b", "counter")
+        async with trio.open_nursery() as nursery:
+
+            async def call() -> None:
+                await ask(ref, Sleep(60), timeout=30)
+
+            nursery.start_soon(call)
+            await started.wait()
+            nursery.cancel_scope.cancel()
+        with trio.fail_after(5):
+            await cancelled.wait()
+
+
+async def test_deadline_expiry_on_the_callee_answers_408(authority: Authority) -> None:
+    async with pair(authority) as (a, b, _):
+        await b.spawn(Counter, name="counter")
+        ref = a.remote_ref("b", "counter")
+        with pytest.raises(RequestTimeout):
+            await ask(ref, Sleep(5), timeout=0.1)
+
+
+async def test_link_drop_fails_pending_asks_promptly(authority: Authority) -> None:
+    async with pair(authority) as (a, b, _):
+        started = [trio.Event() for _ in range(5)]
+        refs = []
+        for i, event in enumerate(started):
+            await b.spawn(Counter, {"started_event": event}, name=f"c{i}")
+            refs.append(a.remote_ref("b", f"c{i}"))
+        failures: list[BaseException] = []
+
+        async def call(ref: ActorRef) -> None:
+            try:
+                await ask(ref, Sleep(60), timeout=30)
+            except MicroError as exc:
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for ref in refs:
+                nursery.start_soon(call, ref)
+            for event in started:
+                await event.wait()
+            start = trio.current_time()
+            for link in list(b.remote.peers["a"].links):
+                await link.conn.inner.aclose()  # the wire breaks under b
+        assert trio.current_time() - start < 2.0
+        assert len(failures) == 5
+        assert all(isinstance(f, ServiceUnavailable) and "unreachable" in f.detail for f in failures)
+
+
+async def test_remote_death_watch_on_stop_and_on_node_loss(authority: Authority) -> None:
+    async with pair(authority) as (a, b, _):
+        send, receive = trio.open_memory_channel[Terminated](10)
+        watcher = await a.spawn(Watcher, send, name="watcher")
+        target = await b.spawn(Counter, name="t1")
+        other = await b.spawn(Counter, name="t2")
+        await ask(watcher, a.resolve(target))
+        await ask(watcher, a.resolve(other))
+        # Round trip on the same link, so that both watch requests have arrived at b.
+        await ask(a.remote_ref("b", "t1"), Get())
+        await b.stop(target)
+        with trio.fail_after(5):
+            first = await receive.receive()
+        assert first.ref == target and first.reason is None
+        for link in list(a.remote.peers["b"].links):
+            await link.conn.inner.aclose()
+        with trio.fail_after(5):
+            second = await receive.receive()
+        assert second.ref == other
+        assert second.reason is not None and "unreachable" in second.reason
+
+
+async def test_watch_of_a_missing_remote_actor_fires_at_once(authority: Authority) -> None:
+    async with pair(authority) as (a, _b, _):
+        send, receive = trio.open_memory_channel[Terminated](10)
+        watcher = await a.spawn(Watcher, send, name="watcher")
+        await ask(watcher, a.remote_ref("b", "ghost"))
+        with trio.fail_after(5):
+            got = await receive.receive()
+        assert got.ref.path == "/user/ghost"
+
+
+async def test_unknown_node_and_refused_address_fail_fast(authority: Authority) -> None:
+    async with pair(authority) as (a, _b, _):
+        with pytest.raises(Unreachable, match="no known address"):
+            await ask(a.remote_ref("zz", "x"), Get())
+        with pytest.raises(ServiceUnavailable):
+            await a.connect("nowhere", timeout=1)
+
+
+async def test_foreign_authority_is_refused(authority: Authority) -> None:
+    tr = InprocTransport()
+    async with (
+        start_node("a", listen="a", transport=tr, identity=NodeIdentity.issue("a", authority)) as a,
+        start_node(
+            "m", listen="m", transport=tr, identity=NodeIdentity.issue("m", Authority.generate())
+        ) as m,
+    ):
+        with pytest.raises(Unauthorized):
+            await m.connect("a", timeout=2)
+        with pytest.raises(Unauthorized):
+            await a.connect("m", timeout=2)
+        assert not a.remote.peers.get("m") or not a.remote.peers["m"].links
+
+
+async def test_expired_certificate_is_refused(authority: Authority) -> None:
+    tr = InprocTransport()
+    old = NodeIdentity.issue("old", authority, ttl=60, now=1_000_000.0)
+    async with (
+        start_node("a", listen="a", transport=tr, identity=NodeIdentity.issue("a", authority)) as a,
+        start_node("old", transport=tr, identity=old, registry=REGISTRY) as o,
+    ):
+        await a.spawn(Counter, name="counter")
+        # The initiator finishes the XX handshake by sending its certificate, so the refusal
+        # shows as the connection closing before any request is served.
+        with pytest.raises(MicroError) as info:
+            await o.connect("a", timeout=2)
+            await ask(o.remote_ref("a", "counter"), Get(), timeout=2)
+        assert info.value.code in (401, 503)
+        assert "old" not in a.remote.peers or not a.remote.peers["old"].links
+
+
+async def test_garbage_after_handshake_closes_only_that_link(authority: Authority) -> None:
+    async with pair(authority) as (a, b, _):
+        await b.spawn(Counter, name="counter")
+        ref = a.remote_ref("b", "counter")
+        assert await ask(ref, Add(1)) == 1
+        link = a.remote.peers["b"].link
+        assert link is not None
+        await link.conn.send_frames([b"\x93\x01\x02\x03"])  # a valid frame, not an envelope
+        with trio.fail_after(5):
+            while a.remote.peers["b"].links:
+                await a.remote.peers["b"].wait_changed()
+        # a redials on the next call and b serves it
+        assert await ask(ref, Add(1)) == 2
+
+
+async def test_concurrent_asks_share_one_link(authority: Authority) -> None:
+    async with pair(authority) as (a, b, _):
+        await b.spawn(Counter, name="counter", mailbox=bounded(10_000))
+        ref = a.remote_ref("b", "counter")
+        results: list[int] = []
+
+        async def caller() -> None:
+            for _ in range(50):
+                results.append(await ask(ref, Add(1)))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(16):
+                nursery.start_soon(caller)
+        assert sorted(results) == list(range(1, 801))
+        assert len(a.remote.peers["b"].links) == 1
+
+
+async def test_simultaneous_dials_settle_on_one_link(authority: Authority) -> None:
+    tr = InprocTransport()
+    async with (
+        start_node("a", listen="a", transport=tr, identity=NodeIdentity.issue("a", authority)) as a,
+        start_node("b", listen="b", transport=tr, identity=NodeIdentity.issue("b", authority)) as b,
+    ):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.connect, "b")
+            nursery.start_soon(b.connect, "a")
+        with trio.fail_after(5):
+            while len(a.remote.peers["b"].links) != 1:
+                await a.remote.peers["b"].wait_changed()
+            while len(b.remote.peers["a"].links) != 1:
+                await b.remote.peers["a"].wait_changed()
+        link_a = a.remote.peers["b"].link
+        link_b = b.remote.peers["a"].link
+        assert link_a is not None and link_b is not None
+        assert link_a.initiator and not link_b.initiator  # both kept the one "a" dialed
+
+
+async def test_full_remote_mailbox_answers_429(authority: Authority) -> None:
+    async with pair(authority) as (a, b, _):
+        await b.spawn(Counter, name="counter", mailbox=bounded(1))
+        ref = a.remote_ref("b", "counter")
+        outcomes: list[Any] = []
+
+        async def call() -> None:
+            try:
+                outcomes.append(await ask(ref, Sleep(0.2), timeout=5))
+            except TooManyRequests as exc:
+                outcomes.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(call)
+        assert any(isinstance(o, TooManyRequests) for o in outcomes)
+        assert "slept" in outcomes
+
+
+async def test_tell_to_unreachable_node_is_a_dead_letter(authority: Authority) -> None:
+    async with pair(authority) as (a, _b, _):
+        async with a.dead_letters.subscribe() as letters:
+            await tell(a.remote_ref("nowhere", "x"), Add(1))
+            with trio.fail_after(2):
+                letter: DeadLetter = await letters.receive()
+        assert "unreachable" in letter.reason
+
+
+async def test_over_tcp_with_encryption(authority: Authority) -> None:
+    async with pair(authority, TcpTransport(), a_listen="127.0.0.1:0", b_listen="127.0.0.1:0") as (a, b, _):
+        await b.spawn(Counter, name="counter")
+        ref = a.remote_ref("b", "counter")
+        for k in range(100):
+            await tell(ref, Add(k))
+        assert await ask(ref, Get()) == list(range(100))
+        link = a.remote.peers["b"].link
+        assert link is not None and link.conn.session.peer_info.node_id == "b"
