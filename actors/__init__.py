@@ -24,6 +24,7 @@ from .cell import Escalated
 from .context import Context
 from .messages import DeadLetter, Terminated
 from .node import DEFAULT_ASK_TIMEOUT, Node, start_node
+from .streams import Stream, StreamClosed, open_stream
 from .supervision import Backoff, ChildSpec, Restart, Strategy, SupervisorStrategy
 from .supervisor import Supervisor
 from .timers import Timer
@@ -49,6 +50,8 @@ __all__ = [
     "Restart",
     "ServiceUnavailable",
     "Strategy",
+    "Stream",
+    "StreamClosed",
     "Supervisor",
     "SupervisorStrategy",
     "Terminated",
@@ -59,6 +62,7 @@ __all__ = [
     "bounded",
     "handles",
     "not_handler",
+    "open_stream",
     "priority",
     "start_node",
     "tell",

@@ -1,7 +1,8 @@
 """The ``Actor`` base class and how its handlers are found.
 
 An actor is a plain class holding its state. Each public ``async def`` method taking one
-argument is a handler. It is chosen two ways:
+argument is a handler (one annotated with :class:`~trimicro.actors.streams.Stream` is a stream
+handler, opened with ``open_stream``). A message handler is chosen two ways:
 
 * by the *type* of the message (its parameter's annotation, usually an attrs class), for
   Python callers: ``await ask(ref, Add(k=1))``;
@@ -25,6 +26,7 @@ import attrs
 from trimicro.mailbox.errors import BadRequest
 from trimicro.mailbox.mailboxes import MailboxSpec
 
+from .streams import Stream
 from .supervision import SupervisorStrategy
 
 if TYPE_CHECKING:
@@ -95,12 +97,14 @@ class _Unhandled(Exception):
 class HandlerTable:
     """A class's handlers by message type and by endpoint name, resolved once per class."""
 
-    __slots__ = ("by_endpoint", "by_type", "fallback", "service")
+    __slots__ = ("by_endpoint", "by_stream", "by_type", "fallback", "service")
 
     def __init__(self, cls: type[Actor]) -> None:
         self.service = cls.service_name or cls.__name__
         self.by_type: dict[type, Handler] = {}
         self.by_endpoint: dict[str, tuple[Handler, Converter]] = {}
+        #: Stream handlers (their parameter is a :class:`~trimicro.actors.streams.Stream`).
+        self.by_stream: dict[str, Handler] = {}
         fallback = cls.receive
         self.fallback: Handler | None = None if fallback is Actor.receive else fallback
         seen: set[str] = set()
@@ -127,6 +131,10 @@ class HandlerTable:
                 hint = typing.get_type_hints(fn).get(params[0].name)
             except Exception:  # an unresolvable annotation: the endpoint name still works
                 hint = None
+            if hint is Stream:
+                self.by_stream[f"{self.service}.{name}"] = fn
+                self.by_stream.setdefault(name, fn)
+                return
             if isinstance(hint, type) and hint is not object:
                 types = (hint,)
         for t in types:

@@ -33,7 +33,9 @@ def _sender() -> ActorRef | None:
     return None if cell is None else cell.ref
 
 
-async def tell(ref: ActorRef, message: Any, *, headers: dict[str, str] | None = None) -> None:
+async def tell(
+    ref: ActorRef, message: Any, *, endpoint: str | None = None, headers: dict[str, str] | None = None
+) -> None:
     """Send one-way. Waits only while the target's bounded mailbox is full (backpressure).
 
     A message to a stopped actor goes to dead letters. When the message fits, ``tell`` yields to
@@ -44,7 +46,10 @@ async def tell(ref: ActorRef, message: Any, *, headers: dict[str, str] | None = 
     if binding is None:
         binding = _binding(ref)
     cell = current_cell.get()
-    await binding.tell(message, None if cell is None else cell.ref, headers)
+    if endpoint is None:
+        await binding.tell(message, None if cell is None else cell.ref, headers)
+    else:
+        await binding.tell(message, None if cell is None else cell.ref, headers, endpoint)
 
 
 def try_tell(ref: ActorRef, message: Any, *, headers: dict[str, str] | None = None) -> bool:

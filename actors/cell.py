@@ -27,6 +27,7 @@ from trimicro.mailbox.refs import ActorRef
 
 from .actor import Actor, HandlerTable, _Unhandled, handler_table
 from .messages import Terminated
+from .streams import DEFAULT_WINDOW, Stream, local_pair
 from .supervision import ChildSpec, Restart, RestartIntensity, Strategy, SupervisorStrategy
 
 if TYPE_CHECKING:
@@ -127,6 +128,7 @@ class Cell:
         "_room",
         "_scopes",
         "_stopped",
+        "_streams",
         "_sup_lock",
         "_timers",
         "_watchers",
@@ -176,6 +178,7 @@ class Cell:
         self._intensity: RestartIntensity | None = None
         self._timers: set[Timer] | None = None
         self._watchers: set[ActorRef] | None = None
+        self._streams: set[trio.CancelScope] | None = None
 
     def __repr__(self) -> str:
         return f"<Cell {self.path} status={self.status}>"
@@ -198,7 +201,13 @@ class Cell:
             room = self._room = ParkingLot()
         await room.park()
 
-    async def tell(self, msg: Any, sender: ActorRef | None, headers: dict[str, str] | None) -> None:
+    async def tell(
+        self,
+        msg: Any,
+        sender: ActorRef | None,
+        headers: dict[str, str] | None,
+        endpoint: str | None = None,
+    ) -> None:
         """Queue a one-way message; waits only while the mailbox is full (backpressure)."""
         node = self.node
         node.budget -= 1
@@ -206,7 +215,7 @@ class Cell:
             node.budget = BATCH
             await trio.lowlevel.cancel_shielded_checkpoint()
         await trio.lowlevel.checkpoint_if_cancelled()
-        item = (msg, None, sender, None, headers)
+        item = (msg, None, sender, endpoint, headers)
         while True:
             result = self.offer(item)
             if result == OK:
@@ -297,6 +306,70 @@ class Cell:
         if reply.error is not None:
             raise reply.error
         return reply.value
+
+    async def open_stream(
+        self,
+        endpoint: str,
+        request: Any,
+        sender: ActorRef | None,
+        headers: dict[str, str] | None,
+        window: int,
+        timeout: float,
+    ) -> Stream:
+        """Open a stream with a local stream handler: two linked ends, the handler in its own task."""
+        await trio.lowlevel.checkpoint()
+        fn = self.stream_handler(endpoint)
+        opener, end = local_pair(window, DEFAULT_WINDOW, request, headers)
+        opener.peer, end.peer = self.ref, sender
+        opener.on_credit(end.window)
+        end.on_credit(opener.window)
+        self.start_stream(fn, end, (request, None, sender, endpoint, headers))
+        return opener
+
+    def stream_handler(self, endpoint: str) -> Any:
+        """The stream handler for ``endpoint``, or the typed error an opener should get."""
+        if self.status >= STOPPING:
+            raise ServiceUnavailable(f"actor {self.path} is not running", id=self.path)
+        table = self.handlers
+        fn = None if table is None else table.by_stream.get(endpoint)
+        if fn is None:
+            raise NotFound(f"{self.path} has no stream endpoint {endpoint}", id=self.path)
+        return fn
+
+    def start_stream(self, fn: Any, stream: Stream, item: tuple[Any, ...]) -> None:
+        """Run a stream handler in a task of its own, cancelled when this actor stops."""
+        self.node.spawn_system(self._run_stream, fn, stream, item)
+
+    async def _run_stream(self, fn: Any, stream: Stream, item: tuple[Any, ...]) -> None:
+        streams = self._streams
+        if streams is None:
+            streams = self._streams = set()
+        service = self.handlers.service if self.handlers is not None else self.path
+        token = current_cell.set(self)
+        item_token = current_item.set(item)
+        try:
+            with trio.CancelScope() as scope:
+                streams.add(scope)
+                try:
+                    await fn(self.instance, stream)
+                except MicroError as e:
+                    if not e.id:
+                        e.id = service
+                    stream.fail(e)
+                    return
+                except trio.Cancelled:
+                    stream.fail(ServiceUnavailable(f"actor {self.path} stopped", id=service))
+                    raise
+                except Exception as e:
+                    log.warning("stream handler of %s failed: %r", self.path, e, exc_info=e)
+                    stream.fail(InternalServerError(f"{type(e).__name__}: {e}", id=service))
+                    return
+                stream.close_send()
+                await stream.aclose()  # done: an opener still sending is told to stop
+        finally:
+            streams.discard(scope)
+            current_item.reset(item_token)
+            current_cell.reset(token)
 
     def system(self, msg: Any) -> bool:
         """Deliver a runtime notice (e.g. Terminated) even when the mailbox is full of user mail."""
@@ -489,6 +562,8 @@ class Cell:
         """Stop children, in-flight work, timers, then run ``stopping`` (bounded by ``deadline``)."""
         await self.stop_children(None)
         await self._quiesce(deadline)
+        for scope in list(self._streams or ()):  # open streams end with 503 for the other side
+            scope.cancel()
         self.cancel_timers()
         instance = self.instance
         if instance is not None and type(instance).stopping is not Actor.stopping:

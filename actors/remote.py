@@ -51,6 +51,7 @@ from trimicro.mailbox.transport import Connection, Listener, Transport, serve
 
 from .cell import DEAD, OK, Cell, Reply
 from .messages import Terminated
+from .streams import DEFAULT_WINDOW, Stream
 
 if TYPE_CHECKING:
     from .node import Node
@@ -63,6 +64,10 @@ log = logging.getLogger("trimicro.remote")
 OUT_HIGH_WATER = 4 * 1024 * 1024
 #: Requests from one peer being served at once; more are refused with 429.
 MAX_INBOUND = 16 * 1024
+#: Streams open at once on one link; more are refused with 429.
+MAX_STREAMS = 4096
+#: Largest credit one STREAM_CREDIT may grant.
+MAX_CREDIT = 1 << 20
 #: Bound refs remembered per peer (so a hot sender ref is bound once, not per message).
 REF_CACHE = 4096
 
@@ -120,6 +125,36 @@ class InboundReply(Reply):
                 err = InternalServerError(f"{type(err).__name__}: {err}")
             link.send_error(self.corr, err, self.codec)
         return True
+
+
+class RemoteStreamOps:
+    """Stream operations across a link: each becomes one envelope for stream ``corr``."""
+
+    __slots__ = ("codec", "corr", "link")
+
+    def __init__(self, link: Link, corr: int, codec: Codec) -> None:
+        self.link = link
+        self.corr = corr
+        self.codec = codec
+
+    async def data(self, item: Any) -> None:
+        codec = self.codec
+        env = Envelope(Kind.STREAM_DATA, self.corr, content_type=codec.content_type, body=codec.encode(item))
+        await self.link.send(encode_envelope(env))
+
+    def credit(self, n: int) -> None:
+        codec = self.codec
+        env = Envelope(Kind.STREAM_CREDIT, self.corr, content_type=codec.content_type, body=codec.encode(n))
+        self.link.push(encode_envelope(env))
+
+    def close(self, error: MicroError | None) -> None:
+        codec = self.codec
+        body = b"" if error is None else codec.encode(error.to_fields())
+        env = Envelope(Kind.STREAM_CLOSE, self.corr, content_type=codec.content_type, body=body)
+        self.link.push(encode_envelope(env))
+
+    def cancel(self) -> None:
+        self.link.push(encode_envelope(Envelope(Kind.CANCEL, self.corr)))
 
 
 class _Gone:
@@ -261,6 +296,48 @@ class RemoteActor:
                     link.push(encode_envelope(Envelope(Kind.CANCEL, corr)))
         raise RequestTimeout(f"no reply from {self.target} within {timeout:g}s", id=self.target.path)
 
+    async def open_stream(
+        self,
+        endpoint: str,
+        request: Any,
+        sender: ActorRef | None,
+        headers: dict[str, str] | None,
+        window: int,
+        timeout: float,
+    ) -> Stream:
+        """Open a stream with a stream handler on the peer; returns once it accepted."""
+        deadline = trio.current_time() + timeout
+        peer = self.peer
+        link = peer.link
+        if link is None:
+            with trio.move_on_at(deadline):
+                link = await peer.connect(timeout)
+            if link is None:
+                raise RequestTimeout(f"no connection to node {peer.node_id} within {timeout:g}s")
+        codec = peer.remoting.codec
+        body = codec.encode(request)
+        corr = link.new_corr()
+        streams = link.streams
+        stream = Stream(window, request=request, headers=headers, peer=self.target)
+        stream.on_done = lambda _s: streams.pop(corr, None)
+        stream.ops = RemoteStreamOps(link, corr, codec)
+        meta = dict(headers or {})
+        meta["credit"] = str(window)
+        ct = codec.content_type
+        env = Envelope(Kind.STREAM_OPEN, corr, self.target, sender, endpoint, ct, meta, 0, body)
+        streams[corr] = stream
+        try:
+            with trio.move_on_at(deadline):
+                await link.send(encode_envelope(env))
+                await stream.wait_accepted()
+                return stream
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
+        await stream.aclose()
+        raise RequestTimeout(f"stream {endpoint} on {self.target} not accepted within {timeout:g}s")
+
     def system(self, msg: Any) -> bool:
         """Runtime notices for a remote actor; only ``Terminated`` (for a remote watcher) travels."""
         if not isinstance(msg, Terminated):
@@ -294,6 +371,7 @@ class Link:
         self._corrs = itertools.count(1 if initiator else 2, 2)
         self.pending: dict[int, Reply] = {}
         self.inbound: dict[int, InboundReply] = {}
+        self.streams: dict[int, Stream] = {}
         self.out: list[bytes] = []
         self.out_bytes = 0
         self._writer = ParkingLot()
@@ -371,9 +449,16 @@ class Link:
                 await self._on_tell(env)
             elif kind is Kind.CANCEL:
                 self._on_cancel(env.corr)
+            elif kind is Kind.STREAM_DATA:
+                self._on_stream_data(env)
+            elif kind is Kind.STREAM_CREDIT:
+                self._on_stream_credit(env)
+            elif kind is Kind.STREAM_CLOSE:
+                self._on_stream_close(env)
+            elif kind is Kind.STREAM_OPEN:
+                self._on_stream_open(env)
             elif kind is Kind.SYSTEM:
                 self._on_system(env)
-            # Stream kinds arrive with streams; until then they are ignored like unknown streams.
 
     def _on_answer(self, env: Envelope) -> None:
         reply = self.pending.pop(env.corr, None)
@@ -442,6 +527,83 @@ class Link:
             reply.abandoned = True
             if reply.scope is not None:
                 reply.scope.cancel()
+            return
+        stream = self.streams.get(corr)
+        if stream is not None:
+            stream.on_cancel()
+
+    # ---- streams -----------------------------------------------------------------------------
+
+    def _on_stream_open(self, env: Envelope) -> None:
+        corr = env.corr
+        remoting = self.remoting
+        codec = remoting.codec
+        try:
+            codec = remoting.codecs.get(env.content_type)
+            if corr in self.streams or corr in self.inbound:
+                raise BadRequest(f"stream id {corr} is in use")
+            if len(self.streams) >= MAX_STREAMS:
+                raise TooManyRequests(f"more than {MAX_STREAMS} streams open", id=remoting.node.id)
+            headers = dict(env.headers)
+            credit = _credit_header(headers.pop("credit", None))
+            cell = remoting.local_cell(env.target)
+            fn = cell.stream_handler(env.endpoint)
+            request = codec.decode(env.body) if env.body else None
+        except MicroError as exc:
+            body = codec.encode(exc.to_fields())
+            refusal = Envelope(Kind.STREAM_CLOSE, corr, content_type=codec.content_type, body=body)
+            self.push(encode_envelope(refusal))
+            return
+        sender = None if env.sender is None else self.peer.bind(env.sender)
+        streams = self.streams
+        stream = Stream(DEFAULT_WINDOW, request=request, headers=headers, peer=sender)
+        stream.on_done = lambda _s: streams.pop(corr, None)
+        stream.ops = RemoteStreamOps(self, corr, codec)
+        streams[corr] = stream
+        stream.on_credit(credit)
+        stream.ops.credit(stream.window)  # accepting = granting the opener its first credit
+        cell.start_stream(fn, stream, (request, None, sender, env.endpoint, headers or None))
+
+    def _on_stream_data(self, env: Envelope) -> None:
+        stream = self.streams.get(env.corr)
+        if stream is None:
+            return  # a stream that is over: late items are ignored
+        try:
+            item = self.remoting.codecs.get(env.content_type).decode(env.body)
+        except MicroError as exc:
+            stream.fail(exc)
+            return
+        stream.on_data(item)
+
+    def _on_stream_credit(self, env: Envelope) -> None:
+        stream = self.streams.get(env.corr)
+        if stream is None:
+            return
+        try:
+            n = self.remoting.codecs.get(env.content_type).decode(env.body)
+        except MicroError as exc:
+            stream.fail(exc)
+            return
+        if type(n) is not int or not 1 <= n <= MAX_CREDIT:
+            stream.fail(BadRequest("stream credit must be an integer from 1 to 2^20"))
+            return
+        stream.on_credit(n)
+
+    def _on_stream_close(self, env: Envelope) -> None:
+        stream = self.streams.get(env.corr)
+        if stream is None:
+            return
+        if not env.body:
+            stream.on_close(None)
+            return
+        try:
+            fields = self.remoting.codecs.get(env.content_type).decode(env.body)
+            if not isinstance(fields, dict):
+                raise BadRequest("a failed STREAM_CLOSE carries an error map")
+            error = error_from_fields(fields)
+        except MicroError as exc:
+            error = exc
+        stream.on_close(error)
 
     def _on_system(self, env: Envelope) -> None:
         op = env.endpoint
@@ -530,6 +692,10 @@ class Link:
         self.reason = self.reason or reason
         self._cancel_scope.cancel()
 
+    def unreachable(self, reason: str) -> Unreachable:
+        node_id = self.peer.node_id
+        return Unreachable(f"node {node_id} unreachable: {reason}", id=node_id)
+
     def _closed(self) -> None:
         if self.closed:
             return
@@ -540,7 +706,10 @@ class Link:
         self._room.unpark_all()
         pending, self.pending = self.pending, {}
         for reply in pending.values():
-            reply.fail(Unreachable(f"node {self.peer.node_id} unreachable: {reason}", id=self.peer.node_id))
+            reply.fail(self.unreachable(reason))
+        for stream in list(self.streams.values()):
+            stream.on_close(self.unreachable(reason))
+        self.streams = {}
         inbound, self.inbound = self.inbound, {}
         for inbound_reply in inbound.values():
             inbound_reply.abandoned = True
@@ -863,6 +1032,14 @@ class Remoting:
         for peer in list(self.peers.values()):
             for link in list(peer.links):
                 link.close("node shutting down")
+
+
+def _credit_header(value: str | None) -> int:
+    if value is None:
+        return DEFAULT_WINDOW
+    if not value.isdigit() or not 1 <= int(value) <= MAX_CREDIT:
+        raise BadRequest("the credit header is an integer from 1 to 2^20")
+    return int(value)
 
 
 def _node_id_of(peer_info: Any) -> str:

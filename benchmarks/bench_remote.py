@@ -197,7 +197,7 @@ LEN = struct.Struct(">I")
 
 
 def frame(obj: Any) -> bytes:
-    body = packb(obj)
+    body: bytes = packb(obj)
     return LEN.pack(len(body)) + body
 
 
@@ -497,7 +497,8 @@ async def grpc_serve(port_file: str) -> None:
     import grpc
 
     async def ask(request: bytes, context: Any) -> bytes:
-        return packb(answer(unpackb(request)))
+        reply: bytes = packb(answer(unpackb(request)))
+        return reply
 
     handler = grpc.method_handlers_generic_handler(
         "bench.Bench",
