@@ -135,7 +135,7 @@ class HandlerTable:
                 self.by_stream[f"{self.service}.{name}"] = fn
                 self.by_stream.setdefault(name, fn)
                 return
-            if isinstance(hint, type) and hint is not object:
+            if isinstance(hint, type) and hint is not object and hint is not Any:  # Any: name only
                 types = (hint,)
         for t in types:
             if t in self.by_type:

@@ -68,7 +68,18 @@ class _NormalExit(Exception):
 class Reply:
     """A one-shot reply slot for one ask. A slot is never reused: a late reply finds it abandoned."""
 
-    __slots__ = ("abandoned", "deadline", "done", "error", "scope", "task", "value")
+    __slots__ = (
+        "abandoned",
+        "deadline",
+        "done",
+        "error",
+        "label",
+        "scope",
+        "slot",
+        "task",
+        "timeout",
+        "value",
+    )
 
     def __init__(self) -> None:
         self.task: trio.lowlevel.Task | None = None
@@ -76,10 +87,22 @@ class Reply:
         self.abandoned = False
         self.value: Any = None
         self.error: BaseException | None = None
-        #: When set (requests from other nodes), the handler runs under a cancel scope with this
-        #: deadline, kept in ``scope`` so that the caller's CANCEL can end it early.
+        #: When set (requests from other nodes), the handler must finish by this trio time: it
+        #: is skipped if still queued then, and cancelled through ``scope`` (the cancel scope of
+        #: the worker running it) at the deadline or on the caller's CANCEL.
         self.deadline: float | None = None
         self.scope: trio.CancelScope | None = None
+        #: Where this reply waits in the node's TimeoutWheel (``None`` when not registered).
+        self.slot: int | None = None
+        self.label = ""
+        self.timeout = 0.0
+
+    def expire(self) -> None:
+        """The asker's deadline passed: fail the wait with 408 (a late answer is then dropped)."""
+        self.slot = None
+        if not self.done:
+            self.abandoned = True
+            self.fail(RequestTimeout(f"no reply from {self.label} within {self.timeout:g}s", id=self.label))
 
     def resolve(self, value: Any) -> bool:
         """Deliver the answer; ``False`` if the asker already gave up (the reply is dropped)."""
@@ -248,8 +271,29 @@ class Cell:
         """
         if self.status == RUNNING and self.active == 0 and not len(self.mailbox):
             return await self._ask_direct(msg, sender, headers, endpoint, timeout)
+        node = self.node
         reply = Reply()
         item = (msg, reply, sender, endpoint, headers)
+        result = self.offer(item)
+        if result != OK:
+            if result == DEAD:
+                await checkpoint()
+                raise ServiceUnavailable(f"actor {self.path} is not running", id=self.path)
+            return await self._ask_when_room(item, reply, timeout)
+        reply.label = self.path
+        reply.timeout = timeout
+        wheel = node.timeouts
+        reply.slot = wheel.add(trio.current_time() + timeout, reply)
+        try:
+            return await reply.wait()
+        finally:
+            if reply.slot is not None:
+                wheel.remove(reply.slot, reply)
+                reply.slot = None
+            reply.abandoned = True
+
+    async def _ask_when_room(self, item: tuple[Any, ...], reply: Reply, timeout: float) -> Any:
+        """The slow path of ask: the mailbox is full, so wait for room within the timeout."""
         with trio.move_on_after(timeout) as scope:
             while True:
                 result = self.offer(item)
@@ -290,7 +334,7 @@ class Cell:
         try:
             with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
                 scopes.add(scope)
-                await self._handle((msg, reply, sender, endpoint, headers))
+                await self._handle_one((msg, reply, sender, endpoint, headers))
         finally:
             scopes.discard(scope)
             current_cell.reset(token)
@@ -381,36 +425,48 @@ class Cell:
 
     # ---- processing --------------------------------------------------------------------------
 
-    async def run_batch(self) -> None:
-        """Drain the mailbox (called by a dispatcher worker that counted itself in ``active``)."""
+    async def run_batch(self, scope: trio.CancelScope) -> None:
+        """Drain the mailbox (called by a dispatcher worker that counted itself in ``active``).
+
+        ``scope`` is the worker's cancel scope: cancelling it (this actor stopping, or a remote
+        request's deadline or CANCEL) cancels the handler running now; the worker then starts
+        a fresh scope. A scope per worker, not per batch: trio cancel scopes are not free.
+        """
         token = current_cell.set(self)
-        scope = trio.CancelScope()
         scopes = self._scopes
         if scopes is None:
             scopes = self._scopes = set()
         scopes.add(scope)
         mb = self.mailbox
-        handle = self._handle
+        handle = self._handle_one
         n = 0
         try:
-            with scope:
-                while self.status == RUNNING and len(mb):
-                    item = mb.pop()
-                    room = self._room
-                    if room:
-                        room.unpark()
-                    if not await handle(item):
-                        break
-                    n += 1
-                    if n == BATCH:
-                        n = 0
-                        await trio.lowlevel.cancel_shielded_checkpoint()
+            while self.status == RUNNING and len(mb):
+                item = mb.pop()
+                room = self._room
+                if room:
+                    room.unpark()
+                reply = item[1]
+                if reply is not None and reply.deadline is not None:
+                    ok = await self._handle_bounded(item, reply, scope)
+                else:
+                    ok = await handle(item)
+                if not ok:
+                    break
+                n += 1
+                if n == BATCH:
+                    n = 0
+                    await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
             scopes.discard(scope)
             self.active -= 1
             current_cell.reset(token)
             if self.active == 0 and self._workers_idle is not None:
                 self._workers_idle.set()
+            # One request was cancelled (deadline or CANCEL) while others wait: serve the rest.
+            cancelled = scope.cancel_called and self.status == RUNNING and len(mb) > 0
+            if cancelled and self.active < self.max_concurrency:
+                self.node.dispatcher.activate(self)
 
     async def put(self, item: tuple[Any, ...]) -> int:
         """Queue a prepared item, waiting while the mailbox is full: ``OK`` or ``DEAD``."""
@@ -420,28 +476,19 @@ class Cell:
                 return result
             await self._wait_room()
 
-    async def _handle(self, item: tuple[Any, ...]) -> bool:
-        """Run one handler; ``False`` when the actor failed and must stop processing."""
-        reply = item[1]
-        if reply is not None and reply.deadline is not None:
-            return await self._handle_bounded(item, reply)
-        return await self._handle_one(item)
+    async def _handle_bounded(self, item: tuple[Any, ...], reply: Reply, scope: trio.CancelScope) -> bool:
+        """A request with a deadline (from another node): cancelled at the deadline or on CANCEL.
 
-    async def _handle_bounded(self, item: tuple[Any, ...], reply: Reply) -> bool:
-        """A request with a deadline (from another node): cancelled at the deadline or on CANCEL."""
-        if reply.abandoned:  # the caller cancelled while the request was queued
+        The deadline sits in the node's TimeoutWheel; while the handler runs, ``reply.scope`` is
+        this worker's scope, which the expiry or the CANCEL cancels.
+        """
+        if reply.abandoned or reply.done:  # cancelled or expired while queued
             return True
-        deadline = reply.deadline
-        assert deadline is not None
-        if trio.current_time() >= deadline:
-            reply.fail(RequestTimeout(f"{self.path}: deadline passed while queued", id=self.path))
-            return True
-        ok = True
-        with trio.CancelScope(deadline=deadline) as scope:
-            reply.scope = scope
-            ok = await self._handle_one(item)
-        reply.scope = None
-        return ok
+        reply.scope = scope
+        try:
+            return await self._handle_one(item)
+        finally:
+            reply.scope = None
 
     def _cancelled_error(self, reply: Reply, service: str) -> MicroError:
         scope = reply.scope

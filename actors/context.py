@@ -97,7 +97,8 @@ class Context:
         """
         item = current_item.get()
         reply = None if item is None else item[1]
-        return None if reply is None else reply.deadline
+        deadline = None if reply is None else reply.deadline
+        return None if deadline is None or deadline == float("inf") else deadline
 
     def watch(self, ref: ActorRef) -> None:
         """Receive :class:`~trimicro.actors.Terminated` when ``ref`` stops (at once if it has).

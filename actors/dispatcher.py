@@ -42,10 +42,17 @@ class Dispatcher:
     async def _work(self, cell: Cell) -> None:
         try:
             while True:
-                try:
-                    await cell.run_batch()
-                except Exception:  # a runtime bug must not take the node down
-                    log.exception("worker crashed while running %s", cell.path)
+                # One cancel scope serves many batches; it is replaced only after being cancelled
+                # (an actor stopped, or a remote request ran out of time, while this worker ran it).
+                with trio.CancelScope() as scope:
+                    while True:
+                        try:
+                            await cell.run_batch(scope)
+                        except Exception:  # a runtime bug must not take the node down
+                            log.exception("worker crashed while running %s", cell.path)
+                        if len(self._idle) >= self.max_idle:
+                            return
+                        cell = await self._park()
                 if len(self._idle) >= self.max_idle:
                     return
                 cell = await self._park()

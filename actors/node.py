@@ -35,7 +35,7 @@ from .dispatcher import Dispatcher
 from .messages import DeadLetter
 from .remote import Identity, Remoting
 from .supervision import ChildSpec, Restart, SupervisorStrategy
-from .timers import TimerService
+from .timers import TimeoutWheel, TimerService
 
 __all__ = ["DEFAULT_ASK_TIMEOUT", "Node", "start_node"]
 
@@ -79,6 +79,8 @@ class Node:
         self.budget = 128
         self.dead_letters = DeadLetters()
         self.timers = TimerService()
+        #: Deadlines of asks (cheaper than a cancel scope each; see TimeoutWheel).
+        self.timeouts = TimeoutWheel()
         self.dispatcher = Dispatcher(nursery)
         self._nursery = nursery
         self._cells: dict[str, Cell] = {}
@@ -319,6 +321,7 @@ async def start_node(
             dead_after=dead_after,
         )
         nursery.start_soon(node.timers.run, name="trimicro-timers")
+        nursery.start_soon(node.timeouts.run, name="trimicro-timeouts")
         try:
             if listen is not None:
                 await node.listen(listen)

@@ -102,10 +102,22 @@ class InboundReply(Reply):
         self.corr = corr
         self.codec = codec
 
+    def expire(self) -> None:
+        """The caller's deadline passed: answer 408 and cancel the handler if it is running."""
+        self.slot = None
+        if self.done:
+            return
+        self.fail(RequestTimeout("the caller's deadline passed", id=self.link.remoting.node.id))
+        if self.scope is not None:
+            self.scope.cancel()
+
     def _finish(self) -> bool:
         self.done = True
         link = self.link
         link.inbound.pop(self.corr, None)
+        if self.slot is not None:
+            link.remoting.node.timeouts.remove(self.slot, self)
+            self.slot = None
         if self.abandoned or link.closed:
             return False
         if self.error is None:
@@ -284,17 +296,28 @@ class RemoteActor:
             body,
         )
         frame = encode_envelope(env)
-        link.pending[corr] = reply
+        pending = link.pending
+        pending[corr] = reply
+        reply.label = self.target.path
+        reply.timeout = timeout
+        wheel = self.node.timeouts
+        reply.slot = wheel.add(deadline, reply)  # a cancel scope per call would cost more
         try:
-            with trio.move_on_at(deadline):
+            if link.out_bytes >= OUT_HIGH_WATER:
                 await link.send(frame)
-                return await reply.wait()
+            else:
+                link.push(frame)
+            return await reply.wait()
+        except BaseException:
+            # Timed out or cancelled before an answer came: tell the callee to stop working on it.
+            reply.abandoned = True
+            if pending.pop(corr, None) is not None and not link.closed:
+                link.push(encode_envelope(Envelope(Kind.CANCEL, corr)))
+            raise
         finally:
-            if not reply.done:  # timed out or cancelled: tell the callee to stop working on it
-                reply.abandoned = True
-                if link.pending.pop(corr, None) is not None and not link.closed:
-                    link.push(encode_envelope(Envelope(Kind.CANCEL, corr)))
-        raise RequestTimeout(f"no reply from {self.target} within {timeout:g}s", id=self.target.path)
+            if reply.slot is not None:
+                wheel.remove(reply.slot, reply)
+                reply.slot = None
 
     async def open_stream(
         self,
@@ -494,7 +517,10 @@ class Link:
             return
         reply = InboundReply(self, corr, codec)
         if env.deadline_ms:
-            reply.deadline = trio.current_time() + env.deadline_ms / 1000
+            reply.deadline = deadline = trio.current_time() + env.deadline_ms / 1000
+            reply.slot = remoting.node.timeouts.add(deadline, reply)
+        else:
+            reply.deadline = math.inf  # still cancellable by the caller's CANCEL
         sender = None if env.sender is None else self.peer.bind(env.sender)
         item = (msg, reply, sender, env.endpoint or None, env.headers or None)
         result = cell.offer(item)

@@ -33,7 +33,7 @@ from trimicro.mailbox.refs import ActorRef
 __all__ = ["DEFAULT_WINDOW", "LocalOps", "Stream", "StreamClosed", "StreamOps", "open_stream"]
 
 #: Items a receiver accepts before it has consumed any (the protocol's default initial credit).
-DEFAULT_WINDOW = 64
+DEFAULT_WINDOW = 256
 
 
 class StreamClosed(ServiceUnavailable):

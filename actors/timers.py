@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
-__all__ = ["Timer", "TimerService"]
+__all__ = ["Expirable", "TimeoutWheel", "Timer", "TimerService"]
+
+log = logging.getLogger("trimicro.timers")
 
 
 class Timer:
@@ -98,6 +101,66 @@ class TimerService:
             while heap and heap[0][2].cancelled:
                 heapq.heappop(heap)
             with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
+                self._sleep = scope
+                await trio.sleep_forever()
+            self._sleep = None
+
+
+class Expirable(Protocol):
+    def expire(self) -> None: ...
+
+
+class TimeoutWheel:
+    """Coarse deadlines for many short waits (every ask has one): O(1) to add and to remove.
+
+    A trio cancel scope with a deadline costs about as much as a whole local ask, and nearly
+    every ask finishes long before its deadline, so asks register here instead: entries are
+    grouped in buckets of ``resolution`` seconds, one node task wakes at each due bucket and
+    calls ``expire()`` on what is still in it. An entry never expires early, and at most
+    ``resolution`` late.
+    """
+
+    def __init__(self, resolution: float = 0.005) -> None:
+        self.resolution = resolution
+        self._buckets: dict[int, dict[Expirable, None]] = {}
+        self._heap: list[int] = []
+        self._sleep: trio.CancelScope | None = None
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._buckets.values())
+
+    def add(self, deadline: float, entry: Expirable) -> int:
+        """Expire ``entry`` once ``deadline`` (trio time) has passed; returns its slot for remove."""
+        slot = math.ceil(deadline / self.resolution)
+        bucket = self._buckets.get(slot)
+        if bucket is None:
+            bucket = self._buckets[slot] = {}
+            heapq.heappush(self._heap, slot)
+            sleep = self._sleep
+            if sleep is not None and slot * self.resolution < sleep.deadline:
+                sleep.deadline = slot * self.resolution
+        bucket[entry] = None
+        return slot
+
+    def remove(self, slot: int, entry: Expirable) -> None:
+        bucket = self._buckets.get(slot)
+        if bucket is not None:
+            bucket.pop(entry, None)
+
+    async def run(self) -> None:
+        heap = self._heap
+        buckets = self._buckets
+        resolution = self.resolution
+        while True:
+            now = trio.current_time()
+            while heap and heap[0] * resolution <= now:
+                bucket = buckets.pop(heapq.heappop(heap), None)
+                for entry in list(bucket or ()):
+                    try:
+                        entry.expire()
+                    except Exception:
+                        log.exception("timeout handler %r failed", entry)
+            with trio.CancelScope(deadline=heap[0] * resolution if heap else math.inf) as scope:
                 self._sleep = scope
                 await trio.sleep_forever()
             self._sleep = None

@@ -94,8 +94,16 @@ class SecureConnection:
     async def send_frames(self, frames: Sequence[bytes]) -> None:
         plaintext = encode_frames(frames)
         # Seal and write under one lock: nonces must reach the wire in the order they were used.
-        async with self._send_lock:
+        # An uncontended lock is taken without a schedule point (the usual case: one writer task).
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             await self.inner.send_frames(self.session.seal_chunks(plaintext))
+        finally:
+            lock.release()
 
     async def receive_frame(self) -> bytes | None:
         decoder = self._decoder
