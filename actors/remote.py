@@ -900,9 +900,12 @@ class Peer:
     def terminated(self, ref: ActorRef, watcher: ActorRef, reason: str | None) -> None:
         """The peer says ``ref`` stopped: tell every local watcher once."""
         watchers = self.watched.pop(ref, None)
+        if watchers is None and ref.uid:  # watched by path ("whoever holds it", uid 0)
+            ref = ActorRef(ref.node, ref.path, 0)
+            watchers = self.watched.pop(ref, None)
         if watchers is None:
             return
-        bound = self.bind(ref)
+        bound = self.bind(ref)  # the ref as the watchers know it
         for w in watchers:
             if w.binding is not None:
                 w.binding.system(Terminated(bound, reason))
@@ -1060,9 +1063,13 @@ class Remoting:
                 link.close("node shutting down")
 
 
+#: Initial credit when a STREAM_OPEN carries no ``credit`` header (docs/protocol.md §4.3).
+PROTOCOL_DEFAULT_CREDIT = 64
+
+
 def _credit_header(value: str | None) -> int:
     if value is None:
-        return DEFAULT_WINDOW
+        return PROTOCOL_DEFAULT_CREDIT
     if not value.isdigit() or not 1 <= int(value) <= MAX_CREDIT:
         raise BadRequest("the credit header is an integer from 1 to 2^20")
     return int(value)

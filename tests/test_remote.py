@@ -480,3 +480,17 @@ async def test_over_tcp_with_encryption(authority: Authority) -> None:
         assert await ask(ref, Get()) == list(range(100))
         link = a.remote.peers["b"].link
         assert link is not None and link.conn.session.peer_info.node_id == "b"
+
+
+async def test_watch_by_path_gets_terminated_with_the_watched_ref(authority: Authority) -> None:
+    async with pair(authority) as (a, b, _):
+        send, receive = trio.open_memory_channel[Terminated](10)
+        watcher = await a.spawn(Watcher, send, name="watcher")
+        target = await b.spawn(Counter, name="t")
+        by_path = a.remote_ref("b", "t")  # uid 0: whoever holds the path
+        await ask(watcher, by_path)
+        await ask(by_path, Get())  # same link, after the watch request
+        await b.stop(target)
+        with trio.fail_after(5):
+            got = await receive.receive()
+        assert got.ref == by_path and got.reason is None

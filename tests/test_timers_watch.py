@@ -166,3 +166,35 @@ async def test_cancel_timer_by_key_and_rekey(autojump_clock: Any) -> None:
         await trio.sleep(10.0)
         assert [(round(t - t1, 6), n) for t, n in ticks] == [(1.0, 1)]
         assert ref.binding.timers() == set()
+
+
+async def test_timeout_wheel_never_early_at_most_one_bucket_late(autojump_clock: Any) -> None:
+    from trimicro.actors.timers import TimeoutWheel
+
+    class Entry:
+        def __init__(self) -> None:
+            self.at: float | None = None
+
+        def expire(self) -> None:
+            self.at = trio.current_time()
+
+    wheel = TimeoutWheel(resolution=0.01)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wheel.run)
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        entries = {delay: Entry() for delay in (0.5, 0.013, 2.0, 0.2)}
+        slots = {delay: wheel.add(start + delay, e) for delay, e in entries.items()}
+        removed = Entry()
+        wheel.remove(wheel.add(start + 0.1, removed), removed)
+        wheel.remove(slots[2.0], entries[2.0])
+        await trio.sleep(3)
+        nursery.cancel_scope.cancel()
+    for delay, entry in entries.items():
+        if delay == 2.0:
+            assert entry.at is None
+            continue
+        assert entry.at is not None
+        assert start + delay <= entry.at <= start + delay + 0.01 + 1e-9
+    assert removed.at is None
+    assert len(wheel) == 0
