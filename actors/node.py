@@ -87,6 +87,8 @@ class Node:
         #: Live cells by path (the runtime's index; read-only for everyone else).
         self.cells = self._cells
         self.codecs = codecs
+        #: Objects higher layers attach to this node (the cluster, pub/sub), by name.
+        self.extensions: dict[str, Any] = {}
         #: Connections to other nodes (see :mod:`trimicro.actors.remote`).
         self.remote = Remoting(
             self,
@@ -305,6 +307,10 @@ async def start_node(
 
         return dev_identity(node_id, home)
 
+    # An exception from the block is re-raised as itself after the node stopped, not wrapped in
+    # the ExceptionGroup of the node's internal nursery: ``pytest.raises(NotFound)`` around an
+    # ``ask`` inside the block works as users expect.
+    body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         node = Node(
             node_id,
@@ -326,8 +332,12 @@ async def start_node(
             if listen is not None:
                 await node.listen(listen)
             yield node
+        except BaseException as exc:
+            body_error = exc
         finally:
             with trio.CancelScope(shield=True):
                 await node._shutdown()
                 await node.remote.aclose()
             nursery.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error

@@ -84,7 +84,13 @@ class Identity(Protocol):
 
 
 class Unreachable(ServiceUnavailable):
-    """503: the node holding the actor cannot be reached (down, refused, or the link dropped)."""
+    """503: the node holding the actor cannot be reached (down, refused, or the link dropped).
+
+    ``maybe_delivered`` is True when the link dropped after the request was queued for it: the
+    peer may have run it. Only then is a retry elsewhere unsafe for non-idempotent calls.
+    """
+
+    maybe_delivered = False
 
 
 def _fail_fields(err: MicroError) -> dict[str, Any]:
@@ -662,6 +668,10 @@ class Link:
             except MicroError:
                 reason = None
             self.peer.terminated(env.sender, env.target, reason if isinstance(reason, str) else None)
+        else:
+            handler = remoting.system_handlers.get(op)
+            if handler is not None:  # operations of higher layers (membership, pub/sub)
+                handler(self, env)
         # "heartbeat" and unknown operations only prove the peer is alive.
 
     def _terminated_frame(self, watcher: ActorRef, ref: ActorRef, reason: str) -> bytes:
@@ -720,7 +730,9 @@ class Link:
 
     def unreachable(self, reason: str) -> Unreachable:
         node_id = self.peer.node_id
-        return Unreachable(f"node {node_id} unreachable: {reason}", id=node_id)
+        err = Unreachable(f"node {node_id} unreachable: {reason}", id=node_id)
+        err.maybe_delivered = True
+        return err
 
     def _closed(self) -> None:
         if self.closed:
@@ -793,6 +805,9 @@ class Peer:
         """Register a new link; with two, both nodes keep the one dialed by the smaller node id."""
         links = self.links
         links.append(link)
+        if len(links) == 1:
+            for hook in list(self.remoting.on_peer_up):
+                hook(self)
         self._failures = 0
         self._retry_at = -math.inf
         if len(links) > 1:
@@ -815,12 +830,23 @@ class Peer:
         self._notify()
         if not self.links:
             reason = link.reason or "connection lost"
+            for hook in list(self.remoting.on_peer_lost):
+                hook(self, reason)
             watched, self.watched = self.watched, {}
             for ref, watchers in watched.items():
                 for watcher in watchers:
                     binding = watcher.binding
                     if binding is not None:
                         binding.system(Terminated(self.bind(ref), f"node unreachable: {reason}"))
+
+    def send_system(self, op: str, body: bytes, target: ActorRef | None = None) -> bool:
+        """Queue a SYSTEM ``op`` on the current link; ``False`` (and a dial started) if none."""
+        link = self.link
+        if link is None:
+            self.connect_soon()
+            return False
+        link.push(encode_envelope(Envelope(Kind.SYSTEM, 0, target, None, op, body=body)))
+        return True
 
     def connect_soon(self) -> None:
         if self.link is None and self._dialing is None:
@@ -944,6 +970,12 @@ class Remoting:
         self.link_seq = itertools.count()
         #: Hook for discovery: node id -> address, consulted when a peer's address is unknown.
         self.resolve: Callable[[str], str | None] | None = None
+        #: SYSTEM operations handled by higher layers: ``endpoint -> handler(link, envelope)``.
+        self.system_handlers: dict[str, Callable[[Link, Envelope], None]] = {}
+        #: Called with ``(peer, reason)`` when a peer's last link closes (failure detectors).
+        self.on_peer_lost: list[Callable[[Peer, str], None]] = []
+        #: Called with ``peer`` when a peer gains its first link.
+        self.on_peer_up: list[Callable[[Peer], None]] = []
 
     @property
     def identity(self) -> Identity:

@@ -466,3 +466,10 @@ async def test_direct_ask_handler_that_blocks_completes_and_is_cancelled_with_ca
         assert (cell.instance.finished, cell.instance.cancelled) == (1, 1)
         assert await ask(ref, Add(0)) == 0  # still serving, same instance
         assert cell.instance.finished == 2
+
+
+async def test_an_error_in_the_node_block_comes_out_as_itself() -> None:
+    """Not wrapped in the ExceptionGroup of the node's internal nursery."""
+    with pytest.raises(NotFound):
+        async with start_node() as node:
+            await ask(node.root, Add(1))  # the guardian has no handler for Add

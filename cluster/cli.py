@@ -1,0 +1,338 @@
+"""The ``trimicro`` command: run services, list and describe them, call them, stream, see nodes.
+
+Every command other than ``run`` starts a short-lived client node (no services, not a member)
+that finds the cluster through the registry (mDNS on 127.0.0.1 by default) and uses the
+development identity of ``$TRIMICRO_HOME`` (``~/.trimicro``), like the nodes it talks to.
+People get tables; ``--json`` gives scripts one JSON document. A failure prints Go Micro's error
+fields and exits non-zero; a user error never prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import signal
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TextIO
+
+import trio
+
+from trimicro.actors import Actor
+from trimicro.mailbox.errors import MicroError
+
+from .cluster import Cluster, start_cluster
+from .registry import MemoryRegistry, Registry, Service
+
+__all__ = ["main"]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _registry(args: argparse.Namespace) -> Registry | None:
+    if getattr(args, "registry", "mdns") == "memory":
+        return MemoryRegistry()
+    return None  # start_cluster's default: mDNS on 127.0.0.1
+
+
+def _home(args: argparse.Namespace) -> Path | None:
+    return Path(args.home) if getattr(args, "home", None) else None
+
+
+# ---- run -------------------------------------------------------------------------------------
+
+
+def load_target(target: str) -> ModuleType:
+    """Import ``target``: a path to a .py file or a dotted module name."""
+    path = Path(target)
+    if path.suffix == ".py" or path.exists():
+        if not path.exists():
+            raise FileNotFoundError(f"no such file: {target}")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {target}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        spec.loader.exec_module(module)
+        return module
+    return importlib.import_module(target)
+
+
+def services_of(module: ModuleType) -> list[Any]:
+    """What ``run`` serves: ``SERVICES`` if the module defines it, else its own Actor classes
+    that declare a ``service_name``. Entries are classes or ``(class, options)`` pairs."""
+    declared = getattr(module, "SERVICES", None)
+    if declared is not None:
+        return list(declared)
+    return [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, Actor)
+        and obj.__module__ == module.__name__
+        and getattr(obj, "service_name", None)
+    ]
+
+
+async def _run(args: argparse.Namespace, out: TextIO) -> int:
+    module = load_target(args.target)
+    entries = services_of(module)
+    if not entries:
+        raise UsageError(f"{args.target} defines no services (an Actor with service_name, or SERVICES)")
+    async with start_cluster(
+        args.name, registry=_registry(args), listen=args.listen, home=_home(args)
+    ) as cluster:
+        for entry in entries:
+            cls, options = (entry, {}) if isinstance(entry, type) else entry
+            await cluster.serve(cls, **options)
+        names = ", ".join(sorted(cluster.services_digest().split(",")))
+        print(f"node {cluster.id} at {cluster.address} serving {names}", file=out, flush=True)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for sig in signals:
+                print(f"{signal.Signals(sig).name}: deregistering and stopping", file=out, flush=True)
+                break
+    return 0
+
+
+class UsageError(Exception):
+    """A mistake in how the command was used (exit 2, message only)."""
+
+
+# ---- client commands ---------------------------------------------------------------------------
+
+
+async def _client(args: argparse.Namespace) -> Any:
+    return start_cluster(
+        f"cli-{uuid.uuid4().hex[:8]}",
+        registry=_registry(args),
+        listen=None,
+        home=_home(args),
+        membership=False,
+        announce=False,
+    )
+
+
+def _table(rows: list[list[str]], headers: list[str], out: TextIO) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(), file=out)
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def _service_json(svc: Service) -> dict[str, Any]:
+    return {
+        "name": svc.name,
+        "version": svc.version,
+        "metadata": svc.metadata,
+        "endpoints": [
+            {"name": e.name, "request": e.request, "response": e.response, "metadata": e.metadata, "stream": e.stream}
+            for e in svc.endpoints
+        ],
+        "nodes": [{"id": n.id, "address": n.address, "metadata": n.metadata} for n in svc.nodes],
+    }
+
+
+async def _wait_for(cluster: Cluster, name: str | None, wait: float) -> list[Service]:
+    """Registry answers, retried for up to ``wait`` seconds (mDNS needs a moment to browse)."""
+    with trio.move_on_after(wait):
+        while True:
+            try:
+                if name is None:
+                    found = [s for s in await cluster.services() if not s.name.startswith("trimicro.")]
+                else:
+                    found = await cluster.describe(name)
+                if found:
+                    return found
+            except MicroError:
+                pass
+            await trio.sleep(0.1)
+    if name is None:
+        return []
+    return await cluster.describe(name)
+
+
+async def _services(args: argparse.Namespace, out: TextIO) -> int:
+    async with await _client(args) as cluster:
+        found = await _wait_for(cluster, None, args.wait)
+    found.sort(key=lambda s: (s.name, s.version))
+    if args.json:
+        json.dump([_service_json(s) for s in found], out, indent=2)
+        print(file=out)
+    else:
+        _table([[s.name, s.version, str(len(s.nodes))] for s in found], ["service", "version", "nodes"], out)
+    return 0
+
+
+async def _describe(args: argparse.Namespace, out: TextIO) -> int:
+    async with await _client(args) as cluster:
+        found = await _wait_for(cluster, args.service, args.wait)
+    if args.json:
+        json.dump([_service_json(s) for s in found], out, indent=2)
+        print(file=out)
+        return 0
+    for svc in found:
+        print(f"service {svc.name} version {svc.version}", file=out)
+        if svc.metadata:
+            print(f"  metadata: {json.dumps(svc.metadata)}", file=out)
+        print("  nodes:", file=out)
+        _table([[n.id, n.address] for n in svc.nodes], ["  id", "address"], out)
+        print("  endpoints:", file=out)
+        rows = [
+            [
+                e.name + (" (stream)" if e.stream else ""),
+                json.dumps(e.request),
+                json.dumps(e.response),
+                "yes" if e.metadata.get("idempotent") == "true" else "",
+            ]
+            for e in svc.endpoints
+        ]
+        _table(rows, ["  endpoint", "request", "response", "idempotent"], out)
+    return 0
+
+
+def _parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what} is not valid JSON: {exc}") from None
+
+
+async def _call(args: argparse.Namespace, out: TextIO) -> int:
+    body = _parse_json(args.body, "the request") if args.body else {}
+    async with await _client(args) as cluster:
+        await _wait_for(cluster, args.service, args.wait)
+        result = await cluster.call(args.service, args.endpoint, body, timeout=args.timeout)
+    json.dump(result, out, indent=None if args.json else 2, default=str)
+    print(file=out)
+    return 0
+
+
+async def _stream(args: argparse.Namespace, out: TextIO) -> int:
+    request = _parse_json(args.request, "the request") if args.request else None
+    async with await _client(args) as cluster:
+        await _wait_for(cluster, args.service, args.wait)
+        async with cluster.open_stream(args.service, args.endpoint, request) as stream, trio.open_nursery() as n:
+
+            async def feed() -> None:
+                stdin = trio.wrap_file(sys.stdin)
+                async for line in stdin:
+                    if line.strip():
+                        await stream.send(_parse_json(line, "an input line"))
+                stream.close_send()
+
+            if not args.no_input:
+                n.start_soon(feed)
+            else:
+                stream.close_send()
+            async for item in stream:
+                print(json.dumps(item, default=str), file=out, flush=True)
+            n.cancel_scope.cancel()
+    return 0
+
+
+async def _nodes(args: argparse.Namespace, out: TextIO) -> int:
+    async with await _client(args) as cluster:
+        members = await _wait_for_members(cluster, args.wait)
+    if args.json:
+        json.dump(members, out, indent=2)
+        print(file=out)
+    else:
+        rows = [[m["id"], m["address"], m["state"], m.get("services", "")] for m in members]
+        _table(rows, ["node", "address", "state", "services"], out)
+    return 0
+
+
+async def _wait_for_members(cluster: Cluster, wait: float) -> list[dict[str, Any]]:
+    """Ask any announced node for its membership view."""
+    nodes = await _wait_for(cluster, "trimicro.node", wait)
+    last: MicroError | None = None
+    for svc in nodes:
+        for info in svc.nodes:
+            try:
+                result: list[dict[str, Any]] = await cluster.call_node(info, "Membership.members", None)
+                return result
+            except MicroError as exc:
+                last = exc
+    raise last or MicroError("no node answered", code=503)
+
+
+# ---- entry point -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trimicro", description=__doc__.split("\n")[0])
+    parser.add_argument("--home", help="identity folder (default $TRIMICRO_HOME or ~/.trimicro)")
+    parser.add_argument(
+        "--registry", choices=["mdns", "memory"], default="mdns", help="discovery backend (default mdns)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start a node serving the services a module defines")
+    run.add_argument("target", help="a .py file or a module name")
+    run.add_argument("--name", help="node id (default: random)")
+    run.add_argument("--listen", default="127.0.0.1:0", help="address to accept nodes on")
+
+    def client(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--wait", type=float, default=2.0, help="seconds to wait for discovery")
+        return p
+
+    client("services", "list services")
+    d = client("describe", "show a service's nodes and endpoints")
+    d.add_argument("service")
+    c = client("call", "call an endpoint with a JSON body and print the reply")
+    c.add_argument("service")
+    c.add_argument("endpoint", help='e.g. "Greeter.hello"')
+    c.add_argument("body", nargs="?", help="JSON request (default {})")
+    c.add_argument("--timeout", type=float, default=10.0)
+    s = client("stream", "open a stream: JSON lines on stdin go out, replies come out as JSON lines")
+    s.add_argument("service")
+    s.add_argument("endpoint")
+    s.add_argument("request", nargs="?", help="JSON request sent with the open")
+    s.add_argument("--no-input", action="store_true", help="send nothing, only read")
+    client("nodes", "show the membership view")
+    return parser
+
+
+COMMANDS = {
+    "run": _run,
+    "services": _services,
+    "describe": _describe,
+    "call": _call,
+    "stream": _stream,
+    "nodes": _nodes,
+}
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run one command; returns the exit status (0 ok, 1 failed call, 2 usage)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = build_parser().parse_args(argv)
+    try:
+        return trio.run(COMMANDS[args.command], args, out)
+    except MicroError as exc:
+        fields = exc.to_fields()
+        if getattr(args, "json", False):
+            json.dump({"error": fields}, err)
+            print(file=err)
+        else:
+            print(f"error {fields['code']} {fields['status']}: {fields['detail']} (from {fields['id'] or '?'})", file=err)
+        return EXIT_ERROR
+    except (UsageError, FileNotFoundError, ImportError) as exc:
+        print(f"trimicro: {exc}", file=err)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def console() -> None:
+    """The console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""A cluster node: an actor node plus a registry, membership, and calls to services by name.
+
+``async with start_cluster("n1") as cluster:`` starts a node that listens on loopback, announces
+itself in the registry (mDNS on 127.0.0.1 by default), joins the membership (SWIM over the
+nodes' secure links), and on exit deregisters its services, leaves the membership and stops.
+
+- ``await cluster.serve(Greeter, name="greeter", version="1.0")`` spawns the service actor and
+  registers it (name, version, metadata, endpoints with their schemas, this node); it is
+  deregistered when the actor stops or the cluster exits.
+- ``await cluster.call("greeter", "Greeter.hello", {"name": "Ada"})`` resolves the service through
+  the registry cache, selects a node (random by default; round robin, least outstanding,
+  consistent hashing by ``key``), asks it, and retries on another node with backoff when the
+  failure allows it (see :class:`~trimicro.cluster.selector.RetryPolicy`), within one deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from trimicro.actors import ActorRef, Node, Restart, ask, open_stream, start_node
+from trimicro.actors.cell import current_cell
+from trimicro.actors.remote import Identity, Unreachable
+from trimicro.actors.streams import Stream
+from trimicro.mailbox.errors import MicroError, NotFound
+
+from .cache import RegistryCache
+from .registry import NodeInfo, Registry, Service
+from .selector import CircuitBreaker, Outstanding, RetryPolicy, Selector, Strategy
+from .service import IDEMPOTENT, describe_endpoints
+
+__all__ = ["NODE_SERVICE", "Cluster", "call", "start_cluster"]
+
+log = logging.getLogger("trimicro.cluster")
+
+#: The registry record every cluster node announces, so that peers can find it for membership.
+NODE_SERVICE = "trimicro.node"
+
+
+class Cluster:
+    """One node's view of the cluster. Create it with :func:`start_cluster`."""
+
+    def __init__(
+        self,
+        node: Node,
+        registry: Registry,
+        nursery: trio.Nursery,
+        *,
+        ttl: float,
+        strategy: Strategy | None,
+        retry: RetryPolicy | None,
+        seed: int | None,
+    ) -> None:
+        self.node = node
+        self.registry = registry
+        self.cache = RegistryCache(registry)
+        self.rng = random.Random(seed)
+        self.breaker = CircuitBreaker()
+        self.outstanding = Outstanding()
+        self.selector = Selector(strategy, self.breaker, self.rng)
+        self.retry = retry or RetryPolicy()
+        self.ttl = ttl
+        self._nursery = nursery
+        self._served: dict[str, tuple[Service, ActorRef]] = {}
+        self.membership: Any = None
+        node.extensions["cluster"] = self
+        node.remote.resolve = self.address_of
+
+    @property
+    def id(self) -> str:
+        return self.node.id
+
+    @property
+    def address(self) -> str:
+        return self.node.address or ""
+
+    def address_of(self, node_id: str) -> str | None:
+        """Where node ``node_id`` listens, from membership or the registry cache (a hint)."""
+        if self.membership is not None:
+            address: str | None = self.membership.address_of(node_id)
+            if address:
+                return address
+        return None
+
+    # ---- serving -------------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        factory: Callable[..., Any],
+        *args: Any,
+        name: str | None = None,
+        version: str = "latest",
+        metadata: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> ActorRef:
+        """Start a service actor on this node and register it; returns its ref."""
+        cls = factory if isinstance(factory, type) else None
+        if name is None:
+            if cls is None:
+                raise ValueError("name= is required when the factory is not an Actor class")
+            name = (getattr(cls, "service_name", None) or cls.__name__).lower()
+        if name in self._served:
+            raise ValueError(f"service {name} is already served on this node")
+        ref = await self.node.spawn(factory, *args, name=name, restart=Restart.PERMANENT, **kwargs)
+        cell = ref.binding
+        endpoints = describe_endpoints(type(cell.instance)) if cell is not None else ()
+        record = Service(
+            name,
+            version,
+            dict(metadata or {}),
+            endpoints,
+            (NodeInfo(self.node.id, self.address, {"path": ref.path}),),
+        )
+        await self.registry.register(record, ttl=self.ttl)
+        self._served[name] = (record, ref)
+        self._announce()
+        self.node.spawn_system(self._deregister_when_stopped, name, record, ref)
+        return ref
+
+    async def _deregister_when_stopped(self, name: str, record: Service, ref: ActorRef) -> None:
+        cell = ref.binding
+        if cell is not None:
+            await cell.stopped_event().wait()
+        if self._served.get(name, (None, None))[1] == ref:
+            del self._served[name]
+            self._announce()
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self.registry.deregister(record)
+
+    async def _refresh_registrations(self) -> None:
+        """Re-register before the TTL lapses (the registry forgets nodes that stop doing so)."""
+        while True:
+            await trio.sleep(self.ttl / 3)
+            for record, _ in list(self._served.values()):
+                try:
+                    await self.registry.register(record, ttl=self.ttl)
+                except MicroError as exc:
+                    log.warning("re-registering %s failed: %s", record.name, exc)
+            try:
+                await self.registry.register(self._node_record(), ttl=self.ttl)
+            except MicroError as exc:
+                log.warning("re-registering node %s failed: %s", self.node.id, exc)
+
+    def _node_record(self) -> Service:
+        return Service(NODE_SERVICE, "1", {}, (), (NodeInfo(self.node.id, self.address, {}),))
+
+    def services_digest(self) -> str:
+        """``name@version`` of every service served here (gossiped through membership)."""
+        return ",".join(f"{name}@{record.version}" for name, (record, _) in sorted(self._served.items()))
+
+    def _announce(self) -> None:
+        if self.membership is not None:
+            self.membership.services_changed()
+
+    # ---- calling -------------------------------------------------------------------------------
+
+    def _ref_for(self, info: NodeInfo, service: str) -> ActorRef:
+        path = info.metadata.get("path") or f"/user/{service}"
+        if info.id == self.node.id:
+            return self.node.ref(path)
+        peer = self.node.remote.peer(info.id)
+        if peer.address is None and info.address:
+            peer.address = info.address  # a hint: the handshake checks the node id
+        return self.node.remote_ref(info.id, path)
+
+    async def call(
+        self,
+        service: str,
+        endpoint: str | None,
+        body: Any = None,
+        *,
+        timeout: float | None = None,
+        key: str | None = None,
+        version: str | None = None,
+        metadata: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Call ``endpoint`` of ``service`` on a selected node, retrying on another when allowed.
+
+        ``endpoint=None`` sends ``body`` by type (as ``ask`` does). Raises the handler's typed
+        error, ``NotFound`` when no node offers the service, ``RequestTimeout`` at the deadline.
+        """
+        node = self.node
+        total = node.ask_timeout if timeout is None else timeout
+        deadline = trio.current_time() + total
+        tried: set[str] = set()
+        attempt = 0
+        self.retry.record_request()
+        while True:
+            services = await self.cache.get_service(service)
+            info = self._select(services, key, version, metadata, endpoint, tried)
+            ref = self._ref_for(info, service)
+            self.outstanding.start(info.id)
+            try:
+                result = await ask(
+                    ref,
+                    body,
+                    endpoint=endpoint,
+                    timeout=max(0.001, deadline - trio.current_time()),
+                    headers=headers,
+                )
+            except MicroError as exc:
+                if _node_trouble(exc):
+                    self.breaker.failure(info.id, trio.current_time())
+                attempt += 1
+                delivered = _maybe_delivered(exc)
+                idem = _is_idempotent(services, endpoint)
+                left = deadline - trio.current_time()
+                if (
+                    attempt >= self.retry.attempts
+                    or left <= 0
+                    or not self.retry.should_retry(exc, delivered=delivered, idempotent=idem)
+                    or not self.retry.can_retry()
+                ):
+                    raise
+                self.retry.record_retry()
+                tried.add(info.id)
+                await trio.sleep(min(self.retry.delay(attempt, self.rng), left))
+                continue
+            finally:
+                self.outstanding.done(info.id)
+            self.breaker.success(info.id)
+            return result
+
+    def _select(
+        self,
+        services: list[Service],
+        key: str | None,
+        version: str | None,
+        metadata: dict[str, str] | None,
+        endpoint: str | None,
+        tried: set[str],
+    ) -> NodeInfo:
+        now = trio.current_time()
+        try:
+            return self.selector.select(
+                services, now=now, key=key, version=version, metadata=metadata, endpoint=endpoint, exclude=tried
+            )
+        except MicroError:
+            if not tried:
+                raise
+            tried.clear()  # every node was tried once: start over rather than give up
+            return self.selector.select(
+                services, now=now, key=key, version=version, metadata=metadata, endpoint=endpoint
+            )
+
+    @asynccontextmanager
+    async def open_stream(
+        self,
+        service: str,
+        endpoint: str,
+        request: Any = None,
+        *,
+        key: str | None = None,
+        version: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Stream]:
+        """Open a stream with ``endpoint`` of a selected node of ``service``."""
+        services = await self.cache.get_service(service)
+        info = self._select(services, key, version, None, endpoint, set())
+        async with open_stream(self._ref_for(info, service), endpoint, request, timeout=timeout) as stream:
+            yield stream
+
+    async def services(self) -> list[Service]:
+        """Every service in the registry (with its live nodes)."""
+        return await self.registry.list_services()
+
+    async def describe(self, name: str) -> list[Service]:
+        return await self.cache.get_service(name)
+
+
+def _node_trouble(exc: MicroError) -> bool:
+    return exc.code in (503, 429) or isinstance(exc, Unreachable)
+
+
+def _maybe_delivered(exc: MicroError) -> bool:
+    if isinstance(exc, Unreachable):
+        return exc.maybe_delivered
+    # Refused before the handler ran: full mailbox, actor not running.
+    return exc.code not in (429, 503)
+
+
+def _is_idempotent(services: list[Service], endpoint: str | None) -> bool:
+    if endpoint is None:
+        return False
+    return any(e.name == endpoint and e.metadata.get(IDEMPOTENT) == "true" for s in services for e in s.endpoints)
+
+
+async def call(service: str, endpoint: str | None, body: Any = None, **kwargs: Any) -> Any:
+    """``Cluster.call`` from inside an actor, through the cluster of the actor's node."""
+    cell = current_cell.get()
+    cluster = None if cell is None else cell.node.extensions.get("cluster")
+    if cluster is None:
+        raise NotFound("call() outside a cluster node's actor: use cluster.call()", id="cluster")
+    return await cluster.call(service, endpoint, body, **kwargs)
+
+
+@asynccontextmanager
+async def start_cluster(
+    name: str | None = None,
+    *,
+    registry: Registry | None = None,
+    listen: str = "127.0.0.1:0",
+    home: Path | None = None,
+    identity: Identity | None = None,
+    membership: bool = True,
+    ttl: float = 30.0,
+    strategy: Strategy | None = None,
+    retry: RetryPolicy | None = None,
+    seed: int | None = None,
+    **node_options: Any,
+) -> AsyncIterator[Cluster]:
+    """Run a cluster node for the duration of the block (see the module docstring).
+
+    ``registry`` defaults to mDNS bound to 127.0.0.1 (nothing leaves the machine unless you pass
+    an ``MdnsRegistry`` with other interfaces). Other options go to ``start_node``.
+    """
+    owned = registry is None
+    if registry is None:
+        from .mdns import MdnsRegistry
+
+        registry = MdnsRegistry()
+    try:
+        async with (
+            start_node(name, listen=listen, home=home, identity=identity, seed=seed, **node_options) as node,
+            trio.open_nursery() as nursery,
+        ):
+            cluster = Cluster(node, registry, nursery, ttl=ttl, strategy=strategy, retry=retry, seed=seed)
+            if membership:
+                from .membership import Membership
+
+                cluster.membership = Membership(cluster)
+                await nursery.start(cluster.membership.run)
+            await registry.register(cluster._node_record(), ttl=ttl)
+            nursery.start_soon(cluster._refresh_registrations)
+            try:
+                yield cluster
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    for record, _ in list(cluster._served.values()):
+                        await registry.deregister(record)
+                    await registry.deregister(cluster._node_record())
+                    if cluster.membership is not None:
+                        cluster.membership.leave()
+                nursery.cancel_scope.cancel()
+    finally:
+        if owned:
+            with trio.CancelScope(shield=True):
+                await registry.aclose()  # type: ignore[attr-defined]
