@@ -408,6 +408,7 @@ class Link:
         self.received = 0
         self.sent = 0
         self._cancel_scope = trio.CancelScope()
+        self._flushed: trio.Event | None = None
         self.seq = next(remoting.link_seq)
 
     def __repr__(self) -> str:
@@ -448,6 +449,10 @@ class Link:
         conn = self.conn
         while True:
             if not self.out:
+                flushed = self._flushed
+                if flushed is not None:
+                    self._flushed = None
+                    flushed.set()
                 await self._writer.park()
                 continue
             batch, self.out = self.out, []
@@ -456,6 +461,13 @@ class Link:
                 self._room.unpark_all()
             self.sent += len(batch)
             await conn.send_frames(batch)
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far has been written (or the link closed)."""
+        while self.out and not self.closed:
+            if self._flushed is None:
+                self._flushed = trio.Event()
+            await self._flushed.wait()
 
     # ---- receiving ---------------------------------------------------------------------------
 
@@ -1085,14 +1097,18 @@ class Remoting:
         link = await self.dial(address, self.node.ask_timeout if timeout is None else timeout)
         return link.peer.node_id
 
-    async def aclose(self) -> None:
-        """Stop listening and close every link (peers see a clean end, then "node unreachable")."""
-        self._serve_scope.cancel()
+    async def aclose(self, flush_timeout: float = 1.0) -> None:
+        """Stop listening, send what is queued (a membership leave, last answers) within
+        ``flush_timeout``, and close every link (peers see a clean end, then "node unreachable")."""
+        links = [link for peer in list(self.peers.values()) for link in peer.links]
+        with trio.move_on_after(flush_timeout):
+            for link in links:
+                await link.flush()
+        self._serve_scope.cancel()  # also ends the accepted links' tasks
         if self.listener is not None:
             await self.listener.aclose()
-        for peer in list(self.peers.values()):
-            for link in list(peer.links):
-                link.close("node shutting down")
+        for link in links:
+            link.close("node shutting down")
 
 
 #: Initial credit when a STREAM_OPEN carries no ``credit`` header (docs/protocol.md §4.3).

@@ -131,7 +131,13 @@ def _service_json(svc: Service) -> dict[str, Any]:
         "version": svc.version,
         "metadata": svc.metadata,
         "endpoints": [
-            {"name": e.name, "request": e.request, "response": e.response, "metadata": e.metadata, "stream": e.stream}
+            {
+                "name": e.name,
+                "request": e.request,
+                "response": e.response,
+                "metadata": e.metadata,
+                "stream": e.stream,
+            }
             for e in svc.endpoints
         ],
         "nodes": [{"id": n.id, "address": n.address, "metadata": n.metadata} for n in svc.nodes],
@@ -217,7 +223,10 @@ async def _stream(args: argparse.Namespace, out: TextIO) -> int:
     request = _parse_json(args.request, "the request") if args.request else None
     async with await _client(args) as cluster:
         await _wait_for(cluster, args.service, args.wait)
-        async with cluster.open_stream(args.service, args.endpoint, request) as stream, trio.open_nursery() as n:
+        async with (
+            cluster.open_stream(args.service, args.endpoint, request) as stream,
+            trio.open_nursery() as n,
+        ):
 
             async def feed() -> None:
                 stdin = trio.wrap_file(sys.stdin)
@@ -324,7 +333,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             json.dump({"error": fields}, err)
             print(file=err)
         else:
-            print(f"error {fields['code']} {fields['status']}: {fields['detail']} (from {fields['id'] or '?'})", file=err)
+            source = fields["id"] or "?"
+            print(f"error {fields['code']} {fields['status']}: {fields['detail']} (from {source})", file=err)
         return EXIT_ERROR
     except (UsageError, FileNotFoundError, ImportError) as exc:
         print(f"trimicro: {exc}", file=err)

@@ -29,6 +29,7 @@ from trimicro.actors.cell import current_cell
 from trimicro.actors.remote import Identity, Unreachable
 from trimicro.actors.streams import Stream
 from trimicro.mailbox.errors import MicroError, NotFound
+from trimicro.mailbox.typeregistry import TypeRegistry
 
 from .cache import RegistryCache
 from .registry import NodeInfo, Registry, Service
@@ -41,6 +42,9 @@ log = logging.getLogger("trimicro.cluster")
 
 #: The registry record every cluster node announces, so that peers can find it for membership.
 NODE_SERVICE = "trimicro.node"
+#: Where each cluster node runs its membership actor (``Membership.members`` and friends).
+SYSTEM_NAME = "trimicro-cluster"
+SYSTEM_PATH = f"/user/{SYSTEM_NAME}"
 
 
 class Cluster:
@@ -69,6 +73,7 @@ class Cluster:
         self._nursery = nursery
         self._served: dict[str, tuple[Service, ActorRef]] = {}
         self.membership: Any = None
+        self.announced = False
         node.extensions["cluster"] = self
         node.remote.resolve = self.address_of
 
@@ -142,6 +147,8 @@ class Cluster:
                     await self.registry.register(record, ttl=self.ttl)
                 except MicroError as exc:
                     log.warning("re-registering %s failed: %s", record.name, exc)
+            if not self.announced:
+                continue
             try:
                 await self.registry.register(self._node_record(), ttl=self.ttl)
             except MicroError as exc:
@@ -237,18 +244,11 @@ class Cluster:
         endpoint: str | None,
         tried: set[str],
     ) -> NodeInfo:
-        now = trio.current_time()
-        try:
-            return self.selector.select(
-                services, now=now, key=key, version=version, metadata=metadata, endpoint=endpoint, exclude=tried
-            )
-        except MicroError:
-            if not tried:
-                raise
-            tried.clear()  # every node was tried once: start over rather than give up
-            return self.selector.select(
-                services, now=now, key=key, version=version, metadata=metadata, endpoint=endpoint
-            )
+        # Not filtered by endpoint: records learnt from membership gossip list no endpoints, and a
+        # node without the endpoint answers 404 anyway. ``tried`` is a soft exclusion.
+        return self.selector.select(
+            services, now=trio.current_time(), key=key, version=version, metadata=metadata, exclude=tried
+        )
 
     @asynccontextmanager
     async def open_stream(
@@ -266,6 +266,13 @@ class Cluster:
         info = self._select(services, key, version, None, endpoint, set())
         async with open_stream(self._ref_for(info, service), endpoint, request, timeout=timeout) as stream:
             yield stream
+
+    async def call_node(
+        self, info: NodeInfo, endpoint: str, body: Any = None, *, timeout: float = 5.0
+    ) -> Any:
+        """Call the cluster system actor of one particular node (membership view and such)."""
+        ref = self._ref_for(NodeInfo(info.id, info.address, {"path": SYSTEM_PATH}), "")
+        return await ask(ref, body, endpoint=endpoint, timeout=timeout)
 
     async def services(self) -> list[Service]:
         """Every service in the registry (with its live nodes)."""
@@ -289,7 +296,9 @@ def _maybe_delivered(exc: MicroError) -> bool:
 def _is_idempotent(services: list[Service], endpoint: str | None) -> bool:
     if endpoint is None:
         return False
-    return any(e.name == endpoint and e.metadata.get(IDEMPOTENT) == "true" for s in services for e in s.endpoints)
+    return any(
+        e.name == endpoint and e.metadata.get(IDEMPOTENT) == "true" for s in services for e in s.endpoints
+    )
 
 
 async def call(service: str, endpoint: str | None, body: Any = None, **kwargs: Any) -> Any:
@@ -306,29 +315,35 @@ async def start_cluster(
     name: str | None = None,
     *,
     registry: Registry | None = None,
-    listen: str = "127.0.0.1:0",
+    listen: str | None = "127.0.0.1:0",
     home: Path | None = None,
     identity: Identity | None = None,
     membership: bool = True,
+    announce: bool = True,
     ttl: float = 30.0,
     strategy: Strategy | None = None,
     retry: RetryPolicy | None = None,
     seed: int | None = None,
+    types: TypeRegistry | None = None,
     **node_options: Any,
 ) -> AsyncIterator[Cluster]:
     """Run a cluster node for the duration of the block (see the module docstring).
 
     ``registry`` defaults to mDNS bound to 127.0.0.1 (nothing leaves the machine unless you pass
-    an ``MdnsRegistry`` with other interfaces). Other options go to ``start_node``.
+    an ``MdnsRegistry`` with other interfaces). A client-only node (the CLI) passes
+    ``listen=None, membership=False, announce=False``. ``types`` names the message classes that
+    cross nodes (``start_node``'s ``registry``). Other options go to ``start_node``.
     """
-    owned = registry is None
-    if registry is None:
-        from .mdns import MdnsRegistry
+    from .mdns import MdnsRegistry
 
-        registry = MdnsRegistry()
+    owned: MdnsRegistry | None = None
+    if registry is None:
+        registry = owned = MdnsRegistry()
     try:
         async with (
-            start_node(name, listen=listen, home=home, identity=identity, seed=seed, **node_options) as node,
+            start_node(
+                name, listen=listen, home=home, identity=identity, seed=seed, registry=types, **node_options
+            ) as node,
             trio.open_nursery() as nursery,
         ):
             cluster = Cluster(node, registry, nursery, ttl=ttl, strategy=strategy, retry=retry, seed=seed)
@@ -337,7 +352,9 @@ async def start_cluster(
 
                 cluster.membership = Membership(cluster)
                 await nursery.start(cluster.membership.run)
-            await registry.register(cluster._node_record(), ttl=ttl)
+            if announce:
+                await registry.register(cluster._node_record(), ttl=ttl)
+            cluster.announced = announce
             nursery.start_soon(cluster._refresh_registrations)
             try:
                 yield cluster
@@ -345,11 +362,12 @@ async def start_cluster(
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     for record, _ in list(cluster._served.values()):
                         await registry.deregister(record)
-                    await registry.deregister(cluster._node_record())
+                    if announce:
+                        await registry.deregister(cluster._node_record())
                     if cluster.membership is not None:
                         cluster.membership.leave()
                 nursery.cancel_scope.cancel()
     finally:
-        if owned:
+        if owned is not None:
             with trio.CancelScope(shield=True):
-                await registry.aclose()  # type: ignore[attr-defined]
+                await owned.aclose()

@@ -65,9 +65,8 @@ def test_random_is_roughly_uniform() -> None:
 
 def test_random_with_same_seed_repeats() -> None:
     pool = nodes("a", "b", "c")
-    first = [RandomStrategy(random.Random(7)).pick(pool, None).id for _ in range(1)]
-    again = [RandomStrategy(random.Random(7)).pick(pool, None).id for _ in range(1)]
-    assert first == again
+    first, again = RandomStrategy(random.Random(7)), RandomStrategy(random.Random(7))
+    assert [first.pick(pool, None) for _ in range(50)] == [again.pick(pool, None) for _ in range(50)]
 
 
 def test_round_robin_cycles_in_order() -> None:
@@ -190,7 +189,9 @@ def test_consistent_hash_removal_moves_only_the_removed_nodes_keys(
     new=st.text(min_size=1, max_size=8),
     keys=st.sets(st.text(max_size=12), min_size=1, max_size=60),
 )
-def test_consistent_hash_join_moves_keys_only_to_the_new_node(ids: set[str], new: str, keys: set[str]) -> None:
+def test_consistent_hash_join_moves_keys_only_to_the_new_node(
+    ids: set[str], new: str, keys: set[str]
+) -> None:
     ids.discard(new)
     if not ids:
         return
@@ -298,16 +299,15 @@ def test_breaker_half_open_allows_one_trial_and_success_closes() -> None:
 
 def test_breaker_backoff_doubles_up_to_the_maximum_and_resets_on_success() -> None:
     breaker = CircuitBreaker(failure_threshold=2, open_for=1.0, max_open_for=4.0)
-    fail(breaker, "a", 0.0, 2)  # open until 1
-    now = 0.0
-    for period in (2.0, 4.0, 4.0):  # each failed trial doubles, capped at 4
-        now += period / 2 if period == 2.0 else 0.0
-        now = max(now, 1.0)
+    fail(breaker, "a", 0.0, 2)  # open for 1: until 1
+    now = 1.0
+    for period in (2.0, 4.0, 4.0):  # each failed trial doubles the period, capped at 4
+        assert breaker.state("a", now) is BreakerState.HALF_OPEN
         assert breaker.allow("a", now)
         breaker.failure("a", now)
         assert not breaker.allow("a", now + period - 0.001)
         now += period
-        assert breaker.state("a", now) is BreakerState.HALF_OPEN
+    assert now == 11.0
     assert breaker.allow("a", now)
     breaker.success("a")
     fail(breaker, "a", now, 2)
@@ -468,11 +468,11 @@ def test_may_retry_combines_attempts_rule_and_budget() -> None:
 
 def test_selector_default_is_seeded_random() -> None:
     pool = [service("a", "b", "c")]
-    first = [Selector(rng=random.Random(2)).select(pool, now=0.0).id for _ in range(1)]
-    picks = Counter(Selector(rng=random.Random(2)).select(pool, now=0.0).id for _ in range(1))
-    assert first == list(picks)
-    selector = Selector(rng=random.Random(2))
-    assert {selector.select(pool, now=0.0).id for _ in range(100)} == {"a", "b", "c"}
+    first, again = Selector(rng=random.Random(2)), Selector(rng=random.Random(2))
+    picks = [first.select(pool, now=0.0).id for _ in range(100)]
+    assert picks == [again.select(pool, now=0.0).id for _ in range(100)]
+    assert set(picks) == {"a", "b", "c"}
+    assert isinstance(first.strategy, RandomStrategy)
 
 
 def test_selector_skips_excluded_nodes() -> None:
@@ -529,9 +529,7 @@ def test_selector_with_consistent_hash_fails_over_to_the_second_choice() -> None
 
 def test_selector_applies_filters() -> None:
     selector = Selector(rng=random.Random(1))
-    picks = {
-        selector.select([V1, V2], now=0.0, version="v2", metadata={"zone": "a"}).id for _ in range(10)
-    }
+    picks = {selector.select([V1, V2], now=0.0, version="v2", metadata={"zone": "a"}).id for _ in range(10)}
     assert picks == {"n4"}
     assert selector.select([V1, V2], now=0.0, endpoint="Greeter.bye").id in {"n3", "n4"}
 

@@ -1,0 +1,621 @@
+"""Multicast DNS (DNS-SD) registry: Go Micro's default discovery, on python-zeroconf.
+
+**Loopback only unless asked.** :class:`MdnsRegistry` binds zeroconf to ``127.0.0.1`` (IPv4 only) by
+default, so announcements and queries never leave the machine: nodes of one host find each other
+without leaking service names, node ids and addresses onto a LAN, and tests cannot disturb (or be
+disturbed by) other machines. Pass ``interfaces=[...]`` (interface addresses) explicitly to announce
+on a real network.
+
+**Record layout.** Each (service name, version, node id) is one DNS-SD instance of type
+``_trimicro._tcp.local.``, named ``"{name}-{version}-{node_id}"`` reduced to ``[A-Za-z0-9_-]``,
+cut to 50 characters and suffixed with ``-`` and 12 hex digits of a SHA-256 over the exact triple
+(so the label is at most 63 bytes and distinct triples never share an instance). The SRV record
+carries the port of ``NodeInfo.address`` (``"host:port"``) and points at ``"{label}.local."``, whose
+A record is the address's host if it is an IP literal, else the bound interface address. The TXT
+record carries the whole record; every TXT string is ``key=value`` of at most 255 bytes:
+
+* ``n`` service name, ``v`` version, ``id`` node id, ``a`` node address (UTF-8 text);
+* ``md`` (continued in ``md1``, ``md2``, ... when longer than one string) compact JSON
+  ``{"s": service metadata, "n": node metadata}``;
+* ``e0``, ``e1``, ... the chunks, in order, of the compact JSON list of endpoints, each
+  ``{"n": name, "q": request, "r": response, "m": metadata, "s": true}`` (empty maps and a false
+  ``s`` are left out). Chunks are cut on bytes and joined before decoding.
+
+The whole TXT record is capped at :data:`MAX_TXT_BYTES` (8 KiB, below the 9 000-byte mDNS packet
+limit); :meth:`MdnsRegistry.register` raises :class:`ValueError` beyond it. TXT data from the network
+is untrusted: an instance with missing keys, wrong types, bad UTF-8 or JSON, a gap in its chunks, an
+oversize record, or a label that does not match its ``n``/``v``/``id`` is skipped (logged at debug).
+
+**A record is only a hint.** Anyone on the segment can announce anything; the node id and address
+are checked by the secure handshake (the certificate must be for that node id), so a forged or stale
+record costs a failed dial, never captured traffic. Staleness is expected too: a node that dies
+without sending goodbye packets stays listed until its PTR record expires in peers' caches (zeroconf
+raises received PTR TTLs to at least 1125 s), so callers must treat dial failures as normal.
+
+**Threads.** zeroconf runs its own asyncio loop in a background thread. Coroutines are submitted to it
+with :func:`asyncio.run_coroutine_threadsafe` and their completion is reported back to trio through a
+:class:`trio.lowlevel.TrioToken` (no worker thread is held while waiting); the blocking constructor and
+``close`` run in trio worker threads. Browser callbacks run on zeroconf's loop, resolve the instance
+there, and post results to trio with ``TrioToken.run_sync_soon`` (never blocking zeroconf's loop on
+trio); a per-instance generation counter drops resolutions overtaken by later changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import ipaddress
+import itertools
+import json
+import logging
+import math
+import re
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from typing import Any, TypeVar
+
+import attrs
+import trio
+from zeroconf import (
+    BadTypeInNameException,
+    IPVersion,
+    ServiceInfo,
+    ServiceStateChange,
+    Zeroconf,
+)
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo
+
+from trimicro.cluster.registry import Endpoint, Event, EventType, NodeInfo, Service, merge_nodes
+from trimicro.mailbox.errors import NotFound
+
+__all__ = [
+    "DEFAULT_SERVICE_TYPE",
+    "MAX_TXT_BYTES",
+    "MAX_TXT_STRING",
+    "MdnsRegistry",
+    "decode_txt",
+    "encode_txt",
+    "instance_label",
+]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+DEFAULT_SERVICE_TYPE = "_trimicro._tcp.local."
+#: Longest TXT string (``key=value``) DNS allows: one length byte.
+MAX_TXT_STRING = 255
+#: Cap on a whole TXT record (sum of strings plus their length bytes).
+MAX_TXT_BYTES = 8192
+
+_DEFAULT_TTL = 120  # seconds, RFC 6762's host-record TTL; used for every record we announce
+_MIN_TTL = 10  # liveness comes from zeroconf answering queries, so tiny TTLs only add query traffic
+_MAX_TTL = 4500  # zeroconf's default for non-host records (75 minutes)
+_RESOLVE_TIMEOUT_MS = 1000
+_WARMUP_SECONDS = 0.5
+_WATCH_BUFFER = 1024
+_CLOSE_TIMEOUT = 10.0
+_LABEL_PREFIX = 50
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+class _Malformed(ValueError):
+    """A TXT record from the network that does not decode to a record."""
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def instance_label(name: str, version: str, node_id: str) -> str:
+    """The DNS-SD instance label of one (service, version, node): readable, unique, <= 63 bytes."""
+    digest = hashlib.sha256("\0".join((name, version, node_id)).encode("utf-8")).hexdigest()[:12]
+    readable = _UNSAFE.sub("-", f"{name}-{version}-{node_id}").strip("-")[:_LABEL_PREFIX].strip("-")
+    return f"{readable}-{digest}" if readable else digest
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+
+def _endpoint_json(endpoint: Endpoint) -> dict[str, object]:
+    out: dict[str, object] = {"n": endpoint.name}
+    if endpoint.request:
+        out["q"] = endpoint.request
+    if endpoint.response:
+        out["r"] = endpoint.response
+    if endpoint.metadata:
+        out["m"] = endpoint.metadata
+    if endpoint.stream:
+        out["s"] = True
+    return out
+
+
+def _chunks(blob: bytes, key_for: Any) -> list[tuple[bytes, bytes]]:
+    """Cut ``blob`` into TXT strings ``key_for(i)=chunk`` of at most 255 bytes each."""
+    out: list[tuple[bytes, bytes]] = []
+    pos = 0
+    index = 0
+    while pos < len(blob) or index == 0:
+        key: bytes = key_for(index)
+        room = MAX_TXT_STRING - len(key) - 1
+        out.append((key, blob[pos : pos + room]))
+        pos += room
+        index += 1
+    return out
+
+
+def encode_txt(service: Service, node: NodeInfo) -> dict[bytes, bytes]:
+    """The TXT properties announcing ``node`` of ``service`` (see the module docstring).
+
+    Raises :class:`ValueError` if a single field does not fit in one TXT string or the record
+    exceeds :data:`MAX_TXT_BYTES`.
+    """
+    props: dict[bytes, bytes] = {}
+    for key, text in ((b"n", service.name), (b"v", service.version), (b"id", node.id), (b"a", node.address)):
+        value = text.encode("utf-8")
+        if len(key) + 1 + len(value) > MAX_TXT_STRING:
+            raise ValueError(
+                f"mdns: {key.decode()}={text[:40]!r}... is longer than one TXT string "
+                f"({MAX_TXT_STRING - len(key) - 1} bytes)"
+            )
+        props[key] = value
+    if not service.name or not node.id:
+        raise ValueError("mdns: service name and node id must not be empty")
+    metadata = _json({"s": dict(service.metadata), "n": dict(node.metadata)})
+    props.update(_chunks(metadata, lambda i: b"md" if i == 0 else b"md%d" % i))
+    endpoints = _json([_endpoint_json(e) for e in service.endpoints])
+    props.update(_chunks(endpoints, lambda i: b"e%d" % i))
+    total = sum(1 + len(k) + 1 + len(v) for k, v in props.items())
+    if total > MAX_TXT_BYTES:
+        raise ValueError(
+            f"mdns: record for {service.name!r} node {node.id!r} needs {total} TXT bytes, "
+            f"more than the {MAX_TXT_BYTES}-byte cap (too many or too large endpoints/metadata)"
+        )
+    return props
+
+
+# --------------------------------------------------------------------------- decoding (untrusted)
+
+
+def _text(props: Mapping[bytes, bytes | None], key: bytes, *, empty_ok: bool = False) -> str:
+    value = props.get(key)
+    if not isinstance(value, bytes):
+        raise _Malformed(f"missing or valueless key {key!r}")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Malformed(f"key {key!r} is not UTF-8") from exc
+    if not text and not empty_ok:
+        raise _Malformed(f"key {key!r} is empty")
+    return text
+
+
+def _joined(props: Mapping[bytes, bytes | None], first: bytes, key_for: Any) -> Any:
+    parts: list[bytes] = []
+    index = 0
+    while True:
+        key: bytes = first if index == 0 else key_for(index)
+        value = props.get(key)
+        if value is None:
+            break
+        parts.append(value)
+        index += 1
+    if not parts:
+        raise _Malformed(f"missing key {first!r}")
+    try:
+        return json.loads(b"".join(parts).decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise _Malformed(f"bad JSON under {first!r}: {exc}") from exc
+
+
+def _str_map(value: object, what: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise _Malformed(f"{what} is not a map of strings")
+    return dict(value)
+
+
+def _endpoint(value: object) -> Endpoint:
+    if not isinstance(value, dict):
+        raise _Malformed("endpoint is not an object")
+    name = value.get("n")
+    stream = value.get("s", False)
+    if not isinstance(name, str) or not name:
+        raise _Malformed("endpoint name is not a non-empty string")
+    if not isinstance(stream, bool):
+        raise _Malformed("endpoint stream flag is not a boolean")
+    return Endpoint(
+        name=name,
+        request=_str_map(value.get("q"), "endpoint request"),
+        response=_str_map(value.get("r"), "endpoint response"),
+        metadata=_str_map(value.get("m"), "endpoint metadata"),
+        stream=stream,
+    )
+
+
+def decode_txt(
+    props: Mapping[bytes, bytes | None],
+    instance_name: str | None = None,
+    service_type: str = DEFAULT_SERVICE_TYPE,
+) -> Service:
+    """Decode TXT properties (from the network: untrusted) into a one-node :class:`Service`.
+
+    With ``instance_name`` (the full DNS-SD name), also check that it is the instance the record's
+    ``n``/``v``/``id`` map to. Raises :class:`ValueError` on anything malformed.
+    """
+    if sum(1 + len(k) + 1 + len(v or b"") for k, v in props.items()) > MAX_TXT_BYTES:
+        raise _Malformed("TXT record is over the size cap")
+    name = _text(props, b"n")
+    version = _text(props, b"v", empty_ok=True)
+    node_id = _text(props, b"id")
+    address = _text(props, b"a", empty_ok=True)
+    if instance_name is not None:
+        expected = f"{instance_label(name, version, node_id)}.{service_type}"
+        if instance_name.lower() != expected.lower():
+            raise _Malformed(f"instance name {instance_name!r} does not match its record ({expected!r})")
+    metadata = _joined(props, b"md", lambda i: b"md%d" % i)
+    if not isinstance(metadata, dict):
+        raise _Malformed("md is not an object")
+    endpoints = _joined(props, b"e0", lambda i: b"e%d" % i)
+    if not isinstance(endpoints, list):
+        raise _Malformed("endpoints are not a list")
+    node = NodeInfo(id=node_id, address=address, metadata=_str_map(metadata.get("n"), "node metadata"))
+    return Service(
+        name=name,
+        version=version,
+        metadata=_str_map(metadata.get("s"), "service metadata"),
+        endpoints=tuple(_endpoint(e) for e in endpoints),
+        nodes=(node,),
+    )
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+@attrs.frozen
+class _Resolved:
+    """What the zeroconf thread hands to trio about one resolved instance."""
+
+    name: str
+    properties: dict[bytes, bytes | None]
+
+
+def _dns_ttl(ttl: float | None) -> int:
+    if ttl is None:
+        return _DEFAULT_TTL
+    if not math.isfinite(ttl):
+        return _MAX_TTL if ttl > 0 else _MIN_TTL
+    return max(_MIN_TTL, min(_MAX_TTL, math.ceil(ttl)))
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port_text = address.rpartition(":")
+    if not sep:
+        return address, 0
+    host = host.removeprefix("[").removesuffix("]")
+    port = int(port_text) if port_text.isdigit() and len(port_text) <= 5 else 0
+    return host, port if port <= 65535 else 0
+
+
+def _ip_literal(text: str) -> bool:
+    try:
+        return not ipaddress.ip_address(text).is_unspecified
+    except ValueError:
+        return False
+
+
+class MdnsRegistry:
+    """A :class:`~trimicro.cluster.registry.Registry` over multicast DNS-SD (zeroconf).
+
+    Binds to ``interfaces`` (default: loopback only, see the module docstring). Start-up is lazy:
+    zeroconf is opened by the first call, and the browser that feeds :meth:`get_service`,
+    :meth:`list_services` and :meth:`watch` by the first of those. One instance belongs to one trio
+    run; close it with :meth:`aclose` or ``async with``.
+    """
+
+    def __init__(
+        self,
+        interfaces: Sequence[str] = ("127.0.0.1",),
+        *,
+        domain: str = "local.",
+        service_type: str = DEFAULT_SERVICE_TYPE,
+    ) -> None:
+        if isinstance(interfaces, str):
+            interfaces = (interfaces,)
+        if not interfaces:
+            raise ValueError("mdns: interfaces must name at least one address")
+        if not domain.endswith(".") or not service_type.lower().endswith("." + domain.lower()):
+            raise ValueError(f"mdns: service type {service_type!r} is not in domain {domain!r}")
+        try:  # ServiceInfo checks the type the way zeroconf will use it
+            ServiceInfo(service_type, f"probe.{service_type}")
+        except BadTypeInNameException as exc:
+            raise ValueError(f"mdns: bad service type {service_type!r}: {exc}") from exc
+        self._interfaces = tuple(interfaces)
+        self._domain = domain
+        self._type = service_type
+        self._zc: Zeroconf | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._start_lock = trio.Lock()
+        self._write_lock = trio.Lock()
+        self._closed = False
+        # trio side
+        self._registered: dict[str, ServiceInfo] = {}  # instance label -> what we announce
+        self._cache: dict[str, Service] = {}  # lower-case instance name -> one-node record
+        self._watchers: list[tuple[str | None, trio.MemorySendChannel[Event]]] = []
+        self._browsing = False
+        self._warm_until = -math.inf
+        # zeroconf-loop side (touched only on zeroconf's thread)
+        self._browser: AsyncServiceBrowser | None = None
+        self._generation = itertools.count(1)
+        self._current: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> MdnsRegistry:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _ensure_started(self) -> Zeroconf:
+        if self._closed:
+            raise trio.ClosedResourceError("mdns registry is closed")
+        if self._zc is not None:
+            return self._zc
+        async with self._start_lock:
+            if self._zc is None:
+                self._token = trio.lowlevel.current_trio_token()
+                all_v4 = all(":" not in i for i in self._interfaces)
+                make = functools.partial(
+                    Zeroconf,
+                    interfaces=list(self._interfaces),
+                    ip_version=IPVersion.V4Only if all_v4 else None,
+                )
+                # Not abandoned on cancel: an abandoned constructor would leak sockets and a thread.
+                self._zc = await trio.to_thread.run_sync(make)
+            if self._closed:  # closed while we were starting
+                raise trio.ClosedResourceError("mdns registry is closed")
+            return self._zc
+
+    async def _in_zc(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``coro`` on zeroconf's loop and wait for it without holding a thread."""
+        zc, token = self._zc, self._token
+        assert zc is not None and zc.loop is not None and token is not None
+        future = asyncio.run_coroutine_threadsafe(coro, zc.loop)
+        done = trio.Event()
+
+        def wake(_: object) -> None:
+            with suppress(trio.RunFinishedError):
+                token.run_sync_soon(done.set)
+
+        future.add_done_callback(wake)
+        try:
+            await done.wait()
+        finally:
+            if not future.done():
+                future.cancel()
+        return future.result()
+
+    async def aclose(self) -> None:
+        """Withdraw everything registered here (goodbye packets), stop browsing, close zeroconf."""
+        if self._closed:
+            return
+        self._closed = True
+        for _, send in self._watchers:
+            send.close()
+        self._watchers.clear()
+        async with self._start_lock:  # wait out a start in progress
+            zc = self._zc
+        if zc is None:
+            return
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
+            await self._in_zc(self._zc_stop())
+            # close() sends goodbyes for every registered instance (about 0.25 s), then stops the thread.
+            await trio.to_thread.run_sync(zc.close, abandon_on_cancel=True)
+        self._registered.clear()
+        self._cache.clear()
+
+    async def _zc_stop(self) -> None:
+        if self._browser is not None:
+            await self._browser.async_cancel()
+            self._browser = None
+        for task in list(self._tasks):
+            task.cancel()
+        self._current.clear()
+
+    # ----------------------------------------------------------------- registering
+
+    def _service_info(self, service: Service, node: NodeInfo, ttl: float | None) -> ServiceInfo:
+        label = instance_label(service.name, service.version, node.id)
+        host, port = _split_host_port(node.address)
+        addresses = [host] if _ip_literal(host) else [i for i in self._interfaces if _ip_literal(i)]
+        seconds = _dns_ttl(ttl)
+        return ServiceInfo(
+            self._type,
+            f"{label}.{self._type}",
+            port=port,
+            properties=encode_txt(service, node),
+            server=f"{label}.{self._domain}",
+            host_ttl=seconds,
+            other_ttl=seconds,
+            parsed_addresses=addresses or ["127.0.0.1"],
+        )
+
+    async def register(self, service: Service, ttl: float | None = None) -> None:
+        """Announce each node of ``service`` (or re-announce it, with any changes).
+
+        ``ttl`` (seconds, clamped to 10..4500, default 120) becomes the DNS TTL of the records. While
+        this registry is open zeroconf keeps answering queries for them, so it bounds how long peers
+        trust a record after this process vanished without goodbye, not how long it stays listed.
+        Returns once the first announcement is sent (two more follow, 225 ms apart).
+        """
+        infos = [self._service_info(service, node, ttl) for node in service.nodes]  # validate first
+        await self._ensure_started()
+        async with self._write_lock:
+            for info in infos:
+                label = info.name[: -len(self._type) - 1]
+                known = label in self._registered
+                await self._in_zc(self._zc_register(info, update=known))
+                self._registered[label] = info
+
+    async def _zc_register(self, info: ServiceInfo, *, update: bool) -> None:
+        zc = self._zc
+        assert zc is not None
+        if update:
+            await zc.async_update_service(info)
+        else:
+            # The label is derived from the node id, which is unique by construction, so the
+            # ~1.7 s of conflict probing is skipped; the returned announcement task runs on its own.
+            await zc.async_register_service(info, cooperating_responders=True)
+
+    async def deregister(self, service: Service) -> None:
+        """Withdraw the given nodes registered here (goodbye packets: peers drop them at once)."""
+        if self._zc is None or self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        async with self._write_lock:
+            for node in service.nodes:
+                info = self._registered.pop(instance_label(service.name, service.version, node.id), None)
+                if info is not None:
+                    await self._in_zc(self._zc_unregister(info))
+        await trio.lowlevel.checkpoint()
+
+    async def _zc_unregister(self, info: ServiceInfo) -> None:
+        zc = self._zc
+        assert zc is not None
+        await zc.async_unregister_service(info)
+
+    # ----------------------------------------------------------------- browsing
+
+    async def _ensure_browser(self) -> None:
+        await self._ensure_started()
+        if self._browsing:
+            return
+        async with self._start_lock:
+            if not self._browsing:
+                await self._in_zc(self._zc_browse())
+                self._browsing = True
+                self._warm_until = trio.current_time() + _WARMUP_SECONDS
+
+    async def _zc_browse(self) -> None:
+        assert self._zc is not None
+        self._browser = AsyncServiceBrowser(self._zc, [self._type], handlers=[self._on_change])
+
+    async def _warm(self) -> None:
+        """Give the browser's first query time to be answered (only in its first half second)."""
+        await self._ensure_browser()
+        if trio.current_time() < self._warm_until:
+            await trio.sleep_until(self._warm_until)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def _on_change(
+        self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
+        """Browser callback, on zeroconf's loop."""
+        key = name.lower()
+        if state_change is ServiceStateChange.Removed:
+            self._current.pop(key, None)
+            self._post(key, None)
+            return
+        generation = next(self._generation)
+        self._current[key] = generation
+        task = asyncio.get_running_loop().create_task(
+            self._resolve(zeroconf, service_type, name, key, generation)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resolve(
+        self, zeroconf: Zeroconf, service_type: str, name: str, key: str, generation: int
+    ) -> None:
+        info = AsyncServiceInfo(service_type, name)
+        try:
+            found = await info.async_request(zeroconf, _RESOLVE_TIMEOUT_MS)
+        except Exception as exc:  # a failed resolution is logged and dropped, never fatal
+            log.debug("mdns: resolving %s failed: %r", name, exc)
+            return
+        if self._current.get(key) != generation:
+            return  # overtaken by a later change of the same instance
+        if not found:
+            log.debug("mdns: %s did not resolve within %d ms", name, _RESOLVE_TIMEOUT_MS)
+            return
+        self._post(key, _Resolved(name, dict(info.properties)))
+
+    def _post(self, key: str, resolved: _Resolved | None) -> None:
+        token = self._token
+        if token is None:
+            return
+        with suppress(trio.RunFinishedError):
+            token.run_sync_soon(self._apply, key, resolved)
+
+    def _apply(self, key: str, resolved: _Resolved | None) -> None:
+        """On trio's thread: fold one browser result into the cache and tell the watchers."""
+        if self._closed:
+            return
+        record: Service | None = None
+        if resolved is not None:
+            try:
+                record = decode_txt(resolved.properties, resolved.name, self._type)
+            except ValueError as exc:
+                log.debug("mdns: skipping malformed instance %r: %s", resolved.name, exc)
+        if record is None:
+            gone = self._cache.pop(key, None)
+            if gone is not None:
+                self._emit(Event(EventType.DELETE, gone))
+            return
+        old = self._cache.get(key)
+        self._cache[key] = record
+        if old is None:
+            self._emit(Event(EventType.CREATE, record))
+        elif old != record:
+            self._emit(Event(EventType.UPDATE, record))
+
+    def _emit(self, event: Event) -> None:
+        for wanted, send in list(self._watchers):
+            if wanted is not None and wanted != event.service.name:
+                continue
+            try:
+                send.send_nowait(event)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                self._watchers.remove((wanted, send))
+                send.close()
+
+    # ----------------------------------------------------------------- queries
+
+    def _records(self, name: str | None = None) -> Iterable[Service]:
+        return (r for r in self._cache.values() if name is None or r.name == name)
+
+    async def get_service(self, name: str) -> list[Service]:
+        """Every version of ``name`` with the nodes currently announced; ``NotFound`` if none."""
+        await self._warm()
+        found = merge_nodes(self._records(name))
+        if not found:
+            raise NotFound(f"service {name} not found", id="registry")
+        return found
+
+    async def list_services(self) -> list[Service]:
+        """Every service announced on the bound interfaces, with its nodes."""
+        await self._warm()
+        return merge_nodes(self._records())
+
+    @asynccontextmanager
+    async def watch(self, service: str | None = None) -> AsyncIterator[AsyncIterator[Event]]:
+        """CREATE/UPDATE/DELETE events (one node each) from now on; a watcher 1024 behind is dropped."""
+        await self._ensure_browser()
+        send, receive = trio.open_memory_channel[Event](_WATCH_BUFFER)
+        entry = (service, send)
+        self._watchers.append(entry)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            if entry in self._watchers:
+                self._watchers.remove(entry)
+            send.close()

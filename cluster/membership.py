@@ -1,0 +1,255 @@
+"""Membership and failure detection for a cluster node: the SWIM state machine, wired to links.
+
+:class:`~trimicro.cluster.swim.Swim` is sans-I/O; this module is its runtime. Its messages
+travel as ``SYSTEM`` envelopes (operation ``"swim"``) on the same authenticated links as
+everything else, so the sender of a SWIM message is the node id proven by the handshake, never
+what the message claims. Inputs:
+
+- a tick task drives SWIM's timers (probe rounds, indirect probes, suspicion timeouts);
+- peers come from the registry (every cluster node announces a ``trimicro.node`` record), so a
+  new node joins as soon as discovery shows it one member;
+- a dropped link (``on_peer_lost``: TCP reset after a SIGKILL) makes that member suspect at once,
+  so a killed node is evicted after the suspicion timeout (1.5 s) instead of many minutes of mDNS
+  TTL, while a merely paused one (SIGSTOP) is suspected after missing its probes and refutes
+  when it resumes.
+
+Each member's metadata carries ``svc``, the ``name@version`` list of services it serves: a node
+that starts a service is callable by every member within a few gossip rounds, before the
+registry has spread its record. The cluster's registry cache drops nodes that membership holds
+dead or left, and the circuit breaker skips suspects.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from trimicro.actors import Actor
+from trimicro.actors.remote import Link, Peer
+from trimicro.mailbox.envelope import Envelope
+from trimicro.mailbox.errors import MicroError
+
+from .registry import Event, EventType, NodeInfo, Service
+from .swim import (
+    MAX_METADATA_ENTRIES,
+    MAX_METADATA_LENGTH,
+    Member,
+    MemberState,
+    Outgoing,
+    Swim,
+    SwimConfig,
+    SwimProtocolError,
+)
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
+
+__all__ = ["Membership", "MembershipActor"]
+
+log = logging.getLogger("trimicro.membership")
+
+#: How often the tick task runs at most (SWIM's own deadlines are finer only when due sooner).
+TICK = 0.05
+
+
+def _svc_metadata(digest: str) -> dict[str, str]:
+    """The services digest in SWIM metadata: values of at most 256 characters, split on commas
+    across keys ``svc``, ``svc1``, ... (at most 16 keys; a longer list is cut, and those services
+    are then found through the registry only)."""
+    chunks: list[str] = []
+    for entry in digest.split(",") if digest else []:
+        if len(entry) > MAX_METADATA_LENGTH:
+            continue
+        if chunks and len(chunks[-1]) + 1 + len(entry) <= MAX_METADATA_LENGTH:
+            chunks[-1] += "," + entry
+        elif len(chunks) < MAX_METADATA_ENTRIES:
+            chunks.append(entry)
+    return {("svc" if i == 0 else f"svc{i}"): chunk for i, chunk in enumerate(chunks)} or {"svc": ""}
+
+
+def _svc_entries(metadata: dict[str, str]) -> list[str]:
+    return [e for k, v in sorted(metadata.items()) if k.startswith("svc") for e in v.split(",") if e]
+
+
+class MembershipActor(Actor):
+    """Answers ``Membership.members`` with this node's view (for ``trimicro nodes``)."""
+
+    service_name = "Membership"
+
+    def __init__(self, membership: Membership) -> None:
+        self.membership = membership
+
+    async def members(self, body: Any) -> list[dict[str, Any]]:
+        return self.membership.view()
+
+
+class Membership:
+    """One node's membership: joins peers from the registry, gossips, detects failures."""
+
+    def __init__(self, cluster: Cluster, config: SwimConfig | None = None) -> None:
+        self.cluster = cluster
+        node = cluster.node
+        self.node = node
+        self.codec = node.remote.codec
+        self.swim = Swim(
+            node.id,
+            cluster.address,
+            config=config or SwimConfig(),
+            rng=random.Random(node.rng.random()),
+            metadata=_svc_metadata(cluster.services_digest()),
+        )
+        self._changed = trio.Event()
+        node.remote.system_handlers["swim"] = self._on_swim
+        node.remote.on_peer_lost.append(self._on_peer_lost)
+        cluster.cache.node_filter = self.is_live
+        cluster.cache.extra.append(self.gossiped)
+
+    # ---- views ---------------------------------------------------------------------------------
+
+    def address_of(self, node_id: str) -> str | None:
+        member = self.swim.get(node_id)
+        return member.address if member is not None and member.address else None
+
+    def is_live(self, info: NodeInfo) -> bool:
+        """Registry nodes that membership knows to be dead or gone are not offered to callers."""
+        member = self.swim.get(info.id)
+        return member is None or member.state in (MemberState.ALIVE, MemberState.SUSPECT)
+
+    def gossiped(self, name: str) -> list[Service]:
+        """Records for ``name`` built from members' ``svc`` metadata (endpoints not included)."""
+        found: list[Service] = []
+        for member in self.swim.alive_members():
+            for entry in _svc_entries(member.metadata):
+                svc_name, _, version = entry.partition("@")
+                if svc_name == name and member.address:
+                    info = NodeInfo(member.id, member.address, {"path": f"/user/{name}"})
+                    found.append(Service(name, version or "latest", nodes=(info,)))
+        return found
+
+    def view(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": m.id,
+                "address": m.address,
+                "state": m.state.name.lower(),
+                "incarnation": m.incarnation,
+                "services": ",".join(_svc_entries(m.metadata)),
+            }
+            for m in sorted(self.swim.members(), key=lambda m: m.id)
+        ]
+
+    def member(self, node_id: str) -> Member | None:
+        return self.swim.get(node_id)
+
+    async def wait_changed(self) -> None:
+        """Return at the next membership change (for tools and tests)."""
+        await self._changed.wait()
+
+    # ---- inputs --------------------------------------------------------------------------------
+
+    def _send(self, outgoing: list[Outgoing]) -> None:
+        remote = self.node.remote
+        for out in outgoing:
+            peer = remote.peer(out.to_id)
+            if peer.address is None and out.to_address:
+                peer.address = out.to_address
+            try:
+                body = self.codec.encode(out.message)
+            except MicroError:  # pragma: no cover - SWIM builds plain dicts
+                log.exception("cannot encode a SWIM message")
+                continue
+            peer.send_system("swim", body)  # no link yet: dropped and dialed; SWIM tolerates loss
+
+    def _drain(self) -> None:
+        events = self.swim.events()
+        if not events:
+            return
+        now = trio.current_time()
+        for event in events:
+            member = event.member
+            log.info("member %s %s", member.id, event.kind)
+            if event.kind in ("suspect", "dead", "left"):
+                self.cluster.breaker.mark_down(member.id, now)
+            elif event.kind in ("alive", "joined"):
+                self.cluster.breaker.success(member.id)
+            if member.address and self.node.remote.peer(member.id).address is None:
+                self.node.remote.peer(member.id).address = member.address
+        self.cluster.cache.invalidate()
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _on_swim(self, link: Link, env: Envelope) -> None:
+        try:
+            message = self.codec.decode(env.body)
+            out = self.swim.receive(trio.current_time(), link.peer.node_id, message)
+        except (MicroError, SwimProtocolError) as exc:
+            log.debug("bad SWIM message from %s: %s", link.peer.node_id, exc)
+            return
+        self._send(out)
+        self._drain()
+
+    def _on_peer_lost(self, peer: Peer, reason: str) -> None:
+        if self.swim.get(peer.node_id) is None:
+            return
+        self._send(self.swim.link_lost(trio.current_time(), peer.node_id))
+        self._drain()
+
+    def join(self, node_id: str, address: str) -> None:
+        """Add a peer found by discovery (ignored if known, or ourselves)."""
+        if node_id == self.node.id or not address:
+            return
+        known = self.swim.get(node_id)
+        if known is not None and known.state in (MemberState.ALIVE, MemberState.SUSPECT):
+            return
+        self._send(self.swim.join(trio.current_time(), node_id, address))
+        self._drain()
+
+    def services_changed(self) -> None:
+        metadata = _svc_metadata(self.cluster.services_digest())
+        self._send(self.swim.set_metadata(trio.current_time(), metadata))
+
+    def leave(self) -> None:
+        self._send(self.swim.leave(trio.current_time()))
+
+    # ---- tasks ---------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from .cluster import SYSTEM_NAME
+
+        await self.node.spawn(MembershipActor, self, name=SYSTEM_NAME)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._discover)
+            task_status.started()
+            while True:
+                now = trio.current_time()
+                self._send(self.swim.tick(now))
+                self._drain()
+                await trio.sleep_until(min(self.swim.next_deadline(), now + TICK))
+
+    async def _discover(self) -> None:
+        """Join every node the registry announces: now, on each watch event, and every 2 s."""
+        from .cluster import NODE_SERVICE
+
+        registry = self.cluster.registry
+        async with trio.open_nursery() as nursery:
+
+            async def poll() -> None:
+                while True:
+                    try:
+                        for svc in await registry.get_service(NODE_SERVICE):
+                            for info in svc.nodes:
+                                self.join(info.id, info.address)
+                    except MicroError:
+                        pass
+                    await trio.sleep(2.0)
+
+            nursery.start_soon(poll)
+            async with registry.watch(NODE_SERVICE) as events:
+                event: Event
+                async for event in events:
+                    if event.type is not EventType.DELETE:
+                        for info in event.service.nodes:
+                            self.join(info.id, info.address)

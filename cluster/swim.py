@@ -1,0 +1,705 @@
+"""SWIM membership and failure detection as a sans-I/O state machine.
+
+:class:`Swim` never touches a socket, a clock or trio. The runtime around it feeds it inputs --
+:meth:`~Swim.tick` with the current time, :meth:`~Swim.receive` with a message from a peer,
+:meth:`~Swim.join` with a peer found by discovery, :meth:`~Swim.link_lost` when a connection drops --
+and every input returns the :class:`Outgoing` messages to send. Membership changes come out of
+:meth:`~Swim.events`. Tests drive it with a virtual clock and an in-memory "network".
+
+Why SWIM (Das, Gupta, Motivala 2002) rather than a phi-accrual detector (Hayashibara 2004, as in
+Akka and Cassandra): phi-accrual judges each peer from the arrival history of that peer's
+heartbeats, so every node must hear from every other node (O(n^2) traffic), and one slow
+observer -- a paused or overloaded process -- decides alone that others are dead. SWIM gives each
+node constant work per period (one probe, ``k`` indirect probes only on failure), asks other
+members to confirm before suspecting (indirect ``ping_req`` tolerates a lossy path), lets a
+suspected member refute with a higher incarnation before it is declared dead, and spreads
+membership updates by piggybacking them on the probes themselves (infection-style, about
+``retransmit_mult * ceil(log2(n + 1))`` sends per update) -- no extra messages and no tuning of a
+threshold against an inter-arrival distribution.
+
+Kept from Lifeguard (Dadgar et al. 2018), simplified:
+
+* buddy system -- a ping to a member we suspect always carries that suspicion, and a member we
+  suspect is pinged at once and then once per probe period until it refutes or is declared dead,
+  so a live member learns it is suspected and its refutation comes straight back in the ack
+  (without this, 10% message loss gave occasional false deaths with a 1.5 s suspicion timeout);
+* local health -- a node that was itself stalled (``tick`` came much later than due, e.g. after
+  SIGSTOP or a long GC pause) does not blame its peers for the probe it could not finish: it drops
+  that probe, extends its running suspicion timers by the stall, and pre-emptively re-announces
+  itself with a higher incarnation (others probably suspected it meanwhile).
+
+Not kept: the dynamic suspicion timeout (confirmations shortening it), nack messages, and the TCP
+push-pull state sync. Instead, an ack to a member we have as dead carries that record (so it
+refutes), and an ack to a sender we do not know at all carries ``"who": True`` (so it
+re-announces itself).
+
+Incarnation rules (``i`` = incarnation in the update, ``j`` = the one we hold):
+
+========  ===================================  =========================================
+update    applies to                           effect
+========  ===================================  =========================================
+alive     unknown (table not full)             new ALIVE member, ``joined``
+alive     ALIVE / SUSPECT with ``i > j``       ALIVE, ``alive`` (from SUSPECT) / ``updated``
+alive     DEAD / LEFT with ``i > j``           ALIVE again, ``joined``
+suspect   ALIVE with ``i >= j``                SUSPECT, timer of ``suspicion_timeout``
+suspect   SUSPECT with ``i > j``               incarnation raised, timer kept
+dead      ALIVE / SUSPECT with ``i >= j``      DEAD
+left      ALIVE / SUSPECT with ``i >= j``      LEFT
+========  ===================================  =========================================
+
+Anything else is ignored. DEAD and LEFT members are remembered for ``dead_retention`` so that stale
+alive rumours (``i <= j``) cannot resurrect them, then forgotten. A suspect/dead/left update about
+ourselves with ``i >= our incarnation`` is refuted with ``alive(i + 1)``; an older one makes us
+re-announce our current alive record.
+
+Wire format (plain msgpack-friendly dicts; ids come from the authenticated link, not the message)::
+
+    {"t": "ping",     "seq": int, "u": [update, ...]}
+    {"t": "ack",      "seq": int, "u": [update, ...], "who": bool (optional)}
+    {"t": "ping_req", "seq": int, "target": str, "u": [update, ...]}
+    update = {"id": str, "addr": str, "inc": int, "s": MemberState (int), "md": {str: str}}
+
+:func:`decode_message` validates untrusted input and raises only :class:`SwimProtocolError`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Mapping
+from enum import IntEnum
+from typing import Any, Literal
+
+import attrs
+
+__all__ = [
+    "MAX_ID_LENGTH",
+    "MAX_METADATA_ENTRIES",
+    "MAX_METADATA_LENGTH",
+    "EventKind",
+    "Member",
+    "MemberEvent",
+    "MemberState",
+    "Outgoing",
+    "Swim",
+    "SwimConfig",
+    "SwimProtocolError",
+    "decode_message",
+]
+
+MAX_ID_LENGTH = 256
+"""Longest member id or address accepted, in characters."""
+MAX_METADATA_ENTRIES = 16
+MAX_METADATA_LENGTH = 256
+"""Longest metadata key or value accepted, in characters."""
+
+_MAX_INT = 2**63 - 1  # msgpack's signed 64-bit range
+_MAX_MESSAGE_KEYS = 8
+_MESSAGE_TYPES = frozenset({"ping", "ack", "ping_req"})
+
+
+class SwimProtocolError(ValueError):
+    """A message from a peer is malformed; the runtime should drop it (and may count it)."""
+
+
+class MemberState(IntEnum):
+    """A member's state as this node believes it; the value is the ``"s"`` field on the wire."""
+
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3
+
+
+_LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
+_GONE = (MemberState.DEAD, MemberState.LEFT)
+
+EventKind = Literal["joined", "updated", "suspect", "alive", "dead", "left"]
+
+
+@attrs.frozen
+class SwimConfig:
+    """Timing and size knobs; the defaults suit a LAN cluster of a few to a few hundred nodes."""
+
+    probe_interval: float = 0.5
+    """A probe round starts this often; it is also the whole probe period."""
+    probe_timeout: float = 0.25
+    """How long to wait for a direct ack before asking ``indirect_probes`` others (ping_req)."""
+    indirect_probes: int = 2
+    suspicion_timeout: float = 1.5
+    """SUSPECT becomes DEAD if not refuted within this time (counted from when we suspected)."""
+    dead_retention: float = 30.0
+    """DEAD/LEFT members are remembered this long, to reject stale alive rumours, then forgotten."""
+    max_piggyback: int = 8
+    """Updates piggybacked per message (a peer accepts up to twice this)."""
+    retransmit_mult: int = 3
+    """Each update is sent about ``retransmit_mult * ceil(log2(n + 1))`` times."""
+    max_members: int = 1024
+    """Updates about unknown members beyond this many known members are ignored."""
+    max_relays: int = 64
+    """ping_req requests served at once; further requests are ignored."""
+
+
+@attrs.frozen
+class Member:
+    """What this node believes about one member (itself included)."""
+
+    id: str
+    address: str
+    incarnation: int
+    state: MemberState
+    metadata: dict[str, str] = attrs.field(factory=dict, hash=False)
+    state_since: float = 0.0
+    """When this node last saw the state change (its own clock)."""
+
+
+@attrs.frozen
+class MemberEvent:
+    """A membership change: ``joined`` (first seen alive, or again after dead/left), ``updated``
+    (metadata or address changed), ``suspect``, ``alive`` (recovered from suspect), ``dead``,
+    ``left``. Changes to this node itself produce no events."""
+
+    kind: EventKind
+    member: Member
+
+
+@attrs.frozen
+class Outgoing:
+    """Send ``message`` to ``to_id``. ``to_address`` is the dial hint; it is ``""`` only when
+    replying to a peer we know nothing about (reply over the link the request came in on)."""
+
+    to_id: str
+    to_address: str
+    message: dict[str, Any]
+
+
+# --- validation -------------------------------------------------------------------------------------
+
+
+def _str(value: object, what: str, *, min_len: int = 0, max_len: int = MAX_ID_LENGTH) -> str:
+    if type(value) is not str or not min_len <= len(value) <= max_len:
+        raise SwimProtocolError(f"{what}: expected a string of {min_len}..{max_len} characters")
+    return value
+
+
+def _int(value: object, what: str) -> int:
+    if type(value) is not int or not 0 <= value <= _MAX_INT:
+        raise SwimProtocolError(f"{what}: expected an integer in 0..2**63-1")
+    return value
+
+
+def _metadata(value: object, what: str = "md") -> dict[str, str]:
+    if type(value) is not dict or len(value) > MAX_METADATA_ENTRIES:
+        raise SwimProtocolError(f"{what}: expected a map of at most {MAX_METADATA_ENTRIES} entries")
+    return {
+        _str(k, f"{what} key", max_len=MAX_METADATA_LENGTH): _str(
+            v, f"{what} value", max_len=MAX_METADATA_LENGTH
+        )
+        for k, v in value.items()
+    }
+
+
+def _update(value: object) -> dict[str, Any]:
+    if type(value) is not dict or len(value) > _MAX_MESSAGE_KEYS:
+        raise SwimProtocolError("update: expected a map")
+    state = _int(value.get("s"), "update state")
+    if state > max(MemberState):
+        raise SwimProtocolError("update state: unknown")
+    return {
+        "id": _str(value.get("id"), "update id", min_len=1),
+        "addr": _str(value.get("addr"), "update addr"),
+        "inc": _int(value.get("inc"), "update inc"),
+        "s": state,
+        "md": _metadata(value.get("md")),
+    }
+
+
+def decode_message(obj: object, *, max_updates: int = 16) -> dict[str, Any]:
+    """Validate an untrusted, already-deserialized message and return a clean copy of it.
+
+    Unknown keys are dropped (room for protocol extensions), everything else must have the exact
+    type and size the wire format says. Raises :class:`SwimProtocolError` and nothing else.
+    """
+    if type(obj) is not dict or len(obj) > _MAX_MESSAGE_KEYS:
+        raise SwimProtocolError("message: expected a small map")
+    kind = obj.get("t")
+    if type(kind) is not str or kind not in _MESSAGE_TYPES:
+        raise SwimProtocolError("message: unknown type")
+    raw_updates = obj.get("u", [])
+    if type(raw_updates) not in (list, tuple) or len(raw_updates) > max_updates:
+        raise SwimProtocolError(f"u: expected a list of at most {max_updates} updates")
+    out: dict[str, Any] = {
+        "t": kind,
+        "seq": _int(obj.get("seq"), "seq"),
+        "u": [_update(u) for u in raw_updates],
+    }
+    if kind == "ping_req":
+        out["target"] = _str(obj.get("target"), "target", min_len=1)
+    elif kind == "ack" and "who" in obj:
+        if type(obj["who"]) is not bool:
+            raise SwimProtocolError("who: expected a bool")
+        out["who"] = obj["who"]
+    return out
+
+
+def _check_local(member_id: str, address: str, metadata: Mapping[str, str] | None = None) -> None:
+    """Validate our own inputs so that nothing we send would be refused by a peer."""
+    try:
+        _str(member_id, "id", min_len=1)
+        _str(address, "address")
+        if metadata is not None:
+            _metadata(dict(metadata), "metadata")
+    except SwimProtocolError as exc:
+        raise ValueError(str(exc)) from None
+
+
+# --- the state machine ------------------------------------------------------------------------------
+
+
+@attrs.define
+class _Probe:
+    target: str
+    seq: int
+    started: float
+    helpers: set[str] = attrs.field(factory=set)
+    acked: bool = False
+
+
+@attrs.define
+class _Relay:
+    requester: str
+    requester_seq: int
+    target: str
+    expires: float
+
+
+@attrs.define
+class _Broadcast:
+    update: dict[str, Any]
+    transmits: int = 0
+
+
+def _as_update(member: Member) -> dict[str, Any]:
+    return {
+        "id": member.id,
+        "addr": member.address,
+        "inc": member.incarnation,
+        "s": int(member.state),
+        "md": dict(member.metadata),
+    }
+
+
+class Swim:
+    """One node's view of the cluster; feed it inputs, send what they return.
+
+    Not thread-safe and never blocking: the runtime calls it from one task. ``now`` must not go
+    backwards between calls.
+    """
+
+    def __init__(
+        self,
+        self_id: str,
+        self_address: str,
+        *,
+        config: SwimConfig = SwimConfig(),
+        rng: random.Random,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        _check_local(self_id, self_address, metadata)
+        self.config = config
+        self._rng = rng
+        self._self_id = self_id
+        me = Member(self_id, self_address, 0, MemberState.ALIVE, dict(metadata or {}), 0.0)
+        self._members: dict[str, Member] = {self_id: me}
+        self._unconfirmed: set[str] = set()  # added by join(), incarnation not heard yet
+        self._queue: dict[str, _Broadcast] = {}
+        self._events: list[MemberEvent] = []
+        self._suspect_until: dict[str, float] = {}
+        self._relays: dict[int, _Relay] = {}
+        self._probe: _Probe | None = None
+        self._probe_order: list[str] = []
+        self._probe_index = 0
+        self._next_probe_at: float | None = None
+        self._last_tick: float | None = None
+        self._seq = 0
+        self._enqueue(me)
+
+    # --- queries ----------------------------------------------------------------------------------
+
+    @property
+    def self_id(self) -> str:
+        return self._self_id
+
+    @property
+    def me(self) -> Member:
+        """This node's own record (its incarnation, metadata, ALIVE or LEFT)."""
+        return self._members[self._self_id]
+
+    def members(self) -> list[Member]:
+        """Every member not yet forgotten, this node included, sorted by id."""
+        return [self._members[k] for k in sorted(self._members)]
+
+    def alive_members(self) -> list[Member]:
+        """Members in state ALIVE (this node included while it has not left), sorted by id."""
+        return [m for m in self.members() if m.state is MemberState.ALIVE]
+
+    def get(self, member_id: str) -> Member | None:
+        return self._members.get(member_id)
+
+    def events(self) -> list[MemberEvent]:
+        """Drain the membership events produced since the last call."""
+        events, self._events = self._events, []
+        return events
+
+    def next_deadline(self) -> float:
+        """The latest time by which :meth:`tick` must be called again (``-inf``: call it now)."""
+        if self._next_probe_at is None:
+            return -math.inf
+        deadlines = [self._next_probe_at, *self._suspect_until.values()]
+        probe = self._probe
+        if probe is not None and not probe.acked and not probe.helpers:
+            deadlines.append(probe.started + self.config.probe_timeout)
+        deadlines.extend(
+            m.state_since + self.config.dead_retention for m in self._members.values() if m.state in _GONE
+        )
+        return min(deadlines)
+
+    # --- inputs -----------------------------------------------------------------------------------
+
+    def join(self, now: float, member_id: str, address: str) -> list[Outgoing]:
+        """A peer found by discovery (a seed): remember it and ping it with our alive record."""
+        _check_local(member_id, address)
+        if member_id == self._self_id or self.me.state is MemberState.LEFT:
+            return []
+        if member_id not in self._members:
+            if len(self._members) >= self.config.max_members:
+                return []
+            member = Member(member_id, address, 0, MemberState.ALIVE, {}, now)
+            self._members[member_id] = member
+            self._unconfirmed.add(member_id)
+            self._add_to_probe_order(member_id)
+            self._emit("joined", member)
+        message = {"t": "ping", "seq": self._next_seq(), "u": self._piggyback(member_id, [self.me])}
+        return [Outgoing(member_id, address, message)]
+
+    def tick(self, now: float) -> list[Outgoing]:
+        """Drive time: probe rounds, indirect probes, suspicion and retention timers.
+
+        Call it by :meth:`next_deadline` at the latest (at most ``probe_interval`` apart). A gap of
+        more than ``2 * probe_interval`` since the previous tick is taken as a stall of this node
+        (see the module docstring) rather than as silence of its peers.
+        """
+        cfg = self.config
+        out: list[Outgoing] = []
+        if self._last_tick is not None and now - self._last_tick > 2 * cfg.probe_interval:
+            self._stalled(now - self._last_tick)
+        self._last_tick = now
+        if self.me.state is MemberState.LEFT:
+            return out
+
+        probe = self._probe
+        if probe is not None and not probe.acked:
+            if now >= probe.started + cfg.probe_interval:
+                self._probe = None
+                target = self._members.get(probe.target)
+                if target is not None and target.state is MemberState.ALIVE:
+                    out.extend(self._suspect(now, target, target.incarnation, tell=True))
+            elif not probe.helpers and now >= probe.started + cfg.probe_timeout:
+                out.extend(self._indirect_probe(probe))
+
+        if self._next_probe_at is None or now >= self._next_probe_at:
+            self._next_probe_at = now + cfg.probe_interval
+            self._probe = None
+            target_id = self._next_probe_target()
+            if target_id is not None:
+                seq = self._next_seq()
+                self._probe = _Probe(target_id, seq, now)
+                out.append(self._message(target_id, {"t": "ping", "seq": seq}))
+            out.extend(self._remind_suspects(exclude=target_id))
+
+        for member_id, until in list(self._suspect_until.items()):
+            member = self._members[member_id]
+            if now >= until:
+                self._declare(now, member, MemberState.DEAD, member.incarnation)
+
+        for member in list(self._members.values()):
+            if member.state in _GONE and now >= member.state_since + cfg.dead_retention:
+                del self._members[member.id]
+                self._queue.pop(member.id, None)
+                self._unconfirmed.discard(member.id)
+
+        for seq, relay in list(self._relays.items()):
+            if now >= relay.expires:
+                del self._relays[seq]
+        return out
+
+    def receive(self, now: float, from_id: str, message: object) -> list[Outgoing]:
+        """Handle a message from ``from_id`` (as authenticated by the link).
+
+        Raises :class:`SwimProtocolError` for malformed input and nothing else; messages that
+        claim to come from this node itself are ignored.
+        """
+        if type(from_id) is not str or not 0 < len(from_id) <= MAX_ID_LENGTH:
+            raise SwimProtocolError("from_id: expected a non-empty string of at most 256 characters")
+        if from_id == self._self_id:
+            return []
+        msg = decode_message(message, max_updates=2 * self.config.max_piggyback)
+        for update in msg["u"]:
+            self._apply(now, update)
+        kind = msg["t"]
+        if kind == "ping":
+            return [self._ack(from_id, msg["seq"])]
+        if kind == "ack":
+            return self._on_ack(from_id, msg)
+        return self._on_ping_req(now, from_id, msg)
+
+    def link_lost(self, now: float, member_id: str) -> list[Outgoing]:
+        """The connection to ``member_id`` dropped: suspect it now instead of waiting for a probe."""
+        member = self._members.get(member_id)
+        if member is None or member.state is not MemberState.ALIVE or member_id == self._self_id:
+            return []
+        return self._suspect(now, member, member.incarnation, tell=True)
+
+    def set_metadata(self, now: float, metadata: dict[str, str]) -> list[Outgoing]:
+        """Our metadata changed: raise our incarnation and gossip the new alive record."""
+        _check_local(self._self_id, self.me.address, metadata)
+        me = self.me
+        if me.state is MemberState.LEFT:
+            return []
+        self._set_self(attrs.evolve(me, incarnation=me.incarnation + 1, metadata=dict(metadata)))
+        return []
+
+    def leave(self, now: float) -> list[Outgoing]:
+        """Graceful leave: tell every live member, then stop probing (further calls do nothing)."""
+        me = self.me
+        if me.state is MemberState.LEFT:
+            return []
+        left = attrs.evolve(me, state=MemberState.LEFT, state_since=now)
+        self._set_self(left)
+        self._probe = None
+        update = _as_update(left)
+        return [
+            Outgoing(m.id, m.address, {"t": "ping", "seq": self._next_seq(), "u": [update]})
+            for m in self.members()
+            if m.id != self._self_id and m.state in _LIVE
+        ]
+
+    # --- message handlers -------------------------------------------------------------------------
+
+    def _ack(self, to_id: str, seq: int) -> Outgoing:
+        sender = self._members.get(to_id)
+        message: dict[str, Any] = {"t": "ack", "seq": seq}
+        first: list[Member] = []
+        if sender is None:
+            message["who"] = True
+        elif sender.state in _GONE:
+            first.append(sender)  # it will refute (or learn it left)
+        return self._message(to_id, message, first)
+
+    def _on_ack(self, from_id: str, msg: dict[str, Any]) -> list[Outgoing]:
+        if msg.get("who") and self.me.state is MemberState.ALIVE:
+            self._enqueue(self.me)
+        seq = msg["seq"]
+        probe = self._probe
+        if probe is not None and probe.seq == seq and (from_id == probe.target or from_id in probe.helpers):
+            probe.acked = True
+        relay = self._relays.get(seq)
+        if relay is not None and relay.target == from_id:
+            del self._relays[seq]
+            return [self._message(relay.requester, {"t": "ack", "seq": relay.requester_seq})]
+        return []
+
+    def _on_ping_req(self, now: float, from_id: str, msg: dict[str, Any]) -> list[Outgoing]:
+        target_id = msg["target"]
+        if target_id == self._self_id:
+            return [self._ack(from_id, msg["seq"])]
+        target = self._members.get(target_id)
+        if target is None or target.state not in _LIVE or len(self._relays) >= self.config.max_relays:
+            return []
+        seq = self._next_seq()
+        self._relays[seq] = _Relay(from_id, msg["seq"], target_id, now + self.config.probe_interval)
+        return [self._message(target_id, {"t": "ping", "seq": seq})]
+
+    def _indirect_probe(self, probe: _Probe) -> list[Outgoing]:
+        helpers = [
+            m.id
+            for m in self.members()
+            if m.state is MemberState.ALIVE and m.id not in (self._self_id, probe.target)
+        ]
+        chosen = self._rng.sample(helpers, min(self.config.indirect_probes, len(helpers)))
+        probe.helpers.update(chosen)
+        if not chosen:
+            probe.helpers.add(self._self_id)  # marks "ping_req phase done"; we never ack ourselves
+        return [self._message(h, {"t": "ping_req", "seq": probe.seq, "target": probe.target}) for h in chosen]
+
+    # --- applying updates -------------------------------------------------------------------------
+
+    def _apply(self, now: float, update: dict[str, Any]) -> None:
+        member_id: str = update["id"]
+        inc: int = update["inc"]
+        state = MemberState(update["s"])
+        if member_id == self._self_id:
+            self._about_self(inc, state)
+            return
+        current = self._members.get(member_id)
+        if state is MemberState.ALIVE:
+            self._apply_alive(now, current, update)
+        elif current is None or current.state not in _LIVE or inc < current.incarnation:
+            return
+        elif state is MemberState.SUSPECT:
+            if current.state is MemberState.ALIVE:
+                self._suspect(now, current, inc, tell=False)
+            elif inc > current.incarnation:
+                self._members[member_id] = attrs.evolve(current, incarnation=inc)
+        else:
+            self._declare(now, current, state, inc)
+
+    def _apply_alive(self, now: float, current: Member | None, update: dict[str, Any]) -> None:
+        member_id: str = update["id"]
+        inc: int = update["inc"]
+        if current is None:
+            if len(self._members) >= self.config.max_members:
+                return
+            member = Member(member_id, update["addr"], inc, MemberState.ALIVE, update["md"], now)
+            self._members[member_id] = member
+            self._add_to_probe_order(member_id)
+            self._emit("joined", member)
+            self._enqueue(member)
+            return
+        confirming = member_id in self._unconfirmed and current.state is MemberState.ALIVE
+        if inc < current.incarnation or (inc == current.incarnation and not confirming):
+            return
+        self._unconfirmed.discard(member_id)
+        was = current.state
+        member = Member(
+            member_id,
+            update["addr"],
+            inc,
+            MemberState.ALIVE,
+            update["md"],
+            current.state_since if was is MemberState.ALIVE else now,
+        )
+        self._members[member_id] = member
+        self._suspect_until.pop(member_id, None)
+        self._enqueue(member)
+        if was in _GONE:
+            self._add_to_probe_order(member_id)
+            self._emit("joined", member)
+            return
+        if was is MemberState.SUSPECT:
+            self._emit("alive", member)
+        if member.metadata != current.metadata or member.address != current.address:
+            self._emit("updated", member)
+
+    def _about_self(self, inc: int, state: MemberState) -> None:
+        me = self.me
+        if me.state is MemberState.LEFT:
+            return
+        if state is MemberState.ALIVE:
+            if inc > me.incarnation:  # a rumour from a previous life of this id
+                self._set_self(attrs.evolve(me, incarnation=inc + 1))
+        elif inc >= me.incarnation:
+            self._set_self(attrs.evolve(me, incarnation=inc + 1))
+        else:
+            self._enqueue(me)  # stale rumour: our newer alive record may have stopped spreading
+
+    def _suspect(self, now: float, member: Member, inc: int, *, tell: bool) -> list[Outgoing]:
+        suspect = attrs.evolve(member, incarnation=inc, state=MemberState.SUSPECT, state_since=now)
+        self._members[member.id] = suspect
+        self._suspect_until[member.id] = now + self.config.suspicion_timeout
+        self._emit("suspect", suspect)
+        self._enqueue(suspect)
+        if not tell:
+            return []
+        # Buddy system: the suspect hears about it now and can refute in its ack.
+        return [self._message(member.id, {"t": "ping", "seq": self._next_seq()})]
+
+    def _remind_suspects(self, exclude: str | None) -> list[Outgoing]:
+        """Buddy system, repeated: ping each member we suspect once per probe period, carrying the
+        suspicion, so that a live one refutes straight back to us in its ack."""
+        suspects = [m for m in self._suspect_until if m != exclude][: self.config.max_piggyback]
+        return [self._message(m, {"t": "ping", "seq": self._next_seq()}) for m in suspects]
+
+    def _declare(self, now: float, member: Member, state: MemberState, inc: int) -> None:
+        gone = attrs.evolve(member, incarnation=inc, state=state, state_since=now)
+        self._members[member.id] = gone
+        self._suspect_until.pop(member.id, None)
+        self._unconfirmed.discard(member.id)
+        self._emit("dead" if state is MemberState.DEAD else "left", gone)
+        self._enqueue(gone)
+
+    def _stalled(self, gap: float) -> None:
+        """We did not run for ``gap`` seconds: judge nobody by what we could not observe."""
+        self._probe = None
+        self._next_probe_at = None
+        for member_id in self._suspect_until:
+            self._suspect_until[member_id] += gap
+        me = self.me
+        if me.state is MemberState.ALIVE:
+            self._set_self(attrs.evolve(me, incarnation=me.incarnation + 1))
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _set_self(self, me: Member) -> None:
+        self._members[self._self_id] = me
+        self._enqueue(me)
+
+    def _emit(self, kind: EventKind, member: Member) -> None:
+        self._events.append(MemberEvent(kind, member))
+
+    def _enqueue(self, member: Member) -> None:
+        # One pending update per member (the newest), so the queue is bounded by the table.
+        self._queue.pop(member.id, None)
+        self._queue[member.id] = _Broadcast(_as_update(member))
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _message(self, to_id: str, message: dict[str, Any], first: Iterable[Member] = ()) -> Outgoing:
+        member = self._members.get(to_id)
+        message["u"] = self._piggyback(to_id, first)
+        return Outgoing(to_id, member.address if member is not None else "", message)
+
+    def _piggyback(self, to_id: str, first: Iterable[Member]) -> list[dict[str, Any]]:
+        """Up to ``max_piggyback`` updates, least-sent first; a suspect recipient hears its own."""
+        cfg = self.config
+        updates = [_as_update(m) for m in first]
+        target = self._members.get(to_id)
+        if target is not None and target.state is MemberState.SUSPECT:
+            updates.append(_as_update(target))
+        included = {u["id"] for u in updates}
+        live = sum(1 for m in self._members.values() if m.state in _LIVE)
+        limit = cfg.retransmit_mult * max(1, math.ceil(math.log2(live + 1)))
+        for member_id, broadcast in sorted(self._queue.items(), key=lambda kv: kv[1].transmits):
+            if len(updates) >= cfg.max_piggyback:
+                break
+            if member_id in included:
+                continue
+            updates.append(broadcast.update)
+            broadcast.transmits += 1
+            if broadcast.transmits >= limit:
+                del self._queue[member_id]
+        return updates[: cfg.max_piggyback]
+
+    def _add_to_probe_order(self, member_id: str) -> None:
+        # SWIM inserts newcomers at a random place of the current round, so they get probed soon.
+        remaining = self._probe_order[self._probe_index :]
+        if member_id not in remaining:
+            position = self._rng.randint(self._probe_index, len(self._probe_order))
+            self._probe_order.insert(position, member_id)
+
+    def _next_probe_target(self) -> str | None:
+        while True:
+            if self._probe_index >= len(self._probe_order):
+                candidates = [m.id for m in self.members() if m.id != self._self_id and m.state in _LIVE]
+                if not candidates:
+                    return None
+                self._rng.shuffle(candidates)
+                self._probe_order = candidates
+                self._probe_index = 0
+            member_id = self._probe_order[self._probe_index]
+            self._probe_index += 1
+            member = self._members.get(member_id)
+            if member is not None and member.state in _LIVE and member_id != self._self_id:
+                return member_id

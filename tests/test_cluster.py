@@ -1,0 +1,133 @@
+"""Cluster nodes in one process: serve and call by name, describe, deregister, membership, gossip."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from trimicro.actors import Actor, NotFound
+from trimicro.cluster.cluster import NODE_SERVICE, Cluster, start_cluster
+from trimicro.cluster.registry import MemoryRegistry, Registry, Service
+from trimicro.cluster.service import idempotent
+from trimicro.cluster.swim import MemberState
+from trimicro.mailbox.typeregistry import TypeRegistry
+
+TYPES = TypeRegistry()
+
+
+@TYPES.message("test.Hello")
+@attrs.frozen
+class Hello:
+    name: str
+
+
+class Greeter(Actor):
+    service_name = "Greeter"
+
+    async def hello(self, msg: Hello) -> str:
+        return f"hello {msg.name} from {self.context.node.id}"
+
+    @idempotent
+    async def whoami(self, body: Any) -> str:
+        return self.context.node.id
+
+
+@asynccontextmanager
+async def nodes(n: int, home: Path, registry: Registry | None = None) -> AsyncIterator[list[Cluster]]:
+    reg = registry or MemoryRegistry()
+    async with AsyncExitStack() as stack:
+        clusters = [
+            await stack.enter_async_context(
+                start_cluster(f"n{i}", registry=reg, home=home, seed=i, types=TYPES)
+            )
+            for i in range(n)
+        ]
+        yield clusters
+
+
+async def converged(clusters: list[Cluster]) -> None:
+    """Wait until every node sees every other node alive and has a link to it."""
+    ids = {c.id for c in clusters}
+    with trio.fail_after(10):
+        for c in clusters:
+            while {m.id for m in c.membership.swim.alive_members()} != ids:
+                await c.membership.wait_changed()
+            for other in ids - {c.id}:
+                peer = c.node.remote.peer(other)
+                while peer.link is None:
+                    await peer.wait_changed()
+
+
+async def test_serve_and_call_by_name_spreads_over_nodes(tmp_path: Path) -> None:
+    async with nodes(3, tmp_path) as (a, b, client):
+        await a.serve(Greeter, name="greeter", version="1.0")
+        await b.serve(Greeter, name="greeter", version="1.0")
+        seen = {await client.call("greeter", "Greeter.whoami", {}) for _ in range(40)}
+        assert seen == {"n0", "n1"}
+        assert (await client.call("greeter", "Greeter.hello", {"name": "Ada"})).startswith("hello Ada from n")
+        assert (await client.call("greeter", None, Hello("Bob"))).startswith("hello Bob")  # by type
+
+
+async def test_describe_shows_endpoints_schemas_and_idempotency(tmp_path: Path) -> None:
+    async with nodes(2, tmp_path) as (a, client):
+        await a.serve(Greeter, name="greeter", version="2.1", metadata={"team": "core"})
+        [svc] = await client.describe("greeter")
+        assert (svc.name, svc.version, svc.metadata) == ("greeter", "2.1", {"team": "core"})
+        endpoints = {e.name: e for e in svc.endpoints}
+        assert endpoints["Greeter.hello"].request == {"name": "str"}
+        assert endpoints["Greeter.hello"].response == {"": "str"}
+        assert endpoints["Greeter.whoami"].metadata == {"idempotent": "true"}
+        assert [n.id for n in svc.nodes] == ["n0"]
+
+
+async def test_stopping_a_service_deregisters_it(tmp_path: Path) -> None:
+    registry = MemoryRegistry()
+    async with nodes(2, tmp_path, registry) as (a, _client):
+        async with registry.watch("greeter") as events:
+            ref = await a.serve(Greeter, name="greeter")
+            assert (await events.__anext__()).type.value == "create"
+            await a.node.stop(ref)
+            with trio.fail_after(5):
+                assert (await events.__anext__()).type.value == "delete"
+        with pytest.raises(NotFound):
+            await registry.get_service("greeter")
+
+
+async def test_membership_converges_and_sees_a_leave(tmp_path: Path) -> None:
+    registry = MemoryRegistry()
+    async with nodes(3, tmp_path, registry) as clusters:
+        await converged(clusters)
+        async with start_cluster("late", registry=registry, home=tmp_path) as late:
+            await converged([*clusters, late])
+        # "late" left gracefully: everyone marks it LEFT (not dead), promptly
+        with trio.fail_after(5):
+            for c in clusters:
+                while (m := c.membership.member("late")) is not None and m.state is not MemberState.LEFT:
+                    await c.membership.wait_changed()
+
+
+class OnlyNodes(MemoryRegistry):
+    """A registry that forgets every service record except nodes': discovery by gossip only."""
+
+    async def register(self, service: Service, ttl: float | None = None) -> None:
+        if service.name == NODE_SERVICE:
+            await super().register(service, ttl)
+
+
+async def test_a_new_service_is_callable_through_gossip(tmp_path: Path) -> None:
+    async with nodes(3, tmp_path, OnlyNodes()) as (a, b, client):
+        await converged([a, b, client])
+        await b.serve(Greeter, name="greeter")
+        with trio.fail_after(5):
+            while True:
+                try:
+                    assert await client.call("greeter", "Greeter.whoami", {}) == "n1"
+                    break
+                except NotFound:
+                    await client.membership.wait_changed()

@@ -1,0 +1,227 @@
+"""MdnsRegistry: two registries on 127.0.0.1 find each other; malformed announcements are skipped.
+
+Everything stays on loopback. The multicast group is shared with anything else on the machine, so
+each test uses its own service names and ignores events for other names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+from zeroconf import IPVersion, ServiceInfo, Zeroconf
+
+from trimicro.cluster.mdns import (
+    DEFAULT_SERVICE_TYPE,
+    MAX_TXT_STRING,
+    MdnsRegistry,
+    decode_txt,
+    encode_txt,
+    instance_label,
+)
+from trimicro.cluster.registry import Endpoint, Event, EventType, NodeInfo, Service
+from trimicro.mailbox.errors import NotFound
+
+WAIT = 5.0
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def greeter(name: str, node_id: str = "node-a", port: int = 9001) -> Service:
+    return Service(
+        name=name,
+        version="1.2.0",
+        metadata={"team": "core", "region": "lab"},
+        endpoints=(
+            Endpoint("Greeter.hello", request={"name": "str"}, response={"msg": "str"}),
+            Endpoint("Greeter.stream", metadata={"kind": "server"}, stream=True),
+        ),
+        nodes=(NodeInfo(node_id, f"127.0.0.1:{port}", metadata={"zone": "z1"}),),
+    )
+
+
+async def next_event(events: AsyncIterator[Event], name: str) -> Event:
+    """The next event for ``name`` (others on the shared group are ignored), bounded in time."""
+    with trio.fail_after(WAIT):
+        async for event in events:
+            if event.service.name == name:
+                return event
+    raise AssertionError("watch ended")
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[MdnsRegistry, MdnsRegistry]]:
+    async with MdnsRegistry() as a, MdnsRegistry() as b:
+        yield a, b
+
+
+async def test_register_discover_deregister(pair: tuple[MdnsRegistry, MdnsRegistry]) -> None:
+    a, b = pair
+    name = unique("greeter")
+    svc = greeter(name)
+    async with b.watch(name) as events:
+        await a.register(svc, ttl=30)
+        created = await next_event(events, name)
+        assert created.type is EventType.CREATE
+        assert created.service == svc
+        assert await b.get_service(name) == [svc]
+        listed = [s for s in await b.list_services() if s.name == name]
+        assert listed == [svc]
+        # The registering side browses its own announcements too.
+        assert await a.get_service(name) == [svc]
+
+        # Re-registering with a change is an UPDATE; a second node merges into the same service.
+        changed = svc.with_nodes([NodeInfo("node-a", "127.0.0.1:9002", metadata={"zone": "z2"})])
+        await a.register(changed)
+        updated = await next_event(events, name)
+        assert updated.type is EventType.UPDATE
+        assert updated.service == changed
+        second = greeter(name, node_id="node-b", port=9003)
+        await a.register(second)
+        assert (await next_event(events, name)).type is EventType.CREATE
+        [merged] = await b.get_service(name)
+        assert {n.id: n.address for n in merged.nodes} == {
+            "node-a": "127.0.0.1:9002",
+            "node-b": "127.0.0.1:9003",
+        }
+
+        await a.deregister(changed)
+        deleted = await next_event(events, name)
+        assert deleted.type is EventType.DELETE
+        assert deleted.service == changed
+        await a.deregister(second)
+        assert (await next_event(events, name)).type is EventType.DELETE
+    with pytest.raises(NotFound):
+        await b.get_service(name)
+
+
+async def test_long_endpoint_list_is_split_and_round_trips(
+    pair: tuple[MdnsRegistry, MdnsRegistry],
+) -> None:
+    a, b = pair
+    name = unique("wide")
+    endpoints = tuple(
+        Endpoint(
+            f"Wide.method_{i:02d}", request={"field_a": "str", "field_b": "int"}, response={"ok": "bool"}
+        )
+        for i in range(30)
+    )
+    svc = Service(name, "2", endpoints=endpoints, nodes=(NodeInfo("n1", "127.0.0.1:9100"),))
+    txt = encode_txt(svc, svc.nodes[0])
+    chunk_keys = [k for k in txt if k.startswith(b"e")]
+    assert len(chunk_keys) > 3
+    assert chunk_keys == [b"e%d" % i for i in range(len(chunk_keys))]
+    assert all(len(k) + 1 + len(v) <= MAX_TXT_STRING for k, v in txt.items())
+    assert decode_txt(txt) == svc
+
+    async with b.watch(name) as events:
+        await a.register(svc)
+        event = await next_event(events, name)
+    assert event.type is EventType.CREATE
+    assert event.service == svc
+    assert await b.get_service(name) == [svc]
+
+
+async def test_record_over_cap_is_refused() -> None:
+    name = unique("huge")
+    endpoints = tuple(Endpoint(f"Huge.m{i}", request={f"f{j}": "str" for j in range(20)}) for i in range(60))
+    svc = Service(name, endpoints=endpoints, nodes=(NodeInfo("n1", "127.0.0.1:1"),))
+    with pytest.raises(ValueError, match="cap"):
+        encode_txt(svc, svc.nodes[0])
+    async with MdnsRegistry() as reg:
+        with pytest.raises(ValueError, match="cap"):
+            await reg.register(svc)
+    too_long_name = Service("x" * 300, nodes=(NodeInfo("n1", "127.0.0.1:1"),))
+    with pytest.raises(ValueError):
+        encode_txt(too_long_name, too_long_name.nodes[0])
+
+
+def _raw_info(name: str, node_id: str, props: dict[bytes, bytes]) -> ServiceInfo:
+    label = instance_label(name, "1", node_id)
+    return ServiceInfo(
+        DEFAULT_SERVICE_TYPE,
+        f"{label}.{DEFAULT_SERVICE_TYPE}",
+        port=9200,
+        properties=props,
+        server=f"{label}.local.",
+        parsed_addresses=["127.0.0.1"],
+    )
+
+
+def register_raw(raw: Zeroconf, infos: list[ServiceInfo]) -> None:
+    """Register on a raw zeroconf without waiting for the follow-up announcements (worker thread)."""
+    assert raw.loop is not None
+    for info in infos:
+        coro = raw.async_register_service(info, cooperating_responders=True)
+        asyncio.run_coroutine_threadsafe(coro, raw.loop).result(WAIT)
+
+
+async def test_malformed_instances_are_skipped(
+    pair: tuple[MdnsRegistry, MdnsRegistry], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trimicro.cluster.mdns")
+    a, b = pair
+    name = unique("bad")
+    base = {b"n": name.encode(), b"v": b"1", b"a": b"127.0.0.1:9200", b"md": b"{}", b"e0": b"[]"}
+    bad = [
+        _raw_info(name, "json", {**base, b"id": b"json", b"e0": b"[{not json"}),
+        _raw_info(name, "types", {**base, b"id": b"types", b"md": json.dumps({"s": [1, 2]}).encode()}),
+        _raw_info(name, "ep", {**base, b"id": b"ep", b"e0": b'[{"n": 5}]'}),
+        _raw_info(name, "flag", {**base, b"id": b"flag", b"e0": b'[{"n": "x", "s": "yes"}]'}),
+        _raw_info(name, "utf8", {**base, b"id": b"utf8", b"v": b"\xff\xfe"}),
+        _raw_info(name, "noname", {k: v for k, v in {**base, b"id": b"noname"}.items() if k != b"n"}),
+        # Well-formed TXT, but announced under an instance name that is not its own.
+        _raw_info(name, "other", {**base, b"id": b"mismatch"}),
+    ]
+    good = greeter(name, node_id="good")
+    raw = await trio.to_thread.run_sync(
+        lambda: Zeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    )
+    try:
+        async with b.watch(name) as events:
+            await trio.to_thread.run_sync(register_raw, raw, bad)
+            await a.register(good)
+            event = await next_event(events, name)  # the bad ones, announced first, produced nothing
+        assert event.type is EventType.CREATE
+        assert event.service == good
+        assert await b.get_service(name) == [good]
+        # They did reach B (announcements on one socket arrive in order) and were skipped, not lost.
+        skipped = [r.getMessage() for r in caplog.records if "skipping malformed" in r.getMessage()]
+        assert all(any(repr(info.name) in m for m in skipped) for info in bad), skipped
+    finally:
+        await trio.to_thread.run_sync(raw.close)
+
+
+async def test_aclose_withdraws_everything() -> None:
+    name = unique("closing")
+    svc = greeter(name)
+    async with MdnsRegistry() as b:
+        a = MdnsRegistry()
+        async with b.watch(name) as events:
+            await a.register(svc)
+            assert (await next_event(events, name)).type is EventType.CREATE
+            with trio.fail_after(WAIT):
+                await a.aclose()
+            gone = await next_event(events, name)
+        assert gone.type is EventType.DELETE
+        assert gone.service == svc
+        with pytest.raises(NotFound):
+            await b.get_service(name)
+        await a.aclose()  # idempotent
+        with pytest.raises(trio.ClosedResourceError):
+            await a.register(svc)
+
+
+async def test_watcher_iterator_ends_on_aclose() -> None:
+    reg = MdnsRegistry()
+    async with reg.watch() as events:
+        await reg.aclose()
+        with trio.fail_after(WAIT):
+            assert [e async for e in events] == []

@@ -1,0 +1,526 @@
+"""SWIM membership: convergence, failure detection, refutation, leave, bad input -- on a virtual clock.
+
+The :class:`Sim` harness stands in for the runtime: it owns the Swim instances, a latency-delayed
+message queue (every message goes through msgpack, as on the wire), a clock advanced in small
+steps, and the faults: ``stop`` (SIGSTOP: the node neither runs nor sends nor receives),
+``kill`` (SIGKILL, optionally reported to peers via ``link_lost``) and random message loss.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trimicro.cluster.swim import (
+    Member,
+    MemberState,
+    Outgoing,
+    Swim,
+    SwimConfig,
+    SwimProtocolError,
+    decode_message,
+)
+
+CFG = SwimConfig()
+STEP = 0.01
+
+
+class Sim:
+    """An in-memory network of Swim nodes driven by a virtual clock."""
+
+    def __init__(self, n: int, seed: int = 1, *, loss: float = 0.0, config: SwimConfig = CFG) -> None:
+        self.now = 0.0
+        self.rng = random.Random(seed)
+        self.loss = loss
+        self.nodes = {
+            f"n{i}": Swim(f"n{i}", f"10.0.0.{i}:7946", config=config, rng=random.Random(seed * 1000 + i))
+            for i in range(n)
+        }
+        self.stopped: set[str] = set()
+        self.queue: list[tuple[float, int, str, Outgoing]] = []
+        self.counter = itertools.count()
+        self.trace: list[tuple[float, str, str, str, int]] = []  # (time, observer, kind, member, inc)
+        self.sent = 0
+        self.dropped = 0
+
+    # --- faults --------------------------------------------------------------------------------
+
+    def stop(self, node: str) -> None:
+        self.stopped.add(node)
+
+    def resume(self, node: str) -> None:
+        self.stopped.discard(node)
+        self._send(node, self.nodes[node].tick(self.now))
+
+    def kill(self, node: str, *, link_lost: bool = True) -> None:
+        del self.nodes[node]
+        if link_lost:
+            for name, swim in self.nodes.items():
+                self._send(name, swim.link_lost(self.now, node))
+
+    # --- driving -------------------------------------------------------------------------------
+
+    def _send(self, sender: str, outgoing: list[Outgoing]) -> None:
+        self._collect(sender)
+        for out in outgoing:
+            target = self.nodes.get(out.to_id)
+            if target is not None:
+                assert out.to_address in ("", target.me.address)
+            self.sent += 1
+            if self.loss and self.rng.random() < self.loss:
+                self.dropped += 1
+                continue
+            latency = 0.002 + self.rng.random() * 0.008
+            heapq.heappush(self.queue, (self.now + latency, next(self.counter), sender, out))
+
+    def _collect(self, observer: str) -> None:
+        for ev in self.nodes[observer].events():
+            self.trace.append((self.now, observer, ev.kind, ev.member.id, ev.member.incarnation))
+
+    def step(self) -> None:
+        self.now = round(self.now + STEP, 6)
+        while self.queue and self.queue[0][0] <= self.now:
+            _, _, sender, out = heapq.heappop(self.queue)
+            node = self.nodes.get(out.to_id)
+            if node is None or out.to_id in self.stopped or sender in self.stopped:
+                continue
+            wire = msgpack.unpackb(msgpack.packb(out.message), raw=False)
+            self._send(out.to_id, node.receive(self.now, sender, wire))
+        for name, swim in self.nodes.items():
+            if name not in self.stopped:
+                self._send(name, swim.tick(self.now))
+
+    def run(self, seconds: float) -> None:
+        for _ in range(round(seconds / STEP)):
+            self.step()
+
+    def run_until(self, cond: Callable[[], bool], limit: float) -> float:
+        """Step until ``cond()`` holds; return the virtual time it took (fail after ``limit``)."""
+        start = self.now
+        while not cond():
+            assert self.now - start < limit, f"condition not met within {limit}s virtual"
+            self.step()
+        return self.now - start
+
+    # --- views ---------------------------------------------------------------------------------
+
+    def state_of(self, observer: str, member: str) -> MemberState | None:
+        m = self.nodes[observer].get(member)
+        return None if m is None else m.state
+
+    def everyone_sees(self, member: str, *states: MemberState, exclude: tuple[str, ...] = ()) -> bool:
+        return all(self.state_of(o, member) in states for o in self.nodes if o != member and o not in exclude)
+
+    def converged(self) -> bool:
+        names = set(self.nodes)
+        return all(
+            {m.id for m in swim.alive_members()} == names
+            and all(m.state is MemberState.ALIVE for m in swim.members())
+            for swim in self.nodes.values()
+        )
+
+    def kinds(self, member: str, kind: str) -> list[tuple[float, str]]:
+        return [(t, o) for t, o, k, m, _ in self.trace if m == member and k == kind]
+
+
+def joined_cluster(n: int = 5, seed: int = 1, **kwargs: Any) -> tuple[Sim, float]:
+    """n nodes that all join through n0 (the seed); returns the sim and the time to converge."""
+    sim = Sim(n, seed, **kwargs)
+    for name in list(sim.nodes)[1:]:
+        sim._send(name, sim.nodes[name].join(sim.now, "n0", sim.nodes["n0"].me.address))
+    took = sim.run_until(sim.converged, limit=2.0)
+    return sim, took
+
+
+# --- scenarios -----------------------------------------------------------------------------------
+
+
+def test_five_nodes_converge_through_one_seed() -> None:
+    sim, took = joined_cluster()
+    assert took <= 2.0
+    print(f"converged in {took:.2f}s virtual")
+    for swim in sim.nodes.values():
+        assert [m.id for m in swim.members()] == sorted(sim.nodes)
+    joined = {(o, m) for _, o, k, m, _ in sim.trace if k == "joined"}
+    assert joined == {(o, m) for o in sim.nodes for m in sim.nodes if o != m}
+    assert not [e for e in sim.trace if e[2] in ("suspect", "dead")]
+
+
+def test_stopped_node_is_suspected_then_dead() -> None:
+    sim, _ = joined_cluster()
+    sim.stop("n3")
+    t_suspect = sim.run_until(lambda: sim.everyone_sees("n3", MemberState.SUSPECT, MemberState.DEAD), 3.0)
+    first_suspect = min(t for t, _ in sim.kinds("n3", "suspect"))
+    t_dead = sim.run_until(lambda: sim.everyone_sees("n3", MemberState.DEAD), 3.0)
+    print(f"suspect everywhere after {t_suspect:.2f}s, dead everywhere {t_dead:.2f}s later")
+    # Nobody declares it dead before a full suspicion timeout (others may then learn it by gossip).
+    first_dead = min(t for t, _ in sim.kinds("n3", "dead"))
+    assert first_dead >= first_suspect + CFG.suspicion_timeout - 1e-9
+    assert {o for _, o in sim.kinds("n3", "dead")} == set(sim.nodes) - {"n3"}
+    # Nobody else was harmed.
+    assert not [e for e in sim.trace if e[2] == "dead" and e[3] != "n3"]
+
+
+def test_resumed_node_refutes_before_timeout_and_is_never_dead() -> None:
+    sim, _ = joined_cluster()
+    sim.stop("n2")
+    sim.run_until(lambda: bool(sim.kinds("n2", "suspect")), 3.0)
+    suspected_at = sim.now
+    sim.run(0.3)
+    sim.resume("n2")
+    took = sim.run_until(lambda: sim.everyone_sees("n2", MemberState.ALIVE), CFG.suspicion_timeout)
+    print(f"refuted {took:.2f}s after resume ({sim.now - suspected_at:.2f}s after first suspicion)")
+    sim.run(3.0)
+    assert not [e for e in sim.trace if e[2] == "dead"]
+    assert sim.converged()
+    assert sim.nodes["n2"].me.incarnation >= 1
+    for o in sim.nodes:
+        member = sim.nodes[o].get("n2")
+        assert member is not None and member.incarnation == sim.nodes["n2"].me.incarnation
+    assert {o for _, o in sim.kinds("n2", "alive")} >= {o for _, o in sim.kinds("n2", "suspect")}
+
+
+def test_resumed_after_being_declared_dead_rejoins() -> None:
+    sim, _ = joined_cluster()
+    sim.stop("n2")
+    sim.run_until(lambda: sim.everyone_sees("n2", MemberState.DEAD), 5.0)
+    sim.resume("n2")
+    took = sim.run_until(sim.converged, 3.0)
+    print(f"dead node rejoined {took:.2f}s after resume")
+    assert {o for t, o in sim.kinds("n2", "joined") if t > 0.0} >= {o for _, o in sim.kinds("n2", "dead")}
+
+
+def test_killed_node_with_link_lost_is_dead_everywhere_quickly() -> None:
+    sim, _ = joined_cluster()
+    sim.kill("n4", link_lost=True)
+    took = sim.run_until(lambda: sim.everyone_sees("n4", MemberState.DEAD), 3.0)
+    print(f"killed node (link_lost) dead everywhere after {took:.2f}s")
+    assert CFG.suspicion_timeout <= took <= CFG.suspicion_timeout + 0.1
+
+
+def test_link_lost_seen_by_one_peer_spreads() -> None:
+    sim, _ = joined_cluster()
+    del sim.nodes["n4"]
+    sim._send("n1", sim.nodes["n1"].link_lost(sim.now, "n4"))
+    took = sim.run_until(lambda: sim.everyone_sees("n4", MemberState.DEAD), 3.0)
+    print(f"killed node (one link_lost) dead everywhere after {took:.2f}s")
+
+
+def test_link_lost_on_a_live_node_is_refuted() -> None:
+    sim, _ = joined_cluster()
+    sim._send("n1", sim.nodes["n1"].link_lost(sim.now, "n2"))
+    assert sim.state_of("n1", "n2") is MemberState.SUSPECT
+    took = sim.run_until(lambda: sim.everyone_sees("n2", MemberState.ALIVE), 1.0)
+    print(f"spurious link_lost refuted after {took:.3f}s")
+    sim.run(3.0)
+    assert sim.converged()
+
+
+def test_no_false_death_with_ten_percent_loss() -> None:
+    sim, _ = joined_cluster(loss=0.0)
+    sim.loss = 0.10
+    sim.run(30.0)
+    suspicions = {(member, inc) for _, _, kind, member, inc in sim.trace if kind == "suspect"}
+    observed = sum(1 for e in sim.trace if e[2] == "suspect")
+    print(
+        f"10% loss over 30s: {sim.dropped}/{sim.sent} messages dropped, {len(suspicions)} false "
+        f"suspicions ({observed} suspect events over all observers), all refuted"
+    )
+    assert not [e for e in sim.trace if e[2] == "dead"]
+    sim.loss = 0.0
+    sim.run_until(sim.converged, 2.0)
+
+
+def test_metadata_change_propagates() -> None:
+    sim, _ = joined_cluster()
+    before = sim.nodes["n3"].me.incarnation
+    sim._send("n3", sim.nodes["n3"].set_metadata(sim.now, {"svc": "greeter@1.2"}))
+    assert sim.nodes["n3"].me.incarnation == before + 1
+
+    def everyone_has_it() -> bool:
+        members = [sim.nodes[o].get("n3") for o in sim.nodes if o != "n3"]
+        return all(m is not None and m.metadata == {"svc": "greeter@1.2"} for m in members)
+
+    took = sim.run_until(everyone_has_it, 2.0)
+    print(f"metadata reached everyone after {took:.2f}s")
+    assert {o for _, o in sim.kinds("n3", "updated")} == set(sim.nodes) - {"n3"}
+
+
+def test_graceful_leave_marks_left_everywhere() -> None:
+    sim, _ = joined_cluster()
+    sim._send("n1", sim.nodes["n1"].leave(sim.now))
+    assert sim.nodes["n1"].me.state is MemberState.LEFT
+    sim.run(0.05)
+    sim.kill("n1", link_lost=True)  # the process exits after leaving
+    assert sim.everyone_sees("n1", MemberState.LEFT)
+    sim.run(5.0)
+    assert sim.everyone_sees("n1", MemberState.LEFT)
+    assert not sim.kinds("n1", "dead") and not sim.kinds("n1", "suspect")
+    assert {o for _, o in sim.kinds("n1", "left")} == set(sim.nodes)
+
+
+def test_dead_members_are_forgotten_after_retention_and_stale_alive_is_rejected() -> None:
+    sim, _ = joined_cluster(3)
+    sim.kill("n2")
+    sim.run_until(lambda: sim.everyone_sees("n2", MemberState.DEAD), 3.0)
+    dead = sim.nodes["n0"].get("n2")
+    assert dead is not None
+    stale = {"id": "n2", "addr": dead.address, "inc": dead.incarnation, "s": 0, "md": {}}
+    sim.nodes["n0"].receive(sim.now, "n1", {"t": "ping", "seq": 1, "u": [stale]})
+    assert sim.state_of("n0", "n2") is MemberState.DEAD
+    sim.run(CFG.dead_retention + 0.1)
+    assert sim.nodes["n0"].get("n2") is None
+    assert [m.id for m in sim.nodes["n0"].members()] == ["n0", "n1"]
+
+
+def test_determinism_with_a_seeded_rng() -> None:
+    def trace(seed: int) -> list[tuple[float, str, str, str, int]]:
+        sim, _ = joined_cluster(seed=seed, loss=0.05)
+        sim.stop("n2")
+        sim.run(3.0)
+        sim.resume("n2")
+        sim.run(3.0)
+        return sim.trace
+
+    assert trace(7) == trace(7)
+    assert trace(7) != trace(8)
+
+
+# --- unit-level rules ----------------------------------------------------------------------------
+
+
+def make(node_id: str = "a", **kwargs: Any) -> Swim:
+    return Swim(node_id, f"{node_id}:1", rng=random.Random(0), **kwargs)
+
+
+def upd(member: str, inc: int, state: MemberState, md: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"id": member, "addr": f"{member}:1", "inc": inc, "s": int(state), "md": md or {}}
+
+
+def ping(*updates: dict[str, Any]) -> dict[str, Any]:
+    return {"t": "ping", "seq": 1, "u": list(updates)}
+
+
+def test_incarnation_rules() -> None:
+    s = make()
+    s.receive(0, "x", ping(upd("b", 3, MemberState.ALIVE)))
+    assert [e.kind for e in s.events()] == ["joined"]
+    s.receive(0, "x", ping(upd("b", 2, MemberState.SUSPECT)))  # older suspicion: ignored
+    assert s.get("b").state is MemberState.ALIVE  # type: ignore[union-attr]
+    s.receive(0, "x", ping(upd("b", 3, MemberState.SUSPECT)))
+    assert s.get("b").state is MemberState.SUSPECT  # type: ignore[union-attr]
+    s.receive(0, "x", ping(upd("b", 3, MemberState.ALIVE)))  # same incarnation cannot refute
+    assert s.get("b").state is MemberState.SUSPECT  # type: ignore[union-attr]
+    s.receive(0, "x", ping(upd("b", 4, MemberState.ALIVE, {"k": "v"})))
+    assert [e.kind for e in s.events()] == ["suspect", "alive", "updated"]
+    s.receive(0, "x", ping(upd("b", 4, MemberState.DEAD)))
+    assert s.get("b").state is MemberState.DEAD  # type: ignore[union-attr]
+    s.receive(0, "x", ping(upd("b", 4, MemberState.ALIVE)))  # stale alive: still dead
+    assert s.get("b").state is MemberState.DEAD  # type: ignore[union-attr]
+    s.receive(0, "x", ping(upd("b", 5, MemberState.ALIVE)))
+    assert [e.kind for e in s.events()] == ["dead", "joined"]
+    s.receive(0, "x", ping(upd("c", 0, MemberState.SUSPECT), upd("d", 0, MemberState.DEAD)))
+    assert s.get("c") is None and s.get("d") is None  # unknown members are not created by rumours
+
+
+def test_refutes_rumours_about_itself() -> None:
+    s = make()
+    out = s.receive(0, "x", ping(upd("a", 0, MemberState.SUSPECT)))
+    assert s.me.incarnation == 1
+    assert upd("a", 1, MemberState.ALIVE) | {"addr": "a:1"} in out[0].message["u"]
+    s.receive(0, "x", ping(upd("a", 7, MemberState.DEAD)))
+    assert s.me.incarnation == 8 and s.me.state is MemberState.ALIVE
+    assert s.events() == []
+
+
+def test_join_pings_the_seed_with_our_alive_record() -> None:
+    s = make(metadata={"svc": "x"})
+    (out,) = s.join(0, "seed", "seed:1")
+    assert (out.to_id, out.to_address, out.message["t"]) == ("seed", "seed:1", "ping")
+    assert out.message["u"][0] == {"id": "a", "addr": "a:1", "inc": 0, "s": 0, "md": {"svc": "x"}}
+    # The seed's first alive record (same incarnation 0) still confirms it and brings its metadata.
+    s.receive(0.1, "seed", {"t": "ack", "seq": 1, "u": [upd("seed", 0, MemberState.ALIVE, {"k": "v"})]})
+    assert s.get("seed").metadata == {"k": "v"}  # type: ignore[union-attr]
+    assert [e.kind for e in s.events()] == ["joined", "updated"]
+
+
+def test_unknown_sender_is_asked_to_announce_itself() -> None:
+    s = make()
+    (out,) = s.receive(0, "stranger", {"t": "ping", "seq": 9})
+    assert out.to_id == "stranger" and out.to_address == "" and out.message["who"] is True
+    b = make("b")
+    b.join(0, "a", "a:1")
+    b._piggyback("a", [])  # drain queue so that re-announcement is observable
+    for _ in range(10):
+        b._piggyback("a", [])
+    b.receive(0, "a", {"t": "ack", "seq": 123, "who": True})
+    assert upd("b", 0, MemberState.ALIVE) | {"addr": "b:1"} in b._piggyback("a", [])
+
+
+def test_ping_req_is_relayed() -> None:
+    s = make()
+    s.receive(0, "r", ping(upd("r", 0, MemberState.ALIVE), upd("t", 0, MemberState.ALIVE)))
+    (out,) = s.receive(0, "r", {"t": "ping_req", "seq": 42, "target": "t"})
+    assert (out.to_id, out.message["t"]) == ("t", "ping")
+    (relayed,) = s.receive(0.01, "t", {"t": "ack", "seq": out.message["seq"]})
+    assert (relayed.to_id, relayed.message["t"], relayed.message["seq"]) == ("r", "ack", 42)
+    assert s.receive(0.02, "t", {"t": "ack", "seq": out.message["seq"]}) == []  # only once
+
+
+def test_messages_from_itself_are_ignored() -> None:
+    s = make()
+    assert s.receive(0, "a", ping(upd("b", 0, MemberState.ALIVE))) == []
+    assert s.get("b") is None
+
+
+def test_member_table_is_bounded() -> None:
+    s = make(config=SwimConfig(max_members=4))
+    for i in range(10):
+        s.receive(0, "x", ping(upd(f"m{i}", 0, MemberState.ALIVE)))
+    assert len(s.members()) == 4
+
+
+def test_relays_are_bounded() -> None:
+    s = make(config=SwimConfig(max_relays=3))
+    s.receive(0, "r", ping(upd("r", 0, MemberState.ALIVE), upd("t", 0, MemberState.ALIVE)))
+    outs = [s.receive(0, "r", {"t": "ping_req", "seq": i, "target": "t"}) for i in range(10)]
+    assert sum(len(o) for o in outs) == 3
+    s.tick(1.0)
+    assert s.receive(1.0, "r", {"t": "ping_req", "seq": 99, "target": "t"})
+
+
+def test_piggyback_is_bounded_and_updates_stop_after_retransmit_limit() -> None:
+    s = make()
+    s.receive(0, "x", ping(*(upd(f"m{i}", 0, MemberState.ALIVE) for i in range(16))))
+    sent = [s._message("m0", {"t": "ping", "seq": 1}) for _ in range(200)]
+    assert all(len(o.message["u"]) <= CFG.max_piggyback for o in sent)
+    assert sent[-1].message["u"] == []  # everything was sent retransmit_mult*ceil(log2(n+1)) times
+
+
+def test_local_input_is_validated() -> None:
+    with pytest.raises(ValueError):
+        Swim("", "addr", rng=random.Random(0))
+    s = make()
+    with pytest.raises(ValueError):
+        s.set_metadata(0, {str(i): "v" for i in range(17)})
+    with pytest.raises(ValueError):
+        s.join(0, "x" * 257, "addr")
+
+
+def test_next_deadline() -> None:
+    s = make()
+    assert s.next_deadline() == float("-inf")
+    s.tick(10.0)
+    assert s.next_deadline() == 10.0 + CFG.probe_interval
+
+
+# --- untrusted input -----------------------------------------------------------------------------
+
+VALID: list[dict[str, Any]] = [
+    {"t": "ping", "seq": 1, "u": [upd("b", 1, MemberState.ALIVE, {"k": "v"})]},
+    {"t": "ack", "seq": 0, "u": [], "who": False},
+    {"t": "ping_req", "seq": 2**63 - 1, "target": "b", "u": []},
+    {"t": "ping", "seq": 3},
+]
+
+INVALID: list[object] = [
+    None,
+    [],
+    b"ping",
+    {},
+    {"t": "pong", "seq": 1, "u": []},
+    {"t": "ping", "seq": -1, "u": []},
+    {"t": "ping", "seq": True, "u": []},
+    {"t": "ping", "seq": 1.0, "u": []},
+    {"t": "ping", "seq": 2**63, "u": []},
+    {"t": "ping", "seq": 1, "u": {}},
+    {"t": "ping", "seq": 1, "u": [upd("b", 0, MemberState.ALIVE)] * 17},
+    {"t": "ping", "seq": 1, "u": [{"id": "b"}]},
+    {"t": "ping", "seq": 1, "u": [upd("", 0, MemberState.ALIVE)]},
+    {"t": "ping", "seq": 1, "u": [upd("b" * 257, 0, MemberState.ALIVE)]},
+    {"t": "ping", "seq": 1, "u": [upd("b", 0, MemberState.ALIVE) | {"s": 4}]},
+    {"t": "ping", "seq": 1, "u": [upd("b", 0, MemberState.ALIVE, {str(i): "" for i in range(17)})]},
+    {"t": "ping", "seq": 1, "u": [upd("b", 0, MemberState.ALIVE, {"k": "v" * 257})]},
+    {"t": "ping", "seq": 1, "u": [upd("b", 0, MemberState.ALIVE) | {"md": {1: "v"}}]},
+    {"t": "ping_req", "seq": 1, "u": []},
+    {"t": "ack", "seq": 1, "u": [], "who": 1},
+    {"t": "ping", "seq": 1, "u": [], **{f"x{i}": i for i in range(10)}},
+]
+
+
+@pytest.mark.parametrize("message", VALID)
+def test_decode_accepts_valid_messages(message: dict[str, Any]) -> None:
+    decoded = decode_message(message)
+    assert decoded["t"] == message["t"]
+    make().receive(0, "x", message)
+
+
+@pytest.mark.parametrize("message", INVALID)
+def test_decode_rejects_invalid_messages(message: object) -> None:
+    with pytest.raises(SwimProtocolError):
+        decode_message(message)
+    with pytest.raises(SwimProtocolError):
+        make().receive(0, "x", message)
+
+
+def test_receive_rejects_bad_sender_ids() -> None:
+    for bad in ("", "x" * 257, 5, None):
+        with pytest.raises(SwimProtocolError):
+            make().receive(0, bad, {"t": "ping", "seq": 1})  # type: ignore[arg-type]
+
+
+garbage = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | st.binary(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=6) | st.integers(), children, max_size=5)
+    ),
+    max_leaves=10,
+)
+ids = st.sampled_from(["a", "b", "c", "x"]) | st.text(max_size=4)
+near_update = st.fixed_dictionaries(
+    {
+        "id": ids | garbage,
+        "addr": st.text(max_size=4) | garbage,
+        "inc": st.integers(-2, 2**64) | garbage,
+        "s": st.integers(-1, 5) | garbage,
+        "md": st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=3) | garbage,
+    }
+)
+near_message = st.fixed_dictionaries(
+    {
+        "t": st.sampled_from(["ping", "ack", "ping_req", "nope"]) | garbage,
+        "seq": st.integers(-2, 2**64) | garbage,
+        "u": st.lists(near_update, max_size=4) | garbage,
+    },
+    optional={"target": ids | garbage, "who": st.booleans() | garbage},
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(messages=st.lists(st.tuples(ids, garbage | near_message), max_size=8), times=st.integers(0, 3))
+def test_receive_never_crashes_on_garbage(messages: list[tuple[str, object]], times: int) -> None:
+    s = make()
+    s.join(0, "b", "b:1")
+    now = 0.0
+    for sender, message in messages:
+        now += 0.1 * times
+        try:
+            decoded = decode_message(message)
+        except SwimProtocolError:
+            decoded = None
+        try:
+            s.receive(now, sender, message)
+        except SwimProtocolError:
+            assert decoded is None or sender == "" or len(sender) > 256
+        s.tick(now)
+    members: list[Member] = s.members()
+    assert s.me in members and len(members) <= CFG.max_members
