@@ -118,11 +118,12 @@ async def _client(args: argparse.Namespace) -> Any:
     )
 
 
-def _table(rows: list[list[str]], headers: list[str], out: TextIO) -> None:
+def _table(rows: list[list[str]], headers: list[str], out: TextIO, indent: str = "") -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(), file=out)
+    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
+    print(indent + line.rstrip(), file=out)
     for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+        print(indent + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
 
 
 def _service_json(svc: Service) -> dict[str, Any]:
@@ -187,7 +188,7 @@ async def _describe(args: argparse.Namespace, out: TextIO) -> int:
         if svc.metadata:
             print(f"  metadata: {json.dumps(svc.metadata)}", file=out)
         print("  nodes:", file=out)
-        _table([[n.id, n.address] for n in svc.nodes], ["  id", "address"], out)
+        _table([[n.id, n.address] for n in svc.nodes], ["id", "address"], out, "    ")
         print("  endpoints:", file=out)
         rows = [
             [
@@ -198,7 +199,7 @@ async def _describe(args: argparse.Namespace, out: TextIO) -> int:
             ]
             for e in svc.endpoints
         ]
-        _table(rows, ["  endpoint", "request", "response", "idempotent"], out)
+        _table(rows, ["endpoint", "request", "response", "idempotent"], out, "    ")
     return 0
 
 
@@ -326,7 +327,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     err = err or sys.stderr
     args = build_parser().parse_args(argv)
     try:
-        return trio.run(COMMANDS[args.command], args, out)
+        try:
+            return trio.run(COMMANDS[args.command], args, out)
+        except BaseExceptionGroup as group:  # an error from inside a nursery: report the first
+            raise _first_leaf(group) from None
     except MicroError as exc:
         fields = exc.to_fields()
         if getattr(args, "json", False):
@@ -343,6 +347,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return 130
 
 
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
 def console() -> None:
     """The console-script entry point."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console()

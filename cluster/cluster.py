@@ -339,6 +339,7 @@ async def start_cluster(
     owned: MdnsRegistry | None = None
     if registry is None:
         registry = owned = MdnsRegistry()
+    body_error: BaseException | None = None  # re-raised as itself, as start_node does
     try:
         async with (
             start_node(
@@ -358,6 +359,8 @@ async def start_cluster(
             nursery.start_soon(cluster._refresh_registrations)
             try:
                 yield cluster
+            except BaseException as exc:
+                body_error = exc
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     for record, _ in list(cluster._served.values()):
@@ -371,3 +374,5 @@ async def start_cluster(
         if owned is not None:
             with trio.CancelScope(shield=True):
                 await owned.aclose()
+    if body_error is not None:
+        raise body_error

@@ -1,0 +1,63 @@
+"""The CLI tour: run the example services on a node, then discover and call them with `trimicro`.
+
+Run: python examples/cli_demo.py
+
+It starts ``trimicro run examples/services.py`` (a node announcing itself with mDNS on
+127.0.0.1 only), then runs the commands a user would type in another terminal, printing each
+one and its output, and finally stops the node with SIGINT (it deregisters and drains first).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def trimicro() -> list[str]:
+    exe = shutil.which("trimicro", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "trimicro.cluster.cli"]
+
+
+def show(args: list[str], env: dict[str, str], stdin: str | None = None) -> None:
+    print(f"$ trimicro {shlex.join(args)}", flush=True)
+    result = subprocess.run(
+        [*trimicro(), *args], env=env, input=stdin, capture_output=True, text=True, timeout=60, check=False
+    )
+    print(result.stdout + result.stderr, end="", flush=True)
+    print(f"(exit {result.returncode})\n", flush=True)
+
+
+def main() -> None:
+    env = dict(os.environ, TRIMICRO_HOME=tempfile.mkdtemp(prefix="trimicro-demo-"))
+    server = subprocess.Popen(
+        [*trimicro(), "run", str(HERE / "services.py"), "--name", "demo-node"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        print(server.stdout.readline(), end="", flush=True)  # "node demo-node at ... serving ..."
+        show(["services"], env)
+        show(["describe", "greeter"], env)
+        show(["call", "greeter", "Greeter.hello", '{"name": "Ada"}'], env)
+        show(["call", "counter", "Counter.add", '{"k": 2}'], env)
+        show(["call", "greeter", "Greeter.hello", '{"name": ""}'], env)
+        show(["stream", "greeter", "Greeter.shout"], env, stdin='"one"\n"two"\n')
+        show(["nodes"], env)
+    finally:
+        server.send_signal(signal.SIGINT)
+        out, _ = server.communicate(timeout=30)
+        print(out, end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The `trimicro` command: error paths in-process, and the whole tour across real processes."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trimicro.cluster.cli import main, services_of
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_call_of_an_unknown_service_is_a_clear_404(tmp_path: Path) -> None:
+    code, _, err = run_cli(
+        "--home", str(tmp_path), "--registry", "memory", "call", "nosuch", "X.y", "{}", "--wait", "0.1"
+    )
+    assert code == 1
+    assert err.startswith("error 404 Not Found: service nosuch not found")
+    assert "Traceback" not in err
+
+
+def test_errors_as_json_for_scripts(tmp_path: Path) -> None:
+    code, _, err = run_cli(
+        "--home", str(tmp_path), "--registry", "memory", "call", "nosuch", "X.y", "--json", "--wait", "0"
+    )
+    assert code == 1
+    assert json.loads(err)["error"]["code"] == 404
+
+
+def test_bad_json_and_missing_module_are_usage_errors(tmp_path: Path) -> None:
+    code, _, err = run_cli("--home", str(tmp_path), "--registry", "memory", "call", "s", "X.y", "{nope")
+    assert (code, err.startswith("trimicro: the request is not valid JSON")) == (2, True)
+    code, _, err = run_cli("--home", str(tmp_path), "run", str(tmp_path / "missing.py"))
+    assert code == 2 and "no such file" in err
+
+
+def test_run_finds_the_services_a_module_defines() -> None:
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import services  # type: ignore[import-not-found]
+    finally:
+        sys.path.pop(0)
+    assert {cls.__name__ for cls in services_of(services)} == {"Greeter", "Counter"}
+
+
+def test_cli_tour_across_processes() -> None:
+    """`trimicro run` in one process; services/describe/call/stream/nodes from others, over mDNS."""
+    result = subprocess.run(
+        [sys.executable, "examples/cli_demo.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "node demo-node at 127.0.0.1:" in out
+    assert "counter  latest   1" in out and "greeter  latest   1" in out
+    assert 'Greeter.hello           {"name": "str"}' in out
+    assert '"Hello, Ada! (from node demo-node)"' in out
+    assert "error 400 Bad Request: name must not be empty (from Greeter)\n(exit 1)" in out
+    assert '"ONE"\n"TWO"\n(exit 0)' in out
+    assert "demo-node  127.0.0.1:" in out and "alive" in out
+    assert "SIGINT: deregistering and stopping" in out
+
+
+@pytest.mark.parametrize("command", ["services", "nodes"])
+def test_help_style_commands_parse(command: str) -> None:
+    from trimicro.cluster.cli import build_parser
+
+    args = build_parser().parse_args([command, "--json"])
+    assert args.command == command and args.json
