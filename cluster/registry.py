@@ -109,16 +109,20 @@ class Registry(Protocol):
 
 
 def merge_nodes(records: Iterable[Service]) -> list[Service]:
-    """Group records by (name, version), merging their nodes (the last record of a node wins)."""
+    """Group records by (name, version), merging their nodes (the last record of a node wins).
+
+    The merged record keeps the first record's description (metadata, endpoints), or the first
+    that has endpoints: records learnt from membership gossip carry none.
+    """
     merged: dict[tuple[str, str], tuple[Service, dict[str, NodeInfo]]] = {}
     for record in records:
         key = (record.name, record.version)
-        if key not in merged:
-            merged[key] = (record, {})
-        nodes = merged[key][1]
+        base, nodes = merged.get(key, (record, {}))
+        if not base.endpoints and record.endpoints:
+            base = record
         for node in record.nodes:
             nodes[node.id] = node
-        merged[key] = (record, nodes)
+        merged[key] = (base, nodes)
     return [svc.with_nodes(nodes.values()) for svc, nodes in merged.values()]
 
 

@@ -131,3 +131,14 @@ async def test_a_new_service_is_callable_through_gossip(tmp_path: Path) -> None:
                     break
                 except NotFound:
                     await client.membership.wait_changed()
+
+
+def test_merge_keeps_the_described_record_and_all_nodes() -> None:
+    from trimicro.cluster.registry import Endpoint, NodeInfo, merge_nodes
+
+    described = Service("s", "1", {"k": "v"}, (Endpoint("S.x"),), (NodeInfo("a", "h:1"),))
+    gossiped = Service("s", "1", nodes=(NodeInfo("b", "h:2"),))
+    for records in ([described, gossiped], [gossiped, described]):
+        [merged] = merge_nodes(records)
+        assert merged.endpoints == (Endpoint("S.x"),)
+        assert {n.id for n in merged.nodes} == {"a", "b"}

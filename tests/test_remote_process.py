@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
+from procs import Proc, python_process
 
 from trimicro.actors import (
     Actor,
@@ -29,50 +27,14 @@ from trimicro.actors.remote import Unreachable
 PEER = Path(__file__).resolve().parent / "peer_node.py"
 
 
-class Peer:
-    """A peer_node.py process: its address, and its stdout as a stream of lines."""
-
-    def __init__(self, proc: trio.Process) -> None:
-        self.proc = proc
-        self._buffer = b""
-        self.address = ""
-
-    async def line(self) -> str:
-        stdout = self.proc.stdout
-        assert stdout is not None
-        while b"\n" not in self._buffer:
-            chunk = await stdout.receive_some(4096)
-            if not chunk:
-                raise EOFError("peer exited")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line.decode()
-
-    def signal(self, sig: int) -> None:
-        os.kill(self.proc.pid, sig)
-
-
 @asynccontextmanager
-async def peer_process(home: Path, name: str) -> AsyncIterator[Peer]:
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, str(PEER), str(home), name], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    peer = Peer(proc)
-    try:
+async def peer_process(home: Path, name: str) -> AsyncIterator[Proc]:
+    async with python_process(str(PEER), str(home), name) as peer:
         with trio.fail_after(30):
             first = await peer.line()
         assert first.startswith("address "), first
         peer.address = first.split(" ", 1)[1]
         yield peer
-    finally:
-        if proc.returncode is None:
-            with trio.CancelScope(shield=True):
-                try:
-                    os.kill(proc.pid, signal.SIGCONT)
-                    proc.kill()
-                except ProcessLookupError:
-                    pass
-                await proc.wait()
 
 
 class Watcher(Actor):
