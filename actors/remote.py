@@ -25,7 +25,7 @@ import contextlib
 import itertools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -499,7 +499,9 @@ class Link:
             elif kind is Kind.STREAM_OPEN:
                 self._on_stream_open(env)
             elif kind is Kind.SYSTEM:
-                self._on_system(env)
+                pending = self._on_system(env)
+                if pending is not None:  # a higher layer's handler that may wait (backpressure)
+                    await pending
 
     def _on_answer(self, env: Envelope) -> None:
         reply = self.pending.pop(env.corr, None)
@@ -649,14 +651,14 @@ class Link:
             error = exc
         stream.on_close(error)
 
-    def _on_system(self, env: Envelope) -> None:
+    def _on_system(self, env: Envelope) -> Awaitable[object] | None:
         op = env.endpoint
         remoting = self.remoting
         if op == "hello":
             try:
                 info = remoting.codec.decode(env.body) if env.body else {}
             except MicroError:
-                return
+                return None
             address = info.get("address") if isinstance(info, dict) else None
             if isinstance(address, str) and address:
                 self.peer.address = address
@@ -666,13 +668,13 @@ class Link:
                 cell = remoting.local_cell(env.target)
             except MicroError:
                 self.push(self._terminated_frame(watcher, env.target, "no such actor"))
-                return
+                return None
             cell.add_watcher(watcher)
         elif op == "unwatch" and env.target is not None and env.sender is not None:
             try:
                 cell = remoting.local_cell(env.target)
             except MicroError:
-                return
+                return None
             cell.remove_watcher(self.peer.bind(env.sender))
         elif op == "terminated" and env.target is not None and env.sender is not None:
             try:
@@ -683,8 +685,9 @@ class Link:
         else:
             handler = remoting.system_handlers.get(op)
             if handler is not None:  # operations of higher layers (membership, pub/sub)
-                handler(self, env)
+                return handler(self, env)
         # "heartbeat" and unknown operations only prove the peer is alive.
+        return None
 
     def _terminated_frame(self, watcher: ActorRef, ref: ActorRef, reason: str) -> bytes:
         body = self.remoting.codec.encode(reason)
@@ -735,6 +738,12 @@ class Link:
             self._closed()
             with trio.CancelScope(shield=True):
                 await self.conn.aclose()
+
+    async def retire(self) -> None:
+        """Close a duplicate link once what was already queued on it has been written."""
+        with trio.move_on_after(2.0):
+            await self.flush()
+        self.close("duplicate connection")
 
     def close(self, reason: str) -> None:
         self.reason = self.reason or reason
@@ -832,8 +841,8 @@ class Peer:
 
             links.sort(key=rank)
             for extra in links[1:]:
-                if extra.initiator:  # the dialer of a losing link retires it
-                    extra.close("duplicate connection")
+                if extra.initiator:  # the dialer of a losing link retires it, after a last flush
+                    self.remoting.node.spawn_system(extra.retire)
         self._notify()
 
     def link_closed(self, link: Link) -> None:
@@ -982,8 +991,9 @@ class Remoting:
         self.link_seq = itertools.count()
         #: Hook for discovery: node id -> address, consulted when a peer's address is unknown.
         self.resolve: Callable[[str], str | None] | None = None
-        #: SYSTEM operations handled by higher layers: ``endpoint -> handler(link, envelope)``.
-        self.system_handlers: dict[str, Callable[[Link, Envelope], None]] = {}
+        #: SYSTEM operations handled by higher layers: ``endpoint -> handler(link, envelope)``;
+        #: a handler may return an awaitable, which the link's reader awaits (backpressure).
+        self.system_handlers: dict[str, Callable[[Link, Envelope], Awaitable[object] | None]] = {}
         #: Called with ``(peer, reason)`` when a peer's last link closes (failure detectors).
         self.on_peer_lost: list[Callable[[Peer, str], None]] = []
         #: Called with ``peer`` when a peer gains its first link.

@@ -73,6 +73,8 @@ class Cluster:
         self._nursery = nursery
         self._served: dict[str, tuple[Service, ActorRef]] = {}
         self.membership: Any = None
+        #: Pub/sub on this node (:class:`~trimicro.cluster.pubsub.PubSub`).
+        self.pubsub: Any = None
         self.announced = False
         node.extensions["cluster"] = self
         node.remote.resolve = self.address_of
@@ -274,6 +276,15 @@ class Cluster:
         ref = self._ref_for(NodeInfo(info.id, info.address, {"path": SYSTEM_PATH}), "")
         return await ask(ref, body, endpoint=endpoint, timeout=timeout)
 
+    async def publish(self, topic: str, body: Any, **options: Any) -> int:
+        """Publish on ``topic`` (see :meth:`~trimicro.cluster.pubsub.PubSub.publish`)."""
+        result: int = await self.pubsub.publish(topic, body, **options)
+        return result
+
+    async def subscribe(self, pattern: str, ref: ActorRef, **options: Any) -> Any:
+        """Subscribe the local actor ``ref`` (see :meth:`~trimicro.cluster.pubsub.PubSub.subscribe`)."""
+        return await self.pubsub.subscribe(pattern, ref, **options)
+
     async def services(self) -> list[Service]:
         """Every service in the registry (with its live nodes)."""
         return await self.registry.list_services()
@@ -353,6 +364,10 @@ async def start_cluster(
 
                 cluster.membership = Membership(cluster)
                 await nursery.start(cluster.membership.run)
+            from .pubsub import PubSub
+
+            cluster.pubsub = PubSub(cluster)
+            await cluster.pubsub.start()
             if announce:
                 await registry.register(cluster._node_record(), ttl=ttl)
             cluster.announced = announce

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -37,6 +38,7 @@ from .swim import (
     MAX_METADATA_ENTRIES,
     MAX_METADATA_LENGTH,
     Member,
+    MemberEvent,
     MemberState,
     Outgoing,
     Swim,
@@ -102,6 +104,8 @@ class Membership:
             metadata=_svc_metadata(cluster.services_digest()),
         )
         self._changed = trio.Event()
+        #: Called with every MemberEvent (pub/sub sends its interest to members that join).
+        self.listeners: list[Callable[[MemberEvent], None]] = []
         node.remote.system_handlers["swim"] = self._on_swim
         node.remote.on_peer_lost.append(self._on_peer_lost)
         cluster.cache.node_filter = self.is_live
@@ -171,6 +175,8 @@ class Membership:
         for event in events:
             member = event.member
             log.info("member %s %s", member.id, event.kind)
+            for listener in list(self.listeners):
+                listener(event)
             if event.kind in ("suspect", "dead", "left"):
                 self.cluster.breaker.mark_down(member.id, now)
             elif event.kind in ("alive", "joined"):

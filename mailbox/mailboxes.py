@@ -53,6 +53,10 @@ class Mailbox(Protocol[T]):
         """Whether a user message would fit now."""
         ...
 
+    def discard_first(self, match: Callable[[T], bool]) -> T | None:
+        """Remove and return the oldest user item for which ``match`` is true (O(n)), or None."""
+        ...
+
 
 class BoundedMailbox(Generic[T]):
     """FIFO with a capacity for user messages; the default, so that producers feel backpressure."""
@@ -94,6 +98,9 @@ class BoundedMailbox(Generic[T]):
             return cast(T, item.item)
         return cast(T, item)
 
+    def discard_first(self, match: Callable[[T], bool]) -> T | None:
+        return _discard_first(self._q, match)
+
 
 class _System:
     __slots__ = ("item",)
@@ -123,6 +130,9 @@ class UnboundedMailbox(Generic[T]):
 
     def pop(self) -> T:
         return self._q.popleft()
+
+    def discard_first(self, match: Callable[[T], bool]) -> T | None:
+        return _discard_first(self._q, match)
 
 
 class PriorityMailbox(Generic[T]):
@@ -173,6 +183,23 @@ class PriorityMailbox(Generic[T]):
         if system:
             self._system -= 1
         return item
+
+    def discard_first(self, match: Callable[[T], bool]) -> T | None:
+        candidates = [e for e in self._heap if not e[2] and match(e[3])]
+        if not candidates:
+            return None
+        oldest = min(candidates, key=lambda e: e[1])
+        self._heap.remove(oldest)
+        heapq.heapify(self._heap)
+        return oldest[3]
+
+
+def _discard_first(q: deque[T], match: Callable[[T], bool]) -> T | None:
+    for i, item in enumerate(q):
+        if type(item) is not _System and match(item):
+            del q[i]
+            return item
+    return None
 
 
 @attrs.frozen

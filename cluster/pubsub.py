@@ -1,0 +1,487 @@
+"""Pub/sub on the cluster: publish from anywhere, subscribe actors, queue groups, across nodes.
+
+Each node keeps a :class:`~trimicro.cluster.topics.SubscriptionIndex` of its local
+subscriptions (NATS-style patterns: ``orders.*``, ``orders.>``) and tells every member which
+patterns it wants (``SYSTEM`` operation ``pubsub.interest``, sent when its interest changes and
+to each member that joins). A publish then:
+
+1. delivers to matching local subscribers;
+2. sends the message once to each other node whose interest matches (``pubsub.msg``), which
+   delivers to its own local subscribers: a node without subscribers gets nothing;
+3. for each queue group with matching members anywhere, picks one member node (weighted by its
+   member count) and that node delivers to one local member, round robin.
+
+Delivery semantics (stated, and tested in tests/test_pubsub.py):
+
+- **Ordering**: messages from one publisher reach each subscriber in publish order (one link per
+  pair of nodes, FIFO mailboxes).
+- **At most once** by default: a message is never delivered twice, and may be lost if a node or
+  link fails in flight.
+- **Acknowledged** (``ack=True`` on publish): at least once, in memory. The publisher waits for
+  each delivery's ack (the subscriber's handler returned) with an ack deadline; a nack (the
+  handler raised) or a missed deadline redelivers, to another queue-group member when there is
+  one, up to ``max_deliveries``; then the message goes to the dead-letter topic
+  ``$dead.<topic>``.
+- **Slow subscribers**: the subscriber's bounded mailbox is the buffer; when it is full the
+  subscription's policy applies: ``"block"`` (the publisher waits), ``"drop_oldest"`` (the oldest
+  queued message of that subscription is dropped), or ``"drop_subscriber"`` (the subscription is
+  removed). Drops are counted in :attr:`PubSub.dropped` and published as dead letters.
+
+Subscriptions die with their actor (death watch).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+import trio
+
+from trimicro.actors import Actor, ActorRef, Terminated, ask
+from trimicro.actors.cell import DEAD, OK, Cell
+from trimicro.actors.remote import Link, Peer
+from trimicro.mailbox.envelope import Envelope
+from trimicro.mailbox.errors import BadRequest, MicroError, ServiceUnavailable
+
+from .topics import SubscriptionIndex, matches, validate_pattern, validate_subject
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
+    from .swim import MemberEvent
+
+__all__ = ["DEAD_LETTER_PREFIX", "Message", "Policy", "PubSub", "Subscription"]
+
+log = logging.getLogger("trimicro.pubsub")
+
+Policy = Literal["block", "drop_oldest", "drop_subscriber"]
+DEAD_LETTER_PREFIX = "$dead."
+#: Interest entries accepted from one peer.
+MAX_REMOTE_INTEREST = 10_000
+
+
+@attrs.frozen
+class Message:
+    """What a subscriber receives: the topic it was published on, the body, headers, publisher."""
+
+    topic: str
+    body: Any
+    headers: dict[str, str] = attrs.field(factory=dict, hash=False)
+    publisher: str = ""
+    delivery: int = 1
+    """1 for the first delivery; higher when redelivered in acknowledged mode."""
+
+
+@attrs.frozen(eq=False)
+class Subscription:
+    """One actor subscribed to one pattern (optionally in a queue group)."""
+
+    pattern: str
+    ref: ActorRef
+    queue: str | None = None
+    policy: Policy = "block"
+
+
+class _Watcher(Actor):
+    """Watches subscriber actors so that their subscriptions die with them."""
+
+    def __init__(self, pubsub: PubSub) -> None:
+        self.pubsub = pubsub
+
+    async def on_terminated(self, msg: Terminated) -> None:
+        self.pubsub._actor_gone(msg.ref)
+
+
+class _Deliverer(Actor):
+    """Answers acknowledged deliveries from other nodes (``PubSub.deliver``)."""
+
+    service_name = "PubSub"
+
+    def __init__(self, pubsub: PubSub) -> None:
+        self.pubsub = pubsub
+
+    async def deliver(self, body: Any) -> bool:
+        return await self.pubsub._deliver_acked_locally(body)
+
+
+class PubSub:
+    """A cluster node's pub/sub: local index, peers' interest, publish and subscribe."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.node = cluster.node
+        self.codec = self.node.remote.codec
+        self.index: SubscriptionIndex[Subscription] = SubscriptionIndex()
+        self._by_actor: dict[ActorRef, list[Subscription]] = {}
+        #: node id -> [(pattern, queue or "", count)]
+        self.remote_interest: dict[str, list[tuple[str, str, int]]] = {}
+        self._rr = itertools.count()
+        self._watcher: ActorRef | None = None
+        self._deliverer: ActorRef | None = None
+        #: Messages dropped by slow-subscriber policies (and subscriptions dropped).
+        self.dropped = 0
+        remote = self.node.remote
+        remote.system_handlers["pubsub.msg"] = self._on_msg
+        remote.system_handlers["pubsub.interest"] = self._on_interest
+        remote.on_peer_up.append(self._peer_up)
+        self._interest_version = 0
+        self._interest_event = trio.Event()
+
+    async def start(self) -> None:
+        self._watcher = await self.node.spawn(_Watcher, self, name="trimicro-pubsub-watch")
+        self._deliverer = await self.node.spawn(_Deliverer, self, name="trimicro-pubsub")
+        if self.cluster.membership is not None:
+            self.cluster.membership.listeners.append(self._member_event)
+
+    # ---- subscribing -----------------------------------------------------------------------------
+
+    async def subscribe(
+        self, pattern: str, ref: ActorRef, *, queue: str | None = None, policy: Policy = "block"
+    ) -> Subscription:
+        """Deliver messages published on subjects matching ``pattern`` to the actor ``ref``.
+
+        The actor handles :class:`Message` (a handler annotated with it). With ``queue``, each
+        message goes to one member of the group across the cluster.
+        """
+        validate_pattern(pattern)
+        if policy not in ("block", "drop_oldest", "drop_subscriber"):
+            raise BadRequest(f"unknown slow-subscriber policy {policy!r}")
+        cell = ref.binding
+        if not isinstance(cell, Cell) or cell.node is not self.node:
+            raise BadRequest("subscribe a local actor (subscribe on the node where it runs)")
+        sub = Subscription(pattern, ref, queue, policy)
+        self.index.add(pattern, sub, queue)
+        subs = self._by_actor.setdefault(ref, [])
+        if not subs and self._watcher is not None:
+            cell.add_watcher(self._watcher)
+        subs.append(sub)
+        self._interest_changed()
+        await trio.lowlevel.checkpoint()
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if self.index.remove(sub.pattern, sub, sub.queue):
+            subs = self._by_actor.get(sub.ref, [])
+            if sub in subs:
+                subs.remove(sub)
+            if not subs:
+                self._by_actor.pop(sub.ref, None)
+            self._interest_changed()
+
+    def _actor_gone(self, ref: ActorRef) -> None:
+        for sub in self._by_actor.pop(ref, []):
+            self.index.remove(sub.pattern, sub, sub.queue)
+        self._interest_changed()
+
+    # ---- interest --------------------------------------------------------------------------------
+
+    def local_interest(self) -> list[tuple[str, str, int]]:
+        counts: dict[tuple[str, str], int] = {}
+        for subs in self._by_actor.values():
+            for sub in subs:
+                key = (sub.pattern, sub.queue or "")
+                counts[key] = counts.get(key, 0) + 1
+        return [(p, q, n) for (p, q), n in sorted(counts.items())]
+
+    def _interest_body(self) -> bytes:
+        self._interest_version += 1
+        subs = [list(e) for e in self.local_interest()]
+        return self.codec.encode({"v": self._interest_version, "subs": subs})
+
+    def _interest_changed(self) -> None:
+        membership = self.cluster.membership
+        if membership is None:
+            return
+        for member in membership.swim.alive_members():
+            if member.id != self.node.id:
+                self._tell_interest(member.id)
+
+    def _tell_interest(self, node_id: str) -> None:
+        """Send our interest to ``node_id`` now, or once a link to it is up (on_peer_up)."""
+        peer = self.node.remote.peer(node_id)
+        if peer.link is not None:
+            peer.send_system("pubsub.interest", self._interest_body())
+        else:
+            peer.connect_soon()  # _peer_up sends it when the link is there
+
+    def _peer_up(self, peer: Peer) -> None:
+        peer.send_system("pubsub.interest", self._interest_body())
+
+    def _member_event(self, event: MemberEvent) -> None:
+        if event.kind in ("joined", "alive"):
+            self._tell_interest(event.member.id)
+        elif event.kind in ("dead", "left") and self.remote_interest.pop(event.member.id, None) is not None:
+            self._interest_event.set()
+            self._interest_event = trio.Event()
+
+    def _on_interest(self, link: Link, env: Envelope) -> None:
+        try:
+            data = self.codec.decode(env.body)
+            subs = data["subs"]
+            if not isinstance(subs, list) or len(subs) > MAX_REMOTE_INTEREST:
+                raise BadRequest("bad interest list")
+            entries: list[tuple[str, str, int]] = []
+            for entry in subs:
+                pattern, queue, count = entry
+                validate_pattern(pattern)
+                if not isinstance(queue, str) or not isinstance(count, int) or count < 1:
+                    raise BadRequest("bad interest entry")
+                entries.append((pattern, queue, count))
+        except (MicroError, ValueError, TypeError, KeyError) as exc:
+            log.debug("bad pubsub interest from %s: %s", link.peer.node_id, exc)
+            return
+        self.remote_interest[link.peer.node_id] = entries
+        self._interest_event.set()
+        self._interest_event = trio.Event()
+
+    async def wait_interest(self) -> None:
+        """Return at the next change of a peer's interest (for tools and tests)."""
+        await self._interest_event.wait()
+
+    # ---- publishing ------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        body: Any,
+        *,
+        headers: dict[str, str] | None = None,
+        ack: bool = False,
+        ack_timeout: float = 5.0,
+        max_deliveries: int = 5,
+    ) -> int:
+        """Publish ``body`` on ``topic``; returns the number of deliveries made (or acked)."""
+        if not topic.startswith(DEAD_LETTER_PREFIX):
+            validate_subject(topic)
+        message = Message(topic, body, dict(headers or {}), self.node.id)
+        if ack:
+            return await self._publish_acked(message, ack_timeout, max_deliveries)
+        delivered = await self._deliver_local(message, plain=True, groups=None)
+        groups_here: set[str] = set()
+        targets: dict[str, list[str]] = {}  # node id -> queue groups to serve there
+        plain_nodes: set[str] = set()
+        for node_id, entries in self.remote_interest.items():
+            for pattern, queue, _count in entries:
+                if matches(pattern, topic):
+                    if queue:
+                        targets.setdefault(node_id, [])
+                    else:
+                        plain_nodes.add(node_id)
+        for group, node_id in self._pick_group_nodes(topic).items():
+            if node_id == self.node.id:
+                groups_here.add(group)
+            else:
+                targets.setdefault(node_id, []).append(group)
+        if groups_here:
+            delivered += await self._deliver_local(message, plain=False, groups=groups_here)
+        for node_id in plain_nodes | {n for n, g in targets.items() if g}:
+            payload = {
+                "t": topic,
+                "b": body,
+                "h": message.headers,
+                "p": node_id in plain_nodes,
+                "q": targets.get(node_id, []),
+            }
+            data = self.codec.encode(payload)
+            if self.node.remote.peer(node_id).send_system("pubsub.msg", data):
+                delivered += 1
+        return delivered
+
+    def _pick_group_nodes(self, topic: str) -> dict[str, str]:
+        """For each queue group with matching members anywhere: the node that gets the message."""
+        weights: dict[str, dict[str, int]] = {}
+        for group, members in self.index.match(topic).groups.items():
+            if members:
+                weights.setdefault(group, {})[self.node.id] = len(members)
+        for node_id, entries in self.remote_interest.items():
+            for pattern, queue, count in entries:
+                if queue and matches(pattern, topic):
+                    slot = weights.setdefault(queue, {})
+                    slot[node_id] = slot.get(node_id, 0) + count
+        chosen: dict[str, str] = {}
+        rng = self.cluster.rng
+        for group, nodes in weights.items():
+            total = sum(nodes.values())
+            pick = rng.random() * total
+            for node_id, weight in sorted(nodes.items()):
+                pick -= weight
+                if pick < 0:
+                    chosen[group] = node_id
+                    break
+            else:
+                chosen[group] = sorted(nodes)[-1]
+        return chosen
+
+    async def _deliver_local(self, message: Message, *, plain: bool, groups: set[str] | None) -> int:
+        match = self.index.match(message.topic)
+        delivered = 0
+        if plain:
+            for sub in match.plain:
+                delivered += await self._offer(sub, message)
+        for group, members in match.groups.items():
+            if groups is not None and group not in groups:
+                continue
+            if groups is None:
+                continue  # queue groups are decided by the publisher (_pick_group_nodes)
+            if members:
+                sub = members[next(self._rr) % len(members)]
+                delivered += await self._offer(sub, message)
+        return delivered
+
+    async def _offer(self, sub: Subscription, message: Message) -> int:
+        cell = sub.ref.binding
+        if not isinstance(cell, Cell):
+            return 0
+        item = (message, None, None, None, message.headers or None)
+        result = cell.offer(item)
+        if result == OK:
+            return 1
+        if result == DEAD:
+            return 0
+        # Full mailbox: the subscription's policy decides.
+        if sub.policy == "block":
+            return 1 if await cell.put(item) == OK else 0
+        self.dropped += 1
+        if sub.policy == "drop_oldest":
+            old = cell.mailbox.discard_first(lambda it: isinstance(it[0], Message))
+            self.node.dead_letter(sub.ref, old[0] if old else message, "dropped-oldest", None)
+            return 1 if cell.offer(item) == OK else 0
+        self.node.dead_letter(sub.ref, message, "dropped-subscriber", None)
+        self.unsubscribe(sub)
+        return 0
+
+    def _on_msg(self, link: Link, env: Envelope) -> Awaitable[int] | None:
+        try:
+            data = self.codec.decode(env.body)
+            topic, body, headers = data["t"], data["b"], data["h"]
+            plain, groups = bool(data["p"]), data["q"]
+            if not isinstance(topic, str):
+                raise BadRequest("bad topic")
+            if not topic.startswith(DEAD_LETTER_PREFIX):
+                validate_subject(topic)
+            if not isinstance(groups, list) or not isinstance(headers, dict):
+                raise BadRequest("bad pubsub message")
+        except (MicroError, ValueError, TypeError, KeyError) as exc:
+            log.debug("bad pubsub message from %s: %s", link.peer.node_id, exc)
+            return None
+        message = Message(topic, body, headers, link.peer.node_id)
+        # Awaited by the link's reader: in order, and a "block" subscriber that is full holds the
+        # publisher back through the link (TCP) as a local one would.
+        return self._deliver_local(message, plain=plain, groups=set(groups))
+
+    # ---- acknowledged mode -----------------------------------------------------------------------
+
+    async def _publish_acked(self, message: Message, ack_timeout: float, max_deliveries: int) -> int:
+        """At least once: every matching subscriber (and one member per queue group) acks."""
+        topic = message.topic
+        acked = 0
+        match = self.index.match(topic)
+        # Plain subscribers: local ones directly, remote nodes once each (they fan out locally).
+        local_plain = list(match.plain)
+        remote_plain = {
+            node_id
+            for node_id, entries in self.remote_interest.items()
+            for pattern, queue, _ in entries
+            if not queue and matches(pattern, topic)
+        }
+        for sub in local_plain:
+            acked += await self._ack_loop(message, ack_timeout, max_deliveries, [(self.node.id, None, sub)])
+        for node_id in sorted(remote_plain):
+            acked += await self._ack_loop(message, ack_timeout, max_deliveries, [(node_id, None, None)])
+        groups = set(match.groups) | {
+            q for entries in self.remote_interest.values() for p, q, _ in entries if q and matches(p, topic)
+        }
+        for group in sorted(groups):
+            candidates = self._group_candidates(topic, group)
+            acked += await self._ack_loop(message, ack_timeout, max_deliveries, candidates)
+        return acked
+
+    def _group_candidates(self, topic: str, group: str) -> list[tuple[str, str | None, Subscription | None]]:
+        out: list[tuple[str, str | None, Subscription | None]] = []
+        for sub in self.index.match(topic).groups.get(group, []):
+            out.append((self.node.id, group, sub))
+        for node_id, entries in sorted(self.remote_interest.items()):
+            if any(q == group and matches(p, topic) for p, q, _ in entries):
+                out.append((node_id, group, None))
+        self.cluster.rng.shuffle(out)
+        return out
+
+    async def _ack_loop(
+        self,
+        message: Message,
+        ack_timeout: float,
+        max_deliveries: int,
+        candidates: list[tuple[str, str | None, Any]],
+    ) -> int:
+        """Deliver until acked, rotating over ``candidates``; dead-letter after max_deliveries."""
+        if not candidates:
+            return 0
+        last: BaseException | None = None
+        for attempt in range(max_deliveries):
+            node_id, group, sub = candidates[attempt % len(candidates)]
+            delivery = attrs.evolve(message, delivery=attempt + 1)
+            try:
+                if sub is not None:
+                    await ask(sub.ref, delivery, timeout=ack_timeout)
+                    return 1
+                ref = self.node.remote_ref(node_id, "trimicro-pubsub")
+                body = {
+                    "t": message.topic,
+                    "b": message.body,
+                    "h": message.headers,
+                    "g": group or "",
+                    "n": attempt + 1,
+                }
+                if await ask(ref, body, endpoint="PubSub.deliver", timeout=ack_timeout):
+                    return 1
+            except MicroError as exc:
+                last = exc
+        log.warning("message on %s not acked after %d deliveries: %s", message.topic, max_deliveries, last)
+        await self.publish(DEAD_LETTER_PREFIX + message.topic, message.body, headers=message.headers)
+        return 0
+
+    async def _deliver_acked_locally(self, body: Any) -> bool:
+        topic, payload, headers, group, n = body["t"], body["b"], body["h"], body["g"], body["n"]
+        match = self.index.match(topic)
+        message = Message(topic, payload, dict(headers), "", int(n))
+        if group:
+            members = match.groups.get(group, [])
+            if not members:
+                raise ServiceUnavailable(f"no member of {group} here")
+            sub = members[next(self._rr) % len(members)]
+            await ask(sub.ref, message)
+            return True
+        for sub in match.plain:
+            await ask(sub.ref, message)
+        return True
+
+    # ---- handler subscriptions (no actor of one's own) -----------------------------------------
+
+    @asynccontextmanager
+    async def messages(
+        self, pattern: str, *, queue: str | None = None, buffer: int = 1000
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[Message]]:
+        """Subscribe for the duration of the block; yields a channel of :class:`Message`."""
+        send, receive = trio.open_memory_channel[Message](buffer)
+        ref = await self.node.spawn(_Forwarder, send)
+        sub = await self.subscribe(pattern, ref, queue=queue)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            self.unsubscribe(sub)
+            with trio.CancelScope(shield=True):
+                await self.node.stop(ref)
+
+
+class _Forwarder(Actor):
+    """Feeds a subscription into a memory channel (for ``PubSub.messages``)."""
+
+    def __init__(self, send: trio.MemorySendChannel[Message]) -> None:
+        self.send = send
+
+    async def on_message(self, msg: Message) -> None:
+        await self.send.send(msg)
