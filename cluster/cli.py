@@ -246,6 +246,52 @@ async def _stream(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _member_client(args: argparse.Namespace) -> Any:
+    """A short-lived member: pub/sub needs the interest that members exchange, so the node
+    announces itself while the command runs (and leaves the membership at exit)."""
+    return start_cluster(f"cli-{uuid.uuid4().hex[:8]}", registry=_registry(args), home=_home(args))
+
+
+async def _settle_interest(cluster: Cluster, wait: float) -> None:
+    """Give members ``wait`` seconds to find us and send their interest (ends early when every
+    known member has)."""
+    with trio.move_on_after(wait):
+        while True:
+            members = {m.id for m in cluster.membership.swim.alive_members()} - {cluster.id}
+            if members and members <= set(cluster.pubsub.remote_interest):
+                return
+            await cluster.pubsub.wait_interest()
+
+
+async def _publish(args: argparse.Namespace, out: TextIO) -> int:
+    body = _parse_json(args.body, "the message")
+    async with _member_client(args) as cluster:
+        await _settle_interest(cluster, args.wait)
+        n = await cluster.publish(args.topic, body, ack=args.ack)
+    if args.json:
+        json.dump({"topic": args.topic, "deliveries": n}, out)
+        print(file=out)
+    else:
+        print(f"published on {args.topic}: {n} deliveries", file=out)
+    return 0
+
+
+async def _subscribe(args: argparse.Namespace, out: TextIO) -> int:
+    async with (
+        _member_client(args) as cluster,
+        cluster.pubsub.messages(args.topic, queue=args.queue) as messages,
+    ):
+        print(f"# subscribed to {args.topic}", file=sys.stderr, flush=True)
+        seen = 0
+        async for msg in messages:
+            line = {"topic": msg.topic, "body": msg.body, "headers": msg.headers, "publisher": msg.publisher}
+            print(json.dumps(line, default=str), file=out, flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
+    return 0
+
+
 async def _nodes(args: argparse.Namespace, out: TextIO) -> int:
     async with await _client(args) as cluster:
         members = await _wait_for_members(cluster, args.wait)
@@ -308,6 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("request", nargs="?", help="JSON request sent with the open")
     s.add_argument("--no-input", action="store_true", help="send nothing, only read")
     client("nodes", "show the membership view")
+    pub = client("publish", "publish a JSON message on a topic")
+    pub.add_argument("topic")
+    pub.add_argument("body", help="JSON message")
+    pub.add_argument("--ack", action="store_true", help="wait for every delivery to be acknowledged")
+    subp = client("subscribe", "print messages on a topic (pattern) as JSON lines")
+    subp.add_argument("topic", help="subject pattern, e.g. orders.* or orders.>")
+    subp.add_argument("--queue", help="join a queue group")
+    subp.add_argument("--count", type=int, default=0, help="exit after this many messages")
     return parser
 
 
@@ -318,6 +372,8 @@ COMMANDS = {
     "call": _call,
     "stream": _stream,
     "nodes": _nodes,
+    "publish": _publish,
+    "subscribe": _subscribe,
 }
 
 

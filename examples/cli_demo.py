@@ -53,6 +53,21 @@ def main() -> None:
         show(["call", "greeter", "Greeter.hello", '{"name": ""}'], env)
         show(["stream", "greeter", "Greeter.shout"], env, stdin='"one"\n"two"\n')
         show(["nodes"], env)
+
+        # Pub/sub: a subscriber in one process, a publisher in another.
+        print("$ trimicro subscribe 'orders.*' --count 1   (in the background)", flush=True)
+        sub = subprocess.Popen(
+            [*trimicro(), "subscribe", "orders.*", "--count", "1"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert sub.stderr is not None
+        sub.stderr.readline()  # "# subscribed to orders.*"
+        show(["publish", "orders.created", '{"id": 7}'], env)
+        out, _ = sub.communicate(timeout=30)
+        print(f"subscriber printed: {out}", end="", flush=True)
     finally:
         server.send_signal(signal.SIGINT)
         out, _ = server.communicate(timeout=30)
