@@ -246,8 +246,17 @@ class Cluster:
         endpoint: str | None,
         tried: set[str],
     ) -> NodeInfo:
-        # Not filtered by endpoint: records learnt from membership gossip list no endpoints, and a
-        # node without the endpoint answers 404 anyway. ``tried`` is a soft exclusion.
+        # Filtered by endpoint only among records that list endpoints: records learnt from
+        # membership gossip list none (a node without the endpoint answers 404 anyway).
+        if endpoint is not None:
+            offering = [
+                s for s in services if not s.endpoints or any(e.name == endpoint for e in s.endpoints)
+            ]
+            if not offering:
+                name = services[0].name if services else "?"
+                raise NotFound(f"no node of service {name} offers {endpoint}", id="selector")
+            services = offering
+        # ``tried`` is a soft exclusion: a node tried already is picked again if it is the only one.
         return self.selector.select(
             services, now=trio.current_time(), key=key, version=version, metadata=metadata, exclude=tried
         )

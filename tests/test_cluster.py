@@ -142,3 +142,10 @@ def test_merge_keeps_the_described_record_and_all_nodes() -> None:
         [merged] = merge_nodes(records)
         assert merged.endpoints == (Endpoint("S.x"),)
         assert {n.id for n in merged.nodes} == {"a", "b"}
+
+
+async def test_call_of_an_endpoint_no_node_offers_is_a_clear_404(tmp_path: Path) -> None:
+    async with nodes(2, tmp_path) as (a, client):
+        await a.serve(Greeter, name="greeter")
+        with pytest.raises(NotFound, match=r"offers Greeter\.nope"):
+            await client.call("greeter", "Greeter.nope", {})

@@ -112,6 +112,10 @@ async def test_kill_one_of_three_under_steady_calls(tmp_path: Path) -> None:
                 await me.membership.wait_changed()
 
         errors: list[str] = []
+        gone: list[tuple[str, str]] = []  # membership events suspect/dead seen during the load
+        me.membership.listeners.append(
+            lambda e: gone.append((e.kind, e.member.id)) if e.kind in ("suspect", "dead") else None
+        )
         calls: list[tuple[float, str | None]] = []  # (time, answering node or None for a failure)
         killed_at = 0.0
         async with trio.open_nursery() as nursery:
@@ -139,3 +143,6 @@ async def test_kill_one_of_three_under_steady_calls(tmp_path: Path) -> None:
         late = [who for t, who in calls if t > killed_at + 2.0]
         assert late and set(late) <= {"s1", "s2"}  # the survivors carry all the load
         assert {"s1", "s2"} <= set(late)
+        # No false evictions under load: only the killed node was suspected or declared dead.
+        assert {node for _, node in gone} == {"s0"}, gone
+        assert ("dead", "s0") in gone
