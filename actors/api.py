@@ -64,11 +64,14 @@ async def ask(
     endpoint: str | None = None,
     timeout: float | None = None,
     headers: dict[str, str] | None = None,
+    reply_headers: dict[str, str] | None = None,
 ) -> Any:
     """Send a request and return the reply, or raise the handler's typed error.
 
     ``endpoint`` (``"Service.method"``) selects the handler by name, with ``message`` as its
-    body (a map is turned into the handler's attrs type). ``timeout`` defaults to the node's
+    body (a map is turned into the handler's attrs type). ``headers`` reach the handler as
+    ``context.headers``; pass a dict as ``reply_headers`` to receive what the handler puts in
+    ``context.reply_headers``, locally or from another node. ``timeout`` defaults to the node's
     ``ask_timeout``; on expiry :class:`~trimicro.mailbox.errors.RequestTimeout` is raised.
 
     What happens to the handler when the asker gives up (timeout or cancellation): if the actor
@@ -83,4 +86,6 @@ async def ask(
         if item is not None and item[1] is not None and item[1].deadline is not None:
             # Serving a request with a deadline: a nested call gets what is left of it.
             timeout = min(timeout, max(0.0, item[1].deadline - trio.current_time()))
-    return await binding.ask(message, _sender(), headers, endpoint, timeout)
+    if reply_headers is None:
+        return await binding.ask(message, _sender(), headers, endpoint, timeout)
+    return await binding.ask(message, _sender(), headers, endpoint, timeout, reply_headers)

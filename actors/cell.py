@@ -73,6 +73,7 @@ class Reply:
         "deadline",
         "done",
         "error",
+        "headers",
         "label",
         "scope",
         "slot",
@@ -96,6 +97,8 @@ class Reply:
         self.slot: int | None = None
         self.label = ""
         self.timeout = 0.0
+        #: Metadata the handler sends back with its answer (``context.reply_headers``).
+        self.headers: dict[str, str] | None = None
 
     def expire(self) -> None:
         """The asker's deadline passed: fail the wait with 408 (a late answer is then dropped)."""
@@ -262,6 +265,7 @@ class Cell:
         headers: dict[str, str] | None,
         endpoint: str | None,
         timeout: float,
+        reply_headers: dict[str, str] | None = None,
     ) -> Any:
         """Queue a request and wait for its reply; the timeout covers queueing and handling.
 
@@ -270,7 +274,7 @@ class Cell:
         scheduler passes fewer, and the caller's cancellation or timeout reaches the handler.
         """
         if self.status == RUNNING and self.active == 0 and not len(self.mailbox):
-            return await self._ask_direct(msg, sender, headers, endpoint, timeout)
+            return await self._ask_direct(msg, sender, headers, endpoint, timeout, reply_headers)
         node = self.node
         reply = Reply()
         item = (msg, reply, sender, endpoint, headers)
@@ -285,7 +289,10 @@ class Cell:
         wheel = node.timeouts
         reply.slot = wheel.add(trio.current_time() + timeout, reply)
         try:
-            return await reply.wait()
+            value = await reply.wait()
+            if reply_headers is not None and reply.headers:
+                reply_headers.update(reply.headers)
+            return value
         finally:
             if reply.slot is not None:
                 wheel.remove(reply.slot, reply)
@@ -316,6 +323,7 @@ class Cell:
         headers: dict[str, str] | None,
         endpoint: str | None,
         timeout: float,
+        reply_headers: dict[str, str] | None = None,
     ) -> Any:
         node = self.node
         node.budget -= 1
@@ -324,7 +332,7 @@ class Cell:
             await trio.lowlevel.cancel_shielded_checkpoint()
         await trio.lowlevel.checkpoint_if_cancelled()
         if self.status != RUNNING or self.active or len(self.mailbox):  # changed while we yielded
-            return await self.ask(msg, sender, headers, endpoint, timeout)
+            return await self.ask(msg, sender, headers, endpoint, timeout, reply_headers)
         reply = Reply()
         self.active += 1
         scopes = self._scopes
@@ -349,6 +357,8 @@ class Cell:
             raise RequestTimeout(f"no reply from {self.path} within {timeout:g}s", id=self.path)
         if reply.error is not None:
             raise reply.error
+        if reply_headers is not None and reply.headers:
+            reply_headers.update(reply.headers)
         return reply.value
 
     async def open_stream(

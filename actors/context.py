@@ -89,6 +89,18 @@ class Context:
             node.spawn_system(cell.stop, None)
 
     @property
+    def reply_headers(self) -> dict[str, str]:
+        """Metadata sent back with this request's answer (empty and unused for a tell)."""
+        item = current_item.get()
+        reply = None if item is None else item[1]
+        if reply is None:
+            return {}
+        if reply.headers is None:
+            reply.headers = {}
+        headers: dict[str, str] = reply.headers
+        return headers
+
+    @property
     def deadline(self) -> float | None:
         """The current request's deadline (trio clock) when the caller sent one, else ``None``.
 

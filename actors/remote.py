@@ -132,11 +132,9 @@ class InboundReply(Reply):
             except MicroError as exc:
                 link.send_error(self.corr, exc, self.codec)
                 return True
-            link.push(
-                encode_envelope(
-                    Envelope(Kind.REPLY, self.corr, content_type=self.codec.content_type, body=body)
-                )
-            )
+            ct = self.codec.content_type
+            env = Envelope(Kind.REPLY, self.corr, content_type=ct, headers=self.headers or {}, body=body)
+            link.push(encode_envelope(env))
         else:
             err = self.error
             if not isinstance(err, MicroError):
@@ -193,7 +191,13 @@ class _Gone:
         return False
 
     async def ask(
-        self, msg: Any, sender: ActorRef | None, headers: Any, endpoint: Any, timeout: float
+        self,
+        msg: Any,
+        sender: ActorRef | None,
+        headers: Any,
+        endpoint: Any,
+        timeout: float,
+        reply_headers: Any = None,
     ) -> Any:
         await trio.lowlevel.checkpoint()
         raise NotFound(f"no actor {self.ref}", id=self.node.id)
@@ -274,6 +278,7 @@ class RemoteActor:
         headers: dict[str, str] | None,
         endpoint: str | None,
         timeout: float,
+        reply_headers: dict[str, str] | None = None,
     ) -> Any:
         """Send a request and wait for its answer; on timeout or cancellation send CANCEL."""
         deadline = trio.current_time() + timeout
@@ -313,7 +318,10 @@ class RemoteActor:
                 await link.send(frame)
             else:
                 link.push(frame)
-            return await reply.wait()
+            value = await reply.wait()
+            if reply_headers is not None and reply.headers:
+                reply_headers.update(reply.headers)
+            return value
         except BaseException:
             # Timed out or cancelled before an answer came: tell the callee to stop working on it.
             reply.abandoned = True
@@ -507,6 +515,8 @@ class Link:
         reply = self.pending.pop(env.corr, None)
         if reply is None:
             return  # the caller gave up; a late answer is dropped
+        if env.headers:
+            reply.headers = env.headers
         try:
             codec = self.remoting.codecs.get(env.content_type)
             value = codec.decode(env.body)

@@ -473,3 +473,16 @@ async def test_an_error_in_the_node_block_comes_out_as_itself() -> None:
     with pytest.raises(NotFound):
         async with start_node() as node:
             await ask(node.root, Add(1))  # the guardian has no handler for Add
+
+
+async def test_reply_headers_come_back_from_a_local_handler() -> None:
+    class Tagger(Actor):
+        async def tag(self, msg: Add) -> int:
+            self.context.reply_headers["seen"] = str(msg.k)
+            return msg.k
+
+    async with start_node() as node:
+        ref = await node.spawn(Tagger)
+        back: dict[str, str] = {}
+        assert await ask(ref, Add(5), reply_headers=back) == 5  # idle actor: the direct path
+        assert back == {"seen": "5"}

@@ -87,6 +87,7 @@ class Counter(Actor):
     async def add(self, msg: Add) -> int:
         self.n += msg.k
         self.seen.append(msg.k)
+        self.context.reply_headers["total"] = str(self.n)
         self.probe["headers"] = self.context.headers
         self.probe["sender"] = self.context.sender
         self.probe["deadline"] = self.context.deadline
@@ -184,8 +185,11 @@ async def test_ask_and_tell_across_nodes_by_type_and_endpoint(authority: Authori
         for k in range(1, 51):
             await tell(ref, Add(k))
         assert await ask(ref, Get()) == list(range(1, 51))  # one link: order kept
-        assert await ask(ref, Add(1), headers={"trace": "t1"}) == sum(range(1, 51)) + 1
-        assert probe["headers"] == {"trace": "t1"}
+        back: dict[str, str] = {}
+        total = sum(range(1, 51)) + 1
+        assert await ask(ref, Add(1), headers={"trace": "t1"}, reply_headers=back) == total
+        assert probe["headers"] == {"trace": "t1"}  # caller -> handler
+        assert back == {"total": str(total)}  # and back
         assert await ask(ref, {"name": "Ada"}, endpoint="Counter.hello") == "hello Ada"
 
 
