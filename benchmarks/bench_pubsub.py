@@ -1,4 +1,5 @@
-"""Local pub/sub fan-out: deliveries/s to 1, 10 and 100 subscribers, trimicro beside nats-py.
+"""Pub/sub throughput: local fan-out to 1, 10 and 100 subscribers, and one subscriber in another
+process, trimicro beside nats-py in the same run.
 
 trimicro: one cluster node (in-memory registry, no membership traffic), N subscriber actors on
 one topic, one publisher; the clock stops when every subscriber has counted every message (an
@@ -6,6 +7,10 @@ one topic, one publisher; the clock stops when every subscriber has counted ever
 nats-py: a nats-server started here on 127.0.0.1 (stopped by pid), N subscriptions in this
 process on one connection, one publisher connection; the clock stops when every subscription
 has received every message. Rounds are interleaved; every loop is bounded in count.
+
+Across two processes (``x1``): the subscriber runs in a child process (trimicro: a cluster node
+on mDNS bound to 127.0.0.1, encrypted link; NATS: a nats-py subscriber); the clock stops when
+a count request, sent after the last message, returns them all.
 
     python benchmarks/bench_pubsub.py [--rounds 3] [--messages 20000]
 
@@ -110,6 +115,126 @@ def nats_fanout(subscribers: int, messages: int, url: str) -> float:
     return asyncio.run(run())
 
 
+SUBSCRIBER_CODE = r"""
+import sys, trio
+from pathlib import Path
+from typing import Any
+from trimicro.actors import Actor, bounded
+from trimicro.cluster.cluster import start_cluster
+from trimicro.cluster.mdns import MdnsRegistry
+from trimicro.cluster.pubsub import Message
+
+class Counter(Actor):
+    service_name = "Counter"
+    mailbox = bounded(100_000)
+    def __init__(self) -> None:
+        self.n = 0
+    async def on_message(self, msg: Message) -> None:
+        self.n += 1
+    async def count(self, body: Any) -> int:
+        return self.n
+
+async def main(home: str, stype: str) -> None:
+    async with (
+        MdnsRegistry(service_type=stype) as registry,
+        start_cluster("bench-sub", registry=registry, home=Path(home)) as c,
+    ):
+        ref = await c.serve(Counter, name="counter")
+        await c.subscribe("bench.topic", ref)
+        print("ready", flush=True)
+        await trio.sleep_forever()
+
+trio.run(main, sys.argv[1], sys.argv[2])
+"""
+
+NATS_SUBSCRIBER_CODE = r"""
+import asyncio, sys, nats
+async def main(url: str) -> None:
+    nc = await nats.connect(url)
+    n = 0
+    async def on_msg(msg):
+        nonlocal n
+        if msg.reply:
+            await msg.respond(str(n).encode())
+        else:
+            n += 1
+    await nc.subscribe("bench.topic", cb=on_msg, pending_msgs_limit=10_000_000)
+    await nc.flush()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def trimicro_cross(messages: int) -> float:
+    import sys
+    import uuid
+
+    from trimicro.cluster.mdns import MdnsRegistry
+
+    home = tempfile.mkdtemp(prefix="trimicro-bench-")
+    stype = f"_b{uuid.uuid4().hex[:10]}._tcp.local."
+    child = subprocess.Popen(
+        [sys.executable, "-c", SUBSCRIBER_CODE, home, stype], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+
+        async def run() -> float:
+            async with (
+                MdnsRegistry(service_type=stype) as registry,
+                start_cluster("bench-pub", registry=registry, home=Path(home)) as c,
+            ):
+                with trio.fail_after(30):
+                    while "bench-sub" not in c.pubsub.remote_interest:
+                        await c.pubsub.wait_interest()
+                body = {"id": 0, "a": 1}
+                start = time.perf_counter()
+                for _ in range(messages):
+                    await c.publish("bench.topic", body)
+                n = await c.call("counter", "Counter.count", {}, timeout=120)
+                elapsed = time.perf_counter() - start
+                assert n == messages, (n, messages)
+                return messages / elapsed
+
+        return trio.run(run)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def nats_cross(messages: int, url: str) -> float:
+    import sys
+
+    import nats
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", NATS_SUBSCRIBER_CODE, url], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+
+        async def run() -> float:
+            nc = await nats.connect(url)
+            payload = json.dumps({"id": 0, "a": 1}).encode()
+            start = time.perf_counter()
+            for _ in range(messages):
+                await nc.publish("bench.topic", payload)
+            await nc.flush()
+            for _ in range(10_000):  # bounded: the count request is answered once all arrived
+                reply = await nc.request("bench.topic", b"", timeout=30)
+                if int(reply.data) >= messages:
+                    break
+            elapsed = time.perf_counter() - start
+            await nc.close()
+            return messages / elapsed
+
+        return asyncio.run(run())
+    finally:
+        child.kill()
+        child.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -128,7 +253,7 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.05)
-    results: dict[str, dict[int, list[float]]] = {"trimicro": {}, "nats": {}}
+    results: dict[str, dict[Any, list[float]]] = {"trimicro": {}, "nats": {}}
     try:
         for rnd in range(1, args.rounds + 1):
             for n in FANOUTS:
@@ -158,6 +283,13 @@ def main() -> None:
                             }
                         )
                     )
+            cross = {"trimicro": trimicro_cross(args.messages)}
+            if url:
+                cross["nats"] = nats_cross(args.messages, url)
+            for who, rate in cross.items():
+                results[who].setdefault("x1", []).append(rate)
+                line = {"round": rnd, "contestant": who, "subscribers": "x1", "deliveries_per_s": round(rate)}
+                print(json.dumps(line))
     finally:
         if server is not None:
             server.terminate()
@@ -165,7 +297,7 @@ def main() -> None:
     summary: dict[str, Any] = {"summary": True, "median": {}, "ratio_trimicro_nats": {}}
     for who, per in results.items():
         summary["median"][who] = {n: round(statistics.median(v)) for n, v in per.items()}
-    for n in FANOUTS:
+    for n in (*FANOUTS, "x1"):
         t, s = results["trimicro"].get(n), results["nats"].get(n)
         if t and s:
             summary["ratio_trimicro_nats"][n] = round(statistics.median(t) / statistics.median(s), 2)
