@@ -459,6 +459,10 @@ class Cell:
                 reply = item[1]
                 if reply is not None and reply.deadline is not None:
                     ok = await self._handle_bounded(item, reply, scope)
+                    if scope.cancel_called:
+                        # Its deadline or CANCEL came as it finished: the worker's scope must not
+                        # reach the next item. Stop here; a fresh worker serves the rest.
+                        break
                 else:
                     ok = await handle(item)
                 if not ok:
@@ -473,7 +477,8 @@ class Cell:
             current_cell.reset(token)
             if self.active == 0 and self._workers_idle is not None:
                 self._workers_idle.set()
-            # One request was cancelled (deadline or CANCEL) while others wait: serve the rest.
+            # One request was cancelled (deadline or CANCEL) while others wait: serve the rest
+            # (the dispatcher gives the next batch a fresh scope).
             cancelled = scope.cancel_called and self.status == RUNNING and len(mb) > 0
             if cancelled and self.active < self.max_concurrency:
                 self.node.dispatcher.activate(self)
@@ -493,6 +498,9 @@ class Cell:
         this worker's scope, which the expiry or the CANCEL cancels.
         """
         if reply.abandoned or reply.done:  # cancelled or expired while queued
+            forget = getattr(reply, "forget_deadline", None)
+            if forget is not None:
+                forget()
             return True
         reply.scope = scope
         try:

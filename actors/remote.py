@@ -62,6 +62,10 @@ log = logging.getLogger("trimicro.remote")
 
 #: Bytes queued for one link before senders wait (replies and control messages never wait).
 OUT_HIGH_WATER = 4 * 1024 * 1024
+#: Bytes queued for one link at which it is closed (its peer is not reading our answers).
+OUT_HARD_CAP = 4 * OUT_HIGH_WATER
+#: Longest deadline a peer may give a request (a longer one is cut to this).
+MAX_DEADLINE_MS = 3_600_000
 #: Requests from one peer being served at once; more are refused with 429.
 MAX_INBOUND = 16 * 1024
 #: Streams open at once on one link; more are refused with 429.
@@ -117,13 +121,17 @@ class InboundReply(Reply):
         if self.scope is not None:
             self.scope.cancel()
 
+    def forget_deadline(self) -> None:
+        """Take this request out of the timeout wheel (answered, cancelled, or its link gone)."""
+        if self.slot is not None:
+            self.link.remoting.node.timeouts.remove(self.slot, self)
+            self.slot = None
+
     def _finish(self) -> bool:
         self.done = True
         link = self.link
         link.inbound.pop(self.corr, None)
-        if self.slot is not None:
-            link.remoting.node.timeouts.remove(self.slot, self)
-            self.slot = None
+        self.forget_deadline()
         if self.abandoned or link.closed:
             return False
         if self.error is None:
@@ -134,7 +142,12 @@ class InboundReply(Reply):
                 return True
             ct = self.codec.content_type
             env = Envelope(Kind.REPLY, self.corr, content_type=ct, headers=self.headers or {}, body=body)
-            link.push(encode_envelope(env))
+            frame = encode_envelope(env)
+            if not link.fits(frame):
+                too_big = InternalServerError(f"reply of {len(frame)} bytes exceeds the frame limit")
+                link.send_error(self.corr, too_big, self.codec)
+                return True
+            link.push(frame)
         else:
             err = self.error
             if not isinstance(err, MicroError):
@@ -268,7 +281,11 @@ class RemoteActor:
             self.node.dead_letter(self.target, msg, f"undeliverable: {exc.detail}", sender)
             return False
         env = Envelope(Kind.TELL, 0, self.target, sender, "", codec.content_type, headers or {}, 0, body)
-        link.push(encode_envelope(env))
+        frame = encode_envelope(env)
+        if not link.fits(frame):
+            self.node.dead_letter(self.target, msg, "too large", sender)
+            return False
+        link.push(frame)
         return True
 
     async def ask(
@@ -314,8 +331,8 @@ class RemoteActor:
         wheel = self.node.timeouts
         reply.slot = wheel.add(deadline, reply)  # a cancel scope per call would cost more
         try:
-            if link.out_bytes >= OUT_HIGH_WATER:
-                await link.send(frame)
+            if link.out_bytes >= OUT_HIGH_WATER or not link.fits(frame):
+                await link.send(frame)  # waits for room; refuses an oversized frame with 400
             else:
                 link.push(frame)
             value = await reply.wait()
@@ -417,6 +434,8 @@ class Link:
         self.sent = 0
         self._cancel_scope = trio.CancelScope()
         self._flushed: trio.Event | None = None
+        #: The reader is waiting on backpressure (a full mailbox): the peer is not silent.
+        self.busy = False
         self.seq = next(remoting.link_seq)
 
     def __repr__(self) -> str:
@@ -429,13 +448,23 @@ class Link:
     # ---- sending -----------------------------------------------------------------------------
 
     def push(self, frame: bytes) -> None:
-        """Queue a frame for the writer without waiting (answers and control messages)."""
+        """Queue a frame for the writer without waiting (answers and control messages).
+
+        Answers do not wait for room, so a peer that sends requests but stops reading our
+        answers could grow this queue: past a hard cap the link is closed instead.
+        """
         if self.closed:
             return
         self.out.append(frame)
         self.out_bytes += len(frame)
+        if self.out_bytes > OUT_HARD_CAP:
+            self.close(f"peer not reading: more than {OUT_HARD_CAP} bytes queued")
+            return
         if self._writer:
             self._writer.unpark()
+
+    def fits(self, frame: bytes) -> bool:
+        return len(frame) <= self.remoting.max_frame_size
 
     async def send(self, frame: bytes) -> None:
         """Queue a frame, waiting while the send buffer is over its high-water mark."""
@@ -495,7 +524,9 @@ class Link:
             elif kind is Kind.ASK:
                 self._on_ask(env)
             elif kind is Kind.TELL:
+                self.busy = True  # waiting on a full mailbox is not silence (see _keepalive)
                 await self._on_tell(env)
+                self.busy = False
             elif kind is Kind.CANCEL:
                 self._on_cancel(env.corr)
             elif kind is Kind.STREAM_DATA:
@@ -509,7 +540,9 @@ class Link:
             elif kind is Kind.SYSTEM:
                 pending = self._on_system(env)
                 if pending is not None:  # a higher layer's handler that may wait (backpressure)
+                    self.busy = True
                     await pending
+                    self.busy = False
 
     def _on_answer(self, env: Envelope) -> None:
         reply = self.pending.pop(env.corr, None)
@@ -521,9 +554,7 @@ class Link:
             codec = self.remoting.codecs.get(env.content_type)
             value = codec.decode(env.body)
             if env.kind is Kind.ERROR:
-                if not isinstance(value, dict):
-                    raise BadRequest("an ERROR body must be an error map")
-                reply.fail(error_from_fields(value))
+                reply.fail(_error_of(value))
             else:
                 reply.resolve(value)
         except MicroError as exc:
@@ -532,6 +563,10 @@ class Link:
     def _on_ask(self, env: Envelope) -> None:
         corr = env.corr
         remoting = self.remoting
+        if corr % 2 != (0 if self.initiator else 1) or corr in self.inbound or corr in self.streams:
+            # The peer numbers its exchanges with its own parity and never reuses a live one (§3.3).
+            self.send_error(corr, BadRequest(f"bad or reused corr {corr}"), remoting.codec)
+            return
         try:
             codec = remoting.codecs.get(env.content_type)
         except MicroError as exc:
@@ -547,7 +582,8 @@ class Link:
             return
         reply = InboundReply(self, corr, codec)
         if env.deadline_ms:
-            reply.deadline = deadline = trio.current_time() + env.deadline_ms / 1000
+            budget = min(env.deadline_ms, MAX_DEADLINE_MS)
+            reply.deadline = deadline = trio.current_time() + budget / 1000
             reply.slot = remoting.node.timeouts.add(deadline, reply)
         else:
             reply.deadline = math.inf  # still cancellable by the caller's CANCEL
@@ -581,6 +617,7 @@ class Link:
         reply = self.inbound.pop(corr, None)
         if reply is not None:
             reply.abandoned = True
+            reply.forget_deadline()
             if reply.scope is not None:
                 reply.scope.cancel()
             return
@@ -654,9 +691,7 @@ class Link:
             return
         try:
             fields = self.remoting.codecs.get(env.content_type).decode(env.body)
-            if not isinstance(fields, dict):
-                raise BadRequest("a failed STREAM_CLOSE carries an error map")
-            error = error_from_fields(fields)
+            error = _error_of(fields)
         except MicroError as exc:
             error = exc
         stream.on_close(error)
@@ -717,7 +752,7 @@ class Link:
             await trio.sleep(interval)
             if self.sent == sent and not self.out:
                 self.push(heartbeat)
-            if self.received == last_received:
+            if self.received == last_received and not self.busy:
                 silent += interval
                 if silent >= silent_limit:
                     self.reason = f"no traffic for {silent:g}s"
@@ -739,6 +774,9 @@ class Link:
                             await fn()
                         except MicroError as exc:
                             self.reason = self.reason or f"{type(exc).__name__}: {exc.detail}"
+                        except Exception as exc:  # a bug or a hostile frame: this link only, never the node
+                            log.exception("link to %s failed", self.peer.node_id)
+                            self.reason = self.reason or f"internal error: {type(exc).__name__}"
                         nursery.cancel_scope.cancel()
 
                     nursery.start_soon(until_done, self._read)
@@ -782,6 +820,7 @@ class Link:
         inbound, self.inbound = self.inbound, {}
         for inbound_reply in inbound.values():
             inbound_reply.abandoned = True
+            inbound_reply.forget_deadline()
             if inbound_reply.scope is not None:
                 inbound_reply.scope.cancel()
         self.peer.link_closed(self)
@@ -1135,10 +1174,21 @@ class Remoting:
 PROTOCOL_DEFAULT_CREDIT = 64
 
 
+def _error_of(fields: Any) -> MicroError:
+    """The typed error in an error map from a peer; ``BadRequest`` if the map is malformed."""
+    if (
+        not isinstance(fields, dict)
+        or type(fields.get("code", 500)) is not int
+        or not all(isinstance(fields.get(k, ""), str) for k in ("id", "detail", "status"))
+    ):
+        return BadRequest("malformed error map from the peer")
+    return error_from_fields(fields)
+
+
 def _credit_header(value: str | None) -> int:
     if value is None:
         return PROTOCOL_DEFAULT_CREDIT
-    if not value.isdigit() or not 1 <= int(value) <= MAX_CREDIT:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_CREDIT:
         raise BadRequest("the credit header is an integer from 1 to 2^20")
     return int(value)
 

@@ -104,6 +104,18 @@ class _Deliverer(Actor):
         self.pubsub = pubsub
 
     async def deliver(self, body: Any) -> bool:
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("t"), str)
+            or not isinstance(body.get("h"), dict)
+            or not isinstance(body.get("g"), str)
+            or type(body.get("n")) is not int
+        ):
+            raise BadRequest("malformed delivery")  # a 400 answer, not a failed actor
+        try:
+            validate_subject(body["t"]) if not body["t"].startswith(DEAD_LETTER_PREFIX) else None
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
         return await self.pubsub._deliver_acked_locally(body)
 
 
@@ -390,7 +402,12 @@ class PubSub:
                 raise BadRequest("bad topic")
             if not topic.startswith(DEAD_LETTER_PREFIX):
                 validate_subject(topic)
-            if not isinstance(groups, list) or not isinstance(headers, dict):
+            if (
+                not isinstance(groups, list)
+                or not all(isinstance(g, str) for g in groups)
+                or not isinstance(headers, dict)
+                or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+            ):
                 raise BadRequest("bad pubsub message")
         except (MicroError, ValueError, TypeError, KeyError) as exc:
             log.debug("bad pubsub message from %s: %s", link.peer.node_id, exc)

@@ -13,6 +13,7 @@ import trio
 from trimicro.actors import (
     Actor,
     ActorRef,
+    BadRequest,
     DeadLetter,
     InternalServerError,
     MicroError,
@@ -71,6 +72,12 @@ class Relay:
     k: int
 
 
+@REGISTRY.message("test.Big")
+@attrs.frozen
+class Big:
+    size: int
+
+
 @attrs.frozen
 class NotRegistered:
     pass
@@ -124,6 +131,9 @@ class Counter(Actor):
 
     async def hello(self, body: dict[str, Any]) -> str:
         return f"hello {body['name']}"
+
+    async def big(self, msg: Big) -> bytes:
+        return b"x" * msg.size
 
 
 class Watcher(Actor):
@@ -498,3 +508,43 @@ async def test_watch_by_path_gets_terminated_with_the_watched_ref(authority: Aut
         with trio.fail_after(5):
             got = await receive.receive()
         assert got.ref == by_path and got.reason is None
+
+
+async def test_hostile_frames_close_or_are_refused_but_never_take_the_node_down(authority: Authority) -> None:
+    from trimicro.actors.remote import _credit_header, _error_of
+    from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
+
+    assert isinstance(_error_of({"code": "x"}), BadRequest)
+    assert isinstance(_error_of({"code": 404, "detail": []}), BadRequest)
+    assert isinstance(_error_of([1, 2]), BadRequest)
+    with pytest.raises(BadRequest):
+        _credit_header("²")  # a digit to str.isdigit, not to int()
+    async with pair(authority) as (a, b, _):
+        await b.spawn(Counter, name="counter")
+        ref = a.remote_ref("b", "counter")
+        assert await ask(ref, Add(1)) == 1
+        link = a.remote.peers["b"].link
+        assert link is not None
+        target = b.ref("counter")
+        codec = a.remote.codec
+        hostile = [
+            # an ask numbered with the wrong parity (a dialed, so its ids are odd)
+            Envelope(Kind.ASK, 2, target, None, "Counter.hello", body=codec.encode({"name": "x"})),
+            # a stream open with a credit header that is not a number
+            Envelope(Kind.STREAM_OPEN, 1001, target, None, "Counter.add", headers={"credit": "²"}),
+            # pub/sub and membership messages that are not what they claim
+            Envelope(Kind.SYSTEM, 0, None, None, "pubsub.msg", body=codec.encode({"q": [[1]]})),
+            Envelope(Kind.SYSTEM, 0, None, None, "swim", body=codec.encode([1, 2, 3])),
+        ]
+        for env in hostile:
+            link.push(encode_envelope(env))
+        assert await ask(ref, Add(1)) == 2  # same link, after them: still served, node alive
+
+
+async def test_an_oversized_reply_is_an_error_not_a_dead_link(authority: Authority) -> None:
+    async with pair(authority) as (a, b, _):
+        await b.spawn(Counter, name="counter")
+        ref = a.remote_ref("b", "counter")
+        with pytest.raises(InternalServerError, match="exceeds the frame limit"):
+            await ask(ref, Big(5 * 1024 * 1024))  # over the default 4 MiB frame limit
+        assert await ask(ref, Add(2)) == 2  # the link survived
