@@ -404,6 +404,7 @@ class Cell:
         try:
             with trio.CancelScope() as scope:
                 streams.add(scope)
+                stream.handler_scope = scope
                 try:
                     await fn(self.instance, stream)
                 except MicroError as e:

@@ -85,6 +85,9 @@ class Stream:
         self._done = False
         self._budget = 64
         self._opened: trio.Event | None = None
+        #: The cancel scope of the stream handler serving this end, cancelled when the stream
+        #: fails, so a handler waiting on something else does not outlive its stream.
+        self.handler_scope: trio.CancelScope | None = None
 
     def __repr__(self) -> str:
         return f"<Stream peer={self.peer} credit={self._send_credit} buffered={len(self._items)}>"
@@ -238,6 +241,10 @@ class Stream:
     def _set_error(self, error: MicroError) -> None:
         if self._error is None:
             self._error = error
+        if self.handler_scope is not None and not (self._recv_lot or self._send_lot):
+            # The handler is not waiting on this stream (which would wake it with the error):
+            # cancel it, so that it does not outlive its stream.
+            self.handler_scope.cancel()
         if self._opened is not None:
             self._opened.set()
         self._recv_lot.unpark_all()

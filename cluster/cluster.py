@@ -307,10 +307,12 @@ def _node_trouble(exc: MicroError) -> bool:
 
 
 def _maybe_delivered(exc: MicroError) -> bool:
+    """Whether the request may have run. Only a failure to reach the node at all is known not
+    to have: a 429 or 503 from the other side may come from the handler itself, so it counts
+    as delivered (and is retried only for idempotent endpoints)."""
     if isinstance(exc, Unreachable):
         return exc.maybe_delivered
-    # Refused before the handler ran: full mailbox, actor not running.
-    return exc.code not in (429, 503)
+    return True
 
 
 def _is_idempotent(services: list[Service], endpoint: str | None) -> bool:

@@ -246,3 +246,28 @@ async def test_many_streams_share_a_link_and_a_stalled_one_blocks_no_other() -> 
             assert list(link.streams.values()) == [stalled]  # finished streams are forgotten
             gate.set()
             stalled.close_send()
+
+
+class Waiter(Actor):
+    """A stream handler that waits on something other than its stream."""
+
+    def __init__(self, probe: dict[str, Any]) -> None:
+        self.probe = probe
+
+    async def wait(self, stream: Stream) -> None:
+        self.probe["started"].set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.probe["ended"].set()
+
+
+@MODES
+async def test_a_cancelled_stream_ends_a_handler_that_waits_elsewhere(mode: str) -> None:
+    async with nodes(mode) as (caller, server):
+        probe: dict[str, Any] = {"started": trio.Event(), "ended": trio.Event()}
+        await server.spawn(Waiter, probe, name="w")
+        async with open_stream(chat_ref(caller, server, "w"), "Waiter.wait"):
+            await probe["started"].wait()
+        with trio.fail_after(5):
+            await probe["ended"].wait()
