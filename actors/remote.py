@@ -320,7 +320,7 @@ class RemoteActor:
             endpoint or "",
             codec.content_type,
             headers or {},
-            max(1, math.ceil(timeout * 1000)),
+            max(1, math.ceil((deadline - trio.current_time()) * 1000)),  # what is left after dialing
             body,
         )
         frame = encode_envelope(env)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
@@ -142,6 +143,10 @@ class PubSub:
         self._interest_version = 0
         self._interest_event = trio.Event()
         self._valid_subjects: set[str] = set()
+        #: node id -> (epoch, version) of the last interest list applied; the epoch is random per
+        #: run, so a restarted peer's versions starting over are not mistaken for old ones.
+        self._peer_versions: dict[str, tuple[int, int]] = {}
+        self._epoch = random.SystemRandom().getrandbits(62)
         self._groups = 0  # local queue-group subscriptions
 
     async def start(self) -> None:
@@ -212,7 +217,7 @@ class PubSub:
     def _interest_body(self) -> bytes:
         self._interest_version += 1
         subs = [list(e) for e in self.local_interest()]
-        return self.codec.encode({"v": self._interest_version, "subs": subs})
+        return self.codec.encode({"e": self._epoch, "v": self._interest_version, "subs": subs})
 
     def _interest_changed(self) -> None:
         membership = self.cluster.membership
@@ -237,12 +242,19 @@ class PubSub:
         if event.kind in ("joined", "alive"):
             self._tell_interest(event.member.id)
         elif event.kind in ("dead", "left") and self.remote_interest.pop(event.member.id, None) is not None:
+            self._peer_versions.pop(event.member.id, None)
             self._interest_event.set()
             self._interest_event = trio.Event()
 
     def _on_interest(self, link: Link, env: Envelope) -> None:
         try:
             data = self.codec.decode(env.body)
+            epoch, version = data["e"], data["v"]
+            if type(version) is not int or type(epoch) is not int:
+                raise BadRequest("bad interest version")
+            known = self._peer_versions.get(link.peer.node_id)
+            if known is not None and known[0] == epoch and version <= known[1]:
+                return  # an older list that overtook a newer one (two links for a moment)
             subs = data["subs"]
             if not isinstance(subs, list) or len(subs) > MAX_REMOTE_INTEREST:
                 raise BadRequest("bad interest list")
@@ -257,6 +269,7 @@ class PubSub:
             log.debug("bad pubsub interest from %s: %s", link.peer.node_id, exc)
             return
         self.remote_interest[link.peer.node_id] = entries
+        self._peer_versions[link.peer.node_id] = (epoch, version)
         self._interest_event.set()
         self._interest_event = trio.Event()
 
