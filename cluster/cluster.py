@@ -178,6 +178,19 @@ class Cluster:
             peer.address = info.address  # a hint: the handshake checks the node id
         return self.node.remote_ref(info.id, path)
 
+    async def ask(self, service: str, message: Any, **options: Any) -> Any:
+        """``ask`` by service name: ``await cluster.ask("greeter", Hello("Ada"))`` (handler by type)."""
+        return await self.call(service, None, message, **options)
+
+    async def _follow_registry(self) -> None:
+        """Keep the registry cache current from the backend's watch (new nodes without a refresh)."""
+        try:
+            async with self.registry.watch() as events:
+                async for event in events:
+                    self.cache.apply(event)
+        except MicroError as exc:  # the cache still refreshes every few seconds
+            log.warning("registry watch ended: %s", exc)
+
     async def call(
         self,
         service: str,
@@ -383,6 +396,7 @@ async def start_cluster(
                 await registry.register(cluster._node_record(), ttl=ttl)
             cluster.announced = announce
             nursery.start_soon(cluster._refresh_registrations)
+            nursery.start_soon(cluster._follow_registry)
             try:
                 yield cluster
             except BaseException as exc:

@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from trimicro.actors import Actor, NotFound
 from trimicro.cluster.cluster import NODE_SERVICE, Cluster, start_cluster
@@ -72,6 +73,7 @@ async def test_serve_and_call_by_name_spreads_over_nodes(tmp_path: Path) -> None
         assert seen == {"n0", "n1"}
         assert (await client.call("greeter", "Greeter.hello", {"name": "Ada"})).startswith("hello Ada from n")
         assert (await client.call("greeter", None, Hello("Bob"))).startswith("hello Bob")  # by type
+        assert (await client.ask("greeter", Hello("Cy"))).startswith("hello Cy")  # ask by name
 
 
 async def test_describe_shows_endpoints_schemas_and_idempotency(tmp_path: Path) -> None:
@@ -149,3 +151,16 @@ async def test_call_of_an_endpoint_no_node_offers_is_a_clear_404(tmp_path: Path)
         await a.serve(Greeter, name="greeter")
         with pytest.raises(NotFound, match=r"offers Greeter\.nope"):
             await client.call("greeter", "Greeter.nope", {})
+
+
+async def test_the_cache_follows_the_registry_watch(tmp_path: Path) -> None:
+    registry = MemoryRegistry()
+    async with nodes(3, tmp_path, registry) as (a, b, client):
+        await a.serve(Greeter, name="greeter")
+        assert await client.call("greeter", "Greeter.whoami", {}) == "n0"  # cached now (5 s TTL)
+        async with registry.watch("greeter") as events:
+            await b.serve(Greeter, name="greeter")
+            await events.__anext__()
+        await trio.testing.wait_all_tasks_blocked()
+        [svc] = await client.cache.get_service("greeter")
+        assert {n.id for n in svc.nodes} == {"n0", "n1"}  # without waiting out the TTL
