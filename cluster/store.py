@@ -1,0 +1,608 @@
+"""Go Micro's ``store`` interface (records by key, with metadata and expiry) on LMDB, trio-native.
+
+Why LMDB: it is an embedded, memory-mapped B+tree with copy-on-write pages. A commit either
+lands whole or not at all, so a killed process (even ``SIGKILL`` mid-write) leaves the last
+committed state intact: there is no log to replay and no repair step on open. Readers use MVCC
+snapshots: a read-only transaction sees one consistent version of the database and never
+blocks, nor is blocked by, the single writer.
+
+Group commit: LMDB allows one write transaction at a time and, with ``sync=True``, each commit
+costs an ``fsync``. All writes of an environment therefore go to ONE dedicated writer thread,
+which takes every write queued so far and applies them in ONE write transaction: many
+concurrent ``await store.write(...)`` calls share one ``fsync``, and each caller is woken (via
+its trio token) only once the transaction holding its write has committed. Write transactions
+are opened and committed on that thread only, as LMDB requires.
+
+Reads: every read (point or scan) runs in ``trio.to_thread.run_sync`` with its own read-only
+transaction. A warm point read is microseconds, but a cold one page-faults on the memory map
+(disk I/O) and a read must wait while the map is being grown (see below), so a thread keeps the
+trio loop from ever stalling; the thread hop (tens of microseconds) is the price.
+
+Map growth: LMDB needs a map size up front. When a write transaction hits
+``MapFullError`` it is aborted (nothing is written), the map is doubled (readers are held off
+while it is remapped) and the batch is retried, up to ``max_map_size``; beyond that the writes
+that do not fit fail with :class:`InternalServerError` and the store stays usable.
+
+Durability: ``sync=True`` (the default) fsyncs every commit, so an acknowledged write survives
+a process crash *and* an OS crash or power loss. ``sync=False`` skips the fsync: a process
+crash still loses nothing acknowledged (the data is in the OS page cache), but an OS crash or
+power loss can lose the last acknowledged transactions and, per LMDB's documentation of
+``MDB_NOSYNC``, may even corrupt the database if the file system reorders writes.
+
+Other choices: ``delete`` of a missing key is a no-op (as in Go Micro's memory store); a
+``write`` that is cancelled while waiting may still be committed; expired records are never
+returned, and :meth:`LmdbStore.sweep` (run it periodically, e.g. with ``run_sweeper``) deletes
+them; a suffix match scans the whole table. One process opens an LMDB environment once (LMDB
+forbids opening it twice): stores on the same path share it, and the first opener's
+``map_size``/``sync`` settings win.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+import lmdb  # type: ignore[import-untyped, unused-ignore]
+import msgpack
+import trio
+
+from trimicro.mailbox.errors import BadRequest, InternalServerError, NotFound, ServiceUnavailable
+
+__all__ = ["LmdbStore", "MemoryStore", "Record", "Store"]
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+#: Ops taken into one write transaction at most (bounds a transaction's size and latency).
+MAX_BATCH = 4096
+
+
+@attrs.frozen
+class Record:
+    """One stored value: ``expiry`` is absolute unix seconds (``None``: never expires)."""
+
+    key: str
+    value: bytes
+    metadata: dict[str, str] = attrs.field(factory=dict)
+    expiry: float | None = None
+
+
+class Store(Protocol):
+    """Go Micro's store: records by key in a ``database``/``table`` namespace."""
+
+    async def read(
+        self,
+        key: str,
+        *,
+        prefix: bool = False,
+        suffix: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> builtins.list[Record]: ...
+
+    async def write(self, record: Record, *, ttl: float | None = None) -> None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def list(
+        self, *, prefix: str = "", suffix: str = "", limit: int | None = None, offset: int = 0
+    ) -> builtins.list[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Validation shared by both stores
+
+
+class _Checks:
+    def __init__(self, database: str, table: str, max_key: int, max_value: int, now: Callable[[], float]):
+        for what, name in (("database", database), ("table", table)):
+            if not isinstance(name, str) or not name:
+                raise BadRequest(f"store {what} name must be a non-empty str, got {name!r}")
+        self.database = database
+        self.table = table
+        self.max_key = max_key
+        self.max_value = max_value
+        self.now = now
+
+    def _key(self, key: object) -> bytes:
+        if not isinstance(key, str):
+            raise BadRequest(f"store key must be a str, got {type(key).__name__}")
+        if not key:
+            raise BadRequest("store key must not be empty")
+        raw = self._utf8(key, "key")
+        if len(raw) > self.max_key:
+            raise BadRequest(f"store key is {len(raw)} bytes in utf-8, more than the limit of {self.max_key}")
+        return raw
+
+    @staticmethod
+    def _utf8(text: str, what: str) -> bytes:
+        try:
+            return text.encode()
+        except UnicodeEncodeError as exc:
+            raise BadRequest(f"store {what} is not valid unicode: {exc}") from None
+
+    def _affix(self, value: object, what: str) -> bytes:
+        if not isinstance(value, str):
+            raise BadRequest(f"store {what} must be a str, got {type(value).__name__}")
+        return self._utf8(value, what)
+
+    @staticmethod
+    def _page(limit: object, offset: object) -> None:
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise BadRequest(f"store limit must be None or an int >= 0, got {limit!r}")
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise BadRequest(f"store offset must be an int >= 0, got {offset!r}")
+
+    def _record(self, record: object, ttl: object) -> tuple[bytes, Record]:
+        """Validate; return the utf-8 key and the record with its final expiry."""
+        if not isinstance(record, Record):
+            raise BadRequest(f"store write takes a Record, got {type(record).__name__}")
+        raw = self._key(record.key)
+        if not isinstance(record.value, bytes):
+            raise BadRequest(f"store value must be bytes, got {type(record.value).__name__}")
+        if len(record.value) > self.max_value:
+            raise BadRequest(
+                f"store value is {len(record.value)} bytes, more than the limit of {self.max_value}"
+            )
+        meta = record.metadata
+        if not isinstance(meta, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+        ):
+            raise BadRequest("store metadata must be a dict[str, str]")
+        for k, v in meta.items():
+            self._utf8(k, "metadata key")
+            self._utf8(v, "metadata value")
+        expiry = record.expiry
+        if expiry is not None and (not isinstance(expiry, int | float) or isinstance(expiry, bool)):
+            raise BadRequest(f"store expiry must be None or unix seconds, got {expiry!r}")
+        if ttl is not None:
+            if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not ttl > 0:
+                raise BadRequest(f"store ttl must be None or seconds > 0, got {ttl!r}")
+            expiry = self.now() + ttl
+        return raw, Record(record.key, record.value, dict(meta), None if expiry is None else float(expiry))
+
+
+def _page(items: builtins.list[Any], limit: int | None, offset: int) -> builtins.list[Any]:
+    return items[offset:] if limit is None else items[offset : offset + limit]
+
+
+def _expired(expiry: float | None, now: float) -> bool:
+    return expiry is not None and expiry <= now
+
+
+# --------------------------------------------------------------------------------------------
+# MemoryStore
+
+
+class MemoryStore(_Checks):
+    """A dict-backed :class:`Store` for tests; same validation and ordering (utf-8 bytes) as LMDB."""
+
+    def __init__(
+        self,
+        *,
+        database: str = "trimicro",
+        table: str = "default",
+        max_key: int = 511,
+        max_value: int = 16 * MiB,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(database, table, max_key, max_value, now)
+        self._data: dict[bytes, Record] = {}
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ServiceUnavailable("store is closed")
+
+    def _live(self, prefix: bytes, suffix: bytes) -> builtins.list[Record]:
+        now = self.now()
+        return [
+            rec
+            for raw, rec in sorted(self._data.items())
+            if raw.startswith(prefix) and raw.endswith(suffix) and not _expired(rec.expiry, now)
+        ]
+
+    async def read(
+        self,
+        key: str,
+        *,
+        prefix: bool = False,
+        suffix: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> builtins.list[Record]:
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        self._page(limit, offset)
+        if not (prefix or suffix):
+            raw = self._key(key)
+            rec = self._data.get(raw)
+            if rec is None or _expired(rec.expiry, self.now()):
+                raise NotFound(f"store key {key!r} not found")
+            return [attrs.evolve(rec, metadata=dict(rec.metadata))]
+        raw = self._affix(key, "key")
+        found = self._live(raw if prefix else b"", raw if suffix else b"")
+        return [attrs.evolve(r, metadata=dict(r.metadata)) for r in _page(found, limit, offset)]
+
+    async def write(self, record: Record, *, ttl: float | None = None) -> None:
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        raw, rec = self._record(record, ttl)
+        self._data[raw] = rec
+
+    async def delete(self, key: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        self._data.pop(self._key(key), None)
+
+    async def list(
+        self, *, prefix: str = "", suffix: str = "", limit: int | None = None, offset: int = 0
+    ) -> builtins.list[str]:
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        self._page(limit, offset)
+        found = self._live(self._affix(prefix, "prefix"), self._affix(suffix, "suffix"))
+        return [r.key for r in _page(found, limit, offset)]
+
+    async def sweep(self) -> int:
+        """Delete expired records; return how many."""
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        now = self.now()
+        dead = [raw for raw, rec in self._data.items() if _expired(rec.expiry, now)]
+        for raw in dead:
+            del self._data[raw]
+        return len(dead)
+
+    async def run_sweeper(self, interval: float) -> None:
+        """Run :meth:`sweep` every ``interval`` seconds, forever (start it in a nursery)."""
+        while True:
+            await trio.sleep(interval)
+            await self.sweep()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self._closed = True
+
+
+# --------------------------------------------------------------------------------------------
+# LMDB: the shared environment, its writer thread and its readers/remap lock
+
+
+def _encode(rec: Record) -> bytes:
+    out: bytes = msgpack.packb({"v": rec.value, "m": rec.metadata, "e": rec.expiry}, use_bin_type=True)
+    return out
+
+
+def _decode(key: bytes, data: bytes) -> Record:
+    obj = msgpack.unpackb(data, raw=False)
+    return Record(key.decode(), obj["v"], dict(obj["m"]), obj["e"])
+
+
+def _expiry_of(data: bytes) -> float | None:
+    e: float | None = msgpack.unpackb(data, raw=False)["e"]
+    return e
+
+
+class _RWLock:
+    """Many readers or one remapper; a waiting remapper holds off new readers."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class _Op:
+    """One queued write: applied in the writer's transaction, then its trio task is woken."""
+
+    __slots__ = ("apply", "error", "event", "result", "token")
+
+    def __init__(self, apply: Callable[[Any], Any]) -> None:
+        self.apply = apply
+        self.event = trio.Event()
+        self.token = trio.lowlevel.current_trio_token()
+        self.error: BaseException | None = None
+        self.result: Any = None
+
+    def done(self) -> None:
+        # If the waiting trio run is gone, there is nobody to tell.
+        with contextlib.suppress(trio.RunFinishedError):
+            self.token.run_sync_soon(self.event.set)
+
+
+class _Env:
+    """One open LMDB environment per path per process, with its single writer thread."""
+
+    def __init__(self, path: Path, map_size: int, max_map_size: int, sync: bool) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.env: Any = lmdb.open(str(path), map_size=map_size, max_dbs=256, sync=sync, subdir=True)
+        self.max_map_size = max_map_size
+        self.rw = _RWLock()
+        self.users = 0
+        self.commits = 0
+        self.dbis: dict[str, Any] = {}
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"lmdb-writer {path}", daemon=True)
+        self._thread.start()
+
+    def dbi(self, name: str) -> Any:
+        if name not in self.dbis:
+            self.dbis[name] = self.env.open_db(name.encode(), create=True)
+        return self.dbis[name]
+
+    def submit(self, op: _Op) -> None:
+        if self._closed:
+            raise ServiceUnavailable("store is closed")
+        self._queue.put(op)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._queue.put(None)
+        await trio.to_thread.run_sync(self._thread.join)
+        self.env.close()
+
+    # -- on the writer thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    op = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if op is None:
+                    stop = True
+                    break
+                batch.append(op)
+            self._commit(batch)
+            for op in batch:
+                op.done()
+
+    def _commit(self, batch: builtins.list[_Op]) -> None:
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:  # aborts on any exception
+                    for op in batch:
+                        op.result = op.apply(txn)
+                self.commits += 1
+                for op in batch:
+                    op.error = None
+                return
+            except lmdb.MapFullError:
+                size = self.env.info()["map_size"]
+                if size >= self.max_map_size:
+                    if len(batch) > 1:  # fail only the writes that do not fit
+                        for op in batch:
+                            self._commit([op])
+                        return
+                    batch[0].error = InternalServerError(
+                        f"store is full: the LMDB map reached its cap of {self.max_map_size} bytes"
+                    )
+                    return
+                with self.rw.exclusive():
+                    self.env.set_mapsize(min(size * 2, self.max_map_size))
+            except lmdb.MapResizedError:  # another process grew the map: adopt its size
+                with self.rw.exclusive():
+                    self.env.set_mapsize(0)
+            except Exception as exc:
+                for op in batch:
+                    op.error = InternalServerError(f"store write failed: {type(exc).__name__}: {exc}")
+                return
+
+
+_envs: dict[Path, _Env] = {}
+_envs_lock = threading.Lock()
+
+
+class LmdbStore(_Checks):
+    """A durable :class:`Store` on LMDB; see the module docstring for the design."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        database: str = "trimicro",
+        table: str = "default",
+        map_size: int = 64 * MiB,
+        max_map_size: int = 64 * GiB,
+        sync: bool = True,
+        max_key: int = 511,
+        max_value: int = 16 * MiB,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(database, table, max_key, max_value, now)
+        if max_key > 511:
+            raise BadRequest("max_key cannot exceed LMDB's key limit of 511 bytes")
+        resolved = Path(path).resolve()
+        with _envs_lock:
+            env = _envs.get(resolved)
+            if env is None:
+                env = _envs[resolved] = _Env(resolved, map_size, max_map_size, sync)
+            env.users += 1
+            self._env = env
+            self._dbi = env.dbi(f"{database}/{table}")
+        self._closed = False
+
+    @property
+    def map_size(self) -> int:
+        """The LMDB map's current size in bytes (it grows as needed)."""
+        size: int = self._env.env.info()["map_size"]
+        return size
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed by this environment's writer (for measuring group commit)."""
+        return self._env.commits
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ServiceUnavailable("store is closed")
+
+    async def _submit(self, apply: Callable[[Any], Any]) -> Any:
+        self._check_open()
+        op = _Op(apply)
+        self._env.submit(op)
+        await op.event.wait()
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    def _read_txn(self, fn: Callable[[Any], Any]) -> Any:
+        """Run ``fn(txn)`` in a read-only MVCC snapshot (on a worker thread)."""
+        while True:
+            try:
+                with self._env.rw.shared(), self._env.env.begin(db=self._dbi) as txn:
+                    return fn(txn)
+            except lmdb.MapResizedError:
+                with self._env.rw.exclusive():
+                    self._env.env.set_mapsize(0)
+
+    def _scan(
+        self, txn: Any, prefix: bytes, suffix: bytes, now: float, limit: int | None, offset: int
+    ) -> builtins.list[tuple[bytes, bytes]]:
+        out: builtins.list[tuple[bytes, bytes]] = []
+        skip = offset
+        cursor = txn.cursor(db=self._dbi)
+        if not cursor.set_range(prefix):
+            return out
+        for raw, data in cursor:
+            if not raw.startswith(prefix):
+                break
+            if not raw.endswith(suffix) or _expired(_expiry_of(data), now):
+                continue
+            if skip:
+                skip -= 1
+                continue
+            if limit is not None and len(out) >= limit:
+                break
+            out.append((raw, data))
+        return out
+
+    async def read(
+        self,
+        key: str,
+        *,
+        prefix: bool = False,
+        suffix: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> builtins.list[Record]:
+        self._check_open()
+        self._page(limit, offset)
+        now = self.now()
+        if not (prefix or suffix):
+            raw = self._key(key)
+            data: bytes | None = await trio.to_thread.run_sync(self._read_txn, lambda txn: txn.get(raw))
+            if data is None or _expired(_expiry_of(data), now):
+                raise NotFound(f"store key {key!r} not found")
+            return [_decode(raw, data)]
+        affix = self._affix(key, "key")
+        pre, suf = (affix if prefix else b""), (affix if suffix else b"")
+        found = await trio.to_thread.run_sync(
+            self._read_txn, lambda txn: self._scan(txn, pre, suf, now, limit, offset)
+        )
+        return [_decode(raw, data) for raw, data in found]
+
+    async def write(self, record: Record, *, ttl: float | None = None) -> None:
+        raw, rec = self._record(record, ttl)
+        encoded, dbi = _encode(rec), self._dbi
+        await self._submit(lambda txn: txn.put(raw, encoded, db=dbi))
+
+    async def delete(self, key: str) -> None:
+        raw, dbi = self._key(key), self._dbi
+        await self._submit(lambda txn: txn.delete(raw, db=dbi))
+
+    async def list(
+        self, *, prefix: str = "", suffix: str = "", limit: int | None = None, offset: int = 0
+    ) -> builtins.list[str]:
+        self._check_open()
+        self._page(limit, offset)
+        pre, suf, now = self._affix(prefix, "prefix"), self._affix(suffix, "suffix"), self.now()
+        found = await trio.to_thread.run_sync(
+            self._read_txn, lambda txn: self._scan(txn, pre, suf, now, limit, offset)
+        )
+        return [raw.decode() for raw, _ in found]
+
+    async def sweep(self) -> int:
+        """Delete expired records of this table (in one write transaction); return how many."""
+        now, dbi = self.now(), self._dbi
+
+        def sweep(txn: Any) -> int:
+            cursor = txn.cursor(db=dbi)
+            dead = [raw for raw, data in cursor if _expired(_expiry_of(data), now)]
+            for raw in dead:
+                txn.delete(raw, db=dbi)
+            return len(dead)
+
+        count: int = await self._submit(sweep)
+        return count
+
+    async def run_sweeper(self, interval: float) -> None:
+        """Run :meth:`sweep` every ``interval`` seconds, forever (start it in a nursery)."""
+        while True:
+            await trio.sleep(interval)
+            await self.sweep()
+
+    async def aclose(self) -> None:
+        """Close this store; the environment closes (after its queued writes) with its last user."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        with _envs_lock:
+            self._env.users -= 1
+            last = self._env.users == 0
+            if last:
+                del _envs[self._env.path]
+        if last:
+            with trio.CancelScope(shield=True):
+                await self._env.close()
+        else:
+            await trio.lowlevel.checkpoint()

@@ -1,0 +1,224 @@
+"""The store: Go Micro's interface on a dict and on LMDB (group commit, map growth, crash safety)."""
+
+from __future__ import annotations
+
+import signal
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from procs import python_process
+
+from trimicro.cluster.store import LmdbStore, MemoryStore, Record, Store
+from trimicro.mailbox.errors import BadRequest, InternalServerError, NotFound
+
+MAIN = Path(__file__).resolve().parent.parent
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+Factory = Callable[..., Store]
+
+
+@pytest.fixture(params=["memory", "lmdb"])
+async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Factory]:
+    stores: list[Store] = []
+
+    def factory(**kw: Any) -> Store:
+        store: Store = MemoryStore(**kw) if request.param == "memory" else LmdbStore(tmp_path / "db", **kw)
+        stores.append(store)
+        return store
+
+    yield factory
+    for store in stores:
+        await store.aclose()
+
+
+async def test_write_read_delete(make: Factory) -> None:
+    store = make()
+    await store.write(Record("a", b"1", {"k": "v"}))
+    assert await store.read("a") == [Record("a", b"1", {"k": "v"}, None)]
+    await store.write(Record("a", b"2"))
+    assert (await store.read("a"))[0].value == b"2"
+    await store.delete("a")
+    with pytest.raises(NotFound):
+        await store.read("a")
+    await store.delete("a")  # deleting a missing key is a no-op
+
+
+async def test_prefix_suffix_limit_offset(make: Factory) -> None:
+    store = make()
+    for key in ["user/1", "user/2", "user/3", "order/1", "order/2", "x"]:
+        await store.write(Record(key, key.encode()))
+    assert await store.list() == ["order/1", "order/2", "user/1", "user/2", "user/3", "x"]
+    assert await store.list(prefix="user/") == ["user/1", "user/2", "user/3"]
+    assert await store.list(suffix="/1") == ["order/1", "user/1"]
+    assert await store.list(prefix="user/", suffix="2") == ["user/2"]
+    assert await store.list(limit=2) == ["order/1", "order/2"]
+    assert await store.list(offset=4) == ["user/3", "x"]
+    assert await store.list(prefix="user/", limit=1, offset=1) == ["user/2"]
+    assert await store.list(limit=0) == []
+    recs = await store.read("user/", prefix=True, limit=2, offset=1)
+    assert [(r.key, r.value) for r in recs] == [("user/2", b"user/2"), ("user/3", b"user/3")]
+    assert [r.key for r in await store.read("/2", suffix=True)] == ["order/2", "user/2"]
+    assert await store.read("nope/", prefix=True) == []
+
+
+async def test_ttl_expiry_and_sweep(make: Factory) -> None:
+    clock = Clock()
+    store = make(now=clock)
+    await store.write(Record("short", b"s"), ttl=10)
+    await store.write(Record("abs", b"a", expiry=clock.t + 20))
+    await store.write(Record("forever", b"f"))
+    assert (await store.read("short"))[0].expiry == clock.t + 10
+    clock.t += 10
+    with pytest.raises(NotFound):
+        await store.read("short")
+    assert await store.list() == ["abs", "forever"]
+    clock.t += 10
+    assert await store.list() == ["forever"]
+    assert [r.key for r in await store.read("", prefix=True)] == ["forever"]
+    assert await store.sweep() == 2  # type: ignore[attr-defined]
+    assert await store.sweep() == 0  # type: ignore[attr-defined]
+    clock.t -= 100  # swept records are gone for good, whatever the clock says
+    assert await store.list() == ["forever"]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda s: s.write(Record("", b"x")), "empty"),
+        (lambda s: s.write(Record("k" * 512, b"x")), "511"),
+        (lambda s: s.write(Record("é" * 256, b"x")), "utf-8"),
+        (lambda s: s.write(Record(5, b"x")), "str"),
+        (lambda s: s.write(Record("k", "text")), "bytes"),
+        (lambda s: s.write(Record("k", b"x" * 1025)), "1024"),
+        (lambda s: s.write(Record("k", b"x", {"a": 1})), "metadata"),
+        (lambda s: s.write(Record("k", b"x"), ttl=0), "ttl"),
+        (lambda s: s.write(Record("\ud800", b"x")), "unicode"),
+        (lambda s: s.read(""), "empty"),
+        (lambda s: s.read(b"k"), "str"),
+        (lambda s: s.delete(""), "empty"),
+        (lambda s: s.list(limit=-1), "limit"),
+        (lambda s: s.list(offset=-1), "offset"),
+        (lambda s: s.list(prefix=None), "prefix"),
+    ],
+)
+async def test_bad_input(make: Factory, call: Callable[[Store], Any], message: str) -> None:
+    store = make(max_value=1024)
+    with pytest.raises(BadRequest, match=message):
+        await call(store)
+    assert await store.list() == []
+
+
+async def test_namespaces_are_isolated(make: Factory) -> None:
+    a = make(table="a")
+    b = make(table="b")
+    c = make(database="other", table="a")
+    await a.write(Record("k", b"a"))
+    await b.write(Record("k", b"b"))
+    assert (await a.read("k"))[0].value == b"a"
+    assert (await b.read("k"))[0].value == b"b"
+    with pytest.raises(NotFound):
+        await c.read("k")
+    assert await c.list() == []
+    await b.delete("k")
+    assert (await a.read("k"))[0].value == b"a"
+
+
+# -- LMDB only ---------------------------------------------------------------------------------
+
+
+async def test_concurrent_writers_group_commit_and_durable(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "db")
+    before = store.commits
+    async with trio.open_nursery() as nursery:
+        for i in range(64):
+            nursery.start_soon(store.write, Record(f"k{i:02}", f"v{i}".encode(), {"i": str(i)}))
+    commits = store.commits - before
+    assert commits < 64, "writes were not grouped into shared transactions"
+    await store.aclose()
+    reopened = LmdbStore(tmp_path / "db")
+    try:
+        assert len(await reopened.list()) == 64
+        for i in range(64):
+            assert await reopened.read(f"k{i:02}") == [Record(f"k{i:02}", f"v{i}".encode(), {"i": str(i)})]
+    finally:
+        await reopened.aclose()
+
+
+async def test_map_grows_from_tiny(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "db", map_size=64 * 1024)
+    value = bytes(range(256)) * 128  # 32 KiB
+    async with trio.open_nursery() as nursery:
+        for i in range(32):
+            nursery.start_soon(store.write, Record(f"c{i:02}", value))
+    for i in range(32, 64):
+        await store.write(Record(f"s{i:02}", value))
+    assert store.map_size > 2 * 1024 * 1024
+    assert len(await store.list()) == 64
+    assert all(r.value == value for r in await store.read("", prefix=True))
+    await store.aclose()
+
+
+async def test_map_cap_fails_cleanly(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "db", map_size=64 * 1024, max_map_size=256 * 1024)
+    await store.write(Record("small", b"ok"))
+    with pytest.raises(InternalServerError, match="full"):
+        await store.write(Record("big", b"x" * (1024 * 1024)))
+    assert (await store.read("small"))[0].value == b"ok"
+    await store.write(Record("after", b"still works"))
+    assert await store.list() == ["after", "small"]
+    await store.aclose()
+
+
+CHILD = """
+import sys
+from pathlib import Path
+import trio
+from trimicro.cluster.store import LmdbStore, Record
+
+async def main() -> None:
+    store = LmdbStore(Path(sys.argv[1]))
+    n = 0
+    while True:
+        await store.write(Record(f"key{n:06}", f"value-{n}".encode() * 10, {"n": str(n)}))
+        print(f"acked {n}", flush=True)
+        n += 1
+
+trio.run(main)
+"""
+
+
+async def test_acked_writes_survive_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    acked: list[int] = []
+    with trio.fail_after(30):
+        async with python_process("-c", textwrap.dedent(CHILD), str(path)) as proc:
+            for _ in range(100_000):  # bounded: the child acks one key per line
+                line = await proc.line()
+                assert line.startswith("acked ")
+                acked.append(int(line.split()[1]))
+                if len(acked) >= 200:
+                    break
+            proc.signal(signal.SIGKILL)
+            await proc.proc.wait()
+        assert proc.proc.returncode == -signal.SIGKILL
+    assert acked == list(range(len(acked)))
+    store = LmdbStore(path)
+    try:
+        for n in acked:
+            assert await store.read(f"key{n:06}") == [
+                Record(f"key{n:06}", f"value-{n}".encode() * 10, {"n": str(n)})
+            ]
+    finally:
+        await store.aclose()
