@@ -91,12 +91,21 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         for entry in entries:
             cls, options = (entry, {}) if isinstance(entry, type) else entry
             await cluster.serve(cls, **options)
+        store = None
+        if args.store:
+            from .store import LmdbStore
+            from .store_service import StoreService
+
+            store = LmdbStore(Path(args.store))
+            await cluster.serve(StoreService, store, name="store")
         names = ", ".join(sorted(cluster.services_digest().split(",")))
         print(f"node {cluster.id} at {cluster.address} serving {names}", file=out, flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for sig in signals:
                 print(f"{signal.Signals(sig).name}: deregistering and stopping", file=out, flush=True)
                 break
+    if store is not None:
+        await store.aclose()
     return 0
 
 
@@ -292,6 +301,47 @@ async def _subscribe(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+async def _store(args: argparse.Namespace, out: TextIO) -> int:
+    from .store import Record
+    from .store_service import RemoteStore
+
+    async with await _client(args) as cluster:
+        await _wait_for(cluster, args.service, args.wait)
+        store = RemoteStore(cluster, args.service)
+        result: Any
+        if args.action == "write":
+            if args.value is None:
+                raise UsageError("store write needs KEY and VALUE")
+            await store.write(Record(args.key, args.value.encode()), ttl=args.ttl)
+            result = {"written": args.key}
+        elif args.action == "read":
+            records = await store.read(args.key or "", prefix=args.prefix)
+            result = [
+                {
+                    "key": r.key,
+                    "value": r.value.decode(errors="replace"),
+                    "metadata": r.metadata,
+                    "expiry": r.expiry,
+                }
+                for r in records
+            ]
+        elif args.action == "delete":
+            await store.delete(args.key or "")
+            result = {"deleted": args.key}
+        else:
+            result = await store.list(prefix=args.key or "")
+    if args.json or not isinstance(result, list):
+        json.dump(result, out)
+        print(file=out)
+    elif args.action == "list":
+        for key in result:
+            print(key, file=out)
+    else:
+        for item in result:
+            print(f"{item['key']}\t{item['value']}", file=out)
+    return 0
+
+
 async def _nodes(args: argparse.Namespace, out: TextIO) -> int:
     async with await _client(args) as cluster:
         members = await _wait_for_members(cluster, args.wait)
@@ -333,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("target", help="a .py file or a module name")
     run.add_argument("--name", help="node id (default: random)")
     run.add_argument("--listen", default="127.0.0.1:0", help="address to accept nodes on")
+    run.add_argument("--store", help="also serve an LMDB store in this folder as service 'store'")
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
@@ -362,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     subp.add_argument("topic", help="subject pattern, e.g. orders.* or orders.>")
     subp.add_argument("--queue", help="join a queue group")
     subp.add_argument("--count", type=int, default=0, help="exit after this many messages")
+    st = client("store", "read, write, delete or list keys of a store service")
+    st.add_argument("action", choices=["read", "write", "delete", "list"])
+    st.add_argument("key", nargs="?", help="the key (for list: a prefix)")
+    st.add_argument("value", nargs="?", help="the value to write (text)")
+    st.add_argument("--prefix", action="store_true", help="read: every key starting with KEY")
+    st.add_argument("--ttl", type=float, help="write: seconds until the record expires")
+    st.add_argument("--service", default="store", help="the store service name (default store)")
     return parser
 
 
@@ -374,6 +432,7 @@ COMMANDS = {
     "nodes": _nodes,
     "publish": _publish,
     "subscribe": _subscribe,
+    "store": _store,
 }
 
 

@@ -37,8 +37,9 @@ def show(args: list[str], env: dict[str, str], stdin: str | None = None) -> None
 
 def main() -> None:
     env = dict(os.environ, TRIMICRO_HOME=tempfile.mkdtemp(prefix="trimicro-demo-"))
+    store_dir = tempfile.mkdtemp(prefix="trimicro-demo-store-")
     server = subprocess.Popen(
-        [*trimicro(), "run", str(HERE / "services.py"), "--name", "demo-node"],
+        [*trimicro(), "run", str(HERE / "services.py"), "--name", "demo-node", "--store", store_dir],
         env=env,
         stdout=subprocess.PIPE,
         text=True,
@@ -53,6 +54,9 @@ def main() -> None:
         show(["call", "greeter", "Greeter.hello", '{"name": ""}'], env)
         show(["stream", "greeter", "Greeter.shout"], env, stdin='"one"\n"two"\n')
         show(["nodes"], env)
+        show(["store", "write", "greeting", "hello from the store"], env)
+        show(["store", "read", "greeting"], env)
+        show(["store", "list"], env)
 
         # Pub/sub: a subscriber in one process, a publisher in another.
         print("$ trimicro subscribe 'orders.*' --count 1   (in the background)", flush=True)

@@ -73,6 +73,7 @@ def test_cli_tour_across_processes() -> None:
     assert "error 400 Bad Request: name must not be empty (from Greeter)\n(exit 1)" in out
     assert '"ONE"\n"TWO"\n(exit 0)' in out
     assert "demo-node  127.0.0.1:" in out and "alive" in out
+    assert "greeting\thello from the store" in out  # store write then read, through the service
     assert "published on orders.created: 1 deliveries" in out
     assert 'subscriber printed: {"topic": "orders.created", "body": {"id": 7}' in out
     assert "SIGINT: deregistering and stopping" in out

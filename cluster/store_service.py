@@ -1,0 +1,131 @@
+"""The store as a service: other nodes (and the CLI) read and write it through the same interface.
+
+:class:`StoreService` is an actor serving one :class:`~trimicro.cluster.store.Store` under the
+endpoints ``Store.read``, ``Store.write``, ``Store.delete`` and ``Store.list`` (maps in, maps
+out, so any caller can use them). :class:`RemoteStore` implements the ``Store`` interface by
+calling such a service by name through the cluster (selection, retries, typed errors), so code
+written against ``Store`` works the same on the node that owns the data and on any other.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import TYPE_CHECKING, Any
+
+from trimicro.actors import Actor
+from trimicro.mailbox.errors import BadRequest
+
+from .store import Record, Store
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
+
+__all__ = ["RemoteStore", "StoreService"]
+
+
+def _record_out(record: Record) -> dict[str, Any]:
+    return {"key": record.key, "value": record.value, "metadata": record.metadata, "expiry": record.expiry}
+
+
+def _record_in(item: Any) -> Record:
+    if not isinstance(item, dict):
+        raise BadRequest("a record is a map")
+    value = item.get("value", b"")
+    if isinstance(value, str):  # a text value from the CLI or a JSON caller
+        value = value.encode()
+    expiry = item.get("expiry")
+    try:
+        return Record(str(item["key"]), value, dict(item.get("metadata") or {}), expiry)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadRequest(f"bad record: {exc}") from None
+
+
+def _opt_int(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is not None and type(value) is not int:
+        raise BadRequest(f"{name} must be an integer")
+    return value
+
+
+class StoreService(Actor):
+    """Serves a store to the cluster (``cluster.serve(StoreService, store, name="store")``)."""
+
+    service_name = "Store"
+    max_concurrency = 64  # reads are MVCC snapshots and writes group-commit: let them overlap
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def read(self, body: Any) -> list[dict[str, Any]]:
+        body = body if isinstance(body, dict) else {}
+        records = await self.store.read(
+            str(body.get("key", "")),
+            prefix=bool(body.get("prefix", False)),
+            suffix=bool(body.get("suffix", False)),
+            limit=_opt_int(body, "limit"),
+            offset=_opt_int(body, "offset") or 0,
+        )
+        return [_record_out(r) for r in records]
+
+    async def write(self, body: Any) -> None:
+        if not isinstance(body, dict):
+            raise BadRequest("write takes a map with a record")
+        ttl = body.get("ttl")
+        if ttl is not None and not isinstance(ttl, int | float):
+            raise BadRequest("ttl must be a number")
+        await self.store.write(_record_in(body.get("record", body)), ttl=ttl)
+
+    async def delete(self, body: Any) -> None:
+        if not isinstance(body, dict) or not isinstance(body.get("key"), str):
+            raise BadRequest("delete takes {'key': str}")
+        await self.store.delete(body["key"])
+
+    async def list(self, body: Any) -> builtins.list[str]:
+        body = body if isinstance(body, dict) else {}
+        return await self.store.list(
+            prefix=str(body.get("prefix", "")),
+            suffix=str(body.get("suffix", "")),
+            limit=_opt_int(body, "limit"),
+            offset=_opt_int(body, "offset") or 0,
+        )
+
+
+class RemoteStore:
+    """The ``Store`` interface over a store service elsewhere in the cluster."""
+
+    def __init__(self, cluster: Cluster, service: str = "store", *, timeout: float | None = None) -> None:
+        self.cluster = cluster
+        self.service = service
+        self.timeout = timeout
+
+    async def _call(self, endpoint: str, body: dict[str, Any]) -> Any:
+        return await self.cluster.call(self.service, f"Store.{endpoint}", body, timeout=self.timeout)
+
+    async def read(
+        self,
+        key: str,
+        *,
+        prefix: bool = False,
+        suffix: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> builtins.list[Record]:
+        body = {"key": key, "prefix": prefix, "suffix": suffix, "limit": limit, "offset": offset}
+        return [_record_in(item) for item in await self._call("read", body)]
+
+    async def write(self, record: Record, *, ttl: float | None = None) -> None:
+        await self._call("write", {"record": _record_out(record), "ttl": ttl})
+
+    async def delete(self, key: str) -> None:
+        await self._call("delete", {"key": key})
+
+    async def list(
+        self, *, prefix: str = "", suffix: str = "", limit: int | None = None, offset: int = 0
+    ) -> builtins.list[str]:
+        result: builtins.list[str] = await self._call(
+            "list", {"prefix": prefix, "suffix": suffix, "limit": limit, "offset": offset}
+        )
+        return result
+
+    async def aclose(self) -> None:
+        """Nothing to release: the store belongs to the node that serves it."""
