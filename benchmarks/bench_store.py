@@ -1,0 +1,149 @@
+"""Store benchmark: trimicro's LmdbStore beside raw py-lmdb (the ceiling) and sqlite3 (WAL).
+
+Same operations, same process, same disk, interleaved rounds, everything durable (LMDB sync on,
+sqlite ``synchronous=FULL``): point writes one at a time, 64 concurrent writers (trimicro's
+group commit shares one fsync among them; raw LMDB and sqlite commit each write, as a
+one-writer-at-a-time program would), point reads, and a prefix scan. Bounded in count.
+
+    python benchmarks/bench_store.py [--rounds 3] [--writes 500]
+
+Prints one JSON line per measurement and a summary with medians and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lmdb  # type: ignore[import-untyped, unused-ignore]
+import trio
+
+from trimicro.cluster.store import LmdbStore, Record
+
+VALUE = b"v" * 100
+
+
+async def trimicro_round(path: Path, writes: int) -> dict[str, float]:
+    store = LmdbStore(path)
+    out: dict[str, float] = {}
+    try:
+        t = time.perf_counter()
+        for i in range(writes):
+            await store.write(Record(f"k/{i:08d}", VALUE))
+        out["write1"] = writes / (time.perf_counter() - t)
+
+        async def writer(start: int) -> None:
+            for i in range(start, start + writes, 64):
+                await store.write(Record(f"c/{i:08d}", VALUE))
+
+        t = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for w in range(64):
+                nursery.start_soon(writer, w)
+        out["write64"] = writes / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for i in range(writes):
+            await store.read(f"k/{i:08d}")
+        out["read"] = writes / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for _ in range(20):
+            await store.read("k/", prefix=True)
+        out["scan"] = 20 * writes / (time.perf_counter() - t)
+    finally:
+        await store.aclose()
+    return out
+
+
+def lmdb_round(path: Path, writes: int) -> dict[str, float]:
+    env = lmdb.open(str(path), map_size=1 << 30, sync=True)
+    out: dict[str, float] = {}
+    try:
+        t = time.perf_counter()
+        for i in range(writes):
+            with env.begin(write=True) as txn:
+                txn.put(f"k/{i:08d}".encode(), VALUE)
+        out["write1"] = writes / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for i in range(writes):  # the "64 writers" one commit each: LMDB has one writer at a time
+            with env.begin(write=True) as txn:
+                txn.put(f"c/{i:08d}".encode(), VALUE)
+        out["write64"] = writes / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for i in range(writes):
+            with env.begin() as txn:
+                txn.get(f"k/{i:08d}".encode())
+        out["read"] = writes / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for _ in range(20):
+            with env.begin() as txn:
+                cursor = txn.cursor()
+                cursor.set_range(b"k/")
+                _ = [k for k, _ in cursor if k.startswith(b"k/")]
+        out["scan"] = 20 * writes / (time.perf_counter() - t)
+    finally:
+        env.close()
+    return out
+
+
+def sqlite_round(path: Path, writes: int) -> dict[str, float]:
+    db = sqlite3.connect(str(path / "s.db"), isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v BLOB)")
+    out: dict[str, float] = {}
+    try:
+        t = time.perf_counter()
+        for i in range(writes):
+            db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (f"k/{i:08d}", VALUE))
+        out["write1"] = writes / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for i in range(writes):
+            db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (f"c/{i:08d}", VALUE))
+        out["write64"] = writes / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for i in range(writes):
+            db.execute("SELECT v FROM kv WHERE k = ?", (f"k/{i:08d}",)).fetchone()
+        out["read"] = writes / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for _ in range(20):
+            db.execute("SELECT k, v FROM kv WHERE k >= 'k/' AND k < 'k0'").fetchall()
+        out["scan"] = 20 * writes / (time.perf_counter() - t)
+    finally:
+        db.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--writes", type=int, default=500)
+    args = parser.parse_args()
+    results: dict[str, dict[str, list[float]]] = {}
+    for rnd in range(1, args.rounds + 1):
+        runs: dict[str, Any] = {
+            "trimicro": lambda p: trio.run(trimicro_round, p, args.writes),
+            "lmdb": lambda p: lmdb_round(p, args.writes),
+            "sqlite": lambda p: sqlite_round(p, args.writes),
+        }
+        for who, fn in runs.items():
+            with tempfile.TemporaryDirectory(dir=".") as tmp:
+                out = fn(Path(tmp))
+            for op, rate in out.items():
+                results.setdefault(who, {}).setdefault(op, []).append(rate)
+            print(json.dumps({"round": rnd, "contestant": who, **{k: round(v) for k, v in out.items()}}))
+    median = {who: {op: round(statistics.median(v)) for op, v in ops.items()} for who, ops in results.items()}
+    ratios = {
+        f"trimicro/{peer}": {op: round(median["trimicro"][op] / median[peer][op], 2) for op in median[peer]}
+        for peer in ("lmdb", "sqlite")
+    }
+    print(json.dumps({"summary": True, "median": median, "ratios": ratios}))
+
+
+if __name__ == "__main__":
+    main()
