@@ -236,9 +236,7 @@ class Cell:
     ) -> None:
         """Queue a one-way message; waits only while the mailbox is full (backpressure)."""
         node = self.node
-        node.budget -= 1
-        if node.budget <= 0:  # a producer that never waits still lets others run now and then
-            node.budget = BATCH
+        if node.spend():
             await trio.lowlevel.cancel_shielded_checkpoint()
         await trio.lowlevel.checkpoint_if_cancelled()
         item = (msg, None, sender, endpoint, headers)
@@ -326,9 +324,7 @@ class Cell:
         reply_headers: dict[str, str] | None = None,
     ) -> Any:
         node = self.node
-        node.budget -= 1
-        if node.budget <= 0:
-            node.budget = BATCH
+        if node.spend():
             await trio.lowlevel.cancel_shielded_checkpoint()
         await trio.lowlevel.checkpoint_if_cancelled()
         if self.status != RUNNING or self.active or len(self.mailbox):  # changed while we yielded

@@ -28,7 +28,7 @@ from trimicro.mailbox.transport import Transport
 from trimicro.mailbox.typeregistry import TypeRegistry
 
 from .actor import Actor, handler_table
-from .cell import RUNNING, STOPPING, Cell
+from .cell import BATCH, RUNNING, STOPPING, Cell
 from .context import Context
 from .deadletters import DeadLetters
 from .dispatcher import Dispatcher
@@ -76,7 +76,7 @@ class Node:
         self.shutdown_timeout = shutdown_timeout
         self.rng = random.Random(seed)
         #: Calls left before a tell/ask that did not need to wait yields anyway (fairness).
-        self.budget = 128
+        self.budget = BATCH
         self.dead_letters = DeadLetters()
         self.timers = TimerService()
         #: Deadlines of asks (cheaper than a cancel scope each; see TimeoutWheel).
@@ -108,6 +108,16 @@ class Node:
         self._root.instance = _Guardian()
         self._root.status = RUNNING
         self._cells["/user"] = self._root
+
+    def spend(self) -> bool:
+        """Spend one unit of the yield budget shared by tell, direct ask and publish; ``True``
+        once every ``BATCH`` calls, when the caller should let other tasks run (a producer that
+        never has to wait still yields now and then, and its messages are handed over in batches)."""
+        self.budget -= 1
+        if self.budget > 0:
+            return False
+        self.budget = BATCH
+        return True
 
     # ---- spawning and stopping ---------------------------------------------------------------
 

@@ -250,9 +250,7 @@ class RemoteActor:
     ) -> None:
         """Send one-way; waits only while the link's send buffer is full. Failures are dead letters."""
         node = self.node
-        node.budget -= 1
-        if node.budget <= 0:
-            node.budget = 128
+        if node.spend():
             await trio.lowlevel.cancel_shielded_checkpoint()
         await trio.lowlevel.checkpoint_if_cancelled()
         try:

@@ -299,7 +299,7 @@ class PubSub:
         message = Message(topic, body, dict(headers) if headers else {}, self.node.id)
         if ack:
             return await self._publish_acked(message, ack_timeout, max_deliveries)
-        delivered = await self._deliver_local(message, plain=True, groups=None)
+        delivered = await self._deliver_local(message, plain=True, groups=set())
         if not self.remote_interest and not self._has_groups:
             return delivered  # the common single-node case: nothing more to decide
         groups_here: set[str] = set()
@@ -357,7 +357,7 @@ class PubSub:
                 chosen[group] = sorted(nodes)[-1]
         return chosen
 
-    async def _deliver_local(self, message: Message, *, plain: bool, groups: set[str] | None) -> int:
+    async def _deliver_local(self, message: Message, *, plain: bool, groups: set[str]) -> int:
         match = self.index.match(message.topic)
         delivered = 0
         if plain:
@@ -369,16 +369,11 @@ class PubSub:
                     delivered += 1
                 else:
                     delivered += await self._offer(sub, message)
-            node = self.node
-            node.budget -= 1
-            if node.budget <= 0:  # like tell: yield once every 128 sends, so deliveries batch up
-                node.budget = 128
+            if self.node.spend():  # like tell: deliveries are handed over in batches
                 await trio.lowlevel.cancel_shielded_checkpoint()
-        for group, members in match.groups.items():
-            if groups is not None and group not in groups:
-                continue
-            if groups is None:
-                continue  # queue groups are decided by the publisher (_pick_group_nodes)
+        # Which queue groups are served here was decided by the publisher (_pick_group_nodes).
+        for group in groups:
+            members = match.groups.get(group)
             if members:
                 sub = members[next(self._rr) % len(members)]
                 delivered += await self._offer(sub, message)
