@@ -1,10 +1,32 @@
 """Cluster layer: services by name, discovery, membership, load balancing, the CLI.
 
 Public surface: everything in ``__all__``; the submodules hold the details (``registry``,
-``mdns``, ``cache``, ``swim``, ``membership``, ``selector``, ``service``, ``cli``).
+``mdns``, ``cache``, ``swim``, ``membership``, ``selector``, ``service``, ``store``, ``config``,
+``auth``, ``cli``).
 """
 
 from .cluster import Cluster, call, start_cluster
+from .config import (
+    Change,
+    Config,
+    ConfigActor,
+    ConfigChanged,
+    GetConfig,
+    WatchConfig,
+    default_sources,
+    generate_secret_key,
+    open_config,
+    seal,
+)
+from .config_sources import (
+    Defaults,
+    EnvSource,
+    FileSource,
+    FlagSource,
+    Source,
+    StoreSource,
+    write_store_config,
+)
 from .mdns import MdnsRegistry
 from .registry import Endpoint, Event, EventType, MemoryRegistry, NodeInfo, Registry, Service, StaticRegistry
 from .selector import (
@@ -20,12 +42,21 @@ from .selector import (
 from .service import idempotent
 
 __all__ = [
+    "Change",
     "CircuitBreaker",
     "Cluster",
+    "Config",
+    "ConfigActor",
+    "ConfigChanged",
     "ConsistentHash",
+    "Defaults",
     "Endpoint",
+    "EnvSource",
     "Event",
     "EventType",
+    "FileSource",
+    "FlagSource",
+    "GetConfig",
     "LeastOutstanding",
     "MdnsRegistry",
     "MemoryRegistry",
@@ -37,8 +68,16 @@ __all__ = [
     "RoundRobin",
     "Selector",
     "Service",
+    "Source",
     "StaticRegistry",
+    "StoreSource",
+    "WatchConfig",
     "call",
+    "default_sources",
+    "generate_secret_key",
     "idempotent",
+    "open_config",
+    "seal",
     "start_cluster",
+    "write_store_config",
 ]

@@ -33,3 +33,15 @@ def test_main_example_runs_and_shows_restart() -> None:
     assert "'code': 409" in out
     assert "crash answered with: 500 RuntimeError: unlucky" in out
     assert "after restart the counter starts over: 1" in out
+
+
+def test_config_example_merges_reloads_and_unseals() -> None:
+    result = _run(["examples/config_demo.py"])
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "db.port = 5433 (from flags)" in out
+    assert "db.host = db.internal (from env)" in out
+    assert "actor saw db.pool_size: 10 -> 20" in out
+    assert "broken file kept pool_size = 20; error: " in out
+    assert "recovered: pool_size = 30" in out
+    assert "password unsealed in memory only: True" in out
