@@ -512,7 +512,7 @@ class Cell:
         return ServiceUnavailable(f"{self.path} stopped while handling", id=service)
 
     async def _handle_one(self, item: tuple[Any, ...]) -> bool:
-        msg, reply, sender, endpoint, _ = item
+        msg, reply, sender, endpoint = item[0], item[1], item[2], item[3]
         table = self.handlers
         assert table is not None
         token = current_item.set(item)

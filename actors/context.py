@@ -57,6 +57,14 @@ class Context:
         item = current_item.get()
         return {} if item is None or item[4] is None else dict(item[4])
 
+    @property
+    def account(self) -> Any:
+        """Who is calling: the verified principal of the request being handled, as the node's
+        guard admitted it (an ``Account`` under ``trimicro.cluster.auth``); ``None`` for local
+        messages and when no guard is installed."""
+        item = current_item.get()
+        return item[5] if item is not None and len(item) > 5 else None
+
     async def spawn(
         self,
         factory: Callable[..., Any],

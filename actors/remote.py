@@ -25,7 +25,7 @@ import contextlib
 import itertools
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -49,14 +49,25 @@ from trimicro.mailbox.refs import ActorRef, ref_binder
 from trimicro.mailbox.secure_stream import SecureConnection, secure_client, secure_server
 from trimicro.mailbox.transport import Connection, Listener, Transport, serve
 
-from .cell import DEAD, OK, Cell, Reply
+from .cell import DEAD, OK, Cell, Reply, current_item
 from .messages import Terminated
 from .streams import DEFAULT_WINDOW, Stream
 
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["Identity", "InboundReply", "Link", "Peer", "RemoteActor", "Remoting", "Unreachable"]
+__all__ = [
+    "AUTHORIZATION",
+    "Guard",
+    "Identity",
+    "InboundReply",
+    "Link",
+    "Peer",
+    "RemoteActor",
+    "Remoting",
+    "Unreachable",
+    "forward_auth",
+]
 
 log = logging.getLogger("trimicro.remote")
 
@@ -85,6 +96,42 @@ class Identity(Protocol):
     def verify_peer(self, id_key: bytes, cert: bytes) -> Any:
         """Return the peer's certificate (with a ``node_id``) or raise to refuse it."""
         ...
+
+
+class Guard(Protocol):
+    """Decides whether a request from another node may reach a local actor (authentication and
+    access rules live in a higher layer: ``trimicro.cluster.auth``)."""
+
+    def admit(
+        self, link: Link, action: str, cell: Cell, endpoint: str, headers: Mapping[str, str] | None, msg: Any
+    ) -> Any:
+        """Return the caller's principal (the handler's ``context.account``) or raise a
+        :class:`~trimicro.mailbox.errors.MicroError` (401/403) to refuse. ``action`` is
+        ``"call"``, ``"tell"`` or ``"stream"``."""
+        ...
+
+    def admit_peer(self, peer_info: Any) -> None:
+        """Raise to refuse a node that passed the handshake (revoked since its certificate was
+        issued): no link, so none of its messages (SYSTEM ones included) reach this node."""
+        ...
+
+
+#: The metadata key carrying the caller's bearer token; forwarded on calls made while serving.
+AUTHORIZATION = "authorization"
+
+
+def forward_auth(headers: dict[str, str] | None) -> dict[str, str] | None:
+    """Calls made while serving a request carry its caller's token onwards (Go Micro does the same
+    with its ``Authorization`` metadata), so the next service judges the original caller."""
+    item = current_item.get()
+    if item is None:
+        return headers
+    inbound = item[4]
+    if not inbound or AUTHORIZATION not in inbound or (headers and AUTHORIZATION in headers):
+        return headers
+    out = dict(headers) if headers else {}
+    out[AUTHORIZATION] = inbound[AUTHORIZATION]
+    return out
 
 
 class Unreachable(ServiceUnavailable):
@@ -253,6 +300,7 @@ class RemoteActor:
         if node.spend():
             await trio.lowlevel.cancel_shielded_checkpoint()
         await trio.lowlevel.checkpoint_if_cancelled()
+        headers = forward_auth(headers)
         try:
             link = self.peer.link or await self.peer.connect(node.ask_timeout)
             codec = self.peer.remoting.codec
@@ -278,6 +326,7 @@ class RemoteActor:
         except MicroError as exc:
             self.node.dead_letter(self.target, msg, f"undeliverable: {exc.detail}", sender)
             return False
+        headers = forward_auth(headers)
         env = Envelope(Kind.TELL, 0, self.target, sender, "", codec.content_type, headers or {}, 0, body)
         frame = encode_envelope(env)
         if not link.fits(frame):
@@ -308,6 +357,7 @@ class RemoteActor:
                 )
         codec = peer.remoting.codec
         body = codec.encode(msg)
+        headers = forward_auth(headers)
         corr = link.new_corr()
         reply = Reply()
         env = Envelope(
@@ -373,7 +423,7 @@ class RemoteActor:
         stream = Stream(window, request=request, headers=headers, peer=self.target)
         stream.on_done = lambda _s: streams.pop(corr, None)
         stream.ops = RemoteStreamOps(link, corr, codec)
-        meta = dict(headers or {})
+        meta = dict(forward_auth(headers) or {})
         meta["credit"] = str(window)
         ct = codec.content_type
         env = Envelope(Kind.STREAM_OPEN, corr, self.target, sender, endpoint, ct, meta, 0, body)
@@ -435,6 +485,10 @@ class Link:
         #: The reader is waiting on backpressure (a full mailbox): the peer is not silent.
         self.busy = False
         self.seq = next(remoting.link_seq)
+        #: What the peer proved in the handshake (its verified certificate).
+        self.peer_info: Any = conn.peer_info
+        #: The guard's account for the peer node, computed once per link.
+        self.principal: Any = None
 
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
@@ -575,6 +629,10 @@ class Link:
                 raise TooManyRequests(f"more than {MAX_INBOUND} requests in flight", id=remoting.node.id)
             cell = remoting.local_cell(env.target)
             msg = codec.decode(env.body)
+            guard = remoting.guard
+            principal = (
+                None if guard is None else guard.admit(self, "call", cell, env.endpoint, env.headers, msg)
+            )
         except MicroError as exc:
             self.send_error(corr, exc, codec)
             return
@@ -586,7 +644,7 @@ class Link:
         else:
             reply.deadline = math.inf  # still cancellable by the caller's CANCEL
         sender = None if env.sender is None else self.peer.bind(env.sender)
-        item = (msg, reply, sender, env.endpoint or None, env.headers or None)
+        item = (msg, reply, sender, env.endpoint or None, env.headers or None, principal)
         result = cell.offer(item)
         if result == OK:
             self.inbound[corr] = reply
@@ -604,11 +662,16 @@ class Link:
             codec = remoting.codecs.get(env.content_type)
             cell = remoting.local_cell(env.target)
             msg = codec.decode(env.body)
+            guard = remoting.guard
+            principal = (
+                None if guard is None else guard.admit(self, "tell", cell, env.endpoint, env.headers, msg)
+            )
         except MicroError as exc:
             remoting.node.dead_letter(env.target, env.body, f"undeliverable: {exc.detail}", sender)
             return
         # Waiting here on a full mailbox is the backpressure: the peer's writes stall in TCP.
-        if await cell.put((msg, None, sender, env.endpoint or None, env.headers or None)) == DEAD:
+        item = (msg, None, sender, env.endpoint or None, env.headers or None, principal)
+        if await cell.put(item) == DEAD:
             remoting.node.dead_letter(cell.ref, msg, "stopped", sender)
 
     def _on_cancel(self, corr: int) -> None:
@@ -640,6 +703,10 @@ class Link:
             cell = remoting.local_cell(env.target)
             fn = cell.stream_handler(env.endpoint)
             request = codec.decode(env.body) if env.body else None
+            guard = remoting.guard
+            principal = (
+                None if guard is None else guard.admit(self, "stream", cell, env.endpoint, headers, request)
+            )
         except MicroError as exc:
             body = codec.encode(exc.to_fields())
             refusal = Envelope(Kind.STREAM_CLOSE, corr, content_type=codec.content_type, body=body)
@@ -653,7 +720,7 @@ class Link:
         streams[corr] = stream
         stream.on_credit(credit)
         stream.ops.credit(stream.window)  # accepting = granting the opener its first credit
-        cell.start_stream(fn, stream, (request, None, sender, env.endpoint, headers or None))
+        cell.start_stream(fn, stream, (request, None, sender, env.endpoint, headers or None, principal))
 
     def _on_stream_data(self, env: Envelope) -> None:
         stream = self.streams.get(env.corr)
@@ -1043,6 +1110,9 @@ class Remoting:
         self.system_handlers: dict[str, Callable[[Link, Envelope], Awaitable[object] | None]] = {}
         #: Called with ``(peer, reason)`` when a peer's last link closes (failure detectors).
         self.on_peer_lost: list[Callable[[Peer, str], None]] = []
+        #: Admits or refuses each request from another node (``None``: every peer that passed
+        #: the handshake may call anything; ``trimicro.cluster.auth`` installs one).
+        self.guard: Guard | None = None
         #: Called with ``peer`` when a peer gains its first link.
         self.on_peer_up: list[Callable[[Peer], None]] = []
 
@@ -1113,6 +1183,13 @@ class Remoting:
         node_id = _node_id_of(secure.peer_info)
         if node_id == self.node.id:
             raise Unreachable("refusing a connection from a node with this node's own id")
+        if self.guard is not None:
+            try:
+                self.guard.admit_peer(secure.peer_info)
+            except MicroError as exc:
+                log.warning("refused a link from node %s: %s", node_id, exc.detail)
+                await secure.aclose()
+                return
         peer = self.peer(node_id)
         link = Link(self, peer, secure, initiator=False)
         peer.add_link(link)
@@ -1137,6 +1214,12 @@ class Remoting:
         if (expect is not None and node_id != expect) or node_id == self.node.id:
             await secure.aclose()
             raise Unreachable(f"{address} is node {node_id}, not {expect or 'another node'}")
+        if self.guard is not None:
+            try:
+                self.guard.admit_peer(secure.peer_info)
+            except MicroError:
+                await secure.aclose()
+                raise Unreachable(f"node {node_id} is refused here") from None
         peer = self.peer(node_id)
         peer.address = address
         link = Link(self, peer, secure, initiator=True)

@@ -5,6 +5,8 @@ Public surface: everything in ``__all__``; the submodules hold the details (``re
 ``auth``, ``cli``).
 """
 
+from .auth import AUTH_SERVICE, AuthGuard
+from .auth_service import AuthService
 from .cluster import Cluster, call, start_cluster
 from .config import (
     Change,
@@ -29,6 +31,7 @@ from .config_sources import (
 )
 from .mdns import MdnsRegistry
 from .registry import Endpoint, Event, EventType, MemoryRegistry, NodeInfo, Registry, Service, StaticRegistry
+from .rules import Access, Resource, Rule, Rules
 from .selector import (
     CircuitBreaker,
     ConsistentHash,
@@ -40,8 +43,14 @@ from .selector import (
     Selector,
 )
 from .service import idempotent
+from .tokens import Account, issue_token, verify_token
 
 __all__ = [
+    "AUTH_SERVICE",
+    "Access",
+    "Account",
+    "AuthGuard",
+    "AuthService",
     "Change",
     "CircuitBreaker",
     "Cluster",
@@ -64,8 +73,11 @@ __all__ = [
     "NodeInfo",
     "RandomStrategy",
     "Registry",
+    "Resource",
     "RetryPolicy",
     "RoundRobin",
+    "Rule",
+    "Rules",
     "Selector",
     "Service",
     "Source",
@@ -76,8 +88,10 @@ __all__ = [
     "default_sources",
     "generate_secret_key",
     "idempotent",
+    "issue_token",
     "open_config",
     "seal",
     "start_cluster",
+    "verify_token",
     "write_store_config",
 ]

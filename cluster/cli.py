@@ -13,6 +13,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import signal
 import sys
 import uuid
@@ -43,6 +44,12 @@ def _registry(args: argparse.Namespace) -> Registry | None:
 
 def _home(args: argparse.Namespace) -> Path | None:
     return Path(args.home) if getattr(args, "home", None) else None
+
+
+def _auth_headers(args: argparse.Namespace) -> dict[str, str] | None:
+    """``--token`` (or ``$TRIMICRO_TOKEN``) as the request's bearer token."""
+    token = getattr(args, "token", None) or os.environ.get("TRIMICRO_TOKEN")
+    return {"authorization": f"Bearer {token}"} if token else None
 
 
 # ---- run -------------------------------------------------------------------------------------
@@ -91,22 +98,36 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         for entry in entries:
             cls, options = (entry, {}) if isinstance(entry, type) else entry
             await cluster.serve(cls, **options)
-        store = None
+        store = auth_store = None
         if args.store:
             from .store import LmdbStore
             from .store_service import StoreService
 
             store = LmdbStore(Path(args.store))
             await cluster.serve(StoreService, store, name="store")
+            auth_store = LmdbStore(Path(args.store), table="auth")  # not readable through "store"
+            await _serve_auth(cluster, auth_store, args)
         names = ", ".join(sorted(cluster.services_digest().split(",")))
         print(f"node {cluster.id} at {cluster.address} serving {names}", file=out, flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for sig in signals:
                 print(f"{signal.Signals(sig).name}: deregistering and stopping", file=out, flush=True)
                 break
-    if store is not None:
-        await store.aclose()
+    for opened in (auth_store, store):
+        if opened is not None:
+            await opened.aclose()
     return 0
+
+
+async def _serve_auth(cluster: Cluster, store: Any, args: argparse.Namespace) -> None:
+    """The node with the store and the authority key also runs the auth service."""
+    from trimicro.mailbox.identity import dev_authority
+
+    from .auth import AUTH_SERVICE
+    from .auth_service import AuthService
+
+    authority = dev_authority(_home(args))
+    await cluster.serve(AuthService, store, authority.signing_key, name=AUTH_SERVICE)
 
 
 class UsageError(Exception):
@@ -223,7 +244,9 @@ async def _call(args: argparse.Namespace, out: TextIO) -> int:
     body = _parse_json(args.body, "the request") if args.body else {}
     async with await _client(args) as cluster:
         await _wait_for(cluster, args.service, args.wait)
-        result = await cluster.call(args.service, args.endpoint, body, timeout=args.timeout)
+        result = await cluster.call(
+            args.service, args.endpoint, body, timeout=args.timeout, headers=_auth_headers(args)
+        )
     json.dump(result, out, indent=None if args.json else 2, default=str)
     print(file=out)
     return 0
@@ -234,7 +257,7 @@ async def _stream(args: argparse.Namespace, out: TextIO) -> int:
     async with await _client(args) as cluster:
         await _wait_for(cluster, args.service, args.wait)
         async with (
-            cluster.open_stream(args.service, args.endpoint, request) as stream,
+            cluster.open_stream(args.service, args.endpoint, request, headers=_auth_headers(args)) as stream,
             trio.open_nursery() as n,
         ):
 
@@ -276,7 +299,7 @@ async def _publish(args: argparse.Namespace, out: TextIO) -> int:
     body = _parse_json(args.body, "the message")
     async with _member_client(args) as cluster:
         await _settle_interest(cluster, args.wait)
-        n = await cluster.publish(args.topic, body, ack=args.ack)
+        n = await cluster.publish(args.topic, body, ack=args.ack, headers=_auth_headers(args))
     if args.json:
         json.dump({"topic": args.topic, "deliveries": n}, out)
         print(file=out)
@@ -342,6 +365,78 @@ async def _store(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _admin_headers(args: argparse.Namespace) -> dict[str, str] | None:
+    """``--token`` if given, else a five-minute admin token signed with the home's authority key:
+    whoever holds that key (the ``0600`` file) is the cluster's administrator anyway."""
+    given = _auth_headers(args)
+    if given:
+        return given
+    from trimicro.mailbox.identity import dev_authority
+
+    from .tokens import Account, issue_token
+
+    authority = dev_authority(_home(args))
+    admin = Account("admin", "user", authority.public_key.hex(), ("admin",))
+    return {"authorization": f"Bearer {issue_token(authority.signing_key, admin, ttl=300)}"}
+
+
+async def _auth(args: argparse.Namespace, out: TextIO) -> int:
+    """``trimicro auth user|token|rules|revoke``: calls to the auth service."""
+    from .auth import AUTH_SERVICE
+
+    what = args.auth_command
+    if what == "user":
+        action = args.user_action
+        if action == "add":
+            endpoint, body = (
+                "Auth.add_account",
+                {"id": args.id, "scopes": args.scope or [], "type": args.type},
+            )
+        elif action == "delete":
+            endpoint, body = "Auth.delete_account", {"id": args.id}
+        else:
+            endpoint, body = "Auth.accounts", {}
+    elif what == "token":
+        secret = args.secret or os.environ.get("TRIMICRO_SECRET")
+        if not secret:
+            raise UsageError("auth token needs --secret or $TRIMICRO_SECRET")
+        endpoint, body = "Auth.token", {"id": args.id, "secret": secret}
+    elif what == "rules":
+        action = args.rules_action
+        if action == "create":
+            parts = args.resource.split(":")
+            if len(parts) != 3:
+                raise UsageError("--resource is TYPE:NAME:ENDPOINT, e.g. service:greeter:Greeter.*")
+            resource = {"type": parts[0], "name": parts[1], "endpoint": parts[2]}
+            endpoint = "Auth.create_rule"
+            body = {
+                "id": args.id,
+                "scope": args.scope,
+                "resource": resource,
+                "access": args.access,
+                "priority": args.priority,
+            }
+        elif action == "delete":
+            endpoint, body = "Auth.delete_rule", {"id": args.id}
+        else:
+            endpoint, body = "Auth.rules", {}
+    else:
+        given = {"token": args.jwt, "jti": args.jti, "account": args.account, "node": args.node}
+        body = {k: v for k, v in given.items() if v}
+        if len(body) != 1:
+            raise UsageError("auth revoke takes exactly one of --jwt, --jti, --account, --node")
+        endpoint = "Auth.revoke"
+    async with await _client(args) as cluster:
+        await _wait_for(cluster, AUTH_SERVICE, args.wait)
+        result = await cluster.call(AUTH_SERVICE, endpoint, body, headers=_admin_headers(args))
+    if what == "token" and not args.json:
+        print(result["access"], file=out)  # the bare token, for $(trimicro auth token ...)
+        return 0
+    json.dump(result, out, indent=None if args.json else 2, default=str)
+    print(file=out)
+    return 0
+
+
 async def _nodes(args: argparse.Namespace, out: TextIO) -> int:
     async with await _client(args) as cluster:
         members = await _wait_for_members(cluster, args.wait)
@@ -387,8 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.add_argument("--wait", type=float, default=2.0, help="seconds to wait for discovery")
+        _client_options(p)
         return p
 
     client("services", "list services")
@@ -420,7 +514,56 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--prefix", action="store_true", help="read: every key starting with KEY")
     st.add_argument("--ttl", type=float, help="write: seconds until the record expires")
     st.add_argument("--service", default="store", help="the store service name (default store)")
+    _auth_parser(client("auth", "accounts, tokens, rules and revocations (the auth service)"))
     return parser
+
+
+def _client_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    """Options of every client command; a nested subcommand repeats them (the parent's value
+    stands unless given again after the subcommand)."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if nested else value
+
+    p.add_argument("--json", action="store_true", default=default(False), help="machine-readable output")
+    p.add_argument("--wait", type=float, default=default(2.0), help="seconds to wait for discovery")
+    p.add_argument(
+        "--token", default=default(None), help="bearer token for the calls (default $TRIMICRO_TOKEN)"
+    )
+
+
+def _auth_parser(auth: argparse.ArgumentParser) -> None:
+    what = auth.add_subparsers(dest="auth_command", required=True)
+    user = what.add_parser("user", help="accounts")
+    actions = user.add_subparsers(dest="user_action", required=True)
+    add = actions.add_parser("add", help="create an account; prints its secret once")
+    add.add_argument("id")
+    add.add_argument("--scope", action="append", help="a scope (repeat for several)")
+    add.add_argument("--type", choices=["user", "service"], default="user")
+    actions.add_parser("delete", help="delete an account and revoke its tokens").add_argument("id")
+    actions.add_parser("list", help="list accounts")
+    token = what.add_parser("token", help="log in: print an access token")
+    token.add_argument("id")
+    token.add_argument("--secret", help="the account's secret (default $TRIMICRO_SECRET)")
+    rules = what.add_parser("rules", help="access rules")
+    rule_actions = rules.add_subparsers(dest="rules_action", required=True)
+    rule_actions.add_parser("list", help="list rules")
+    create = rule_actions.add_parser("create", help="add or replace a rule")
+    create.add_argument("id")
+    create.add_argument("--scope", default="*", help='"" public, "*" any account, else a scope')
+    create.add_argument("--resource", required=True, help="TYPE:NAME:ENDPOINT, * for any")
+    create.add_argument("--access", choices=["granted", "denied"], default="granted")
+    create.add_argument("--priority", type=int, default=0)
+    rule_actions.add_parser("delete", help="delete a rule").add_argument("id")
+    revoke = what.add_parser("revoke", help="revoke a token, an account or a node")
+    revoke.add_argument("--jwt", help="a token (access or refresh) to revoke")
+    revoke.add_argument("--jti", help="the id of a token to revoke")
+    revoke.add_argument("--account", help="an account: all its tokens stop working")
+    revoke.add_argument("--node", help="a node id: its links are closed and refused")
+    for leaf in (add, actions.choices["delete"], actions.choices["list"], token, create, revoke):
+        _client_options(leaf, nested=True)
+    for leaf in (rule_actions.choices["list"], rule_actions.choices["delete"]):
+        _client_options(leaf, nested=True)
 
 
 COMMANDS = {
@@ -433,6 +576,7 @@ COMMANDS = {
     "publish": _publish,
     "subscribe": _subscribe,
     "store": _store,
+    "auth": _auth,
 }
 
 

@@ -72,6 +72,11 @@ class Cluster:
         self.ttl = ttl
         self._nursery = nursery
         self._served: dict[str, tuple[Service, ActorRef]] = {}
+        self._service_paths: dict[str, str] = {}  # actor path -> service name (for auth rules)
+        #: The node's :class:`~trimicro.cluster.auth.AuthGuard` (``None`` with ``auth=False``).
+        self.auth: Any = None
+        #: What keeps :attr:`auth` current (:class:`~trimicro.cluster.auth.AuthSync`), if anything.
+        self.auth_sync: Any = None
         self.membership: Any = None
         #: Pub/sub on this node (:class:`~trimicro.cluster.pubsub.PubSub`).
         self.pubsub: Any = None
@@ -86,6 +91,10 @@ class Cluster:
     @property
     def address(self) -> str:
         return self.node.address or ""
+
+    def service_of(self, cell: Any) -> str | None:
+        """The service name a local actor serves under (``None`` if it is not a service)."""
+        return self._service_paths.get(cell.path)
 
     def address_of(self, node_id: str) -> str | None:
         """Where node ``node_id`` listens, from membership or the registry cache (a hint)."""
@@ -126,6 +135,7 @@ class Cluster:
         )
         await self.registry.register(record, ttl=self.ttl)
         self._served[name] = (record, ref)
+        self._service_paths[ref.path] = name
         self._announce()
         self.node.spawn_system(self._deregister_when_stopped, name, record, ref)
         return ref
@@ -136,6 +146,7 @@ class Cluster:
             await cell.stopped_event().wait()
         if self._served.get(name, (None, None))[1] == ref:
             del self._served[name]
+            self._service_paths.pop(ref.path, None)
             self._announce()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self.registry.deregister(record)
@@ -284,11 +295,13 @@ class Cluster:
         key: str | None = None,
         version: str | None = None,
         timeout: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> AsyncIterator[Stream]:
         """Open a stream with ``endpoint`` of a selected node of ``service``."""
         services = await self.cache.get_service(service)
         info = self._select(services, key, version, None, endpoint, set())
-        async with open_stream(self._ref_for(info, service), endpoint, request, timeout=timeout) as stream:
+        ref = self._ref_for(info, service)
+        async with open_stream(ref, endpoint, request, timeout=timeout, headers=headers) as stream:
             yield stream
 
     async def call_node(
@@ -360,6 +373,8 @@ async def start_cluster(
     retry: RetryPolicy | None = None,
     seed: int | None = None,
     types: TypeRegistry | None = None,
+    auth: bool = True,
+    auth_refresh: float | None = 5.0,
     **node_options: Any,
 ) -> AsyncIterator[Cluster]:
     """Run a cluster node for the duration of the block (see the module docstring).
@@ -368,6 +383,11 @@ async def start_cluster(
     an ``MdnsRegistry`` with other interfaces). A client-only node (the CLI) passes
     ``listen=None, membership=False, announce=False``. ``types`` names the message classes that
     cross nodes (``start_node``'s ``registry``). Other options go to ``start_node``.
+
+    ``auth`` (on by default) authenticates and authorizes every request from another node
+    (:mod:`trimicro.cluster.auth`); the rules and revocations are fetched from the ``auth``
+    service every ``auth_refresh`` seconds (``None``: never; the rules stay what
+    ``cluster.auth.apply`` sets).
     """
     from .mdns import MdnsRegistry
 
@@ -383,6 +403,16 @@ async def start_cluster(
             trio.open_nursery() as nursery,
         ):
             cluster = Cluster(node, registry, nursery, ttl=ttl, strategy=strategy, retry=retry, seed=seed)
+            if auth:
+                from .auth import AuthGuard, AuthSync, close_revoked_links
+
+                trusted = getattr(node.remote.identity, "trusted", ())
+                cluster.auth = AuthGuard(trusted, service_of=cluster.service_of)
+                cluster.auth.on_apply.append(lambda: close_revoked_links(cluster))
+                node.remote.guard = cluster.auth
+                if auth_refresh is not None:
+                    cluster.auth_sync = AuthSync(cluster, cluster.auth, auth_refresh)
+                    nursery.start_soon(cluster.auth_sync.run)
             if membership:
                 from .membership import Membership
 

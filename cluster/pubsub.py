@@ -44,10 +44,11 @@ import trio
 
 from trimicro.actors import Actor, ActorRef, Terminated, ask
 from trimicro.actors.cell import DEAD, OK, Cell
-from trimicro.actors.remote import Link, Peer
+from trimicro.actors.remote import AUTHORIZATION, Link, Peer, forward_auth
 from trimicro.mailbox.envelope import Envelope
 from trimicro.mailbox.errors import BadRequest, MicroError, ServiceUnavailable
 
+from .rules import Resource
 from .topics import SubscriptionIndex, matches, validate_pattern, validate_subject
 
 if TYPE_CHECKING:
@@ -117,6 +118,9 @@ class _Deliverer(Actor):
             validate_subject(body["t"]) if not body["t"].startswith(DEAD_LETTER_PREFIX) else None
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
+        guard, account = self.pubsub.cluster.auth, self.context.account
+        if guard is not None and account is not None:  # the same topic rules as a plain publish
+            guard.check(account, Resource("topic", body["t"], "publish"))
         return await self.pubsub._deliver_acked_locally(body)
 
 
@@ -273,6 +277,21 @@ class PubSub:
         self._interest_event.set()
         self._interest_event = trio.Event()
 
+    def _may_receive(self, node_id: str, topic: str) -> bool:
+        """Whether node ``node_id`` may subscribe to ``topic`` (checked per message, so a
+        wildcard subscription gets only what the rules allow, and rule changes apply at once)."""
+        guard = self.cluster.auth
+        if guard is None:
+            return True
+        link = self.node.remote.peer(node_id).link
+        if link is None:
+            return True  # nothing is sent without a link anyway
+        try:
+            guard.admit_topic(link, None, topic, "subscribe")
+        except MicroError:
+            return False
+        return True
+
     async def wait_interest(self) -> None:
         """Return at the next change of a peer's interest (for tools and tests)."""
         await self._interest_event.wait()
@@ -296,9 +315,11 @@ class PubSub:
             if len(self._valid_subjects) >= 4096:
                 self._valid_subjects.clear()
             self._valid_subjects.add(topic)
-        message = Message(topic, body, dict(headers) if headers else {}, self.node.id)
+        headers = dict(forward_auth(headers) or {})
+        token = headers.pop(AUTHORIZATION, None)  # proves who publishes; never shown to subscribers
+        message = Message(topic, body, headers, self.node.id)
         if ack:
-            return await self._publish_acked(message, ack_timeout, max_deliveries)
+            return await self._publish_acked(message, ack_timeout, max_deliveries, token)
         delivered = await self._deliver_local(message, plain=True, groups=set())
         if not self.remote_interest and not self._has_groups:
             return delivered  # the common single-node case: nothing more to decide
@@ -319,11 +340,14 @@ class PubSub:
                 targets.setdefault(node_id, []).append(group)
         if groups_here:
             delivered += await self._deliver_local(message, plain=False, groups=groups_here)
+        wire_headers = message.headers if token is None else {**message.headers, AUTHORIZATION: token}
         for node_id in plain_nodes | {n for n, g in targets.items() if g}:
+            if not self._may_receive(node_id, topic):
+                continue
             payload = {
                 "t": topic,
                 "b": body,
-                "h": message.headers,
+                "h": wire_headers,
                 "p": node_id in plain_nodes,
                 "q": targets.get(node_id, []),
             }
@@ -420,6 +444,14 @@ class PubSub:
         except (MicroError, ValueError, TypeError, KeyError) as exc:
             log.debug("bad pubsub message from %s: %s", link.peer.node_id, exc)
             return None
+        guard = self.cluster.auth
+        if guard is not None:
+            try:
+                guard.admit_topic(link, headers, topic, "publish")
+            except MicroError:
+                return None  # refused (and logged by the guard); a publish has no answer to carry it
+        if AUTHORIZATION in headers:
+            headers = {k: v for k, v in headers.items() if k != AUTHORIZATION}
         message = Message(topic, body, headers, link.peer.node_id)
         # Awaited by the link's reader: in order, and a "block" subscriber that is full holds the
         # publisher back through the link (TCP) as a local one would.
@@ -427,7 +459,9 @@ class PubSub:
 
     # ---- acknowledged mode -----------------------------------------------------------------------
 
-    async def _publish_acked(self, message: Message, ack_timeout: float, max_deliveries: int) -> int:
+    async def _publish_acked(
+        self, message: Message, ack_timeout: float, max_deliveries: int, token: str | None
+    ) -> int:
         """At least once: every matching subscriber (and one member per queue group) acks."""
         topic = message.topic
         acked = 0
@@ -438,18 +472,22 @@ class PubSub:
             node_id
             for node_id, entries in self.remote_interest.items()
             for pattern, queue, _ in entries
-            if not queue and matches(pattern, topic)
+            if not queue and matches(pattern, topic) and self._may_receive(node_id, topic)
         }
         for sub in local_plain:
-            acked += await self._ack_loop(message, ack_timeout, max_deliveries, [(self.node.id, None, sub)])
+            acked += await self._ack_loop(
+                message, ack_timeout, max_deliveries, [(self.node.id, None, sub)], token
+            )
         for node_id in sorted(remote_plain):
-            acked += await self._ack_loop(message, ack_timeout, max_deliveries, [(node_id, None, None)])
+            acked += await self._ack_loop(
+                message, ack_timeout, max_deliveries, [(node_id, None, None)], token
+            )
         groups = set(match.groups) | {
             q for entries in self.remote_interest.values() for p, q, _ in entries if q and matches(p, topic)
         }
         for group in sorted(groups):
             candidates = self._group_candidates(topic, group)
-            acked += await self._ack_loop(message, ack_timeout, max_deliveries, candidates)
+            acked += await self._ack_loop(message, ack_timeout, max_deliveries, candidates, token)
         return acked
 
     def _group_candidates(self, topic: str, group: str) -> list[tuple[str, str | None, Subscription | None]]:
@@ -457,7 +495,9 @@ class PubSub:
         for sub in self.index.match(topic).groups.get(group, []):
             out.append((self.node.id, group, sub))
         for node_id, entries in sorted(self.remote_interest.items()):
-            if any(q == group and matches(p, topic) for p, q, _ in entries):
+            if any(q == group and matches(p, topic) for p, q, _ in entries) and self._may_receive(
+                node_id, topic
+            ):
                 out.append((node_id, group, None))
         self.cluster.rng.shuffle(out)
         return out
@@ -468,6 +508,7 @@ class PubSub:
         ack_timeout: float,
         max_deliveries: int,
         candidates: list[tuple[str, str | None, Any]],
+        token: str | None = None,
     ) -> int:
         """Deliver until acked, rotating over ``candidates``; dead-letter after max_deliveries."""
         if not candidates:
@@ -488,7 +529,8 @@ class PubSub:
                     "g": group or "",
                     "n": attempt + 1,
                 }
-                if await ask(ref, body, endpoint="PubSub.deliver", timeout=ack_timeout):
+                auth = {AUTHORIZATION: token} if token else None  # the publisher is the caller
+                if await ask(ref, body, endpoint="PubSub.deliver", timeout=ack_timeout, headers=auth):
                     return 1
             except MicroError as exc:
                 last = exc

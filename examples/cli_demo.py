@@ -9,6 +9,7 @@ one and its output, and finally stops the node with SIGINT (it deregisters and d
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -26,13 +27,20 @@ def trimicro() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "trimicro.cluster.cli"]
 
 
-def show(args: list[str], env: dict[str, str], stdin: str | None = None) -> None:
-    print(f"$ trimicro {shlex.join(args)}", flush=True)
+def show(args: list[str], env: dict[str, str], stdin: str | None = None, shown: str | None = None) -> None:
+    print(f"$ trimicro {shown or shlex.join(args)}", flush=True)
     result = subprocess.run(
         [*trimicro(), *args], env=env, input=stdin, capture_output=True, text=True, timeout=60, check=False
     )
     print(result.stdout + result.stderr, end="", flush=True)
     print(f"(exit {result.returncode})\n", flush=True)
+
+
+def capture(args: list[str], env: dict[str, str]) -> str:
+    result = subprocess.run(
+        [*trimicro(), *args], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    return result.stdout
 
 
 def main() -> None:
@@ -72,6 +80,21 @@ def main() -> None:
         show(["publish", "orders.created", '{"id": 7}'], env)
         out, _ = sub.communicate(timeout=30)
         print(f"subscriber printed: {out}", end="", flush=True)
+
+        # Auth: an account and its token, then rules that let only admins call the greeter.
+        print("$ trimicro auth user add alice --scope admin --json", flush=True)
+        secret = json.loads(capture(["auth", "user", "add", "alice", "--scope", "admin", "--json"], env))[
+            "secret"
+        ]
+        print("(the secret is printed once)\n", flush=True)
+        token = capture(["auth", "token", "alice", "--secret", secret], env).strip()
+        print(f"$ trimicro auth token alice --secret ...\n{token[:20]}... (a JWT, EdDSA)\n", flush=True)
+        resource = "service:greeter:Greeter.*"
+        show(["auth", "rules", "create", "greeter-admins", "--scope", "admin", "--resource", resource], env)
+        show(["auth", "rules", "delete", "default"], env)
+        show(["call", "greeter", "Greeter.hello", '{"name": "Eve"}'], env)
+        alice = ["call", "greeter", "Greeter.hello", '{"name": "Alice"}']
+        show([*alice, "--token", token], env, shown=f"{shlex.join(alice)} --token $TOKEN")
     finally:
         server.send_signal(signal.SIGINT)
         out, _ = server.communicate(timeout=30)

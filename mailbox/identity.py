@@ -49,6 +49,8 @@ __all__ = [
     "CertificateError",
     "IdentityError",
     "NodeIdentity",
+    "default_home",
+    "dev_authority",
     "dev_identity",
     "verify_certificate",
 ]
@@ -396,6 +398,19 @@ def _reusable(
     return c.node_id == node_id and c.name == name and c.roles == roles and c.expires - now > c.lifetime / 2
 
 
+def default_home(home: Path | None = None) -> Path:
+    """``home``, else ``$TRIMICRO_HOME``, else ``~/.trimicro``: where development keys live."""
+    if home is not None:
+        return Path(home)
+    env = os.environ.get("TRIMICRO_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".trimicro"
+
+
+def dev_authority(home: Path | None = None) -> Authority:
+    """The development authority of ``home`` (see :func:`default_home`), created on first use."""
+    return Authority.load_or_create(default_home(home) / "authority.key")
+
+
 def dev_identity(node_id: str, home: Path | None = None) -> NodeIdentity:
     """The zero-setup development identity of ``node_id``.
 
@@ -405,10 +420,7 @@ def dev_identity(node_id: str, home: Path | None = None) -> NodeIdentity:
     """
     if not isinstance(node_id, str) or not _NODE_ID_RE.fullmatch(node_id) or node_id in (".", ".."):
         raise ValueError(f"node_id must be 1-128 characters of [A-Za-z0-9._-], got {node_id!r}")
-    if home is None:
-        env = os.environ.get("TRIMICRO_HOME")
-        home = Path(env).expanduser() if env else Path.home() / ".trimicro"
-    home = Path(home)
+    home = default_home(home)
     authority = Authority.load_or_create(home / "authority.key")
     return NodeIdentity.load_or_create(home / "nodes" / node_id, node_id, authority)
 

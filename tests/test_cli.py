@@ -76,6 +76,9 @@ def test_cli_tour_across_processes() -> None:
     assert "greeting\thello from the store" in out  # store write then read, through the service
     assert "published on orders.created: 1 deliveries" in out
     assert 'subscriber printed: {"topic": "orders.created", "body": {"id": 7}' in out
+    assert "(a JWT, EdDSA)" in out  # auth user add, then auth token
+    assert 'Greeter.hello \'{"name": "Eve"}\'\nerror 403 Forbidden: forbidden' in out
+    assert '--token $TOKEN\n"Hello, Alice! (from node demo-node)"' in out
     assert "SIGINT: deregistering and stopping" in out
 
 

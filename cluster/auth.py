@@ -1,0 +1,429 @@
+"""Authentication and access rules on every request that reaches this node from another one.
+
+Go Micro treats auth as part of the framework; so does trimicro, and it is on by default:
+
+- **Who is calling.** Every link is a Noise handshake with a certificate from the cluster's
+  authority, so the calling node always has an account (type ``service``, id = node id, scopes =
+  its certificate's roles). A request may also carry a bearer token (metadata ``authorization``:
+  a JWT signed with EdDSA by the authority, see :mod:`trimicro.cluster.tokens`); then the
+  token's account is the caller. Calls made while serving a request forward its token, so the
+  next service judges the original caller, and handlers see it as ``context.account``.
+- **What they may do.** Go Micro's rules (:mod:`trimicro.cluster.rules`): highest priority
+  first, default deny when no rule matches. Until an operator adds rules a node runs Go Micro's
+  default rule: any account may call anything. A few built-in rules keep the cluster itself
+  working (anyone may ask the auth service for a token; any account may fetch the rules).
+- **Failures** are 401 (bad, expired or revoked token; revoked node) and 403 (not allowed),
+  with no detail that helps an attacker; every denial is logged with account and resource.
+- **Changes reach every node without a restart.** :class:`AuthSync` fetches the rules and the
+  revocations from the ``auth`` service every ``refresh`` seconds (the refresh period): a rule
+  change, a revoked token or a revoked node is enforced everywhere within one period.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import msgpack
+import trio
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from trimicro.actors.cell import Cell
+from trimicro.actors.remote import AUTHORIZATION, Link
+from trimicro.mailbox.envelope import Envelope
+from trimicro.mailbox.errors import BadRequest, MicroError, NotFound, Unauthorized
+
+from .rules import DEFAULT_RULES, Access, Resource, Rule, Rules
+from .tokens import Account, TokenCache
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
+
+__all__ = [
+    "AUTH_SERVICE",
+    "BUILTIN_RULES",
+    "CHANGED_OP",
+    "AuthGuard",
+    "AuthState",
+    "AuthSync",
+    "announce_change",
+    "close_revoked_links",
+    "node_account",
+    "open_state",
+    "sign_state",
+]
+
+log = logging.getLogger("trimicro.auth")
+
+#: The service name the auth service runs under (``trimicro run --store`` serves it).
+AUTH_SERVICE = "auth"
+
+#: The SYSTEM operation by which the auth service tells nodes that the rules or revocations changed.
+CHANGED_OP = "auth.changed"
+
+
+def announce_change(cluster: Cluster) -> None:
+    """Poke this node's and every linked node's :class:`AuthSync` (the auth service calls it)."""
+    sync = cluster.auth_sync
+    if sync is not None:
+        sync.poke()
+    for peer in list(cluster.node.remote.peers.values()):
+        if peer.link is not None:
+            peer.send_system(CHANGED_OP, b"")
+
+
+#: Rules no operator can remove: without them nobody could log in, and no node could learn the
+#: rules. Priorities above any an operator may set (see ``Rule.from_dict``).
+BUILTIN_RULES: tuple[Rule, ...] = (
+    Rule("builtin-login", "", Resource("service", AUTH_SERVICE, "Auth.token"), Access.GRANTED, 1 << 30),
+    Rule("builtin-refresh", "", Resource("service", AUTH_SERVICE, "Auth.refresh"), Access.GRANTED, 1 << 30),
+    Rule("builtin-state", "*", Resource("service", AUTH_SERVICE, "Auth.state"), Access.GRANTED, 1 << 30),
+    # Administering auth (accounts, rules, revocations) takes scope "admin", whatever other rules say.
+    Rule(
+        "builtin-auth-admin",
+        "admin",
+        Resource("service", AUTH_SERVICE, "Auth.*"),
+        Access.GRANTED,
+        (1 << 30) - 1,
+    ),
+    Rule(
+        "builtin-auth-others", "", Resource("service", AUTH_SERVICE, "Auth.*"), Access.DENIED, (1 << 30) - 2
+    ),
+    Rule("builtin-members", "*", Resource("actor", "/user/trimicro-cluster", "*"), Access.GRANTED, 1 << 30),
+    # Acknowledged deliveries: the topic's own rule is applied inside (PubSub.deliver).
+    Rule("builtin-deliver", "*", Resource("actor", "/user/trimicro-pubsub", "*"), Access.GRANTED, 1 << 30),
+)
+
+
+#: Largest signed auth state a node accepts (rules and revocation lists together).
+MAX_STATE_BYTES = 4 * 1024 * 1024
+
+
+@attrs.frozen
+class AuthState:
+    """What the auth service publishes and every node enforces, signed by the authority.
+
+    ``epoch`` names one auth database (a service restarted on a fresh store starts a new one),
+    ``version`` counts its changes and ``issued`` is when this copy was signed: a node takes a
+    state only if it is newer than the one it has, so nobody can replay an old one.
+    """
+
+    epoch: str
+    version: int
+    issued: float
+    rules: tuple[Rule, ...]
+    revoked: Mapping[str, frozenset[str]]
+
+    def newer_than(self, epoch: str, version: int, issued: float) -> bool:
+        if self.epoch == epoch:
+            return self.version > version
+        return self.issued > issued
+
+
+def sign_state(
+    signing_key: SigningKey,
+    epoch: str,
+    version: int,
+    rules: Iterable[Rule],
+    revoked: Mapping[str, Iterable[str]],
+) -> bytes:
+    """The auth state as the authority's Ed25519-signed msgpack map (PyNaCl ``SigningKey.sign``)."""
+    payload = {
+        "epoch": epoch,
+        "version": version,
+        "issued": time.time(),
+        "rules": [r.to_dict() for r in rules],
+        "revoked": {kind: sorted(values) for kind, values in revoked.items()},
+    }
+    return bytes(signing_key.sign(msgpack.packb(payload, use_bin_type=True)))
+
+
+def open_state(signed: object, trusted: Collection[bytes]) -> AuthState:
+    """Check the authority's signature on a state and decode it; ``Unauthorized`` if forged,
+    ``BadRequest`` if malformed."""
+    if not isinstance(signed, bytes) or not 64 < len(signed) <= MAX_STATE_BYTES:
+        raise BadRequest("malformed auth state")
+    payload = None
+    for key in trusted:
+        try:
+            payload = VerifyKey(key).verify(signed)
+            break
+        except (BadSignatureError, ValueError, TypeError):
+            continue
+    if payload is None:
+        raise Unauthorized("auth state not signed by a trusted authority")
+    try:
+        data = msgpack.unpackb(payload, raw=False, max_array_len=1 << 20, max_map_len=1 << 16)
+        revoked = {
+            kind: frozenset(str(v) for v in data["revoked"].get(kind, ()))
+            for kind in ("tokens", "accounts", "nodes")
+        }
+        state = AuthState(
+            str(data["epoch"]),
+            int(data["version"]),
+            float(data["issued"]),
+            tuple(Rule.from_dict(r) for r in data["rules"]),
+            revoked,
+        )
+    except (MicroError, ValueError, TypeError, KeyError, AttributeError, msgpack.UnpackException) as exc:
+        raise BadRequest(f"malformed auth state: {exc}") from None
+    return state
+
+
+def node_account(cert: Any) -> Account:
+    """The account of a node, from its verified certificate."""
+    return Account(
+        id=cert.node_id,
+        type="service",
+        issuer=bytes(cert.issuer).hex(),
+        scopes=tuple(cert.roles),
+        metadata={"name": cert.name} if cert.name else {},
+    )
+
+
+def canonical_endpoint(cell: Cell, endpoint: str, msg: Any, action: str) -> str:
+    """``Service.method`` of the handler a request selects (see :meth:`AuthGuard.resource_of`)."""
+    table = cell.handlers
+    if table is None:
+        return endpoint or type(msg).__name__
+    fn: Any
+    if action == "stream":
+        fn = table.by_stream.get(endpoint)
+    elif endpoint:
+        entry = table.by_endpoint.get(endpoint)
+        fn = None if entry is None else entry[0]
+    else:
+        fn = table.by_type.get(type(msg)) or table.for_type(type(msg))
+    if fn is None:  # no such handler: the request fails with 404 if the rules let it through
+        return endpoint or f"{table.service}.{type(msg).__name__}"
+    return f"{table.service}.{fn.__name__}"
+
+
+def bearer(headers: Mapping[str, str] | None) -> str | None:
+    """The token in ``authorization`` metadata (``Bearer <jwt>`` or the bare JWT), if any."""
+    if not headers:
+        return None
+    value = headers.get(AUTHORIZATION)
+    if not value:
+        return None
+    return value[7:] if value[:7].lower() == "bearer " else value
+
+
+class AuthGuard:
+    """The node's guard (``node.remote.guard``): authenticates each request and applies the rules."""
+
+    def __init__(
+        self,
+        trusted: Collection[bytes],
+        *,
+        rules: Iterable[Rule] = DEFAULT_RULES,
+        service_of: Callable[[Cell], str | None] | None = None,
+        cache_size: int = 4096,
+    ) -> None:
+        self.trusted = frozenset(bytes(k) for k in trusted)
+        self.rules = Rules([*BUILTIN_RULES, *rules])
+        self.version = 0
+        #: Revocations, as the auth service lists them (replaced whole by :meth:`apply`).
+        self.revoked_tokens: frozenset[str] = frozenset()
+        self.revoked_accounts: frozenset[str] = frozenset()
+        self.revoked_nodes: frozenset[str] = frozenset()
+        self.tokens = TokenCache(cache_size)
+        self.epoch = ""
+        self.issued = 0.0
+        #: Called after every :meth:`apply` (the cluster closes links of revoked nodes).
+        self.on_apply: list[Callable[[], None]] = []
+        self._service_of = service_of
+        self._changed = trio.Event()
+        #: Denials so far (each is also logged).
+        self.denied = 0
+
+    # ---- who ---------------------------------------------------------------------------------
+
+    def _revoked(self, jti: str, sub: str) -> bool:
+        return jti in self.revoked_tokens or sub in self.revoked_accounts
+
+    def authenticate(self, link: Link, headers: Mapping[str, str] | None) -> Account:
+        """The caller: the token's account if the request carries one, else the calling node's."""
+        account: Account | None = link.principal
+        if account is None:
+            account = link.principal = node_account(link.peer_info)
+        if account.id in self.revoked_nodes:
+            raise Unauthorized("node revoked")
+        if link.peer_info.expires <= time.time():  # a link may outlive its certificate
+            raise Unauthorized("node certificate expired")
+        token = bearer(headers)
+        if token is None:
+            return account
+        return self.verify(token)
+
+    def admit_peer(self, peer_info: Any) -> None:
+        """Refuse links from revoked nodes (the handshake only knows revoked keys)."""
+        if getattr(peer_info, "node_id", None) in self.revoked_nodes:
+            raise Unauthorized("node revoked")
+
+    def verify(self, token: str) -> Account:
+        """Check a bearer token (signature, issuer, expiry, revocation), once per token and period."""
+        return self.tokens.verify(token, self.trusted, revoked=self._revoked)
+
+    # ---- what --------------------------------------------------------------------------------
+
+    def resource_of(self, cell: Cell, endpoint: str, msg: Any, action: str = "call") -> Resource:
+        """What a request reaches, named as rules name it: ``Service.method`` of the handler
+        that will run, whichever alias (``method``, ``Service.method``, a message type) the
+        caller used, so no spelling slips past a rule."""
+        name = self._service_of(cell) if self._service_of is not None else None
+        endpoint = canonical_endpoint(cell, endpoint, msg, action)
+        if name is None:
+            return Resource("actor", cell.path, endpoint)
+        return Resource("service", name, endpoint)
+
+    def check(self, account: Account, resource: Resource) -> None:
+        """Apply the rules; a denial is logged (with account and resource) and raised (403)."""
+        try:
+            self.rules.verify(account, resource)
+        except MicroError:
+            self.denied += 1
+            log.warning(
+                "denied %s %s (%s) access to %s %s %s",
+                account.type,
+                account.id,
+                ",".join(account.scopes),
+                resource.type,
+                resource.name,
+                resource.endpoint,
+            )
+            raise
+
+    def admit(
+        self, link: Link, action: str, cell: Cell, endpoint: str, headers: Mapping[str, str] | None, msg: Any
+    ) -> Account:
+        """The :class:`~trimicro.actors.remote.Guard` hook: the caller's account, or 401/403."""
+        account = self._caller(link, headers, action)
+        self.check(account, self.resource_of(cell, endpoint, msg, action))
+        return account
+
+    def _caller(self, link: Link, headers: Mapping[str, str] | None, action: str) -> Account:
+        try:
+            return self.authenticate(link, headers)
+        except MicroError as exc:
+            self.denied += 1
+            log.warning("refused a %s from node %s: %s", action, link.peer.node_id, exc.detail)
+            raise Unauthorized("unauthorized") from None  # expired, revoked, forged: all look alike
+
+    def admit_topic(self, link: Link, headers: Mapping[str, str] | None, topic: str, action: str) -> Account:
+        """Publishing or subscribing across nodes: the same accounts and rules, on a topic."""
+        account = self._caller(link, headers, action)
+        self.check(account, Resource("topic", topic, action))
+        return account
+
+    # ---- changes -----------------------------------------------------------------------------
+
+    def apply(
+        self,
+        version: int,
+        rules: Iterable[Rule],
+        revoked: Mapping[str, Iterable[str]],
+        *,
+        epoch: str = "",
+        issued: float = 0.0,
+    ) -> None:
+        """Install a new rule set and revocation lists, at once (no request sees half of it)."""
+        self.rules.replace([*BUILTIN_RULES, *rules])
+        self.revoked_tokens = frozenset(revoked.get("tokens", ()))
+        self.revoked_accounts = frozenset(revoked.get("accounts", ()))
+        self.revoked_nodes = frozenset(revoked.get("nodes", ()))
+        self.tokens.clear()
+        self.version, self.epoch, self.issued = version, epoch, issued
+        for listener in self.on_apply:
+            listener()
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def accept(self, state: AuthState) -> bool:
+        """Apply a verified state if it is newer than the one in force (else ignore it)."""
+        if not state.newer_than(self.epoch, self.version, self.issued):
+            return False
+        self.apply(state.version, state.rules, state.revoked, epoch=state.epoch, issued=state.issued)
+        return True
+
+    async def wait_changed(self) -> None:
+        """Return at the next :meth:`apply` (for tools and tests)."""
+        await self._changed.wait()
+
+
+class AuthSync:
+    """Keeps a node's guard in step with the auth service, every ``refresh`` seconds.
+
+    The auth service also pokes every node it has a link to when something changes (SYSTEM
+    ``auth.changed``), so changes usually apply at once; the periodic fetch is what guarantees
+    "within one refresh period" when a poke is lost. A poke only triggers a fetch from the auth
+    service (at most one at a time), so a peer that floods pokes changes nothing.
+    """
+
+    def __init__(self, cluster: Cluster, guard: AuthGuard, refresh: float) -> None:
+        self.cluster = cluster
+        self.guard = guard
+        self.refresh = refresh
+        self._poked = trio.Event()
+        cluster.node.remote.system_handlers[CHANGED_OP] = self._on_poke
+
+    def poke(self) -> None:
+        """Fetch the state now rather than at the end of the period."""
+        self._poked.set()
+
+    def _on_poke(self, link: Link, env: Envelope) -> None:
+        self.poke()
+
+    async def run(self) -> None:
+        while True:
+            self._poked = trio.Event()
+            await self.sync_once()
+            with trio.move_on_after(self.refresh):
+                await self._poked.wait()
+                await trio.sleep(min(self.refresh, 0.05))  # a flood of pokes: at most 20 fetches/s
+
+    async def sync_once(self) -> None:
+        """Fetch the state if it changed; an unreachable auth service keeps the last one.
+
+        The state must carry the authority's signature: a node that merely registers a
+        service called ``auth`` cannot change anyone's rules.
+        """
+        guard = self.guard
+        since = {"epoch": guard.epoch, "version": guard.version}
+        try:
+            reply = await self.cluster.call(AUTH_SERVICE, "Auth.state", since, timeout=max(1.0, self.refresh))
+        except NotFound:
+            return  # no auth service in this cluster: the defaults hold
+        except MicroError as exc:
+            log.warning("cannot fetch auth rules (keeping the last ones): %s", exc.detail)
+            return
+        if not isinstance(reply, dict) or "signed" not in reply:
+            return  # unchanged
+        try:
+            state = open_state(reply["signed"], guard.trusted)
+        except MicroError as exc:
+            log.warning("refused an auth state (keeping the last one): %s", exc.detail)
+            return
+        guard.accept(state)
+
+
+def close_revoked_links(cluster: Cluster) -> None:
+    """Close links to revoked nodes, and refuse their keys in future handshakes."""
+    revoked = cluster.auth.revoked_nodes
+    if not revoked:
+        return
+    remote = cluster.node.remote
+    keys = getattr(remote.identity, "revoked", None)
+    for node_id in revoked:
+        peer = remote.peers.get(node_id)
+        if peer is None:
+            continue
+        for link in list(peer.links):
+            key = getattr(link.peer_info, "public_key", None)
+            if key is not None and isinstance(keys, set):
+                keys.add(bytes(key))
+            link.close("node revoked")

@@ -1,0 +1,424 @@
+"""Auth on every call, stream and topic between cluster nodes: accounts, tokens, rules, revocation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trimicro.actors import Actor, Stream, ask
+from trimicro.cluster import call
+from trimicro.cluster.auth import (
+    AUTH_SERVICE,
+    BUILTIN_RULES,
+    CHANGED_OP,
+    AuthGuard,
+    node_account,
+    open_state,
+    sign_state,
+)
+from trimicro.cluster.auth_service import AuthService
+from trimicro.cluster.cluster import Cluster, start_cluster
+from trimicro.cluster.pubsub import Message
+from trimicro.cluster.registry import MemoryRegistry
+from trimicro.cluster.rules import Access, Resource, Rule, Rules
+from trimicro.cluster.store import MemoryStore
+from trimicro.cluster.tokens import Account, issue_token
+from trimicro.mailbox.errors import BadRequest, Forbidden, MicroError, Unauthorized
+from trimicro.mailbox.identity import Authority, NodeIdentity, dev_authority
+
+REFRESH = 0.05
+
+
+class Greeter(Actor):
+    service_name = "Greeter"
+
+    async def hello(self, body: Any) -> dict[str, Any]:
+        account = self.context.account
+        return {"hello": body.get("name"), "caller": None if account is None else account.id}
+
+    async def secret(self, body: Any) -> str:
+        return "the plans"
+
+    async def chat(self, stream: Stream) -> None:
+        async for item in stream:
+            await stream.send({"echo": item, "caller": self.context.account.id})
+
+
+class Front(Actor):
+    """Calls Greeter onwards while serving a request: the original caller must travel along."""
+
+    service_name = "Front"
+
+    async def relay(self, body: Any) -> Any:
+        return await call("greeter", "Greeter.hello", {"name": "via front"})
+
+
+@asynccontextmanager
+async def cluster_of(
+    home: Path, n: int, *, membership: bool = False, refresh: float | None = REFRESH
+) -> AsyncIterator[list[Cluster]]:
+    """``n`` nodes; node 0 runs the auth service (with the authority key) and Greeter."""
+    registry = MemoryRegistry()
+    async with AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(
+                start_cluster(
+                    f"n{i}", registry=registry, home=home, membership=membership, auth_refresh=refresh
+                )
+            )
+            for i in range(n)
+        ]
+        await nodes[0].serve(AuthService, MemoryStore(), dev_authority(home).signing_key, name=AUTH_SERVICE)
+        await nodes[0].serve(Greeter, name="greeter")
+        yield nodes
+
+
+async def synced(*nodes: Cluster) -> None:
+    """Wait until every node enforces the auth service's current state (a real event per change).
+
+    The auth service's own node (``nodes[0]``) has a change in force before the call that made
+    it returns; the others fetch it when poked, or at their next refresh.
+    """
+    target = (nodes[0].auth.epoch, nodes[0].auth.version)
+    with trio.fail_after(5):
+        for node in nodes:
+            while (node.auth.epoch, node.auth.version) != target:
+                await node.auth.wait_changed()
+
+
+async def login(node: Cluster, account: str, scopes: list[str]) -> str:
+    created = await node.call(AUTH_SERVICE, "Auth.add_account", {"id": account, "scopes": scopes})
+    tokens = await node.call(AUTH_SERVICE, "Auth.token", {"id": account, "secret": created["secret"]})
+    token: str = tokens["access"]
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+async def add_rule(
+    node: Cluster, rule_id: str, scope: str, resource: str, access: str = "granted", priority: int = 10
+) -> None:
+    """Create a rule through the auth service; ``resource`` is ``type:name:endpoint``."""
+    kind, name, endpoint = resource.split(":")
+    rule = {
+        "id": rule_id,
+        "scope": scope,
+        "resource": {"type": kind, "name": name, "endpoint": endpoint},
+        "access": access,
+        "priority": priority,
+    }
+    await node.call(AUTH_SERVICE, "Auth.create_rule", rule)
+
+
+async def lock_down(node: Cluster) -> None:
+    """Replace Go Micro's default rule: only scope ``admin`` may call Greeter."""
+    await node.call(AUTH_SERVICE, "Auth.delete_rule", {"id": "default"})
+    await add_rule(node, "greeter-admins", "admin", "service:greeter:Greeter.*")
+
+
+async def test_default_rule_lets_cluster_nodes_call_and_handlers_see_the_node_account(tmp_path: Path) -> None:
+    async with cluster_of(tmp_path, 2) as (a, b):
+        reply = await b.call("greeter", "Greeter.hello", {"name": "Ada"})
+        assert reply == {"hello": "Ada", "caller": "n1"}  # the calling node's own account
+        assert isinstance(a.node.remote.guard, AuthGuard)
+
+
+async def test_tokens_are_standard_jwts_that_pyjwt_verifies(tmp_path: Path) -> None:
+    async with cluster_of(tmp_path, 1) as (a,):
+        token = await login(a, "alice", ["admin", "ops"])
+    public = Ed25519PublicKey.from_public_bytes(dev_authority(tmp_path).public_key)
+    claims = jwt.decode(token, key=public, algorithms=["EdDSA"])
+    assert claims["sub"] == "alice"
+    assert claims["scopes"] == ["admin", "ops"]
+    assert claims["exp"] > claims["iat"]
+
+
+async def test_rules_change_live_and_deny_with_401_and_403(tmp_path: Path, caplog: Any) -> None:
+    async with cluster_of(tmp_path, 2) as (a, b):
+        alice = await login(a, "alice", ["admin"])
+        bob = await login(a, "bob", ["guest"])
+        await lock_down(a)
+        await synced(a, b)
+        caplog.set_level(logging.WARNING, logger="trimicro.auth")
+        assert (await b.call("greeter", "Greeter.hello", {"name": "x"}, headers=bearer(alice)))[
+            "caller"
+        ] == "alice"
+        with pytest.raises(Forbidden) as denied:
+            await b.call("greeter", "Greeter.hello", {"name": "x"}, headers=bearer(bob))
+        assert denied.value.detail == "forbidden"  # nothing that helps an attacker
+        with pytest.raises(Forbidden):  # no token: the node's own account has no admin scope
+            await b.call("greeter", "Greeter.hello", {"name": "x"})
+        with pytest.raises(Unauthorized):
+            await b.call("greeter", "Greeter.hello", {"name": "x"}, headers=bearer(alice[:-4] + "AAAA"))
+        assert "denied user bob (guest) access to service greeter Greeter.hello" in caplog.text
+        # A rule deleted: the next refresh lets the node account back in, without a restart.
+        anyone = {"type": "*", "name": "*", "endpoint": "*"}
+        default = {"id": "default", "scope": "*", "resource": anyone, "access": "granted", "priority": 0}
+        await a.call(AUTH_SERVICE, "Auth.create_rule", default)
+        await synced(a, b)
+        assert (await b.call("greeter", "Greeter.hello", {"name": "x"}))["caller"] == "n1"
+
+
+async def test_expired_tampered_and_foreign_tokens_are_401(tmp_path: Path) -> None:
+    async with cluster_of(tmp_path, 2) as (_, b):
+        key = dev_authority(tmp_path).signing_key
+        account = Account("carol", "user", bytes(key.verify_key).hex(), ("admin",))
+        expired = issue_token(key, account, ttl=60, now=1_000_000)
+        foreign = issue_token(Authority.generate().signing_key, account, ttl=60)
+        good = issue_token(key, account, ttl=60)
+        parts = good.split(".")
+        tampered = ".".join(
+            [parts[0], parts[1][:-2] + ("A" if parts[1][-2] != "A" else "B") + parts[1][-1], parts[2]]
+        )
+        for bad in (expired, foreign, tampered, "not a token"):
+            with pytest.raises(Unauthorized) as err:
+                await b.call("greeter", "Greeter.hello", {}, headers=bearer(bad))
+            assert err.value.detail == "unauthorized"  # expired, forged or garbage: all look alike
+        assert (await b.call("greeter", "Greeter.hello", {}, headers=bearer(good)))["caller"] == "carol"
+
+
+async def test_a_service_calling_onwards_acts_for_the_original_caller(tmp_path: Path) -> None:
+    async with cluster_of(tmp_path, 3) as (a, b, c):
+        await b.serve(Front, name="front")
+        alice = await login(a, "alice", ["admin"])
+        await lock_down(a)
+        await add_rule(a, "front-any", "*", "service:front:*", priority=5)
+        await synced(a, b, c)
+        reply = await c.call("front", "Front.relay", {}, headers=bearer(alice))
+        assert reply["caller"] == "alice"  # Greeter (on n0) judged alice, not front's node n1
+        with pytest.raises(Forbidden):  # without a user, front's node account is not an admin
+            await c.call("front", "Front.relay", {})
+
+
+async def test_revoked_token_account_and_node_are_refused_within_a_refresh(tmp_path: Path) -> None:
+    async with cluster_of(tmp_path, 3) as (a, b, c):
+        alice = await login(a, "alice", ["admin"])
+        assert (await b.call("greeter", "Greeter.hello", {}, headers=bearer(alice)))["caller"] == "alice"
+        await a.call(AUTH_SERVICE, "Auth.revoke", {"token": alice})
+        await synced(a, b)
+        with pytest.raises(Unauthorized):
+            await b.call("greeter", "Greeter.hello", {}, headers=bearer(alice))
+        # The account: a fresh login is refused too, and so is any token it still holds.
+        fresh = await login(a, "dave", ["admin"])
+        await a.call(AUTH_SERVICE, "Auth.revoke", {"account": "dave"})
+        await synced(a, b)
+        with pytest.raises(Unauthorized):
+            await b.call("greeter", "Greeter.hello", {}, headers=bearer(fresh))
+        # A node: its links are closed and it cannot call in again.
+        assert (await c.call("greeter", "Greeter.hello", {}))["caller"] == "n2"
+        await a.call(AUTH_SERVICE, "Auth.revoke", {"node": "n2"})
+        await synced(a, b)
+        with pytest.raises(MicroError) as refused:
+            await c.call("greeter", "Greeter.hello", {}, timeout=2)
+        assert refused.value.code in (401, 503)  # refused by the guard, or in the handshake
+        assert not a.node.remote.peer("n2").links  # no link: none of n2's SYSTEM messages get in
+        assert (await b.call("greeter", "Greeter.hello", {}))["caller"] == "n1"  # others go on
+        with pytest.raises(BadRequest):  # a revoked account id cannot be brought back to life
+            await a.call(AUTH_SERVICE, "Auth.add_account", {"id": "dave"})
+
+
+async def test_changes_are_pushed_at_once_and_polled_when_a_push_is_lost(tmp_path: Path) -> None:
+    async with cluster_of(tmp_path, 2, refresh=3600) as (a, b):  # no periodic fetch in time
+        assert (await b.call("greeter", "Greeter.hello", {}))["caller"] == "n1"  # a link exists
+        with trio.fail_after(5):
+            await a.call(AUTH_SERVICE, "Auth.revoke", {"account": "zoe"})
+            while "zoe" not in b.auth.revoked_accounts:  # pushed: b fetched it without waiting an hour
+                await b.auth.wait_changed()
+    async with cluster_of(tmp_path, 2) as (a, b):
+        assert (await b.call("greeter", "Greeter.hello", {}))["caller"] == "n1"
+        del b.node.remote.system_handlers[CHANGED_OP]  # b misses every push from now on
+        await a.call(AUTH_SERVICE, "Auth.revoke", {"account": "zoe"})
+        await synced(a, b)  # b still learns it, from its periodic fetch
+        assert "zoe" in b.auth.revoked_accounts
+
+
+async def test_refresh_rotates_and_a_used_refresh_token_is_refused(tmp_path: Path) -> None:
+    async with cluster_of(tmp_path, 2) as (a, b):
+        created = await a.call(AUTH_SERVICE, "Auth.add_account", {"id": "erin", "scopes": []})
+        pair = await b.call(AUTH_SERVICE, "Auth.token", {"id": "erin", "secret": created["secret"]})
+        renewed = await b.call(AUTH_SERVICE, "Auth.refresh", {"refresh": pair["refresh"]})
+        assert renewed["refresh"] != pair["refresh"]
+        with pytest.raises(Unauthorized):
+            await b.call(AUTH_SERVICE, "Auth.refresh", {"refresh": pair["refresh"]})
+        with pytest.raises(Unauthorized):  # a wrong secret says nothing about which part was wrong
+            await b.call(AUTH_SERVICE, "Auth.token", {"id": "erin", "secret": "wrong-secret"})
+        with pytest.raises(Unauthorized):
+            await b.call(AUTH_SERVICE, "Auth.token", {"id": "nobody", "secret": "whatever-secret"})
+
+
+async def test_streams_and_topics_follow_the_rules(tmp_path: Path) -> None:
+    async with cluster_of(tmp_path, 2, membership=True) as (a, b):  # pub/sub interest needs members
+        alice = await login(a, "alice", ["admin"])
+        await lock_down(a)
+        await synced(a, b)
+        async with b.open_stream("greeter", "Greeter.chat", None, headers=bearer(alice)) as stream:
+            await stream.send(1)
+            assert await stream.receive() == {"echo": 1, "caller": "alice"}
+        with pytest.raises(Forbidden):
+            async with b.open_stream("greeter", "Greeter.chat", None):
+                pass
+        # Topics: any account may subscribe to orders.*, only admins may publish there, and no
+        # rule lets anyone subscribe to secret.> (default deny).
+        await add_rule(a, "orders-sub", "*", "topic:orders.*:subscribe")
+        await add_rule(a, "orders-pub", "admin", "topic:orders.*:publish")
+        await synced(a, b)
+        async with (
+            b.pubsub.messages("secret.>"),
+            b.pubsub.messages("orders.*"),
+            a.pubsub.messages("orders.*") as inbox,
+        ):
+
+            def patterns(node: Cluster, peer: str) -> list[str]:
+                return [entry[0] for entry in node.pubsub.remote_interest.get(peer, [])]
+
+            with trio.fail_after(5):
+                while patterns(b, "n0") != ["orders.*"]:
+                    await b.pubsub.wait_interest()
+                while sorted(patterns(a, "n1")) != ["orders.*", "secret.>"]:
+                    await a.pubsub.wait_interest()
+            # Subscribing is checked per message against its topic, so the wildcard secret.>
+            # gets nothing it may not see, and orders.* (granted) gets everything.
+            assert await a.publish("secret.plans", {"x": 1}) == 0
+            assert await a.publish("orders.seen", {"n": 0}) == 2  # here and at n1
+            with trio.fail_after(5):
+                assert (await inbox.receive()).body == {"n": 0}
+            await b.publish("orders.new", {"n": 1})  # as node n1, no admin: refused at n0
+            await b.publish("orders.new", {"n": 2}, headers=bearer(alice))
+            with trio.fail_after(5):
+                msg: Message = await inbox.receive()
+            assert msg.body == {"n": 2}
+            assert "authorization" not in msg.headers  # the publisher's token stays with the check
+        assert a.auth.denied >= 2
+
+
+async def test_a_node_of_another_authority_is_refused(tmp_path: Path) -> None:
+    registry = MemoryRegistry()
+    stranger = NodeIdentity.issue("stranger", Authority.generate())
+    async with (
+        start_cluster("n0", registry=registry, home=tmp_path, membership=False) as a,
+        start_cluster("stranger", registry=registry, identity=stranger, membership=False) as s,
+    ):
+        await a.serve(Greeter, name="greeter")
+        with pytest.raises(MicroError) as refused:
+            await s.call("greeter", "Greeter.hello", {}, timeout=2)
+        assert refused.value.code in (401, 408, 503)
+        assert a.node.remote.peers.get("stranger") is None or not a.node.remote.peers["stranger"].links
+
+
+SCOPES = ["admin", "ops", "guest"]
+ENDPOINTS = ["Greeter.hello", "Greeter.secret"]
+rule_strategy = st.builds(
+    lambda i, scope, name, endpoint, access, priority: Rule(
+        f"r{i}", scope, Resource("service", name, endpoint), access, priority
+    ),
+    st.integers(0, 1000),
+    st.sampled_from(["", "*", *SCOPES]),
+    st.sampled_from(["*", "greeter", "other"]),
+    st.sampled_from(["*", "Greeter.*", *ENDPOINTS]),
+    st.sampled_from(list(Access)),
+    st.integers(-5, 5),
+)
+
+
+@settings(max_examples=1, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+async def test_a_matrix_of_rules_accounts_and_endpoints_over_real_links(tmp_path: Path, data: Any) -> None:
+    """Random rule sets, accounts and endpoints: the remote verdict is the rules' verdict."""
+    async with cluster_of(tmp_path, 2, refresh=None) as (a, b):  # rules set here, not synced over
+        key = dev_authority(tmp_path).signing_key
+        issuer = bytes(key.verify_key).hex()
+        for _ in range(40):
+            rules = data.draw(st.lists(rule_strategy, max_size=6, unique_by=lambda r: r.id))
+            scopes = tuple(data.draw(st.lists(st.sampled_from(SCOPES), max_size=2, unique=True)))
+            endpoint = data.draw(st.sampled_from(ENDPOINTS))
+            with_token = data.draw(st.booleans())
+            a.auth.apply(a.auth.version + 1, rules, {})
+            account = (
+                Account("u", "user", issuer, scopes)
+                if with_token
+                else node_account(b.node.remote.identity.cert)
+            )
+            headers = bearer(issue_token(key, account, ttl=60)) if with_token else None
+            expected = Rules([*BUILTIN_RULES, *rules]).allowed(
+                account, Resource("service", "greeter", endpoint)
+            )
+            try:
+                await b.call("greeter", endpoint, {}, headers=headers)
+                allowed = True
+            except Forbidden:
+                allowed = False
+            assert allowed == expected, (rules, scopes, endpoint, with_token)
+
+
+async def test_no_alias_of_an_endpoint_slips_past_a_rule(tmp_path: Path) -> None:
+    async with cluster_of(tmp_path, 2) as (a, b):
+        await add_rule(a, "no-secrets", "*", "service:greeter:Greeter.secret", access="denied")
+        await synced(a, b)
+        ref = b.node.remote_ref("n0", "greeter")
+        for endpoint in ("Greeter.secret", "secret"):  # the short name runs the same handler
+            with pytest.raises(Forbidden):
+                await ask(ref, {}, endpoint=endpoint)
+        assert (await ask(ref, {}, endpoint="hello"))["caller"] == "n1"
+
+
+async def test_only_admins_administer_auth(tmp_path: Path) -> None:
+    async with cluster_of(tmp_path, 2) as (a, b):
+        bob = await login(a, "bob", ["guest"])
+        admin = await login(a, "root", ["admin"])
+        for headers in (None, bearer(bob)):  # a node account, a user without the scope
+            with pytest.raises(Forbidden):
+                await b.call(
+                    AUTH_SERVICE, "Auth.add_account", {"id": "mallory", "scopes": ["admin"]}, headers=headers
+                )
+            with pytest.raises(Forbidden):
+                await b.call(AUTH_SERVICE, "Auth.delete_rule", {"id": "default"}, headers=headers)
+        created = await b.call(AUTH_SERVICE, "Auth.add_account", {"id": "carl"}, headers=bearer(admin))
+        assert created["id"] == "carl"
+
+
+async def test_a_refresh_token_works_once_even_when_raced(tmp_path: Path) -> None:
+    async with cluster_of(tmp_path, 1) as (a,):
+        created = await a.call(AUTH_SERVICE, "Auth.add_account", {"id": "erin"})
+        pair = await a.call(AUTH_SERVICE, "Auth.token", {"id": "erin", "secret": created["secret"]})
+        outcomes: list[bool] = []
+
+        async def refresh() -> None:
+            try:
+                await a.call(AUTH_SERVICE, "Auth.refresh", {"refresh": pair["refresh"]})
+                outcomes.append(True)
+            except Unauthorized:
+                outcomes.append(False)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(refresh)
+        assert sorted(outcomes) == [False] * 7 + [True]
+
+
+async def test_only_a_newer_state_signed_by_the_authority_is_taken(tmp_path: Path) -> None:
+    async with cluster_of(tmp_path, 2) as (a, b):
+        await synced(a, b)
+        old = (await a.call(AUTH_SERVICE, "Auth.state", {}))["signed"]
+        await a.call(AUTH_SERVICE, "Auth.revoke", {"account": "zoe"})
+        await synced(a, b)
+        trusted = b.auth.trusted
+        assert not b.auth.accept(open_state(old, trusted))  # a replay cannot undo a revocation
+        assert "zoe" in b.auth.revoked_accounts
+        stranger = Authority.generate().signing_key
+        forged = sign_state(stranger, "evil", 10**9, [], {})
+        with pytest.raises(Unauthorized):
+            open_state(forged, trusted)
+        with pytest.raises(BadRequest):
+            open_state("not bytes", trusted)
