@@ -61,7 +61,9 @@ def _pct(sorted_ns: list[int], q: float) -> float | None:
     return sorted_ns[min(len(sorted_ns) - 1, max(0, round(q * len(sorted_ns)) - 1))] / 1000
 
 
-async def _asks(ref: Any, seconds: float, concurrency: int) -> dict[str, Any]:
+async def _asks(
+    ref: Any, seconds: float, concurrency: int, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     lat: list[int] = []
     next_id = 0
     t0 = time.perf_counter_ns()
@@ -75,7 +77,9 @@ async def _asks(ref: Any, seconds: float, concurrency: int) -> dict[str, Any]:
                 return
             i = next_id
             next_id += 1
-            reply = await ask(ref, {"op": "add", "id": i, "a": 1, "b": 2}, endpoint="Bench.add")
+            reply = await ask(
+                ref, {"op": "add", "id": i, "a": 1, "b": 2}, endpoint="Bench.add", headers=headers
+            )
             assert reply["r"] == 3
             lat.append(time.perf_counter_ns() - t)
 

@@ -99,6 +99,9 @@ BUILTIN_RULES: tuple[Rule, ...] = (
 )
 
 
+#: Grants remembered (see :meth:`AuthGuard.admit`); the oldest goes first when full.
+GRANT_CACHE = 4096
+
 #: Largest signed auth state a node accepts (rules and revocation lists together).
 MAX_STATE_BYTES = 4 * 1024 * 1024
 
@@ -232,6 +235,7 @@ class AuthGuard:
         self.revoked_accounts: frozenset[str] = frozenset()
         self.revoked_nodes: frozenset[str] = frozenset()
         self.tokens = TokenCache(cache_size)
+        self._granted: dict[tuple[Any, ...], tuple[Account, float]] = {}
         self.epoch = ""
         self.issued = 0.0
         #: Called after every :meth:`apply` (the cluster closes links of revoked nodes).
@@ -301,9 +305,23 @@ class AuthGuard:
     def admit(
         self, link: Link, action: str, cell: Cell, endpoint: str, headers: Mapping[str, str] | None, msg: Any
     ) -> Account:
-        """The :class:`~trimicro.actors.remote.Guard` hook: the caller's account, or 401/403."""
+        """The :class:`~trimicro.actors.remote.Guard` hook: the caller's account, or 401/403.
+
+        A grant is remembered for up to a second (per link, token, actor and endpoint), so a
+        busy caller pays for the checks once a second, not per request; :meth:`apply` forgets
+        every grant at once, so a rule change or revocation is not delayed by it.
+        """
+        token = bearer(headers)
+        key = (link, token, cell, action, endpoint or type(msg))
+        now = time.time()
+        hit = self._granted.get(key)
+        if hit is not None and hit[1] > now:
+            return hit[0]
         account = self._caller(link, headers, action)
         self.check(account, self.resource_of(cell, endpoint, msg, action))
+        if len(self._granted) >= GRANT_CACHE:
+            del self._granted[next(iter(self._granted))]
+        self._granted[key] = (account, min(now + 1.0, link.peer_info.expires))
         return account
 
     def _caller(self, link: Link, headers: Mapping[str, str] | None, action: str) -> Account:
@@ -337,6 +355,7 @@ class AuthGuard:
         self.revoked_accounts = frozenset(revoked.get("accounts", ()))
         self.revoked_nodes = frozenset(revoked.get("nodes", ()))
         self.tokens.clear()
+        self._granted.clear()
         self.version, self.epoch, self.issued = version, epoch, issued
         for listener in self.on_apply:
             listener()
