@@ -5,7 +5,7 @@ sqlite ``synchronous=FULL``): point writes one at a time, 64 concurrent writers 
 group commit shares one fsync among them; raw LMDB and sqlite commit each write, as a
 one-writer-at-a-time program would), point reads, and a prefix scan. Bounded in count.
 
-    python benchmarks/bench_store.py [--rounds 3] [--writes 500]
+    python benchmarks/bench_store.py [--rounds 3] [--writes 500] [--reads 20000]
 
 Prints one JSON line per measurement and a summary with medians and ratios.
 """
@@ -29,7 +29,7 @@ from trimicro.cluster.store import LmdbStore, Record
 VALUE = b"v" * 100
 
 
-async def trimicro_round(path: Path, writes: int) -> dict[str, float]:
+async def trimicro_round(path: Path, writes: int, reads: int) -> dict[str, float]:
     store = LmdbStore(path)
     out: dict[str, float] = {}
     try:
@@ -48,9 +48,9 @@ async def trimicro_round(path: Path, writes: int) -> dict[str, float]:
                 nursery.start_soon(writer, w)
         out["write64"] = writes / (time.perf_counter() - t)
         t = time.perf_counter()
-        for i in range(writes):
-            await store.read(f"k/{i:08d}")
-        out["read"] = writes / (time.perf_counter() - t)
+        for i in range(reads):
+            await store.read(f"k/{i % writes:08d}")
+        out["read"] = reads / (time.perf_counter() - t)
         t = time.perf_counter()
         for _ in range(20):
             await store.read("k/", prefix=True)
@@ -60,7 +60,7 @@ async def trimicro_round(path: Path, writes: int) -> dict[str, float]:
     return out
 
 
-def lmdb_round(path: Path, writes: int) -> dict[str, float]:
+def lmdb_round(path: Path, writes: int, reads: int) -> dict[str, float]:
     env = lmdb.open(str(path), map_size=1 << 30, sync=True)
     out: dict[str, float] = {}
     try:
@@ -75,10 +75,10 @@ def lmdb_round(path: Path, writes: int) -> dict[str, float]:
                 txn.put(f"c/{i:08d}".encode(), VALUE)
         out["write64"] = writes / (time.perf_counter() - t)
         t = time.perf_counter()
-        for i in range(writes):
+        for i in range(reads):
             with env.begin() as txn:
-                txn.get(f"k/{i:08d}".encode())
-        out["read"] = writes / (time.perf_counter() - t)
+                txn.get(f"k/{i % writes:08d}".encode())
+        out["read"] = reads / (time.perf_counter() - t)
         t = time.perf_counter()
         for _ in range(20):
             with env.begin() as txn:
@@ -91,7 +91,7 @@ def lmdb_round(path: Path, writes: int) -> dict[str, float]:
     return out
 
 
-def sqlite_round(path: Path, writes: int) -> dict[str, float]:
+def sqlite_round(path: Path, writes: int, reads: int) -> dict[str, float]:
     db = sqlite3.connect(str(path / "s.db"), isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
@@ -107,9 +107,9 @@ def sqlite_round(path: Path, writes: int) -> dict[str, float]:
             db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (f"c/{i:08d}", VALUE))
         out["write64"] = writes / (time.perf_counter() - t)
         t = time.perf_counter()
-        for i in range(writes):
-            db.execute("SELECT v FROM kv WHERE k = ?", (f"k/{i:08d}",)).fetchone()
-        out["read"] = writes / (time.perf_counter() - t)
+        for i in range(reads):
+            db.execute("SELECT v FROM kv WHERE k = ?", (f"k/{i % writes:08d}",)).fetchone()
+        out["read"] = reads / (time.perf_counter() - t)
         t = time.perf_counter()
         for _ in range(20):
             db.execute("SELECT k, v FROM kv WHERE k >= 'k/' AND k < 'k0'").fetchall()
@@ -123,13 +123,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--writes", type=int, default=500)
+    parser.add_argument("--reads", type=int, default=20000, help="point reads, cycling over the written keys")
     args = parser.parse_args()
     results: dict[str, dict[str, list[float]]] = {}
     for rnd in range(1, args.rounds + 1):
         runs: dict[str, Any] = {
-            "trimicro": lambda p: trio.run(trimicro_round, p, args.writes),
-            "lmdb": lambda p: lmdb_round(p, args.writes),
-            "sqlite": lambda p: sqlite_round(p, args.writes),
+            "trimicro": lambda p: trio.run(trimicro_round, p, args.writes, args.reads),
+            "lmdb": lambda p: lmdb_round(p, args.writes, args.reads),
+            "sqlite": lambda p: sqlite_round(p, args.writes, args.reads),
         }
         for who, fn in runs.items():
             with tempfile.TemporaryDirectory(dir=".") as tmp:

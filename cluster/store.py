@@ -296,13 +296,18 @@ def _expiry_of(data: bytes) -> float | None:
 
 
 _BUSY = object()  # a point read must go through a worker thread
+_MISSING = object()  # a point read found nothing live
+
+#: Point reads served between two yields to the scheduler (see ``LmdbStore.read``).
+READ_YIELD_EVERY = 64
 
 
 class _RWLock:
     """Many readers or one remapper; a waiting remapper holds off new readers."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
         self._waiting = 0
@@ -316,27 +321,24 @@ class _RWLock:
         try:
             yield
         finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
+            self.release_shared()
 
     def try_shared(self) -> bool:
         """Take a shared hold without ever blocking (for reads on the trio thread)."""
-        if not self._cond.acquire(blocking=False):
+        mutex = self._mutex
+        if not mutex.acquire(False):
             return False
-        try:
-            if self._writer or self._waiting:
-                return False
-            self._readers += 1
-            return True
-        finally:
-            self._cond.release()
+        if self._writer or self._waiting:
+            mutex.release()
+            return False
+        self._readers += 1
+        mutex.release()
+        return True
 
     def release_shared(self) -> None:
-        with self._cond:
+        with self._mutex:
             self._readers -= 1
-            if not self._readers:
+            if not self._readers and self._waiting:  # only a remapper waits for readers to leave
                 self._cond.notify_all()
 
     @contextmanager
@@ -492,6 +494,7 @@ class LmdbStore(_Checks):
             self._env = env
             self._dbi = env.dbi(f"{database}/{table}")
         self._closed = False
+        self._reads = 0
 
     @property
     def map_size(self) -> int:
@@ -516,6 +519,36 @@ class LmdbStore(_Checks):
         if op.error is not None:
             raise op.error
         return op.result
+
+    def _point_read_now(self, key: object) -> Any:
+        """A live record (or ``_MISSING``) read on the trio thread, or ``None`` when the slow path
+        must answer (bad key: its error; a map resize in progress: a worker thread)."""
+        if type(key) is not str or not key:
+            return None
+        try:
+            raw = key.encode()
+        except UnicodeEncodeError:
+            return None
+        if len(raw) > self.max_key:
+            return None
+        rw = self._env.rw
+        if not rw.try_shared():
+            return None
+        try:
+            txn = self._env.env.begin(db=self._dbi)
+            data = txn.get(raw)
+            txn.abort()
+        except lmdb.MapResizedError:
+            return None
+        finally:
+            rw.release_shared()
+        if data is None:
+            return _MISSING
+        obj = msgpack.unpackb(data, raw=False)
+        expiry = obj["e"]
+        if expiry is not None and expiry <= self.now():
+            return _MISSING
+        return Record(key, obj["v"], obj["m"], expiry)
 
     def _read_now(self, raw: bytes) -> Any:
         """A point read on the calling (trio) thread: an MVCC snapshot lookup in the memory map,
@@ -572,6 +605,18 @@ class LmdbStore(_Checks):
         limit: int | None = None,
         offset: int = 0,
     ) -> builtins.list[Record]:
+        if not (prefix or suffix or limit is not None or offset) and not self._closed:
+            record = self._point_read_now(key)  # the hot path: no thread hop, no scheduler trip
+            if record is not None:
+                self._reads += 1
+                if self._reads >= READ_YIELD_EVERY:
+                    self._reads = 0
+                    await trio.lowlevel.checkpoint()
+                else:
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                if record is _MISSING:
+                    raise NotFound(f"store key {key!r} not found")
+                return [record]
         self._check_open()
         self._page(limit, offset)
         now = self.now()
@@ -581,10 +626,21 @@ class LmdbStore(_Checks):
             if data is _BUSY:
                 data = await trio.to_thread.run_sync(self._read_txn, lambda txn: txn.get(raw))
             else:
-                await trio.lowlevel.checkpoint()
-            if data is None or _expired(_expiry_of(data), now):
+                # A read that found its answer yields to the scheduler only once every
+                # READ_YIELD_EVERY reads (a scheduler round trip costs more than the read), but it
+                # always honours cancellation; a long run of reads still lets others run.
+                self._reads += 1
+                if self._reads >= READ_YIELD_EVERY:
+                    self._reads = 0
+                    await trio.lowlevel.checkpoint()
+                else:
+                    await trio.lowlevel.checkpoint_if_cancelled()
+            if data is None:
                 raise NotFound(f"store key {key!r} not found")
-            return [_decode(raw, data)]
+            record = _decode(raw, data)
+            if _expired(record.expiry, now):
+                raise NotFound(f"store key {key!r} not found")
+            return [record]
         affix = self._affix(key, "key")
         pre, suf = (affix if prefix else b""), (affix if suffix else b"")
         found = await trio.to_thread.run_sync(

@@ -156,6 +156,30 @@ async def test_concurrent_writers_group_commit_and_durable(tmp_path: Path) -> No
         await reopened.aclose()
 
 
+async def test_point_reads_honour_cancellation_and_let_others_run(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "db", sync=False)
+    try:
+        await store.write(Record("k", b"v"))
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await store.read("k")  # served at once from the memory map, yet cancellation wins
+        assert scope.cancelled_caught
+        ran = trio.Event()
+
+        async def other_task() -> None:
+            ran.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_task)
+            for _ in range(200):  # a long run of reads still yields to the scheduler now and then
+                await store.read("k")
+                if ran.is_set():
+                    break
+            assert ran.is_set()
+    finally:
+        await store.aclose()
+
+
 async def test_map_grows_from_tiny(tmp_path: Path) -> None:
     store = LmdbStore(tmp_path / "db", map_size=64 * 1024)
     value = bytes(range(256)) * 128  # 32 KiB
