@@ -25,6 +25,8 @@ import contextlib
 import itertools
 import logging
 import math
+import secrets
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -85,6 +87,11 @@ MAX_STREAMS = 4096
 MAX_CREDIT = 1 << 20
 #: Bound refs remembered per peer (so a hot sender ref is bound once, not per message).
 REF_CACHE = 4096
+#: Longest a duplicate link stays open for the exchanges that started on it (see Link.retire).
+RETIRE_GRACE = 60.0
+#: Watches of our actors one peer may hold (more are still served, not indexed for cleanup).
+MAX_REMOTE_WATCHES = 65536
+RETIRE_POLL = 0.05
 
 
 class Identity(Protocol):
@@ -489,6 +496,8 @@ class Link:
         self.peer_info: Any = conn.peer_info
         #: The guard's account for the peer node, computed once per link.
         self.principal: Any = None
+        #: The peer process's incarnation, from its hello (None until then).
+        self.incarnation: str | None = None
 
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
@@ -770,8 +779,12 @@ class Link:
             except MicroError:
                 return None
             address = info.get("address") if isinstance(info, dict) else None
-            if isinstance(address, str) and address:
+            if isinstance(address, str) and address and self.initiator is False:
                 self.peer.address = address
+            incarnation = info.get("incarnation") if isinstance(info, dict) else None
+            if isinstance(incarnation, str) and 0 < len(incarnation) <= 64:
+                self.incarnation = incarnation
+                self.peer.restarted(self)
         elif op == "watch" and env.target is not None and env.sender is not None:
             watcher = self.peer.bind(env.sender)
             try:
@@ -780,12 +793,16 @@ class Link:
                 self.push(self._terminated_frame(watcher, env.target, "no such actor"))
                 return None
             cell.add_watcher(watcher)
+            if len(self.peer.watching) < MAX_REMOTE_WATCHES:
+                self.peer.watching.add((cell, watcher))
         elif op == "unwatch" and env.target is not None and env.sender is not None:
             try:
                 cell = remoting.local_cell(env.target)
             except MicroError:
                 return None
-            cell.remove_watcher(self.peer.bind(env.sender))
+            watcher = self.peer.bind(env.sender)
+            cell.remove_watcher(watcher)
+            self.peer.watching.discard((cell, watcher))
         elif op == "terminated" and env.target is not None and env.sender is not None:
             try:
                 reason = remoting.codec.decode(env.body) if env.body else None
@@ -853,8 +870,13 @@ class Link:
                 await self.conn.aclose()
 
     async def retire(self) -> None:
-        """Close a duplicate link once what was already queued on it has been written."""
-        with trio.move_on_after(2.0):
+        """Close a duplicate link once its exchanges are over: new traffic already takes the
+        other link, but asks, requests being served and streams that started here finish here
+        (within RETIRE_GRACE), and what is queued is written before the close."""
+        with trio.move_on_after(RETIRE_GRACE):
+            # Polling, not an event: this is rare (two dials at once) and keeps the hot paths free.
+            while (self.pending or self.inbound or self.streams) and not self.closed:  # noqa: ASYNC110
+                await trio.sleep(RETIRE_POLL)
             await self.flush()
         self.close("duplicate connection")
 
@@ -906,6 +928,8 @@ class Peer:
         self._refs: dict[ActorRef, ActorRef] = {}
         #: remote actor -> local watchers
         self.watched: dict[ActorRef, set[ActorRef]] = {}
+        #: (local cell, watcher on this peer): its watches of our actors
+        self.watching: set[tuple[Cell, ActorRef]] = set()
         self._changed = trio.Event()
 
     async def wait_changed(self) -> None:
@@ -959,6 +983,14 @@ class Peer:
                     self.remoting.node.spawn_system(extra.retire)
         self._notify()
 
+    def restarted(self, link: Link) -> None:
+        """``link`` told us the peer's incarnation: links to an earlier run of it are dead (the
+        old process may never close them, e.g. when it hangs), so close them now rather than
+        after ``dead_after`` seconds of silence."""
+        for other in list(self.links):
+            if other is not link and other.incarnation is not None and other.incarnation != link.incarnation:
+                other.close("the peer restarted")
+
     def link_closed(self, link: Link) -> None:
         if link in self.links:
             self.links.remove(link)
@@ -973,6 +1005,11 @@ class Peer:
                     binding = watcher.binding
                     if binding is not None:
                         binding.system(Terminated(self.bind(ref), f"node unreachable: {reason}"))
+            # Its actors watching ours will never hear a Terminated: forget them.
+            watching, self.watching = self.watching, set()
+            for cell, watcher in watching:
+                cell.remove_watcher(watcher)
+            self.remoting.dormant(self)
 
     def send_system(self, op: str, body: bytes, target: ActorRef | None = None) -> bool:
         """Queue a SYSTEM ``op`` on the current link; ``False`` (and a dial started) if none."""
@@ -1100,9 +1137,12 @@ class Remoting:
         self.handshake_timeout = handshake_timeout
         self.max_frame_size = max_frame_size
         self.peers: dict[str, Peer] = {}
+        self._dormant: weakref.WeakValueDictionary[str, Peer] = weakref.WeakValueDictionary()
         self.listener: Listener | None = None
         self._serve_scope = trio.CancelScope()
         self.link_seq = itertools.count()
+        #: This run of the node, told to peers in ``hello``: a new one means "I restarted".
+        self.incarnation = secrets.token_hex(8)
         #: Hook for discovery: node id -> address, consulted when a peer's address is unknown.
         self.resolve: Callable[[str], str | None] | None = None
         #: SYSTEM operations handled by higher layers: ``endpoint -> handler(link, envelope)``;
@@ -1132,8 +1172,23 @@ class Remoting:
     def peer(self, node_id: str) -> Peer:
         peer = self.peers.get(node_id)
         if peer is None:
-            peer = self.peers[node_id] = Peer(self, node_id)
+            peer = self._dormant.pop(node_id, None) or Peer(self, node_id)
+            self.peers[node_id] = peer
         return peer
+
+    def dormant(self, peer: Peer) -> None:
+        """A peer with no link and nothing watched there leaves :attr:`peers` (which would
+        otherwise grow with every node ever seen, e.g. each CLI run). It stays reachable by
+        weak reference while refs bound to it exist, so it is revived, never duplicated."""
+        if (
+            peer.links
+            or peer.watched
+            or peer._dialing is not None
+            or self.peers.get(peer.node_id) is not peer
+        ):
+            return
+        del self.peers[peer.node_id]
+        self._dormant[peer.node_id] = peer
 
     def bind_ref(self, ref: ActorRef) -> ActorRef:
         """Bind a ref decoded from the wire: a local cell, a remote actor, or a dead local one."""
@@ -1193,6 +1248,7 @@ class Remoting:
         peer = self.peer(node_id)
         link = Link(self, peer, secure, initiator=False)
         peer.add_link(link)
+        link.push(self._hello())
         await link.run()
 
     async def dial(self, address: str, timeout: float, *, expect: str | None = None) -> Link:
@@ -1224,10 +1280,14 @@ class Remoting:
         peer.address = address
         link = Link(self, peer, secure, initiator=True)
         peer.add_link(link)
-        hello = self.codec.encode({"address": self.address or ""})
-        link.push(encode_envelope(Envelope(Kind.SYSTEM, endpoint="hello", body=hello)))
+        link.push(self._hello())
         self._nursery.start_soon(link.run)
         return link
+
+    def _hello(self) -> bytes:
+        """Where this node listens, and which run of it this is (a restart is a new incarnation)."""
+        hello = self.codec.encode({"address": self.address or "", "incarnation": self.incarnation})
+        return encode_envelope(Envelope(Kind.SYSTEM, endpoint="hello", body=hello))
 
     async def connect(self, address: str, timeout: float | None = None) -> str:
         """Dial ``address`` unless a link to that node exists; return the node's id."""

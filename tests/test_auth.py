@@ -314,7 +314,7 @@ async def test_a_node_of_another_authority_is_refused(tmp_path: Path) -> None:
         with pytest.raises(MicroError) as refused:
             await s.call("greeter", "Greeter.hello", {}, timeout=2)
         assert refused.value.code in (401, 408, 503)
-        assert a.node.remote.peers.get("stranger") is None or not a.node.remote.peers["stranger"].links
+        assert a.node.remote.peers.get("stranger") is None or not a.node.remote.peer("stranger").links
 
 
 SCOPES = ["admin", "ops", "guest"]

@@ -326,7 +326,7 @@ async def test_link_drop_fails_pending_asks_promptly(authority: Authority) -> No
             for event in started:
                 await event.wait()
             start = trio.current_time()
-            for link in list(b.remote.peers["a"].links):
+            for link in list(b.remote.peer("a").links):
                 await link.conn.inner.aclose()  # the wire breaks under b
         assert trio.current_time() - start < 2.0
         assert len(failures) == 5
@@ -347,7 +347,7 @@ async def test_remote_death_watch_on_stop_and_on_node_loss(authority: Authority)
         with trio.fail_after(5):
             first = await receive.receive()
         assert first.ref == target and first.reason is None
-        for link in list(a.remote.peers["b"].links):
+        for link in list(a.remote.peer("b").links):
             await link.conn.inner.aclose()
         with trio.fail_after(5):
             second = await receive.receive()
@@ -385,7 +385,7 @@ async def test_foreign_authority_is_refused(authority: Authority) -> None:
             await m.connect("a", timeout=2)
         with pytest.raises(Unauthorized):
             await a.connect("m", timeout=2)
-        assert not a.remote.peers.get("m") or not a.remote.peers["m"].links
+        assert not a.remote.peers.get("m") or not a.remote.peer("m").links
 
 
 async def test_expired_certificate_is_refused(authority: Authority) -> None:
@@ -402,7 +402,7 @@ async def test_expired_certificate_is_refused(authority: Authority) -> None:
             await o.connect("a", timeout=2)
             await ask(o.remote_ref("a", "counter"), Get(), timeout=2)
         assert info.value.code in (401, 503)
-        assert "old" not in a.remote.peers or not a.remote.peers["old"].links
+        assert "old" not in a.remote.peers or not a.remote.peer("old").links
 
 
 async def test_garbage_after_handshake_closes_only_that_link(authority: Authority) -> None:
@@ -410,12 +410,12 @@ async def test_garbage_after_handshake_closes_only_that_link(authority: Authorit
         await b.spawn(Counter, name="counter")
         ref = a.remote_ref("b", "counter")
         assert await ask(ref, Add(1)) == 1
-        link = a.remote.peers["b"].link
+        link = a.remote.peer("b").link
         assert link is not None
         await link.conn.send_frames([b"\x93\x01\x02\x03"])  # a valid frame, not an envelope
         with trio.fail_after(5):
-            while a.remote.peers["b"].links:
-                await a.remote.peers["b"].wait_changed()
+            while a.remote.peer("b").links:
+                await a.remote.peer("b").wait_changed()
         # a redials on the next call and b serves it
         assert await ask(ref, Add(1)) == 2
 
@@ -434,7 +434,7 @@ async def test_concurrent_asks_share_one_link(authority: Authority) -> None:
             for _ in range(16):
                 nursery.start_soon(caller)
         assert sorted(results) == list(range(1, 801))
-        assert len(a.remote.peers["b"].links) == 1
+        assert len(a.remote.peer("b").links) == 1
 
 
 async def test_simultaneous_dials_settle_on_one_link(authority: Authority) -> None:
@@ -447,12 +447,12 @@ async def test_simultaneous_dials_settle_on_one_link(authority: Authority) -> No
             nursery.start_soon(a.connect, "b")
             nursery.start_soon(b.connect, "a")
         with trio.fail_after(5):
-            while len(a.remote.peers["b"].links) != 1:
-                await a.remote.peers["b"].wait_changed()
-            while len(b.remote.peers["a"].links) != 1:
-                await b.remote.peers["a"].wait_changed()
-        link_a = a.remote.peers["b"].link
-        link_b = b.remote.peers["a"].link
+            while len(a.remote.peer("b").links) != 1:
+                await a.remote.peer("b").wait_changed()
+            while len(b.remote.peer("a").links) != 1:
+                await b.remote.peer("a").wait_changed()
+        link_a = a.remote.peer("b").link
+        link_b = b.remote.peer("a").link
         assert link_a is not None and link_b is not None
         assert link_a.initiator and not link_b.initiator  # both kept the one "a" dialed
 
@@ -492,7 +492,7 @@ async def test_over_tcp_with_encryption(authority: Authority) -> None:
         for k in range(100):
             await tell(ref, Add(k))
         assert await ask(ref, Get()) == list(range(100))
-        link = a.remote.peers["b"].link
+        link = a.remote.peer("b").link
         assert link is not None and link.conn.session.peer_info.node_id == "b"
 
 
@@ -523,7 +523,7 @@ async def test_hostile_frames_close_or_are_refused_but_never_take_the_node_down(
         await b.spawn(Counter, name="counter")
         ref = a.remote_ref("b", "counter")
         assert await ask(ref, Add(1)) == 1
-        link = a.remote.peers["b"].link
+        link = a.remote.peer("b").link
         assert link is not None
         target = b.ref("counter")
         codec = a.remote.codec
@@ -548,3 +548,75 @@ async def test_an_oversized_reply_is_an_error_not_a_dead_link(authority: Authori
         with pytest.raises(InternalServerError, match="exceeds the frame limit"):
             await ask(ref, Big(5 * 1024 * 1024))  # over the default 4 MiB frame limit
         assert await ask(ref, Add(2)) == 2  # the link survived
+
+
+class Gate(Actor):
+    """Answers ``wait`` only when the test opens the gate: an exchange held in flight."""
+
+    service_name = "Gate"
+    max_concurrency = 4
+
+    def __init__(self, entered: trio.Event, gate: trio.Event) -> None:
+        self.entered, self.gate = entered, gate
+
+    async def wait(self, body: Any) -> str:
+        self.entered.set()
+        await self.gate.wait()
+        return "through"
+
+
+async def test_a_duplicate_link_finishes_its_exchanges_before_it_closes(authority: Authority) -> None:
+    """The losing link of two simultaneous dials used to close within 2 s and fail the asks in
+    flight on it; it now closes once they are answered."""
+    tr = InprocTransport()
+    entered, gate = trio.Event(), trio.Event()
+    async with (
+        start_node("a", listen="a", transport=tr, identity=NodeIdentity.issue("a", authority)) as a,
+        start_node("b", listen="b", transport=tr, identity=NodeIdentity.issue("b", authority)) as b,
+    ):
+        await a.spawn(Gate, entered, gate, name="gate")
+        await b.connect("a")  # "b" dials first: this link will lose to the one "a" dials
+        losing = b.remote.peer("a").link
+        assert losing is not None and losing.initiator
+        result: list[str] = []
+
+        async def call() -> None:
+            result.append(await ask(b.remote_ref("a", "gate"), {}, endpoint="Gate.wait", timeout=30))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            await entered.wait()  # the ask is in flight on the losing link
+            await a.remote.dial("b", 5)  # the winning link: "a" < "b"
+            with trio.fail_after(5):
+                while b.remote.peer("a").link is losing:
+                    await b.remote.peer("a").wait_changed()
+            assert not losing.closed  # retiring, not closed: it still carries the ask
+            gate.set()
+        assert result == ["through"]
+        with trio.fail_after(5):  # then it goes
+            while losing in b.remote.peer("a").links:
+                await b.remote.peer("a").wait_changed()
+
+
+async def test_peers_without_links_are_forgotten_and_remote_watches_cleaned(authority: Authority) -> None:
+    tr = InprocTransport()
+    async with start_node(
+        "svc", listen="svc", transport=tr, identity=NodeIdentity.issue("svc", authority)
+    ) as svc:
+        target = await svc.spawn(Counter, name="counter")
+        cell = target.binding
+        for i in range(5):  # short-lived clients, as CLI runs are
+            identity = NodeIdentity.issue(f"cli-{i}", authority)
+            async with start_node(f"cli-{i}", transport=tr, identity=identity, registry=REGISTRY) as cli:
+                await cli.connect("svc")
+                seen_send, _seen = trio.open_memory_channel[Terminated](1)
+                watcher = await cli.spawn(Watcher, seen_send)
+                await ask(watcher, cli.remote_ref("svc", "counter"), endpoint="Watcher.watch")
+                with trio.fail_after(5):
+                    while not cell._watchers:
+                        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(5):
+            while svc.remote.peers:
+                await trio.testing.wait_all_tasks_blocked()
+        assert not cell._watchers  # the watchers of nodes that are gone are forgotten
+        assert await ask(target, Add(2)) == 2  # and the service is none the worse

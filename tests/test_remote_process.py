@@ -28,8 +28,8 @@ PEER = Path(__file__).resolve().parent / "peer_node.py"
 
 
 @asynccontextmanager
-async def peer_process(home: Path, name: str) -> AsyncIterator[Proc]:
-    async with python_process(str(PEER), str(home), name) as peer:
+async def peer_process(home: Path, name: str, *dial: str) -> AsyncIterator[Proc]:
+    async with python_process(str(PEER), str(home), name, *dial) as peer:
         with trio.fail_after(30):
             first = await peer.line()
         assert first.startswith("address "), first
@@ -104,6 +104,29 @@ async def test_sigstopped_peer_is_dropped_after_silence(tmp_path: Path) -> None:
         # socket, so the peer may still have run it: "unreachable" means "may have happened".
         await node.connect(peer.address)
         assert await ask(echo, {"k": 1}, endpoint="Echo.add", timeout=5) in (3, 4)
+
+
+async def test_a_restarted_peer_replaces_its_stale_link_at_once(tmp_path: Path) -> None:
+    """The old process hangs (SIGSTOP: its socket stays open) and a new run of the same node
+    dials in: traffic moves to the new link at once, not after ``dead_after`` of silence."""
+    async with (
+        start_node("a", listen="127.0.0.1:0", home=tmp_path, dead_after=30) as node,
+        peer_process(tmp_path, "svc") as old,
+    ):
+        await node.connect(old.address)  # "a" dials: the link both sides would prefer
+        echo = node.remote_ref("svc", "echo")
+        assert await ask(echo, {"k": 2}, endpoint="Echo.add") == 2
+        old.signal(signal.SIGSTOP)
+        try:
+            assert node.address is not None
+            async with peer_process(tmp_path, "svc", node.address):
+                peer = node.remote.peer("svc")
+                with trio.fail_after(10):
+                    while len(peer.links) != 1 or peer.link is None or peer.link.initiator:
+                        await peer.wait_changed()
+                assert await ask(echo, {"k": 5}, endpoint="Echo.add", timeout=5) == 5  # the new run
+        finally:
+            old.signal(signal.SIGCONT)
 
 
 async def test_node_of_another_authority_is_refused(tmp_path: Path) -> None:
