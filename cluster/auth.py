@@ -311,14 +311,23 @@ class AuthGuard:
         busy caller pays for the checks once a second, not per request; :meth:`apply` forgets
         every grant at once, so a rule change or revocation is not delayed by it.
         """
-        token = bearer(headers)
-        key = (link, token, cell, action, endpoint or type(msg))
+        key = (link, bearer(headers), cell, action, endpoint or type(msg))
+        return self._grant(key, link, headers, action, lambda: self.resource_of(cell, endpoint, msg, action))
+
+    def _grant(
+        self,
+        key: tuple[Any, ...],
+        link: Link,
+        headers: Mapping[str, str] | None,
+        action: str,
+        resource: Callable[[], Resource],
+    ) -> Account:
         now = time.time()
         hit = self._granted.get(key)
         if hit is not None and hit[1] > now:
             return hit[0]
         account = self._caller(link, headers, action)
-        self.check(account, self.resource_of(cell, endpoint, msg, action))
+        self.check(account, resource())
         if len(self._granted) >= GRANT_CACHE:
             del self._granted[next(iter(self._granted))]
         self._granted[key] = (account, min(now + 1.0, link.peer_info.expires))
@@ -334,9 +343,8 @@ class AuthGuard:
 
     def admit_topic(self, link: Link, headers: Mapping[str, str] | None, topic: str, action: str) -> Account:
         """Publishing or subscribing across nodes: the same accounts and rules, on a topic."""
-        account = self._caller(link, headers, action)
-        self.check(account, Resource("topic", topic, action))
-        return account
+        key = (link, bearer(headers), "topic", action, topic)
+        return self._grant(key, link, headers, action, lambda: Resource("topic", topic, action))
 
     # ---- changes -----------------------------------------------------------------------------
 

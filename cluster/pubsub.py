@@ -32,6 +32,7 @@ Subscriptions die with their actor (death watch).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import random
@@ -45,7 +46,7 @@ import trio
 from trimicro.actors import Actor, ActorRef, Terminated, ask
 from trimicro.actors.cell import DEAD, OK, Cell
 from trimicro.actors.remote import AUTHORIZATION, Link, Peer, forward_auth
-from trimicro.mailbox.envelope import Envelope
+from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.errors import BadRequest, MicroError, ServiceUnavailable
 
 from .rules import Resource
@@ -63,6 +64,11 @@ Policy = Literal["block", "drop_oldest", "drop_subscriber"]
 DEAD_LETTER_PREFIX = "$dead."
 #: Interest entries accepted from one peer.
 MAX_REMOTE_INTEREST = 10_000
+#: Messages to one node sent in one envelope, and queued for it before publishers wait.
+OUTBOX_BATCH = 256
+OUTBOX_CAP = 4096
+#: Topics whose routes are remembered (all are forgotten when full, or when interest changes).
+MAX_ROUTES = 4096
 
 
 @attrs.frozen
@@ -124,6 +130,21 @@ class _Deliverer(Actor):
         return await self.pubsub._deliver_acked_locally(body)
 
 
+class _Route:
+    """Where messages on one topic go, worked out once and reused until interest, membership
+    or the auth rules change: which peers get it for plain subscribers (and may), and for each
+    queue group the candidate nodes with their weights (member counts)."""
+
+    __slots__ = ("groups", "local", "plain_nodes")
+
+    def __init__(
+        self, local: bool, plain_nodes: tuple[str, ...], groups: dict[str, tuple[list[str], list[int], int]]
+    ) -> None:
+        self.local = local
+        self.plain_nodes = plain_nodes
+        self.groups = groups
+
+
 class PubSub:
     """A cluster node's pub/sub: local index, peers' interest, publish and subscribe."""
 
@@ -142,6 +163,7 @@ class PubSub:
         self.dropped = 0
         remote = self.node.remote
         remote.system_handlers["pubsub.msg"] = self._on_msg
+        remote.system_handlers["pubsub.batch"] = self._on_batch
         remote.system_handlers["pubsub.interest"] = self._on_interest
         remote.on_peer_up.append(self._peer_up)
         self._interest_version = 0
@@ -152,8 +174,18 @@ class PubSub:
         self._peer_versions: dict[str, tuple[int, int]] = {}
         self._epoch = random.SystemRandom().getrandbits(62)
         self._groups = 0  # local queue-group subscriptions
+        #: node id -> messages waiting for the flusher (see _flush); bounded by OUTBOX_CAP.
+        self._outbox: dict[str, list[list[Any]]] = {}
+        self._outbox_ready = trio.Event()
+        self._outbox_room = trio.Event()
+        self._flushing = trio.Lock()
+        #: topic -> _Route; cleared whenever interest, links or the auth rules change.
+        self._routes: dict[str, _Route] = {}
+        if cluster.auth is not None:
+            cluster.auth.on_apply.append(self._routes.clear)
 
     async def start(self) -> None:
+        self.node.spawn_system(self._flush)
         self._watcher = await self.node.spawn(_Watcher, self, name="trimicro-pubsub-watch")
         self._deliverer = await self.node.spawn(_Deliverer, self, name="trimicro-pubsub")
         if self.cluster.membership is not None:
@@ -224,6 +256,7 @@ class PubSub:
         return self.codec.encode({"e": self._epoch, "v": self._interest_version, "subs": subs})
 
     def _interest_changed(self) -> None:
+        self._routes.clear()
         membership = self.cluster.membership
         if membership is None:
             return
@@ -240,12 +273,14 @@ class PubSub:
             peer.connect_soon()  # _peer_up sends it when the link is there
 
     def _peer_up(self, peer: Peer) -> None:
+        self._routes.clear()
         peer.send_system("pubsub.interest", self._interest_body())
 
     def _member_event(self, event: MemberEvent) -> None:
         if event.kind in ("joined", "alive"):
             self._tell_interest(event.member.id)
         elif event.kind in ("dead", "left") and self.remote_interest.pop(event.member.id, None) is not None:
+            self._routes.clear()
             self._peer_versions.pop(event.member.id, None)
             self._interest_event.set()
             self._interest_event = trio.Event()
@@ -273,6 +308,7 @@ class PubSub:
             log.debug("bad pubsub interest from %s: %s", link.peer.node_id, exc)
             return
         self.remote_interest[link.peer.node_id] = entries
+        self._routes.clear()
         self._peer_versions[link.peer.node_id] = (epoch, version)
         self._interest_event.set()
         self._interest_event = trio.Event()
@@ -310,79 +346,123 @@ class PubSub:
     ) -> int:
         """Publish ``body`` on ``topic``; returns the number of deliveries made (or acked)."""
         if topic not in self._valid_subjects:
-            if not topic.startswith(DEAD_LETTER_PREFIX):
-                validate_subject(topic)
-            if len(self._valid_subjects) >= 4096:
-                self._valid_subjects.clear()
-            self._valid_subjects.add(topic)
+            self._validate(topic)
         headers = dict(forward_auth(headers) or {})
         token = headers.pop(AUTHORIZATION, None)  # proves who publishes; never shown to subscribers
         message = Message(topic, body, headers, self.node.id)
         if ack:
             return await self._publish_acked(message, ack_timeout, max_deliveries, token)
-        delivered = await self._deliver_local(message, plain=True, groups=set())
-        if not self.remote_interest and not self._has_groups:
-            return delivered  # the common single-node case: nothing more to decide
+        route = self._routes.get(topic) or self._route(topic)
+        delivered = 0
+        if route.local:
+            delivered = await self._deliver_local(message, plain=True, groups=set())
+        elif self.node.spend():  # the same yield budget as local deliveries and tells
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        if not route.plain_nodes and not route.groups:
+            return delivered
         groups_here: set[str] = set()
         targets: dict[str, list[str]] = {}  # node id -> queue groups to serve there
-        plain_nodes: set[str] = set()
-        for node_id, entries in self.remote_interest.items():
-            for pattern, queue, _count in entries:
-                if matches(pattern, topic):
-                    if queue:
-                        targets.setdefault(node_id, [])
-                    else:
-                        plain_nodes.add(node_id)
-        for group, node_id in self._pick_group_nodes(topic).items():
+        rng = self.cluster.rng
+        for group, (nodes, cumulative, total) in route.groups.items():
+            node_id = nodes[bisect.bisect_right(cumulative, rng.random() * total)]
             if node_id == self.node.id:
                 groups_here.add(group)
             else:
                 targets.setdefault(node_id, []).append(group)
         if groups_here:
             delivered += await self._deliver_local(message, plain=False, groups=groups_here)
-        wire_headers = message.headers if token is None else {**message.headers, AUTHORIZATION: token}
-        for node_id in plain_nodes | {n for n, g in targets.items() if g}:
-            if not self._may_receive(node_id, topic):
-                continue
-            payload = {
-                "t": topic,
-                "b": body,
-                "h": wire_headers,
-                "p": node_id in plain_nodes,
-                "q": targets.get(node_id, []),
-            }
-            data = self.codec.encode(payload)
-            if self.node.remote.peer(node_id).send_system("pubsub.msg", data):
-                delivered += 1
+        wire_headers = headers if token is None else {**headers, AUTHORIZATION: token}
+        for node_id in route.plain_nodes:
+            delivered += await self._post(
+                node_id, [topic, body, wire_headers, True, targets.pop(node_id, [])]
+            )
+        for node_id, groups in targets.items():
+            delivered += await self._post(node_id, [topic, body, wire_headers, False, groups])
         return delivered
 
-    def _pick_group_nodes(self, topic: str) -> dict[str, str]:
-        """For each queue group with matching members anywhere: the node that gets the message."""
+    async def _post(self, node_id: str, entry: list[Any]) -> int:
+        """Queue a message for ``node_id``; the flusher sends what queued up as one envelope.
+        0 (not sent) when there is no link to that node; waits while its queue is full."""
+        peer = self.node.remote.peer(node_id)
+        if peer.link is None:
+            peer.connect_soon()
+            return 0
+        box = self._outbox.get(node_id)
+        if box is None:
+            box = self._outbox[node_id] = []
+            self._outbox_ready.set()
+        box.append(entry)
+        while len(box) >= OUTBOX_CAP and self._outbox.get(node_id) is box:
+            await self._outbox_room.wait()  # backpressure: the link is slower than the publisher
+        return 1
+
+    async def _flush(self) -> None:
+        """Send each node's queued messages, OUTBOX_BATCH per envelope, in order; wait for room
+        on the link (a slow peer slows its publishers instead of growing memory)."""
+        while True:
+            await self._outbox_ready.wait()
+            await self.drain()
+
+    async def drain(self) -> None:
+        """Send everything queued so far (the cluster calls it before it closes its links)."""
+        async with self._flushing:  # one sender at a time keeps each node's messages in order
+            self._outbox_ready = trio.Event()
+            boxes, self._outbox = self._outbox, {}
+            remote = self.node.remote
+            for node_id, entries in boxes.items():
+                link = remote.peer(node_id).link
+                for start in range(0, len(entries), OUTBOX_BATCH):
+                    if link is None or link.closed:
+                        break  # at most once: the link is gone, and so are these messages
+                    await self._send_batch(link, entries[start : start + OUTBOX_BATCH])
+            self._outbox_room.set()
+            self._outbox_room = trio.Event()
+
+    async def _send_batch(self, link: Link, entries: list[list[Any]]) -> None:
+        try:
+            body = self.codec.encode({"m": entries})
+            frame = encode_envelope(Envelope(Kind.SYSTEM, endpoint="pubsub.batch", body=body))
+            if not link.fits(frame) and len(entries) > 1:
+                half = len(entries) // 2
+                await self._send_batch(link, entries[:half])
+                await self._send_batch(link, entries[half:])
+                return
+            await link.send(frame)
+        except MicroError as exc:  # too large alone, not encodable, or the link closed
+            log.warning("pub/sub messages to %s dropped: %s", link.peer.node_id, exc.detail)
+
+    def _route(self, topic: str) -> _Route:
+        """Work out (and cache) where ``topic`` goes; see :class:`_Route`."""
+        match = self.index.match_view(topic)
+        plain_nodes: list[str] = []
         weights: dict[str, dict[str, int]] = {}
-        for group, members in self.index.match(topic).groups.items():
+        for group, members in match.groups.items():
             if members:
                 weights.setdefault(group, {})[self.node.id] = len(members)
         for node_id, entries in self.remote_interest.items():
+            if not self._may_receive(node_id, topic):
+                continue
             for pattern, queue, count in entries:
-                if queue and matches(pattern, topic):
-                    slot = weights.setdefault(queue, {})
-                    slot[node_id] = slot.get(node_id, 0) + count
-        chosen: dict[str, str] = {}
-        rng = self.cluster.rng
+                if matches(pattern, topic):
+                    if not queue:
+                        if node_id not in plain_nodes:
+                            plain_nodes.append(node_id)
+                    else:
+                        slot = weights.setdefault(queue, {})
+                        slot[node_id] = slot.get(node_id, 0) + count
+        groups: dict[str, tuple[list[str], list[int], int]] = {}
         for group, nodes in weights.items():
-            total = sum(nodes.values())
-            pick = rng.random() * total
-            for node_id, weight in sorted(nodes.items()):
-                pick -= weight
-                if pick < 0:
-                    chosen[group] = node_id
-                    break
-            else:
-                chosen[group] = sorted(nodes)[-1]
-        return chosen
+            ordered = sorted(nodes)
+            cumulative = list(itertools.accumulate(nodes[n] for n in ordered))
+            groups[group] = (ordered, cumulative, cumulative[-1])
+        route = _Route(bool(match.plain), tuple(sorted(plain_nodes)), groups)
+        if len(self._routes) >= MAX_ROUTES:
+            self._routes.clear()
+        self._routes[topic] = route
+        return route
 
     async def _deliver_local(self, message: Message, *, plain: bool, groups: set[str]) -> int:
-        match = self.index.match(message.topic)
+        match = self.index.match_view(message.topic)
         delivered = 0
         if plain:
             item = (message, None, None, None, message.headers or None)
@@ -395,7 +475,7 @@ class PubSub:
                     delivered += await self._offer(sub, message)
             if self.node.spend():  # like tell: deliveries are handed over in batches
                 await trio.lowlevel.cancel_shielded_checkpoint()
-        # Which queue groups are served here was decided by the publisher (_pick_group_nodes).
+        # Which queue groups are served here was decided by the publisher (see publish).
         for group in groups:
             members = match.groups.get(group)
             if members:
@@ -426,14 +506,55 @@ class PubSub:
         return 0
 
     def _on_msg(self, link: Link, env: Envelope) -> Awaitable[int] | None:
+        """One message (``pubsub.msg``: a map ``{t, b, h, p, q}``)."""
         try:
             data = self.codec.decode(env.body)
-            topic, body, headers = data["t"], data["b"], data["h"]
-            plain, groups = bool(data["p"]), data["q"]
+            entry = [data["t"], data["b"], data["h"], data["p"], data["q"]]
+        except (MicroError, ValueError, TypeError, KeyError) as exc:
+            log.debug("bad pubsub message from %s: %s", link.peer.node_id, exc)
+            return None
+        message = self._inbound(link, entry)
+        if message is None:
+            return None
+        # Awaited by the link's reader: in order, and a "block" subscriber that is full holds the
+        # publisher back through the link (TCP) as a local one would.
+        return self._deliver_local(message[0], plain=message[1], groups=message[2])
+
+    def _on_batch(self, link: Link, env: Envelope) -> Awaitable[int] | None:
+        """Several messages in one envelope (``pubsub.batch``: ``{"m": [[t, b, h, p, q], ...]}``),
+        as a busy publisher sends them: one envelope and one decode for up to OUTBOX_BATCH."""
+        try:
+            entries = self.codec.decode(env.body)["m"]
+            if not isinstance(entries, list) or len(entries) > OUTBOX_BATCH:
+                raise BadRequest("bad pubsub batch")
+        except (MicroError, ValueError, TypeError, KeyError) as exc:
+            log.debug("bad pubsub batch from %s: %s", link.peer.node_id, exc)
+            return None
+        messages = [m for m in (self._inbound(link, e) for e in entries) if m is not None]
+        return self._deliver_all(messages) if messages else None
+
+    async def _deliver_all(self, messages: list[tuple[Message, bool, set[str]]]) -> int:
+        delivered = 0
+        for message, plain, groups in messages:
+            delivered += await self._deliver_local(message, plain=plain, groups=groups)
+        return delivered
+
+    def _validate(self, topic: str) -> None:
+        """Check a subject once; remembered (bounded) so a hot topic is not parsed per message."""
+        if not topic.startswith(DEAD_LETTER_PREFIX):
+            validate_subject(topic)
+        if len(self._valid_subjects) >= 4096:
+            self._valid_subjects.clear()
+        self._valid_subjects.add(topic)
+
+    def _inbound(self, link: Link, entry: Any) -> tuple[Message, bool, set[str]] | None:
+        """Check one message from a peer (shape, subject, the publisher's right to publish)."""
+        try:
+            topic, body, headers, plain, groups = entry
             if not isinstance(topic, str):
                 raise BadRequest("bad topic")
-            if not topic.startswith(DEAD_LETTER_PREFIX):
-                validate_subject(topic)
+            if topic not in self._valid_subjects:
+                self._validate(topic)
             if (
                 not isinstance(groups, list)
                 or not all(isinstance(g, str) for g in groups)
@@ -441,7 +562,7 @@ class PubSub:
                 or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
             ):
                 raise BadRequest("bad pubsub message")
-        except (MicroError, ValueError, TypeError, KeyError) as exc:
+        except (MicroError, ValueError, TypeError) as exc:
             log.debug("bad pubsub message from %s: %s", link.peer.node_id, exc)
             return None
         guard = self.cluster.auth
@@ -452,10 +573,7 @@ class PubSub:
                 return None  # refused (and logged by the guard); a publish has no answer to carry it
         if AUTHORIZATION in headers:
             headers = {k: v for k, v in headers.items() if k != AUTHORIZATION}
-        message = Message(topic, body, headers, link.peer.node_id)
-        # Awaited by the link's reader: in order, and a "block" subscriber that is full holds the
-        # publisher back through the link (TCP) as a local one would.
-        return self._deliver_local(message, plain=plain, groups=set(groups))
+        return Message(topic, body, headers, link.peer.node_id), bool(plain), set(groups)
 
     # ---- acknowledged mode -----------------------------------------------------------------------
 

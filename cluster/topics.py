@@ -295,11 +295,16 @@ class SubscriptionIndex(Generic[T]):
         The result is the caller's to keep (a copy of the cached entry). Raises
         :class:`InvalidSubject` for a malformed subject or one containing wildcards.
         """
+        return self.match_view(subject).copy()
+
+    def match_view(self, subject: str) -> Match[T]:
+        """:meth:`match` without the copy, for the hot path: the caller must not change it (a
+        later ``add``/``remove`` leaves it as it was and caches a new one)."""
         cached = self._cache.get(subject)
         if cached is not None:
             self._cache.move_to_end(subject)
             self._hits += 1
-            return cached.copy()
+            return cached
         tokens = _subject_tokens(subject)
         self._misses += 1
         hits: list[_Node[T]] = []
@@ -333,5 +338,4 @@ class SubscriptionIndex(Generic[T]):
             self._cache[subject] = result
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-            return result.copy()
         return result
