@@ -28,7 +28,7 @@ import math
 import secrets
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import trio
 from nacl.signing import SigningKey
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUTHORIZATION",
+    "Coalesced",
     "Guard",
     "Identity",
     "InboundReply",
@@ -87,9 +88,12 @@ MAX_STREAMS = 4096
 MAX_CREDIT = 1 << 20
 #: Bound refs remembered per peer (so a hot sender ref is bound once, not per message).
 REF_CACHE = 4096
+#: Entries in one Coalesced frame, and the room kept for its envelope within the frame limit.
+COALESCE_MAX = 1024
+COALESCE_SLACK = 256
 #: Longest a duplicate link stays open for the exchanges that started on it (see Link.retire).
 RETIRE_GRACE = 60.0
-#: Watches of our actors one peer may hold (more are still served, not indexed for cleanup).
+#: Watchers of one of our actors indexed per peer for cleanup (more are served, not indexed).
 MAX_REMOTE_WATCHES = 65536
 RETIRE_POLL = 0.05
 
@@ -466,6 +470,28 @@ class RemoteActor:
         self.peer.unwatch(self.target, watcher)
 
 
+class Coalesced:
+    """Entries (each one msgpack value, already encoded) that leave as ONE ``SYSTEM`` frame whose
+    body is the msgpack array of them: many small messages of a higher layer (pub/sub) cost one
+    envelope, one frame and one decode call. It sits in the link's queue like a frame, so it keeps
+    its place in the order of everything sent on the link."""
+
+    __slots__ = ("op", "parts", "size")
+
+    def __init__(self, op: str) -> None:
+        self.op = op
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def frame(self) -> bytes:
+        n = len(self.parts)
+        header = bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+        body = header + b"".join(self.parts)
+        return encode_envelope(
+            Envelope(Kind.SYSTEM, 0, None, None, self.op, "application/msgpack", {}, 0, body)
+        )
+
+
 class Link:
     """One authenticated connection to a peer node, shared by every actor on both nodes."""
 
@@ -481,7 +507,7 @@ class Link:
         self.pending: dict[int, Reply] = {}
         self.inbound: dict[int, InboundReply] = {}
         self.streams: dict[int, Stream] = {}
-        self.out: list[bytes] = []
+        self.out: list[bytes | Coalesced] = []
         self.out_bytes = 0
         self._writer = ParkingLot()
         self._room = ParkingLot()
@@ -496,6 +522,8 @@ class Link:
         self.peer_info: Any = conn.peer_info
         #: The guard's account for the peer node, computed once per link.
         self.principal: Any = None
+        #: A Coalesced frame is in ``out`` (the writer builds it when it takes the queue).
+        self._coalesced = False
         #: The peer process's incarnation, from its hello (None until then).
         self.incarnation: str | None = None
 
@@ -523,6 +551,38 @@ class Link:
             return
         if self._writer:
             self._writer.unpark()
+
+    def coalesce(self, op: str, entry: bytes) -> bool:
+        """Queue ``entry`` (one encoded msgpack value) for a :class:`Coalesced` ``op`` frame: the
+        one at the end of the queue if there is room in it, else a new one. ``False`` if the
+        entry alone would not fit in a frame, or the link is closed."""
+        if self.closed or len(entry) > self.remoting.max_frame_size - COALESCE_SLACK:
+            return False
+        out = self.out
+        last = out[-1] if out else None
+        if (
+            not isinstance(last, Coalesced)
+            or last.op != op
+            or len(last.parts) >= COALESCE_MAX
+            or last.size + len(entry) > self.remoting.max_frame_size - COALESCE_SLACK
+        ):
+            last = Coalesced(op)
+            out.append(last)
+            self._coalesced = True
+            if self._writer:
+                self._writer.unpark()
+        last.parts.append(entry)
+        last.size += len(entry)
+        self.out_bytes += len(entry)
+        if self.out_bytes > OUT_HARD_CAP:
+            self.close(f"peer not reading: more than {OUT_HARD_CAP} bytes queued")
+            return False
+        return True
+
+    async def wait_room(self) -> None:
+        """Wait while the send queue is over its high-water mark (then ``send`` would not wait)."""
+        while self.out_bytes >= OUT_HIGH_WATER and not self.closed:
+            await self._room.park()
 
     def fits(self, frame: bytes) -> bool:
         return len(frame) <= self.remoting.max_frame_size
@@ -553,8 +613,13 @@ class Link:
                     flushed.set()
                 await self._writer.park()
                 continue
-            batch, self.out = self.out, []
+            queued, self.out = self.out, []
             self.out_bytes = 0
+            if self._coalesced:
+                self._coalesced = False
+                batch = [f if isinstance(f, bytes) else f.frame() for f in queued]
+            else:
+                batch = cast("list[bytes]", queued)
             if self._room:
                 self._room.unpark_all()
             self.sent += len(batch)
@@ -793,8 +858,11 @@ class Link:
                 self.push(self._terminated_frame(watcher, env.target, "no such actor"))
                 return None
             cell.add_watcher(watcher)
-            if len(self.peer.watching) < MAX_REMOTE_WATCHES:
-                self.peer.watching.add((cell, watcher))
+            watchers = self.peer.watching.get(cell)
+            if watchers is None:
+                watchers = self.peer.watching[cell] = set()
+            if len(watchers) < MAX_REMOTE_WATCHES:
+                watchers.add(watcher)
         elif op == "unwatch" and env.target is not None and env.sender is not None:
             try:
                 cell = remoting.local_cell(env.target)
@@ -802,7 +870,7 @@ class Link:
                 return None
             watcher = self.peer.bind(env.sender)
             cell.remove_watcher(watcher)
-            self.peer.watching.discard((cell, watcher))
+            self.peer.watching.get(cell, set()).discard(watcher)
         elif op == "terminated" and env.target is not None and env.sender is not None:
             try:
                 reason = remoting.codec.decode(env.body) if env.body else None
@@ -928,8 +996,8 @@ class Peer:
         self._refs: dict[ActorRef, ActorRef] = {}
         #: remote actor -> local watchers
         self.watched: dict[ActorRef, set[ActorRef]] = {}
-        #: (local cell, watcher on this peer): its watches of our actors
-        self.watching: set[tuple[Cell, ActorRef]] = set()
+        #: Its watches of our actors: local cell -> watchers there (a stopped cell drops out).
+        self.watching: weakref.WeakKeyDictionary[Cell, set[ActorRef]] = weakref.WeakKeyDictionary()
         self._changed = trio.Event()
 
     async def wait_changed(self) -> None:
@@ -986,10 +1054,35 @@ class Peer:
     def restarted(self, link: Link) -> None:
         """``link`` told us the peer's incarnation: links to an earlier run of it are dead (the
         old process may never close them, e.g. when it hangs), so close them now rather than
-        after ``dead_after`` seconds of silence."""
-        for other in list(self.links):
-            if other is not link and other.incarnation is not None and other.incarnation != link.incarnation:
-                other.close("the peer restarted")
+        after ``dead_after`` seconds of silence, and treat the old run as gone (its actors
+        stopped: their watchers hear so) and the new one as come (``on_peer_up``)."""
+        stale = [
+            other
+            for other in self.links
+            if other is not link and other.incarnation is not None and other.incarnation != link.incarnation
+        ]
+        if not stale:
+            return
+        for other in stale:
+            other.close("the peer restarted")
+            self.links.remove(other)  # at once: the new run is the only one from now on
+        self._forget_run("the peer restarted")
+        for hook in list(self.remoting.on_peer_up):
+            hook(self)
+        self._notify()
+
+    def _forget_run(self, reason: str) -> None:
+        """The peer's process is gone: tell watchers of its actors, forget its watches of ours."""
+        watched, self.watched = self.watched, {}
+        for ref, watchers in watched.items():
+            for watcher in watchers:
+                binding = watcher.binding
+                if binding is not None:
+                    binding.system(Terminated(self.bind(ref), f"node unreachable: {reason}"))
+        watching, self.watching = self.watching, weakref.WeakKeyDictionary()
+        for cell, watchers in watching.items():
+            for watcher in watchers:
+                cell.remove_watcher(watcher)
 
     def link_closed(self, link: Link) -> None:
         if link in self.links:
@@ -999,16 +1092,7 @@ class Peer:
             reason = link.reason or "connection lost"
             for hook in list(self.remoting.on_peer_lost):
                 hook(self, reason)
-            watched, self.watched = self.watched, {}
-            for ref, watchers in watched.items():
-                for watcher in watchers:
-                    binding = watcher.binding
-                    if binding is not None:
-                        binding.system(Terminated(self.bind(ref), f"node unreachable: {reason}"))
-            # Its actors watching ours will never hear a Terminated: forget them.
-            watching, self.watching = self.watching, set()
-            for cell, watcher in watching:
-                cell.remove_watcher(watcher)
+            self._forget_run(reason)
             self.remoting.dormant(self)
 
     def send_system(self, op: str, body: bytes, target: ActorRef | None = None) -> bool:

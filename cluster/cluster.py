@@ -433,7 +433,6 @@ async def start_cluster(
                 body_error = exc
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    await cluster.pubsub.drain()  # messages published just before the exit go out
                     for record, _ in list(cluster._served.values()):
                         await registry.deregister(record)
                     if announce:

@@ -37,6 +37,7 @@ import itertools
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -45,8 +46,9 @@ import trio
 
 from trimicro.actors import Actor, ActorRef, Terminated, ask
 from trimicro.actors.cell import DEAD, OK, Cell
-from trimicro.actors.remote import AUTHORIZATION, Link, Peer, forward_auth
-from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
+from trimicro.actors.remote import AUTHORIZATION, OUT_HIGH_WATER, Link, Peer, forward_auth
+from trimicro.mailbox.codecs import MSGPACK
+from trimicro.mailbox.envelope import Envelope
 from trimicro.mailbox.errors import BadRequest, MicroError, ServiceUnavailable
 
 from .rules import Resource
@@ -64,9 +66,8 @@ Policy = Literal["block", "drop_oldest", "drop_subscriber"]
 DEAD_LETTER_PREFIX = "$dead."
 #: Interest entries accepted from one peer.
 MAX_REMOTE_INTEREST = 10_000
-#: Messages to one node sent in one envelope, and queued for it before publishers wait.
-OUTBOX_BATCH = 256
-OUTBOX_CAP = 4096
+_NO_GROUPS: frozenset[str] = frozenset()
+
 #: Topics whose routes are remembered (all are forgotten when full, or when interest changes).
 MAX_ROUTES = 4096
 
@@ -135,14 +136,21 @@ class _Route:
     or the auth rules change: which peers get it for plain subscribers (and may), and for each
     queue group the candidate nodes with their weights (member counts)."""
 
-    __slots__ = ("groups", "local", "plain_nodes")
+    __slots__ = ("groups", "local", "plain_nodes", "until")
 
     def __init__(
-        self, local: bool, plain_nodes: tuple[str, ...], groups: dict[str, tuple[list[str], list[int], int]]
+        self,
+        local: bool,
+        plain_nodes: tuple[str, ...],
+        groups: dict[str, tuple[list[str], list[int], int]],
+        until: float,
     ) -> None:
         self.local = local
         self.plain_nodes = plain_nodes
         self.groups = groups
+        #: Trusted until then (trio time): decisions about peers (a certificate can expire) are
+        #: made again at least once a second, as the guard's grants are.
+        self.until = until
 
 
 class PubSub:
@@ -174,18 +182,12 @@ class PubSub:
         self._peer_versions: dict[str, tuple[int, int]] = {}
         self._epoch = random.SystemRandom().getrandbits(62)
         self._groups = 0  # local queue-group subscriptions
-        #: node id -> messages waiting for the flusher (see _flush); bounded by OUTBOX_CAP.
-        self._outbox: dict[str, list[list[Any]]] = {}
-        self._outbox_ready = trio.Event()
-        self._outbox_room = trio.Event()
-        self._flushing = trio.Lock()
         #: topic -> _Route; cleared whenever interest, links or the auth rules change.
         self._routes: dict[str, _Route] = {}
         if cluster.auth is not None:
             cluster.auth.on_apply.append(self._routes.clear)
 
     async def start(self) -> None:
-        self.node.spawn_system(self._flush)
         self._watcher = await self.node.spawn(_Watcher, self, name="trimicro-pubsub-watch")
         self._deliverer = await self.node.spawn(_Deliverer, self, name="trimicro-pubsub")
         if self.cluster.membership is not None:
@@ -352,7 +354,9 @@ class PubSub:
         message = Message(topic, body, headers, self.node.id)
         if ack:
             return await self._publish_acked(message, ack_timeout, max_deliveries, token)
-        route = self._routes.get(topic) or self._route(topic)
+        route = self._routes.get(topic)
+        if route is None or route.until < trio.current_time():
+            route = self._route(topic)
         delivered = 0
         if route.local:
             delivered = await self._deliver_local(message, plain=True, groups=set())
@@ -381,55 +385,21 @@ class PubSub:
         return delivered
 
     async def _post(self, node_id: str, entry: list[Any]) -> int:
-        """Queue a message for ``node_id``; the flusher sends what queued up as one envelope.
-        0 (not sent) when there is no link to that node; waits while its queue is full."""
+        """Send one message to ``node_id``: appended to the link's open ``pubsub.batch`` frame,
+        so a burst of publishes leaves as a few envelopes, in order with everything else sent
+        on the link. 0 (not sent) without a link; waits while the link's queue is full."""
         peer = self.node.remote.peer(node_id)
-        if peer.link is None:
+        link = peer.link
+        if link is None:
             peer.connect_soon()
             return 0
-        box = self._outbox.get(node_id)
-        if box is None:
-            box = self._outbox[node_id] = []
-            self._outbox_ready.set()
-        box.append(entry)
-        while len(box) >= OUTBOX_CAP and self._outbox.get(node_id) is box:
-            await self._outbox_room.wait()  # backpressure: the link is slower than the publisher
-        return 1
-
-    async def _flush(self) -> None:
-        """Send each node's queued messages, OUTBOX_BATCH per envelope, in order; wait for room
-        on the link (a slow peer slows its publishers instead of growing memory)."""
-        while True:
-            await self._outbox_ready.wait()
-            await self.drain()
-
-    async def drain(self) -> None:
-        """Send everything queued so far (the cluster calls it before it closes its links)."""
-        async with self._flushing:  # one sender at a time keeps each node's messages in order
-            self._outbox_ready = trio.Event()
-            boxes, self._outbox = self._outbox, {}
-            remote = self.node.remote
-            for node_id, entries in boxes.items():
-                link = remote.peer(node_id).link
-                for start in range(0, len(entries), OUTBOX_BATCH):
-                    if link is None or link.closed:
-                        break  # at most once: the link is gone, and so are these messages
-                    await self._send_batch(link, entries[start : start + OUTBOX_BATCH])
-            self._outbox_room.set()
-            self._outbox_room = trio.Event()
-
-    async def _send_batch(self, link: Link, entries: list[list[Any]]) -> None:
-        try:
-            body = self.codec.encode({"m": entries})
-            frame = encode_envelope(Envelope(Kind.SYSTEM, endpoint="pubsub.batch", body=body))
-            if not link.fits(frame) and len(entries) > 1:
-                half = len(entries) // 2
-                await self._send_batch(link, entries[:half])
-                await self._send_batch(link, entries[half:])
-                return
-            await link.send(frame)
-        except MicroError as exc:  # too large alone, not encodable, or the link closed
-            log.warning("pub/sub messages to %s dropped: %s", link.peer.node_id, exc.detail)
+        if link.out_bytes >= OUT_HIGH_WATER:
+            await link.wait_room()  # backpressure: the peer is slower than this publisher
+        data = self.codec.encode(entry)
+        if self.codec.content_type == MSGPACK and link.coalesce("pubsub.batch", data):
+            return 1
+        payload = dict(zip("tbhpq", entry, strict=True))  # another codec, or too big to batch
+        return 1 if peer.send_system("pubsub.msg", self.codec.encode(payload)) else 0
 
     def _route(self, topic: str) -> _Route:
         """Work out (and cache) where ``topic`` goes; see :class:`_Route`."""
@@ -455,13 +425,13 @@ class PubSub:
             ordered = sorted(nodes)
             cumulative = list(itertools.accumulate(nodes[n] for n in ordered))
             groups[group] = (ordered, cumulative, cumulative[-1])
-        route = _Route(bool(match.plain), tuple(sorted(plain_nodes)), groups)
+        route = _Route(bool(match.plain), tuple(sorted(plain_nodes)), groups, trio.current_time() + 1.0)
         if len(self._routes) >= MAX_ROUTES:
             self._routes.clear()
         self._routes[topic] = route
         return route
 
-    async def _deliver_local(self, message: Message, *, plain: bool, groups: set[str]) -> int:
+    async def _deliver_local(self, message: Message, *, plain: bool, groups: AbstractSet[str]) -> int:
         match = self.index.match_view(message.topic)
         delivered = 0
         if plain:
@@ -521,19 +491,35 @@ class PubSub:
         return self._deliver_local(message[0], plain=message[1], groups=message[2])
 
     def _on_batch(self, link: Link, env: Envelope) -> Awaitable[int] | None:
-        """Several messages in one envelope (``pubsub.batch``: ``{"m": [[t, b, h, p, q], ...]}``),
-        as a busy publisher sends them: one envelope and one decode for up to OUTBOX_BATCH."""
+        """Several messages in one envelope (``pubsub.batch``: the msgpack array of ``[topic,
+        body, headers, plain, groups]`` rows), as a busy publisher sends them (see ``_post``)."""
         try:
-            entries = self.codec.decode(env.body)["m"]
-            if not isinstance(entries, list) or len(entries) > OUTBOX_BATCH:
+            rows = self.codec.decode(env.body)
+            if not isinstance(rows, list):
                 raise BadRequest("bad pubsub batch")
-        except (MicroError, ValueError, TypeError, KeyError) as exc:
+        except MicroError as exc:
             log.debug("bad pubsub batch from %s: %s", link.peer.node_id, exc)
             return None
-        messages = [m for m in (self._inbound(link, e) for e in entries) if m is not None]
+        publisher = link.peer.node_id
+        allowed: dict[str, bool] = {}  # topic -> checked and allowed, for this batch
+        messages: list[tuple[Message, bool, AbstractSet[str]]] = []
+        for row in rows:
+            # The common shape (no headers, no queue groups, for plain subscribers) is checked
+            # once per topic per batch; anything else takes the full check.
+            if type(row) is list and len(row) == 5 and row[3] is True and not row[2] and not row[4]:
+                topic = row[0]
+                ok = allowed.get(topic) if type(topic) is str else False
+                if ok is None:
+                    ok = allowed[topic] = self._inbound(link, [topic, None, {}, True, []]) is not None
+                if ok:
+                    messages.append((Message(topic, row[1], {}, publisher), True, _NO_GROUPS))
+            else:
+                message = self._inbound(link, row)
+                if message is not None:
+                    messages.append(message)
         return self._deliver_all(messages) if messages else None
 
-    async def _deliver_all(self, messages: list[tuple[Message, bool, set[str]]]) -> int:
+    async def _deliver_all(self, messages: list[tuple[Message, bool, AbstractSet[str]]]) -> int:
         delivered = 0
         for message, plain, groups in messages:
             delivered += await self._deliver_local(message, plain=plain, groups=groups)

@@ -286,8 +286,11 @@ def _encode(rec: Record) -> bytes:
 
 
 def _decode(key: bytes, data: bytes) -> Record:
-    obj = msgpack.unpackb(data, raw=False)
-    return Record(key.decode(), obj["v"], dict(obj["m"]), obj["e"])
+    try:
+        obj = msgpack.unpackb(data, raw=False)
+        return Record(key.decode(), obj["v"], dict(obj["m"]), obj["e"])
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+        raise InternalServerError(f"store record {key!r} is not readable: {exc}") from None
 
 
 def _expiry_of(data: bytes) -> float | None:
@@ -538,17 +541,16 @@ class LmdbStore(_Checks):
             txn = self._env.env.begin(db=self._dbi)
             data = txn.get(raw)
             txn.abort()
-        except lmdb.MapResizedError:
-            return None
+        except lmdb.Error:
+            return None  # a map resize, or worse: the slow path reads again and reports it
         finally:
             rw.release_shared()
         if data is None:
             return _MISSING
-        obj = msgpack.unpackb(data, raw=False)
-        expiry = obj["e"]
-        if expiry is not None and expiry <= self.now():
+        record = _decode(raw, data)
+        if record.expiry is not None and record.expiry <= self.now():
             return _MISSING
-        return Record(key, obj["v"], obj["m"], expiry)
+        return record
 
     def _read_now(self, raw: bytes) -> Any:
         """A point read on the calling (trio) thread: an MVCC snapshot lookup in the memory map,

@@ -114,6 +114,7 @@ async def test_across_nodes_only_where_interested_and_in_order(tmp_path: Path) -
             received_at_c += 1
 
         c.node.remote.system_handlers["pubsub.msg"] = count
+        c.node.remote.system_handlers["pubsub.batch"] = count  # how a burst of publishes travels
         for i in range(100):
             await a.publish("orders.eu.created", i)
         await box.wait_for(100)

@@ -116,6 +116,9 @@ async def test_a_restarted_peer_replaces_its_stale_link_at_once(tmp_path: Path) 
         await node.connect(old.address)  # "a" dials: the link both sides would prefer
         echo = node.remote_ref("svc", "echo")
         assert await ask(echo, {"k": 2}, endpoint="Echo.add") == 2
+        seen_send, seen = trio.open_memory_channel[Terminated](4)
+        watcher = await node.spawn(Watcher, seen_send)
+        await ask(watcher, echo, endpoint="Watcher.watch")
         old.signal(signal.SIGSTOP)
         try:
             assert node.address is not None
@@ -125,6 +128,9 @@ async def test_a_restarted_peer_replaces_its_stale_link_at_once(tmp_path: Path) 
                     while len(peer.links) != 1 or peer.link is None or peer.link.initiator:
                         await peer.wait_changed()
                 assert await ask(echo, {"k": 5}, endpoint="Echo.add", timeout=5) == 5  # the new run
+                with trio.fail_after(5):  # the old run's actor is gone, and its watcher hears so
+                    gone = await seen.receive()
+                assert "restarted" in (gone.reason or "")
         finally:
             old.signal(signal.SIGCONT)
 
