@@ -11,7 +11,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from trimicro.actors import Actor, bounded
+from trimicro.actors import Actor, ask, bounded
 from trimicro.cluster.cluster import Cluster, start_cluster
 from trimicro.cluster.pubsub import Message
 from trimicro.cluster.registry import MemoryRegistry
@@ -232,3 +232,32 @@ async def test_slow_subscriber_policies(tmp_path: Path) -> None:
             blocker_gate.set()
         await blocked.wait_for(10)
         assert blocked.bodies() == list(range(10))
+
+
+class Tally(Actor):
+    """Counts messages; ``count`` answers how many arrived so far."""
+
+    service_name = "Tally"
+
+    def __init__(self) -> None:
+        self.bodies: list[object] = []
+
+    async def on_message(self, msg: Message) -> None:
+        self.bodies.append(msg.body)
+
+    async def count(self, body: object) -> list[object]:
+        return self.bodies
+
+
+async def test_a_publish_is_not_overtaken_by_what_the_publisher_sends_next(tmp_path: Path) -> None:
+    """Publishes to a node travel in batches, yet in their place among the link's traffic: an ask
+    sent after them, and an acknowledged publish after plain ones, arrive after them."""
+    async with nodes(2, tmp_path) as [a, b]:
+        tally = await b.node.spawn(Tally, name="tally")
+        await b.subscribe("t", tally)
+        await knows(a, "n1", "t")
+        for i in range(500):
+            await a.publish("t", i)
+        assert await a.publish("t", 500, ack=True) == 1
+        seen = await ask(a.node.remote_ref("n1", "tally"), {}, endpoint="Tally.count")
+        assert seen == list(range(501))
