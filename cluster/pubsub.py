@@ -349,17 +349,22 @@ class PubSub:
         """Publish ``body`` on ``topic``; returns the number of deliveries made (or acked)."""
         if topic not in self._valid_subjects:
             self._validate(topic)
-        headers = dict(forward_auth(headers) or {})
-        token = headers.pop(AUTHORIZATION, None)  # proves who publishes; never shown to subscribers
-        message = Message(topic, body, headers, self.node.id)
+        headers = forward_auth(headers)
+        token = None
+        if headers:
+            headers = dict(headers)
+            token = headers.pop(AUTHORIZATION, None)  # proves who publishes; never shown to subscribers
         if ack:
-            return await self._publish_acked(message, ack_timeout, max_deliveries, token)
+            acked = Message(topic, body, headers or {}, self.node.id)
+            return await self._publish_acked(acked, ack_timeout, max_deliveries, token)
         route = self._routes.get(topic)
         if route is None or route.until < trio.current_time():
             route = self._route(topic)
         delivered = 0
+        message: Message | None = None
         if route.local:
-            delivered = await self._deliver_local(message, plain=True, groups=set())
+            message = Message(topic, body, headers or {}, self.node.id)
+            delivered = await self._deliver_local(message, plain=True, groups=_NO_GROUPS)
         elif self.node.spend():  # the same yield budget as local deliveries and tells
             await trio.lowlevel.cancel_shielded_checkpoint()
         if not route.plain_nodes and not route.groups:
@@ -374,8 +379,10 @@ class PubSub:
             else:
                 targets.setdefault(node_id, []).append(group)
         if groups_here:
+            if message is None:
+                message = Message(topic, body, headers or {}, self.node.id)
             delivered += await self._deliver_local(message, plain=False, groups=groups_here)
-        wire_headers = headers if token is None else {**headers, AUTHORIZATION: token}
+        wire_headers = (headers or {}) if token is None else {**(headers or {}), AUTHORIZATION: token}
         for node_id in route.plain_nodes:
             delivered += await self._post(
                 node_id, [topic, body, wire_headers, True, targets.pop(node_id, [])]

@@ -130,6 +130,26 @@ class _Tag:
 _MSGPACK_LOOK = frozenset({list, dict, _Tag})
 
 
+def _plain_msgpack(root: Any, max_depth: int) -> bool:
+    """The common case, fast: check the depth of a value with no registered values in it, one
+    level per C-level list comprehension. ``False`` as soon as a type tag shows up (then
+    :func:`_finish_msgpack` does the full walk)."""
+    look = _MSGPACK_LOOK
+    level: list[Any] = [root]
+    depth = 1
+    while level:
+        below = [v for c in level for v in (c if type(c) is list else c.values()) if type(v) in look]
+        if not below:
+            return True
+        if depth >= max_depth:
+            raise DecodeError(f"nesting deeper than max_depth={max_depth}")
+        if any(type(v) is _Tag for v in below):
+            return False
+        depth += 1
+        level = below
+    return True
+
+
 def _finish_msgpack(root: Any, max_depth: int, from_wire: Callable[[str, Any], Any]) -> Any:
     """Check nesting depth and build registered values bottom-up, level by level, no recursion.
 
@@ -275,6 +295,10 @@ class MsgpackCodec:
             )
             kind = type(obj)
             if kind is list or kind is dict:
+                if (kind is dict or not obj or type(obj[0]) is not _Tag) and _plain_msgpack(
+                    obj, limits.max_depth
+                ):
+                    return obj
                 return _finish_msgpack(obj, limits.max_depth, self._registry.from_wire)
             if kind is _Tag:
                 raise DecodeError("type tag out of place (not at the start of a [tag, fields] pair)")
