@@ -301,6 +301,11 @@ def _expiry_of(data: bytes) -> float | None:
 _BUSY = object()  # a point read must go through a worker thread
 _MISSING = object()  # a point read found nothing live
 
+#: A sweep looks at this many records per read snapshot and deletes at most this many per
+#: write transaction (see ``LmdbStore.sweep``).
+SWEEP_SCAN = 10_000
+SWEEP_BATCH = 1_000
+
 #: Point reads served between two yields to the scheduler (see ``LmdbStore.read``).
 READ_YIELD_EVERY = 64
 
@@ -671,18 +676,45 @@ class LmdbStore(_Checks):
         return [raw.decode() for raw, _ in found]
 
     async def sweep(self) -> int:
-        """Delete expired records of this table (in one write transaction); return how many."""
-        now, dbi = self.now(), self._dbi
+        """Delete expired records of this table; return how many.
 
-        def sweep(txn: Any) -> int:
-            cursor = txn.cursor(db=dbi)
-            dead = [raw for raw, data in cursor if _expired(_expiry_of(data), now)]
-            for raw in dead:
-                txn.delete(raw, db=dbi)
-            return len(dead)
+        In chunks, so neither memory nor the writer's hold grows with the table: a read snapshot
+        in a worker thread looks at up to SWEEP_SCAN records and picks up to SWEEP_BATCH expired
+        keys, then one write transaction deletes those that are still expired (a record
+        rewritten meanwhile stays), and the scan goes on from where it stopped.
+        """
+        dbi, total, start = self._dbi, 0, b""
+        while True:
+            now = self.now()
 
-        count: int = await self._submit(sweep)
-        return count
+            def scan(txn: Any, start: bytes = start, now: float = now) -> tuple[list[bytes], bytes | None]:
+                cursor = txn.cursor(db=dbi)
+                dead: list[bytes] = []
+                if not cursor.set_range(start):
+                    return dead, None
+                for seen, (raw, data) in enumerate(cursor):
+                    if seen >= SWEEP_SCAN or len(dead) >= SWEEP_BATCH:
+                        return dead, bytes(raw)
+                    if _expired(_expiry_of(data), now):
+                        dead.append(bytes(raw))
+                return dead, None
+
+            dead, resume = await trio.to_thread.run_sync(self._read_txn, scan)
+            if dead:
+
+                def delete(txn: Any, dead: list[bytes] = dead, now: float = now) -> int:
+                    gone = 0
+                    for raw in dead:
+                        data = txn.get(raw, db=dbi)
+                        if data is not None and _expired(_expiry_of(data), now):
+                            txn.delete(raw, db=dbi)
+                            gone += 1
+                    return gone
+
+                total += await self._submit(delete)
+            if resume is None:
+                return total
+            start = resume
 
     async def run_sweeper(self, interval: float) -> None:
         """Run :meth:`sweep` every ``interval`` seconds, forever (start it in a nursery)."""

@@ -246,3 +246,24 @@ async def test_acked_writes_survive_sigkill(tmp_path: Path) -> None:
             ]
     finally:
         await store.aclose()
+
+
+async def test_sweep_works_in_bounded_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trimicro.cluster.store as store_module
+
+    monkeypatch.setattr(store_module, "SWEEP_SCAN", 100)
+    monkeypatch.setattr(store_module, "SWEEP_BATCH", 30)
+    clock = Clock()
+    store = LmdbStore(tmp_path / "db", sync=False, now=clock)
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(600):
+                ttl = 5 if i % 3 else None  # two in three expire
+                nursery.start_soon(lambda i=i, ttl=ttl: store.write(Record(f"k{i:04}", b"v"), ttl=ttl))
+        clock.t += 10
+        before = store.commits
+        assert await store.sweep() == 400
+        assert store.commits - before >= 400 // 30  # many small write transactions, not one
+        assert await store.list() == [f"k{i:04}" for i in range(0, 600, 3)]
+    finally:
+        await store.aclose()
