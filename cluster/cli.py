@@ -145,6 +145,7 @@ async def _client(args: argparse.Namespace) -> Any:
         home=_home(args),
         membership=False,
         announce=False,
+        auth_refresh=None,  # it serves nothing: no rules to fetch for a one-shot command
     )
 
 
@@ -281,7 +282,9 @@ async def _stream(args: argparse.Namespace, out: TextIO) -> int:
 def _member_client(args: argparse.Namespace) -> Any:
     """A short-lived member: pub/sub needs the interest that members exchange, so the node
     announces itself while the command runs (and leaves the membership at exit)."""
-    return start_cluster(f"cli-{uuid.uuid4().hex[:8]}", registry=_registry(args), home=_home(args))
+    return start_cluster(
+        f"cli-{uuid.uuid4().hex[:8]}", registry=_registry(args), home=_home(args), auth_refresh=None
+    )
 
 
 async def _settle_interest(cluster: Cluster, wait: float) -> None:

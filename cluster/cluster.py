@@ -313,8 +313,11 @@ class Cluster:
 
     async def publish(self, topic: str, body: Any, **options: Any) -> int:
         """Publish on ``topic`` (see :meth:`~trimicro.cluster.pubsub.PubSub.publish`)."""
-        result: int = await self.pubsub.publish(topic, body, **options)
-        return result
+        pubsub = self.pubsub
+        if options:
+            result: int = await pubsub.publish(topic, body, **options)
+            return result
+        return await pubsub.publish(topic, body)  # type: ignore[no-any-return]  # the hot path
 
     async def subscribe(self, pattern: str, ref: ActorRef, **options: Any) -> Any:
         """Subscribe the local actor ``ref`` (see :meth:`~trimicro.cluster.pubsub.PubSub.subscribe`)."""

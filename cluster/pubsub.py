@@ -36,6 +36,7 @@ import bisect
 import itertools
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable
 from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
@@ -148,7 +149,7 @@ class _Route:
         self.local = local
         self.plain_nodes = plain_nodes
         self.groups = groups
-        #: Trusted until then (trio time): decisions about peers (a certificate can expire) are
+        #: Trusted until then (``time.monotonic``): decisions about peers (a certificate can expire) are
         #: made again at least once a second, as the guard's grants are.
         self.until = until
 
@@ -358,7 +359,7 @@ class PubSub:
             acked = Message(topic, body, headers or {}, self.node.id)
             return await self._publish_acked(acked, ack_timeout, max_deliveries, token)
         route = self._routes.get(topic)
-        if route is None or route.until < trio.current_time():
+        if route is None or route.until < time.monotonic():
             route = self._route(topic)
         delivered = 0
         message: Message | None = None
@@ -385,7 +386,7 @@ class PubSub:
         wire_headers = (headers or {}) if token is None else {**(headers or {}), AUTHORIZATION: token}
         for node_id in route.plain_nodes:
             delivered += await self._post(
-                node_id, [topic, body, wire_headers, True, targets.pop(node_id, [])]
+                node_id, [topic, body, wire_headers, True, targets.pop(node_id, ())]
             )
         for node_id, groups in targets.items():
             delivered += await self._post(node_id, [topic, body, wire_headers, False, groups])
@@ -395,7 +396,8 @@ class PubSub:
         """Send one message to ``node_id``: appended to the link's open ``pubsub.batch`` frame,
         so a burst of publishes leaves as a few envelopes, in order with everything else sent
         on the link. 0 (not sent) without a link; waits while the link's queue is full."""
-        peer = self.node.remote.peer(node_id)
+        remote = self.node.remote
+        peer = remote.peers.get(node_id) or remote.peer(node_id)
         link = peer.link
         if link is None:
             peer.connect_soon()
@@ -432,7 +434,7 @@ class PubSub:
             ordered = sorted(nodes)
             cumulative = list(itertools.accumulate(nodes[n] for n in ordered))
             groups[group] = (ordered, cumulative, cumulative[-1])
-        route = _Route(bool(match.plain), tuple(sorted(plain_nodes)), groups, trio.current_time() + 1.0)
+        route = _Route(bool(match.plain), tuple(sorted(plain_nodes)), groups, time.monotonic() + 1.0)
         if len(self._routes) >= MAX_ROUTES:
             self._routes.clear()
         self._routes[topic] = route
