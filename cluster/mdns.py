@@ -66,7 +66,7 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo
 
-from trimicro.cluster.registry import Endpoint, Event, EventType, NodeInfo, Service, merge_nodes
+from trimicro.cluster.registry import Endpoint, Event, EventType, NodeInfo, Service, Watchers, merge_nodes
 from trimicro.mailbox.errors import NotFound
 
 __all__ = [
@@ -345,7 +345,7 @@ class MdnsRegistry:
         # trio side
         self._registered: dict[str, ServiceInfo] = {}  # instance label -> what we announce
         self._cache: dict[str, Service] = {}  # lower-case instance name -> one-node record
-        self._watchers: list[tuple[str | None, trio.MemorySendChannel[Event]]] = []
+        self._watchers = Watchers(_WATCH_BUFFER)
         self._browsing = False
         self._warm_until = -math.inf
         # zeroconf-loop side (touched only on zeroconf's thread)
@@ -406,9 +406,7 @@ class MdnsRegistry:
         if self._closed:
             return
         self._closed = True
-        for _, send in self._watchers:
-            send.close()
-        self._watchers.clear()
+        self._watchers.close()
         async with self._start_lock:  # wait out a start in progress
             zc = self._zc
         if zc is None:
@@ -578,14 +576,7 @@ class MdnsRegistry:
             self._emit(Event(EventType.UPDATE, record))
 
     def _emit(self, event: Event) -> None:
-        for wanted, send in list(self._watchers):
-            if wanted is not None and wanted != event.service.name:
-                continue
-            try:
-                send.send_nowait(event)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                self._watchers.remove((wanted, send))
-                send.close()
+        self._watchers.emit(event)
 
     # ----------------------------------------------------------------- queries
 
@@ -609,13 +600,5 @@ class MdnsRegistry:
     async def watch(self, service: str | None = None) -> AsyncIterator[AsyncIterator[Event]]:
         """CREATE/UPDATE/DELETE events (one node each) from now on; a watcher 1024 behind is dropped."""
         await self._ensure_browser()
-        send, receive = trio.open_memory_channel[Event](_WATCH_BUFFER)
-        entry = (service, send)
-        self._watchers.append(entry)
-        try:
-            async with receive:
-                yield receive
-        finally:
-            if entry in self._watchers:
-                self._watchers.remove(entry)
-            send.close()
+        async with self._watchers.watch(service) as events:
+            yield events

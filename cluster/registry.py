@@ -32,6 +32,7 @@ __all__ = [
     "Registry",
     "Service",
     "StaticRegistry",
+    "Watchers",
     "merge_nodes",
 ]
 
@@ -126,6 +127,43 @@ def merge_nodes(records: Iterable[Service]) -> list[Service]:
     return [svc.with_nodes(nodes.values()) for svc, nodes in merged.values()]
 
 
+class Watchers:
+    """The watch side of a registry backend: each watcher gets CREATE/UPDATE/DELETE events for
+    one service (or all) through a bounded channel; one that falls ``buffer`` behind is dropped."""
+
+    def __init__(self, buffer: int = 1024) -> None:
+        self.buffer = buffer
+        self._entries: list[tuple[str | None, trio.MemorySendChannel[Event]]] = []
+
+    @asynccontextmanager
+    async def watch(self, service: str | None = None) -> AsyncIterator[AsyncIterator[Event]]:
+        send, receive = trio.open_memory_channel[Event](self.buffer)
+        entry = (service, send)
+        self._entries.append(entry)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            if entry in self._entries:
+                self._entries.remove(entry)
+            send.close()
+
+    def emit(self, event: Event) -> None:
+        for wanted, send in list(self._entries):
+            if wanted is not None and wanted != event.service.name:
+                continue
+            try:
+                send.send_nowait(event)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                self._entries.remove((wanted, send))
+                send.close()
+
+    def close(self) -> None:
+        for _, send in self._entries:
+            send.close()
+        self._entries.clear()
+
+
 class MemoryRegistry:
     """An in-process registry: shared by the nodes of one process (tests, single-process apps).
 
@@ -137,7 +175,7 @@ class MemoryRegistry:
     def __init__(self) -> None:
         # (name, version) -> node id -> (record without other nodes, node, expiry)
         self._entries: dict[tuple[str, str], dict[str, tuple[Service, NodeInfo, float]]] = {}
-        self._watchers: list[tuple[str | None, trio.MemorySendChannel[Event]]] = []
+        self._watchers = Watchers()
 
     def _expire(self) -> None:
         now = trio.current_time()
@@ -150,14 +188,7 @@ class MemoryRegistry:
                 del self._entries[key]
 
     def _emit(self, event: Event) -> None:
-        for wanted, send in list(self._watchers):
-            if wanted is not None and wanted != event.service.name:
-                continue
-            try:
-                send.send_nowait(event)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                self._watchers.remove((wanted, send))
-                send.close()
+        self._watchers.emit(event)
 
     async def register(self, service: Service, ttl: float | None = None) -> None:
         await trio.lowlevel.checkpoint()
@@ -202,18 +233,8 @@ class MemoryRegistry:
             if nodes
         ]
 
-    @asynccontextmanager
-    async def watch(self, service: str | None = None) -> AsyncIterator[AsyncIterator[Event]]:
-        send, receive = trio.open_memory_channel[Event](1024)
-        entry = (service, send)
-        self._watchers.append(entry)
-        try:
-            async with receive:
-                yield receive
-        finally:
-            if entry in self._watchers:
-                self._watchers.remove(entry)
-            send.close()
+    def watch(self, service: str | None = None) -> Any:
+        return self._watchers.watch(service)
 
 
 class StaticRegistry:
