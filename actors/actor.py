@@ -16,7 +16,9 @@ the actor. Classes local to a function can name their message types with :func:`
 
 from __future__ import annotations
 
+import dis
 import inspect
+import types as _types
 import typing
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -55,6 +57,22 @@ def not_handler(fn: Handler) -> Handler:
     """Keep a public async method out of the handler table."""
     fn.__trimicro_not_handler__ = True  # type: ignore[attr-defined]
     return fn
+
+
+#: Opcodes through which a coroutine can suspend (await, async for, async with).
+_SUSPEND_OPS = frozenset({"YIELD_VALUE", "SEND", "GET_AWAITABLE", "GET_ANEXT", "BEFORE_ASYNC_WITH"})
+
+
+def never_suspends(fn: Any) -> bool:
+    """True when ``fn`` is an ``async def`` whose body has no ``await``: it runs to its end in one
+    step, so running it needs no cancel scope (nothing could be cancelled or time out).
+
+    Conservative: anything but a plain coroutine function (a wrapper, a partial, a callable
+    object) counts as one that may suspend.
+    """
+    if not isinstance(fn, _types.FunctionType) or not inspect.iscoroutinefunction(fn):
+        return False
+    return not any(ins.opname in _SUSPEND_OPS for ins in dis.get_instructions(fn.__code__))
 
 
 class Actor:
@@ -97,7 +115,7 @@ class _Unhandled(Exception):
 class HandlerTable:
     """A class's handlers by message type and by endpoint name, resolved once per class."""
 
-    __slots__ = ("by_endpoint", "by_stream", "by_type", "fallback", "service")
+    __slots__ = ("by_endpoint", "by_stream", "by_type", "fallback", "inline", "service")
 
     def __init__(self, cls: type[Actor]) -> None:
         self.service = cls.service_name or cls.__name__
@@ -107,6 +125,9 @@ class HandlerTable:
         self.by_stream: dict[str, Handler] = {}
         fallback = cls.receive
         self.fallback: Handler | None = None if fallback is Actor.receive else fallback
+        #: Handlers with no ``await`` (see :func:`never_suspends`): a direct ask runs them
+        #: without the cancel scope a handler that can block needs.
+        self.inline: set[Handler] = set()
         seen: set[str] = set()
         for klass in cls.__mro__:
             if klass is Actor or klass is object:
@@ -141,6 +162,8 @@ class HandlerTable:
             if t in self.by_type:
                 raise TypeError(f"{cls.__name__}: two handlers take {t.__name__}")
             self.by_type[t] = fn
+        if never_suspends(fn):
+            self.inline.add(fn)
         convert = _converter(types[0] if len(types) == 1 else None)
         self.by_endpoint[f"{self.service}.{name}"] = (fn, convert)
         self.by_endpoint.setdefault(name, (fn, convert))

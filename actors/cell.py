@@ -330,24 +330,42 @@ class Cell:
         if self.status != RUNNING or self.active or len(self.mailbox):  # changed while we yielded
             return await self.ask(msg, sender, headers, endpoint, timeout, reply_headers)
         reply = Reply()
+        item = (msg, reply, sender, endpoint, headers)
+        # A handler with no ``await`` completes in one step: nothing could time it out or
+        # cancel it, so it runs without the cancel scope (about half of a direct ask's cost).
+        inline = False
+        table = self.handlers
+        if table is not None and table.inline:
+            if endpoint is None:
+                fn = table.by_type.get(type(msg))
+            else:
+                entry = table.by_endpoint.get(endpoint)
+                fn = None if entry is None else entry[0]
+            inline = fn in table.inline
         self.active += 1
-        scopes = self._scopes
-        if scopes is None:
-            scopes = self._scopes = set()
+        scope: trio.CancelScope | None = None
         token = current_cell.set(self)
         try:
-            with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
-                scopes.add(scope)
-                await self._handle_one((msg, reply, sender, endpoint, headers))
+            if inline:
+                await self._handle_one(item)
+            else:
+                scopes = self._scopes
+                if scopes is None:
+                    scopes = self._scopes = set()
+                scope = trio.CancelScope(deadline=trio.current_time() + timeout)
+                with scope:
+                    scopes.add(scope)
+                    await self._handle_one(item)
         finally:
-            scopes.discard(scope)
+            if scope is not None and self._scopes is not None:
+                self._scopes.discard(scope)
             current_cell.reset(token)
             self.active -= 1
             if self.active == 0 and self._workers_idle is not None:
                 self._workers_idle.set()
             if self.status == RUNNING and len(self.mailbox):
                 self.node.dispatcher.activate(self)
-        if scope.cancelled_caught:
+        if scope is not None and scope.cancelled_caught:
             if self.status >= SUSPENDED:
                 raise ServiceUnavailable(f"actor {self.path} stopped while handling", id=self.path)
             raise RequestTimeout(f"no reply from {self.path} within {timeout:g}s", id=self.path)
