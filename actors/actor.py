@@ -89,8 +89,22 @@ class Actor:
     supervision: ClassVar[SupervisorStrategy] = SupervisorStrategy()
     service_name: ClassVar[str | None] = None
 
-    #: Set by the runtime before ``started``: this actor's view of the node.
-    context: Context
+    #: Set by the runtime before ``started``: the cell hosting this instance.
+    _trimicro_cell: Any
+
+    @property
+    def context(self) -> Context:
+        """This actor's view of the node (ref, children, timers, watch, the current call).
+
+        Built on first use and kept for the actor's life (restarts included): most actors
+        never ask for it, and spawning is cheaper without it.
+        """
+        try:
+            cell = self._trimicro_cell
+        except AttributeError:
+            raise RuntimeError(f"{type(self).__name__} is not running: spawn it on a node") from None
+        context: Context = cell.context
+        return context
 
     async def started(self) -> None:
         """Called once the actor is registered, before its first message (and after restarts)."""

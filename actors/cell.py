@@ -150,6 +150,7 @@ class Cell:
 
     __slots__ = (
         "__weakref__",
+        "_context",
         "_intensity",
         "_room",
         "_scopes",
@@ -161,7 +162,6 @@ class Cell:
         "_workers_idle",
         "active",
         "children",
-        "context",
         "handlers",
         "instance",
         "mailbox",
@@ -194,7 +194,7 @@ class Cell:
         self.max_concurrency = 1
         self.instance: Actor | None = None
         self.handlers: HandlerTable | None = None
-        self.context: Context | None = None
+        self._context: Context | None = None
         self.children: dict[str, Cell] = {}
         self._room: ParkingLot | None = None
         self._scopes: set[trio.CancelScope] | None = None
@@ -208,6 +208,16 @@ class Cell:
 
     def __repr__(self) -> str:
         return f"<Cell {self.path} status={self.status}>"
+
+    @property
+    def context(self) -> Context:
+        """The actor's :class:`Context`, built on first use (see ``Actor.context``)."""
+        context = self._context
+        if context is None:
+            from .context import Context  # a cycle at import time: context.py imports this
+
+            context = self._context = Context(self)
+        return context
 
     # ---- delivery (the binding API used by tell / ask / try_tell) ---------------------------
 
@@ -592,27 +602,45 @@ class Cell:
 
     async def start_instance(self, failure: BaseException | None = None) -> None:
         """Build a fresh instance and run its hooks; the cell then processes its mailbox."""
+        if self.build_instance(failure):
+            await self.run_start_hooks(failure)
+
+    def build_instance(self, failure: BaseException | None = None) -> bool:
+        """Build a fresh instance; start it at once unless it has hooks to run (then ``True``:
+        the caller awaits :meth:`run_start_hooks`). Synchronous, because spawn is hot and most
+        actors keep the no-op hooks."""
         spec = self.spec
         self.status = STARTING
         instance = spec.factory(*spec.args, **spec.kwargs)
         if not isinstance(instance, Actor):
             raise TypeError(f"{spec.factory!r} did not build an Actor")
-        instance.context = self.context  # type: ignore[assignment]
+        instance._trimicro_cell = self
         self.instance = instance
         cls = type(instance)
         if self.handlers is None:  # built by a factory function: the class is known only now
             self.handlers = handler_table(cls)
             self.max_concurrency = max(1, cls.max_concurrency)
-        if failure is not None and cls.restarted is Actor.restarted:
+        if cls.started is not Actor.started or (failure is not None and cls.restarted is not Actor.restarted):
+            return True
+        self._running()
+        return False
+
+    async def run_start_hooks(self, failure: BaseException | None) -> None:
+        """Run ``restarted`` (after a failure) and ``started``, then let the mailbox flow."""
+        instance = self.instance
+        assert instance is not None
+        if failure is not None and type(instance).restarted is Actor.restarted:
             failure = None  # the hook is the no-op default: nothing to call
-        if failure is not None or cls.started is not Actor.started:  # spawn is hot: skip no-ops
-            token = current_cell.set(self)
-            try:
-                if failure is not None:
-                    await instance.restarted(failure)
-                await instance.started()
-            finally:
-                current_cell.reset(token)
+        token = current_cell.set(self)
+        try:
+            if failure is not None:
+                await instance.restarted(failure)
+            await instance.started()
+        finally:
+            current_cell.reset(token)
+        self._running()
+
+    def _running(self) -> None:
         if self.status != STARTING:  # stopped (or failed) while starting
             return
         self.status = RUNNING

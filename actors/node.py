@@ -29,7 +29,6 @@ from trimicro.mailbox.typeregistry import TypeRegistry
 
 from .actor import Actor, handler_table
 from .cell import BATCH, RUNNING, STOPPING, Cell
-from .context import Context
 from .deadletters import DeadLetters
 from .dispatcher import Dispatcher
 from .messages import DeadLetter
@@ -103,7 +102,6 @@ class Node:
         self._anon = itertools.count(1)
         root_spec = ChildSpec(_Guardian, "user", restart=Restart.PERMANENT)
         self._root = Cell(self, None, root_spec, "/user", next(self._uids), bounded(16).build())
-        self._root.context = Context(self._root)
         self._root.handlers = handler_table(_Guardian)
         self._root.instance = _Guardian()
         self._root.status = RUNNING
@@ -147,22 +145,23 @@ class Node:
             name = f"${next(self._anon)}"
         elif not name or "/" in name or name.startswith("$"):
             raise ValueError(f"actor names are non-empty, without '/', not starting with '$': {name!r}")
-        if name in parent.children:
+        children = parent.children
+        if name in children:
             raise Conflict(f"{parent.path}/{name} already exists", id=parent.path)
         factory = spec.factory
-        cls = factory if isinstance(factory, type) else None
-        mailbox_spec = spec.mailbox or (cls.mailbox if cls is not None and issubclass(cls, Actor) else None)
+        actor_cls = factory if isinstance(factory, type) and issubclass(factory, Actor) else None
+        mailbox_spec = spec.mailbox or (actor_cls.mailbox if actor_cls is not None else None)
         mailbox = (mailbox_spec or self.default_mailbox).build(_message_of)
         path = f"{parent.path}/{name}"
         cell = Cell(self, parent, spec, path, next(self._uids), mailbox)
-        cell.context = Context(cell)
-        if cls is not None and issubclass(cls, Actor):
-            cell.handlers = handler_table(cls)
-            cell.max_concurrency = max(1, cls.max_concurrency)
-        parent.children[name] = cell
+        if actor_cls is not None:
+            cell.handlers = handler_table(actor_cls)
+            cell.max_concurrency = max(1, actor_cls.max_concurrency)
+        children[name] = cell
         self._cells[path] = cell
         try:
-            await cell.start_instance()
+            if cell.build_instance():
+                await cell.run_start_hooks(None)
         except BaseException:
             cell.status = STOPPING
             cell._finish_stop("failed to start")
