@@ -3,7 +3,10 @@
 Same operations, same process, same disk, interleaved rounds, everything durable (LMDB sync on,
 sqlite ``synchronous=FULL``): point writes one at a time, 64 concurrent writers (trimicro's
 group commit shares one fsync among them; raw LMDB and sqlite commit each write, as a
-one-writer-at-a-time program would), point reads, and a prefix scan. Bounded in count.
+one-writer-at-a-time program would), point reads, and a prefix scan. Bounded in count. Point
+reads run in a phase of their own where the three take turns in chunks of 1000 reads (the
+read ratio is the median of the per-chunk ratios: a change of the shared machine's speed
+between phases would otherwise decide it).
 
     python benchmarks/bench_store.py [--rounds 3] [--writes 500] [--reads 20000]
 
@@ -48,10 +51,6 @@ async def trimicro_round(path: Path, writes: int, reads: int) -> dict[str, float
                 nursery.start_soon(writer, w)
         out["write64"] = writes / (time.perf_counter() - t)
         t = time.perf_counter()
-        for i in range(reads):
-            await store.read(f"k/{i % writes:08d}")
-        out["read"] = reads / (time.perf_counter() - t)
-        t = time.perf_counter()
         for _ in range(20):
             await store.read("k/", prefix=True)
         out["scan"] = 20 * writes / (time.perf_counter() - t)
@@ -74,11 +73,6 @@ def lmdb_round(path: Path, writes: int, reads: int) -> dict[str, float]:
             with env.begin(write=True) as txn:
                 txn.put(f"c/{i:08d}".encode(), VALUE)
         out["write64"] = writes / (time.perf_counter() - t)
-        t = time.perf_counter()
-        for i in range(reads):
-            with env.begin() as txn:
-                txn.get(f"k/{i % writes:08d}".encode())
-        out["read"] = reads / (time.perf_counter() - t)
         t = time.perf_counter()
         for _ in range(20):
             with env.begin() as txn:
@@ -107,16 +101,64 @@ def sqlite_round(path: Path, writes: int, reads: int) -> dict[str, float]:
             db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (f"c/{i:08d}", VALUE))
         out["write64"] = writes / (time.perf_counter() - t)
         t = time.perf_counter()
-        for i in range(reads):
-            db.execute("SELECT v FROM kv WHERE k = ?", (f"k/{i % writes:08d}",)).fetchone()
-        out["read"] = reads / (time.perf_counter() - t)
-        t = time.perf_counter()
         for _ in range(20):
             db.execute("SELECT k, v FROM kv WHERE k >= 'k/' AND k < 'k0'").fetchall()
         out["scan"] = 20 * writes / (time.perf_counter() - t)
     finally:
         db.close()
     return out
+
+
+READ_CHUNK = 1000
+
+
+async def read_interleaved(path: Path, writes: int, reads: int) -> dict[str, Any]:
+    """Point reads of the three side by side: chunks of READ_CHUNK reads, taking turns, so a
+    change of the shared machine's speed hits all three alike; ratios are per chunk."""
+    store = LmdbStore(path / "t")
+    env = lmdb.open(str(path / "l"), map_size=1 << 30, sync=True)
+    db = sqlite3.connect(str(path / "s.db"), isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v BLOB)")
+        for i in range(writes):
+            await store.write(Record(f"k/{i:08d}", VALUE))
+            with env.begin(write=True) as txn:
+                txn.put(f"k/{i:08d}".encode(), VALUE)
+            db.execute("INSERT INTO kv VALUES (?, ?)", (f"k/{i:08d}", VALUE))
+
+        async def trimicro_reads(start: int) -> None:
+            for i in range(start, start + READ_CHUNK):
+                await store.read(f"k/{i % writes:08d}")
+
+        def lmdb_reads(start: int) -> None:
+            for i in range(start, start + READ_CHUNK):
+                with env.begin() as txn:
+                    txn.get(f"k/{i % writes:08d}".encode())
+
+        def sqlite_reads(start: int) -> None:
+            for i in range(start, start + READ_CHUNK):
+                db.execute("SELECT v FROM kv WHERE k = ?", (f"k/{i % writes:08d}",)).fetchone()
+
+        took: dict[str, list[float]] = {"trimicro": [], "lmdb": [], "sqlite": []}
+        for start in range(0, max(reads, READ_CHUNK), READ_CHUNK):
+            t = time.perf_counter()
+            await trimicro_reads(start)
+            took["trimicro"].append(time.perf_counter() - t)
+            for who, fn in (("lmdb", lmdb_reads), ("sqlite", sqlite_reads)):
+                t = time.perf_counter()
+                fn(start)
+                took[who].append(time.perf_counter() - t)
+    finally:
+        await store.aclose()
+        env.close()
+        db.close()
+    rate = {who: READ_CHUNK * len(ts) / sum(ts) for who, ts in took.items()}
+    chunk_ratio = {
+        peer: statistics.median(p / t for t, p in zip(took["trimicro"], took[peer], strict=True))
+        for peer in ("lmdb", "sqlite")
+    }
+    return {"rate": rate, "chunk_ratio": chunk_ratio}
 
 
 def main() -> None:
@@ -126,6 +168,7 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=20000, help="point reads, cycling over the written keys")
     args = parser.parse_args()
     results: dict[str, dict[str, list[float]]] = {}
+    chunk_ratios: dict[str, list[float]] = {}
     for rnd in range(1, args.rounds + 1):
         runs: dict[str, Any] = {
             "trimicro": lambda p: trio.run(trimicro_round, p, args.writes, args.reads),
@@ -138,12 +181,30 @@ def main() -> None:
             for op, rate in out.items():
                 results.setdefault(who, {}).setdefault(op, []).append(rate)
             print(json.dumps({"round": rnd, "contestant": who, **{k: round(v) for k, v in out.items()}}))
+        with tempfile.TemporaryDirectory(dir=".") as tmp:
+            mixed = trio.run(read_interleaved, Path(tmp), args.writes, args.reads)
+        for who, rate in mixed["rate"].items():
+            results.setdefault(who, {}).setdefault("read", []).append(rate)
+        for peer, ratio in mixed["chunk_ratio"].items():
+            chunk_ratios.setdefault(peer, []).append(ratio)
+        print(
+            json.dumps(
+                {
+                    "round": rnd,
+                    "phase": "read (interleaved chunks)",
+                    "rate": {k: round(v) for k, v in mixed["rate"].items()},
+                    "per chunk": {f"trimicro/{k}": round(v, 3) for k, v in mixed["chunk_ratio"].items()},
+                }
+            )
+        )
     median = {who: {op: round(statistics.median(v)) for op, v in ops.items()} for who, ops in results.items()}
     ratios = {
         f"trimicro/{peer}": {op: round(median["trimicro"][op] / median[peer][op], 2) for op in median[peer]}
         for peer in ("lmdb", "sqlite")
     }
-    print(json.dumps({"summary": True, "median": median, "ratios": ratios}))
+    read_chunks = {f"trimicro/{peer}": round(statistics.median(v), 3) for peer, v in chunk_ratios.items()}
+    summary = {"summary": True, "median": median, "ratios": ratios, "read ratio per chunk": read_chunks}
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

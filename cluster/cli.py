@@ -346,7 +346,7 @@ async def _store(args: argparse.Namespace, out: TextIO) -> int:
                 {
                     "key": r.key,
                     "value": r.value.decode(errors="replace"),
-                    "metadata": r.metadata,
+                    "metadata": dict(r.metadata),
                     "expiry": r.expiry,
                 }
                 for r in records

@@ -18,7 +18,10 @@ lock (microseconds, no round trip through the writer or a thread); otherwise, an
 scan, the read runs in ``trio.to_thread.run_sync`` with its own read-only transaction, so a
 long scan never stalls the trio loop. The trade-off: a cold point read may page-fault on the
 memory map (disk I/O) on the trio thread; on a warm store a point read costs microseconds
-instead of a thread hop (tens of microseconds).
+instead of a thread hop (tens of microseconds). Records are immutable, so a point read keeps
+the record it decoded (up to ``CACHE_RECORDS`` small ones) and returns it again while the
+stored bytes, fetched from LMDB on every read, are unchanged: never stale, even when another
+process writes the same file, and decoding was most of a read's cost.
 
 Map growth: LMDB needs a map size up front. When a write transaction hits
 ``MapFullError`` it is aborted (nothing is written), the map is doubled (readers are held off
@@ -46,7 +49,8 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+import types
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,13 +70,24 @@ GiB = 1024 * MiB
 MAX_BATCH = 4096
 
 
+def _freeze(metadata: Any) -> Any:
+    """A read-only copy of a mapping (anything else is left for ``write`` to refuse)."""
+    if isinstance(metadata, Mapping):
+        return types.MappingProxyType(dict(metadata))
+    return metadata
+
+
 @attrs.frozen
 class Record:
-    """One stored value: ``expiry`` is absolute unix seconds (``None``: never expires)."""
+    """One stored value: ``expiry`` is absolute unix seconds (``None``: never expires).
+
+    Immutable all the way down (``metadata`` is a read-only copy): a record read from a store
+    can be shared between readers and cached without one of them changing what others see.
+    """
 
     key: str
     value: bytes
-    metadata: dict[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=_freeze)
     expiry: float | None = None
 
 
@@ -156,7 +171,7 @@ class _Checks:
                 f"store value is {len(record.value)} bytes, more than the limit of {self.max_value}"
             )
         meta = record.metadata
-        if not isinstance(meta, dict) or not all(
+        if not isinstance(meta, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
         ):
             raise BadRequest("store metadata must be a dict[str, str]")
@@ -170,7 +185,11 @@ class _Checks:
             if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not ttl > 0:
                 raise BadRequest(f"store ttl must be None or seconds > 0, got {ttl!r}")
             expiry = self.now() + ttl
-        return raw, Record(record.key, record.value, dict(meta), None if expiry is None else float(expiry))
+        if expiry is not None:
+            expiry = float(expiry)
+        if expiry == record.expiry:
+            return raw, record  # immutable: no copy needed
+        return raw, attrs.evolve(record, expiry=expiry)
 
 
 def _page(items: builtins.list[Any], limit: int | None, offset: int) -> builtins.list[Any]:
@@ -230,10 +249,10 @@ class MemoryStore(_Checks):
             rec = self._data.get(raw)
             if rec is None or _expired(rec.expiry, self.now()):
                 raise NotFound(f"store key {key!r} not found")
-            return [attrs.evolve(rec, metadata=dict(rec.metadata))]
+            return [rec]
         raw = self._affix(key, "key")
         found = self._live(raw if prefix else b"", raw if suffix else b"")
-        return [attrs.evolve(r, metadata=dict(r.metadata)) for r in _page(found, limit, offset)]
+        return _page(found, limit, offset)
 
     async def write(self, record: Record, *, ttl: float | None = None) -> None:
         await trio.lowlevel.checkpoint()
@@ -281,14 +300,14 @@ class MemoryStore(_Checks):
 
 
 def _encode(rec: Record) -> bytes:
-    out: bytes = msgpack.packb({"v": rec.value, "m": rec.metadata, "e": rec.expiry}, use_bin_type=True)
+    out: bytes = msgpack.packb({"v": rec.value, "m": dict(rec.metadata), "e": rec.expiry}, use_bin_type=True)
     return out
 
 
 def _decode(key: bytes, data: bytes) -> Record:
     try:
         obj = msgpack.unpackb(data, raw=False)
-        return Record(key.decode(), obj["v"], dict(obj["m"]), obj["e"])
+        return Record(key.decode(), obj["v"], obj["m"], obj["e"])
     except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
         raise InternalServerError(f"store record {key!r} is not readable: {exc}") from None
 
@@ -299,12 +318,16 @@ def _expiry_of(data: bytes) -> float | None:
 
 
 _BUSY = object()  # a point read must go through a worker thread
-_MISSING = object()  # a point read found nothing live
 
 #: A sweep looks at this many records per read snapshot and deletes at most this many per
 #: write transaction (see ``LmdbStore.sweep``).
 SWEEP_SCAN = 10_000
 SWEEP_BATCH = 1_000
+
+#: The point-read cache of decoded records (see ``LmdbStore.read``): at most this many records
+#: of at most this many stored bytes each (so at most ~2 MiB per store, the bytes held twice).
+CACHE_RECORDS = 1024
+CACHE_RECORD_BYTES = 1024
 
 #: Point reads served between two yields to the scheduler (see ``LmdbStore.read``).
 READ_YIELD_EVERY = 64
@@ -314,16 +337,19 @@ class _RWLock:
     """Many readers or one remapper; a waiting remapper holds off new readers."""
 
     def __init__(self) -> None:
-        self._mutex = threading.Lock()
-        self._cond = threading.Condition(self._mutex)
+        #: Guards the state below. A reader on the trio thread holds it for its whole
+        #: (microseconds) read, after checking that no remap runs or waits, instead of
+        #: registering as a reader: one lock round trip instead of two.
+        self.mutex = threading.Lock()
+        self._cond = threading.Condition(self.mutex)
         self._readers = 0
-        self._writer = False
-        self._waiting = 0
+        self.writer = False
+        self.waiting = 0
 
     @contextmanager
     def shared(self) -> Iterator[None]:
         with self._cond:
-            while self._writer or self._waiting:
+            while self.writer or self.waiting:
                 self._cond.wait()
             self._readers += 1
         try:
@@ -333,10 +359,10 @@ class _RWLock:
 
     def try_shared(self) -> bool:
         """Take a shared hold without ever blocking (for reads on the trio thread)."""
-        mutex = self._mutex
+        mutex = self.mutex
         if not mutex.acquire(False):
             return False
-        if self._writer or self._waiting:
+        if self.writer or self.waiting:
             mutex.release()
             return False
         self._readers += 1
@@ -344,24 +370,24 @@ class _RWLock:
         return True
 
     def release_shared(self) -> None:
-        with self._mutex:
+        with self.mutex:
             self._readers -= 1
-            if not self._readers and self._waiting:  # only a remapper waits for readers to leave
+            if not self._readers and self.waiting:  # only a remapper waits for readers to leave
                 self._cond.notify_all()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._cond:
-            self._waiting += 1
-            while self._writer or self._readers:
+            self.waiting += 1
+            while self.writer or self._readers:
                 self._cond.wait()
-            self._waiting -= 1
-            self._writer = True
+            self.waiting -= 1
+            self.writer = True
         try:
             yield
         finally:
             with self._cond:
-                self._writer = False
+                self.writer = False
                 self._cond.notify_all()
 
 
@@ -503,6 +529,10 @@ class LmdbStore(_Checks):
             self._dbi = env.dbi(f"{database}/{table}")
         self._closed = False
         self._reads = 0
+        #: Decoded records of recent point reads, by key, with the stored bytes they came from.
+        self._cache: dict[str, tuple[bytes, bytes, Record]] = {}
+        self._rw = env.rw
+        self._begin = env.env.begin
 
     @property
     def map_size(self) -> int:
@@ -527,35 +557,6 @@ class LmdbStore(_Checks):
         if op.error is not None:
             raise op.error
         return op.result
-
-    def _point_read_now(self, key: object) -> Any:
-        """A live record (or ``_MISSING``) read on the trio thread, or ``None`` when the slow path
-        must answer (bad key: its error; a map resize in progress: a worker thread)."""
-        if type(key) is not str or not key:
-            return None
-        try:
-            raw = key.encode()
-        except UnicodeEncodeError:
-            return None
-        if len(raw) > self.max_key:
-            return None
-        rw = self._env.rw
-        if not rw.try_shared():
-            return None
-        try:
-            txn = self._env.env.begin(db=self._dbi)
-            data = txn.get(raw)
-            txn.abort()
-        except lmdb.Error:
-            return None  # a map resize, or worse: the slow path reads again and reports it
-        finally:
-            rw.release_shared()
-        if data is None:
-            return _MISSING
-        record = _decode(raw, data)
-        if record.expiry is not None and record.expiry <= self.now():
-            return _MISSING
-        return record
 
     def _read_now(self, raw: bytes) -> Any:
         """A point read on the calling (trio) thread: an MVCC snapshot lookup in the memory map,
@@ -612,18 +613,57 @@ class LmdbStore(_Checks):
         limit: int | None = None,
         offset: int = 0,
     ) -> builtins.list[Record]:
-        if not (prefix or suffix or limit is not None or offset) and not self._closed:
-            record = self._point_read_now(key)  # the hot path: no thread hop, no scheduler trip
-            if record is not None:
-                self._reads += 1
-                if self._reads >= READ_YIELD_EVERY:
-                    self._reads = 0
-                    await trio.lowlevel.checkpoint()
-                else:
-                    await trio.lowlevel.checkpoint_if_cancelled()
-                if record is _MISSING:
+        if not (prefix or suffix or limit is not None or offset or self._closed) and type(key) is str:
+            # The hot path, written out in one function (a point read costs a few microseconds,
+            # so every call counts): no thread hop, no scheduler trip, no lock beyond a mutex
+            # held for the read itself (a map resize cannot start under it).
+            # Records are immutable, so the one decoded last time is returned again while the
+            # stored bytes are the same (any write, from any process, changes them): decoding
+            # was most of a read's cost.
+            cache = self._cache
+            hit = cache.get(key)
+            if hit is not None:
+                raw = hit[0]
+            else:
+                try:
+                    raw = key.encode()
+                except UnicodeEncodeError:
+                    raw = b""
+                if len(raw) > self.max_key:
+                    raw = b""  # the slow path reports it
+            if raw:
+                rw = self._rw
+                mutex = rw.mutex
+                data: Any = _BUSY
+                if mutex.acquire(False):
+                    try:
+                        if not (rw.writer or rw.waiting):
+                            txn = self._begin()
+                            data = txn.get(raw, None, self._dbi)  # positional: measurably cheaper
+                            txn.abort()
+                    except lmdb.Error:
+                        data = _BUSY  # a map resize, or worse: the slow path reads again and reports it
+                    finally:
+                        mutex.release()
+                if data is not _BUSY:
+                    self._reads += 1
+                    if self._reads >= READ_YIELD_EVERY:
+                        self._reads = 0
+                        await trio.lowlevel.checkpoint()
+                    else:
+                        await trio.lowlevel.checkpoint_if_cancelled()
+                    if data is not None:
+                        if hit is not None and hit[1] == data:
+                            record = hit[2]
+                        else:
+                            record = _decode(raw, data)
+                            if len(data) <= CACHE_RECORD_BYTES:
+                                if len(cache) >= CACHE_RECORDS:
+                                    del cache[next(iter(cache))]  # the oldest entry
+                                cache[key] = (raw, data, record)
+                        if record.expiry is None or record.expiry > self.now():
+                            return [record]
                     raise NotFound(f"store key {key!r} not found")
-                return [record]
         self._check_open()
         self._page(limit, offset)
         now = self.now()

@@ -24,7 +24,12 @@ __all__ = ["RemoteStore", "StoreService"]
 
 
 def _record_out(record: Record) -> dict[str, Any]:
-    return {"key": record.key, "value": record.value, "metadata": record.metadata, "expiry": record.expiry}
+    return {
+        "key": record.key,
+        "value": record.value,
+        "metadata": dict(record.metadata),
+        "expiry": record.expiry,
+    }
 
 
 def _record_in(item: Any) -> Record:
@@ -35,7 +40,7 @@ def _record_in(item: Any) -> Record:
         value = value.encode()
     expiry = item.get("expiry")
     try:
-        return Record(str(item["key"]), value, dict(item.get("metadata") or {}), expiry)
+        return Record(str(item["key"]), value, item.get("metadata") or {}, expiry)
     except (KeyError, TypeError, ValueError) as exc:
         raise BadRequest(f"bad record: {exc}") from None
 

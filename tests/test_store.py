@@ -267,3 +267,84 @@ async def test_sweep_works_in_bounded_chunks(tmp_path: Path, monkeypatch: pytest
         assert await store.list() == [f"k{i:04}" for i in range(0, 600, 3)]
     finally:
         await store.aclose()
+
+
+async def test_records_are_immutable_all_the_way_down(make: Factory) -> None:
+    """Read records can be shared (and cached): nobody can change one another reader sees."""
+    store = make()
+    meta = {"k": "v"}
+    await store.write(Record("a", b"1", meta))
+    meta["k"] = "changed after the write"
+    first = (await store.read("a"))[0]
+    with pytest.raises(TypeError):
+        first.metadata["k"] = "x"  # type: ignore[index]
+    assert (await store.read("a"))[0].metadata == {"k": "v"}
+
+
+async def test_point_read_cache_never_serves_stale_or_expired_records(make: Factory) -> None:
+    clock = Clock()
+    store = make(now=clock)
+    await store.write(Record("a", b"1"), ttl=10)
+    assert (await store.read("a"))[0].value == b"1"
+    await store.write(Record("a", b"2"), ttl=10)
+    assert (await store.read("a"))[0].value == b"2"
+    clock.t += 11
+    with pytest.raises(NotFound):
+        await store.read("a")
+    await store.write(Record("a", b"3"))
+    assert (await store.read("a"))[0].value == b"3"
+    await store.delete("a")
+    with pytest.raises(NotFound):
+        await store.read("a")
+
+
+async def test_point_read_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trimicro.cluster.store as store_module
+
+    monkeypatch.setattr(store_module, "CACHE_RECORDS", 8)
+    monkeypatch.setattr(store_module, "CACHE_RECORD_BYTES", 64)
+    store = LmdbStore(tmp_path / "db", sync=False)
+    try:
+        for i in range(20):
+            await store.write(Record(f"k{i}", b"v"))
+        await store.write(Record("big", b"x" * 100))
+        for _ in range(2):
+            for i in range(20):
+                assert (await store.read(f"k{i}"))[0].value == b"v"
+            assert (await store.read("big"))[0].value == b"x" * 100
+        assert len(store._cache) <= 8
+        assert "big" not in store._cache
+    finally:
+        await store.aclose()
+
+
+WRITER = """
+import sys, trio
+from pathlib import Path
+from trimicro.cluster.store import LmdbStore, Record
+
+async def main():
+    store = LmdbStore(Path(sys.argv[1]))
+    await store.write(Record("shared", b"from the other process", {"by": "child"}))
+    await store.aclose()
+    print("written", flush=True)
+
+trio.run(main)
+"""
+
+
+async def test_a_write_from_another_process_is_read_at_once(tmp_path: Path) -> None:
+    """The point-read cache checks the stored bytes on every read: LMDB is shared between
+    processes, so a record another process rewrote must never be answered from the cache."""
+    path = tmp_path / "db"
+    store = LmdbStore(path)
+    try:
+        await store.write(Record("shared", b"from this process"))
+        for _ in range(3):  # read (and cache) it
+            assert (await store.read("shared"))[0].value == b"from this process"
+        with trio.fail_after(30):
+            async with python_process("-c", WRITER, str(path)) as proc:
+                assert await proc.line() == "written"
+        assert await store.read("shared") == [Record("shared", b"from the other process", {"by": "child"})]
+    finally:
+        await store.aclose()
