@@ -357,18 +357,6 @@ class _RWLock:
         finally:
             self.release_shared()
 
-    def try_shared(self) -> bool:
-        """Take a shared hold without ever blocking (for reads on the trio thread)."""
-        mutex = self.mutex
-        if not mutex.acquire(False):
-            return False
-        if self.writer or self.waiting:
-            mutex.release()
-            return False
-        self._readers += 1
-        mutex.release()
-        return True
-
     def release_shared(self) -> None:
         with self.mutex:
             self._readers -= 1
@@ -558,21 +546,6 @@ class LmdbStore(_Checks):
             raise op.error
         return op.result
 
-    def _read_now(self, raw: bytes) -> Any:
-        """A point read on the calling (trio) thread: an MVCC snapshot lookup in the memory map,
-        microseconds, with no thread hop. ``_BUSY`` when a map resize holds the lock (or is
-        needed): the caller then reads in a worker thread, which may wait."""
-        rw = self._env.rw
-        if not rw.try_shared():
-            return _BUSY
-        try:
-            with self._env.env.begin(db=self._dbi) as txn:
-                return txn.get(raw)
-        except lmdb.MapResizedError:
-            return _BUSY
-        finally:
-            rw.release_shared()
-
     def _read_txn(self, fn: Callable[[Any], Any]) -> Any:
         """Run ``fn(txn)`` in a read-only MVCC snapshot (on a worker thread)."""
         while True:
@@ -668,20 +641,11 @@ class LmdbStore(_Checks):
         self._page(limit, offset)
         now = self.now()
         if not (prefix or suffix):
+            # Here when the fast path above could not answer: a key it will not take (the
+            # check raises the clear error) or a map resize holding the lock (a worker thread
+            # waits for it).
             raw = self._key(key)
-            data = self._read_now(raw)
-            if data is _BUSY:
-                data = await trio.to_thread.run_sync(self._read_txn, lambda txn: txn.get(raw))
-            else:
-                # A read that found its answer yields to the scheduler only once every
-                # READ_YIELD_EVERY reads (a scheduler round trip costs more than the read), but it
-                # always honours cancellation; a long run of reads still lets others run.
-                self._reads += 1
-                if self._reads >= READ_YIELD_EVERY:
-                    self._reads = 0
-                    await trio.lowlevel.checkpoint()
-                else:
-                    await trio.lowlevel.checkpoint_if_cancelled()
+            data = await trio.to_thread.run_sync(self._read_txn, lambda txn: txn.get(raw))
             if data is None:
                 raise NotFound(f"store key {key!r} not found")
             record = _decode(raw, data)
