@@ -474,6 +474,10 @@ class Cell:
         scopes.add(scope)
         mb = self.mailbox
         handle = self._handle_one
+        table = self.handlers
+        by_type = table.by_type if table is not None else {}
+        service = table.service if table is not None else self.path
+        set_item, reset_item = current_item.set, current_item.reset
         n = 0
         try:
             while self.status == RUNNING and len(mb):
@@ -488,6 +492,24 @@ class Cell:
                         # Its deadline or CANCEL came as it finished: the worker's scope must not
                         # reach the next item. Stop here; a fresh worker serves the rest.
                         break
+                elif item[3] is None and (fn := by_type.get(type(item[0]))) is not None:
+                    # _handle_one written out for the common case (a handler chosen by the
+                    # message's type): one coroutine fewer per message.
+                    item_token = set_item(item)
+                    try:
+                        result = await fn(self.instance, item[0])
+                    except trio.Cancelled:
+                        if reply is not None:
+                            reply.fail(self._cancelled_error(reply, service))
+                        raise
+                    except Exception as e:
+                        ok = self._handler_raised(item, e)
+                    else:
+                        ok = True
+                        if reply is not None and not reply.resolve(result):
+                            self.node.dead_letter(self.ref, result, "late-reply", item[2])
+                    finally:
+                        reset_item(item_token)
                 else:
                     ok = await handle(item)
                 if not ok:
@@ -540,7 +562,9 @@ class Cell:
         return ServiceUnavailable(f"{self.path} stopped while handling", id=service)
 
     async def _handle_one(self, item: tuple[Any, ...]) -> bool:
-        msg, reply, sender, endpoint = item[0], item[1], item[2], item[3]
+        """Run the handler for one queued item and settle its reply; ``False`` when the actor
+        failed (it is now suspended) and its batch must stop."""
+        msg, reply, endpoint = item[0], item[1], item[3]
         table = self.handlers
         assert table is not None
         token = current_item.set(item)
@@ -555,36 +579,44 @@ class Cell:
                 if entry is None:
                     raise NotFound(f"{self.path} has no endpoint {endpoint}", id=table.service)
                 result = await entry[0](self.instance, entry[1](msg))
-        except MicroError as e:
+        except trio.Cancelled:
+            if reply is not None:
+                reply.fail(self._cancelled_error(reply, table.service))
+            raise
+        except Exception as e:
+            return self._handler_raised(item, e)
+        finally:
+            current_item.reset(token)
+        if reply is not None and not reply.resolve(result):
+            self.node.dead_letter(self.ref, result, "late-reply", item[2])
+        return True
+
+    def _handler_raised(self, item: tuple[Any, ...], e: Exception) -> bool:
+        """Settle an item whose handler raised: a typed error answers the asker and the actor
+        carries on (``True``); any other exception answers 500 and fails the actor."""
+        msg, reply, sender = item[0], item[1], item[2]
+        table = self.handlers
+        service = table.service if table is not None else self.path
+        if isinstance(e, MicroError):
             if not e.id:
-                e.id = table.service
+                e.id = service
             if reply is not None:
                 if not reply.fail(e):
                     self.node.dead_letter(self.ref, e, "late-reply", sender)
             else:
                 self.node.dead_letter(self.ref, msg, "failed", sender)
             return True
-        except _Unhandled:
+        if isinstance(e, _Unhandled):
             self.node.dead_letter(self.ref, msg, "unhandled", sender)
             if reply is not None:
-                reply.fail(NotFound(f"{self.path} has no handler for {type(msg).__name__}", id=table.service))
+                reply.fail(NotFound(f"{self.path} has no handler for {type(msg).__name__}", id=service))
             return True
-        except trio.Cancelled:
-            if reply is not None:
-                reply.fail(self._cancelled_error(reply, table.service))
-            raise
-        except Exception as e:
-            if reply is not None:
-                reply.fail(InternalServerError(f"{type(e).__name__}: {e}", id=table.service))
-            else:
-                self.node.dead_letter(self.ref, msg, "failed", sender)
-            self.failed(e)
-            return False
-        finally:
-            current_item.reset(token)
-        if reply is not None and not reply.resolve(result):
-            self.node.dead_letter(self.ref, result, "late-reply", sender)
-        return True
+        if reply is not None:
+            reply.fail(InternalServerError(f"{type(e).__name__}: {e}", id=service))
+        else:
+            self.node.dead_letter(self.ref, msg, "failed", sender)
+        self.failed(e)
+        return False
 
     def failed(self, error: BaseException) -> None:
         """Suspend and hand the failure to the supervisor (in a system task, not this worker)."""
