@@ -476,6 +476,7 @@ class Cell:
         handle = self._handle_one
         table = self.handlers
         by_type = table.by_type if table is not None else {}
+        by_endpoint = table.by_endpoint if table is not None else {}
         service = table.service if table is not None else self.path
         set_item, reset_item = current_item.set, current_item.reset
         n = 0
@@ -492,26 +493,36 @@ class Cell:
                         # Its deadline or CANCEL came as it finished: the worker's scope must not
                         # reach the next item. Stop here; a fresh worker serves the rest.
                         break
-                elif item[3] is None and (fn := by_type.get(type(item[0]))) is not None:
-                    # _handle_one written out for the common case (a handler chosen by the
-                    # message's type): one coroutine fewer per message.
-                    item_token = set_item(item)
-                    try:
-                        result = await fn(self.instance, item[0])
-                    except trio.Cancelled:
-                        if reply is not None:
-                            reply.fail(self._cancelled_error(reply, service))
-                        raise
-                    except Exception as e:
-                        ok = self._handler_raised(item, e)
-                    else:
-                        ok = True
-                        if reply is not None and not reply.resolve(result):
-                            self.node.dead_letter(self.ref, result, "late-reply", item[2])
-                    finally:
-                        reset_item(item_token)
                 else:
-                    ok = await handle(item)
+                    endpoint = item[3]
+                    fn: Any
+                    convert: Any = None
+                    if endpoint is None:
+                        fn = by_type.get(type(item[0]))
+                    else:
+                        entry = by_endpoint.get(endpoint)
+                        fn, convert = (None, None) if entry is None else entry
+                    if fn is None:  # the rarer cases (a subclass, the fallback, no handler)
+                        ok = await handle(item)
+                    else:
+                        # _handle_one written out for the common cases (a handler chosen by
+                        # the message's type or a known endpoint): one coroutine fewer each.
+                        item_token = set_item(item)
+                        try:
+                            msg = item[0]
+                            result = await fn(self.instance, msg if convert is None else convert(msg))
+                        except trio.Cancelled:
+                            if reply is not None:
+                                reply.fail(self._cancelled_error(reply, service))
+                            raise
+                        except Exception as e:
+                            ok = self._handler_raised(item, e)
+                        else:
+                            ok = True
+                            if reply is not None and not reply.resolve(result):
+                                self.node.dead_letter(self.ref, result, "late-reply", item[2])
+                        finally:
+                            reset_item(item_token)
                 if not ok:
                     break
                 n += 1
@@ -589,6 +600,57 @@ class Cell:
             current_item.reset(token)
         if reply is not None and not reply.resolve(result):
             self.node.dead_letter(self.ref, result, "late-reply", item[2])
+        return True
+
+    def handle_now(self, item: tuple[Any, ...]) -> bool:
+        """Handle ``item`` right here, synchronously, when that changes nothing observable: the
+        actor is running, idle, with an empty mailbox, and the handler never suspends
+        (``HandlerTable.inline``), so it would run to its end in one step on a worker anyway.
+        ``False`` (nothing done) otherwise: queue it. Saves a request from another node the
+        hop to a worker task (the link's reader runs it and queues the reply).
+        """
+        if self.status != RUNNING or self.active or len(self.mailbox):
+            return False
+        table = self.handlers
+        if table is None or not table.inline:
+            return False
+        msg, endpoint = item[0], item[3]
+        convert: Any = None
+        if endpoint is None:
+            fn = table.by_type.get(type(msg))
+        else:
+            entry = table.by_endpoint.get(endpoint)
+            if entry is None:
+                return False
+            fn, convert = entry
+        if fn not in table.inline:
+            return False
+        self.active += 1
+        cell_token = current_cell.set(self)
+        item_token = current_item.set(item)
+        try:
+            coro: Any = fn(self.instance, msg if convert is None else convert(msg))
+            try:
+                coro.send(None)
+            except StopIteration as done:
+                result = done.value
+            else:  # cannot happen (no await in its code); refuse rather than lose track of it
+                coro.close()
+                raise RuntimeError(f"handler {fn!r} suspended")
+        except Exception as e:
+            self._handler_raised(item, e)
+        else:
+            reply = item[1]
+            if reply is not None and not reply.resolve(result):
+                self.node.dead_letter(self.ref, result, "late-reply", item[2])
+        finally:
+            current_item.reset(item_token)
+            current_cell.reset(cell_token)
+            self.active -= 1
+            if self.active == 0 and self._workers_idle is not None:
+                self._workers_idle.set()
+            if self.status == RUNNING and len(self.mailbox):
+                self.node.dispatcher.activate(self)
         return True
 
     def _handler_raised(self, item: tuple[Any, ...], e: Exception) -> bool:

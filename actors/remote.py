@@ -711,14 +711,16 @@ class Link:
             self.send_error(corr, exc, codec)
             return
         reply = InboundReply(self, corr, codec)
-        if env.deadline_ms:
-            budget = min(env.deadline_ms, MAX_DEADLINE_MS)
-            reply.deadline = deadline = trio.current_time() + budget / 1000
-            reply.slot = remoting.node.timeouts.add(deadline, reply)
-        else:
-            reply.deadline = math.inf  # still cancellable by the caller's CANCEL
         sender = None if env.sender is None else self.peer.bind(env.sender)
         item = (msg, reply, sender, env.endpoint or None, env.headers or None, principal)
+        if env.deadline_ms:
+            reply.deadline = trio.current_time() + min(env.deadline_ms, MAX_DEADLINE_MS) / 1000
+        else:
+            reply.deadline = math.inf  # still cancellable by the caller's CANCEL
+        if cell.handle_now(item):  # an idle actor, a handler without await: answered already
+            return
+        if env.deadline_ms:
+            reply.slot = remoting.node.timeouts.add(reply.deadline, reply)
         result = cell.offer(item)
         if result == OK:
             self.inbound[corr] = reply
@@ -745,6 +747,10 @@ class Link:
             return
         # Waiting here on a full mailbox is the backpressure: the peer's writes stall in TCP.
         item = (msg, None, sender, env.endpoint or None, env.headers or None, principal)
+        if cell.handle_now(item):  # an idle actor, a handler without await: done already
+            return
+        if cell.offer(item) == OK:
+            return
         if await cell.put(item) == DEAD:
             remoting.node.dead_letter(cell.ref, msg, "stopped", sender)
 

@@ -92,9 +92,13 @@ class Kind(IntEnum):
 _KINDS: dict[int, Kind] = {int(kind): kind for kind in Kind}
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class Envelope:
     """One message on the wire, with its body still encoded.
+
+    A plain (not frozen) attrs class: one is built for every message sent and every message
+    received, and a frozen attrs class costs about 2.5x as much to build. Treat it as a value
+    anyway: nothing changes an envelope after building it.
 
     No validators run on construction (this is built for every message); the types are
     checked statically, and :func:`decode_envelope` checks everything a peer sends.
