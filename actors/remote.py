@@ -747,8 +747,6 @@ class Link:
             return
         # Waiting here on a full mailbox is the backpressure: the peer's writes stall in TCP.
         item = (msg, None, sender, env.endpoint or None, env.headers or None, principal)
-        if cell.handle_now(item):  # an idle actor, a handler without await: done already
-            return
         if cell.offer(item) == OK:
             return
         if await cell.put(item) == DEAD:
