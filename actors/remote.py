@@ -515,6 +515,9 @@ class Link:
         self.sent = 0
         self._cancel_scope = trio.CancelScope()
         self._flushed: trio.Event | None = None
+        #: The reader is in a step (between receiving a frame and waiting for the next): what
+        #: it queues meanwhile it sends itself before it waits (see ``_send_owed``).
+        self._reading = False
         #: The reader is waiting on backpressure (a full mailbox): the peer is not silent.
         self.busy = False
         self.seq = next(remoting.link_seq)
@@ -549,7 +552,7 @@ class Link:
         if self.out_bytes > OUT_HARD_CAP:
             self.close(f"peer not reading: more than {OUT_HARD_CAP} bytes queued")
             return
-        if self._writer:
+        if self._writer and not self._reading:
             self._writer.unpark()
 
     def coalesce(self, op: str, entry: bytes) -> bool:
@@ -569,7 +572,7 @@ class Link:
             last = Coalesced(op)
             out.append(last)
             self._coalesced = True
-            if self._writer:
+            if self._writer and not self._reading:
                 self._writer.unpark()
         last.parts.append(entry)
         last.size += len(entry)
@@ -603,27 +606,50 @@ class Link:
         body = codec.encode(err.to_fields())
         self.push(encode_envelope(Envelope(Kind.ERROR, corr, content_type=codec.content_type, body=body)))
 
+    def _take_out(self) -> list[bytes]:
+        """Everything queued, as frames, leaving the queue empty (and waking its waiters)."""
+        queued, self.out = self.out, []
+        self.out_bytes = 0
+        if self._coalesced:
+            self._coalesced = False
+            batch = [f if isinstance(f, bytes) else f.frame() for f in queued]
+        else:
+            batch = cast("list[bytes]", queued)
+        if self._room:
+            self._room.unpark_all()
+        self.sent += len(batch)
+        return batch
+
+    def _send_owed(self) -> None:
+        """The reader is about to wait for the peer: send what its step queued (answers, mostly)
+        now, with one non-blocking write, when the writer is idle; else wake the writer. Saves
+        the writer's scheduler round trips on a request's path (a reply goes out in the same
+        step that handled its request)."""
+        conn = self.conn
+        if self._writer and not self.closed and conn.can_write_now():
+            conn.write_now(self._take_out())
+            if conn.backlog:  # the socket took part of it: the writer sends the rest
+                self._writer.unpark()
+            elif self._flushed is not None:
+                self._flushed.set()
+                self._flushed = None
+        elif self._writer:
+            self._writer.unpark()
+
     async def _write(self) -> None:
         conn = self.conn
         while True:
             if not self.out:
+                if conn.backlog:  # left by a write_now: send it before anything else
+                    await conn.send_frames([])
+                    continue
                 flushed = self._flushed
                 if flushed is not None:
                     self._flushed = None
                     flushed.set()
                 await self._writer.park()
                 continue
-            queued, self.out = self.out, []
-            self.out_bytes = 0
-            if self._coalesced:
-                self._coalesced = False
-                batch = [f if isinstance(f, bytes) else f.frame() for f in queued]
-            else:
-                batch = cast("list[bytes]", queued)
-            if self._room:
-                self._room.unpark_all()
-            self.sent += len(batch)
-            await conn.send_frames(batch)
+            await conn.send_frames(self._take_out())
 
     async def flush(self) -> None:
         """Wait until everything queued so far has been written (or the link closed)."""
@@ -637,8 +663,20 @@ class Link:
     async def _read(self) -> None:
         ref_binder.set(self.remoting.bind_ref)  # refs inside bodies arrive bound (this task only)
         conn = self.conn
+        try:
+            await self._read_loop(conn)
+        finally:
+            self._reading = False
+
+    async def _read_loop(self, conn: SecureConnection) -> None:
         while True:
+            # A step ends when no complete frame is left to handle without waiting: send what
+            # it queued first (a burst of requests gets its replies in one write).
+            if self.out and not conn.frame_ready():
+                self._send_owed()
+            self._reading = False
             frame = await conn.receive_frame()
+            self._reading = True
             if frame is None:
                 self.reason = "connection closed by the peer"
                 return
@@ -651,7 +689,11 @@ class Link:
                 self._on_ask(env)
             elif kind is Kind.TELL:
                 self.busy = True  # waiting on a full mailbox is not silence (see _keepalive)
+                self._reading = False  # it may wait: nothing queued may wait with it
+                if self.out:
+                    self._send_owed()
                 await self._on_tell(env)
+                self._reading = True
                 self.busy = False
             elif kind is Kind.CANCEL:
                 self._on_cancel(env.corr)
@@ -667,7 +709,11 @@ class Link:
                 pending = self._on_system(env)
                 if pending is not None:  # a higher layer's handler that may wait (backpressure)
                     self.busy = True
+                    self._reading = False
+                    if self.out:
+                        self._send_owed()
                     await pending
+                    self._reading = True
                     self.busy = False
 
     def _on_answer(self, env: Envelope) -> None:

@@ -138,6 +138,15 @@ class FrameDecoder:
                 raise self._fail(FrameTooLarge(self._too_large(length)))
         buf += data
 
+    def has_frame(self) -> bool:
+        """Whether :meth:`next_frame` would return a payload (or raise) without more bytes."""
+        buf = self._buf
+        pos = self._pos
+        if len(buf) - pos < HEADER_SIZE:
+            return self._error is not None
+        (length,) = _unpack_header(buf, pos)
+        return bool(pos + HEADER_SIZE + length <= len(buf) or length > self.max_frame_size)
+
     def next_frame(self) -> bytes | None:
         """The next complete payload, or ``None`` until more bytes are fed."""
         if self._error is not None:

@@ -101,9 +101,32 @@ class SecureConnection:
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            await self.inner.send_frames(self.session.seal_chunks(plaintext))
+            # Nothing to seal (a flush of what write_now left behind): no empty message.
+            await self.inner.send_frames(self.session.seal_chunks(plaintext) if plaintext else [])
         finally:
             lock.release()
+
+    def can_write_now(self) -> bool:
+        """Whether :meth:`write_now` would take frames (the wrapped connection supports it and
+        no send is running on either layer)."""
+        can = getattr(self.inner, "can_write_now", None)
+        return can is not None and not self._send_lock.locked() and bool(can())
+
+    def write_now(self, frames: Sequence[bytes]) -> None:
+        """Seal and write ``frames`` without waiting (call only when :meth:`can_write_now`); see
+        :meth:`TcpConnection.write_now <trimicro.mailbox.tcp.TcpConnection.write_now>`."""
+        self.inner.write_now(self.session.seal_chunks(encode_frames(frames)))  # type: ignore[attr-defined]
+
+    @property
+    def backlog(self) -> bool:
+        return bool(getattr(self.inner, "backlog", False))
+
+    def frame_ready(self) -> bool:
+        """A complete frame can be returned without I/O (decrypted, or sealed but buffered)."""
+        if self._decoder.has_frame():
+            return True
+        ready = getattr(self.inner, "frame_ready", None)
+        return ready is not None and bool(ready())
 
     async def receive_frame(self) -> bytes | None:
         decoder = self._decoder

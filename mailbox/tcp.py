@@ -8,6 +8,7 @@ off so a lone message is not held back.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Sequence
 
@@ -46,6 +47,9 @@ class TcpConnection:
         self._send_lock = trio.Lock()
         self._closed = False
         self._eof = False
+        #: Bytes :meth:`write_now` took but the socket did not; the next send writes them first.
+        self._backlog = b""
+        self._fd = stream.socket.fileno()
         try:
             peer = stream.socket.getpeername()
         except OSError:
@@ -70,12 +74,43 @@ class TcpConnection:
             raise ConnectionClosed("connection is closed")
         data = encode_frames(frames)
         async with self._send_lock:
+            if self._backlog:
+                data, self._backlog = self._backlog + data, b""
             try:
                 await self._stream.send_all(data)
             except trio.ClosedResourceError as exc:
                 raise ConnectionClosed("connection is closed") from exc
             except trio.BrokenResourceError as exc:
                 raise TransportError(f"send failed: {exc.__cause__ or exc}") from exc
+
+    def can_write_now(self) -> bool:
+        """Whether :meth:`write_now` would take frames: open, no send running, no backlog."""
+        return not (self._closed or self._backlog or self._send_lock.locked())
+
+    def write_now(self, frames: Sequence[bytes]) -> None:
+        """Write ``frames`` without waiting (call only when :meth:`can_write_now`).
+
+        One non-blocking ``write`` to the socket, no scheduler round trip: for a task that is
+        about to wait anyway (a link's reader that just queued replies). Whatever the socket
+        does not take now (a full buffer, or an error the next send will report) is kept, in
+        order, as :attr:`backlog` for the next :meth:`send_frames`, which the caller must run.
+        """
+        data = encode_frames(frames)
+        try:
+            sent = os.write(self._fd, data)
+        except OSError:  # BlockingIOError included: nothing went out
+            sent = 0
+        if sent < len(data):
+            self._backlog = data[sent:]
+
+    @property
+    def backlog(self) -> bool:
+        """Bytes taken by :meth:`write_now` still wait for a :meth:`send_frames` (even empty)."""
+        return bool(self._backlog)
+
+    def frame_ready(self) -> bool:
+        """A complete frame is buffered: :meth:`receive_frame` would return without I/O."""
+        return self._decoder.has_frame()
 
     async def receive_frame(self) -> bytes | None:
         decoder = self._decoder

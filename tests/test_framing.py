@@ -249,3 +249,27 @@ def test_arbitrary_bytes_give_frames_or_protocol_error(chunks: list[bytes], max_
         dec.eof()
     except ProtocolError:
         pass
+
+
+@given(chunks=st.lists(st.binary(max_size=40), max_size=12), max_size=st.integers(0, 30))
+def test_has_frame_says_exactly_whether_next_frame_answers(chunks: list[bytes], max_size: int) -> None:
+    """``has_frame`` (used to decide whether a reader may batch on) never disagrees with
+    ``next_frame``: True exactly when a payload (or the error) comes without more bytes."""
+    dec = FrameDecoder(max_size)
+    stream = encode_frames([c for c in chunks if len(c) <= max_size]) + b"".join(chunks[:1])
+    for i in range(0, len(stream), 7):
+        try:
+            dec.feed(stream[i : i + 7])
+        except ProtocolError:
+            assert dec.has_frame()
+            return
+        while True:
+            ready = dec.has_frame()
+            try:
+                frame = dec.next_frame()
+            except ProtocolError:
+                assert ready
+                return
+            assert ready == (frame is not None)
+            if frame is None:
+                break

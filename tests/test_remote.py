@@ -620,3 +620,23 @@ async def test_peers_without_links_are_forgotten_and_remote_watches_cleaned(auth
                 await trio.testing.wait_all_tasks_blocked()
         assert not cell._watchers  # the watchers of nodes that are gone are forgotten
         assert await ask(target, Add(2)) == 2  # and the service is none the worse
+
+
+async def test_many_large_replies_over_tcp_arrive_whole_and_in_order(authority: Authority) -> None:
+    """Replies a link's reader writes itself (no scheduler round trip) may be more than the
+    socket takes at once: the rest waits as backlog and the writer sends it first. Concurrent
+    asks of 1 MiB replies, several socket buffers' worth, all arrive whole."""
+    async with pair(authority, TcpTransport(), a_listen="127.0.0.1:0", b_listen="127.0.0.1:0") as (a, b, _):
+        await b.spawn(Counter, name="counter")
+        ref = a.remote_ref("b", "counter")
+        results: dict[int, bytes] = {}
+
+        async def call(i: int) -> None:
+            results[i] = await ask(ref, Big(1_000_000 + i), timeout=30)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for i in range(12):
+                    nursery.start_soon(call, i)
+        assert {i: len(v) for i, v in results.items()} == {i: 1_000_000 + i for i in range(12)}
+        assert await ask(ref, Add(1)) == 1  # the link still carries requests afterwards

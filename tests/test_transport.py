@@ -14,6 +14,7 @@ from trimicro.mailbox.inproc import InprocTransport
 from trimicro.mailbox.secure_stream import (
     HandshakeFailed,
     HandshakeTimeout,
+    SecureConnection,
     SecureStreamError,
     secure_client,
     secure_server,
@@ -323,4 +324,77 @@ async def test_tampered_ciphertext_raises_and_closes() -> None:
     with pytest.raises(SecureStreamError):
         await server.receive_frame()  # type: ignore[attr-defined]
     assert await client.receive_frame() is None  # the server closed the connection
+    await listener.aclose()
+
+
+async def test_write_now_keeps_what_the_socket_refuses_and_the_next_send_writes_it_first() -> None:
+    """``write_now`` never waits: with the peer not reading, the socket buffer fills and the
+    rest waits as backlog; the next ``send_frames`` sends it before its own frames, in order,
+    sealed in order (no nonce skipped or reused)."""
+    client_key, server_key = SigningKey.generate(), SigningKey.generate()
+    transport = TcpTransport()
+    listener = await transport.listen("127.0.0.1:0")
+    received: list[bytes] = []
+    reading = trio.Event()
+
+    async def server_side() -> None:
+        conn = await secure_server(await listener.accept(), server_key, b"s", accept_any)
+        await reading.wait()
+        for _ in range(10_000):  # bounded: until the end marker
+            frame = await conn.receive_frame()
+            assert frame is not None
+            received.append(frame)
+            if frame == b"end":
+                break
+        await conn.aclose()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server_side)
+            conn = await secure_client(await transport.dial(listener.address), client_key, b"c", accept_any)
+            sent = await fill_until_backlog(conn)
+            reading.set()
+            await conn.send_frames([b"after", b"end"])
+            assert not conn.backlog
+            assert conn.can_write_now()
+    assert received == [*sent, b"after", b"end"]
+    await listener.aclose()
+
+
+async def fill_until_backlog(conn: SecureConnection) -> list[bytes]:
+    sent: list[bytes] = []
+    for i in range(200):  # 200 x 64 KiB: more than loopback buffers hold unread
+        assert conn.can_write_now() or conn.backlog
+        if conn.backlog:
+            break
+        frame = bytes([i % 256]) * 65_000
+        conn.write_now([frame])
+        sent.append(frame)
+    assert conn.backlog, "the socket buffer never filled"
+    assert not conn.can_write_now()  # nothing overtakes the backlog
+    return sent
+
+
+async def test_frame_ready_only_when_a_frame_is_buffered() -> None:
+    client_key, server_key = SigningKey.generate(), SigningKey.generate()
+    transport = TcpTransport()
+    listener = await transport.listen("127.0.0.1:0")
+    async with trio.open_nursery() as nursery:
+        accepted: list[Connection] = []
+
+        async def server_side() -> None:
+            accepted.append(await secure_server(await listener.accept(), server_key, b"s", accept_any))
+
+        nursery.start_soon(server_side)
+        conn = await secure_client(await transport.dial(listener.address), client_key, b"c", accept_any)
+    server = accepted[0]
+    assert isinstance(server, SecureConnection)
+    assert not server.frame_ready()
+    await conn.send_frames([b"a", b"b"])
+    assert await server.receive_frame() == b"a"  # both arrived in one write
+    assert server.frame_ready()
+    assert await server.receive_frame() == b"b"
+    assert not server.frame_ready()
+    await conn.aclose()
+    await server.aclose()
     await listener.aclose()
