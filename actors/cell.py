@@ -567,8 +567,9 @@ class Cell:
             reply.scope = None
 
     def _cancelled_error(self, reply: Reply, service: str) -> MicroError:
+        # A stopping actor cancels the same worker scope a deadline or CANCEL does: ask which.
         scope = reply.scope
-        if scope is not None and scope.cancel_called:
+        if scope is not None and scope.cancel_called and self.status < SUSPENDED:
             return RequestTimeout(f"{self.path}: deadline passed or caller cancelled", id=service)
         return ServiceUnavailable(f"{self.path} stopped while handling", id=service)
 
@@ -796,7 +797,8 @@ class Cell:
     def _finish_stop(self, reason: str | None) -> None:
         mb = self.mailbox
         while len(mb):
-            msg, reply, sender, _, _ = mb.pop()
+            item = mb.pop()  # 5 fields, or 6 with the caller's principal (from another node)
+            msg, reply, sender = item[0], item[1], item[2]
             if reply is not None:
                 reply.fail(ServiceUnavailable(f"actor {self.path} stopped", id=self.path))
             elif not isinstance(msg, Terminated):

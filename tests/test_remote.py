@@ -640,3 +640,30 @@ async def test_many_large_replies_over_tcp_arrive_whole_and_in_order(authority: 
                     nursery.start_soon(call, i)
         assert {i: len(v) for i, v in results.items()} == {i: 1_000_000 + i for i in range(12)}
         assert await ask(ref, Add(1)) == 1  # the link still carries requests afterwards
+
+
+async def test_stopping_an_actor_fails_requests_from_another_node_still_queued(authority: Authority) -> None:
+    """A queued request from another node carries the caller's principal (a sixth field): a stop
+    answers it 503 like a local one, and the stop itself does not trip over it."""
+    async with pair(authority) as (a, b, _):
+        started = trio.Event()
+        target = await b.spawn(Counter, {"started_event": started}, name="counter")
+        ref = a.remote_ref("b", "counter")
+        outcomes: dict[str, str] = {}
+
+        async def call(name: str, msg: Any) -> None:
+            try:
+                await ask(ref, msg, timeout=20)
+                outcomes[name] = "answered"
+            except ServiceUnavailable:
+                outcomes[name] = "503"
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call, "busy", Sleep(30))
+                await started.wait()  # the actor is busy: the next request queues
+                nursery.start_soon(call, "queued", Add(1))
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(target.binding.mailbox) == 1
+                await b.stop(target)
+        assert outcomes == {"busy": "503", "queued": "503"}
