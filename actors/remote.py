@@ -200,7 +200,12 @@ class InboundReply(Reply):
                 return True
             ct = self.codec.content_type
             env = Envelope(Kind.REPLY, self.corr, content_type=ct, headers=self.headers or {}, body=body)
-            frame = encode_envelope(env)
+            try:
+                frame = encode_envelope(env)
+            except Exception as exc:  # reply headers the handler filled with something unencodable
+                bad = InternalServerError(f"reply not encodable: {type(exc).__name__}: {exc}")
+                link.send_error(self.corr, bad, self.codec)
+                return True
             if not link.fits(frame):
                 too_big = InternalServerError(f"reply of {len(frame)} bytes exceeds the frame limit")
                 link.send_error(self.corr, too_big, self.codec)
@@ -653,7 +658,7 @@ class Link:
 
     async def flush(self) -> None:
         """Wait until everything queued so far has been written (or the link closed)."""
-        while self.out and not self.closed:
+        while (self.out or self.conn.backlog) and not self.closed:
             if self._flushed is None:
                 self._flushed = trio.Event()
             await self._flushed.wait()

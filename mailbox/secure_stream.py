@@ -122,11 +122,9 @@ class SecureConnection:
         return bool(getattr(self.inner, "backlog", False))
 
     def frame_ready(self) -> bool:
-        """A complete frame can be returned without I/O (decrypted, or sealed but buffered)."""
-        if self._decoder.has_frame():
-            return True
-        ready = getattr(self.inner, "frame_ready", None)
-        return ready is not None and bool(ready())
+        """A complete frame is decrypted and buffered: :meth:`receive_frame` returns it without
+        I/O. (A sealed chunk buffered below does not count: a frame may span several chunks.)"""
+        return self._decoder.has_frame()
 
     async def receive_frame(self) -> bytes | None:
         decoder = self._decoder

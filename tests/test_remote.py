@@ -667,3 +667,33 @@ async def test_stopping_an_actor_fails_requests_from_another_node_still_queued(a
                 assert len(target.binding.mailbox) == 1
                 await b.stop(target)
         assert outcomes == {"busy": "503", "queued": "503"}
+
+
+class BadHeaders(Actor):
+    service_name = "BadHeaders"
+
+    async def add(self, msg: Add) -> int:  # no await: answered by the link's reader itself
+        self.context.reply_headers["x"] = object()  # type: ignore[assignment]
+        return 1
+
+
+async def test_an_unencodable_reply_fails_that_request_only(authority: Authority) -> None:
+    """A reply that cannot be encoded answers 500; the link and the requests in flight on it
+    carry on (an error while replying must never reach the link's reader)."""
+    async with pair(authority) as (a, b, _):
+        started = trio.Event()
+        await b.spawn(BadHeaders, name="bad")
+        await b.spawn(Counter, {"started_event": started}, name="slow")
+        bad, slow = a.remote_ref("b", "bad"), a.remote_ref("b", "slow")
+        out: dict[str, Any] = {}
+
+        async def slow_call() -> None:
+            out["slow"] = await ask(slow, Sleep(0.5), timeout=10)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(slow_call)
+                await started.wait()
+                with pytest.raises(InternalServerError, match="not encodable"):
+                    await ask(bad, Add(1), timeout=5)
+        assert out == {"slow": "slept"}
