@@ -37,7 +37,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
@@ -444,14 +444,9 @@ class PubSub:
         match = self.index.match_view(message.topic)
         delivered = 0
         if plain:
-            item = (message, None, None, None, message.headers or None)
-            for sub in match.plain:
-                cell = sub.ref.binding
-                # The fast path inline (a deque append); _offer handles full mailboxes and policies.
-                if isinstance(cell, Cell) and cell.offer(item) == OK:
-                    delivered += 1
-                else:
-                    delivered += await self._offer(sub, message)
+            delivered, slow = _offer_now(match.plain, message)
+            for sub in slow or ():
+                delivered += await self._offer(sub, message)
             if self.node.spend():  # like tell: deliveries are handed over in batches
                 await trio.lowlevel.cancel_shielded_checkpoint()
         # Which queue groups are served here was decided by the publisher (see publish).
@@ -529,9 +524,24 @@ class PubSub:
         return self._deliver_all(messages) if messages else None
 
     async def _deliver_all(self, messages: list[tuple[Message, bool, AbstractSet[str]]]) -> int:
+        """Deliver a batch from a peer in order; plain messages without queue groups (the usual
+        batch) take a synchronous fast path: one subscription lookup per topic per batch."""
         delivered = 0
+        node = self.node
+        matches: dict[str, Any] = {}
         for message, plain, groups in messages:
-            delivered += await self._deliver_local(message, plain=plain, groups=groups)
+            if not plain or groups:
+                delivered += await self._deliver_local(message, plain=plain, groups=groups)
+                continue
+            match = matches.get(message.topic)
+            if match is None:
+                match = matches[message.topic] = self.index.match_view(message.topic)
+            count, slow = _offer_now(match.plain, message)
+            delivered += count
+            for sub in slow or ():  # full mailboxes: each subscription's policy, in order
+                delivered += await self._offer(sub, message)
+            if node.spend():
+                await trio.lowlevel.cancel_shielded_checkpoint()
         return delivered
 
     def _validate(self, topic: str) -> None:
@@ -693,3 +703,20 @@ class _Forwarder(Actor):
 
     async def on_message(self, msg: Message) -> None:
         await self.send.send(msg)
+
+
+def _offer_now(subs: Sequence[Subscription], message: Message) -> tuple[int, list[Subscription] | None]:
+    """Queue ``message`` for every subscription whose mailbox takes it now (a deque append);
+    the count, and the subscriptions that need :meth:`PubSub._offer` (full, or not local)."""
+    item = (message, None, None, None, message.headers or None)
+    delivered = 0
+    slow: list[Subscription] | None = None
+    for sub in subs:
+        cell = sub.ref.binding
+        if isinstance(cell, Cell) and cell.offer(item) == OK:
+            delivered += 1
+        elif slow is None:
+            slow = [sub]
+        else:
+            slow.append(sub)
+    return delivered, slow
