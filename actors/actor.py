@@ -102,7 +102,8 @@ class Actor:
         try:
             cell = self._trimicro_cell
         except AttributeError:
-            raise RuntimeError(f"{type(self).__name__} is not running: spawn it on a node") from None
+            # An AttributeError, so hasattr() and getattr(..., default) still work on it.
+            raise AttributeError(f"{type(self).__name__} is not running: spawn it on a node") from None
         context: Context = cell.context
         return context
 

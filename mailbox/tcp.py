@@ -19,6 +19,10 @@ from trimicro.mailbox.transport import ConnectionClosed, TransportError
 
 __all__ = ["RECEIVE_CHUNK", "TcpConnection", "TcpListener", "TcpTransport", "parse_address"]
 
+#: ``write_now`` writes to the socket's file descriptor: POSIX only (on Windows a socket is
+#: not a file descriptor, and every send goes through the writer task instead).
+_FD_WRITES = os.name == "posix"
+
 #: Bytes asked of the socket per read.
 RECEIVE_CHUNK = 64 * 1024
 
@@ -85,7 +89,7 @@ class TcpConnection:
 
     def can_write_now(self) -> bool:
         """Whether :meth:`write_now` would take frames: open, no send running, no backlog."""
-        return not (self._closed or self._backlog or self._send_lock.locked())
+        return not (self._closed or self._backlog or self._send_lock.locked()) and _FD_WRITES
 
     def write_now(self, frames: Sequence[bytes]) -> None:
         """Write ``frames`` without waiting (call only when :meth:`can_write_now`).

@@ -145,3 +145,10 @@ async def test_a_handler_that_awaits_still_times_out(autojump_clock: Any) -> Non
             await ask(ref, {"s": 50}, endpoint="Mixed.slow", timeout=2.0)
         assert trio.current_time() - t0 == pytest.approx(2.0)
         assert await ask(ref, Add(4)) == 4  # the actor is free again
+
+
+def test_context_of_an_actor_never_spawned_is_a_clear_attribute_error() -> None:
+    actor = Mixed()
+    assert not hasattr(actor, "context")
+    with pytest.raises(AttributeError, match="not running: spawn it on a node"):
+        _ = actor.context
