@@ -183,6 +183,17 @@ class HandlerTable:
         self.by_endpoint[f"{self.service}.{name}"] = (fn, convert)
         self.by_endpoint.setdefault(name, (fn, convert))
 
+    def inline_for(self, msg: Any, endpoint: str | None) -> tuple[Handler, Converter | None] | None:
+        """The handler (and the endpoint's converter) for ``msg`` when it never suspends
+        (:attr:`inline`), found by exact type or endpoint; ``None`` otherwise."""
+        if not self.inline:
+            return None
+        if endpoint is None:
+            fn = self.by_type.get(type(msg))
+            return (fn, None) if fn in self.inline else None
+        entry = self.by_endpoint.get(endpoint)
+        return entry if entry is not None and entry[0] in self.inline else None
+
     def for_type(self, t: type) -> Handler | None:
         """The handler for messages of type ``t`` (subclasses match their base's handler)."""
         for base in t.__mro__[1:]:

@@ -343,15 +343,8 @@ class Cell:
         item = (msg, reply, sender, endpoint, headers)
         # A handler with no ``await`` completes in one step: nothing could time it out or
         # cancel it, so it runs without the cancel scope (about half of a direct ask's cost).
-        inline = False
         table = self.handlers
-        if table is not None and table.inline:
-            if endpoint is None:
-                fn = table.by_type.get(type(msg))
-            else:
-                entry = table.by_endpoint.get(endpoint)
-                fn = None if entry is None else entry[0]
-            inline = fn in table.inline
+        inline = table is not None and table.inline_for(msg, endpoint) is not None
         self.active += 1
         scope: trio.CancelScope | None = None
         token = current_cell.set(self)
@@ -613,19 +606,11 @@ class Cell:
         if self.status != RUNNING or self.active or len(self.mailbox):
             return False
         table = self.handlers
-        if table is None or not table.inline:
+        found = None if table is None else table.inline_for(item[0], item[3])
+        if found is None:
             return False
-        msg, endpoint = item[0], item[3]
-        convert: Any = None
-        if endpoint is None:
-            fn = table.by_type.get(type(msg))
-        else:
-            entry = table.by_endpoint.get(endpoint)
-            if entry is None:
-                return False
-            fn, convert = entry
-        if fn not in table.inline:
-            return False
+        fn, convert = found
+        msg = item[0]
         self.active += 1
         cell_token = current_cell.set(self)
         item_token = current_item.set(item)

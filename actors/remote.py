@@ -625,6 +625,12 @@ class Link:
         self.sent += len(batch)
         return batch
 
+    def _end_step(self) -> None:
+        """The reader is about to wait: what its step queued must not wait with it."""
+        self._reading = False
+        if self.out:
+            self._send_owed()
+
     def _send_owed(self) -> None:
         """The reader is about to wait for the peer: send what its step queued (answers, mostly)
         now, with one non-blocking write, when the writer is idle; else wake the writer. Saves
@@ -675,8 +681,8 @@ class Link:
 
     async def _read_loop(self, conn: SecureConnection) -> None:
         while True:
-            # A step ends when no complete frame is left to handle without waiting: send what
-            # it queued first (a burst of requests gets its replies in one write).
+            # A step ends when no complete frame is left to handle without waiting (a burst of
+            # requests gets its replies in one write).
             if self.out and not conn.frame_ready():
                 self._send_owed()
             self._reading = False
@@ -694,9 +700,7 @@ class Link:
                 self._on_ask(env)
             elif kind is Kind.TELL:
                 self.busy = True  # waiting on a full mailbox is not silence (see _keepalive)
-                self._reading = False  # it may wait: nothing queued may wait with it
-                if self.out:
-                    self._send_owed()
+                self._end_step()  # it may wait: nothing queued may wait with it
                 await self._on_tell(env)
                 self._reading = True
                 self.busy = False
@@ -714,9 +718,7 @@ class Link:
                 pending = self._on_system(env)
                 if pending is not None:  # a higher layer's handler that may wait (backpressure)
                     self.busy = True
-                    self._reading = False
-                    if self.out:
-                        self._send_owed()
+                    self._end_step()
                     await pending
                     self._reading = True
                     self.busy = False

@@ -152,3 +152,13 @@ def test_context_of_an_actor_never_spawned_is_a_clear_attribute_error() -> None:
     assert not hasattr(actor, "context")
     with pytest.raises(AttributeError, match="not running: spawn it on a node"):
         _ = actor.context
+
+
+async def test_a_direct_ask_opens_a_cancel_scope_only_for_a_handler_that_can_block() -> None:
+    async with start_node() as node:
+        ref = await node.spawn(Mixed)
+        cell = ref.binding
+        assert await ask(ref, Add(1)) == 1
+        assert cell._scopes is None  # created with the first scope this actor ever needed
+        assert await ask(ref, {"s": 0}, endpoint="Mixed.slow") == 1
+        assert cell._scopes is not None

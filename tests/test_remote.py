@@ -697,3 +697,16 @@ async def test_an_unencodable_reply_fails_that_request_only(authority: Authority
                 with pytest.raises(InternalServerError, match="not encodable"):
                     await ask(bad, Add(1), timeout=5)
         assert out == {"slow": "slept"}
+
+
+async def test_a_request_for_a_handler_without_await_needs_no_worker(authority: Authority) -> None:
+    """The link's reader answers it itself (``Cell.handle_now``); a handler that awaits still
+    runs on a dispatcher worker."""
+    async with pair(authority) as (a, b, _):
+        await b.spawn(Counter, name="counter")
+        ref = a.remote_ref("b", "counter")
+        assert await ask(ref, Add(2)) == 2
+        assert await ask(ref, {"name": "Ada"}, endpoint="Counter.hello") == "hello Ada"
+        assert b.dispatcher.workers == 0
+        assert await ask(ref, Sleep(0)) == "slept"
+        assert b.dispatcher.workers == 1
