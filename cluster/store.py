@@ -18,7 +18,10 @@ lock (microseconds, no round trip through the writer or a thread); otherwise, an
 scan, the read runs in ``trio.to_thread.run_sync`` with its own read-only transaction, so a
 long scan never stalls the trio loop. The trade-off: a cold point read may page-fault on the
 memory map (disk I/O) on the trio thread; on a warm store a point read costs microseconds
-instead of a thread hop (tens of microseconds). Records are immutable, so a point read keeps
+instead of a thread hop (tens of microseconds). Such a read is a checkpoint (cancellation, a
+turn for other tasks) once every ``READ_YIELD_EVERY`` reads, not on each: like a sync call, a
+read that need not wait completes even in a cancelled scope, and a loop of reads is still
+cancelled and still fair within that bound. Records are immutable, so a point read keeps
 the record it decoded (up to ``CACHE_RECORDS`` small ones) and returns it again while the
 stored bytes, fetched from LMDB on every read, are unchanged: never stale, even when another
 process writes the same file, and decoding was most of a read's cost.
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import itertools
 import queue
 import threading
 import time
@@ -329,7 +333,8 @@ SWEEP_BATCH = 1_000
 CACHE_RECORDS = 1024
 CACHE_RECORD_BYTES = 1024
 
-#: Point reads served between two yields to the scheduler (see ``LmdbStore.read``).
+#: Point reads served from the memory map between two checkpoints (see ``LmdbStore.read``):
+#: a run of reads yields to other tasks, and sees a cancellation, at least this often.
 READ_YIELD_EVERY = 64
 
 
@@ -377,6 +382,19 @@ class _RWLock:
             with self._cond:
                 self.writer = False
                 self._cond.notify_all()
+
+
+class _Closed:
+    """Stands in for a closed store's lock: always held, so a point read takes the slow path."""
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.mutex.acquire()
+        self.writer = True
+        self.waiting = 0
+
+
+_CLOSED = _Closed()
 
 
 class _Op:
@@ -516,10 +534,11 @@ class LmdbStore(_Checks):
             self._env = env
             self._dbi = env.dbi(f"{database}/{table}")
         self._closed = False
-        self._reads = 0
+        #: 0 once every READ_YIELD_EVERY calls (cheaper than a counter attribute).
+        self._tick = itertools.cycle(range(READ_YIELD_EVERY)).__next__
         #: Decoded records of recent point reads, by key, with the stored bytes they came from.
         self._cache: dict[str, tuple[bytes, bytes, Record]] = {}
-        self._rw = env.rw
+        self._rw: _RWLock | _Closed = env.rw
         self._begin = env.env.begin
 
     @property
@@ -557,25 +576,65 @@ class LmdbStore(_Checks):
                     self._env.env.set_mapsize(0)
 
     def _scan(
-        self, txn: Any, prefix: bytes, suffix: bytes, now: float, limit: int | None, offset: int
-    ) -> builtins.list[tuple[bytes, bytes]]:
-        out: builtins.list[tuple[bytes, bytes]] = []
+        self,
+        txn: Any,
+        prefix: bytes,
+        suffix: bytes,
+        now: float,
+        limit: int | None,
+        offset: int,
+        records: bool,
+    ) -> tuple[builtins.list[tuple[bytes, Record | None]], builtins.list[tuple[str, bytes, bytes, Record]]]:
+        """The live matches in key order, as (key, record) (the record only if ``records``), and
+        the records decoded afresh (for the trio thread to cache: only it changes the cache).
+
+        Records cached by earlier reads are reused while their stored bytes are unchanged, as
+        point reads do: decoding was most of a scan's cost.
+        """
+        out: builtins.list[tuple[bytes, Record | None]] = []
+        fresh: builtins.list[tuple[str, bytes, bytes, Record]] = []
+        cache = self._cache
         skip = offset
         cursor = txn.cursor(db=self._dbi)
         if not cursor.set_range(prefix):
-            return out
+            return out, fresh
         for raw, data in cursor:
             if not raw.startswith(prefix):
                 break
-            if not raw.endswith(suffix) or _expired(_expiry_of(data), now):
+            if suffix and not raw.endswith(suffix):
+                continue
+            try:
+                key = raw.decode()
+            except UnicodeDecodeError:
+                key = ""  # not one of ours: decoding it below reports it
+            hit = cache.get(key)  # only the trio thread changes the cache; a lookup is atomic
+            record: Record | None
+            if hit is not None and hit[1] == data:
+                record = hit[2]
+                expiry = record.expiry
+            elif records:
+                record = _decode(raw, data)
+                expiry = record.expiry
+                fresh.append((key, raw, data, record))
+            else:
+                record, expiry = None, _expiry_of(data)
+            if expiry is not None and expiry <= now:
                 continue
             if skip:
                 skip -= 1
                 continue
             if limit is not None and len(out) >= limit:
                 break
-            out.append((raw, data))
-        return out
+            out.append((raw, record))
+        return out, fresh
+
+    def _remember(self, key: str, raw: bytes, data: bytes, record: Record) -> None:
+        """Cache a decoded record of at most CACHE_RECORD_BYTES stored bytes (the oldest goes)."""
+        if len(data) <= CACHE_RECORD_BYTES:
+            cache = self._cache
+            if len(cache) >= CACHE_RECORDS:
+                del cache[next(iter(cache))]
+            cache[key] = (raw, data, record)
 
     async def read(
         self,
@@ -586,7 +645,7 @@ class LmdbStore(_Checks):
         limit: int | None = None,
         offset: int = 0,
     ) -> builtins.list[Record]:
-        if not (prefix or suffix or limit is not None or offset or self._closed) and type(key) is str:
+        if not (prefix or suffix or limit is not None or offset) and type(key) is str:
             # The hot path, written out in one function (a point read costs a few microseconds,
             # so every call counts): no thread hop, no scheduler trip, no lock beyond a mutex
             # held for the read itself (a map resize cannot start under it).
@@ -619,21 +678,17 @@ class LmdbStore(_Checks):
                     finally:
                         mutex.release()
                 if data is not _BUSY:
-                    self._reads += 1
-                    if self._reads >= READ_YIELD_EVERY:
-                        self._reads = 0
+                    # A full checkpoint (cancellation and a turn for other tasks) every
+                    # READ_YIELD_EVERY reads, not a cancellation check on each: that check
+                    # cost a fifth of a read.
+                    if not self._tick():
                         await trio.lowlevel.checkpoint()
-                    else:
-                        await trio.lowlevel.checkpoint_if_cancelled()
                     if data is not None:
                         if hit is not None and hit[1] == data:
                             record = hit[2]
                         else:
                             record = _decode(raw, data)
-                            if len(data) <= CACHE_RECORD_BYTES:
-                                if len(cache) >= CACHE_RECORDS:
-                                    del cache[next(iter(cache))]  # the oldest entry
-                                cache[key] = (raw, data, record)
+                            self._remember(key, raw, data, record)
                         if record.expiry is None or record.expiry > self.now():
                             return [record]
                     raise NotFound(f"store key {key!r} not found")
@@ -654,10 +709,12 @@ class LmdbStore(_Checks):
             return [record]
         affix = self._affix(key, "key")
         pre, suf = (affix if prefix else b""), (affix if suffix else b"")
-        found = await trio.to_thread.run_sync(
-            self._read_txn, lambda txn: self._scan(txn, pre, suf, now, limit, offset)
+        found, fresh = await trio.to_thread.run_sync(
+            self._read_txn, lambda txn: self._scan(txn, pre, suf, now, limit, offset, True)
         )
-        return [_decode(raw, data) for raw, data in found]
+        for fresh_key, fresh_raw, fresh_data, fresh_record in fresh:
+            self._remember(fresh_key, fresh_raw, fresh_data, fresh_record)
+        return [record for _, record in found if record is not None]
 
     async def write(self, record: Record, *, ttl: float | None = None) -> None:
         raw, rec = self._record(record, ttl)
@@ -674,8 +731,8 @@ class LmdbStore(_Checks):
         self._check_open()
         self._page(limit, offset)
         pre, suf, now = self._affix(prefix, "prefix"), self._affix(suffix, "suffix"), self.now()
-        found = await trio.to_thread.run_sync(
-            self._read_txn, lambda txn: self._scan(txn, pre, suf, now, limit, offset)
+        found, _ = await trio.to_thread.run_sync(
+            self._read_txn, lambda txn: self._scan(txn, pre, suf, now, limit, offset, False)
         )
         return [raw.decode() for raw, _ in found]
 
@@ -732,6 +789,7 @@ class LmdbStore(_Checks):
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        self._rw = _CLOSED  # the point-read fast path never gets in; the slow path says closed
         with _envs_lock:
             self._env.users -= 1
             last = self._env.users == 0

@@ -12,8 +12,8 @@ import pytest
 import trio
 from procs import python_process
 
-from trimicro.cluster.store import LmdbStore, MemoryStore, Record, Store
-from trimicro.mailbox.errors import BadRequest, InternalServerError, NotFound
+from trimicro.cluster.store import READ_YIELD_EVERY, LmdbStore, MemoryStore, Record, Store
+from trimicro.mailbox.errors import BadRequest, InternalServerError, NotFound, ServiceUnavailable
 
 MAIN = Path(__file__).resolve().parent.parent
 
@@ -160,10 +160,14 @@ async def test_point_reads_honour_cancellation_and_let_others_run(tmp_path: Path
     store = LmdbStore(tmp_path / "db", sync=False)
     try:
         await store.write(Record("k", b"v"))
+        served = 0
         with trio.CancelScope() as scope:
             scope.cancel()
-            await store.read("k")  # served at once from the memory map, yet cancellation wins
+            for _ in range(READ_YIELD_EVERY + 1):  # served from the memory map, not waiting,
+                await store.read("k")  # yet a run of them sees the cancellation
+                served += 1
         assert scope.cancelled_caught
+        assert served < READ_YIELD_EVERY
         ran = trio.Event()
 
         async def other_task() -> None:
@@ -316,6 +320,42 @@ async def test_point_read_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.M
         assert "big" not in store._cache
     finally:
         await store.aclose()
+
+
+async def test_scans_reuse_cached_records_yet_never_serve_stale_or_expired(tmp_path: Path) -> None:
+    clock = Clock()
+    store = LmdbStore(tmp_path / "db", sync=False, now=clock)
+    try:
+        for i in range(5):
+            await store.write(Record(f"k{i}", f"v{i}".encode()), ttl=10 if i == 4 else None)
+        first = await store.read("k", prefix=True)
+        again = await store.read("k", prefix=True)
+        assert [r.key for r in again] == [f"k{i}" for i in range(5)]
+        assert all(a is b for a, b in zip(first, again, strict=True))  # decoded once, then reused
+        assert (await store.read("k2"))[0] is first[2]  # point reads and scans share the cache
+        await store.write(Record("k2", b"new"))
+        third = await store.read("k", prefix=True)
+        assert third[2].value == b"new"
+        assert third[1] is first[1]
+        clock.t += 11  # k4 expires: a cached record is still checked
+        assert [r.key for r in await store.read("k", prefix=True)] == [f"k{i}" for i in range(4)]
+        assert await store.list(prefix="k") == [f"k{i}" for i in range(4)]
+    finally:
+        await store.aclose()
+
+
+async def test_a_closed_store_says_so(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "db", sync=False)
+    other = LmdbStore(tmp_path / "db", sync=False)  # keeps the shared environment open
+    try:
+        await store.write(Record("k", b"v"))
+        assert (await store.read("k"))[0].value == b"v"
+        await store.aclose()
+        with pytest.raises(ServiceUnavailable):
+            await store.read("k")
+        assert (await other.read("k"))[0].value == b"v"
+    finally:
+        await other.aclose()
 
 
 WRITER = """
