@@ -86,6 +86,8 @@ class Actor:
 
     mailbox: ClassVar[MailboxSpec | None] = None
     max_concurrency: ClassVar[int] = 1
+    #: The class's handler table, built on first spawn (see :func:`handler_table`).
+    _trimicro_handlers: ClassVar[HandlerTable | None] = None
     supervision: ClassVar[SupervisorStrategy] = SupervisorStrategy()
     service_name: ClassVar[str | None] = None
 
@@ -130,9 +132,11 @@ class _Unhandled(Exception):
 class HandlerTable:
     """A class's handlers by message type and by endpoint name, resolved once per class."""
 
-    __slots__ = ("by_endpoint", "by_stream", "by_type", "fallback", "inline", "service")
+    __slots__ = ("by_endpoint", "by_stream", "by_type", "cls", "fallback", "inline", "service")
 
     def __init__(self, cls: type[Actor]) -> None:
+        #: The class this table is for (a subclass inherits the attribute, not the table).
+        self.cls = cls
         self.service = cls.service_name or cls.__name__
         self.by_type: dict[type, Handler] = {}
         self.by_endpoint: dict[str, tuple[Handler, Converter]] = {}
@@ -228,8 +232,8 @@ def _identity(body: Any) -> Any:
 
 def handler_table(cls: type[Actor]) -> HandlerTable:
     """The (cached) handler table of an actor class."""
-    table = cls.__dict__.get("_trimicro_handlers")
-    if table is None:
+    table = cls._trimicro_handlers
+    if table is None or table.cls is not cls:  # none yet, or a base class's (inherited)
         table = HandlerTable(cls)
-        cls._trimicro_handlers = table  # type: ignore[attr-defined]
+        cls._trimicro_handlers = table
     return table

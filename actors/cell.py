@@ -149,17 +149,8 @@ class Cell:
     """One actor's runtime state. Also the *binding* of local refs: ``ref.binding.tell(...)``."""
 
     __slots__ = (
+        "__dict__",  # only for the rarely used state below, set on first use
         "__weakref__",
-        "_context",
-        "_intensity",
-        "_room",
-        "_scopes",
-        "_stopped",
-        "_streams",
-        "_sup_lock",
-        "_timers",
-        "_watchers",
-        "_workers_idle",
         "active",
         "children",
         "handlers",
@@ -173,6 +164,20 @@ class Cell:
         "spec",
         "status",
     )
+
+    # State most actors never use, as class-level defaults: an instance gets its own value
+    # (in its ``__dict__``) only when it first needs one, so a spawn sets ten attributes fewer
+    # and an idle actor is smaller.
+    _context: Context | None = None
+    _room: ParkingLot | None = None
+    _scopes: set[trio.CancelScope] | None = None
+    _stopped: trio.Event | None = None
+    _workers_idle: trio.Event | None = None
+    _sup_lock: trio.Lock | None = None
+    _intensity: RestartIntensity | None = None
+    _timers: set[Timer] | None = None
+    _watchers: set[ActorRef] | None = None
+    _streams: set[trio.CancelScope] | None = None
 
     def __init__(
         self,
@@ -194,17 +199,7 @@ class Cell:
         self.max_concurrency = 1
         self.instance: Actor | None = None
         self.handlers: HandlerTable | None = None
-        self._context: Context | None = None
         self.children: dict[str, Cell] = {}
-        self._room: ParkingLot | None = None
-        self._scopes: set[trio.CancelScope] | None = None
-        self._stopped: trio.Event | None = None
-        self._workers_idle: trio.Event | None = None
-        self._sup_lock: trio.Lock | None = None
-        self._intensity: RestartIntensity | None = None
-        self._timers: set[Timer] | None = None
-        self._watchers: set[ActorRef] | None = None
-        self._streams: set[trio.CancelScope] | None = None
 
     def __repr__(self) -> str:
         return f"<Cell {self.path} status={self.status}>"

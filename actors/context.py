@@ -76,8 +76,9 @@ class Context:
         **kwargs: Any,
     ) -> ActorRef:
         """Start a child supervised by this actor (stopped before it, restarted by its strategy)."""
-        spec = ChildSpec(factory, name, args, kwargs, restart, shutdown, mailbox)
-        return await self._cell.node.spawn_cell(self._cell, spec)
+        node = self._cell.node
+        spec = node.child_spec(factory, name, args, kwargs, restart, shutdown, mailbox)
+        return await node.spawn_cell(self._cell, spec)
 
     async def spawn_spec(self, spec: ChildSpec) -> ActorRef:
         return await self._cell.node.spawn_cell(self._cell, spec)

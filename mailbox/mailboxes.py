@@ -71,7 +71,8 @@ class BoundedMailbox(deque[T]):
     def __init__(self, capacity: int, system_reserve: int = DEFAULT_SYSTEM_RESERVE) -> None:
         if capacity < 1:
             raise ValueError("a bounded mailbox needs capacity >= 1")
-        super().__init__()
+        # No ``deque.__init__``: ``deque.__new__`` made it empty and unbounded already, and a
+        # spawn is hot.
         self.capacity: int | None = capacity
         self.system_reserve = system_reserve
         self._system = 0
@@ -120,8 +121,7 @@ class UnboundedMailbox(deque[T]):
     __slots__ = ("capacity",)
 
     def __init__(self) -> None:
-        super().__init__()
-        self.capacity: int | None = None
+        self.capacity: int | None = None  # (no ``deque.__init__``: see BoundedMailbox)
 
     def has_room(self) -> bool:
         return True

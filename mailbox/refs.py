@@ -18,18 +18,41 @@ import attrs
 __all__ = ["ActorRef", "ref_binder"]
 
 
-@attrs.frozen(slots=True, cache_hash=True)
+@attrs.frozen(slots=True, init=False, unsafe_hash=False)
 class ActorRef:
     """The address of one actor incarnation.
 
     ``uid`` distinguishes incarnations that reuse a path: a ref to a stopped actor does not reach
     a new actor later spawned under the same name. ``uid == 0`` means "whoever holds this path".
+
+    Immutable (attrs frozen), with a hand-written ``__init__`` that sets the slots directly and
+    a hash computed on first use: every spawn and every decoded message builds refs, and the
+    generated frozen ``__init__`` (one ``object.__setattr__`` per field) cost three times as much.
     """
 
     node: str
     path: str
     uid: int = 0
-    _binding: Any = attrs.field(default=None, eq=False, hash=False, repr=False, alias="binding")
+    _binding: Any = attrs.field(default=None, eq=False, repr=False, alias="binding")
+    _hash: int | None = attrs.field(default=None, eq=False, repr=False, init=False)
+
+    def __init__(self, node: str, path: str, uid: int = 0, binding: Any = None) -> None:
+        _set_node(self, node)
+        _set_path(self, path)
+        _set_uid(self, uid)
+        _set_binding(self, binding)
+        _set_hash(self, None)
+
+    def __hash__(self) -> int:
+        h = self._hash
+        if h is None:
+            h = hash((self.node, self.path, self.uid))
+            _set_hash(self, h)
+        return h
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Not the slots' state: a hash cached in one process is wrong in another.
+        return ActorRef, (self.node, self.path, self.uid, self._binding)
 
     @property
     def name(self) -> str:
@@ -65,6 +88,14 @@ class ActorRef:
 
     def __str__(self) -> str:
         return f"{self.node}{self.path}#{self.uid}"
+
+
+# The slots' own setters: a frozen class refuses ``setattr``, and these are the cheapest way past.
+_set_node = ActorRef.__dict__["node"].__set__
+_set_path = ActorRef.__dict__["path"].__set__
+_set_uid = ActorRef.__dict__["uid"].__set__
+_set_binding = ActorRef.__dict__["_binding"].__set__
+_set_hash = ActorRef.__dict__["_hash"].__set__
 
 
 #: How refs decoded in the current context get their binding. A node's connection reader sets it
