@@ -22,7 +22,7 @@ from trimicro.mailbox.errors import (
     RequestTimeout,
     ServiceUnavailable,
 )
-from trimicro.mailbox.mailboxes import Mailbox
+from trimicro.mailbox.mailboxes import Mailbox, Unbuilt
 from trimicro.mailbox.refs import ActorRef
 
 from .actor import Actor, HandlerTable, _Unhandled, handler_table
@@ -220,7 +220,10 @@ class Cell:
         """Queue ``item`` without waiting: ``OK``, ``FULL`` or ``DEAD``."""
         if self.status >= STOPPING:
             return DEAD
-        if not self.mailbox.push(item, system):
+        mailbox = self.mailbox
+        if type(mailbox) is Unbuilt:  # the first message: now the actor needs a queue
+            mailbox = self.mailbox = mailbox.build()
+        if not mailbox.push(item, system):
             return FULL
         if self.status == RUNNING and self.active < self.max_concurrency:
             self.node.dispatcher.activate(self)

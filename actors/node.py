@@ -21,7 +21,7 @@ import trio
 
 from trimicro.mailbox.codecs import CodecSet
 from trimicro.mailbox.errors import Conflict, NotFound
-from trimicro.mailbox.mailboxes import MailboxSpec, bounded
+from trimicro.mailbox.mailboxes import MailboxSpec, Unbuilt, bounded
 from trimicro.mailbox.refs import ActorRef
 from trimicro.mailbox.tcp import TcpTransport
 from trimicro.mailbox.transport import Transport
@@ -103,6 +103,8 @@ class Node:
         self._uids = itertools.count(1)
         #: Shared specs of anonymous spawns (see :meth:`child_spec`), at most SHARED_SPECS.
         self._specs: dict[tuple[Any, ...], ChildSpec] = {}
+        #: The shared empty mailbox of each mailbox spec (see ``Unbuilt``), at most SHARED_SPECS.
+        self._unbuilt: dict[MailboxSpec, Unbuilt] = {}
         root_spec = ChildSpec(_Guardian, "user", restart=Restart.PERMANENT)
         self._root = Cell(self, None, root_spec, "/user", next(self._uids), bounded(16).build())
         self._root.handlers = handler_table(_Guardian)
@@ -178,8 +180,14 @@ class Node:
             raise Conflict(f"{parent.path}/{name} already exists", id=parent.path)
         factory = spec.factory
         actor_cls = factory if isinstance(factory, type) and issubclass(factory, Actor) else None
-        mailbox_spec = spec.mailbox or (actor_cls.mailbox if actor_cls is not None else None)
-        mailbox = (mailbox_spec or self.default_mailbox).build(_message_of)
+        mailbox_spec = (
+            spec.mailbox or (actor_cls.mailbox if actor_cls is not None else None) or self.default_mailbox
+        )
+        mailbox = self._unbuilt.get(mailbox_spec)
+        if mailbox is None:
+            mailbox = Unbuilt(mailbox_spec, _message_of)  # checks the spec
+            if len(self._unbuilt) < SHARED_SPECS:
+                self._unbuilt[mailbox_spec] = mailbox
         path = f"{parent.path}/{name}"
         cell = Cell(self, parent, spec, path, uid, mailbox)
         if actor_cls is not None:

@@ -231,6 +231,39 @@ class MailboxSpec:
         raise ValueError(f"unknown mailbox kind {self.kind!r}")
 
 
+class Unbuilt:
+    """An actor's mailbox before its first message: empty, and one shared by all the actors of
+    a node with the same spec, so an actor that is never sent anything never allocates a queue
+    (a deque costs more than the rest of an idle actor). The owner swaps in a real mailbox
+    from :meth:`build` when the first item arrives; nothing can be pushed here."""
+
+    __slots__ = ("_message_of", "capacity", "spec")
+
+    def __init__(self, spec: MailboxSpec, message_of: Callable[[Any], object] | None = None) -> None:
+        self.capacity = spec.build(message_of).capacity  # fails now, not at the first message
+        self.spec = spec
+        self._message_of = message_of
+
+    def build(self) -> Mailbox[Any]:
+        """A new, real mailbox of this spec."""
+        return self.spec.build(self._message_of)
+
+    def __len__(self) -> int:
+        return 0
+
+    def push(self, item: Any, system: bool = False) -> bool:
+        raise RuntimeError("an unbuilt mailbox holds nothing: build() a real one first")
+
+    def pop(self) -> Any:
+        raise IndexError("pop from an empty mailbox")
+
+    def has_room(self) -> bool:
+        return True
+
+    def discard_first(self, match: Callable[[Any], bool]) -> Any:
+        return None
+
+
 def bounded(capacity: int = 1000) -> MailboxSpec:
     """A bounded FIFO mailbox (the default, capacity 1000)."""
     return MailboxSpec("bounded", capacity)

@@ -24,6 +24,7 @@ from trimicro.mailbox.mailboxes import (
     MailboxSpec,
     PriorityMailbox,
     UnboundedMailbox,
+    Unbuilt,
 )
 
 
@@ -233,3 +234,41 @@ async def test_unbounded_mailbox_never_full() -> None:
 
 def test_dead_letter_is_a_value() -> None:
     assert DeadLetter(None, 1, "full") == DeadLetter(None, 1, "full")
+
+
+async def test_an_actor_gets_its_own_queue_only_with_its_first_message() -> None:
+    async with start_node("n") as node:
+        a = await node.spawn(Idle)
+        b = await node.spawn(Idle)
+        shared = a.binding.mailbox
+        assert isinstance(shared, Unbuilt)  # never sent anything: no queue of its own
+        assert b.binding.mailbox is shared
+        assert len(shared) == 0 and shared.capacity == 1000
+        await ask(a, Block())  # an ask to an idle actor is handled at once, never queued
+        assert a.binding.mailbox is shared
+        await tell(a, Block())
+        mailbox = a.binding.mailbox
+        assert isinstance(mailbox, BoundedMailbox) and mailbox.capacity == 1000
+        assert b.binding.mailbox is shared
+        prio = await node.spawn(Idle, mailbox=priority(4, key=_prio_key))
+        assert isinstance(prio.binding.mailbox, Unbuilt)
+        await tell(prio, Block())
+        assert isinstance(prio.binding.mailbox, PriorityMailbox)
+
+
+async def test_a_bad_mailbox_spec_fails_the_spawn_not_the_first_message() -> None:
+    async with start_node("n") as node:
+        with pytest.raises(ValueError):
+            await node.spawn(Idle, mailbox=MailboxSpec("weird"))
+        with pytest.raises(ValueError):
+            await node.spawn(Idle, mailbox=bounded(0))
+
+
+async def test_anonymous_spawns_of_a_class_share_one_spec() -> None:
+    async with start_node("n") as node:
+        a, b = await node.spawn(Idle), await node.spawn(Idle)
+        assert a.binding.spec is b.binding.spec
+        assert a.name != b.name
+        named = await node.spawn(Idle, name="x")
+        assert named.binding.spec is not a.binding.spec
+        assert named.binding.spec.name == "x"
