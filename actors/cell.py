@@ -799,6 +799,12 @@ class Cell:
         self._watchers = None
         self.instance = None
         self.stopped_event().set()
+        # Leave no reference cycle behind (the cell's own ref is bound to the cell, and a
+        # context points back at it): a stopped actor is then freed at once by reference
+        # counting, not left for a full GC pass, which would walk every live object too.
+        ref = self.ref
+        self.ref = ActorRef(ref.node, ref.path, ref.uid)
+        self._context = None
 
     def stopped_event(self) -> trio.Event:
         if self._stopped is None:

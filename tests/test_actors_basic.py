@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import attrs
@@ -486,3 +488,20 @@ async def test_reply_headers_come_back_from_a_local_handler() -> None:
         back: dict[str, str] = {}
         assert await ask(ref, Add(5), reply_headers=back) == 5  # idle actor: the direct path
         assert back == {"seen": "5"}
+
+
+async def test_a_stopped_actor_is_freed_at_once_not_left_for_the_cycle_collector() -> None:
+    gc.disable()  # only reference counting may free it
+    try:
+        async with start_node() as node:
+            ref = await node.spawn(Counter)
+            assert await ask(ref, Add(1)) == 1
+            ref.binding.context  # noqa: B018 - a context points back at the cell
+            cell = weakref.ref(ref.binding)
+            instance = weakref.ref(ref.binding.instance)
+            await node.stop(ref)
+            del ref
+            assert instance() is None
+            assert cell() is None
+    finally:
+        gc.enable()
