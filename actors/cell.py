@@ -722,7 +722,10 @@ class Cell:
         if self.status != STARTING:  # stopped (or failed) while starting
             return
         self.status = RUNNING
-        while len(self.mailbox) > self.active and self.active < self.max_concurrency:
+        mailbox = self.mailbox
+        if type(mailbox) is Unbuilt:  # nothing was ever queued (and its len is a Python call)
+            return
+        while len(mailbox) > self.active and self.active < self.max_concurrency:
             self.node.dispatcher.activate(self)
 
     async def _quiesce(self, deadline: float) -> None:
@@ -776,6 +779,11 @@ class Cell:
             await self._terminate_instance(deadline)
         finally:
             self._finish_stop(reason)
+
+    def abandon_start(self) -> None:
+        """The instance could not be built or started: the cell is gone again."""
+        self.status = STOPPING
+        self._finish_stop("failed to start")
 
     def _finish_stop(self, reason: str | None) -> None:
         mb = self.mailbox
