@@ -710,3 +710,42 @@ async def test_a_request_for_a_handler_without_await_needs_no_worker(authority: 
         assert b.dispatcher.workers == 0
         assert await ask(ref, Sleep(0)) == "slept"
         assert b.dispatcher.workers == 1
+
+
+async def test_asks_queued_in_one_scheduler_batch_leave_in_one_write_without_the_writer_task(
+    authority: Authority,
+) -> None:
+    """What tasks queue on a link is written when trio is about to wait for I/O, all of it in
+    one write, with no turn of the link's writer task on the way."""
+    async with pair(authority, TcpTransport(), a_listen="127.0.0.1:0", b_listen="127.0.0.1:0") as (a, b, _):
+        await b.spawn(Counter, name="counter")
+        ref = a.remote_ref("b", "counter")
+        assert await ask(ref, Add(0)) == 0
+        link = a.remote.peer("b").link
+        assert link is not None
+        conn: Any = link.conn
+        writes: list[int] = []
+        writer_sends: list[int] = []
+        write_now, send_frames = conn.write_now, conn.send_frames
+
+        def counting_write_now(frames: Any) -> None:
+            writes.append(len(frames))
+            write_now(frames)
+
+        async def counting_send_frames(frames: Any) -> None:
+            writer_sends.append(len(frames))
+            await send_frames(frames)
+
+        conn.write_now, conn.send_frames = counting_write_now, counting_send_frames
+        answers: list[int] = []
+
+        async def call() -> None:
+            answers.append(await ask(ref, Add(1)))
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for _ in range(16):
+                    nursery.start_soon(call)
+        assert sorted(answers) == list(range(1, 17))
+        assert writes and writes[0] >= 16  # the sixteen requests, in one write
+        assert writer_sends == []

@@ -398,3 +398,43 @@ async def test_frame_ready_only_when_a_frame_is_buffered() -> None:
     await conn.aclose()
     await server.aclose()
     await listener.aclose()
+
+
+async def test_tcp_reads_that_find_data_yield_only_every_few_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read that need not wait is no scheduler pass (trio's ``receive_some`` made two), yet a
+    reader that always finds data still lets other tasks run, and sees a cancellation, every
+    YIELD_EVERY reads."""
+    from trimicro.mailbox import tcp
+    from trimicro.mailbox.framing import encode_frames
+
+    transport = TcpTransport()
+    listener = await transport.listen("127.0.0.1:0")
+    conn = await transport.dial(listener.address)  # (never accepted: the reads are stood in for)
+    payload = b"x" * (tcp.RECEIVE_CHUNK - 4)
+    chunk = encode_frames([payload])  # a full read every time: the socket is never "drained"
+    monkeypatch.setattr(tcp, "_read", lambda fd, n: chunk)  # a peer that floods
+    turns = 0
+
+    async def other_task() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other_task)
+        await trio.lowlevel.checkpoint()
+        turns = 0
+        reads = 4 * tcp.YIELD_EVERY
+        for _ in range(reads):
+            assert await conn.receive_frame() == payload
+        assert 1 <= turns <= reads // tcp.YIELD_EVERY + 1
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            for _ in range(tcp.YIELD_EVERY + 1):
+                await conn.receive_frame()
+        assert scope.cancelled_caught
+        nursery.cancel_scope.cancel()
+    monkeypatch.undo()
+    await conn.aclose()
+    await listener.aclose()
