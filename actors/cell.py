@@ -145,6 +145,51 @@ class Reply:
         return self.value
 
 
+class Stopped:
+    """The binding of a stopped actor's own ref (``cell.ref`` once it has stopped): it answers
+    as the stopped cell did (mail to dead letters, an ask 503, a watcher told at once) without
+    pointing back at the cell, so that the cell leaves no reference cycle behind."""
+
+    __slots__ = ("node", "ref")
+
+    def __init__(self, node: Node, ref: ActorRef) -> None:
+        self.node = node
+        self.ref = ActorRef(ref.node, ref.path, ref.uid)  # unbound: no cycle through it either
+
+    def _refusal(self) -> MicroError:
+        """What an ask or a stream gets."""
+        return ServiceUnavailable(f"actor {self.ref.path} is not running", id=self.ref.path)
+
+    async def tell(self, msg: Any, sender: ActorRef | None, *_: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        self.node.dead_letter(self.ref, msg, "stopped", sender)
+
+    def try_tell(self, msg: Any, sender: ActorRef | None, headers: dict[str, str] | None) -> bool:
+        self.node.dead_letter(self.ref, msg, "stopped", sender)
+        return False
+
+    async def ask(self, msg: Any, sender: ActorRef | None, *_: Any) -> Any:
+        await trio.lowlevel.checkpoint()
+        self.node.dead_letter(self.ref, msg, "stopped", sender)
+        raise self._refusal()
+
+    async def open_stream(self, *_: Any) -> Any:
+        await trio.lowlevel.checkpoint()
+        raise self._refusal()
+
+    def system(self, msg: Any) -> bool:
+        self.node.dead_letter(self.ref, msg, "stopped", None)
+        return False
+
+    def add_watcher(self, watcher: ActorRef) -> None:
+        binding = watcher.binding
+        if binding is not None:
+            binding.system(Terminated(self.ref, "already stopped"))
+
+    def remove_watcher(self, watcher: ActorRef) -> None:
+        pass
+
+
 class Cell:
     """One actor's runtime state. Also the *binding* of local refs: ``ref.binding.tell(...)``."""
 
@@ -811,8 +856,9 @@ class Cell:
         # context points back at it): a stopped actor is then freed at once by reference
         # counting, not left for a full GC pass, which would walk every live object too.
         ref = self.ref
-        self.ref = ActorRef(ref.node, ref.path, ref.uid)
-        self._context = None
+        self.ref = ActorRef(ref.node, ref.path, ref.uid, binding=Stopped(self.node, ref))
+        if self._context is not None:
+            self._context = None
 
     def stopped_event(self) -> trio.Event:
         if self._stopped is None:

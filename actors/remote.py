@@ -51,7 +51,7 @@ from trimicro.mailbox.refs import ActorRef, ref_binder
 from trimicro.mailbox.secure_stream import SecureConnection, secure_client, secure_server
 from trimicro.mailbox.transport import Connection, Listener, Transport, serve
 
-from .cell import DEAD, OK, Cell, Reply, current_item
+from .cell import DEAD, OK, Cell, Reply, Stopped, current_item
 from .messages import Terminated
 from .streams import DEFAULT_WINDOW, Stream
 
@@ -249,46 +249,14 @@ class RemoteStreamOps:
         self.link.push(encode_envelope(Envelope(Kind.CANCEL, self.corr)))
 
 
-class _Gone:
-    """Binding of a ref to a local actor that no longer exists: mail goes to dead letters."""
+class _Gone(Stopped):
+    """Binding of a ref to a local actor that no longer exists (a ref from another node naming
+    one of ours): like a stopped actor's own ref, except that an ask is answered 404."""
 
-    __slots__ = ("node", "ref")
+    __slots__ = ()
 
-    def __init__(self, node: Node, ref: ActorRef) -> None:
-        self.node = node
-        self.ref = ref
-
-    async def tell(self, msg: Any, sender: ActorRef | None, headers: dict[str, str] | None) -> None:
-        await trio.lowlevel.checkpoint()
-        self.node.dead_letter(self.ref, msg, "stopped", sender)
-
-    def try_tell(self, msg: Any, sender: ActorRef | None, headers: dict[str, str] | None) -> bool:
-        self.node.dead_letter(self.ref, msg, "stopped", sender)
-        return False
-
-    async def ask(
-        self,
-        msg: Any,
-        sender: ActorRef | None,
-        headers: Any,
-        endpoint: Any,
-        timeout: float,
-        reply_headers: Any = None,
-    ) -> Any:
-        await trio.lowlevel.checkpoint()
-        raise NotFound(f"no actor {self.ref}", id=self.node.id)
-
-    def system(self, msg: Any) -> bool:
-        self.node.dead_letter(self.ref, msg, "stopped", None)
-        return False
-
-    def add_watcher(self, watcher: ActorRef) -> None:
-        binding = watcher.binding
-        if binding is not None:
-            binding.system(Terminated(self.ref, "already stopped"))
-
-    def remove_watcher(self, watcher: ActorRef) -> None:
-        pass
+    def _refusal(self) -> MicroError:
+        return NotFound(f"no actor {self.ref}", id=self.node.id)
 
 
 class RemoteActor:
@@ -501,6 +469,10 @@ class Coalesced:
         )
 
 
+def _nothing() -> None:
+    pass
+
+
 class _Flusher(trio.abc.Instrument):
     """Sends, just before trio waits for I/O, what tasks queued on links during the scheduler
     batch that is ending: every frame of the batch in one write per link, with no writer task
@@ -514,19 +486,31 @@ class _Flusher(trio.abc.Instrument):
     def __init__(self) -> None:
         self.links: list[Link] = []
         self.installed = False
+        self._token: trio.lowlevel.TrioToken | None = None
 
     def add(self, link: Link) -> None:
         if not self.installed:
             trio.lowlevel.add_instrument(self)
+            self._token = trio.lowlevel.current_trio_token()
             self.installed = True
         self.links.append(link)
 
     def before_io_wait(self, timeout: float) -> None:
         links = self.links
-        if links:
-            self.links = []
+        if not links:
+            return
+        self.links = []
+        try:
             for link in links:
                 link.flush_now()
+        finally:
+            for link in links:
+                link._dirty = False
+        # trio chose how long to wait before calling this hook: a task woken here (a writer
+        # left a backlog, senders waiting for room, a flush() caller) must not wait for the
+        # next I/O event or timer, so end the wait at once.
+        if timeout > 0 and self._token is not None and trio.lowlevel.current_statistics().tasks_runnable:
+            self._token.run_sync_soon(_nothing)
 
     def uninstall(self) -> None:
         if self.installed:
@@ -601,8 +585,7 @@ class Link:
             self.close(f"peer not reading: more than {OUT_HARD_CAP} bytes queued")
             return
         if self._writer and not self._reading and not self._dirty:
-            self._dirty = True
-            self.remoting.flusher.add(self)
+            self._wake()
 
     def coalesce(self, op: str, entry: bytes) -> bool:
         """Queue ``entry`` (one encoded msgpack value) for a :class:`Coalesced` ``op`` frame: the
@@ -622,8 +605,7 @@ class Link:
             out.append(last)
             self._coalesced = True
             if self._writer and not self._reading and not self._dirty:
-                self._dirty = True
-                self.remoting.flusher.add(self)
+                self._wake()
         last.parts.append(entry)
         last.size += len(entry)
         self.out_bytes += len(entry)
@@ -690,6 +672,15 @@ class Link:
                 self._flushed.set()
                 self._flushed = None
         elif self._writer:
+            self._writer.unpark()
+
+    def _wake(self) -> None:
+        """Get what was just queued sent: by the node's flusher at the end of this scheduler
+        batch when this connection can write without waiting, else by the writer task."""
+        if self.conn.can_write_now():
+            self._dirty = True
+            self.remoting.flusher.add(self)
+        else:
             self._writer.unpark()
 
     def flush_now(self) -> None:
@@ -1503,12 +1494,14 @@ class Remoting:
         with trio.move_on_after(flush_timeout):
             for link in links:
                 await link.flush()
-        self._serve_scope.cancel()  # also ends the accepted links' tasks
-        if self.listener is not None:
-            await self.listener.aclose()
-        for link in links:
-            link.close("node shutting down")
-        self.flusher.uninstall()
+        try:
+            self._serve_scope.cancel()  # also ends the accepted links' tasks
+            if self.listener is not None:
+                await self.listener.aclose()
+            for link in links:
+                link.close("node shutting down")
+        finally:
+            self.flusher.uninstall()
 
 
 #: Initial credit when a STREAM_OPEN carries no ``credit`` header (docs/protocol.md §4.3).

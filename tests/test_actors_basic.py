@@ -505,3 +505,23 @@ async def test_a_stopped_actor_is_freed_at_once_not_left_for_the_cycle_collector
             assert cell() is None
     finally:
         gc.enable()
+
+
+async def test_a_stopped_actors_own_ref_still_answers_as_a_stopped_actor() -> None:
+    """After the stop its cell's ref no longer points back at the cell, yet mail to it still
+    goes to dead letters, an ask is refused 503, and a watcher learns at once that it is gone."""
+    async with start_node() as node:
+        ref = await node.spawn(Counter)
+        cell = ref.binding
+        await node.stop(ref)
+        own = cell.ref
+        assert own == ref and own.binding is not cell
+        async with node.dead_letters.subscribe() as dl:
+            await tell(own, Add(1))
+            await tell(own, Add(2), endpoint="Counter.add")
+            assert not try_tell(own, Add(3))
+            with pytest.raises(ServiceUnavailable):
+                await ask(own, Get())
+            letters = [dl.receive_nowait() for _ in range(4)]
+        assert [letter.reason for letter in letters] == ["stopped"] * 4
+        assert [letter.message for letter in letters] == [Add(1), Add(2), Add(3), Get()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -749,3 +750,53 @@ async def test_asks_queued_in_one_scheduler_batch_leave_in_one_write_without_the
         assert sorted(answers) == list(range(1, 17))
         assert writes and writes[0] >= 16  # the sixteen requests, in one write
         assert writer_sends == []
+
+
+async def test_tasks_woken_when_a_batch_is_flushed_do_not_wait_for_a_timer(authority: Authority) -> None:
+    """The flusher runs after trio has chosen how long to wait for I/O: the tasks it wakes (the
+    writer with what the socket did not take, senders waiting for room, ``flush()``) must run
+    at once, not at the next timer. The peer runs in another thread's trio run, so that its
+    traffic cannot end this run's waits; keepalives are far off (30 s)."""
+    ready, peer_address, peer_token = threading.Event(), [], []
+
+    def quiet_tcp(name: str) -> dict[str, Any]:  # keepalives far off
+        return {
+            "transport": TcpTransport(),
+            "identity": NodeIdentity.issue(name, authority),
+            "registry": REGISTRY,
+            "keepalive": 30,
+            "dead_after": 60,
+        }
+
+    def peer() -> None:
+        async def main() -> None:
+            async with start_node("b", listen="127.0.0.1:0", **quiet_tcp("b")) as b:
+                await b.spawn(Counter, name="counter")
+                done = trio.Event()
+                peer_address.append(b.address)
+                peer_token.append((trio.lowlevel.current_trio_token(), done))
+                ready.set()
+                await done.wait()
+
+        trio.run(main)
+
+    thread = threading.Thread(target=peer, daemon=True)
+    thread.start()
+    try:
+        await trio.to_thread.run_sync(ready.wait, 10)
+        async with start_node("a", **quiet_tcp("a")) as a:
+            peer_id = await a.connect(peer_address[0])
+            ref = a.remote_ref(peer_id, "counter")
+            with trio.fail_after(5):  # a stalled wait would last until a timer (10 s or more)
+                assert await ask(ref, Add(1)) == 1
+                for _ in range(8):  # 8 MiB: past the send buffer's high-water mark
+                    await tell(ref, {"name": "x" * 1_000_000}, endpoint="Counter.hello")
+                link = a.remote.peer(peer_id).link
+                assert link is not None
+                await link.flush()
+                assert await ask(ref, Add(1)) == 2
+    finally:
+        if peer_token:
+            token, done = peer_token[0]
+            token.run_sync_soon(done.set)
+        await trio.to_thread.run_sync(thread.join, 30)

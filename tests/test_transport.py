@@ -438,3 +438,21 @@ async def test_tcp_reads_that_find_data_yield_only_every_few_reads(monkeypatch: 
     monkeypatch.undo()
     await conn.aclose()
     await listener.aclose()
+
+
+async def test_tcp_a_cancelled_receive_loses_no_data() -> None:
+    """Cancellation is seen before a read takes bytes from the socket, never after."""
+    transport = TcpTransport()
+    listener = await transport.listen("127.0.0.1:0")
+    conn = await transport.dial(listener.address)
+    server = await listener.accept()
+    await server.send_frames([b"one", b"two", b"three"])
+    for _ in range(3):
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await conn.receive_frame()
+        assert scope.cancelled_caught
+    assert [await conn.receive_frame() for _ in range(3)] == [b"one", b"two", b"three"]
+    await conn.aclose()
+    await server.aclose()
+    await listener.aclose()
