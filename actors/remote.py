@@ -746,11 +746,13 @@ class Link:
             elif kind is Kind.ASK:
                 self._on_ask(env)
             elif kind is Kind.TELL:
-                self.busy = True  # waiting on a full mailbox is not silence (see _keepalive)
-                self._end_step()  # it may wait: nothing queued may wait with it
-                await self._on_tell(env)
-                self._reading = True
-                self.busy = False
+                full = self._on_tell(env)
+                if full is not None:
+                    self.busy = True  # waiting on a full mailbox is not silence (see _keepalive)
+                    self._end_step()  # it waits: nothing queued may wait with it
+                    await self._put_tell(*full)
+                    self._reading = True
+                    self.busy = False
             elif kind is Kind.CANCEL:
                 self._on_cancel(env.corr)
             elif kind is Kind.STREAM_DATA:
@@ -831,7 +833,9 @@ class Link:
         else:
             self.send_error(corr, TooManyRequests(f"mailbox of {cell.path} is full", id=cell.path), codec)
 
-    async def _on_tell(self, env: Envelope) -> None:
+    def _on_tell(self, env: Envelope) -> tuple[Cell, tuple[Any, ...]] | None:
+        """Deliver a tell without waiting; the cell and item when its mailbox is full (the
+        reader then waits for room: that is the backpressure, the peer's writes stall in TCP)."""
         remoting = self.remoting
         sender = None if env.sender is None else self.peer.bind(env.sender)
         try:
@@ -844,13 +848,15 @@ class Link:
             )
         except MicroError as exc:
             remoting.node.dead_letter(env.target, env.body, f"undeliverable: {exc.detail}", sender)
-            return
-        # Waiting here on a full mailbox is the backpressure: the peer's writes stall in TCP.
+            return None
         item = (msg, None, sender, env.endpoint or None, env.headers or None, principal)
         if cell.offer(item) == OK:
-            return
+            return None
+        return cell, item
+
+    async def _put_tell(self, cell: Cell, item: tuple[Any, ...]) -> None:
         if await cell.put(item) == DEAD:
-            remoting.node.dead_letter(cell.ref, msg, "stopped", sender)
+            self.remoting.node.dead_letter(cell.ref, item[0], "stopped", item[2])
 
     def _on_cancel(self, corr: int) -> None:
         reply = self.inbound.pop(corr, None)
