@@ -21,13 +21,13 @@ import trio
 
 from trimicro.mailbox.codecs import CodecSet
 from trimicro.mailbox.errors import Conflict, NotFound
-from trimicro.mailbox.mailboxes import MailboxSpec, Unbuilt, bounded
+from trimicro.mailbox.mailboxes import Mailbox, MailboxSpec, Unbuilt, bounded
 from trimicro.mailbox.refs import ActorRef
 from trimicro.mailbox.tcp import TcpTransport
 from trimicro.mailbox.transport import Transport
 from trimicro.mailbox.typeregistry import TypeRegistry
 
-from .actor import Actor, handler_table
+from .actor import Actor, HandlerTable, handler_table
 from .cell import BATCH, RUNNING, STOPPING, Cell
 from .deadletters import DeadLetters
 from .dispatcher import Dispatcher
@@ -107,6 +107,8 @@ class Node:
         self._specs: dict[type, ChildSpec] = {}
         #: The shared empty mailbox of each mailbox spec (see ``Unbuilt``), at most SHARED_SPECS.
         self._unbuilt: dict[int, Unbuilt] = {}
+        #: What spawns of an actor class need (see :meth:`_kind`), at most SHARED_SPECS classes.
+        self._kinds: dict[Any, tuple[Mailbox[Any], HandlerTable | None, int]] = {}
         root_spec = ChildSpec(_Guardian, "user", restart=Restart.PERMANENT)
         self._root = Cell(self, None, root_spec, "/user", next(self._uids), bounded(16).build())
         self._root.handlers = handler_table(_Guardian)
@@ -194,6 +196,25 @@ class Node:
         children = parent.children
         if name in children:
             raise Conflict(f"{parent.path}/{name} already exists", id=parent.path)
+        kind = self._kinds.get(spec.factory) if spec.mailbox is None else None
+        if kind is None:
+            kind = self._kind(spec)
+        mailbox, table, concurrency = kind
+        path = f"{parent.path}/{name}"
+        cell = Cell(self, parent, spec, path, uid, mailbox)
+        if table is not None:
+            cell.handlers = table
+            if concurrency > 1:
+                cell.max_concurrency = concurrency
+        children[name] = cell
+        self._cells[path] = cell
+        return cell
+
+    def _kind(self, spec: ChildSpec) -> tuple[Mailbox[Any], HandlerTable | None, int]:
+        """What a spawn of ``spec`` needs to know about its factory: its (shared, empty) mailbox,
+        its handler table and its ``max_concurrency`` (``None`` and 1 for a factory function:
+        known once it has built the instance). Kept per actor class for spawns that do not
+        choose their own mailbox: an actor class's settings are read at its first spawn."""
         factory = spec.factory
         actor_cls = factory if isinstance(factory, type) and issubclass(factory, Actor) else None
         mailbox_spec = (
@@ -206,16 +227,12 @@ class Node:
             mailbox = Unbuilt(mailbox_spec, _message_of)  # checks the spec
             if len(self._unbuilt) < SHARED_SPECS:
                 self._unbuilt[id(mailbox_spec)] = mailbox
-        path = f"{parent.path}/{name}"
-        cell = Cell(self, parent, spec, path, uid, mailbox)
-        if actor_cls is not None:
-            cell.handlers = handler_table(actor_cls)
-            concurrency = actor_cls.max_concurrency
-            if concurrency > 1:
-                cell.max_concurrency = concurrency
-        children[name] = cell
-        self._cells[path] = cell
-        return cell
+        if actor_cls is None:
+            return mailbox, None, 1
+        kind = (mailbox, handler_table(actor_cls), max(1, actor_cls.max_concurrency))
+        if spec.mailbox is None and len(self._kinds) < SHARED_SPECS:
+            self._kinds[actor_cls] = kind
+        return kind
 
     async def start_cell(self, cell: Cell) -> ActorRef:
         """Start a cell from :meth:`new_cell`; if it fails to start, it is gone again."""
