@@ -196,7 +196,9 @@ class Node:
         children = parent.children
         if name in children:
             raise Conflict(f"{parent.path}/{name} already exists", id=parent.path)
-        kind = self._kinds.get(spec.factory) if spec.mailbox is None else None
+        factory = spec.factory
+        # Only classes are cached by factory: a callable instance need not be hashable.
+        kind = self._kinds.get(factory) if spec.mailbox is None and isinstance(factory, type) else None
         if kind is None:
             kind = self._kind(spec)
         mailbox, table, concurrency = kind

@@ -850,7 +850,11 @@ class Link:
             remoting.node.dead_letter(env.target, env.body, f"undeliverable: {exc.detail}", sender)
             return None
         item = (msg, None, sender, env.endpoint or None, env.headers or None, principal)
-        if cell.offer(item) == OK:
+        offered = cell.offer(item)
+        if offered == OK:
+            return None
+        if offered == DEAD:  # stopped between lookup and offer: nothing to wait for
+            remoting.node.dead_letter(cell.ref, msg, "stopped", sender)
             return None
         return cell, item
 

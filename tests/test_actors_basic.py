@@ -525,3 +525,29 @@ async def test_a_stopped_actors_own_ref_still_answers_as_a_stopped_actor() -> No
             letters = [dl.receive_nowait() for _ in range(4)]
         assert [letter.reason for letter in letters] == ["stopped"] * 4
         assert [letter.message for letter in letters] == [Add(1), Add(2), Add(3), Get()]
+
+
+class _UnhashableFactory:
+    """A callable factory object that cannot be a dict key (``__eq__`` without ``__hash__``)."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _UnhashableFactory) and other.start == self.start
+
+    def __call__(self) -> Counter:
+        counter = Counter()
+        counter.n = self.start
+        return counter
+
+
+async def test_spawn_accepts_an_unhashable_callable_factory() -> None:
+    factory = _UnhashableFactory(10)
+    with pytest.raises(TypeError):
+        hash(factory)
+    async with start_node() as node:
+        first = await node.spawn(factory)
+        second = await node.spawn(factory)
+        assert await ask(first, Add(1)) == 11
+        assert await ask(second, Add(2)) == 12
