@@ -22,9 +22,14 @@ instead of a thread hop (tens of microseconds). Such a read is a checkpoint (can
 turn for other tasks) once every ``READ_YIELD_EVERY`` reads, not on each: like a sync call, a
 read that need not wait completes even in a cancelled scope, and a loop of reads is still
 cancelled and still fair within that bound. Records are immutable, so a point read keeps
-the record it decoded (up to ``CACHE_RECORDS`` small ones) and returns it again while the
-stored bytes, fetched from LMDB on every read, are unchanged: never stale, even when another
-process writes the same file, and decoding was most of a read's cost.
+the record it decoded (up to ``CACHE_RECORDS`` small ones) with the version of the database
+it saw (the LMDB transaction id of its snapshot). Every read still opens a fresh snapshot; if
+its version is the cached one, no commit has happened anywhere since (in this process or any
+other) and the cached record is the answer; otherwise the stored bytes are fetched and the
+cached record is reused only if they are unchanged. Never stale, and decoding was most of a
+read's cost. The trio thread registers as a reader of the map (which a map resize waits for)
+once per scheduler batch, not per read: the registration ends just before trio next waits
+for I/O.
 
 Map growth: LMDB needs a map size up front. When a write transaction hits
 ``MapFullError`` it is aborted (nothing is written), the map is doubled (readers are held off
@@ -76,7 +81,7 @@ MAX_BATCH = 4096
 
 def _freeze(metadata: Any) -> Any:
     """A read-only copy of a mapping (anything else is left for ``write`` to refuse)."""
-    if isinstance(metadata, Mapping):
+    if type(metadata) is dict or isinstance(metadata, Mapping):  # the ABC check is slow
         return types.MappingProxyType(dict(metadata))
     return metadata
 
@@ -308,10 +313,27 @@ def _encode(rec: Record) -> bytes:
     return out
 
 
+#: Building a decoded Record field by field through its slots: attrs' frozen ``__init__``
+#: (a guarded setattr per field, the converter's copy of the metadata) cost more than the
+#: rest of a read that misses the cache. The metadata dict is msgpack's own fresh one.
+_new_record = object.__new__
+_set_key, _set_value, _set_metadata, _set_expiry = (
+    Record.__dict__[name].__set__ for name in ("key", "value", "metadata", "expiry")
+)
+
+
 def _decode(key: bytes, data: bytes) -> Record:
     try:
         obj = msgpack.unpackb(data, raw=False)
-        return Record(key.decode(), obj["v"], obj["m"], obj["e"])
+        metadata = obj["m"]
+        if type(metadata) is not dict:
+            raise TypeError(f"metadata is a {type(metadata).__name__}, not a map")
+        record: Record = _new_record(Record)
+        _set_key(record, key.decode())
+        _set_value(record, obj["v"])
+        _set_metadata(record, types.MappingProxyType(metadata))
+        _set_expiry(record, obj["e"])
+        return record
     except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
         raise InternalServerError(f"store record {key!r} is not readable: {exc}") from None
 
@@ -335,7 +357,7 @@ CACHE_RECORD_BYTES = 1024
 
 #: Point reads served from the memory map between two checkpoints (see ``LmdbStore.read``):
 #: a run of reads yields to other tasks, and sees a cancellation, at least this often.
-READ_YIELD_EVERY = 64
+READ_YIELD_EVERY = 128
 
 
 class _RWLock:
@@ -392,6 +414,7 @@ class _Closed:
         self.mutex.acquire()
         self.writer = True
         self.waiting = 0
+        self._readers = 0
 
 
 _CLOSED = _Closed()
@@ -502,6 +525,24 @@ class _Env:
                 return
 
 
+_ident = threading.get_ident
+
+
+class _LetGo(trio.abc.Instrument):
+    """Ends a store's per-batch read registration when trio is about to wait for I/O."""
+
+    def __init__(self, store: LmdbStore) -> None:
+        self.store = store
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.store._let_go()
+
+    def after_run(self) -> None:
+        store = self.store
+        store._let_go()
+        store._let_go_at_batch_end, store._owner = None, 0
+
+
 _envs: dict[Path, _Env] = {}
 _envs_lock = threading.Lock()
 
@@ -537,9 +578,15 @@ class LmdbStore(_Checks):
         #: 0 once every READ_YIELD_EVERY calls (cheaper than a counter attribute).
         self._tick = itertools.cycle(range(READ_YIELD_EVERY)).__next__
         #: Decoded records of recent point reads, by key, with the stored bytes they came from.
-        self._cache: dict[str, tuple[bytes, bytes, Record]] = {}
+        #: Each with the version (LMDB transaction id) of the snapshot it was last seen in.
+        self._cache: dict[str, tuple[bytes, bytes, Record, int]] = {}
         self._rw: _RWLock | _Closed = env.rw
         self._begin = env.env.begin
+        #: The thread whose trio run holds this store's read registration (0: none), and the
+        #: thread whose trio run may take it (its instrument ends it): see _hold.
+        self._held = 0
+        self._owner = 0
+        self._let_go_at_batch_end: _LetGo | None = None
 
     @property
     def map_size(self) -> int:
@@ -565,6 +612,41 @@ class LmdbStore(_Checks):
             raise op.error
         return op.result
 
+    def _hold(self) -> bool:
+        """Register the trio thread as a reader of the map until its scheduler batch ends.
+
+        A map resize must not run under a read (it unmaps the memory the read looks at), so
+        a reader registers with the environment's lock; doing that once per scheduler batch
+        rather than once per read took a fifth off a point read. The registration ends just
+        before trio next waits for I/O (a trio instrument), so a resize waits at most one
+        batch. False (take the slow path) when a resize runs or waits, outside a trio run,
+        or in a trio run other than the one that first read through this store's fast path.
+        """
+        me, rw = _ident(), self._rw
+        if not rw.mutex.acquire(False):
+            return False
+        try:
+            if rw.writer or rw.waiting or self._owner not in (0, me):
+                return False
+            if not self._owner:
+                let_go = _LetGo(self)
+                try:
+                    trio.lowlevel.add_instrument(let_go)
+                except RuntimeError:  # not in a trio run
+                    return False
+                self._let_go_at_batch_end, self._owner = let_go, me
+            rw._readers += 1
+            self._held = me
+            return True
+        finally:
+            rw.mutex.release()
+
+    def _let_go(self) -> None:
+        """End the registration of :meth:`_hold` (only on the thread that holds it)."""
+        if self._held and self._held == _ident():
+            self._held = 0
+            self._env.rw.release_shared()
+
     def _read_txn(self, fn: Callable[[Any], Any]) -> Any:
         """Run ``fn(txn)`` in a read-only MVCC snapshot (on a worker thread)."""
         while True:
@@ -584,7 +666,9 @@ class LmdbStore(_Checks):
         limit: int | None,
         offset: int,
         records: bool,
-    ) -> tuple[builtins.list[tuple[bytes, Record | None]], builtins.list[tuple[str, bytes, bytes, Record]]]:
+    ) -> tuple[
+        builtins.list[tuple[bytes, Record | None]], builtins.list[tuple[str, bytes, bytes, Record, int]]
+    ]:
         """The live matches in key order, as (key, record) (the record only if ``records``), and
         the records decoded afresh (for the trio thread to cache: only it changes the cache).
 
@@ -592,8 +676,9 @@ class LmdbStore(_Checks):
         point reads do: decoding was most of a scan's cost.
         """
         out: builtins.list[tuple[bytes, Record | None]] = []
-        fresh: builtins.list[tuple[str, bytes, bytes, Record]] = []
+        fresh: builtins.list[tuple[str, bytes, bytes, Record, int]] = []
         cache = self._cache
+        version: int = txn.id()
         skip = offset
         cursor = txn.cursor(db=self._dbi)
         if not cursor.set_range(prefix):
@@ -615,7 +700,7 @@ class LmdbStore(_Checks):
             elif records:
                 record = _decode(raw, data)
                 expiry = record.expiry
-                fresh.append((key, raw, data, record))
+                fresh.append((key, raw, data, record, version))
             else:
                 record, expiry = None, _expiry_of(data)
             if expiry is not None and expiry <= now:
@@ -628,13 +713,16 @@ class LmdbStore(_Checks):
             out.append((raw, record))
         return out, fresh
 
-    def _remember(self, key: str, raw: bytes, data: bytes, record: Record) -> None:
+    def _remember(self, key: str, raw: bytes, data: bytes, record: Record, version: int) -> None:
         """Cache a decoded record of at most CACHE_RECORD_BYTES stored bytes (the oldest goes)."""
         if len(data) <= CACHE_RECORD_BYTES:
             cache = self._cache
             if len(cache) >= CACHE_RECORDS:
-                del cache[next(iter(cache))]
-            cache[key] = (raw, data, record)
+                # The older half goes at once, into a fresh dict: deleting the oldest entry
+                # one at a time leaves the dict's front full of holes that every later
+                # "oldest" lookup walks over (that walk cost more than the read).
+                cache = self._cache = dict(itertools.islice(cache.items(), len(cache) // 2, None))
+            cache[key] = (raw, data, record, version)
 
     async def read(
         self,
@@ -647,11 +735,12 @@ class LmdbStore(_Checks):
     ) -> builtins.list[Record]:
         if not (prefix or suffix or limit is not None or offset) and type(key) is str:
             # The hot path, written out in one function (a point read costs a few microseconds,
-            # so every call counts): no thread hop, no scheduler trip, no lock beyond a mutex
-            # held for the read itself (a map resize cannot start under it).
+            # so every call counts): no thread hop, no scheduler trip, no lock (the trio thread
+            # registers as a reader once per scheduler batch: a map resize waits for that).
             # Records are immutable, so the one decoded last time is returned again while the
-            # stored bytes are the same (any write, from any process, changes them): decoding
-            # was most of a read's cost.
+            # database is the same version (LMDB's transaction id of the snapshot: any commit,
+            # from any process, changes it), without even a lookup; after a commit, while the
+            # stored bytes are the same: decoding was most of a read's cost.
             cache = self._cache
             hit = cache.get(key)
             if hit is not None:
@@ -664,34 +753,43 @@ class LmdbStore(_Checks):
                 if len(raw) > self.max_key:
                     raw = b""  # the slow path reports it
             if raw:
-                rw = self._rw
-                mutex = rw.mutex
                 data: Any = _BUSY
-                if mutex.acquire(False):
+                record: Record | None = None
+                # The read registration (see _hold) is per scheduler batch, not per read.
+                if self._held == _ident() or self._hold():
                     try:
-                        if not (rw.writer or rw.waiting):
-                            txn = self._begin()
+                        txn = self._begin()
+                        version = txn.id()
+                        if hit is not None and hit[3] == version:
+                            record, data = hit[2], hit[1]  # the database has not changed since
+                        else:
                             data = txn.get(raw, None, self._dbi)  # positional: measurably cheaper
-                            txn.abort()
+                        txn.abort()
                     except lmdb.Error:
-                        data = _BUSY  # a map resize, or worse: the slow path reads again and reports it
-                    finally:
-                        mutex.release()
+                        data = _BUSY  # a map resized by another process, or worse: the slow path reports it
                 if data is not _BUSY:
+                    if record is None and data is not None:
+                        if hit is not None and hit[1] == data:
+                            record = hit[2]
+                            cache[key] = (raw, data, record, version)
+                        else:
+                            record = _decode(raw, data)
+                            self._remember(key, raw, data, record, version)
                     # A full checkpoint (cancellation and a turn for other tasks) every
                     # READ_YIELD_EVERY reads, not a cancellation check on each: that check
                     # cost a fifth of a read.
                     if not self._tick():
                         await trio.lowlevel.checkpoint()
-                    if data is not None:
-                        if hit is not None and hit[1] == data:
-                            record = hit[2]
-                        else:
-                            record = _decode(raw, data)
-                            self._remember(key, raw, data, record)
-                        if record.expiry is None or record.expiry > self.now():
-                            return [record]
+                    if record is not None and (record.expiry is None or record.expiry > self.now()):
+                        return [record]
                     raise NotFound(f"store key {key!r} not found")
+        return await self._read_slowly(key, prefix, suffix, limit, offset)
+
+    async def _read_slowly(
+        self, key: str, prefix: bool, suffix: bool, limit: int | None, offset: int
+    ) -> builtins.list[Record]:
+        """A read that :meth:`read`'s fast path does not answer (a method of its own: its
+        closures would make every point read allocate cells for the variables they share)."""
         self._check_open()
         self._page(limit, offset)
         now = self.now()
@@ -712,8 +810,8 @@ class LmdbStore(_Checks):
         found, fresh = await trio.to_thread.run_sync(
             self._read_txn, lambda txn: self._scan(txn, pre, suf, now, limit, offset, True)
         )
-        for fresh_key, fresh_raw, fresh_data, fresh_record in fresh:
-            self._remember(fresh_key, fresh_raw, fresh_data, fresh_record)
+        for fresh_key, fresh_raw, fresh_data, fresh_record, fresh_version in fresh:
+            self._remember(fresh_key, fresh_raw, fresh_data, fresh_record, fresh_version)
         return [record for _, record in found if record is not None]
 
     async def write(self, record: Record, *, ttl: float | None = None) -> None:
@@ -790,6 +888,12 @@ class LmdbStore(_Checks):
             return
         self._closed = True
         self._rw = _CLOSED  # the point-read fast path never gets in; the slow path says closed
+        self._let_go()
+        let_go = self._let_go_at_batch_end
+        if let_go is not None and self._owner == _ident():  # else the owner's run still ends it
+            self._let_go_at_batch_end, self._owner = None, 0
+            with contextlib.suppress(KeyError, RuntimeError):
+                trio.lowlevel.remove_instrument(let_go)
         with _envs_lock:
             self._env.users -= 1
             last = self._env.users == 0

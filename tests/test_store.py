@@ -175,7 +175,7 @@ async def test_point_reads_honour_cancellation_and_let_others_run(tmp_path: Path
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(other_task)
-            for _ in range(200):  # a long run of reads still yields to the scheduler now and then
+            for _ in range(3 * READ_YIELD_EVERY):  # a long run of reads yields now and then
                 await store.read("k")
                 if ran.is_set():
                     break
@@ -386,5 +386,46 @@ async def test_a_write_from_another_process_is_read_at_once(tmp_path: Path) -> N
             async with python_process("-c", WRITER, str(path)) as proc:
                 assert await proc.line() == "written"
         assert await store.read("shared") == [Record("shared", b"from the other process", {"by": "child"})]
+    finally:
+        await store.aclose()
+
+
+async def test_a_map_resize_waits_only_for_the_end_of_the_readers_batch(tmp_path: Path) -> None:
+    """A point read registers the trio thread as a reader until its scheduler batch ends, so
+    a write that must grow the map (which needs no reader inside the map) completes as soon
+    as the reading task waits: the registration must not outlive the batch."""
+    store = LmdbStore(tmp_path / "db", map_size=64 * 1024, sync=False)
+    try:
+        await store.write(Record("a", b"1"))
+        with trio.fail_after(20):
+            for round in range(3):
+                assert (await store.read("a"))[0].value == b"1"  # registers this thread
+                big = bytes([round]) * (256 * 1024 * (round + 1))
+                await store.write(Record(f"big{round}", big))  # grows the map
+                assert (await store.read(f"big{round}"))[0].value == big
+        assert store.map_size > 64 * 1024
+    finally:
+        await store.aclose()
+
+
+async def test_a_second_trio_run_can_use_the_same_store(tmp_path: Path) -> None:
+    """Only the trio run that first read through the fast path registers as a reader per
+    batch (its instrument ends the registration); another run's reads take the slow path, so
+    its own map resize cannot wait on a registration that nobody in its run would end."""
+    store = LmdbStore(tmp_path / "db", map_size=64 * 1024, sync=False)
+    big = b"x" * (512 * 1024)
+
+    async def other() -> None:
+        with trio.fail_after(20):
+            assert (await store.read("a"))[0].value == b"1"
+            assert (await store.read("a"))[0].value == b"1"
+            await store.write(Record("big", big))  # grows the map
+            assert (await store.read("big"))[0].value == big
+
+    try:
+        await store.write(Record("a", b"1"))
+        assert (await store.read("a"))[0].value == b"1"
+        await trio.to_thread.run_sync(trio.run, other)
+        assert (await store.read("big"))[0].value == big
     finally:
         await store.aclose()
