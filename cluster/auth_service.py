@@ -235,7 +235,8 @@ class AuthService(Actor):
         kind = body.get("type", "user")
         if kind not in ("user", "service"):
             raise BadRequest("type is 'user' or 'service'")
-        secret = body.get("secret") or secrets.token_urlsafe(24)
+        # Hex, not base64url: a secret that starts with "-" reads as an option on a command line.
+        secret = body.get("secret") or secrets.token_hex(24)
         if not isinstance(secret, str) or not 8 <= len(secret) <= 1024:
             raise BadRequest("a secret is 8 to 1024 characters")
         if await self._revoked("accounts", account_id):  # its old tokens must stay dead

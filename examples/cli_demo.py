@@ -87,7 +87,7 @@ def main() -> None:
             "secret"
         ]
         print("(the secret is printed once)\n", flush=True)
-        token = capture(["auth", "token", "alice", "--secret", secret], env).strip()
+        token = capture(["auth", "token", "alice", f"--secret={secret}"], env).strip()
         print(f"$ trimicro auth token alice --secret ...\n{token[:20]}... (a JWT, EdDSA)\n", flush=True)
         resource = "service:greeter:Greeter.*"
         show(["auth", "rules", "create", "greeter-admins", "--scope", "admin", "--resource", resource], env)

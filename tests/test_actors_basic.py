@@ -551,3 +551,23 @@ async def test_spawn_accepts_an_unhashable_callable_factory() -> None:
         second = await node.spawn(factory)
         assert await ask(first, Add(1)) == 11
         assert await ask(second, Add(2)) == 12
+
+
+class HeaderLog(Actor):
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+
+    async def add(self, msg: Add) -> None:
+        self.seen.append(self.context.headers)
+
+    async def get(self, msg: Get) -> list[dict[str, str]]:
+        return self.seen
+
+
+async def test_each_message_sees_its_own_headers_not_the_previous_ones() -> None:
+    """A worker drains a mailbox in batches; each handler sees its own message's context."""
+    async with start_node() as node:
+        ref = await node.spawn(HeaderLog)
+        for i in range(6):
+            await tell(ref, Add(i), headers={"n": str(i)} if i % 2 == 0 else None)
+        assert await ask(ref, Get()) == [{"n": "0"}, {}, {"n": "2"}, {}, {"n": "4"}, {}]

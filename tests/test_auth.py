@@ -98,6 +98,8 @@ async def synced(*nodes: Cluster) -> None:
 
 async def login(node: Cluster, account: str, scopes: list[str]) -> str:
     created = await node.call(AUTH_SERVICE, "Auth.add_account", {"id": account, "scopes": scopes})
+    # Generated secrets are hex: one that began with "-" would read as an option in the CLI.
+    assert len(created["secret"]) == 48 and int(created["secret"], 16) >= 0
     tokens = await node.call(AUTH_SERVICE, "Auth.token", {"id": account, "secret": created["secret"]})
     token: str = tokens["access"]
     return token
