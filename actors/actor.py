@@ -139,7 +139,8 @@ class HandlerTable:
         self.cls = cls
         self.service = cls.service_name or cls.__name__
         self.by_type: dict[type, Handler] = {}
-        self.by_endpoint: dict[str, tuple[Handler, Converter]] = {}
+        #: Endpoint name -> handler and the converter of its body (None: the body as it is).
+        self.by_endpoint: dict[str, tuple[Handler, Converter | None]] = {}
         #: Stream handlers (their parameter is a :class:`~trimicro.actors.streams.Stream`).
         self.by_stream: dict[str, Handler] = {}
         fallback = cls.receive
@@ -208,9 +209,10 @@ class HandlerTable:
         return self.fallback
 
 
-def _converter(t: type | None) -> Converter:
+def _converter(t: type | None) -> Converter | None:
+    """How an endpoint's body becomes its handler's argument; None: as it is (no call)."""
     if t is None or not attrs.has(t):
-        return _identity
+        return None
     cls = t
 
     def convert(body: Any) -> Any:
@@ -224,10 +226,6 @@ def _converter(t: type | None) -> Converter:
         raise BadRequest(f"expected a map for {cls.__name__}, got {type(body).__name__}")
 
     return convert
-
-
-def _identity(body: Any) -> Any:
-    return body
 
 
 def handler_table(cls: type[Actor]) -> HandlerTable:

@@ -628,7 +628,8 @@ class Cell:
                 entry = table.by_endpoint.get(endpoint)
                 if entry is None:
                     raise NotFound(f"{self.path} has no endpoint {endpoint}", id=table.service)
-                result = await entry[0](self.instance, entry[1](msg))
+                fn, convert = entry
+                result = await fn(self.instance, msg if convert is None else convert(msg))
         except trio.Cancelled:
             if reply is not None:
                 reply.fail(self._cancelled_error(reply, table.service))

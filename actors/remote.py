@@ -730,14 +730,16 @@ class Link:
         while True:
             # A step ends when no complete frame is left to handle without waiting (a burst of
             # requests gets its replies in one write).
-            if self.out and not conn.frame_ready():
-                self._send_owed()
-            self._reading = False
-            frame = await conn.receive_frame()
-            self._reading = True
+            frame = conn.next_frame_nowait()
             if frame is None:
-                self.reason = "connection closed by the peer"
-                return
+                if self.out:
+                    self._send_owed()
+                self._reading = False
+                frame = await conn.receive_frame()
+                self._reading = True
+                if frame is None:
+                    self.reason = "connection closed by the peer"
+                    return
             self.received += 1
             env = decode_envelope(frame)
             kind = env.kind

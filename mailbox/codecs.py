@@ -280,7 +280,7 @@ class MsgpackCodec:
             n = len(data)
             if n > limits.max_size:
                 raise _too_big(n, limits)
-            cap = limits.len_cap(n)
+            cap = n if n < limits.max_len else limits.max_len  # limits.len_cap(n), inlined
             obj = msgpack.unpackb(
                 data,
                 raw=False,
@@ -821,6 +821,10 @@ class CodecSet:
 
     def get(self, content_type: str | None = None) -> Codec:
         """The codec for ``content_type``; :class:`UnsupportedContentType` if there is none."""
+        if type(content_type) is str:  # the common case first: one lookup (every message asks)
+            found = self._by_type.get(content_type)
+            if found is not None:
+                return found
         if not content_type:
             return self.default_codec
         if not isinstance(content_type, str):

@@ -121,10 +121,10 @@ class SecureConnection:
     def backlog(self) -> bool:
         return bool(getattr(self.inner, "backlog", False))
 
-    def frame_ready(self) -> bool:
-        """A complete frame is decrypted and buffered: :meth:`receive_frame` returns it without
-        I/O. (A sealed chunk buffered below does not count: a frame may span several chunks.)"""
-        return self._decoder.has_frame()
+    def next_frame_nowait(self) -> bytes | None:
+        """The next complete frame if one is decrypted and buffered, else ``None`` (then
+        :meth:`receive_frame` reads): a burst's frames without a coroutine each."""
+        return self._decoder.next_frame()
 
     async def receive_frame(self) -> bytes | None:
         decoder = self._decoder

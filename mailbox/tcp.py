@@ -123,10 +123,6 @@ class TcpConnection:
         """Bytes taken by :meth:`write_now` still wait for a :meth:`send_frames` (even empty)."""
         return bool(self._backlog)
 
-    def frame_ready(self) -> bool:
-        """A complete frame is buffered: :meth:`receive_frame` would return without I/O."""
-        return self._decoder.has_frame()
-
     async def receive_frame(self) -> bytes | None:
         decoder = self._decoder
         try:

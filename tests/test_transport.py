@@ -375,7 +375,7 @@ async def fill_until_backlog(conn: SecureConnection) -> list[bytes]:
     return sent
 
 
-async def test_frame_ready_only_when_a_frame_is_buffered() -> None:
+async def test_next_frame_nowait_only_when_a_frame_is_buffered() -> None:
     client_key, server_key = SigningKey.generate(), SigningKey.generate()
     transport = TcpTransport()
     listener = await transport.listen("127.0.0.1:0")
@@ -389,12 +389,11 @@ async def test_frame_ready_only_when_a_frame_is_buffered() -> None:
         conn = await secure_client(await transport.dial(listener.address), client_key, b"c", accept_any)
     server = accepted[0]
     assert isinstance(server, SecureConnection)
-    assert not server.frame_ready()
+    assert server.next_frame_nowait() is None
     await conn.send_frames([b"a", b"b"])
     assert await server.receive_frame() == b"a"  # both arrived in one write
-    assert server.frame_ready()
-    assert await server.receive_frame() == b"b"
-    assert not server.frame_ready()
+    assert server.next_frame_nowait() == b"b"
+    assert server.next_frame_nowait() is None
     await conn.aclose()
     await server.aclose()
     await listener.aclose()
