@@ -12,12 +12,14 @@ the guard in front of it:
   guard verifies (once, then from its cache: expiry and revocation are still checked on every
   request) and judges against the rules; the handler sees ``context.account``.
 
-The client process calls each server in turn (the order rotating every round): ``ask1`` (one
-caller) and ``ask16`` (16 concurrent callers on one link), for ``--seconds`` each, after a short
-warm-up. Encryption is on in every case (it is not optional between nodes). Output: one JSON
-line per (round, mode, phase), then a summary with medians and the ratios ``node/off`` and
-``token/off`` per phase (computed per round, then the median). The target is at most 15% fewer
-round trips with auth on (ratio >= 0.85).
+The client process calls each server in turn: ``ask1`` (one caller) and ``ask16`` (16
+concurrent callers on one link), for ``--seconds`` per mode, phase and round, after a short
+warm-up. The time is cut into ``--chunks`` slices and the modes take turns slice by slice (the
+order rotating), so that a change of the shared machine's speed hits the three alike; the
+ratios ``node/off`` and ``token/off`` are computed per slice, then the median over all slices
+of all rounds. Encryption is on in every case (it is not optional between nodes). Output: one
+JSON line per (round, mode, phase), then a summary with medians. The target is at most 15%
+fewer round trips with auth on (ratio >= 0.85).
 """
 
 from __future__ import annotations
@@ -81,22 +83,34 @@ def token() -> str:
 
 
 async def client(
-    addresses: dict[str, str], order: list[str], seconds: float, warmup: float
-) -> list[dict[str, Any]]:
+    addresses: dict[str, str], order: list[str], seconds: float, warmup: float, chunks: int
+) -> tuple[list[dict[str, Any]], list[dict[str, float]]]:
+    """Per (mode, phase) totals, and per slice each mode's rate (the modes taking turns)."""
     results = []
+    slices: list[dict[str, float]] = []
     bearer = {"authorization": f"Bearer {token()}"}
     async with start_node("auth-bench-client", home=HOME) as node:
+        refs = {}
         for mode in order:
-            peer_id = await node.remote.connect(addresses[mode])
-            ref = node.remote_ref(peer_id, "bench")
-            headers = bearer if mode == "token" else None
-            for phase, concurrency in PHASES.items():
-                await _asks(ref, warmup, concurrency, headers)
-                out = await _asks(ref, seconds, concurrency, headers)
-                results.append(
-                    {"mode": mode, "phase": phase, "ops_per_s": out["ops"] / out["seconds"], **out}
-                )
-    return results
+            refs[mode] = node.remote_ref(await node.remote.connect(addresses[mode]), "bench")
+        for phase, concurrency in PHASES.items():
+            ops = dict.fromkeys(order, 0)
+            took = dict.fromkeys(order, 0.0)
+            for mode in order:
+                await _asks(refs[mode], warmup, concurrency, bearer if mode == "token" else None)
+            for n in range(chunks):
+                rates: dict[str, float] = {"phase": float(concurrency)}
+                for mode in order[n % 3 :] + order[: n % 3]:
+                    out = await _asks(
+                        refs[mode], seconds / chunks, concurrency, bearer if mode == "token" else None
+                    )
+                    ops[mode] += out["ops"]
+                    took[mode] += out["seconds"]
+                    rates[mode] = out["ops"] / out["seconds"]
+                slices.append(rates)
+            for mode in order:
+                results.append({"mode": mode, "phase": phase, "ops_per_s": ops[mode] / took[mode]})
+    return results, slices
 
 
 def main() -> None:
@@ -104,6 +118,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--warmup", type=float, default=0.3)
+    parser.add_argument("--chunks", type=int, default=8, help="slices the modes take turns in")
     parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--port-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -124,9 +139,12 @@ def main() -> None:
                 time.sleep(0.05)
             addresses[mode] = port_file.read_text()
         rows: list[dict[str, Any]] = []
+        slices: list[dict[str, float]] = []
         for rnd in range(args.rounds):
             order = list(MODES[rnd % 3 :] + MODES[: rnd % 3])
-            for row in trio.run(client, addresses, order, args.seconds, args.warmup):
+            got, cut = trio.run(client, addresses, order, args.seconds, args.warmup, args.chunks)
+            slices += cut
+            for row in got:
                 row["round"] = rnd
                 print(json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()}))
                 rows.append(row)
@@ -140,16 +158,8 @@ def main() -> None:
             values = [r["ops_per_s"] for r in rows if r["mode"] == mode and r["phase"] == phase]
             summary["median_ops_per_s"][f"{mode}/{phase}"] = round(statistics.median(values))
         for mode in ("node", "token"):
-            per_round = []
-            for rnd in range(args.rounds):
-                on = [
-                    r["ops_per_s"] for r in rows if (r["mode"], r["phase"], r["round"]) == (mode, phase, rnd)
-                ]
-                off = [
-                    r["ops_per_s"] for r in rows if (r["mode"], r["phase"], r["round"]) == ("off", phase, rnd)
-                ]
-                per_round.append(on[0] / off[0])
-            summary["ratios"][f"{mode}/off {phase}"] = round(statistics.median(per_round), 3)
+            per_slice = [c[mode] / c["off"] for c in slices if c["phase"] == PHASES[phase]]
+            summary["ratios"][f"{mode}/off {phase}"] = round(statistics.median(per_slice), 3)
     print(json.dumps(summary))
 
 
