@@ -176,8 +176,15 @@ def _service_json(svc: Service) -> dict[str, Any]:
     }
 
 
+#: A listing of every service is final once it has not changed for this long: mDNS answers
+#: arrive one service at a time, so the first non-empty answer may be only part of it.
+SETTLE = 0.3
+
+
 async def _wait_for(cluster: Cluster, name: str | None, wait: float) -> list[Service]:
     """Registry answers, retried for up to ``wait`` seconds (mDNS needs a moment to browse)."""
+    last: list[Service] = []
+    steady = 0.0
     with trio.move_on_after(wait):
         while True:
             try:
@@ -185,13 +192,21 @@ async def _wait_for(cluster: Cluster, name: str | None, wait: float) -> list[Ser
                     found = [s for s in await cluster.services() if not s.name.startswith("trimicro.")]
                 else:
                     found = await cluster.describe(name)
-                if found:
+                if found and name is not None:
                     return found
+                key = sorted((s.name, s.version, len(s.nodes)) for s in found)
+                if found and key == sorted((s.name, s.version, len(s.nodes)) for s in last):
+                    steady += 0.1
+                    if steady >= SETTLE:
+                        return found
+                else:
+                    steady = 0.0
+                last = found
             except MicroError:
                 pass
             await trio.sleep(0.1)
     if name is None:
-        return []
+        return last
     return await cluster.describe(name)
 
 

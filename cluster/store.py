@@ -59,6 +59,7 @@ import queue
 import threading
 import time
 import types
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -364,9 +365,8 @@ class _RWLock:
     """Many readers or one remapper; a waiting remapper holds off new readers."""
 
     def __init__(self) -> None:
-        #: Guards the state below. A reader on the trio thread holds it for its whole
-        #: (microseconds) read, after checking that no remap runs or waits, instead of
-        #: registering as a reader: one lock round trip instead of two.
+        #: Guards the state below. The point-read fast path takes it only to register the
+        #: trio thread as a reader for a whole scheduler batch (see ``LmdbStore._hold``).
         self.mutex = threading.Lock()
         self._cond = threading.Condition(self.mutex)
         self._readers = 0
@@ -469,7 +469,13 @@ class _Env:
         self._closed = True
         self._queue.put(None)
         await trio.to_thread.run_sync(self._thread.join)
-        self.env.close()
+        await trio.to_thread.run_sync(self._close_env)
+
+    def _close_env(self) -> None:
+        # Exclusive: a trio thread still registered as a reader (its batch not yet ended)
+        # lets go before the memory map goes away under it.
+        with self.rw.exclusive():
+            self.env.close()
 
     # -- on the writer thread --------------------------------------------------------------
 
@@ -532,15 +538,19 @@ class _LetGo(trio.abc.Instrument):
     """Ends a store's per-batch read registration when trio is about to wait for I/O."""
 
     def __init__(self, store: LmdbStore) -> None:
-        self.store = store
+        # Weak: a store dropped without aclose must not live on in the trio run's instruments.
+        self.store = weakref.ref(store)
 
     def before_io_wait(self, timeout: float) -> None:
-        self.store._let_go()
+        store = self.store()
+        if store is not None:
+            store._let_go()
 
     def after_run(self) -> None:
-        store = self.store
-        store._let_go()
-        store._let_go_at_batch_end, store._owner = None, 0
+        store = self.store()
+        if store is not None:
+            store._let_go()
+            store._let_go_at_batch_end, store._owner = None, 0
 
 
 _envs: dict[Path, _Env] = {}
@@ -612,15 +622,19 @@ class LmdbStore(_Checks):
             raise op.error
         return op.result
 
+    @trio.lowlevel.enable_ki_protection
     def _hold(self) -> bool:
         """Register the trio thread as a reader of the map until its scheduler batch ends.
 
         A map resize must not run under a read (it unmaps the memory the read looks at), so
         a reader registers with the environment's lock; doing that once per scheduler batch
         rather than once per read took a fifth off a point read. The registration ends just
-        before trio next waits for I/O (a trio instrument), so a resize waits at most one
-        batch. False (take the slow path) when a resize runs or waits, outside a trio run,
-        or in a trio run other than the one that first read through this store's fast path.
+        before trio next waits for I/O (a trio instrument) and at every READ_YIELD_EVERY-th
+        read's checkpoint, so a resize (the writer growing the map) waits for at most that.
+        The price: a task that blocks the trio thread (synchronous work, no await) after a
+        point read also holds off map growth, and so the store's writes, until it yields.
+        False (take the slow path) when a resize runs or waits, outside a trio run, or in a
+        trio run other than the one that first read through this store's fast path.
         """
         me, rw = _ident(), self._rw
         if not rw.mutex.acquire(False):
@@ -641,6 +655,7 @@ class LmdbStore(_Checks):
         finally:
             rw.mutex.release()
 
+    @trio.lowlevel.enable_ki_protection
     def _let_go(self) -> None:
         """End the registration of :meth:`_hold` (only on the thread that holds it)."""
         if self._held and self._held == _ident():
@@ -715,7 +730,8 @@ class LmdbStore(_Checks):
 
     def _remember(self, key: str, raw: bytes, data: bytes, record: Record, version: int) -> None:
         """Cache a decoded record of at most CACHE_RECORD_BYTES stored bytes (the oldest goes)."""
-        if len(data) <= CACHE_RECORD_BYTES:
+        if len(data) <= CACHE_RECORD_BYTES and self._owner in (0, _ident()):
+            # (Only the trio run that owns the fast path fills the cache: one writer.)
             cache = self._cache
             if len(cache) >= CACHE_RECORDS:
                 # The older half goes at once, into a fresh dict: deleting the oldest entry
@@ -756,15 +772,17 @@ class LmdbStore(_Checks):
                 data: Any = _BUSY
                 record: Record | None = None
                 # The read registration (see _hold) is per scheduler batch, not per read.
-                if self._held == _ident() or self._hold():
+                if (self._held == _ident() and not self._closed) or self._hold():
                     try:
                         txn = self._begin()
-                        version = txn.id()
-                        if hit is not None and hit[3] == version:
-                            record, data = hit[2], hit[1]  # the database has not changed since
-                        else:
-                            data = txn.get(raw, None, self._dbi)  # positional: measurably cheaper
-                        txn.abort()
+                        try:
+                            version = txn.id()
+                            if hit is not None and hit[3] == version:
+                                record, data = hit[2], hit[1]  # the database has not changed since
+                            else:
+                                data = txn.get(raw, None, self._dbi)  # positional: measurably cheaper
+                        finally:
+                            txn.abort()
                     except lmdb.Error:
                         data = _BUSY  # a map resized by another process, or worse: the slow path reports it
                 if data is not _BUSY:
@@ -779,6 +797,7 @@ class LmdbStore(_Checks):
                     # READ_YIELD_EVERY reads, not a cancellation check on each: that check
                     # cost a fifth of a read.
                     if not self._tick():
+                        self._let_go()  # a resize waiting in a long run of reads gets its turn
                         await trio.lowlevel.checkpoint()
                     if record is not None and (record.expiry is None or record.expiry > self.now()):
                         return [record]

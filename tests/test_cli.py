@@ -7,10 +7,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from trimicro.cluster.cli import main, services_of
+from trimicro.cluster.cli import _wait_for, main, services_of
+from trimicro.cluster.registry import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,3 +90,27 @@ def test_help_style_commands_parse(command: str) -> None:
 
     args = build_parser().parse_args([command, "--json"])
     assert args.command == command and args.json
+
+
+class _Arriving:
+    """A registry whose answers grow one service at a time, as mDNS answers arrive."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.calls = 0
+
+    async def services(self) -> list[Service]:
+        self.calls += 1
+        return [Service(name=n) for n in self.names[: min(self.calls, len(self.names))]]
+
+
+async def test_listing_every_service_waits_until_the_answers_stop_arriving(autojump_clock: Any) -> None:
+    registry = _Arriving(["auth", "counter", "greeter", "store"])
+    found = await _wait_for(registry, None, wait=5.0)  # type: ignore[arg-type]
+    assert sorted(s.name for s in found) == ["auth", "counter", "greeter", "store"]
+
+
+async def test_listing_gives_what_it_has_when_the_wait_ends(autojump_clock: Any) -> None:
+    registry = _Arriving([f"s{i}" for i in range(1000)])  # never settles
+    found = await _wait_for(registry, None, wait=1.0)  # type: ignore[arg-type]
+    assert 5 <= len(found) == registry.calls < 1000  # the latest answer

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import textwrap
+import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -429,3 +431,18 @@ async def test_a_second_trio_run_can_use_the_same_store(tmp_path: Path) -> None:
         assert (await store.read("big"))[0].value == big
     finally:
         await store.aclose()
+
+
+async def test_a_store_dropped_without_aclose_is_not_kept_alive_by_its_read_instrument(
+    tmp_path: Path,
+) -> None:
+    """The fast path's per-batch instrument lives as long as the trio run; it must not keep a
+    store (and its record cache) alive after the program let go of it."""
+    store = LmdbStore(tmp_path / "db", sync=False)
+    await store.write(Record("a", b"1" * 100))
+    assert (await store.read("a"))[0].value == b"1" * 100  # installs the instrument
+    gone = weakref.ref(store)
+    del store
+    gc.collect()
+    assert gone() is None
+    await trio.lowlevel.checkpoint()  # the instrument, still installed, copes with it gone
