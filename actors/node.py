@@ -28,6 +28,7 @@ from trimicro.mailbox.transport import Transport
 from trimicro.mailbox.typeregistry import TypeRegistry
 
 from .actor import Actor, HandlerTable, handler_table
+from .busypoll import DEFAULT_BUSY_POLL
 from .cell import BATCH, RUNNING, STOPPING, Cell
 from .deadletters import DeadLetters
 from .dispatcher import Dispatcher
@@ -71,6 +72,7 @@ class Node:
         codecs: CodecSet,
         keepalive: float,
         dead_after: float,
+        busy_poll: float = DEFAULT_BUSY_POLL,
     ) -> None:
         self.id = node_id
         self.ask_timeout = ask_timeout
@@ -101,6 +103,7 @@ class Node:
             codecs=codecs,
             keepalive=keepalive,
             dead_after=dead_after,
+            busy_poll=busy_poll,
         )
         self._uids = itertools.count(1)
         #: Shared specs of anonymous spawns (see :meth:`child_spec`), at most SHARED_SPECS.
@@ -384,6 +387,7 @@ async def start_node(
     codecs: CodecSet | None = None,
     keepalive: float = 1.0,
     dead_after: float = 10.0,
+    busy_poll: float = DEFAULT_BUSY_POLL,
 ) -> AsyncIterator[Node]:
     """Run a node for the duration of the block.
 
@@ -397,7 +401,10 @@ async def start_node(
     authority and a node key created on first use, so nodes on one machine trust each other with
     no setup and still talk encrypted. ``registry`` names the message classes that may cross
     nodes (``codecs``, msgpack by default, encode them). ``keepalive`` is the heartbeat interval
-    of an idle link, ``dead_after`` how long a silent link lives.
+    of an idle link, ``dead_after`` how long a silent link lives. ``busy_poll`` is how long (in
+    seconds) the node polls for the reply of a lone request to another node before it sleeps
+    until the reply comes: CPU time for latency, bounded (see :mod:`trimicro.actors.busypoll`);
+    0 turns it off.
     """
     node_id = name or uuid.uuid4().hex[:12]
 
@@ -426,6 +433,7 @@ async def start_node(
             codecs=codecs or CodecSet.default(registry),
             keepalive=keepalive,
             dead_after=dead_after,
+            busy_poll=busy_poll,
         )
         nursery.start_soon(node.timers.run, name="trimicro-timers")
         nursery.start_soon(node.timeouts.run, name="trimicro-timeouts")

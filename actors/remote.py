@@ -26,6 +26,7 @@ import itertools
 import logging
 import math
 import secrets
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -51,6 +52,7 @@ from trimicro.mailbox.refs import ActorRef, ref_binder
 from trimicro.mailbox.secure_stream import SecureConnection, secure_client, secure_server
 from trimicro.mailbox.transport import Connection, Listener, Transport, serve
 
+from .busypoll import DEFAULT_BUSY_POLL, BusyPoller
 from .cell import DEAD, OK, Cell, Reply, Stopped, current_item
 from .messages import Terminated
 from .streams import DEFAULT_WINDOW, Stream
@@ -361,7 +363,12 @@ class RemoteActor:
         )
         frame = encode_envelope(env)
         pending = link.pending
+        first = not pending  # no other request in flight on this link
         pending[corr] = reply
+        sent_at = _clock() if first else 0.0
+        poller = peer.remoting.poller
+        if poller is not None and not (first and poller.worth(link.reply_time)):
+            poller = None
         reply.label = self.target.path
         reply.timeout = timeout
         wheel = self.node.timeouts
@@ -369,9 +376,20 @@ class RemoteActor:
         try:
             if link.out_bytes >= OUT_HIGH_WATER or not link.fits(frame):
                 await link.send(frame)  # waits for room; refuses an oversized frame with 400
+            elif first and not link.out:
+                link.write_at_once(frame)
             else:
-                link.push(frame)
-            value = await reply.wait()
+                link.push(frame)  # behind requests in flight: leaves with them in one write
+            if poller is None:
+                value = await reply.wait()
+            else:
+                poller.begin()
+                try:
+                    value = await reply.wait()
+                finally:
+                    poller.end()
+            if first:  # how long replies take on this link: a moving average (1/8 each)
+                link.reply_time += (_clock() - sent_at - link.reply_time) * 0.125
             if reply_headers is not None and reply.headers:
                 reply_headers.update(reply.headers)
             return value
@@ -469,6 +487,9 @@ class Coalesced:
         )
 
 
+_clock = time.perf_counter
+
+
 def _nothing() -> None:
     pass
 
@@ -500,16 +521,21 @@ class _Flusher(trio.abc.Instrument):
         if not links:
             return
         self.links = []
+        woke = False
         try:
             for link in links:
+                # Flushing wakes senders waiting for room and flush() callers; what the socket
+                # does not take wakes the writer.
+                woke = woke or bool(link._room) or link._flushed is not None
                 link.flush_now()
+                woke = woke or bool(link.out) or link.conn.backlog
         finally:
             for link in links:
                 link._dirty = False
-        # trio chose how long to wait before calling this hook: a task woken here (a writer
-        # left a backlog, senders waiting for room, a flush() caller) must not wait for the
-        # next I/O event or timer, so end the wait at once.
-        if timeout > 0 and self._token is not None and trio.lowlevel.current_statistics().tasks_runnable:
+        # trio chose how long to wait before calling this hook: a task woken here must not
+        # wait for the next I/O event or timer, so end the wait at once. (Known from the
+        # links rather than from trio's run statistics, which cost more than the flush.)
+        if woke and timeout > 0 and self._token is not None:
             self._token.run_sync_soon(_nothing)
 
     def uninstall(self) -> None:
@@ -561,6 +587,8 @@ class Link:
         self.incarnation: str | None = None
         #: Queued for the node's :class:`_Flusher` (sends at the end of this scheduler batch).
         self._dirty = False
+        #: Seconds a lone request's reply takes on this link, a moving average (for busy polling).
+        self.reply_time = 0.0
 
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
@@ -586,6 +614,25 @@ class Link:
             return
         if self._writer and not self._reading and not self._dirty:
             self._wake()
+
+    def write_at_once(self, frame: bytes) -> None:
+        """Send a frame now, with one non-blocking write, when nothing is queued and the writer is
+        idle (else queue it as :meth:`push` does): a lone request leaves before its caller's
+        task parks, instead of at the end of the scheduler batch. Callers use it only for the
+        first request in flight on the link, so requests that pile up still share a write."""
+        conn = self.conn
+        if self.out or not self._writer or self.closed or not conn.can_write_now():
+            self.push(frame)
+            return
+        try:
+            conn.write_now((frame,))
+        except Exception as exc:  # e.g. the channel refusing to encrypt: this link only
+            log.exception("link to %s failed to write", self.peer.node_id)
+            self.close(f"internal error: {type(exc).__name__}")
+            return
+        self.sent += 1
+        if conn.backlog:  # the socket took part of it: the writer sends the rest
+            self._writer.unpark()
 
     def coalesce(self, op: str, entry: bytes) -> bool:
         """Queue ``entry`` (one encoded msgpack value) for a :class:`Coalesced` ``op`` frame: the
@@ -1324,9 +1371,12 @@ class Remoting:
         dead_after: float = 10.0,
         handshake_timeout: float = 5.0,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        busy_poll: float = DEFAULT_BUSY_POLL,
     ) -> None:
         self.node = node
         self._nursery = nursery
+        #: Polls for the reply of a lone request instead of sleeping (see :mod:`.busypoll`).
+        self.poller: BusyPoller | None = BusyPoller(nursery, busy_poll) if busy_poll else None
         self.transport = transport
         self._identity_factory = identity
         self._identity: Identity | None = None

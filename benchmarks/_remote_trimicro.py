@@ -124,8 +124,18 @@ async def _stream(ref: Any, seconds: float) -> dict[str, Any]:
     return {"ops": confirmed, "seconds": elapsed, "p50_us": None, "p99_us": None, "sent": sent}
 
 
-async def client(address: str, phase: str, seconds: float, concurrency: int) -> dict[str, Any]:
-    async with start_node("bench-client", home=HOME, ask_timeout=30) as node:
+async def client_without_busy_poll(
+    address: str, phase: str, seconds: float, concurrency: int
+) -> dict[str, Any]:
+    """The same client with busy polling off (``start_node(busy_poll=0)``): what the polling buys."""
+    return await client(address, phase, seconds, concurrency, busy_poll=0)
+
+
+async def client(
+    address: str, phase: str, seconds: float, concurrency: int, busy_poll: float | None = None
+) -> dict[str, Any]:
+    options: dict[str, Any] = {} if busy_poll is None else {"busy_poll": busy_poll}
+    async with start_node("bench-client", home=HOME, ask_timeout=30, **options) as node:
         server = await node.connect(address)
         ref = node.remote_ref(server, "bench")
         if phase in ("ask1", "ask16"):

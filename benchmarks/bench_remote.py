@@ -31,6 +31,10 @@ Contestants:
   a backlog that grows without bound ends with a slow-consumer drop) and a final one.
 * ``grpc``: grpcio's asyncio API, unary calls through generic method handlers on raw bytes (no
   codegen). One-way phases are not measured (null).
+* ``trimicro-nopoll``: the same client node with busy polling off (``start_node(busy_poll=0)``;
+  ``client_without_busy_poll`` in that module), ask phases only. The client node polls for the
+  reply of a lone request for up to 200 µs by default instead of sleeping in ``epoll_wait``
+  (see ``trimicro.actors.busypoll``); the raw ceiling does not, so this row shows both.
 * ``trimicro``: imports ``benchmarks/_remote_trimicro.py``; skipped (with the reason) if it is
   missing or fails to import. It must provide::
 
@@ -52,11 +56,12 @@ Contestants:
   ``NotImplementedError`` for a phase it does not support (reported as null).
 
 Output: one JSON line per (round, contestant, phase) on stdout, then one summary line (medians per
-contestant and phase, min-max, ratios trimicro/raw, trimicro/nats, trimicro/grpc per phase computed
-per round then the median; null when absent), and a markdown table on stderr (on stdout with
-``--markdown``). ``cpu_us_per_op`` is the CPU time of this process plus the server processes
-(nats: plus nats-server) over the measured call, per op. The default run (3 rounds x 4 phases x 4
-contestants, 2 s + 0.3 s warm-up each) takes about 2 minutes.
+contestant and phase, min-max, ratios trimicro/raw, trimicro/nats, trimicro/grpc and
+trimicro-nopoll/raw per phase computed per round then the median; null when absent), and a
+markdown table on stderr (on stdout with ``--markdown``). ``cpu_us_per_op`` is the CPU time of
+this process plus the server processes (nats: plus nats-server) over the measured call, per op.
+The default run (3 rounds, 4 phases, 5 contestants, 2 s + 0.3 s warm-up each) takes about
+2.5 minutes.
 
 Needs: nats-py, grpcio (pip), nats-server (Debian: ``apt-get install nats-server``).
 
@@ -561,6 +566,11 @@ def trimicro_client() -> ClientFn:
     return fn
 
 
+def trimicro_nopoll_client() -> ClientFn:
+    fn: ClientFn = _trimicro_module().client_without_busy_poll
+    return fn
+
+
 # ---------------------------------------------------------------------------------------------
 # contestants
 # ---------------------------------------------------------------------------------------------
@@ -662,6 +672,16 @@ CONTESTANTS: dict[str, Contestant] = {
             serve=lambda port_file, _a: trio.run(_trimicro_module().serve, port_file),
             load_client=trimicro_client,
             check=trimicro_check,
+        ),
+        # The same, with the client node's busy polling off (start_node(busy_poll=0)): the
+        # raw ceiling does not poll, so this row shows what the polling buys and what is left.
+        Contestant(
+            "trimicro-nopoll",
+            "trio",
+            serve=lambda port_file, _a: trio.run(_trimicro_module().serve, port_file),
+            load_client=trimicro_nopoll_client,
+            check=trimicro_check,
+            phases=("ask1", "ask16"),
         ),
     )
 }
@@ -834,6 +854,9 @@ def calibrate(seconds: float = 0.1) -> float:
 # ---------------------------------------------------------------------------------------------
 
 PEERS = ("raw", "nats", "grpc")
+#: The ratios of the summary: trimicro against each peer, and trimicro without busy polling
+#: against the ceiling.
+RATIOS = (*(("trimicro", peer) for peer in PEERS), ("trimicro-nopoll", "raw"))
 METRICS = ("ops_per_s", "p50_us", "p99_us", "cpu_us_per_op")
 
 
@@ -857,11 +880,11 @@ def summarise(lines: list[Result], names: list[str], phases: list[str]) -> Resul
             ops = [x["ops_per_s"] for x in got]
             min_max[c][p] = [min(ops), max(ops)] if ops else None
     ratios: Result = {}
-    for peer in PEERS:
-        key = f"trimicro/{peer}"
+    for me, peer in RATIOS:
+        key = f"{me}/{peer}"
         ratios[key] = {}
         for p in phases:
-            mine = {x["round"]: x["ops_per_s"] for x in rows("trimicro", p)}
+            mine = {x["round"]: x["ops_per_s"] for x in rows(me, p)}
             theirs = {x["round"]: x["ops_per_s"] for x in rows(peer, p)}
             per_round = [mine[r] / theirs[r] for r in mine if theirs.get(r)]
             ratios[key][p] = (
@@ -901,12 +924,12 @@ def markdown(summary: Result, names: list[str], phases: list[str], skipped: dict
                 f"| {c} | {p} | {_fmt(m['ops_per_s'])} | {span} | {_fmt(m['p50_us'])} "
                 f"| {_fmt(m['p99_us'])} | {_fmt(m['cpu_us_per_op'])} |"
             )
-    out += ["", "| phase | " + " | ".join(f"trimicro/{peer}" for peer in PEERS) + " |"]
-    out.append("|---|" + "---:|" * len(PEERS))
+    out += ["", "| phase | " + " | ".join(f"{me}/{peer}" for me, peer in RATIOS) + " |"]
+    out.append("|---|" + "---:|" * len(RATIOS))
     for p in phases:
         cells = []
-        for peer in PEERS:
-            r = summary["ratios"][f"trimicro/{peer}"][p]
+        for me, peer in RATIOS:
+            r = summary["ratios"][f"{me}/{peer}"][p]
             cells.append("-" if r is None else f"{r['median']:.3f} ({r['min']:.2f}-{r['max']:.2f})")
         out.append(f"| {p} | " + " | ".join(cells) + " |")
     if skipped:

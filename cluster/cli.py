@@ -176,15 +176,19 @@ def _service_json(svc: Service) -> dict[str, Any]:
     }
 
 
-#: A listing of every service is final once it has not changed for this long: mDNS answers
-#: arrive one service at a time, so the first non-empty answer may be only part of it.
+#: A listing of every service is final once it has not changed for SETTLE seconds and the
+#: registry has had LISTEN seconds to answer: mDNS answers arrive a few services at a time, and
+#: what the browser's first query missed comes with its second, a second later (seen here: one
+#: service of four at 0.5 s, the rest at 1.1-1.2 s).
 SETTLE = 0.3
+LISTEN = 1.3
 
 
 async def _wait_for(cluster: Cluster, name: str | None, wait: float) -> list[Service]:
     """Registry answers, retried for up to ``wait`` seconds (mDNS needs a moment to browse)."""
     last: list[Service] = []
     steady = 0.0
+    start = trio.current_time()
     with trio.move_on_after(wait):
         while True:
             try:
@@ -197,7 +201,7 @@ async def _wait_for(cluster: Cluster, name: str | None, wait: float) -> list[Ser
                 key = sorted((s.name, s.version, len(s.nodes)) for s in found)
                 if found and key == sorted((s.name, s.version, len(s.nodes)) for s in last):
                     steady += 0.1
-                    if steady >= SETTLE:
+                    if steady >= SETTLE and trio.current_time() - start >= LISTEN:
                         return found
                 else:
                     steady = 0.0

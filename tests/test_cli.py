@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from trimicro.cluster.cli import _wait_for, main, services_of
 from trimicro.cluster.registry import Service
@@ -114,3 +115,19 @@ async def test_listing_gives_what_it_has_when_the_wait_ends(autojump_clock: Any)
     registry = _Arriving([f"s{i}" for i in range(1000)])  # never settles
     found = await _wait_for(registry, None, wait=1.0)  # type: ignore[arg-type]
     assert 5 <= len(found) == registry.calls < 1000  # the latest answer
+
+
+class _SecondQuery:
+    """One service at first; the rest only after a second, as mDNS's second query brings them."""
+
+    def __init__(self) -> None:
+        self.start = trio.current_time()
+
+    async def services(self) -> list[Service]:
+        names = ["auth"] if trio.current_time() - self.start < 1.1 else ["auth", "counter", "greeter"]
+        return [Service(name=n) for n in names]
+
+
+async def test_listing_waits_for_the_browsers_second_query(autojump_clock: Any) -> None:
+    found = await _wait_for(_SecondQuery(), None, wait=5.0)  # type: ignore[arg-type]
+    assert sorted(s.name for s in found) == ["auth", "counter", "greeter"]

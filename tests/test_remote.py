@@ -716,8 +716,10 @@ async def test_a_request_for_a_handler_without_await_needs_no_worker(authority: 
 async def test_asks_queued_in_one_scheduler_batch_leave_in_one_write_without_the_writer_task(
     authority: Authority,
 ) -> None:
-    """What tasks queue on a link is written when trio is about to wait for I/O, all of it in
-    one write, with no turn of the link's writer task on the way."""
+    """A request with none other in flight on its link is written at once, by its caller
+    (it does not wait for the scheduler batch to end); what tasks queue behind it is written
+    when trio is about to wait for I/O, all of it in one write, with no turn of the link's
+    writer task on the way."""
     async with pair(authority, TcpTransport(), a_listen="127.0.0.1:0", b_listen="127.0.0.1:0") as (a, b, _):
         await b.spawn(Counter, name="counter")
         ref = a.remote_ref("b", "counter")
@@ -748,7 +750,8 @@ async def test_asks_queued_in_one_scheduler_batch_leave_in_one_write_without_the
                 for _ in range(16):
                     nursery.start_soon(call)
         assert sorted(answers) == list(range(1, 17))
-        assert writes and writes[0] >= 16  # the sixteen requests, in one write
+        assert writes[:1] == [1]  # the first request, alone and at once
+        assert writes[1] >= 15  # the fifteen behind it, in one write
         assert writer_sends == []
 
 
@@ -800,3 +803,141 @@ async def test_tasks_woken_when_a_batch_is_flushed_do_not_wait_for_a_timer(autho
             token, done = peer_token[0]
             token.run_sync_soon(done.set)
         await trio.to_thread.run_sync(thread.join, 30)
+
+
+# ---- busy polling for the reply of a lone request --------------------------------------------
+
+
+class Latch(Actor):
+    """Answers once its gate opens (a handler that takes as long as the test wants)."""
+
+    service_name = "Latch"
+
+    def __init__(self, gate: trio.Event) -> None:
+        self.gate = gate
+
+    async def wait(self, msg: Any) -> str:
+        await self.gate.wait()
+        return "open"
+
+
+class _IoWaits(trio.abc.Instrument):
+    """Records the timeout of every wait for I/O while ``recording``; wakes ``blocked`` at the
+    first one that may sleep (through the run's token, so the wait itself ends at once)."""
+
+    def __init__(self) -> None:
+        self.recording = False
+        self.timeouts: list[float] = []
+        self.blocked = trio.Event()
+        self.token = trio.lowlevel.current_trio_token()
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self.recording:
+            self.timeouts.append(timeout)
+            if timeout > 0 and not self.blocked.is_set():
+                self.token.run_sync_soon(self.blocked.set)
+
+
+async def test_a_lone_request_polls_for_its_reply_instead_of_sleeping(authority: Authority) -> None:
+    async with pair(
+        authority, TcpTransport(), a_listen="127.0.0.1:0", b_listen="127.0.0.1:0", busy_poll=5.0
+    ) as (a, b, _):
+        await b.spawn(Counter, name="counter")
+        ref = a.remote_ref("b", "counter")
+        assert await ask(ref, Add(1)) == 1
+        poller = a.remote.poller
+        assert poller is not None
+        waits = _IoWaits()
+        trio.lowlevel.add_instrument(waits)
+        try:
+            before = poller.polls
+            waits.recording = True
+            assert await ask(ref, Add(2)) == 3
+            waits.recording = False
+        finally:
+            trio.lowlevel.remove_instrument(waits)
+        assert poller.polls > before
+        assert waits.timeouts and set(waits.timeouts) == {0}  # never slept while it waited
+
+
+async def test_without_busy_polling_a_request_sleeps_until_its_reply(authority: Authority) -> None:
+    async with pair(
+        authority, TcpTransport(), a_listen="127.0.0.1:0", b_listen="127.0.0.1:0", busy_poll=0
+    ) as (a, b, _):
+        await b.spawn(Counter, name="counter")
+        ref = a.remote_ref("b", "counter")
+        assert a.remote.poller is None
+        waits = _IoWaits()
+        trio.lowlevel.add_instrument(waits)
+        try:
+            waits.recording = True
+            assert await ask(ref, Add(2)) == 2
+            waits.recording = False
+        finally:
+            trio.lowlevel.remove_instrument(waits)
+        assert max(waits.timeouts) > 0
+
+
+async def test_busy_polling_stops_after_its_budget_and_for_slow_peers(authority: Authority) -> None:
+    """A reply slower than the budget is waited for asleep once the budget is spent; and a
+    link whose replies are usually far slower than the budget is not polled for at all."""
+    async with pair(
+        authority, TcpTransport(), a_listen="127.0.0.1:0", b_listen="127.0.0.1:0", busy_poll=0.001
+    ) as (a, b, _):
+        gate = trio.Event()
+        await b.spawn(Latch, gate, name="latch")
+        ref = a.remote_ref("b", "latch")
+        poller = a.remote.poller
+        assert poller is not None
+        waits = _IoWaits()
+        trio.lowlevel.add_instrument(waits)
+        answers: list[str] = []
+        try:
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+
+                    async def call() -> None:
+                        answers.append(await ask(ref, None, endpoint="Latch.wait"))
+
+                    waits.recording = True
+                    nursery.start_soon(call)
+                    await waits.blocked.wait()  # the budget is spent: the node sleeps
+                    assert poller.polls > 0
+                    gate.set()
+        finally:
+            trio.lowlevel.remove_instrument(waits)
+        assert answers == ["open"]
+
+        link = a.remote.peer("b").link
+        assert link is not None
+        link.reply_time = 1.0  # this peer's replies take about a second
+        before = poller.polls
+        assert await ask(ref, None, endpoint="Latch.wait") == "open"
+        assert poller.polls == before
+        assert link.reply_time < 1.0  # and the fast reply counted toward the average
+
+
+async def test_busy_poller_polls_only_while_someone_waits() -> None:
+    from trimicro.actors.busypoll import BusyPoller
+
+    with pytest.raises(ValueError, match="busy_poll"):
+        BusyPoller(None, -1.0)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        poller = BusyPoller(nursery, 60.0)
+        poller.begin()
+        for _ in range(20):
+            await trio.lowlevel.checkpoint()
+        assert poller.polls > 5
+        poller.end()
+        for _ in range(5):
+            await trio.lowlevel.checkpoint()
+        parked = poller.polls
+        for _ in range(20):
+            await trio.lowlevel.checkpoint()
+        assert poller.polls == parked  # parked: no more polling
+        poller.begin()
+        for _ in range(5):
+            await trio.lowlevel.checkpoint()
+        assert poller.polls > parked  # woken again by the next lone request
+        poller.end()
+        nursery.cancel_scope.cancel()
