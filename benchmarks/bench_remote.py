@@ -634,6 +634,17 @@ class Contestant:
     prepare: Callable[[Procs, Path], list[str]] | None = None  # extra processes -> extra server args
 
 
+def _trimicro(name: str, load_client: Callable[[], ClientFn], phases: tuple[str, ...]) -> Contestant:
+    return Contestant(
+        name,
+        "trio",
+        serve=lambda port_file, _a: trio.run(_trimicro_module().serve, port_file),
+        load_client=load_client,
+        check=trimicro_check,
+        phases=phases,
+    )
+
+
 CONTESTANTS: dict[str, Contestant] = {
     c.name: c
     for c in (
@@ -666,23 +677,10 @@ CONTESTANTS: dict[str, Contestant] = {
         #   async def client(address: str, phase: str, seconds: float, concurrency: int) -> dict
         # both run with trio.run (see the module docstring for the contract).
         # ------------------------------------------------------------------------------------
-        Contestant(
-            "trimicro",
-            "trio",
-            serve=lambda port_file, _a: trio.run(_trimicro_module().serve, port_file),
-            load_client=trimicro_client,
-            check=trimicro_check,
-        ),
+        _trimicro("trimicro", trimicro_client, tuple(PHASES)),
         # The same, with the client node's busy polling off (start_node(busy_poll=0)): the
         # raw ceiling does not poll, so this row shows what the polling buys and what is left.
-        Contestant(
-            "trimicro-nopoll",
-            "trio",
-            serve=lambda port_file, _a: trio.run(_trimicro_module().serve, port_file),
-            load_client=trimicro_nopoll_client,
-            check=trimicro_check,
-            phases=("ask1", "ask16"),
-        ),
+        _trimicro("trimicro-nopoll", trimicro_nopoll_client, ("ask1", "ask16")),
     )
 }
 

@@ -838,6 +838,19 @@ class _IoWaits(trio.abc.Instrument):
                 self.token.run_sync_soon(self.blocked.set)
 
 
+async def _io_waits_of_one_ask(ref: ActorRef, msg: Any) -> tuple[Any, list[float]]:
+    """The answer of ``ask(ref, msg)`` and the timeouts of the I/O waits made meanwhile."""
+    waits = _IoWaits()
+    trio.lowlevel.add_instrument(waits)
+    try:
+        waits.recording = True
+        answer = await ask(ref, msg)
+        waits.recording = False
+    finally:
+        trio.lowlevel.remove_instrument(waits)
+    return answer, waits.timeouts
+
+
 async def test_a_lone_request_polls_for_its_reply_instead_of_sleeping(authority: Authority) -> None:
     async with pair(
         authority, TcpTransport(), a_listen="127.0.0.1:0", b_listen="127.0.0.1:0", busy_poll=5.0
@@ -847,17 +860,11 @@ async def test_a_lone_request_polls_for_its_reply_instead_of_sleeping(authority:
         assert await ask(ref, Add(1)) == 1
         poller = a.remote.poller
         assert poller is not None
-        waits = _IoWaits()
-        trio.lowlevel.add_instrument(waits)
-        try:
-            before = poller.polls
-            waits.recording = True
-            assert await ask(ref, Add(2)) == 3
-            waits.recording = False
-        finally:
-            trio.lowlevel.remove_instrument(waits)
+        before = poller.polls
+        answer, timeouts = await _io_waits_of_one_ask(ref, Add(2))
+        assert answer == 3
         assert poller.polls > before
-        assert waits.timeouts and set(waits.timeouts) == {0}  # never slept while it waited
+        assert timeouts and set(timeouts) == {0}  # never slept while it waited
 
 
 async def test_without_busy_polling_a_request_sleeps_until_its_reply(authority: Authority) -> None:
@@ -865,17 +872,10 @@ async def test_without_busy_polling_a_request_sleeps_until_its_reply(authority: 
         authority, TcpTransport(), a_listen="127.0.0.1:0", b_listen="127.0.0.1:0", busy_poll=0
     ) as (a, b, _):
         await b.spawn(Counter, name="counter")
-        ref = a.remote_ref("b", "counter")
         assert a.remote.poller is None
-        waits = _IoWaits()
-        trio.lowlevel.add_instrument(waits)
-        try:
-            waits.recording = True
-            assert await ask(ref, Add(2)) == 2
-            waits.recording = False
-        finally:
-            trio.lowlevel.remove_instrument(waits)
-        assert max(waits.timeouts) > 0
+        answer, timeouts = await _io_waits_of_one_ask(a.remote_ref("b", "counter"), Add(2))
+        assert answer == 2
+        assert max(timeouts) > 0
 
 
 async def test_busy_polling_stops_after_its_budget_and_for_slow_peers(authority: Authority) -> None:
