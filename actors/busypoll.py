@@ -27,8 +27,10 @@ __all__ = ["DEFAULT_BUSY_POLL", "BusyPoller"]
 #: Seconds a node polls for the reply of a lone request before it sleeps until the reply comes.
 DEFAULT_BUSY_POLL = 200e-6
 
-#: Poll only for peers whose recent replies (moving average) came within this many budgets.
-POLL_WITHIN = 4.0
+#: Poll only for peers whose recent replies (moving average) came within this many budgets:
+#: replies that come later (a slow service, or a machine so busy that the peer waits for a CPU)
+#: would be slept for anyway, and the polling would burn CPU the peer may need.
+POLL_WITHIN = 3.0
 
 _clock = time.perf_counter
 
