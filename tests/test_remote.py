@@ -31,6 +31,7 @@ from trimicro.actors import (
     tell,
 )
 from trimicro.actors.remote import Unreachable
+from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.identity import Authority, NodeIdentity
 from trimicro.mailbox.inproc import InprocTransport
 from trimicro.mailbox.tcp import TcpTransport
@@ -406,13 +407,19 @@ async def test_expired_certificate_is_refused(authority: Authority) -> None:
         assert "old" not in a.remote.peers or not a.remote.peer("old").links
 
 
+async def _counter_and_link(a: Node, b: Node) -> tuple[ActorRef, Any]:
+    """A Counter on ``b``, asked once from ``a``, and ``a``'s link to ``b``."""
+    await b.spawn(Counter, name="counter")
+    ref = a.remote_ref("b", "counter")
+    assert await ask(ref, Add(1)) == 1
+    link = a.remote.peer("b").link
+    assert link is not None
+    return ref, link
+
+
 async def test_garbage_after_handshake_closes_only_that_link(authority: Authority) -> None:
     async with pair(authority) as (a, b, _):
-        await b.spawn(Counter, name="counter")
-        ref = a.remote_ref("b", "counter")
-        assert await ask(ref, Add(1)) == 1
-        link = a.remote.peer("b").link
-        assert link is not None
+        ref, link = await _counter_and_link(a, b)
         await link.conn.send_frames([b"\x93\x01\x02\x03"])  # a valid frame, not an envelope
         with trio.fail_after(5):
             while a.remote.peer("b").links:
@@ -941,3 +948,78 @@ async def test_busy_poller_polls_only_while_someone_waits() -> None:
         assert poller.polls > parked  # woken again by the next lone request
         poller.end()
         nursery.cancel_scope.cancel()
+
+
+# ---- tells to one actor travel in batches ---------------------------------------------------
+
+
+class Held(Actor):
+    """Records every Add; its first one waits until the test opens ``gate`` (mailbox fills)."""
+
+    service_name = "Held"
+
+    def __init__(self, gate: trio.Event) -> None:
+        self.gate = gate
+        self.seen: list[int] = []
+
+    async def add(self, msg: Add) -> None:
+        await self.gate.wait()
+        self.seen.append(msg.k)
+
+    async def get(self, msg: Get) -> list[int]:
+        return self.seen
+
+
+async def test_tells_queued_together_leave_in_one_frame_in_order(authority: Authority) -> None:
+    """Tells to one actor queued in one scheduler batch share one envelope (a SYSTEM ``tells``
+    frame); a tell to another endpoint in between starts a new batch, so order is kept."""
+    async with pair(authority) as (a, b, _):
+        await b.spawn(Counter, name="counter", mailbox=bounded(10_000))
+        ref = a.remote_ref("b", "counter")
+        assert await ask(ref, Get()) == []
+        link = a.remote.peer("b").link
+        assert link is not None
+        sent = link.sent
+        for k in range(100):  # no await that yields in between: one batch (a.budget permitting)
+            await tell(ref, Add(k))
+        await tell(ref, Add(1000), endpoint="Counter.add")  # another endpoint: a batch of its own
+        for k in range(100, 110):
+            await tell(ref, Add(k))
+        assert await ask(ref, Get()) == [*range(100), 1000, *range(100, 110)]
+        assert link.sent - sent <= 6  # three batches (plus a split at the fairness yield) and the ask
+
+
+async def test_a_full_mailbox_holds_the_rest_of_a_batch_back_and_loses_nothing(
+    authority: Authority,
+) -> None:
+    async with pair(authority) as (a, b, _):
+        gate = trio.Event()
+        await b.spawn(Held, gate, name="held", mailbox=bounded(4))
+        ref = a.remote_ref("b", "held")
+        with trio.fail_after(10):
+            async with b.dead_letters.subscribe() as letters:
+                for k in range(200):
+                    await tell(ref, Add(k))
+                link_b = b.remote.peer("a").link
+                assert link_b is not None
+                while not link_b.busy:  # the reader waits for room in the middle of a batch
+                    await trio.lowlevel.checkpoint()
+                gate.set()
+                assert await ask(ref, Get()) == list(range(200))
+                with pytest.raises(trio.WouldBlock):
+                    letters.receive_nowait()
+
+
+async def test_a_malformed_tells_batch_is_a_dead_letter_and_the_link_lives(authority: Authority) -> None:
+    async with pair(authority) as (a, b, _):
+        ref, link = await _counter_and_link(a, b)
+        target = ActorRef("b", "/user/counter", 0)
+        async with b.dead_letters.subscribe() as letters:
+            for body in (b"\x92\x01\x02", b"\xc1", b"\x91\xa3Add"):  # [1, 2], invalid, [endpoint]
+                env = Envelope(Kind.SYSTEM, 0, target, None, "tells", "application/msgpack", {}, 0, body)
+                link.push(encode_envelope(env))
+            with trio.fail_after(5):
+                reasons = [(await letters.receive()).reason for _ in range(3)]
+        assert all("malformed tells batch" in r or "tells batch is" in r for r in reasons), reasons
+        assert await ask(ref, Add(1)) == 2  # same link, still serving
+        assert a.remote.peer("b").link is link
