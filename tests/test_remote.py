@@ -954,17 +954,22 @@ async def test_busy_poller_polls_only_while_someone_waits() -> None:
 
 
 class Held(Actor):
-    """Records every Add; its first one waits until the test opens ``gate`` (mailbox fills)."""
+    """Records every Add; its first one waits until the test opens ``gate`` (mailbox fills).
+    ``all_in`` is set when ``expect`` of them arrived."""
 
     service_name = "Held"
 
-    def __init__(self, gate: trio.Event) -> None:
+    def __init__(self, gate: trio.Event, expect: int, all_in: trio.Event) -> None:
         self.gate = gate
+        self.expect = expect
+        self.all_in = all_in
         self.seen: list[int] = []
 
     async def add(self, msg: Add) -> None:
         await self.gate.wait()
         self.seen.append(msg.k)
+        if len(self.seen) == self.expect:
+            self.all_in.set()
 
     async def get(self, msg: Get) -> list[int]:
         return self.seen
@@ -993,8 +998,8 @@ async def test_a_full_mailbox_holds_the_rest_of_a_batch_back_and_loses_nothing(
     authority: Authority,
 ) -> None:
     async with pair(authority) as (a, b, _):
-        gate = trio.Event()
-        await b.spawn(Held, gate, name="held", mailbox=bounded(4))
+        gate, all_in = trio.Event(), trio.Event()
+        await b.spawn(Held, gate, 200, all_in, name="held", mailbox=bounded(4))
         ref = a.remote_ref("b", "held")
         with trio.fail_after(10):
             async with b.dead_letters.subscribe() as letters:
@@ -1005,6 +1010,7 @@ async def test_a_full_mailbox_holds_the_rest_of_a_batch_back_and_loses_nothing(
                 while not link_b.busy:  # the reader waits for room in the middle of a batch
                     await trio.lowlevel.checkpoint()
                 gate.set()
+                await all_in.wait()  # (an ask now could meet the full mailbox: 429)
                 assert await ask(ref, Get()) == list(range(200))
                 with pytest.raises(trio.WouldBlock):
                     letters.receive_nowait()
