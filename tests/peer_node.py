@@ -14,14 +14,26 @@ from typing import Any
 
 import trio
 
-from trimicro.actors import Actor, NotFound, start_node
+from trimicro.actors import Actor, NotFound, Stream, start_node
 
 
 class Echo(Actor):
     service_name = "Echo"
 
-    def __init__(self) -> None:
+    def __init__(self, gate: trio.Event) -> None:
         self.total = 0
+        self.gate = gate
+
+    async def hold(self, stream: Stream) -> None:
+        """Reads one item, then nothing until the ``gate`` actor is told to open; then counts
+        the rest and answers the count (flow control: the sender must stop meanwhile)."""
+        n = 0
+        async for _ in stream:
+            n += 1
+            if n == 1:
+                print("holding", flush=True)
+                await self.gate.wait()
+        await stream.send(n)
 
     async def add(self, body: dict[str, Any]) -> int:
         self.total += int(body["k"])
@@ -32,13 +44,29 @@ class Echo(Actor):
 
     async def sleep(self, body: dict[str, Any]) -> str:
         print("sleeping", flush=True)
-        await trio.sleep(float(body["seconds"]))
+        try:
+            await trio.sleep(float(body["seconds"]))
+        except trio.Cancelled:
+            print("cancelled", flush=True)  # the caller's deadline or CANCEL reached this process
+            raise
         return "woke"
+
+
+class Gate(Actor):
+    service_name = "Gate"
+
+    def __init__(self, gate: trio.Event) -> None:
+        self.gate = gate
+
+    async def open(self, body: Any) -> None:
+        self.gate.set()
 
 
 async def main(home: str, name: str, dial: str | None = None) -> None:
     async with start_node(name, listen="127.0.0.1:0", home=Path(home)) as node:
-        await node.spawn(Echo, name="echo")
+        gate = trio.Event()
+        await node.spawn(Echo, gate, name="echo")
+        await node.spawn(Gate, gate, name="gate")
         if dial:
             await node.connect(dial)
         print(f"address {node.address}", flush=True)
