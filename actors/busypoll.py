@@ -64,8 +64,11 @@ class BusyPoller:
         if self._lot:
             self._lot.unpark()
         elif not self._started:
+            try:
+                self._nursery.start_soon(self.run, name="trimicro-busy-poll")
+            except RuntimeError:  # the node is stopping: its nursery takes no new task
+                return
             self._started = True
-            self._nursery.start_soon(self.run, name="trimicro-busy-poll")
 
     def end(self) -> None:
         """The request's wait is over (answered, failed or cancelled)."""

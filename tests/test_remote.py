@@ -948,6 +948,10 @@ async def test_busy_poller_polls_only_while_someone_waits() -> None:
         assert poller.polls > parked  # woken again by the next lone request
         poller.end()
         nursery.cancel_scope.cancel()
+    late = BusyPoller(nursery, 60.0)  # a node stopping: its nursery is closed
+    late.begin()  # no polling task, and no error for the request
+    late.end()
+    assert late.polls == 0
 
 
 # ---- tells to one actor travel in batches ---------------------------------------------------
