@@ -11,8 +11,9 @@ The same trade is made by Akka's Artery remoting (``idle-cpu-level``), by Go's s
 (spinning threads poll the network before parking) and by Linux's ``busy_poll``: CPU time for
 latency. It is bounded three ways: only while a request is the only one in flight on its link
 (with more in flight, replies keep the run busy anyway); for at most ``budget`` seconds per
-request; and only toward peers whose replies usually come back within a few budgets (a slow
-service is not polled for). ``start_node(busy_poll=0)`` turns it off.
+request; and only toward peers whose polled-for replies usually come back within a few budgets
+(a slow service is not polled for, except one request in PROBE_EVERY, to notice a change).
+``start_node(busy_poll=0)`` turns it off.
 """
 
 from __future__ import annotations
@@ -22,15 +23,18 @@ import time
 import trio
 from trio.lowlevel import ParkingLot
 
-__all__ = ["DEFAULT_BUSY_POLL", "BusyPoller"]
+__all__ = ["DEFAULT_BUSY_POLL", "PROBE_EVERY", "BusyPoller"]
 
 #: Seconds a node polls for the reply of a lone request before it sleeps until the reply comes.
 DEFAULT_BUSY_POLL = 200e-6
 
-#: Poll only for peers whose recent replies (moving average) came within this many budgets:
-#: replies that come later (a slow service, or a machine so busy that the peer waits for a CPU)
-#: would be slept for anyway, and the polling would burn CPU the peer may need.
+#: Poll only for peers whose recent polled-for replies (moving average) came within this many
+#: budgets: replies that come later (a slow service, or a machine so busy that the peer waits
+#: for a CPU) would be slept for anyway, and the polling would burn CPU the peer may need.
 POLL_WITHIN = 3.0
+
+#: Every this many lone requests to a peer polled for anyway, to notice it got fast again.
+PROBE_EVERY = 16
 
 _clock = time.perf_counter
 
@@ -53,9 +57,10 @@ class BusyPoller:
         #: Checkpoints taken while polling (for tests and benchmarks).
         self.polls = 0
 
-    def worth(self, reply_time: float) -> bool:
-        """Whether to poll for a peer whose replies take ``reply_time`` seconds on average."""
-        return reply_time < self.worth_below
+    def worth(self, poll_time: float) -> bool:
+        """Whether to poll for a peer whose polled-for replies take ``poll_time`` seconds on
+        average."""
+        return poll_time < self.worth_below
 
     def begin(self) -> None:
         """A lone request just left: poll for up to ``budget`` seconds, or until :meth:`end`."""

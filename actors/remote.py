@@ -53,7 +53,7 @@ from trimicro.mailbox.refs import ActorRef, ref_binder
 from trimicro.mailbox.secure_stream import SecureConnection, secure_client, secure_server
 from trimicro.mailbox.transport import Connection, Listener, Transport, serve
 
-from .busypoll import DEFAULT_BUSY_POLL, BusyPoller
+from .busypoll import DEFAULT_BUSY_POLL, PROBE_EVERY, BusyPoller
 from .cell import DEAD, OK, Cell, Reply, Stopped, current_item
 from .messages import Terminated
 from .streams import DEFAULT_WINDOW, Stream
@@ -373,10 +373,16 @@ class RemoteActor:
         pending = link.pending
         first = not pending  # no other request in flight on this link
         pending[corr] = reply
-        sent_at = _clock() if first else 0.0
         poller = peer.remoting.poller
-        if poller is not None and not (first and poller.worth(link.reply_time)):
+        if poller is not None and first:
+            # Poll toward peers whose polled-for replies come in time, and now and then to any
+            # peer (a probe: a peer that was slow may be fast again).
+            link.lone_asks += 1
+            if not (poller.worth(link.poll_time) or link.lone_asks % PROBE_EVERY == 0):
+                poller = None
+        else:
             poller = None
+        sent_at = 0.0 if poller is None else _clock()
         reply.label = self.target.path
         reply.timeout = timeout
         wheel = self.node.timeouts
@@ -396,8 +402,8 @@ class RemoteActor:
                     value = await reply.wait()
                 finally:
                     poller.end()
-            if first:  # how long replies take on this link: a moving average (1/8 each)
-                link.reply_time += (_clock() - sent_at - link.reply_time) * 0.125
+                    # How long polled-for replies take on this link: a moving average (1/8 each).
+                    link.poll_time += (_clock() - sent_at - link.poll_time) * 0.125
             if reply_headers is not None and reply.headers:
                 reply_headers.update(reply.headers)
             return value
@@ -608,7 +614,7 @@ class _Flusher(trio.abc.Instrument):
                 # does not take wakes the writer.
                 woke = woke or bool(link._room) or link._flushed is not None
                 link.flush_now()
-                woke = woke or bool(link.out) or link.conn.backlog
+                woke = woke or bool(link.out) or link.conn.backlog or link.closed
         finally:
             for link in links:
                 link._dirty = False
@@ -667,8 +673,13 @@ class Link:
         self.incarnation: str | None = None
         #: Queued for the node's :class:`_Flusher` (sends at the end of this scheduler batch).
         self._dirty = False
-        #: Seconds a lone request's reply takes on this link, a moving average (for busy polling).
-        self.reply_time = 0.0
+        #: Seconds a polled-for reply takes on this link, a moving average, and the count of
+        #: lone requests (see :mod:`.busypoll`).
+        self.poll_time = 0.0
+        self.lone_asks = 0
+        #: The peer said in its hello that it understands ``tells`` batches (an older node
+        #: would ignore them: until then, and with one, every tell is its own TELL frame).
+        self.batch_tells = False
 
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
@@ -754,7 +765,7 @@ class Link:
         """Queue a tell in a :class:`TellBatch`: the one at the end of the queue if it is for the
         same actor, sender, endpoint and content type and has room, else a new one. ``False``
         (send it as a TELL frame) if the link is closed or the body is too big for a batch."""
-        if self.closed:
+        if self.closed or not self.batch_tells:
             return False
         entry = _bin(body)
         out = self.out
@@ -768,14 +779,12 @@ class Link:
             or len(last.parts) >= COALESCE_MAX
             or last.size + len(entry) > last.room
         ):
-            # Room for the envelope: its refs, endpoint and content type, and the fixed fields.
-            overhead = COALESCE_SLACK + len(target.node) + len(target.path) + len(endpoint)
-            if sender is not None:
-                overhead += len(sender.node) + len(sender.path)
-            room = self.remoting.max_frame_size - overhead
-            if len(entry) > room:
+            last = TellBatch(target, sender, endpoint, content_type, 0)
+            # Room for entries next to this envelope, measured (its refs, endpoint and content
+            # type in UTF-8), with 16 bytes for the array and bin headers to grow.
+            last.room = self.remoting.max_frame_size - len(last.frame()) - 16
+            if len(entry) > last.room:
                 return False
-            last = TellBatch(target, sender, endpoint, content_type, room)
             self._start_batch(last)
         self._add_entry(last, entry)  # (if that closed the link, the tell is lost with it)
         return True
@@ -1037,11 +1046,12 @@ class Link:
         except MicroError as exc:
             remoting.node.dead_letter(env.target, env.body, f"undeliverable: {exc.detail}", sender)
             return None
-        return self._deliver_tells(_Tells(cell, codec, sender, endpoint, bodies), 0)
+        tells = _Tells(cell, codec, sender, endpoint, bodies)
+        full = self._offer_tells(tells, 0)
+        return None if full is None else self._put_tells(tells, *full)
 
-    def _deliver_tells(self, tells: _Tells, start: int) -> Awaitable[object] | None:
-        """Offer ``tells.bodies[start:]`` in order; at a full mailbox, what waits for room and
-        goes on."""
+    def _offer_tells(self, tells: _Tells, start: int) -> tuple[int, tuple[Any, ...]] | None:
+        """Offer ``tells.bodies[start:]`` in order; at a full mailbox, its index and item."""
         remoting = self.remoting
         guard = remoting.guard
         cell, codec, sender, endpoint, bodies = tells
@@ -1057,14 +1067,18 @@ class Link:
             if offered == DEAD:
                 remoting.node.dead_letter(cell.ref, msg, "stopped", sender)
             elif offered != OK:
-                return self._put_tells(tells, i, item)
+                return i, item
         return None
 
     async def _put_tells(self, tells: _Tells, i: int, item: tuple[Any, ...]) -> None:
-        await self._put_tell(tells.cell, item)
-        rest = self._deliver_tells(tells, i + 1)
-        if rest is not None:
-            await rest
+        """Wait for room for the tell at ``i``, then offer the rest, waiting again as needed (a
+        loop: a slow consumer must not deepen a chain of awaits by one per tell)."""
+        while True:
+            await self._put_tell(tells.cell, item)
+            full = self._offer_tells(tells, i + 1)
+            if full is None:
+                return
+            i, item = full
 
     async def _put_tell(self, cell: Cell, item: tuple[Any, ...]) -> None:
         if await cell.put(item) == DEAD:
@@ -1168,6 +1182,9 @@ class Link:
             address = info.get("address") if isinstance(info, dict) else None
             if isinstance(address, str) and address and self.initiator is False:
                 self.peer.address = address
+            features = info.get("features") if isinstance(info, dict) else None
+            if isinstance(features, list) and "tells" in features:
+                self.batch_tells = True
             incarnation = info.get("incarnation") if isinstance(info, dict) else None
             if isinstance(incarnation, str) and 0 < len(incarnation) <= 64:
                 self.incarnation = incarnation
@@ -1698,8 +1715,11 @@ class Remoting:
         return link
 
     def _hello(self) -> bytes:
-        """Where this node listens, and which run of it this is (a restart is a new incarnation)."""
-        hello = self.codec.encode({"address": self.address or "", "incarnation": self.incarnation})
+        """Where this node listens, which run of it this is (a restart is a new incarnation), and
+        which optional frames it understands (``tells``: batches of tells)."""
+        hello = self.codec.encode(
+            {"address": self.address or "", "incarnation": self.incarnation, "features": ["tells"]}
+        )
         return encode_envelope(Envelope(Kind.SYSTEM, endpoint="hello", body=hello))
 
     async def connect(self, address: str, timeout: float | None = None) -> str:

@@ -184,11 +184,12 @@ SETTLE = 0.3
 LISTEN = 1.3
 
 
-async def _wait_for(cluster: Cluster, name: str | None, wait: float) -> list[Service]:
-    """Registry answers, retried for up to ``wait`` seconds (mDNS needs a moment to browse)."""
+async def _wait_for(cluster: Cluster, name: str | None, wait: float, listen: float = LISTEN) -> list[Service]:
+    """Registry answers, retried for up to ``wait`` seconds (mDNS needs a moment to browse).
+    A listing of every service waits ``listen`` seconds at least (0 for registries that answer
+    in full at once)."""
     last: list[Service] = []
-    steady = 0.0
-    start = trio.current_time()
+    start = steady_since = trio.current_time()
     with trio.move_on_after(wait):
         while True:
             try:
@@ -198,13 +199,12 @@ async def _wait_for(cluster: Cluster, name: str | None, wait: float) -> list[Ser
                     found = await cluster.describe(name)
                 if found and name is not None:
                     return found
+                now = trio.current_time()
                 key = sorted((s.name, s.version, len(s.nodes)) for s in found)
-                if found and key == sorted((s.name, s.version, len(s.nodes)) for s in last):
-                    steady += 0.1
-                    if steady >= SETTLE and trio.current_time() - start >= LISTEN:
-                        return found
-                else:
-                    steady = 0.0
+                if not found or key != sorted((s.name, s.version, len(s.nodes)) for s in last):
+                    steady_since = now
+                elif now - steady_since >= SETTLE and now - start >= listen:
+                    return found
                 last = found
             except MicroError:
                 pass
@@ -216,7 +216,7 @@ async def _wait_for(cluster: Cluster, name: str | None, wait: float) -> list[Ser
 
 async def _services(args: argparse.Namespace, out: TextIO) -> int:
     async with await _client(args) as cluster:
-        found = await _wait_for(cluster, None, args.wait)
+        found = await _wait_for(cluster, None, args.wait, LISTEN if args.registry == "mdns" else 0.0)
     found.sort(key=lambda s: (s.name, s.version))
     if args.json:
         json.dump([_service_json(s) for s in found], out, indent=2)

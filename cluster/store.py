@@ -540,16 +540,23 @@ class _LetGo(trio.abc.Instrument):
     def __init__(self, store: LmdbStore) -> None:
         # Weak: a store dropped without aclose must not live on in the trio run's instruments.
         self.store = weakref.ref(store)
+        #: The environment's lock and whether the store holds a registration with it: kept
+        #: here too, so that a store dropped in the middle of a batch is still let go of.
+        self.rw = store._env.rw
+        self.held = False
 
     def before_io_wait(self, timeout: float) -> None:
         store = self.store()
         if store is not None:
             store._let_go()
+        elif self.held:
+            self.held = False
+            self.rw.release_shared()
 
     def after_run(self) -> None:
+        self.before_io_wait(0)
         store = self.store()
         if store is not None:
-            store._let_go()
             store._let_go_at_batch_end, store._owner = None, 0
 
 
@@ -642,6 +649,7 @@ class LmdbStore(_Checks):
         try:
             if rw.writer or rw.waiting or self._owner not in (0, me):
                 return False
+            let_go = self._let_go_at_batch_end
             if not self._owner:
                 let_go = _LetGo(self)
                 try:
@@ -651,6 +659,8 @@ class LmdbStore(_Checks):
                 self._let_go_at_batch_end, self._owner = let_go, me
             rw._readers += 1
             self._held = me
+            if let_go is not None:
+                let_go.held = True
             return True
         finally:
             rw.mutex.release()
@@ -660,6 +670,9 @@ class LmdbStore(_Checks):
         """End the registration of :meth:`_hold` (only on the thread that holds it)."""
         if self._held and self._held == _ident():
             self._held = 0
+            let_go = self._let_go_at_batch_end
+            if let_go is not None:
+                let_go.held = False
             self._env.rw.release_shared()
 
     def _read_txn(self, fn: Callable[[Any], Any]) -> Any:

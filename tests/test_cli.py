@@ -131,3 +131,10 @@ class _SecondQuery:
 async def test_listing_waits_for_the_browsers_second_query(autojump_clock: Any) -> None:
     found = await _wait_for(_SecondQuery(), None, wait=5.0)  # type: ignore[arg-type]
     assert sorted(s.name for s in found) == ["auth", "counter", "greeter"]
+
+
+async def test_a_registry_that_answers_in_full_is_not_waited_on(autojump_clock: Any) -> None:
+    start = trio.current_time()
+    found = await _wait_for(_Arriving(["auth"]), None, wait=5.0, listen=0.0)  # type: ignore[arg-type]
+    assert [s.name for s in found] == ["auth"]
+    assert trio.current_time() - start < 1.0  # (virtual time) settled, not LISTEN

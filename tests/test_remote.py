@@ -30,7 +30,8 @@ from trimicro.actors import (
     start_node,
     tell,
 )
-from trimicro.actors.remote import Unreachable
+from trimicro.actors.busypoll import PROBE_EVERY
+from trimicro.actors.remote import TellBatch, Unreachable
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.identity import Authority, NodeIdentity
 from trimicro.mailbox.inproc import InprocTransport
@@ -917,11 +918,15 @@ async def test_busy_polling_stops_after_its_budget_and_for_slow_peers(authority:
 
         link = a.remote.peer("b").link
         assert link is not None
-        link.reply_time = 1.0  # this peer's replies take about a second
+        link.poll_time = 1.0  # this peer's replies take about a second
         before = poller.polls
         assert await ask(ref, None, endpoint="Latch.wait") == "open"
+        assert poller.polls == before and link.poll_time == 1.0
+        while (link.lone_asks + 1) % PROBE_EVERY:  # up to the next probe
+            assert await ask(ref, None, endpoint="Latch.wait") == "open"
         assert poller.polls == before
-        assert link.reply_time < 1.0  # and the fast reply counted toward the average
+        assert await ask(ref, None, endpoint="Latch.wait") == "open"  # polled for: a probe
+        assert poller.polls > before and link.poll_time < 1.0  # the peer is fast again
 
 
 async def test_busy_poller_polls_only_while_someone_waits() -> None:
@@ -1033,3 +1038,50 @@ async def test_a_malformed_tells_batch_is_a_dead_letter_and_the_link_lives(autho
         assert all("malformed tells batch" in r or "tells batch is" in r for r in reasons), reasons
         assert await ask(ref, Add(1)) == 2  # same link, still serving
         assert a.remote.peer("b").link is link
+
+
+async def test_a_full_batch_of_tells_waits_for_room_without_deepening(authority: Authority) -> None:
+    """1024 tells in one batch to an actor whose mailbox holds one: the reader waits for room
+    about a thousand times in a row; every tell arrives, in order, and the link lives."""
+    async with pair(authority) as (a, b, _):
+        gate, all_in = trio.Event(), trio.Event()
+        await b.spawn(Held, gate, 1024, all_in, name="held", mailbox=bounded(1))
+        ref = a.remote_ref("b", "held")
+        assert await ask(ref, Get()) == []
+        link = a.remote.peer("b").link
+        assert link is not None
+        codec = a.remote.codec
+        for k in range(1024):  # no await in between: one batch
+            assert link.tell_later(ref, None, "", codec.content_type, codec.encode(Add(k)))
+        assert len(link.out) == 1
+        link_b = b.remote.peer("a").link
+        assert link_b is not None
+        with trio.fail_after(20):
+            while not link_b.busy:
+                await trio.lowlevel.checkpoint()
+            gate.set()
+            await all_in.wait()
+        assert await ask(ref, Get()) == list(range(1024))
+        assert a.remote.peer("b").link is link and not link.closed
+
+
+async def test_a_tells_batch_fits_its_frame_whatever_the_names(authority: Authority) -> None:
+    """The room left for bodies is measured on the batch's own envelope (names in UTF-8)."""
+    async with pair(authority) as (a, b, _):
+        await b.spawn(Counter, name="counter")
+        assert await ask(a.remote_ref("b", "counter"), Get()) == []  # b's hello came before
+        link = a.remote.peer("b").link
+        assert link is not None and link.batch_tells  # b said it understands batches
+        link.batch_tells = False  # as an older node would: every tell its own frame
+        assert not link.tell_later(a.remote_ref("b", "counter"), None, "", "application/msgpack", b"\x01")
+        link.batch_tells = True
+        a.remote.max_frame_size = 64 * 1024
+        target = ActorRef("b", "/user/" + "漢" * 100, 7)
+        sender = ActorRef("a", "/user/" + "字" * 100, 9)
+        body = b"\x00" * 3247  # 20 of them fill what a count of characters would leave
+        for _ in range(60):  # no await in between: batches only
+            assert link.tell_later(target, sender, "Svc." + "端" * 50, "application/" + "x" * 200, body)
+        batches = [f for f in link.out if isinstance(f, TellBatch)]
+        assert len(batches) >= 3
+        assert all(len(f.frame()) <= 64 * 1024 for f in batches)
+        assert len(batches[0].frame()) > 60 * 1024  # and they are filled

@@ -441,8 +441,11 @@ async def test_a_store_dropped_without_aclose_is_not_kept_alive_by_its_read_inst
     store = LmdbStore(tmp_path / "db", sync=False)
     await store.write(Record("a", b"1" * 100))
     assert (await store.read("a"))[0].value == b"1" * 100  # installs the instrument
+    rw = store._env.rw
+    assert (await store.read("a"))[0].value == b"1" * 100  # registered as a reader again
     gone = weakref.ref(store)
-    del store
+    del store  # in the same scheduler batch as its read
     gc.collect()
     assert gone() is None
     await trio.lowlevel.checkpoint()  # the instrument, still installed, copes with it gone
+    assert rw._readers == 0  # and let go of its registration: a map resize would wait forever
