@@ -711,19 +711,12 @@ class Link:
         idle (else queue it as :meth:`push` does): a lone request leaves before its caller's
         task parks, instead of at the end of the scheduler batch. Callers use it only for the
         first request in flight on the link, so requests that pile up still share a write."""
-        conn = self.conn
-        if self.out or not self._writer or self.closed or not conn.can_write_now():
+        if self.out or self.closed:
             self.push(frame)
             return
-        try:
-            conn.write_now((frame,))
-        except Exception as exc:  # e.g. the channel refusing to encrypt: this link only
-            log.exception("link to %s failed to write", self.peer.node_id)
-            self.close(f"internal error: {type(exc).__name__}")
-            return
-        self.sent += 1
-        if conn.backlog:  # the socket took part of it: the writer sends the rest
-            self._writer.unpark()
+        self.out.append(frame)
+        self.out_bytes += len(frame)
+        self.flush_now()  # what the flusher would do at the end of the batch, now
 
     def coalesce(self, op: str, entry: bytes) -> bool:
         """Queue ``entry`` (one encoded msgpack value) for a :class:`Coalesced` ``op`` frame: the

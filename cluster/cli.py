@@ -189,6 +189,7 @@ async def _wait_for(cluster: Cluster, name: str | None, wait: float, listen: flo
     A listing of every service waits ``listen`` seconds at least (0 for registries that answer
     in full at once)."""
     last: list[Service] = []
+    last_key: list[tuple[str, str, int]] = []
     start = steady_since = trio.current_time()
     with trio.move_on_after(wait):
         while True:
@@ -201,11 +202,11 @@ async def _wait_for(cluster: Cluster, name: str | None, wait: float, listen: flo
                     return found
                 now = trio.current_time()
                 key = sorted((s.name, s.version, len(s.nodes)) for s in found)
-                if not found or key != sorted((s.name, s.version, len(s.nodes)) for s in last):
+                if not found or key != last_key:
                     steady_since = now
                 elif now - steady_since >= SETTLE and now - start >= listen:
                     return found
-                last = found
+                last, last_key = found, key
             except MicroError:
                 pass
             await trio.sleep(0.1)

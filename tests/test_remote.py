@@ -1010,10 +1010,15 @@ async def test_a_full_mailbox_holds_the_rest_of_a_batch_back_and_loses_nothing(
         gate, all_in = trio.Event(), trio.Event()
         await b.spawn(Held, gate, 200, all_in, name="held", mailbox=bounded(4))
         ref = a.remote_ref("b", "held")
+        assert await ask(ref, Get()) == []  # (b's hello has come: tells go in batches)
+        link_a = a.remote.peer("b").link
+        assert link_a is not None
+        sent = link_a.sent
         with trio.fail_after(10):
             async with b.dead_letters.subscribe() as letters:
                 for k in range(200):
                     await tell(ref, Add(k))
+                assert link_a.sent - sent < 20  # in a few batches, not 200 frames
                 link_b = b.remote.peer("a").link
                 assert link_b is not None
                 while not link_b.busy:  # the reader waits for room in the middle of a batch
