@@ -549,7 +549,11 @@ def _client_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None
         return argparse.SUPPRESS if nested else value
 
     p.add_argument("--json", action="store_true", default=default(False), help="machine-readable output")
-    p.add_argument("--wait", type=float, default=default(2.0), help="seconds to wait for discovery")
+    # A lookup ends as soon as the service shows up, so a generous wait only delays a real miss
+    # (a loaded machine can take a few seconds from start-up to the first mDNS answer).
+    p.add_argument(
+        "--wait", type=float, default=default(5.0), help="seconds to wait for discovery (default 5)"
+    )
     p.add_argument(
         "--token", default=default(None), help="bearer token for the calls (default $TRIMICRO_TOKEN)"
     )

@@ -59,6 +59,7 @@ import attrs
 import trio
 from zeroconf import (
     BadTypeInNameException,
+    DNSQuestionType,
     IPVersion,
     ServiceInfo,
     ServiceStateChange,
@@ -94,6 +95,7 @@ _MIN_TTL = 10  # liveness comes from zeroconf answering queries, so tiny TTLs on
 _MAX_TTL = 4500  # zeroconf's default for non-host records (75 minutes)
 _RESOLVE_TIMEOUT_MS = 1000
 _WARMUP_SECONDS = 0.5
+_ASK_MULTICAST = DNSQuestionType.QM  # see _zc_browse
 _WATCH_BUFFER = 1024
 _CLOSE_TIMEOUT = 10.0
 _LABEL_PREFIX = 50
@@ -503,7 +505,12 @@ class MdnsRegistry:
 
     async def _zc_browse(self) -> None:
         assert self._zc is not None
-        self._browser = AsyncServiceBrowser(self._zc, [self._type], handlers=[self._on_change])
+        # QM, not zeroconf's QU first query: a unicast answer goes to port 5353, which every
+        # zeroconf on the host shares (SO_REUSEPORT), and the kernel hands it to one of them, often
+        # not the asker, which then waited for the browser's next query (about a second later).
+        self._browser = AsyncServiceBrowser(
+            self._zc, [self._type], handlers=[self._on_change], question_type=_ASK_MULTICAST
+        )
 
     async def _warm(self) -> None:
         """Give the browser's first query time to be answered (only in its first half second)."""
@@ -535,7 +542,7 @@ class MdnsRegistry:
     ) -> None:
         info = AsyncServiceInfo(service_type, name)
         try:
-            found = await info.async_request(zeroconf, _RESOLVE_TIMEOUT_MS)
+            found = await info.async_request(zeroconf, _RESOLVE_TIMEOUT_MS, question_type=_ASK_MULTICAST)
         except Exception as exc:  # a failed resolution is logged and dropped, never fatal
             log.debug("mdns: resolving %s failed: %r", name, exc)
             return

@@ -11,6 +11,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import trio
@@ -225,3 +226,34 @@ async def test_watcher_iterator_ends_on_aclose() -> None:
         await reg.aclose()
         with trio.fail_after(WAIT):
             assert [e async for e in events] == []
+
+
+async def test_queries_ask_for_multicast_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every zeroconf on the host listens on port 5353 (SO_REUSEPORT), and the kernel hands a
+    unicast datagram to one of them only: an answer sent unicast (to zeroconf's default QU first
+    query) often reached another process, and the asker found nothing until its next query, about a
+    second later (the CLI's first lookup then sometimes ran out of its wait)."""
+    sent: list[tuple[Zeroconf, Any]] = []
+    real_send = Zeroconf.async_send
+
+    def spy(self: Zeroconf, out: Any, *args: Any, **kwargs: Any) -> None:
+        sent.append((self, out))
+        real_send(self, out, *args, **kwargs)
+
+    monkeypatch.setattr(Zeroconf, "async_send", spy)
+    name = unique("asker")
+    svc = greeter(name)
+    async with MdnsRegistry() as a, MdnsRegistry() as bystander, MdnsRegistry() as b:
+        await a.register(svc)
+        await bystander.list_services()  # a third socket on the port, as with several processes
+        with trio.fail_after(WAIT):
+            while True:
+                try:
+                    assert await b.get_service(name) == [svc]
+                    break
+                except NotFound:
+                    await trio.sleep(0.05)  # polling the registry's view, bounded by WAIT
+        b_zc = b._zc
+        questions = [q for zc, out in sent if zc is b_zc for q in out.questions]
+    assert questions, "the late registry asked nothing"
+    assert not [q for q in questions if q.unicast], questions
