@@ -96,6 +96,8 @@ COALESCE_MAX = 1024
 COALESCE_SLACK = 256
 #: Longest a duplicate link stays open for the exchanges that started on it (see Link.retire).
 RETIRE_GRACE = 60.0
+#: The optional frames this node understands, listed in its hello (docs/protocol.md §4.4).
+FEATURES = ["tells", "items"]
 #: Watchers of one of our actors indexed per peer for cleanup (more are served, not indexed).
 MAX_REMOTE_WATCHES = 65536
 RETIRE_POLL = 0.05
@@ -234,8 +236,13 @@ class RemoteStreamOps:
 
     async def data(self, item: Any) -> None:
         codec = self.codec
-        env = Envelope(Kind.STREAM_DATA, self.corr, content_type=codec.content_type, body=codec.encode(item))
-        await self.link.send(encode_envelope(env))
+        body = codec.encode(item)
+        link = self.link
+        # It joins the items of this stream queued just before it (one frame), room permitting.
+        if link.out_bytes < OUT_HIGH_WATER and link.items_later(self.corr, codec.content_type, body):
+            return
+        env = Envelope(Kind.STREAM_DATA, self.corr, content_type=codec.content_type, body=body)
+        await link.send(encode_envelope(env))
 
     def credit(self, n: int) -> None:
         codec = self.codec
@@ -493,12 +500,17 @@ class Coalesced:
         self.size = 0
 
     def frame(self) -> bytes:
-        n = len(self.parts)
-        header = bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
-        body = header + b"".join(self.parts)
+        body = _array(self.parts)
         return encode_envelope(
             Envelope(Kind.SYSTEM, 0, None, None, self.op, "application/msgpack", {}, 0, body)
         )
+
+
+def _array(parts: list[bytes], *first: bytes) -> bytes:
+    """The msgpack array of ``first`` then ``parts`` (each one encoded value; 65535 at most)."""
+    n = len(first) + len(parts)
+    header = bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+    return b"".join((header, *first, *parts))
 
 
 _clock = time.perf_counter
@@ -511,26 +523,47 @@ class TellBatch:
     decodes one envelope for the lot (that decode was a quarter of a received tell's cost).
     It keeps its place in the link's queue, so order with everything else is kept."""
 
-    __slots__ = ("content_type", "endpoint", "parts", "room", "sender", "size", "target")
+    __slots__ = ("content_type", "endpoint", "key", "parts", "room", "sender", "size", "target")
 
-    def __init__(
-        self, target: ActorRef, sender: ActorRef | None, endpoint: str, content_type: str, room: int
-    ) -> None:
+    def __init__(self, target: ActorRef, sender: ActorRef | None, endpoint: str, content_type: str) -> None:
         self.target = target
         self.sender = sender
         self.endpoint = endpoint
         self.content_type = content_type
+        #: What a tell must share with this batch to join it (see :meth:`Link.tell_later`).
+        self.key: tuple[object, ...] = ("tells", target, sender, endpoint, content_type)
         self.parts: list[bytes] = []
         self.size = 0
         #: Bytes of entries that fit in a frame next to this batch's envelope.
-        self.room = room
+        self.room = 0
 
     def frame(self) -> bytes:
-        n = len(self.parts) + 1
-        header = bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
-        body = b"".join((header, msgpack.packb(self.endpoint), *self.parts))
+        body = _array(self.parts, msgpack.packb(self.endpoint))
         env = Envelope(Kind.SYSTEM, 0, self.target, self.sender, "tells", self.content_type, {}, 0, body)
         return encode_envelope(env)
+
+
+class ItemsBatch:
+    """Items of one stream that leave as ONE ``SYSTEM`` ``items`` frame for stream ``corr``: its
+    body is the msgpack array ``[body, body, ...]`` (each a bin in ``content_type``). A stream's
+    items no longer cost an envelope and a frame each (their decode was most of a received
+    item's cost); the receiver hands them to the stream one by one, so credit works as before."""
+
+    __slots__ = ("content_type", "corr", "key", "parts", "room", "size")
+
+    def __init__(self, corr: int, content_type: str) -> None:
+        self.corr = corr
+        self.content_type = content_type
+        self.key: tuple[object, ...] = ("items", corr, content_type)
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.room = 0
+
+    def frame(self) -> bytes:
+        body = _array(self.parts)
+        return encode_envelope(
+            Envelope(Kind.SYSTEM, self.corr, None, None, "items", self.content_type, {}, 0, body)
+        )
 
 
 def _bin(data: bytes) -> bytes:
@@ -553,8 +586,9 @@ class _Tells(NamedTuple):
     bodies: list[bytes]
 
 
-def _tells_of(body: bytes) -> tuple[str, list[bytes]]:
-    """The endpoint and message bodies of a ``tells`` batch; :class:`BadRequest` if malformed."""
+def _batch_of(body: bytes, what: str) -> list[Any]:
+    """The array of a ``tells`` or ``items`` batch (at most one header and COALESCE_MAX bodies,
+    no maps or extensions); :class:`BadRequest` if malformed."""
     try:
         obj = msgpack.unpackb(
             body,
@@ -566,14 +600,26 @@ def _tells_of(body: bytes) -> tuple[str, list[bytes]]:
             max_ext_len=0,
         )
     except Exception as exc:
-        raise BadRequest(f"malformed tells batch: {exc}") from None
-    if type(obj) is not list or len(obj) < 2 or type(obj[0]) is not str:
+        raise BadRequest(f"malformed {what} batch: {exc}") from None
+    if type(obj) is not list:
+        raise BadRequest(f"a {what} batch is an array")
+    return obj
+
+
+def _tells_of(body: bytes) -> tuple[str, list[bytes]]:
+    """The endpoint and message bodies of a ``tells`` batch; :class:`BadRequest` if malformed."""
+    obj = _batch_of(body, "tells")
+    if len(obj) < 2 or type(obj[0]) is not str or any(type(b) is not bytes for b in obj[1:]):
         raise BadRequest("a tells batch is [endpoint: str, body: bin, ...]")
-    bodies = obj[1:]
-    for b in bodies:
-        if type(b) is not bytes:
-            raise BadRequest("a tells batch is [endpoint: str, body: bin, ...]")
-    return obj[0], bodies
+    return obj[0], obj[1:]
+
+
+def _items_of(body: bytes) -> list[bytes]:
+    """The item bodies of an ``items`` batch; :class:`BadRequest` if malformed."""
+    obj = _batch_of(body, "items")
+    if not 1 <= len(obj) <= COALESCE_MAX or any(type(b) is not bytes for b in obj):
+        raise BadRequest(f"an items batch is [body: bin, ...] (1 to {COALESCE_MAX} bodies)")
+    return obj
 
 
 def _nothing() -> None:
@@ -649,7 +695,7 @@ class Link:
         self.pending: dict[int, Reply] = {}
         self.inbound: dict[int, InboundReply] = {}
         self.streams: dict[int, Stream] = {}
-        self.out: list[bytes | Coalesced | TellBatch] = []
+        self.out: list[bytes | Coalesced | TellBatch | ItemsBatch] = []
         self.out_bytes = 0
         self._writer = ParkingLot()
         self._room = ParkingLot()
@@ -680,6 +726,8 @@ class Link:
         #: The peer said in its hello that it understands ``tells`` batches (an older node
         #: would ignore them: until then, and with one, every tell is its own TELL frame).
         self.batch_tells = False
+        #: Likewise for ``items`` batches of stream items (else each is a STREAM_DATA frame).
+        self.batch_items = False
 
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
@@ -736,14 +784,14 @@ class Link:
             self._start_batch(last)
         return self._add_entry(last, entry)
 
-    def _start_batch(self, batch: Coalesced | TellBatch) -> None:
+    def _start_batch(self, batch: Coalesced | TellBatch | ItemsBatch) -> None:
         """Queue a batch that later entries join until the writer takes it."""
         self.out.append(batch)
         self._coalesced = True
         if self._writer and not self._reading and not self._dirty:
             self._wake()
 
-    def _add_entry(self, batch: Coalesced | TellBatch, entry: bytes) -> bool:
+    def _add_entry(self, batch: Coalesced | TellBatch | ItemsBatch, entry: bytes) -> bool:
         batch.parts.append(entry)
         batch.size += len(entry)
         self.out_bytes += len(entry)
@@ -760,26 +808,37 @@ class Link:
         (send it as a TELL frame) if the link is closed or the body is too big for a batch."""
         if self.closed or not self.batch_tells:
             return False
+        key = ("tells", target, sender, endpoint, content_type)
+        return self._later(key, lambda: TellBatch(target, sender, endpoint, content_type), body)
+
+    def items_later(self, corr: int, content_type: str, body: bytes) -> bool:
+        """Queue an item of stream ``corr`` in an :class:`ItemsBatch`, as :meth:`tell_later` does
+        a tell. ``False`` (send it as a STREAM_DATA frame) if the link is closed, the peer does
+        not understand batches, or the body is too big for one."""
+        if self.closed or not self.batch_items:
+            return False
+        return self._later(("items", corr, content_type), lambda: ItemsBatch(corr, content_type), body)
+
+    def _later(self, key: tuple[object, ...], new: Callable[[], TellBatch | ItemsBatch], body: bytes) -> bool:
+        """Add ``body`` to the batch at the end of the queue if it has ``key`` and room, else to
+        a new batch from ``new``; ``False`` if it is too big for any batch."""
         entry = _bin(body)
         out = self.out
         last = out[-1] if out else None
         if (
-            not isinstance(last, TellBatch)
-            or last.target != target
-            or last.sender != sender
-            or last.endpoint != endpoint
-            or last.content_type != content_type
+            not isinstance(last, (TellBatch, ItemsBatch))
+            or last.key != key
             or len(last.parts) >= COALESCE_MAX
             or last.size + len(entry) > last.room
         ):
-            last = TellBatch(target, sender, endpoint, content_type, 0)
+            last = new()
             # Room for entries next to this envelope, measured (its refs, endpoint and content
             # type in UTF-8), with 16 bytes for the array and bin headers to grow.
             last.room = self.remoting.max_frame_size - len(last.frame()) - 16
             if len(entry) > last.room:
                 return False
             self._start_batch(last)
-        self._add_entry(last, entry)  # (if that closed the link, the tell is lost with it)
+        self._add_entry(last, entry)  # (if that closed the link, the entry is lost with it)
         return True
 
     async def wait_room(self) -> None:
@@ -1136,6 +1195,18 @@ class Link:
             return
         stream.on_data(item)
 
+    def _on_items(self, env: Envelope) -> None:
+        """Hand an :class:`ItemsBatch` to its stream item by item, as that many STREAM_DATA."""
+        stream = self.streams.get(env.corr)
+        if stream is None:
+            return  # a stream that is over: late items are ignored
+        try:
+            decode = self.remoting.codecs.get(env.content_type).decode
+            for body in _items_of(env.body):
+                stream.on_data(decode(body))
+        except MicroError as exc:
+            stream.fail(exc)
+
     def _on_stream_credit(self, env: Envelope) -> None:
         stream = self.streams.get(env.corr)
         if stream is None:
@@ -1176,8 +1247,9 @@ class Link:
             if isinstance(address, str) and address and self.initiator is False:
                 self.peer.address = address
             features = info.get("features") if isinstance(info, dict) else None
-            if isinstance(features, list) and "tells" in features:
-                self.batch_tells = True
+            if isinstance(features, list):
+                self.batch_tells = "tells" in features
+                self.batch_items = "items" in features
             incarnation = info.get("incarnation") if isinstance(info, dict) else None
             if isinstance(incarnation, str) and 0 < len(incarnation) <= 64:
                 self.incarnation = incarnation
@@ -1205,6 +1277,8 @@ class Link:
             self.peer.watching.get(cell, set()).discard(watcher)
         elif op == "tells":
             return self._on_tells(env)
+        elif op == "items":
+            self._on_items(env)
         elif op == "terminated" and env.target is not None and env.sender is not None:
             try:
                 reason = remoting.codec.decode(env.body) if env.body else None
@@ -1709,9 +1783,10 @@ class Remoting:
 
     def _hello(self) -> bytes:
         """Where this node listens, which run of it this is (a restart is a new incarnation), and
-        which optional frames it understands (``tells``: batches of tells)."""
+        which optional frames it understands (``tells`` and ``items``: batches of tells and of
+        stream items)."""
         hello = self.codec.encode(
-            {"address": self.address or "", "incarnation": self.incarnation, "features": ["tells"]}
+            {"address": self.address or "", "incarnation": self.incarnation, "features": FEATURES}
         )
         return encode_envelope(Envelope(Kind.SYSTEM, endpoint="hello", body=hello))
 

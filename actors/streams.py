@@ -193,7 +193,8 @@ class Stream:
             self.fail(BadRequest("stream peer sent more items than its credit"))
             return
         self._items.append(item)
-        self._recv_lot.unpark()
+        if self._recv_lot:  # (cheaper than unpark() with nobody to wake, once per item)
+            self._recv_lot.unpark()
 
     def on_credit(self, n: int) -> None:
         if n < 1 or self._done:

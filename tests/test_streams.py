@@ -6,13 +6,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import msgpack
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trimicro.actors import (
     Actor,
     ActorRef,
+    BadRequest,
     Conflict,
     MicroError,
     Node,
@@ -23,7 +27,8 @@ from trimicro.actors import (
     open_stream,
     start_node,
 )
-from trimicro.actors.remote import Unreachable
+from trimicro.actors.remote import COALESCE_MAX, ItemsBatch, Unreachable, _bin, _items_of, _tells_of
+from trimicro.mailbox.envelope import Envelope, Kind, decode_envelope, encode_envelope
 from trimicro.mailbox.identity import Authority, NodeIdentity
 from trimicro.mailbox.inproc import InprocTransport
 
@@ -271,3 +276,135 @@ async def test_a_cancelled_stream_ends_a_handler_that_waits_elsewhere(mode: str)
             await probe["started"].wait()
         with trio.fail_after(5):
             await probe["ended"].wait()
+
+
+# ---- a stream's items travel in batches (SYSTEM ``items`` frames) -----------------------------
+
+
+def _link(a: Node, b: Node) -> Any:
+    link = a.remote.peers[b.id].link
+    assert link is not None
+    return link
+
+
+async def test_items_queued_together_leave_in_few_frames_in_order() -> None:
+    """Items of one stream sent one after the other share frames; items of two streams sent
+    alternately still arrive each in its own order."""
+    async with nodes("remote") as (a, b):
+        await b.spawn(Chat, {}, name="chat")
+        link = _link(a, b)
+        async with (
+            open_stream(a.remote_ref("b", "chat"), "Chat.echo", window=1024) as one,
+            open_stream(a.remote_ref("b", "chat"), "Chat.echo", window=1024) as two,
+        ):
+            assert link.batch_items  # b's hello listed "items"
+            sent = link.sent
+            for i in range(200):
+                await one.send(i)
+            assert link.sent - sent < 20  # a few batches (split where send lets others run), not 200
+            for i in range(100):
+                await one.send(1000 + i)
+                await two.send(i)
+            one.close_send()
+            two.close_send()
+            assert [x async for x in one] == [2 * i for i in range(200)] + [
+                2 * (1000 + i) for i in range(100)
+            ]
+            assert [x async for x in two] == [2 * i for i in range(100)]
+
+
+async def test_a_peer_without_the_items_feature_gets_one_frame_per_item() -> None:
+    """An older node ignores ``items`` frames: toward it every item is a STREAM_DATA frame."""
+    async with nodes("remote") as (a, b):
+        await b.spawn(Chat, {}, name="chat")
+        link = _link(a, b)
+        async with open_stream(a.remote_ref("b", "chat"), "Chat.echo") as stream:
+            link.batch_items = False  # as if b's hello had not listed "items"
+            assert not link.items_later(1, "application/msgpack", b"\x01")
+            sent = link.sent
+            for i in range(100):
+                await stream.send(i)
+            stream.close_send()
+            assert [x async for x in stream] == [2 * i for i in range(100)]
+            assert link.sent - sent >= 100
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\xc1", b"\x90", b"\x91\x01", b"\x81\xa1k\xc4\x00", b"\x91\xc4\x01\xc1"],
+    ids=["invalid", "empty", "not-bin", "map", "bad-item"],
+)
+async def test_a_malformed_items_batch_fails_its_stream_and_the_link_lives(body: bytes) -> None:
+    async with nodes("remote") as (a, b):
+        probe: dict[str, Any] = {"held": trio.Event(), "ended_event": trio.Event()}
+        await b.spawn(Chat, probe, name="chat")
+        link = _link(a, b)
+        async with open_stream(a.remote_ref("b", "chat"), "Chat.hold") as stream:
+            await probe["held"].wait()
+            [corr] = [c for c, s in link.streams.items() if s is stream]
+            env = Envelope(Kind.SYSTEM, corr, None, None, "items", "application/msgpack", {}, 0, body)
+            link.push(encode_envelope(env))
+            with trio.fail_after(5):
+                await probe["ended_event"].wait()
+            assert isinstance(probe["ended"], BadRequest)
+            with pytest.raises(BadRequest):
+                await stream.receive()  # the opener's end ends too, with the handler's error
+        async with open_stream(a.remote_ref("b", "chat"), "Chat.echo") as again:  # same link
+            await again.send(4)
+            assert await again.receive() == 8
+        assert _link(a, b) is link and not link.closed
+
+
+async def test_items_for_a_stream_that_is_over_are_ignored() -> None:
+    async with nodes("remote") as (a, b):
+        await b.spawn(Chat, {}, name="chat")
+        link = _link(a, b)
+        env = Envelope(
+            Kind.SYSTEM, 999_999, None, None, "items", "application/msgpack", {}, 0, b"\x91\xc4\x01\x01"
+        )
+        link.push(encode_envelope(env))
+        async with open_stream(a.remote_ref("b", "chat"), "Chat.echo") as stream:
+            await stream.send(1)
+            assert await stream.receive() == 2
+        assert _link(a, b) is link
+
+
+async def test_a_batch_beyond_the_granted_credit_fails_the_stream_and_stays_bounded() -> None:
+    """A broken peer sending more items than it was granted, in one batch: the receiver keeps
+    at most its window and ends the stream."""
+    async with nodes("remote") as (a, b):
+        gate = trio.Event()
+        probe: dict[str, Any] = {"gate": gate, "done": trio.Event()}
+        await b.spawn(Chat, probe, name="chat")
+        link = _link(a, b)
+        async with open_stream(a.remote_ref("b", "chat"), "Chat.sink") as stream:
+            [corr] = [c for c, s in link.streams.items() if s is stream]
+            sink: Stream = probe["sink"]
+            codec = a.remote.codec
+            for i in range(sink.window + 10):  # past the credit, straight onto the link
+                assert link.items_later(corr, codec.content_type, codec.encode(i))
+            with pytest.raises(BadRequest, match="more items than its credit"):
+                with trio.fail_after(5):
+                    await stream.receive()
+            assert len(sink._items) <= sink.window
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=64), st.lists(st.binary(max_size=8), max_size=40).map(msgpack.packb)))
+def test_batch_decoders_return_bodies_or_a_clear_error(body: bytes) -> None:
+    """Any bytes: the bodies of a well-formed batch, else BadRequest (never another error)."""
+    for decode in (_items_of, lambda b: _tells_of(b)[1]):
+        try:
+            bodies = decode(body)
+        except BadRequest:
+            continue
+        assert all(type(x) is bytes for x in bodies) and 1 <= len(bodies) <= COALESCE_MAX
+
+
+def test_an_items_batch_decodes_to_what_was_queued() -> None:
+    batch = ItemsBatch(7, "application/msgpack")
+    parts = [bytes([i % 256]) * i for i in range(300)]
+    batch.parts = [_bin(p) for p in parts]
+    env = decode_envelope(batch.frame())
+    assert (env.kind, env.corr, env.endpoint) == (Kind.SYSTEM, 7, "items")
+    assert _items_of(env.body) == parts
