@@ -495,9 +495,14 @@ class _Env:
                     stop = True
                     break
                 batch.append(op)
-            self._commit(batch)
-            for op in batch:
-                op.done()
+            try:
+                self._commit(batch)
+            except Exception as exc:  # e.g. growing the map failed: these writes fail, not the thread
+                for op in batch:
+                    op.error = InternalServerError(f"store write failed: {type(exc).__name__}: {exc}")
+            finally:
+                for op in batch:  # every waiter is answered, whatever happened
+                    op.done()
 
     def _commit(self, batch: builtins.list[_Op]) -> None:
         while True:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 import trio
 from procs import python_process
@@ -449,3 +450,32 @@ async def test_a_store_dropped_without_aclose_is_not_kept_alive_by_its_read_inst
     assert gone() is None
     await trio.lowlevel.checkpoint()  # the instrument, still installed, copes with it gone
     assert rw._readers == 0  # and let go of its registration: a map resize would wait forever
+
+
+class _CannotGrow:
+    """An LMDB environment whose map cannot be resized (as when address space or disk runs out)."""
+
+    def __init__(self, env: Any) -> None:
+        self._env = env
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._env, name)
+
+    def set_mapsize(self, size: int) -> None:
+        raise lmdb.Error("mdb_env_set_mapsize: Cannot allocate memory")
+
+
+async def test_a_map_that_cannot_grow_fails_the_write_and_the_writer_lives_on(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "db", map_size=64 * 1024)
+    try:
+        await store.write(Record("small", b"ok"))
+        real = store._env.env
+        store._env.env = _CannotGrow(real)
+        with trio.fail_after(10), pytest.raises(InternalServerError, match="Cannot allocate memory"):
+            await store.write(Record("big", b"x" * (1024 * 1024)))
+        store._env.env = real
+        with trio.fail_after(10):  # the writer thread still serves
+            await store.write(Record("after", b"still works"))
+        assert await store.list() == ["after", "small"]
+    finally:
+        await store.aclose()
