@@ -28,7 +28,9 @@ class DeadLetter:
 
     ``reason`` is one of ``"stopped"`` (the target is gone), ``"full"`` (a non-blocking send met
     a full mailbox), ``"unhandled"`` (no handler for its type), ``"late-reply"`` (the asker had
-    already given up), ``"failed"`` (a tell whose handler raised).
+    already given up), ``"failed"`` (a tell whose handler raised); for another node's actor
+    also ``"unreachable"`` or ``"unreachable: <why>"`` (no link, or the link closed with the
+    tell still queued), ``"undeliverable: <why>"`` and ``"too large"``.
     """
 
     recipient: ActorRef | None

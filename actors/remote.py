@@ -29,7 +29,7 @@ import secrets
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias, cast
 
 import msgpack
 import trio
@@ -566,6 +566,10 @@ class ItemsBatch:
         )
 
 
+#: What a link's send queue holds: frames, and batches that become a frame when written.
+_Queued: TypeAlias = bytes | Coalesced | TellBatch | ItemsBatch
+
+
 def _bin(data: bytes) -> bytes:
     """``data`` as a msgpack bin."""
     n = len(data)
@@ -695,7 +699,7 @@ class Link:
         self.pending: dict[int, Reply] = {}
         self.inbound: dict[int, InboundReply] = {}
         self.streams: dict[int, Stream] = {}
-        self.out: list[bytes | Coalesced | TellBatch | ItemsBatch] = []
+        self.out: list[_Queued] = []
         self.out_bytes = 0
         self._writer = ParkingLot()
         self._room = ParkingLot()
@@ -891,6 +895,8 @@ class Link:
         the writer's scheduler round trips on a request's path (a reply goes out in the same
         step that handled its request)."""
         conn = self.conn
+        if self._cancel_scope.cancel_called:  # closing: nothing more is written
+            return
         if self._writer and not self.closed and conn.can_write_now():
             conn.write_now(self._take_out())
             if conn.backlog:  # the socket took part of it: the writer sends the rest
@@ -914,7 +920,7 @@ class Link:
         """Called by the node's :class:`_Flusher` when trio is about to wait for I/O: send
         what tasks queued during this scheduler batch (see :meth:`_send_owed`)."""
         self._dirty = False
-        if self.out and not self.closed:
+        if self.out and not self.closed and not self._cancel_scope.cancel_called:
             try:
                 self._send_owed()
             except Exception as exc:  # e.g. the channel refusing to encrypt: this link only
@@ -924,6 +930,8 @@ class Link:
     async def _write(self) -> None:
         conn = self.conn
         while True:
+            if self._cancel_scope.cancel_called:  # closing: nothing more is written
+                await trio.sleep_forever()  # (raises Cancelled at once)
             if not self.out:
                 if conn.backlog:  # left by a write_now: send it before anything else
                     await conn.send_frames([])
@@ -1357,6 +1365,8 @@ class Link:
         self.close("duplicate connection")
 
     def close(self, reason: str) -> None:
+        """End the link: nothing more is written (what is still queued then is not sent; callers
+        that want it sent flush first), and its tasks are cancelled."""
         self.reason = self.reason or reason
         self._cancel_scope.cancel()
 
@@ -1371,9 +1381,10 @@ class Link:
             return
         self.closed = True
         reason = self.reason or "connection lost"
-        self.out = []
+        queued, self.out = self.out, []
         self.out_bytes = 0
         self._room.unpark_all()
+        self._dead_letter_tells(queued, f"unreachable: {reason}")
         pending, self.pending = self.pending, {}
         for reply in pending.values():
             reply.fail(self.unreachable(reason))
@@ -1387,6 +1398,32 @@ class Link:
             if inbound_reply.scope is not None:
                 inbound_reply.scope.cancel()
         self.peer.link_closed(self)
+
+    def _dead_letter_tells(self, queued: list[_Queued], reason: str) -> None:
+        """Tells still queued when the link closed were never sent: they go to dead letters, as
+        a tell to an unreachable node does (asks fail and streams end instead; what the socket
+        took is at most once, as in Akka)."""
+        node = self.remoting.node
+        codecs = self.remoting.codecs
+
+        def dead(target: ActorRef | None, sender: ActorRef | None, content_type: str, body: bytes) -> None:
+            try:
+                msg = codecs.get(content_type).decode(body)
+            except MicroError:
+                msg = body
+            node.dead_letter(target, msg, reason, sender)
+
+        for frame in queued:
+            if isinstance(frame, TellBatch):
+                for part in frame.parts:
+                    dead(frame.target, frame.sender, frame.content_type, msgpack.unpackb(part))
+            elif isinstance(frame, bytes):
+                try:
+                    env = decode_envelope(frame)
+                except MicroError:
+                    continue
+                if env.kind is Kind.TELL:
+                    dead(env.target, env.sender, env.content_type, env.body)
 
 
 class Peer:

@@ -1090,3 +1090,25 @@ async def test_a_tells_batch_fits_its_frame_whatever_the_names(authority: Author
         assert len(batches) >= 3
         assert all(len(f.frame()) <= 64 * 1024 for f in batches)
         assert len(batches[0].frame()) > 60 * 1024  # and they are filled
+
+
+async def test_tells_still_queued_when_a_link_closes_are_dead_letters(authority: Authority) -> None:
+    """A tell the node never sent is not lost in silence: closing the link writes nothing more,
+    and what was queued (batched or not) goes to dead letters, in order, with the reason."""
+    async with pair(authority) as (a, b, _):
+        ref, link = await _counter_and_link(a, b)
+        codec = a.remote.codec
+        async with a.dead_letters.subscribe() as letters:
+            for k in range(5):  # a batch
+                assert link.tell_later(ref, None, "", codec.content_type, codec.encode(Add(k)))
+            env = Envelope(
+                Kind.TELL, 0, ref, None, "", codec.content_type, {"h": "1"}, 0, codec.encode(Add(99))
+            )
+            link.push(encode_envelope(env))  # a tell with headers: a frame of its own
+            link.close("closed by the test")
+            with trio.fail_after(5):
+                got = [await letters.receive() for _ in range(6)]
+        assert [d.message for d in got] == [Add(k) for k in range(5)] + [Add(99)]
+        assert {d.reason for d in got} == {"unreachable: closed by the test"}
+        assert {d.recipient for d in got} == {ref}
+        assert await ask(ref, Get()) == [1]  # a new link; b saw none of them
