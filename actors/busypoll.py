@@ -1,5 +1,6 @@
-"""Busy polling while a lone request awaits its reply: the node keeps checking for I/O instead
-of sleeping in the kernel, for a short, bounded time.
+"""Busy polling while a lone request awaits its reply (and, on the serving side, after answering
+the only request in flight, while the caller's next request is due): the node keeps checking for
+I/O instead of sleeping in the kernel, for a short, bounded time.
 
 Why: a round trip between two processes is mostly waiting, and on virtual machines (and on
 idle cores) a process that sleeps in ``epoll_wait`` takes a long time to wake when the reply
@@ -13,6 +14,8 @@ latency. It is bounded three ways: only while a request is the only one in fligh
 (with more in flight, replies keep the run busy anyway); for at most ``budget`` seconds per
 request; and only toward peers whose polled-for replies usually come back within a few budgets
 (a slow service is not polled for, except one request in PROBE_EVERY, to notice a change).
+The serving side (``Link.answered``) polls only for peers whose next request came within one
+budget of the previous answer on average (measured on every answer, so it needs no probe).
 ``start_node(busy_poll=0)`` turns it off.
 """
 

@@ -403,8 +403,8 @@ async def start_node(
     nodes (``codecs``, msgpack by default, encode them). ``keepalive`` is the heartbeat interval
     of an idle link, ``dead_after`` how long a silent link lives. ``busy_poll`` is how long (in
     seconds) the node polls for the reply of a lone request to another node before it sleeps
-    until the reply comes: CPU time for latency, bounded (see :mod:`trimicro.actors.busypoll`);
-    0 turns it off.
+    until the reply comes, and for a caller's next request after answering its last: CPU time
+    for latency, bounded (see :mod:`trimicro.actors.busypoll`); 0 turns it off.
     """
     node_id = name or uuid.uuid4().hex[:12]
 

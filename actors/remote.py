@@ -197,6 +197,7 @@ class InboundReply(Reply):
         self.forget_deadline()
         if self.abandoned or link.closed:
             return False
+        link.answered()
         if self.error is None:
             try:
                 body = self.codec.encode(self.value)
@@ -727,6 +728,14 @@ class Link:
         #: lone requests (see :mod:`.busypoll`).
         self.poll_time = 0.0
         self.lone_asks = 0
+        #: Seconds from our answer to the only request in flight to the peer's next frame, a
+        #: moving average: a caller in a loop sends its next request soon (see :meth:`answered`).
+        self.next_gap = math.inf
+        #: When that answer left (0: no answer is waiting for its next request), whether we
+        #: poll meanwhile, and whether the reader's current step answered a request.
+        self._answered_at = 0.0
+        self._polling_next = False
+        self._answered = False
         #: The peer said in its hello that it understands ``tells`` batches (an older node
         #: would ignore them: until then, and with one, every tell is its own TELL frame).
         self.batch_tells = False
@@ -960,6 +969,36 @@ class Link:
             await self._read_loop(conn)
         finally:
             self._reading = False
+            self._next_came()
+
+    def answered(self) -> None:
+        """A request from the peer was just answered. If it was the only one in flight, the peer
+        is likely a caller in a loop whose next request follows within microseconds: the node
+        polls for it (:mod:`.busypoll`) instead of sleeping, if the next request came within the
+        polling budget on average so far. (In a reader's step, its end decides.)"""
+        if self._reading:
+            self._answered = True
+            return
+        if self.inbound or self._answered_at:
+            return
+        self._answered_at = _clock()
+        poller = self.remoting.poller
+        if poller is not None and self.next_gap < poller.budget:
+            self._polling_next = True
+            poller.begin()
+
+    def _next_came(self) -> None:
+        """A frame arrived (or the reader ended) after an answer: stop polling, and measure."""
+        if not self._answered_at:
+            return
+        if self._polling_next:
+            self._polling_next = False
+            poller = self.remoting.poller
+            assert poller is not None
+            poller.end()
+        gap = _clock() - self._answered_at
+        self._answered_at = 0.0
+        self.next_gap = gap if self.next_gap == math.inf else self.next_gap + (gap - self.next_gap) * 0.125
 
     async def _read_loop(self, conn: SecureConnection) -> None:
         while True:
@@ -970,8 +1009,13 @@ class Link:
                 if self.out:
                     self._send_owed()
                 self._reading = False
+                if self._answered:
+                    self._answered = False
+                    self.answered()
                 frame = await conn.receive_frame()
                 self._reading = True
+                if self._answered_at:
+                    self._next_came()
                 if frame is None:
                     self.reason = "connection closed by the peer"
                     return

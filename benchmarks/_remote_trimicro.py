@@ -46,8 +46,9 @@ class Bench(Actor):
         await stream.send(n)
 
 
-async def serve(port_file: str) -> None:
-    async with start_node("bench-server", listen="127.0.0.1:0", home=HOME) as node:
+async def serve(port_file: str, busy_poll: float | None = None) -> None:
+    options: dict[str, Any] = {} if busy_poll is None else {"busy_poll": busy_poll}
+    async with start_node("bench-server", listen="127.0.0.1:0", home=HOME, **options) as node:
         await node.spawn(Bench, name="bench")
         tmp = f"{port_file}.tmp"
         await trio.Path(tmp).write_text(node.address or "")
@@ -122,6 +123,11 @@ async def _stream(ref: Any, seconds: float) -> dict[str, Any]:
         confirmed = await stream.receive()  # the handler's count, after the last item
         elapsed = (time.perf_counter_ns() - t0) / 1e9
     return {"ops": confirmed, "seconds": elapsed, "p50_us": None, "p99_us": None, "sent": sent}
+
+
+async def serve_without_busy_poll(port_file: str) -> None:
+    """The server with busy polling off (``start_node(busy_poll=0)``), for the nopoll row."""
+    await serve(port_file, busy_poll=0)
 
 
 async def client_without_busy_poll(

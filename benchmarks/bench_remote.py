@@ -31,10 +31,11 @@ Contestants:
   a backlog that grows without bound ends with a slow-consumer drop) and a final one.
 * ``grpc``: grpcio's asyncio API, unary calls through generic method handlers on raw bytes (no
   codegen). One-way phases are not measured (null).
-* ``trimicro-nopoll``: the same client node with busy polling off (``start_node(busy_poll=0)``;
-  ``client_without_busy_poll`` in that module), ask phases only. The client node polls for the
-  reply of a lone request for up to 200 µs by default instead of sleeping in ``epoll_wait``
-  (see ``trimicro.actors.busypoll``); the raw ceiling does not, so this row shows both.
+* ``trimicro-nopoll``: the same two nodes with busy polling off (``start_node(busy_poll=0)``;
+  ``serve_without_busy_poll`` and ``client_without_busy_poll`` in that module), ask phases only.
+  By default a node polls for up to 200 µs instead of sleeping in ``epoll_wait``: the client for
+  the reply of a lone request, the server for the next request after answering the only one in
+  flight (see ``trimicro.actors.busypoll``); the raw ceiling does not, so this row shows both.
 * ``trimicro``: imports ``benchmarks/_remote_trimicro.py``; skipped (with the reason) if it is
   missing or fails to import. It must provide::
 
@@ -634,11 +635,13 @@ class Contestant:
     prepare: Callable[[Procs, Path], list[str]] | None = None  # extra processes -> extra server args
 
 
-def _trimicro(name: str, load_client: Callable[[], ClientFn], phases: tuple[str, ...]) -> Contestant:
+def _trimicro(
+    name: str, load_client: Callable[[], ClientFn], phases: tuple[str, ...], serve: str = "serve"
+) -> Contestant:
     return Contestant(
         name,
         "trio",
-        serve=lambda port_file, _a: trio.run(_trimicro_module().serve, port_file),
+        serve=lambda port_file, _a: trio.run(getattr(_trimicro_module(), serve), port_file),
         load_client=load_client,
         check=trimicro_check,
         phases=phases,
@@ -678,9 +681,9 @@ CONTESTANTS: dict[str, Contestant] = {
         # both run with trio.run (see the module docstring for the contract).
         # ------------------------------------------------------------------------------------
         _trimicro("trimicro", trimicro_client, tuple(PHASES)),
-        # The same, with the client node's busy polling off (start_node(busy_poll=0)): the
-        # raw ceiling does not poll, so this row shows what the polling buys and what is left.
-        _trimicro("trimicro-nopoll", trimicro_nopoll_client, ("ask1", "ask16")),
+        # The same, with busy polling off on both nodes (start_node(busy_poll=0)): the raw
+        # ceiling does not poll, so this row shows what the polling buys and what is left.
+        _trimicro("trimicro-nopoll", trimicro_nopoll_client, ("ask1", "ask16"), "serve_without_busy_poll"),
     )
 }
 

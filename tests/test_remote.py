@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import attrs
@@ -188,6 +189,11 @@ async def pair(
         peer = await a.connect(b.address)
         assert peer == "b"
         yield a, b, b.address
+
+
+def tcp_pair(authority: Authority, **kw: Any) -> AbstractAsyncContextManager[tuple[Node, Node, str]]:
+    """:func:`pair` over TCP on 127.0.0.1 (free ports)."""
+    return pair(authority, TcpTransport(), a_listen="127.0.0.1:0", b_listen="127.0.0.1:0", **kw)
 
 
 async def test_ask_and_tell_across_nodes_by_type_and_endpoint(authority: Authority) -> None:
@@ -495,7 +501,7 @@ async def test_tell_to_unreachable_node_is_a_dead_letter(authority: Authority) -
 
 
 async def test_over_tcp_with_encryption(authority: Authority) -> None:
-    async with pair(authority, TcpTransport(), a_listen="127.0.0.1:0", b_listen="127.0.0.1:0") as (a, b, _):
+    async with tcp_pair(authority) as (a, b, _):
         await b.spawn(Counter, name="counter")
         ref = a.remote_ref("b", "counter")
         for k in range(100):
@@ -635,7 +641,7 @@ async def test_many_large_replies_over_tcp_arrive_whole_and_in_order(authority: 
     """Replies a link's reader writes itself (no scheduler round trip) may be more than the
     socket takes at once: the rest waits as backlog and the writer sends it first. Concurrent
     asks of 1 MiB replies, several socket buffers' worth, all arrive whole."""
-    async with pair(authority, TcpTransport(), a_listen="127.0.0.1:0", b_listen="127.0.0.1:0") as (a, b, _):
+    async with tcp_pair(authority) as (a, b, _):
         await b.spawn(Counter, name="counter")
         ref = a.remote_ref("b", "counter")
         results: dict[int, bytes] = {}
@@ -728,7 +734,7 @@ async def test_asks_queued_in_one_scheduler_batch_leave_in_one_write_without_the
     (it does not wait for the scheduler batch to end); what tasks queue behind it is written
     when trio is about to wait for I/O, all of it in one write, with no turn of the link's
     writer task on the way."""
-    async with pair(authority, TcpTransport(), a_listen="127.0.0.1:0", b_listen="127.0.0.1:0") as (a, b, _):
+    async with tcp_pair(authority) as (a, b, _):
         await b.spawn(Counter, name="counter")
         ref = a.remote_ref("b", "counter")
         assert await ask(ref, Add(0)) == 0
@@ -860,9 +866,7 @@ async def _io_waits_of_one_ask(ref: ActorRef, msg: Any) -> tuple[Any, list[float
 
 
 async def test_a_lone_request_polls_for_its_reply_instead_of_sleeping(authority: Authority) -> None:
-    async with pair(
-        authority, TcpTransport(), a_listen="127.0.0.1:0", b_listen="127.0.0.1:0", busy_poll=5.0
-    ) as (a, b, _):
+    async with tcp_pair(authority, busy_poll=5.0) as (a, b, _):
         await b.spawn(Counter, name="counter")
         ref = a.remote_ref("b", "counter")
         assert await ask(ref, Add(1)) == 1
@@ -876,9 +880,7 @@ async def test_a_lone_request_polls_for_its_reply_instead_of_sleeping(authority:
 
 
 async def test_without_busy_polling_a_request_sleeps_until_its_reply(authority: Authority) -> None:
-    async with pair(
-        authority, TcpTransport(), a_listen="127.0.0.1:0", b_listen="127.0.0.1:0", busy_poll=0
-    ) as (a, b, _):
+    async with tcp_pair(authority, busy_poll=0) as (a, b, _):
         await b.spawn(Counter, name="counter")
         assert a.remote.poller is None
         answer, timeouts = await _io_waits_of_one_ask(a.remote_ref("b", "counter"), Add(2))
@@ -889,9 +891,7 @@ async def test_without_busy_polling_a_request_sleeps_until_its_reply(authority: 
 async def test_busy_polling_stops_after_its_budget_and_for_slow_peers(authority: Authority) -> None:
     """A reply slower than the budget is waited for asleep once the budget is spent; and a
     link whose replies are usually far slower than the budget is not polled for at all."""
-    async with pair(
-        authority, TcpTransport(), a_listen="127.0.0.1:0", b_listen="127.0.0.1:0", busy_poll=0.001
-    ) as (a, b, _):
+    async with tcp_pair(authority, busy_poll=0.001) as (a, b, _):
         gate = trio.Event()
         await b.spawn(Latch, gate, name="latch")
         ref = a.remote_ref("b", "latch")
@@ -927,6 +927,75 @@ async def test_busy_polling_stops_after_its_budget_and_for_slow_peers(authority:
         assert poller.polls == before
         assert await ask(ref, None, endpoint="Latch.wait") == "open"  # polled for: a probe
         assert poller.polls > before and link.poll_time < 1.0  # the peer is fast again
+
+
+class _Awake(trio.abc.Instrument):
+    """Counts the run's waits for I/O; sets ``done`` at the first that may sleep or the
+    ``polls``-th that may not (through the run's token, so the wait ends at once)."""
+
+    def __init__(self, polls: int) -> None:
+        self.polls = polls
+        self.timeouts: list[float] = []
+        self.done = trio.Event()
+        self.token = trio.lowlevel.current_trio_token()
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self.done.is_set():
+            return
+        self.timeouts.append(timeout)
+        if timeout > 0 or len(self.timeouts) >= self.polls:
+            self.token.run_sync_soon(self.done.set)
+
+
+async def _run_stays_awake(polls: int = 200) -> bool:
+    """Block this task until the run has polled for I/O ``polls`` times without sleeping (True)
+    or is about to sleep (False): with every task idle, only a busy poller keeps it awake."""
+    awake = _Awake(polls)
+    trio.lowlevel.add_instrument(awake)
+    try:
+        with trio.fail_after(10):
+            await awake.done.wait()
+    finally:
+        trio.lowlevel.remove_instrument(awake)
+    return max(awake.timeouts) == 0
+
+
+async def test_after_answering_a_lone_request_a_node_polls_for_the_next(authority: Authority) -> None:
+    """A caller in a loop sends its next request soon after each answer: the serving node polls
+    for it instead of sleeping, once such requests came within the budget on average, and
+    until it arrives."""
+    async with tcp_pair(authority, busy_poll=5.0) as (a, b, _):
+        a.remote.poller = None  # only the serving node polls in this test
+        gate = trio.Event()
+        gate.set()
+        await b.spawn(Counter, name="counter")
+        await b.spawn(Latch, gate, name="latch")
+        ref = a.remote_ref("b", "counter")
+        assert await ask(ref, Add(1)) == 1  # the first answer: no gap measured yet, no polling
+        link = b.remote.peer("a").link
+        assert link is not None and link.next_gap == math.inf
+        assert await ask(ref, Add(1)) == 2
+        assert link.next_gap < 5.0  # from the first answer to this request
+        poller = b.remote.poller
+        assert poller is not None
+        before = poller.polls
+        assert await _run_stays_awake()  # b polls for a's next request
+        assert poller.polls > before
+        # An answer from a handler that awaited (outside the reader's step) polls too.
+        assert await ask(a.remote_ref("b", "latch"), None, endpoint="Latch.wait") == "open"
+        assert await _run_stays_awake()
+        # The next request ends the polling; a peer whose requests come late is not polled for.
+        link.next_gap = 60.0
+        assert await ask(ref, Add(1)) == 3
+        assert not await _run_stays_awake()
+
+
+async def test_without_busy_polling_a_node_sleeps_between_requests(authority: Authority) -> None:
+    async with tcp_pair(authority, busy_poll=0) as (a, b, _):
+        ref, _link = await _counter_and_link(a, b)
+        for k in range(2, 5):
+            assert await ask(ref, Add(1)) == k
+        assert not await _run_stays_awake()
 
 
 async def test_busy_poller_polls_only_while_someone_waits() -> None:
