@@ -14,8 +14,10 @@ latency. It is bounded three ways: only while a request is the only one in fligh
 (with more in flight, replies keep the run busy anyway); for at most ``budget`` seconds per
 request; and only toward peers whose polled-for replies usually come back within a few budgets
 (a slow service is not polled for, except one request in PROBE_EVERY, to notice a change).
-The serving side (``Link.answered``) polls only for peers whose next request came within one
-budget of the previous answer on average (measured on every answer, so it needs no probe).
+The serving side (``Link.answered``) polls with :meth:`BusyPoller.poll_briefly`, which ends by
+itself after one budget (nothing to pair with it, so nothing to leak when a link closes), and
+only for peers whose next request came within one budget of the answer to their previous lone
+request on average (measured at each such answer, polled or not, so it needs no probe).
 ``start_node(busy_poll=0)`` turns it off.
 """
 
@@ -55,6 +57,7 @@ class BusyPoller:
         self._nursery = nursery
         self._lot = ParkingLot()
         self._until = 0.0
+        self._briefly_until = 0.0
         self._waiting = 0
         self._started = False
         #: Checkpoints taken while polling (for tests and benchmarks).
@@ -69,6 +72,15 @@ class BusyPoller:
         """A lone request just left: poll for up to ``budget`` seconds, or until :meth:`end`."""
         self._until = _clock() + self.budget
         self._waiting += 1
+        self._wake()
+
+    def poll_briefly(self) -> None:
+        """Poll for up to ``budget`` seconds from now, then stop by itself (the serving side:
+        a caller's next request is due)."""
+        self._briefly_until = _clock() + self.budget
+        self._wake()
+
+    def _wake(self) -> None:
         if self._lot:
             self._lot.unpark()
         elif not self._started:
@@ -85,7 +97,10 @@ class BusyPoller:
     async def run(self) -> None:
         checkpoint = trio.lowlevel.checkpoint
         while True:
-            while self._waiting and _clock() < self._until:
+            while True:
+                now = _clock()
+                if not ((self._waiting and now < self._until) or now < self._briefly_until):
+                    break
                 self.polls += 1
                 await checkpoint()  # a scheduler pass: polls for I/O without blocking
             await self._lot.park()

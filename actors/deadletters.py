@@ -36,6 +36,13 @@ class DeadLetters:
                 ch.send_nowait(letter)
             except trio.WouldBlock:
                 self.dropped += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # a subscriber leaving (its block is closing)
+
+    def observed(self) -> bool:
+        """Whether anyone sees the letters themselves (a subscriber, or debug logging): if not,
+        a caller with many at once may just add them to ``count``."""
+        return bool(self._subscribers) or log.isEnabledFor(logging.DEBUG)
 
     @asynccontextmanager
     async def subscribe(self, buffer: int = 1000) -> AsyncIterator[trio.MemoryReceiveChannel[DeadLetter]]:
@@ -43,8 +50,8 @@ class DeadLetters:
         send, receive = trio.open_memory_channel[DeadLetter](buffer)
         self._subscribers.append(send)
         try:
-            async with receive:
-                yield receive
+            yield receive
         finally:
-            self._subscribers.remove(send)
+            self._subscribers.remove(send)  # before any checkpoint: no publish meets it closed
             send.close()
+            receive.close()

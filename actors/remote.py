@@ -571,6 +571,11 @@ class ItemsBatch:
 _Queued: TypeAlias = bytes | Coalesced | TellBatch | ItemsBatch
 
 
+def _is_tell(frame: bytes) -> bool:
+    """Whether one of our encoded envelopes is a TELL: ``[version, kind, ...]``, both fixints."""
+    return len(frame) > 2 and frame[2] == Kind.TELL
+
+
 def _bin(data: bytes) -> bytes:
     """``data`` as a msgpack bin."""
     n = len(data)
@@ -731,10 +736,9 @@ class Link:
         #: Seconds from our answer to the only request in flight to the peer's next frame, a
         #: moving average: a caller in a loop sends its next request soon (see :meth:`answered`).
         self.next_gap = math.inf
-        #: When that answer left (0: no answer is waiting for its next request), whether we
-        #: poll meanwhile, and whether the reader's current step answered a request.
+        #: When that answer left (0: none is waiting for its next request), and whether the
+        #: reader's current step answered a request.
         self._answered_at = 0.0
-        self._polling_next = False
         self._answered = False
         #: The peer said in its hello that it understands ``tells`` batches (an older node
         #: would ignore them: until then, and with one, every tell is its own TELL frame).
@@ -851,7 +855,7 @@ class Link:
             if len(entry) > last.room:
                 return False
             self._start_batch(last)
-        self._add_entry(last, entry)  # (if that closed the link, the entry is lost with it)
+        self._add_entry(last, entry)  # (if that closed the link, its close dead-letters tells)
         return True
 
     async def wait_room(self) -> None:
@@ -969,34 +973,29 @@ class Link:
             await self._read_loop(conn)
         finally:
             self._reading = False
-            self._next_came()
+            self._answered_at = 0.0  # no next request: nothing to measure
 
     def answered(self) -> None:
         """A request from the peer was just answered. If it was the only one in flight, the peer
         is likely a caller in a loop whose next request follows within microseconds: the node
-        polls for it (:mod:`.busypoll`) instead of sleeping, if the next request came within the
+        polls for it (:mod:`.busypoll`) instead of sleeping, if such requests came within the
         polling budget on average so far. (In a reader's step, its end decides.)"""
         if self._reading:
             self._answered = True
             return
-        if self.inbound or self._answered_at:
+        poller = self.remoting.poller
+        if poller is None or self.inbound or self._answered_at or self._cancel_scope.cancel_called:
             return
         self._answered_at = _clock()
-        poller = self.remoting.poller
-        if poller is not None and self.next_gap < poller.budget:
-            self._polling_next = True
-            poller.begin()
+        if self.next_gap < poller.budget:
+            poller.poll_briefly()
 
     def _next_came(self) -> None:
-        """A frame arrived (or the reader ended) after an answer: stop polling, and measure."""
-        if not self._answered_at:
-            return
-        if self._polling_next:
-            self._polling_next = False
-            poller = self.remoting.poller
-            assert poller is not None
-            poller.end()
-        gap = _clock() - self._answered_at
+        """The peer's next frame after an answer: measure the gap (capped, so that one idle
+        spell does not stop the polling for the next hundred answers)."""
+        poller = self.remoting.poller
+        assert poller is not None
+        gap = min(_clock() - self._answered_at, poller.worth_below)
         self._answered_at = 0.0
         self.next_gap = gap if self.next_gap == math.inf else self.next_gap + (gap - self.next_gap) * 0.125
 
@@ -1428,7 +1427,9 @@ class Link:
         queued, self.out = self.out, []
         self.out_bytes = 0
         self._room.unpark_all()
-        self._dead_letter_tells(queued, f"unreachable: {reason}")
+        if self._flushed is not None:  # a flush() waiting: nothing more will be written
+            self._flushed.set()
+            self._flushed = None
         pending, self.pending = self.pending, {}
         for reply in pending.values():
             reply.fail(self.unreachable(reason))
@@ -1442,32 +1443,44 @@ class Link:
             if inbound_reply.scope is not None:
                 inbound_reply.scope.cancel()
         self.peer.link_closed(self)
+        self._dead_letter_tells(queued, f"unreachable: {reason}")
 
     def _dead_letter_tells(self, queued: list[_Queued], reason: str) -> None:
         """Tells still queued when the link closed were never sent: they go to dead letters, as
         a tell to an unreachable node does (asks fail and streams end instead; what the socket
         took is at most once, as in Akka)."""
-        node = self.remoting.node
-        codecs = self.remoting.codecs
+        remoting = self.remoting
+        letters = remoting.node.dead_letters
+        if not letters.observed():  # (up to 16 MiB of tells: count them, decode nothing)
+            letters.count += sum(
+                len(f.parts) if isinstance(f, TellBatch) else _is_tell(f)
+                for f in queued
+                if not isinstance(f, Coalesced | ItemsBatch)
+            )
+            return
+        codecs = remoting.codecs
+        token = ref_binder.set(remoting.bind_ref)  # refs inside them come bound, as on receipt
 
         def dead(target: ActorRef | None, sender: ActorRef | None, content_type: str, body: bytes) -> None:
             try:
                 msg = codecs.get(content_type).decode(body)
             except MicroError:
                 msg = body
-            node.dead_letter(target, msg, reason, sender)
+            remoting.node.dead_letter(target, msg, reason, sender)
 
-        for frame in queued:
-            if isinstance(frame, TellBatch):
-                for part in frame.parts:
-                    dead(frame.target, frame.sender, frame.content_type, msgpack.unpackb(part))
-            elif isinstance(frame, bytes):
-                try:
-                    env = decode_envelope(frame)
-                except MicroError:
-                    continue
-                if env.kind is Kind.TELL:
+        try:
+            for frame in queued:
+                if isinstance(frame, TellBatch):
+                    for part in frame.parts:
+                        dead(frame.target, frame.sender, frame.content_type, msgpack.unpackb(part))
+                elif isinstance(frame, bytes) and _is_tell(frame):
+                    try:
+                        env = decode_envelope(frame)
+                    except MicroError:  # (ours, so valid; but a close must never fail)
+                        continue
                     dead(env.target, env.sender, env.content_type, env.body)
+        finally:
+            ref_binder.reset(token)
 
 
 class Peer:

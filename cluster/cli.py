@@ -177,11 +177,20 @@ def _service_json(svc: Service) -> dict[str, Any]:
 
 
 #: A listing of every service is final once it has not changed for SETTLE seconds and the
-#: registry has had LISTEN seconds to answer: mDNS answers arrive a few services at a time, and
-#: what the browser's first query missed comes with its second, a second later (seen here: one
-#: service of four at 0.5 s, the rest at 1.1-1.2 s).
+#: registry has had LISTEN seconds to answer: mDNS answers arrive a few services at a time (a
+#: responder holds back a record it multicast in the last second for up to a second).
 SETTLE = 0.3
 LISTEN = 1.3
+#: Default ``--wait``: a lookup ends as soon as the service shows up, so a generous wait only
+#: delays a real miss (a loaded machine can take a few seconds from start-up to the first mDNS
+#: answer). ``publish`` waits less for subscribers' interest, which ends early only when every
+#: known member has sent it (with no member at all, it is the whole wait).
+WAIT = 5.0
+PUBLISH_WAIT = 2.0
+
+
+def _wait(args: argparse.Namespace, default: float = WAIT) -> float:
+    return default if args.wait is None else float(args.wait)
 
 
 async def _wait_for(cluster: Cluster, name: str | None, wait: float, listen: float = LISTEN) -> list[Service]:
@@ -217,7 +226,7 @@ async def _wait_for(cluster: Cluster, name: str | None, wait: float, listen: flo
 
 async def _services(args: argparse.Namespace, out: TextIO) -> int:
     async with await _client(args) as cluster:
-        found = await _wait_for(cluster, None, args.wait, LISTEN if args.registry == "mdns" else 0.0)
+        found = await _wait_for(cluster, None, _wait(args), LISTEN if args.registry == "mdns" else 0.0)
     found.sort(key=lambda s: (s.name, s.version))
     if args.json:
         json.dump([_service_json(s) for s in found], out, indent=2)
@@ -229,7 +238,7 @@ async def _services(args: argparse.Namespace, out: TextIO) -> int:
 
 async def _describe(args: argparse.Namespace, out: TextIO) -> int:
     async with await _client(args) as cluster:
-        found = await _wait_for(cluster, args.service, args.wait)
+        found = await _wait_for(cluster, args.service, _wait(args))
     if args.json:
         json.dump([_service_json(s) for s in found], out, indent=2)
         print(file=out)
@@ -264,7 +273,7 @@ def _parse_json(text: str, what: str) -> Any:
 async def _call(args: argparse.Namespace, out: TextIO) -> int:
     body = _parse_json(args.body, "the request") if args.body else {}
     async with await _client(args) as cluster:
-        await _wait_for(cluster, args.service, args.wait)
+        await _wait_for(cluster, args.service, _wait(args))
         result = await cluster.call(
             args.service, args.endpoint, body, timeout=args.timeout, headers=_auth_headers(args)
         )
@@ -276,7 +285,7 @@ async def _call(args: argparse.Namespace, out: TextIO) -> int:
 async def _stream(args: argparse.Namespace, out: TextIO) -> int:
     request = _parse_json(args.request, "the request") if args.request else None
     async with await _client(args) as cluster:
-        await _wait_for(cluster, args.service, args.wait)
+        await _wait_for(cluster, args.service, _wait(args))
         async with (
             cluster.open_stream(args.service, args.endpoint, request, headers=_auth_headers(args)) as stream,
             trio.open_nursery() as n,
@@ -321,7 +330,7 @@ async def _settle_interest(cluster: Cluster, wait: float) -> None:
 async def _publish(args: argparse.Namespace, out: TextIO) -> int:
     body = _parse_json(args.body, "the message")
     async with _member_client(args) as cluster:
-        await _settle_interest(cluster, args.wait)
+        await _settle_interest(cluster, _wait(args, PUBLISH_WAIT))
         n = await cluster.publish(args.topic, body, ack=args.ack, headers=_auth_headers(args))
     if args.json:
         json.dump({"topic": args.topic, "deliveries": n}, out)
@@ -352,7 +361,7 @@ async def _store(args: argparse.Namespace, out: TextIO) -> int:
     from .store_service import RemoteStore
 
     async with await _client(args) as cluster:
-        await _wait_for(cluster, args.service, args.wait)
+        await _wait_for(cluster, args.service, _wait(args))
         store = RemoteStore(cluster, args.service)
         result: Any
         if args.action == "write":
@@ -450,7 +459,7 @@ async def _auth(args: argparse.Namespace, out: TextIO) -> int:
             raise UsageError("auth revoke takes exactly one of --jwt, --jti, --account, --node")
         endpoint = "Auth.revoke"
     async with await _client(args) as cluster:
-        await _wait_for(cluster, AUTH_SERVICE, args.wait)
+        await _wait_for(cluster, AUTH_SERVICE, _wait(args))
         result = await cluster.call(AUTH_SERVICE, endpoint, body, headers=_admin_headers(args))
     if what == "token" and not args.json:
         print(result["access"], file=out)  # the bare token, for $(trimicro auth token ...)
@@ -462,7 +471,7 @@ async def _auth(args: argparse.Namespace, out: TextIO) -> int:
 
 async def _nodes(args: argparse.Namespace, out: TextIO) -> int:
     async with await _client(args) as cluster:
-        members = await _wait_for_members(cluster, args.wait)
+        members = await _wait_for_members(cluster, _wait(args))
     if args.json:
         json.dump(members, out, indent=2)
         print(file=out)
@@ -549,10 +558,11 @@ def _client_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None
         return argparse.SUPPRESS if nested else value
 
     p.add_argument("--json", action="store_true", default=default(False), help="machine-readable output")
-    # A lookup ends as soon as the service shows up, so a generous wait only delays a real miss
-    # (a loaded machine can take a few seconds from start-up to the first mDNS answer).
     p.add_argument(
-        "--wait", type=float, default=default(5.0), help="seconds to wait for discovery (default 5)"
+        "--wait",
+        type=float,
+        default=default(None),
+        help=f"seconds to wait for discovery (default {WAIT:g}; publish: {PUBLISH_WAIT:g} for interest)",
     )
     p.add_argument(
         "--token", default=default(None), help="bearer token for the calls (default $TRIMICRO_TOKEN)"

@@ -497,14 +497,21 @@ class _Env:
                 batch.append(op)
             try:
                 self._commit(batch)
-            except Exception as exc:  # e.g. growing the map failed: these writes fail, not the thread
-                for op in batch:
-                    op.error = InternalServerError(f"store write failed: {type(exc).__name__}: {exc}")
             finally:
                 for op in batch:  # every waiter is answered, whatever happened
                     op.done()
 
     def _commit(self, batch: builtins.list[_Op]) -> None:
+        """Commit ``batch`` in one transaction, growing the map as needed. Any failure (e.g. the
+        map cannot grow) fails these writes only, never the writer thread."""
+        try:
+            self._commit_growing(batch)
+        except Exception as exc:
+            failed = InternalServerError(f"store write failed: {type(exc).__name__}: {exc}")
+            for op in batch:
+                op.error = failed
+
+    def _commit_growing(self, batch: builtins.list[_Op]) -> None:
         while True:
             try:
                 with self.env.begin(write=True) as txn:  # aborts on any exception
@@ -517,7 +524,7 @@ class _Env:
             except lmdb.MapFullError:
                 size = self.env.info()["map_size"]
                 if size >= self.max_map_size:
-                    if len(batch) > 1:  # fail only the writes that do not fit
+                    if len(batch) > 1:  # fail only the writes that do not fit (each on its own)
                         for op in batch:
                             self._commit([op])
                         return
@@ -530,10 +537,6 @@ class _Env:
             except lmdb.MapResizedError:  # another process grew the map: adopt its size
                 with self.rw.exclusive():
                     self.env.set_mapsize(0)
-            except Exception as exc:
-                for op in batch:
-                    op.error = InternalServerError(f"store write failed: {type(exc).__name__}: {exc}")
-                return
 
 
 _ident = threading.get_ident

@@ -93,6 +93,19 @@ def test_help_style_commands_parse(command: str) -> None:
     assert args.command == command and args.json
 
 
+def test_publish_waits_less_for_interest_than_lookups_wait_for_discovery() -> None:
+    """A publish with no subscriber anywhere waits its whole wait: it has a shorter default."""
+    from trimicro.cluster.cli import PUBLISH_WAIT, WAIT, _wait, build_parser
+
+    parser = build_parser()
+    call = parser.parse_args(["call", "greeter", "Greeter.hello", "{}"])
+    publish = parser.parse_args(["publish", "orders.created", "{}"])
+    assert (_wait(call), _wait(publish, PUBLISH_WAIT)) == (WAIT, PUBLISH_WAIT)
+    assert PUBLISH_WAIT < WAIT
+    given = parser.parse_args(["publish", "orders.created", "{}", "--wait", "7"])
+    assert _wait(given, PUBLISH_WAIT) == 7.0
+
+
 class _Arriving:
     """A registry whose answers grow one service at a time, as mDNS answers arrive."""
 

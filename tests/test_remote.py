@@ -962,8 +962,7 @@ async def _run_stays_awake(polls: int = 200) -> bool:
 
 async def test_after_answering_a_lone_request_a_node_polls_for_the_next(authority: Authority) -> None:
     """A caller in a loop sends its next request soon after each answer: the serving node polls
-    for it instead of sleeping, once such requests came within the budget on average, and
-    until it arrives."""
+    for it instead of sleeping, once such requests came within the budget on average."""
     async with tcp_pair(authority, busy_poll=5.0) as (a, b, _):
         a.remote.poller = None  # only the serving node polls in this test
         gate = trio.Event()
@@ -984,10 +983,29 @@ async def test_after_answering_a_lone_request_a_node_polls_for_the_next(authorit
         # An answer from a handler that awaited (outside the reader's step) polls too.
         assert await ask(a.remote_ref("b", "latch"), None, endpoint="Latch.wait") == "open"
         assert await _run_stays_awake()
-        # The next request ends the polling; a peer whose requests come late is not polled for.
-        link.next_gap = 60.0
-        assert await ask(ref, Add(1)) == 3
-        assert not await _run_stays_awake()
+
+
+async def test_polling_for_a_next_request_ends_by_itself_after_its_budget(authority: Authority) -> None:
+    """Nothing needs to end the serving side's polling (a link that closes meanwhile leaves
+    nothing behind): with no next request, the run sleeps again once the budget is spent. A
+    peer whose requests come late is not polled for."""
+    async with tcp_pair(authority, busy_poll=0.05) as (a, b, _):
+        a.remote.poller = None
+        ref, _link = await _counter_and_link(a, b)
+        assert await ask(ref, Add(1)) == 2
+        poller = b.remote.poller
+        assert poller is not None
+        before = poller.polls
+        assert await ask(ref, Add(1)) == 3  # b polls after this answer (the gaps were short)
+        assert not await _run_stays_awake(polls=10**9)  # returns when the run is about to sleep
+        assert poller.polls > before
+        link = b.remote.peer("a").link
+        assert link is not None
+        link.next_gap = 60.0  # as after requests that came a minute apart
+        assert await ask(ref, Add(1)) == 4
+        assert not await _run_stays_awake(polls=50)  # no polling after this answer
+        assert link.next_gap > 1.0  # (the measured gaps are capped: it takes time to come down)
+        assert poller._waiting == 0  # the serving side leaves no count behind
 
 
 async def test_without_busy_polling_a_node_sleeps_between_requests(authority: Authority) -> None:
@@ -1181,3 +1199,25 @@ async def test_tells_still_queued_when_a_link_closes_are_dead_letters(authority:
         assert {d.reason for d in got} == {"unreachable: closed by the test"}
         assert {d.recipient for d in got} == {ref}
         assert await ask(ref, Get()) == [1]  # a new link; b saw none of them
+        # With nobody watching dead letters, they are only counted (nothing is decoded).
+        link = a.remote.peer("b").link
+        assert link is not None
+        counted = a.dead_letters.count
+        for k in range(3):
+            assert link.tell_later(ref, None, "", codec.content_type, codec.encode(Add(k)))
+        link.push(encode_envelope(env))
+        link.close("closed by the test")
+        with trio.fail_after(5):
+            while not link.closed:
+                await trio.lowlevel.checkpoint()
+        assert a.dead_letters.count == counted + 4
+
+
+async def test_a_flush_waiting_when_its_link_closes_returns(authority: Authority) -> None:
+    async with pair(authority) as (a, b, _):
+        _ref, link = await _counter_and_link(a, b)
+        link.push(encode_envelope(Envelope(Kind.SYSTEM, endpoint="heartbeat")))
+        link.close("closed by the test")  # nothing more is written: the flush cannot complete
+        with trio.fail_after(5):
+            await link.flush()  # ... and returns when the link is closed
+        assert link.closed

@@ -379,6 +379,7 @@ async def test_a_batch_beyond_the_granted_credit_fails_the_stream_and_stays_boun
         link = _link(a, b)
         async with open_stream(a.remote_ref("b", "chat"), "Chat.sink") as stream:
             [corr] = [c for c, s in link.streams.items() if s is stream]
+            await trio.testing.wait_all_tasks_blocked()  # the handler is waiting at its gate
             sink: Stream = probe["sink"]
             codec = a.remote.codec
             for i in range(sink.window + 10):  # past the credit, straight onto the link
