@@ -524,15 +524,13 @@ class TellBatch:
     decodes one envelope for the lot (that decode was a quarter of a received tell's cost).
     It keeps its place in the link's queue, so order with everything else is kept."""
 
-    __slots__ = ("content_type", "endpoint", "key", "parts", "room", "sender", "size", "target")
+    __slots__ = ("content_type", "endpoint", "parts", "room", "sender", "size", "target")
 
     def __init__(self, target: ActorRef, sender: ActorRef | None, endpoint: str, content_type: str) -> None:
         self.target = target
         self.sender = sender
         self.endpoint = endpoint
         self.content_type = content_type
-        #: What a tell must share with this batch to join it (see :meth:`Link.tell_later`).
-        self.key: tuple[object, ...] = ("tells", target, sender, endpoint, content_type)
         self.parts: list[bytes] = []
         self.size = 0
         #: Bytes of entries that fit in a frame next to this batch's envelope.
@@ -550,12 +548,11 @@ class ItemsBatch:
     items no longer cost an envelope and a frame each (their decode was most of a received
     item's cost); the receiver hands them to the stream one by one, so credit works as before."""
 
-    __slots__ = ("content_type", "corr", "key", "parts", "room", "size")
+    __slots__ = ("content_type", "corr", "parts", "room", "size")
 
     def __init__(self, corr: int, content_type: str) -> None:
         self.corr = corr
         self.content_type = content_type
-        self.key: tuple[object, ...] = ("items", corr, content_type)
         self.parts: list[bytes] = []
         self.size = 0
         self.room = 0
@@ -825,8 +822,18 @@ class Link:
         (send it as a TELL frame) if the link is closed or the body is too big for a batch."""
         if self.closed or not self.batch_tells:
             return False
-        key = ("tells", target, sender, endpoint, content_type)
-        return self._later(key, lambda: TellBatch(target, sender, endpoint, content_type), body)
+        entry = _bin(body)
+        last = self.out[-1] if self.out else None
+        if (  # (checked field by field: this runs once per tell)
+            type(last) is TellBatch
+            and last.target == target
+            and last.sender == sender
+            and last.endpoint == endpoint
+            and last.content_type == content_type
+            and self._joined(last, entry)
+        ):
+            return True
+        return self._add_to_new(TellBatch(target, sender, endpoint, content_type), entry)
 
     def items_later(self, corr: int, content_type: str, body: bytes) -> bool:
         """Queue an item of stream ``corr`` in an :class:`ItemsBatch`, as :meth:`tell_later` does
@@ -834,28 +841,33 @@ class Link:
         not understand batches, or the body is too big for one."""
         if self.closed or not self.batch_items:
             return False
-        return self._later(("items", corr, content_type), lambda: ItemsBatch(corr, content_type), body)
-
-    def _later(self, key: tuple[object, ...], new: Callable[[], TellBatch | ItemsBatch], body: bytes) -> bool:
-        """Add ``body`` to the batch at the end of the queue if it has ``key`` and room, else to
-        a new batch from ``new``; ``False`` if it is too big for any batch."""
         entry = _bin(body)
-        out = self.out
-        last = out[-1] if out else None
+        last = self.out[-1] if self.out else None
         if (
-            not isinstance(last, (TellBatch, ItemsBatch))
-            or last.key != key
-            or len(last.parts) >= COALESCE_MAX
-            or last.size + len(entry) > last.room
+            type(last) is ItemsBatch
+            and last.corr == corr
+            and last.content_type == content_type
+            and self._joined(last, entry)
         ):
-            last = new()
-            # Room for entries next to this envelope, measured (its refs, endpoint and content
-            # type in UTF-8), with 16 bytes for the array and bin headers to grow.
-            last.room = self.remoting.max_frame_size - len(last.frame()) - 16
-            if len(entry) > last.room:
-                return False
-            self._start_batch(last)
-        self._add_entry(last, entry)  # (if that closed the link, its close dead-letters tells)
+            return True
+        return self._add_to_new(ItemsBatch(corr, content_type), entry)
+
+    def _joined(self, batch: TellBatch | ItemsBatch, entry: bytes) -> bool:
+        """Add ``entry`` to ``batch`` (the last in the queue) if it has room for it."""
+        if len(batch.parts) >= COALESCE_MAX or batch.size + len(entry) > batch.room:
+            return False
+        self._add_entry(batch, entry)
+        return True
+
+    def _add_to_new(self, batch: TellBatch | ItemsBatch, entry: bytes) -> bool:
+        """Queue a new ``batch`` holding ``entry``; ``False`` if the entry is too big for one."""
+        # Room for entries next to this envelope, measured (its refs, endpoint and content type
+        # in UTF-8), with 16 bytes for the array and bin headers to grow.
+        batch.room = self.remoting.max_frame_size - len(batch.frame()) - 16
+        if len(entry) > batch.room:
+            return False
+        self._start_batch(batch)
+        self._add_entry(batch, entry)  # (if that closed the link, its close dead-letters tells)
         return True
 
     async def wait_room(self) -> None:
