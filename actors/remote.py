@@ -1006,9 +1006,11 @@ class Link:
         """The peer's next frame after an answer: measure the gap (capped, so that one idle
         spell does not stop the polling for the next hundred answers)."""
         poller = self.remoting.poller
-        assert poller is not None
-        gap = min(_clock() - self._answered_at, poller.worth_below)
+        gap = _clock() - self._answered_at
         self._answered_at = 0.0
+        if poller is None:  # (polling turned off since)
+            return
+        gap = min(gap, poller.worth_below)
         self.next_gap = gap if self.next_gap == math.inf else self.next_gap + (gap - self.next_gap) * 0.125
 
     async def _read_loop(self, conn: SecureConnection) -> None:
