@@ -963,7 +963,7 @@ async def _run_stays_awake(polls: int = 200) -> bool:
 async def test_after_answering_a_lone_request_a_node_polls_for_the_next(authority: Authority) -> None:
     """A caller in a loop sends its next request soon after each answer: the serving node polls
     for it instead of sleeping, once such requests came within the budget on average."""
-    async with tcp_pair(authority, busy_poll=5.0) as (a, b, _):
+    async with tcp_pair(authority, busy_poll=0.5) as (a, b, _):
         a.remote.poller = None  # only the serving node polls in this test
         gate = trio.Event()
         gate.set()
@@ -973,13 +973,15 @@ async def test_after_answering_a_lone_request_a_node_polls_for_the_next(authorit
         assert await ask(ref, Add(1)) == 1  # the first answer: no gap measured yet, no polling
         link = b.remote.peer("a").link
         assert link is not None and link.next_gap == math.inf
+        assert not await _run_stays_awake(polls=50)
         assert await ask(ref, Add(1)) == 2
-        assert link.next_gap < 5.0  # from the first answer to this request
+        assert link.next_gap < 0.5  # from the first answer to this request
         poller = b.remote.poller
         assert poller is not None
         before = poller.polls
         assert await _run_stays_awake()  # b polls for a's next request
         assert poller.polls > before
+        assert not await _run_stays_awake(polls=10**9)  # (until its budget is spent)
         # An answer from a handler that awaited (outside the reader's step) polls too.
         assert await ask(a.remote_ref("b", "latch"), None, endpoint="Latch.wait") == "open"
         assert await _run_stays_awake()
