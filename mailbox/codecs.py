@@ -294,7 +294,10 @@ class MsgpackCodec:
                 max_map_len=cap,
             )
             kind = type(obj)
-            if kind is list or kind is dict:
+            if kind is dict or kind is list:
+                # Fastest first: a flat map or array (no containers or tags in it), checked in C.
+                if _MSGPACK_LOOK.isdisjoint(map(type, obj.values() if kind is dict else obj)):
+                    return obj
                 if (kind is dict or not obj or type(obj[0]) is not _Tag) and _plain_msgpack(
                     obj, limits.max_depth
                 ):
