@@ -246,13 +246,9 @@ async def test_queries_ask_for_multicast_answers(monkeypatch: pytest.MonkeyPatch
     async with MdnsRegistry() as a, MdnsRegistry() as bystander, MdnsRegistry() as b:
         await a.register(svc)
         await bystander.list_services()  # a third socket on the port, as with several processes
-        with trio.fail_after(WAIT):
-            while True:
-                try:
-                    assert await b.get_service(name) == [svc]
-                    break
-                except NotFound:
-                    await trio.sleep(0.05)  # polling the registry's view, bounded by WAIT
+        async with b.watch(name) as events:  # b's browser starts here, after the announcement
+            assert (await next_event(events, name)).service == svc
+        assert await b.get_service(name) == [svc]
         b_zc = b._zc
         questions = [q for zc, out in sent if zc is b_zc for q in out.questions]
     assert questions, "the late registry asked nothing"
