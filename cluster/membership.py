@@ -3,7 +3,9 @@
 :class:`~trimicro.cluster.swim.Swim` is sans-I/O; this module is its runtime. Its messages
 travel as ``SYSTEM`` envelopes (operation ``"swim"``) on the same authenticated links as
 everything else, so the sender of a SWIM message is the node id proven by the handshake, never
-what the message claims. Inputs:
+what the message claims: a member speaks for itself, and what it says about others is checked
+(see :mod:`trimicro.cluster.swim`; claims that fail the check are counted in
+:attr:`Membership.ignored_claims`, malformed messages in :attr:`Membership.rejected_messages`). Inputs:
 
 - a tick task drives SWIM's timers (probe rounds, indirect probes, suspicion timeouts);
 - peers come from the registry (every cluster node announces a ``trimicro.node`` record), so a
@@ -104,6 +106,8 @@ class Membership:
             metadata=_svc_metadata(cluster.services_digest()),
         )
         self._changed = trio.Event()
+        #: SWIM messages dropped as malformed (see :func:`~trimicro.cluster.swim.decode_message`).
+        self.rejected_messages = 0
         #: Called with every MemberEvent (pub/sub sends its interest to members that join).
         self.listeners: list[Callable[[MemberEvent], None]] = []
         node.remote.system_handlers["swim"] = self._on_swim
@@ -148,6 +152,12 @@ class Membership:
     def member(self, node_id: str) -> Member | None:
         return self.swim.get(node_id)
 
+    @property
+    def ignored_claims(self) -> int:
+        """Claims about members that no member could have made honestly as far as this node can
+        tell (see :attr:`Swim.ignored_claims <trimicro.cluster.swim.Swim.ignored_claims>`)."""
+        return self.swim.ignored_claims
+
     async def wait_changed(self) -> None:
         """Return at the next membership change (for tools and tests)."""
         await self._changed.wait()
@@ -159,7 +169,7 @@ class Membership:
         for out in outgoing:
             peer = remote.peer(out.to_id)
             if peer.address is None and out.to_address:
-                peer.address = out.to_address
+                peer.address = out.to_address  # a hint until the member tells its own (_drain)
             try:
                 body = self.codec.encode(out.message)
             except MicroError:  # pragma: no cover - SWIM builds plain dicts
@@ -181,7 +191,9 @@ class Membership:
                 self.cluster.breaker.mark_down(member.id, now)
             elif event.kind in ("alive", "joined"):
                 self.cluster.breaker.success(member.id)
-            if member.address and self.node.remote.peer(member.id).address is None:
+            if member.address:
+                # The member's own word (SWIM takes addresses from nobody else): it replaces a
+                # dial hint that came with a rumour (see _send).
                 self.node.remote.peer(member.id).address = member.address
         self.cluster.cache.invalidate()
         self._changed.set()
@@ -192,6 +204,7 @@ class Membership:
             message = self.codec.decode(env.body)
             out = self.swim.receive(trio.current_time(), link.peer.node_id, message)
         except (MicroError, SwimProtocolError) as exc:
+            self.rejected_messages += 1
             log.debug("bad SWIM message from %s: %s", link.peer.node_id, exc)
             return
         self._send(out)

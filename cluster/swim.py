@@ -30,34 +30,70 @@ Kept from Lifeguard (Dadgar et al. 2018), simplified:
 
 Not kept: the dynamic suspicion timeout (confirmations shortening it), nack messages, and the TCP
 push-pull state sync. Instead, an ack to a member we have as dead carries that record (so it
-refutes), and an ack to a sender we do not know at all carries ``"who": True`` (so it
-re-announces itself).
+refutes), and every message carries its sender's own record (below), so a sender we do not know
+joins us by sending anything.
+
+Who may say what (the sender of a message is the node id its authenticated link proves, never a
+field of the message). SWIM trusts every member with everything; here a member is trusted only
+to speak for itself, and to repeat what SWIM lets it repeat:
+
+* **Direct speech.** Every message starts with its sender's own record (``alive`` or ``left``).
+  That record is the only way a member's incarnation, address or metadata enter our table: only
+  a node raises its own incarnation, so only the node can tell us which one it has. It is taken
+  as it is, lower or higher than what we hold (lower: the node restarted and counts from 0 again,
+  or what we held was never its own), except that an ``alive`` at the incarnation we hold does not
+  clear a suspicion or death at that incarnation (the node must refute with a higher one, as in
+  SWIM, so that everyone drops the claim). A node never says it is suspect or dead.
+* **Gossip about a third member** (``id`` neither the sender nor us) is a claim we check against
+  what that member told us. ``suspect``/``dead``/``left`` at the incarnation we hold applies as in
+  SWIM (an older one is stale and ignored). One at an incarnation *above* the one the member
+  announced to us -- or about a member that never spoke to us -- is impossible as far as we can
+  tell: the claimant either heard an announcement we did not, or made it up, and we cannot tell
+  which. It is ignored and counted (:attr:`Swim.ignored_claims`), and we ask the member itself: a
+  ping, whose ack carries its own record. If the claimant was honest, the member's answer brings
+  us to the same incarnation, and the next rumour at it applies; if the member is really gone,
+  our own probes find out within a protocol period, so no failure goes undetected. An ``alive``
+  rumour never changes our table either: a newer incarnation, or a member we do not know, only
+  makes us ask the member in the same way (a new member joins us when it answers).
+* **Gossip about ourselves.** A suspicion or death at our own incarnation is refuted with the
+  next one; an older one makes us re-announce; one above our own incarnation is impossible
+  (ignored, counted, re-announced).
+
+So the incarnation we hold for a member is always one it announced itself, a claim can never push
+it higher, and a node's own incarnation only grows by one per refutation, metadata change or
+stall: it cannot come near the top of the range (2**63-1), and every raise is computed so that it
+never leaves it. Asking members costs at most one ping per member per ``probe_timeout``, for at
+most ``max_verifications`` members at once.
 
 Incarnation rules (``i`` = incarnation in the update, ``j`` = the one we hold):
 
-========  ===================================  =========================================
-update    applies to                           effect
-========  ===================================  =========================================
-alive     unknown (table not full)             new ALIVE member, ``joined``
-alive     ALIVE / SUSPECT with ``i > j``       ALIVE, ``alive`` (from SUSPECT) / ``updated``
-alive     DEAD / LEFT with ``i > j``           ALIVE again, ``joined``
-suspect   ALIVE with ``i >= j``                SUSPECT, timer of ``suspicion_timeout``
-suspect   SUSPECT with ``i > j``               incarnation raised, timer kept
-dead      ALIVE / SUSPECT with ``i >= j``      DEAD
-left      ALIVE / SUSPECT with ``i >= j``      LEFT
-========  ===================================  =========================================
+==================  ===================================  =========================================
+update              applies to                           effect
+==================  ===================================  =========================================
+own alive           unknown (table not full)             new ALIVE member, ``joined``
+own alive           any, ``i != j`` (or first answer)    ALIVE at ``i``: ``joined`` (from DEAD/LEFT),
+                                                         ``alive`` (from SUSPECT), ``updated``
+own left            not LEFT                             LEFT, ``left``
+gossip alive        unknown, or ``i > j``                ask the member (ping)
+suspect             ALIVE with ``i == j``                SUSPECT, timer of ``suspicion_timeout``
+dead                ALIVE / SUSPECT with ``i == j``      DEAD
+left                ALIVE / SUSPECT with ``i == j``      LEFT
+suspect/dead/left   ``i > j`` or unconfirmed             ignored, counted, ask the member
+==================  ===================================  =========================================
 
 Anything else is ignored. DEAD and LEFT members are remembered for ``dead_retention`` so that stale
-alive rumours (``i <= j``) cannot resurrect them, then forgotten. A suspect/dead/left update about
-ourselves with ``i >= our incarnation`` is refuted with ``alive(i + 1)``; an older one makes us
-re-announce our current alive record.
+rumours cannot bring them back, then forgotten. A suspect/dead/left update about ourselves with
+``i == our incarnation`` is refuted with ``alive(i + 1)``; an older one makes us re-announce our
+current alive record.
 
 Wire format (plain msgpack-friendly dicts; ids come from the authenticated link, not the message)::
 
     {"t": "ping",     "seq": int, "u": [update, ...]}
-    {"t": "ack",      "seq": int, "u": [update, ...], "who": bool (optional)}
+    {"t": "ack",      "seq": int, "u": [update, ...], "who": bool (optional, ignored)}
     {"t": "ping_req", "seq": int, "target": str, "u": [update, ...]}
     update = {"id": str, "addr": str, "inc": int, "s": MemberState (int), "md": {str: str}}
+
+The first update of every message is the sender's own record.
 
 :func:`decode_message` validates untrusted input and raises only :class:`SwimProtocolError`.
 """
@@ -66,7 +102,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from enum import IntEnum
 from typing import Any, Literal
 
@@ -138,6 +174,8 @@ class SwimConfig:
     """Updates about unknown members beyond this many known members are ignored."""
     max_relays: int = 64
     """ping_req requests served at once; further requests are ignored."""
+    max_verifications: int = 64
+    """Members asked at once for their own record (after a rumour we could not check)."""
 
 
 @attrs.frozen
@@ -242,6 +280,13 @@ def decode_message(obj: object, *, max_updates: int = 16) -> dict[str, Any]:
     return out
 
 
+def _next(incarnation: int) -> int:
+    """The incarnation after ``incarnation``, never past the wire's range. Only a node's own
+    refutations, metadata changes and stalls raise it, one at a time, so the cap (2**63-1) is not
+    reached in practice; were it reached, the node would keep it and could no longer refute."""
+    return min(incarnation + 1, _MAX_INT)
+
+
 def _check_local(member_id: str, address: str, metadata: Mapping[str, str] | None = None) -> None:
     """Validate our own inputs so that nothing we send would be refused by a peer."""
     try:
@@ -322,7 +367,12 @@ class Swim:
         self._next_probe_at: float | None = None
         self._last_tick: float | None = None
         self._seq = 0
-        self._enqueue(me)
+        self._verifying: dict[str, float] = {}  # member asked for its own record -> until when
+        #: Claims about a member above the incarnation it announced to us (or about a member that
+        #: never spoke to us, or a node claiming to be suspect or dead itself): impossible as far
+        #: as this node can tell, so ignored. Honest gossip that outran the member's own
+        #: announcement is counted too; a steady rise means a member is lying.
+        self.ignored_claims = 0
 
     # --- queries ----------------------------------------------------------------------------------
 
@@ -379,7 +429,7 @@ class Swim:
             self._unconfirmed.add(member_id)
             self._add_to_probe_order(member_id)
             self._emit("joined", member)
-        message = {"t": "ping", "seq": self._next_seq(), "u": self._piggyback(member_id, [self.me])}
+        message = {"t": "ping", "seq": self._next_seq(), "u": self._piggyback(member_id)}
         return [Outgoing(member_id, address, message)]
 
     def tick(self, now: float) -> list[Outgoing]:
@@ -431,6 +481,9 @@ class Swim:
         for seq, relay in list(self._relays.items()):
             if now >= relay.expires:
                 del self._relays[seq]
+        for member_id, until in list(self._verifying.items()):
+            if now >= until:
+                del self._verifying[member_id]
         return out
 
     def receive(self, now: float, from_id: str, message: object) -> list[Outgoing]:
@@ -444,14 +497,17 @@ class Swim:
         if from_id == self._self_id:
             return []
         msg = decode_message(message, max_updates=2 * self.config.max_piggyback)
+        out: list[Outgoing] = []
         for update in msg["u"]:
-            self._apply(now, update)
+            out.extend(self._apply(now, from_id, update))
         kind = msg["t"]
         if kind == "ping":
-            return [self._ack(from_id, msg["seq"])]
-        if kind == "ack":
-            return self._on_ack(from_id, msg)
-        return self._on_ping_req(now, from_id, msg)
+            out.append(self._ack(from_id, msg["seq"]))
+        elif kind == "ack":
+            out.extend(self._on_ack(from_id, msg))
+        else:
+            out.extend(self._on_ping_req(now, from_id, msg))
+        return out
 
     def link_lost(self, now: float, member_id: str) -> list[Outgoing]:
         """The connection to ``member_id`` dropped: suspect it now instead of waiting for a probe."""
@@ -466,7 +522,7 @@ class Swim:
         me = self.me
         if me.state is MemberState.LEFT:
             return []
-        self._set_self(attrs.evolve(me, incarnation=me.incarnation + 1, metadata=dict(metadata)))
+        self._set_self(attrs.evolve(me, incarnation=_next(me.incarnation), metadata=dict(metadata)))
         return []
 
     def leave(self, now: float) -> list[Outgoing]:
@@ -487,18 +543,9 @@ class Swim:
     # --- message handlers -------------------------------------------------------------------------
 
     def _ack(self, to_id: str, seq: int) -> Outgoing:
-        sender = self._members.get(to_id)
-        message: dict[str, Any] = {"t": "ack", "seq": seq}
-        first: list[Member] = []
-        if sender is None:
-            message["who"] = True
-        elif sender.state in _GONE:
-            first.append(sender)  # it will refute (or learn it left)
-        return self._message(to_id, message, first)
+        return self._message(to_id, {"t": "ack", "seq": seq})
 
     def _on_ack(self, from_id: str, msg: dict[str, Any]) -> list[Outgoing]:
-        if msg.get("who") and self.me.state is MemberState.ALIVE:
-            self._enqueue(self.me)
         seq = msg["seq"]
         probe = self._probe
         if probe is not None and probe.seq == seq and (from_id == probe.target or from_id in probe.helpers):
@@ -534,29 +581,31 @@ class Swim:
 
     # --- applying updates -------------------------------------------------------------------------
 
-    def _apply(self, now: float, update: dict[str, Any]) -> None:
+    def _apply(self, now: float, from_id: str, update: dict[str, Any]) -> list[Outgoing]:
+        """Apply one update of a message from ``from_id``: what it says about its sender, about
+        us, or about a third member are three different things (see the module docstring)."""
         member_id: str = update["id"]
-        inc: int = update["inc"]
         state = MemberState(update["s"])
         if member_id == self._self_id:
-            self._about_self(inc, state)
-            return
-        current = self._members.get(member_id)
-        if state is MemberState.ALIVE:
-            self._apply_alive(now, current, update)
-        elif current is None or current.state not in _LIVE or inc < current.incarnation:
-            return
-        elif state is MemberState.SUSPECT:
-            if current.state is MemberState.ALIVE:
-                self._suspect(now, current, inc, tell=False)
-            elif inc > current.incarnation:
-                self._members[member_id] = attrs.evolve(current, incarnation=inc)
-        else:
-            self._declare(now, current, state, inc)
+            self._about_self(update["inc"], state)
+            return []
+        if member_id == from_id:
+            self._own_record(now, update, state)
+            return []
+        return self._rumour(now, update, state)
 
-    def _apply_alive(self, now: float, current: Member | None, update: dict[str, Any]) -> None:
+    def _own_record(self, now: float, update: dict[str, Any], state: MemberState) -> None:
+        """A member speaking for itself: the one source of its incarnation, address, metadata."""
         member_id: str = update["id"]
         inc: int = update["inc"]
+        current = self._members.get(member_id)
+        if state is MemberState.SUSPECT or state is MemberState.DEAD:
+            self.ignored_claims += 1  # nobody suspects itself; a peer that says so is broken
+            return
+        if state is MemberState.LEFT:
+            if current is not None and current.state is not MemberState.LEFT:
+                self._declare(now, current, MemberState.LEFT, inc)
+            return
         if current is None:
             if len(self._members) >= self.config.max_members:
                 return
@@ -567,8 +616,10 @@ class Swim:
             self._enqueue(member)
             return
         confirming = member_id in self._unconfirmed and current.state is MemberState.ALIVE
-        if inc < current.incarnation or (inc == current.incarnation and not confirming):
-            return
+        if inc == current.incarnation and not confirming:
+            return  # the same record, or a suspicion/death at it that it has not refuted yet
+        # A lower incarnation than ours is a new run of the node (counting from 0 again): only
+        # the node raises its incarnation, so what it says now is the truth.
         self._unconfirmed.discard(member_id)
         was = current.state
         member = Member(
@@ -591,17 +642,59 @@ class Swim:
         if member.metadata != current.metadata or member.address != current.address:
             self._emit("updated", member)
 
+    def _rumour(self, now: float, update: dict[str, Any], state: MemberState) -> list[Outgoing]:
+        """A claim about a third member: checked against what that member announced to us."""
+        member_id: str = update["id"]
+        inc: int = update["inc"]
+        current = self._members.get(member_id)
+        if current is None:  # a member we never heard: only it can tell us about itself
+            return self._verify(now, member_id, update["addr"]) if state is MemberState.ALIVE else []
+        unheard = member_id in self._unconfirmed or inc > current.incarnation
+        if state is MemberState.ALIVE:
+            return self._verify(now, member_id, current.address) if unheard else []
+        if unheard:
+            self.ignored_claims += 1  # an incarnation it did not announce (to us): see module doc
+            return self._verify(now, member_id, current.address)
+        if inc < current.incarnation or current.state not in _LIVE:
+            return []
+        if state is MemberState.SUSPECT:
+            if current.state is MemberState.ALIVE:
+                # Told at once, as by the first suspecter: a refutation reaches us only from the
+                # suspect itself (a rumour of it does not count), so we ask for it ourselves.
+                return self._suspect(now, current, inc, tell=True)
+        else:
+            self._declare(now, current, state, inc)
+        return []
+
+    def _verify(self, now: float, member_id: str, address: str) -> list[Outgoing]:
+        """Ask ``member_id`` for its own record: a ping, answered by an ack that starts with it.
+        At most once per ``probe_timeout`` per member (often enough that a suspect we heard of
+        by rumour gets several chances to refute to us under message loss), and for
+        ``max_verifications`` members at once, so rumours (true or not) cost a bounded number
+        of pings."""
+        until = self._verifying.get(member_id)
+        if until is not None:
+            if now < until:
+                return []
+            del self._verifying[member_id]
+        if self.me.state is MemberState.LEFT or len(self._verifying) >= self.config.max_verifications:
+            return []
+        if member_id not in self._members and len(self._members) >= self.config.max_members:
+            return []
+        self._verifying[member_id] = now + self.config.probe_timeout
+        message = {"t": "ping", "seq": self._next_seq(), "u": self._piggyback(member_id)}
+        return [Outgoing(member_id, address, message)]
+
     def _about_self(self, inc: int, state: MemberState) -> None:
         me = self.me
         if me.state is MemberState.LEFT:
             return
-        if state is MemberState.ALIVE:
-            if inc > me.incarnation:  # a rumour from a previous life of this id
-                self._set_self(attrs.evolve(me, incarnation=inc + 1))
-        elif inc >= me.incarnation:
-            self._set_self(attrs.evolve(me, incarnation=inc + 1))
-        else:
-            self._enqueue(me)  # stale rumour: our newer alive record may have stopped spreading
+        if inc > me.incarnation:  # we never announced it: made up, or from a previous run of ours
+            self.ignored_claims += 1
+            return
+        if state is not MemberState.ALIVE and inc == me.incarnation:
+            self._set_self(attrs.evolve(me, incarnation=_next(me.incarnation)))
+        # Otherwise stale or our own record: our current one leads every message we send anyway.
 
     def _suspect(self, now: float, member: Member, inc: int, *, tell: bool) -> list[Outgoing]:
         suspect = attrs.evolve(member, incarnation=inc, state=MemberState.SUSPECT, state_since=now)
@@ -636,19 +729,21 @@ class Swim:
             self._suspect_until[member_id] += gap
         me = self.me
         if me.state is MemberState.ALIVE:
-            self._set_self(attrs.evolve(me, incarnation=me.incarnation + 1))
+            self._set_self(attrs.evolve(me, incarnation=_next(me.incarnation)))
 
     # --- helpers ----------------------------------------------------------------------------------
 
     def _set_self(self, me: Member) -> None:
         self._members[self._self_id] = me
-        self._enqueue(me)
 
     def _emit(self, kind: EventKind, member: Member) -> None:
         self._events.append(MemberEvent(kind, member))
 
     def _enqueue(self, member: Member) -> None:
-        # One pending update per member (the newest), so the queue is bounded by the table.
+        # One pending update per member (the newest), so the queue is bounded by the table. Our
+        # own record is not queued: it leads every message we send.
+        if member.id == self._self_id:
+            return
         self._queue.pop(member.id, None)
         self._queue[member.id] = _Broadcast(_as_update(member))
 
@@ -656,17 +751,18 @@ class Swim:
         self._seq += 1
         return self._seq
 
-    def _message(self, to_id: str, message: dict[str, Any], first: Iterable[Member] = ()) -> Outgoing:
+    def _message(self, to_id: str, message: dict[str, Any]) -> Outgoing:
         member = self._members.get(to_id)
-        message["u"] = self._piggyback(to_id, first)
+        message["u"] = self._piggyback(to_id)
         return Outgoing(to_id, member.address if member is not None else "", message)
 
-    def _piggyback(self, to_id: str, first: Iterable[Member]) -> list[dict[str, Any]]:
-        """Up to ``max_piggyback`` updates, least-sent first; a suspect recipient hears its own."""
+    def _piggyback(self, to_id: str) -> list[dict[str, Any]]:
+        """Up to ``max_piggyback`` updates: our own record; the recipient's, if we hold it as
+        suspect, dead or left (so that it refutes, or learns it left); the queue, least-sent first."""
         cfg = self.config
-        updates = [_as_update(m) for m in first]
+        updates = [_as_update(self.me)]
         target = self._members.get(to_id)
-        if target is not None and target.state is MemberState.SUSPECT:
+        if target is not None and target.state is not MemberState.ALIVE and to_id != self._self_id:
             updates.append(_as_update(target))
         included = {u["id"] for u in updates}
         live = sum(1 for m in self._members.values() if m.state in _LIVE)

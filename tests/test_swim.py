@@ -60,6 +60,10 @@ class Sim:
         self.stopped.discard(node)
         self._send(node, self.nodes[node].tick(self.now))
 
+    def inject(self, sender: str, to: str, message: dict[str, Any]) -> None:
+        """A message that ``sender`` did not compute (a hostile member), delivered as any other."""
+        heapq.heappush(self.queue, (self.now + 0.001, next(self.counter), sender, Outgoing(to, "", message)))
+
     def kill(self, node: str, *, link_lost: bool = True) -> None:
         del self.nodes[node]
         if link_lost:
@@ -294,6 +298,39 @@ def test_determinism_with_a_seeded_rng() -> None:
     assert trace(7) != trace(8)
 
 
+MAX_INC = 2**63 - 1
+
+
+def poison(victim: str, receiver: str) -> dict[str, Any]:
+    """What a hostile member sends: claims about ``victim`` (and the receiver itself) at
+    incarnations nobody announced, and a record of the victim pretending to be its own."""
+    bad = {"id": victim, "addr": "203.0.113.1:9", "md": {"svc": "fake@1"}}
+    claims = [bad | {"inc": inc, "s": int(s)} for inc in (MAX_INC, MAX_INC - 1, 1) for s in MemberState]
+    claims += [{"id": receiver, "addr": "", "md": {}, "inc": MAX_INC, "s": int(s)} for s in MemberState]
+    return {"t": "ping", "seq": 7, "u": claims[:16]}
+
+
+def test_poisoned_claims_never_evict_a_member() -> None:
+    """The issue's attack: n3 (a member) tells everyone that n1 is dead at incarnation 2**63-1,
+    and variants. n1 stays ALIVE at incarnation 0 in every honest view, all along, and no node
+    ever sends a message that its peers would reject."""
+    sim, _ = joined_cluster(4)
+    honest = ("n0", "n1", "n2")
+    for _ in range(50):  # 5 s of poison, every 0.1 s, to every honest node
+        for to in honest:
+            sim.inject("n3", to, poison("n1", to))
+        for _ in range(10):
+            sim.step()  # a message a peer would reject raises SwimProtocolError here
+            for o in honest:
+                member = sim.nodes[o].get("n1")
+                assert member is not None and member.state is MemberState.ALIVE, (o, member)
+                assert member.incarnation == 0
+                assert sim.nodes[o].me.incarnation == 0 and sim.nodes[o].me.metadata == {}
+    assert all(sim.nodes[o].ignored_claims >= 50 for o in honest)
+    assert sim.converged()
+    assert not [e for e in sim.trace if e[2] in ("suspect", "dead", "left", "updated")]
+
+
 # --- unit-level rules ----------------------------------------------------------------------------
 
 
@@ -302,6 +339,7 @@ def make(node_id: str = "a", **kwargs: Any) -> Swim:
 
 
 def upd(member: str, inc: int, state: MemberState, md: dict[str, str] | None = None) -> dict[str, Any]:
+    """An update as on the wire (the address is always ``<member>:1``, as :func:`make` gives)."""
     return {"id": member, "addr": f"{member}:1", "inc": inc, "s": int(state), "md": md or {}}
 
 
@@ -309,36 +347,88 @@ def ping(*updates: dict[str, Any]) -> dict[str, Any]:
     return {"t": "ping", "seq": 1, "u": list(updates)}
 
 
-def test_incarnation_rules() -> None:
+def test_refutes_rumours_about_itself() -> None:
     s = make()
-    s.receive(0, "x", ping(upd("b", 3, MemberState.ALIVE)))
+    out = s.receive(0, "x", ping(upd("a", 0, MemberState.SUSPECT)))
+    assert s.me.incarnation == 1
+    assert out[0].message["u"][0] == upd("a", 1, MemberState.ALIVE) | {"addr": "a:1"}
+    # Above our own incarnation: nobody can have heard it from us. Ignored, counted, no raise.
+    for state in MemberState:
+        s.receive(0, "x", ping(upd("a", 7, state), upd("a", 2**63 - 1, state)))
+    assert (s.me.incarnation, s.me.state, s.ignored_claims) == (1, MemberState.ALIVE, 8)
+    s.receive(0, "x", ping(upd("a", 1, MemberState.DEAD)))
+    assert s.me.incarnation == 2 and s.me.state is MemberState.ALIVE
+    assert s.events() == []
+
+
+def test_a_member_sets_its_own_record() -> None:
+    s = make()
+    s.receive(0, "b", ping(upd("b", 3, MemberState.ALIVE)))
     assert [e.kind for e in s.events()] == ["joined"]
     s.receive(0, "x", ping(upd("b", 2, MemberState.SUSPECT)))  # older suspicion: ignored
     assert s.get("b").state is MemberState.ALIVE  # type: ignore[union-attr]
     s.receive(0, "x", ping(upd("b", 3, MemberState.SUSPECT)))
     assert s.get("b").state is MemberState.SUSPECT  # type: ignore[union-attr]
-    s.receive(0, "x", ping(upd("b", 3, MemberState.ALIVE)))  # same incarnation cannot refute
+    s.receive(0, "b", ping(upd("b", 3, MemberState.ALIVE)))  # same incarnation cannot refute
     assert s.get("b").state is MemberState.SUSPECT  # type: ignore[union-attr]
-    s.receive(0, "x", ping(upd("b", 4, MemberState.ALIVE, {"k": "v"})))
+    s.receive(0, "b", ping(upd("b", 4, MemberState.ALIVE, {"k": "v"})))
     assert [e.kind for e in s.events()] == ["suspect", "alive", "updated"]
     s.receive(0, "x", ping(upd("b", 4, MemberState.DEAD)))
     assert s.get("b").state is MemberState.DEAD  # type: ignore[union-attr]
     s.receive(0, "x", ping(upd("b", 4, MemberState.ALIVE)))  # stale alive: still dead
+    s.receive(0, "b", ping(upd("b", 4, MemberState.ALIVE)))  # it must refute, even to us
     assert s.get("b").state is MemberState.DEAD  # type: ignore[union-attr]
-    s.receive(0, "x", ping(upd("b", 5, MemberState.ALIVE)))
+    s.receive(0, "b", ping(upd("b", 5, MemberState.ALIVE)))
     assert [e.kind for e in s.events()] == ["dead", "joined"]
-    s.receive(0, "x", ping(upd("c", 0, MemberState.SUSPECT), upd("d", 0, MemberState.DEAD)))
-    assert s.get("c") is None and s.get("d") is None  # unknown members are not created by rumours
+    # A new run of b counts from 0 again: its own word replaces what we held.
+    s.receive(0, "b", ping(upd("b", 0, MemberState.ALIVE, {"run": "2"})))
+    assert s.get("b") == Member("b", "b:1", 0, MemberState.ALIVE, {"run": "2"}, 0)
+    assert [e.kind for e in s.events()] == ["updated"]
+    s.receive(0, "b", ping(upd("b", 0, MemberState.LEFT)))
+    assert s.get("b").state is MemberState.LEFT  # type: ignore[union-attr]
+    assert s.ignored_claims == 0
 
 
-def test_refutes_rumours_about_itself() -> None:
+def test_rumours_never_change_a_members_incarnation() -> None:
     s = make()
-    out = s.receive(0, "x", ping(upd("a", 0, MemberState.SUSPECT)))
-    assert s.me.incarnation == 1
-    assert upd("a", 1, MemberState.ALIVE) | {"addr": "a:1"} in out[0].message["u"]
-    s.receive(0, "x", ping(upd("a", 7, MemberState.DEAD)))
-    assert s.me.incarnation == 8 and s.me.state is MemberState.ALIVE
+    s.receive(0, "b", ping(upd("b", 3, MemberState.ALIVE, {"k": "v"})))
+    s.receive(0, "x", ping(upd("x", 0, MemberState.ALIVE)))
+    s.events()
+    # Third parties cannot raise b's incarnation or change its record: we ask b itself.
+    out = s.receive(0, "x", ping(upd("b", 9, MemberState.ALIVE, {"evil": "1"}) | {"addr": "evil:1"}))
+    assert s.get("b") == Member("b", "b:1", 3, MemberState.ALIVE, {"k": "v"}, 0)
+    asks = [o for o in out if o.to_id == "b"]
+    assert len(asks) == 1 and (asks[0].to_address, asks[0].message["t"]) == ("b:1", "ping")
+    assert asks[0].message["u"][0]["id"] == "a"
+    # Nor can they suspect or kill it above the incarnation it announced: ignored and counted.
+    for state in (MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT):
+        s.receive(0, "x", ping(upd("b", 4, state), upd("b", 2**63 - 1, state)))
+    assert s.get("b").state is MemberState.ALIVE and s.ignored_claims == 6  # type: ignore[union-attr]
     assert s.events() == []
+    # A member we never heard from is not created by a rumour, only asked (at the rumoured address).
+    out = s.receive(0, "x", ping(upd("c", 0, MemberState.ALIVE), upd("d", 0, MemberState.DEAD)))
+    assert s.get("c") is None and s.get("d") is None
+    assert [(o.to_id, o.to_address) for o in out if o.to_id != "x"] == [("c", "c:1")]
+    # A member asked once is not asked again within a probe timeout, however many rumours.
+    assert not [o for o in s.receive(0.1, "x", ping(upd("c", 5, MemberState.ALIVE))) if o.to_id == "c"]
+    s.tick(CFG.probe_timeout)
+    assert [o for o in s.receive(0.3, "x", ping(upd("c", 5, MemberState.ALIVE))) if o.to_id == "c"]
+    # c answers for itself: now it is a member.
+    s.receive(0.61, "c", {"t": "ack", "seq": 1, "u": [upd("c", 5, MemberState.ALIVE)]})
+    assert s.get("c").incarnation == 5  # type: ignore[union-attr]
+
+
+def test_a_node_cannot_speak_for_another() -> None:
+    s = make()
+    s.receive(0, "b", ping(upd("b", 1, MemberState.ALIVE)))
+    s.receive(0, "x", ping(upd("x", 0, MemberState.ALIVE)))
+    # x's message whose first record claims to be b is a rumour about b, not b speaking.
+    s.receive(0, "x", ping(upd("b", 7, MemberState.ALIVE, {"svc": "fake@1"})))
+    s.receive(0, "x", ping(upd("b", 7, MemberState.DEAD)))
+    assert s.get("b") == Member("b", "b:1", 1, MemberState.ALIVE, {}, 0)
+    # Nor can a node say that it is itself suspect or dead.
+    s.receive(0, "x", ping(upd("x", 0, MemberState.DEAD)))
+    assert s.get("x").state is MemberState.ALIVE and s.ignored_claims == 2  # type: ignore[union-attr]
 
 
 def test_join_pings_the_seed_with_our_alive_record() -> None:
@@ -352,22 +442,23 @@ def test_join_pings_the_seed_with_our_alive_record() -> None:
     assert [e.kind for e in s.events()] == ["joined", "updated"]
 
 
-def test_unknown_sender_is_asked_to_announce_itself() -> None:
-    s = make()
-    (out,) = s.receive(0, "stranger", {"t": "ping", "seq": 9})
-    assert out.to_id == "stranger" and out.to_address == "" and out.message["who"] is True
-    b = make("b")
-    b.join(0, "a", "a:1")
-    b._piggyback("a", [])  # drain queue so that re-announcement is observable
-    for _ in range(10):
-        b._piggyback("a", [])
-    b.receive(0, "a", {"t": "ack", "seq": 123, "who": True})
-    assert upd("b", 0, MemberState.ALIVE) | {"addr": "b:1"} in b._piggyback("a", [])
+def test_every_message_starts_with_the_senders_own_record() -> None:
+    s = make(metadata={"svc": "x"})
+    (out,) = s.receive(0, "stranger", {"t": "ping", "seq": 9, "u": [upd("stranger", 2, MemberState.ALIVE)]})
+    assert out.to_id == "stranger" and out.to_address == "stranger:1" and "who" not in out.message
+    assert out.message["u"][0] == {"id": "a", "addr": "a:1", "inc": 0, "s": 0, "md": {"svc": "x"}}
+    assert [e.kind for e in s.events()] == ["joined"]  # it joined by speaking for itself
+    for _ in range(20):  # our own record never drops out of the piggyback, unlike gossip
+        assert s._message("stranger", {"t": "ping", "seq": 1}).message["u"][0]["id"] == "a"
+    # A message without the sender's record (nothing to join) is still answered on its link.
+    (out,) = s.receive(0, "other", {"t": "ping", "seq": 3})
+    assert (out.to_id, out.to_address) == ("other", "")
 
 
 def test_ping_req_is_relayed() -> None:
     s = make()
-    s.receive(0, "r", ping(upd("r", 0, MemberState.ALIVE), upd("t", 0, MemberState.ALIVE)))
+    s.receive(0, "r", ping(upd("r", 0, MemberState.ALIVE)))
+    s.receive(0, "t", ping(upd("t", 0, MemberState.ALIVE)))
     (out,) = s.receive(0, "r", {"t": "ping_req", "seq": 42, "target": "t"})
     assert (out.to_id, out.message["t"]) == ("t", "ping")
     (relayed,) = s.receive(0.01, "t", {"t": "ack", "seq": out.message["seq"]})
@@ -384,13 +475,14 @@ def test_messages_from_itself_are_ignored() -> None:
 def test_member_table_is_bounded() -> None:
     s = make(config=SwimConfig(max_members=4))
     for i in range(10):
-        s.receive(0, "x", ping(upd(f"m{i}", 0, MemberState.ALIVE)))
+        s.receive(0, f"m{i}", ping(upd(f"m{i}", 0, MemberState.ALIVE)))
     assert len(s.members()) == 4
 
 
 def test_relays_are_bounded() -> None:
     s = make(config=SwimConfig(max_relays=3))
-    s.receive(0, "r", ping(upd("r", 0, MemberState.ALIVE), upd("t", 0, MemberState.ALIVE)))
+    s.receive(0, "r", ping(upd("r", 0, MemberState.ALIVE)))
+    s.receive(0, "t", ping(upd("t", 0, MemberState.ALIVE)))
     outs = [s.receive(0, "r", {"t": "ping_req", "seq": i, "target": "t"}) for i in range(10)]
     assert sum(len(o) for o in outs) == 3
     s.tick(1.0)
@@ -399,10 +491,29 @@ def test_relays_are_bounded() -> None:
 
 def test_piggyback_is_bounded_and_updates_stop_after_retransmit_limit() -> None:
     s = make()
-    s.receive(0, "x", ping(*(upd(f"m{i}", 0, MemberState.ALIVE) for i in range(16))))
+    for i in range(16):
+        s.receive(0, f"m{i}", ping(upd(f"m{i}", 0, MemberState.ALIVE)))
     sent = [s._message("m0", {"t": "ping", "seq": 1}) for _ in range(200)]
     assert all(len(o.message["u"]) <= CFG.max_piggyback for o in sent)
-    assert sent[-1].message["u"] == []  # everything was sent retransmit_mult*ceil(log2(n+1)) times
+    # Everything was sent retransmit_mult*ceil(log2(n+1)) times; our own record always goes.
+    assert sent[-1].message["u"] == [upd("a", 0, MemberState.ALIVE)]
+
+
+def test_a_flood_of_made_up_members_cannot_fill_the_table() -> None:
+    cfg = SwimConfig(max_members=8)
+    s = make(config=cfg)
+    s.receive(0, "x", ping(upd("x", 0, MemberState.ALIVE)))
+    asked: list[str] = []
+    for t in range(20):  # 20 probe timeouts of 16 made-up members each, none of which answers
+        now = t * cfg.probe_timeout
+        fakes = [upd(f"fake{t}-{i}", 0, MemberState.ALIVE) for i in range(16)]
+        asked += [o.to_id for o in s.receive(now, "x", ping(*fakes)) if o.to_id != "x"]
+        s.tick(now)
+        assert [m.id for m in s.members()] == ["a", "x"]
+        assert len(s._verifying) <= cfg.max_verifications
+    assert len(asked) == len(set(asked)) <= 20 * cfg.max_verifications
+    s.receive(10.0, "real", ping(upd("real", 0, MemberState.ALIVE)))  # a real node still joins
+    assert s.get("real") is not None
 
 
 def test_local_input_is_validated() -> None:
@@ -505,6 +616,69 @@ near_message = st.fixed_dictionaries(
 )
 
 
+incarnations = st.sampled_from([0, 1, 2, 3, MAX_INC - 1, MAX_INC]) | st.integers(0, MAX_INC)
+claims = st.fixed_dictionaries(
+    {
+        "id": st.sampled_from(["a", "b", "x", "y"]),
+        "addr": st.sampled_from(["b:1", "evil:1", ""]),
+        "inc": incarnations,
+        "s": st.sampled_from([int(s) for s in MemberState]),
+        "md": st.sampled_from([{}, {"svc": "fake@1"}]),
+    }
+)
+attacks = st.lists(
+    st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["ping", "ack"]), st.lists(claims, max_size=16)),
+    max_size=12,
+)
+
+
+def deliver(nodes: dict[str, Swim], now: float, sender: str, outgoing: list[Outgoing]) -> None:
+    """Deliver messages among ``nodes`` until none is left (bounded), checking that each would be
+    accepted by its receiver's decoder; messages to nodes not in ``nodes`` are dropped."""
+    queue = [(sender, out) for out in outgoing]
+    for _ in range(200):
+        if not queue:
+            return
+        src, out = queue.pop(0)
+        wire = msgpack.unpackb(msgpack.packb(out.message), raw=False)
+        decode_message(wire)  # never raises: nothing we send leaves the valid range
+        if out.to_id in nodes:
+            queue.extend((out.to_id, o) for o in nodes[out.to_id].receive(now, src, wire))
+    raise AssertionError("messages kept bouncing")
+
+
+@settings(max_examples=200, deadline=None)
+@given(attack=attacks, exchange_after=st.lists(st.booleans(), min_size=12, max_size=12))
+def test_no_claim_pushes_a_member_past_what_it_announced(
+    attack: list[tuple[str, str, list[dict[str, Any]]]], exchange_after: list[bool]
+) -> None:
+    """Whatever x (an authenticated member) claims, to a or to b: a never holds for b an
+    incarnation that b did not announce, b's incarnation grows by at most one per claim at it
+    (no jump), everything a and b send stays valid, and one honest exchange later b is ALIVE
+    for a with its own record."""
+    nodes = {"a": make("a"), "b": make("b")}
+    a, b = nodes["a"], nodes["b"]
+    now = 0.0
+    deliver(nodes, now, "b", b.join(now, "a", "a:1"))
+    claims_about_b = 0
+    for (to, kind, updates), exchange in zip(attack, exchange_after, strict=False):
+        now += 0.01
+        claims_about_b += sum(1 for u in updates if u["id"] == "b" and u["s"] != 0)
+        deliver(nodes, now, "x", nodes[to].receive(now, "x", {"t": kind, "seq": 1, "u": updates}))
+        if exchange:
+            deliver(nodes, now, "b", b.tick(now) + a.tick(now))
+        held = a.get("b")
+        assert held is None or held.incarnation <= b.me.incarnation
+        assert b.me.incarnation <= claims_about_b
+    for _ in range(2):  # b talks to a: a ping, and the answer to it; then again, after refuting
+        now += 0.01
+        deliver(nodes, now, "b", [Outgoing("a", "a:1", {"t": "ping", "seq": 99, "u": b._piggyback("a")})])
+    held = a.get("b")
+    assert held is not None and held.state is MemberState.ALIVE
+    assert (held.incarnation, held.address, held.metadata) == (b.me.incarnation, "b:1", {})
+    assert b.me.state is MemberState.ALIVE
+
+
 @settings(max_examples=100, deadline=None)
 @given(messages=st.lists(st.tuples(ids, garbage | near_message), max_size=8), times=st.integers(0, 3))
 def test_receive_never_crashes_on_garbage(messages: list[tuple[str, object]], times: int) -> None:
@@ -517,10 +691,12 @@ def test_receive_never_crashes_on_garbage(messages: list[tuple[str, object]], ti
             decoded = decode_message(message)
         except SwimProtocolError:
             decoded = None
+        out: list[Outgoing] = []
         try:
-            s.receive(now, sender, message)
+            out = s.receive(now, sender, message)
         except SwimProtocolError:
             assert decoded is None or sender == "" or len(sender) > 256
-        s.tick(now)
+        for o in out + s.tick(now):  # everything we send, a peer accepts
+            decode_message(msgpack.unpackb(msgpack.packb(o.message), raw=False))
     members: list[Member] = s.members()
     assert s.me in members and len(members) <= CFG.max_members
