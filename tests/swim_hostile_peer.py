@@ -1,0 +1,70 @@
+"""A hostile cluster member in its own process: authenticated like any other, it lies in SWIM.
+
+Usage: ``python tests/swim_hostile_peer.py HOME NAME SERVICE_TYPE VICTIM HONEST[,HONEST...] ROUNDS``.
+Joins the cluster announced under the mDNS ``SERVICE_TYPE``, waits until every ``HONEST`` node
+is an ALIVE member, prints ``ready``, then sends ``ROUNDS`` rounds of poison, 50 ms apart, to each
+honest node: a ping claiming that ``VICTIM`` is alive/suspect/dead/left at incarnations 2**63-1
+and 2**63-2 (the alive one with a made-up address and services, as if it were the victim's own
+record), and the same claims about the receiver itself. Each ack to a poison ping is printed as
+``acked ROUND NODE``: the receiver acks only after it has applied the message. Serves until killed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from trimicro.actors.remote import Link
+from trimicro.cluster.cluster import start_cluster
+from trimicro.cluster.mdns import MdnsRegistry
+from trimicro.cluster.swim import MemberState
+from trimicro.mailbox.envelope import Envelope
+
+TOP = 2**63 - 1
+SEQ_BASE = 1 << 40  # far above the seqs of the honest SWIM running in this process
+
+
+def poison(victim: str, receiver: str, round_: int) -> dict[str, Any]:
+    fake = {"id": victim, "addr": "127.0.0.1:9", "md": {"svc": "impostor@6.6.6"}}
+    updates = [fake | {"inc": inc, "s": int(s)} for inc in (TOP, TOP - 1) for s in MemberState]
+    updates += [{"id": receiver, "addr": "", "md": {}, "inc": TOP, "s": int(s)} for s in MemberState]
+    return {"t": "ping", "seq": SEQ_BASE + round_, "u": updates[:16]}
+
+
+async def main(home: str, name: str, service_type: str, victim: str, honest: str, rounds: str) -> None:
+    targets = honest.split(",")
+    async with (
+        MdnsRegistry(service_type=service_type) as registry,
+        start_cluster(name, registry=registry, home=Path(home)) as cluster,
+    ):
+        membership = cluster.membership
+        remote = cluster.node.remote
+        codec = remote.codec
+        honest_handler = remote.system_handlers["swim"]
+
+        def watch_acks(link: Link, env: Envelope) -> Any:
+            message = codec.decode(env.body)
+            seq = message.get("seq") if isinstance(message, dict) else None
+            if message.get("t") == "ack" and isinstance(seq, int) and seq >= SEQ_BASE:
+                print(f"acked {seq - SEQ_BASE} {link.peer.node_id}", flush=True)
+            return honest_handler(link, env)
+
+        remote.system_handlers["swim"] = watch_acks
+        with trio.fail_after(30):
+            while not all(
+                (m := membership.member(t)) is not None and m.state is MemberState.ALIVE for t in targets
+            ):
+                await membership.wait_changed()
+        print("ready", flush=True)
+        for round_ in range(int(rounds)):
+            for target in targets:
+                remote.peer(target).send_system("swim", codec.encode(poison(victim, target, round_)))
+            await trio.sleep(0.05)  # the pace of the attack, not a synchronisation
+        await trio.sleep_forever()
+
+
+if __name__ == "__main__":
+    trio.run(main, *sys.argv[1:7])
