@@ -47,7 +47,9 @@ async def main(home: str, name: str, service_type: str, victim: str, honest: str
 
         def watch_acks(link: Link, env: Envelope) -> Any:
             message = codec.decode(env.body)
-            seq = message.get("seq") if isinstance(message, dict) else None
+            if not isinstance(message, dict):
+                return honest_handler(link, env)
+            seq = message.get("seq")
             if message.get("t") == "ack" and isinstance(seq, int) and seq >= SEQ_BASE:
                 print(f"acked {seq - SEQ_BASE} {link.peer.node_id}", flush=True)
             return honest_handler(link, env)
