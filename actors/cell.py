@@ -21,6 +21,7 @@ from trimicro.mailbox.errors import (
     NotFound,
     RequestTimeout,
     ServiceUnavailable,
+    TooManyRequests,
 )
 from trimicro.mailbox.mailboxes import Mailbox, Unbuilt
 from trimicro.mailbox.refs import ActorRef
@@ -45,6 +46,10 @@ OK, FULL, DEAD = range(3)
 
 #: Messages a worker handles before yielding to other tasks (fairness without a yield per message).
 BATCH = 128
+#: Watchers one actor may have at once (local ones and those of other nodes together): watches
+#: arrive from peers, and every set fed by peers has a bound (a peer's own share is smaller:
+#: ``remote.MAX_REMOTE_WATCHES``).
+MAX_WATCHERS = 65536
 
 #: The cell whose handler runs in the current task (the implicit sender of tell/ask).
 current_cell: ContextVar[Cell | None] = ContextVar("trimicro_current_cell", default=None)
@@ -958,15 +963,23 @@ class Cell:
         return self._timers or set()
 
     def add_watcher(self, watcher: ActorRef) -> None:
+        """Tell ``watcher`` when this actor stops (at once if it has); :class:`TooManyRequests`
+        (429) if it already has :data:`MAX_WATCHERS` watchers."""
         if self.status >= STOPPING:
             binding = watcher.binding
             if binding is not None:
                 binding.system(Terminated(self.ref, "already stopped"))
             return
-        if self._watchers is None:
-            self._watchers = set()
-        self._watchers.add(watcher)
+        watchers = self._watchers
+        if watchers is None:
+            watchers = self._watchers = set()
+        elif len(watchers) >= MAX_WATCHERS and watcher not in watchers:
+            raise TooManyRequests(f"actor {self.path} has {MAX_WATCHERS} watchers", id=self.path)
+        watchers.add(watcher)
 
     def remove_watcher(self, watcher: ActorRef) -> None:
-        if self._watchers is not None:
-            self._watchers.discard(watcher)
+        watchers = self._watchers
+        if watchers is not None:
+            watchers.discard(watcher)
+            if not watchers:  # a set never shrinks its table: drop it (a flood's memory goes)
+                self._watchers = None

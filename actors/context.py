@@ -125,7 +125,10 @@ class Context:
         """Receive :class:`~trimicro.actors.Terminated` when ``ref`` stops (at once if it has).
 
         Works for actors on other nodes too; if their node becomes unreachable, ``Terminated``
-        arrives with the reason ``"node unreachable"``.
+        arrives with the reason ``"node unreachable"``, and if that node refuses the watch (its
+        auth rules, or too many watches), with ``"watch refused: <code> <detail>"``. A local
+        actor that already has ``cell.MAX_WATCHERS`` watchers refuses with
+        :class:`~trimicro.actors.TooManyRequests`.
         """
         binding = ref.binding
         if binding is None:

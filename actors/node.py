@@ -33,7 +33,7 @@ from .cell import BATCH, RUNNING, STOPPING, Cell
 from .deadletters import DeadLetters
 from .dispatcher import Dispatcher
 from .messages import DeadLetter
-from .remote import Identity, Remoting
+from .remote import MAX_HANDSHAKES, Identity, Remoting
 from .supervision import ChildSpec, Restart, SupervisorStrategy
 from .timers import TimeoutWheel, TimerService
 
@@ -73,6 +73,7 @@ class Node:
         keepalive: float,
         dead_after: float,
         busy_poll: float = DEFAULT_BUSY_POLL,
+        max_handshakes: int = MAX_HANDSHAKES,
     ) -> None:
         self.id = node_id
         self.ask_timeout = ask_timeout
@@ -104,6 +105,7 @@ class Node:
             keepalive=keepalive,
             dead_after=dead_after,
             busy_poll=busy_poll,
+            max_handshakes=max_handshakes,
         )
         self._uids = itertools.count(1)
         #: Shared specs of anonymous spawns (see :meth:`child_spec`), at most SHARED_SPECS.
@@ -388,6 +390,7 @@ async def start_node(
     keepalive: float = 1.0,
     dead_after: float = 10.0,
     busy_poll: float = DEFAULT_BUSY_POLL,
+    max_handshakes: int = MAX_HANDSHAKES,
 ) -> AsyncIterator[Node]:
     """Run a node for the duration of the block.
 
@@ -405,7 +408,12 @@ async def start_node(
     seconds) the node polls for the reply of a lone request to another node before it sleeps
     until the reply comes, and for a caller's next request after answering its last: CPU time
     for latency, bounded (see :mod:`trimicro.actors.busypoll`); 0 turns it off.
+    ``max_handshakes`` caps the inbound connections whose handshake is still running (each may
+    take up to 5 s and holds buffers before anyone is authenticated): beyond it a new connection
+    is closed at once; established links do not count.
     """
+    if max_handshakes < 1:
+        raise ValueError(f"max_handshakes must be at least 1, got {max_handshakes}")
     node_id = name or uuid.uuid4().hex[:12]
 
     def make_identity() -> Identity:
@@ -434,6 +442,7 @@ async def start_node(
             keepalive=keepalive,
             dead_after=dead_after,
             busy_poll=busy_poll,
+            max_handshakes=max_handshakes,
         )
         nursery.start_soon(node.timers.run, name="trimicro-timers")
         nursery.start_soon(node.timeouts.run, name="trimicro-timeouts")

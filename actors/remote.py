@@ -56,6 +56,7 @@ from trimicro.mailbox.transport import Connection, Listener, Transport, serve
 from .busypoll import DEFAULT_BUSY_POLL, PROBE_EVERY, BusyPoller
 from .cell import DEAD, OK, Cell, Reply, Stopped, current_item
 from .messages import Terminated
+from .remote_watch import MAX_REMOTE_WATCHES, PeerWatches, on_unwatch, on_watch
 from .streams import DEFAULT_WINDOW, Stream
 
 if TYPE_CHECKING:
@@ -98,9 +99,9 @@ COALESCE_SLACK = 256
 RETIRE_GRACE = 60.0
 #: The optional frames this node understands, listed in its hello (docs/protocol.md §4.4).
 FEATURES = ["tells", "items"]
-#: Watchers of one of our actors indexed per peer for cleanup (more are served, not indexed).
-MAX_REMOTE_WATCHES = 65536
 RETIRE_POLL = 0.05
+#: Inbound connections whose handshake is still running, at most (``start_node(max_handshakes=)``).
+MAX_HANDSHAKES = 256
 
 
 class Identity(Protocol):
@@ -124,6 +125,12 @@ class Guard(Protocol):
         """Return the caller's principal (the handler's ``context.account``) or raise a
         :class:`~trimicro.mailbox.errors.MicroError` (401/403) to refuse. ``action`` is
         ``"call"``, ``"tell"`` or ``"stream"``."""
+        ...
+
+    def admit_watch(self, link: Link, path: str, headers: Mapping[str, str] | None) -> Any:
+        """Like :meth:`admit` for a death watch of the actor at ``path``, judged by the path
+        alone: the node calls it before it looks the actor up, so that a refusal is the same
+        whether the actor exists or not (see :mod:`.remote_watch`)."""
         ...
 
     def admit_peer(self, peer_info: Any) -> None:
@@ -472,6 +479,7 @@ class RemoteActor:
         """Runtime notices for a remote actor; only ``Terminated`` (for a remote watcher) travels."""
         if not isinstance(msg, Terminated):
             return False
+        self.peer.watching.discard(msg.ref, self.target)  # the watch is over (if it was one)
         link = self.peer.link
         if link is None:
             return False
@@ -1320,26 +1328,9 @@ class Link:
                 self.incarnation = incarnation
                 self.peer.restarted(self)
         elif op == "watch" and env.target is not None and env.sender is not None:
-            watcher = self.peer.bind(env.sender)
-            try:
-                cell = remoting.local_cell(env.target)
-            except MicroError:
-                self.push(self._terminated_frame(watcher, env.target, "no such actor"))
-                return None
-            cell.add_watcher(watcher)
-            watchers = self.peer.watching.get(cell)
-            if watchers is None:
-                watchers = self.peer.watching[cell] = set()
-            if len(watchers) < MAX_REMOTE_WATCHES:
-                watchers.add(watcher)
+            on_watch(self, env, env.target, env.sender)
         elif op == "unwatch" and env.target is not None and env.sender is not None:
-            try:
-                cell = remoting.local_cell(env.target)
-            except MicroError:
-                return None
-            watcher = self.peer.bind(env.sender)
-            cell.remove_watcher(watcher)
-            self.peer.watching.get(cell, set()).discard(watcher)
+            on_unwatch(self, env.target, env.sender)
         elif op == "tells":
             return self._on_tells(env)
         elif op == "items":
@@ -1356,10 +1347,6 @@ class Link:
                 return handler(self, env)
         # "heartbeat" and unknown operations only prove the peer is alive.
         return None
-
-    def _terminated_frame(self, watcher: ActorRef, ref: ActorRef, reason: str) -> bytes:
-        body = self.remoting.codec.encode(reason)
-        return encode_envelope(Envelope(Kind.SYSTEM, 0, watcher, ref, "terminated", body=body))
 
     # ---- lifetime ----------------------------------------------------------------------------
 
@@ -1510,10 +1497,11 @@ class Peer:
         self._retry_at = -math.inf
         self._last_error = ""
         self._refs: dict[ActorRef, ActorRef] = {}
-        #: remote actor -> local watchers
-        self.watched: dict[ActorRef, set[ActorRef]] = {}
-        #: Its watches of our actors: local cell -> watchers there (a stopped cell drops out).
-        self.watching: weakref.WeakKeyDictionary[Cell, set[ActorRef]] = weakref.WeakKeyDictionary()
+        #: remote actor -> local watchers, in the order they came: the first is the one named
+        #: in the ``watch`` frame (any stands for all; see :meth:`unwatch`).
+        self.watched: dict[ActorRef, dict[ActorRef, None]] = {}
+        #: Its watches of our actors (bounded; all removed when it goes).
+        self.watching = PeerWatches()
         self._changed = trio.Event()
 
     async def wait_changed(self) -> None:
@@ -1595,10 +1583,9 @@ class Peer:
                 binding = watcher.binding
                 if binding is not None:
                     binding.system(Terminated(self.bind(ref), f"node unreachable: {reason}"))
-        watching, self.watching = self.watching, weakref.WeakKeyDictionary()
-        for cell, watchers in watching.items():
-            for watcher in watchers:
-                cell.remove_watcher(watcher)
+        watching, self.watching = self.watching, PeerWatches()
+        watching.drop_all(self.remoting.node.cells)
+        self._refs = {}  # (bound refs to a run that is gone: a peer that flooded us leaves none)
 
     def link_closed(self, link: Link) -> None:
         if link in self.links:
@@ -1666,34 +1653,49 @@ class Peer:
     def watch(self, target: ActorRef, watcher: ActorRef) -> None:
         watchers = self.watched.get(target)
         if watchers is None:
-            watchers = self.watched[target] = set()
+            watchers = self.watched[target] = {}
         first = not watchers
-        watchers.add(watcher)
+        watchers[watcher] = None
         if first:
-            self.remoting.node.spawn_system(self._send_watch, target, watcher)
+            self.remoting.node.spawn_system(self._send_watch, target)
 
-    async def _send_watch(self, target: ActorRef, watcher: ActorRef) -> None:
+    async def _send_watch(self, target: ActorRef) -> None:
         try:
             link = await self.connect(self.remoting.node.ask_timeout)
         except MicroError as exc:
-            watchers = self.watched.pop(target, set())
+            watchers = self.watched.pop(target, {})
             for w in watchers:
                 if w.binding is not None:
                     w.binding.system(Terminated(self.bind(target), f"node unreachable: {exc.detail}"))
             return
-        # Any local watcher stands for all of them: the peer answers "terminated" once.
-        link.push(encode_envelope(Envelope(Kind.SYSTEM, 0, target, watcher, "watch")))
+        now = self.watched.get(target)
+        if now:  # (all may have unwatched while the link was dialed)
+            # Any local watcher stands for all of them: the peer answers "terminated" once.
+            self._send_watch_op(link, "watch", target, next(iter(now)))
+
+    @staticmethod
+    def _send_watch_op(link: Link, op: str, target: ActorRef, watcher: ActorRef) -> None:
+        link.push(encode_envelope(Envelope(Kind.SYSTEM, 0, target, watcher, op)))
 
     def unwatch(self, target: ActorRef, watcher: ActorRef) -> None:
+        """The peer knows the watch by the watcher named in it (the first local one), and only
+        that one undoes it: when that watcher leaves and others remain, the watch is moved to
+        the next one (watch it, then unwatch the first), so the peer keeps exactly one."""
         watchers = self.watched.get(target)
-        if not watchers:
+        if not watchers or watcher not in watchers:
             return
-        watchers.discard(watcher)
+        named = next(iter(watchers))
+        del watchers[watcher]
+        if watchers and watcher != named:
+            return
         if not watchers:
             del self.watched[target]
-            link = self.link
-            if link is not None:
-                link.push(encode_envelope(Envelope(Kind.SYSTEM, 0, target, watcher, "unwatch")))
+        link = self.link
+        if link is None or self._dialing is not None:
+            return  # nothing sent yet, or _send_watch will name the current first watcher
+        if watchers:
+            self._send_watch_op(link, "watch", target, next(iter(watchers)))
+        self._send_watch_op(link, "unwatch", target, watcher)
 
     def terminated(self, ref: ActorRef, watcher: ActorRef, reason: str | None) -> None:
         """The peer says ``ref`` stopped: tell every local watcher once."""
@@ -1725,6 +1727,7 @@ class Remoting:
         handshake_timeout: float = 5.0,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         busy_poll: float = DEFAULT_BUSY_POLL,
+        max_handshakes: int = MAX_HANDSHAKES,
     ) -> None:
         self.node = node
         self._nursery = nursery
@@ -1738,6 +1741,16 @@ class Remoting:
         self.keepalive = keepalive
         self.dead_after = dead_after
         self.handshake_timeout = handshake_timeout
+        #: Inbound connections still in their handshake, and how many may be: an unauthenticated
+        #: connection costs buffers and a task for up to ``handshake_timeout``, so beyond the cap
+        #: a new one is closed at once (established links are not counted).
+        self.handshaking = 0
+        self.max_handshakes = max_handshakes
+        #: Connections closed at once because the cap was reached (and when that was last logged).
+        self.refused_handshakes = 0
+        self._refusal_logged = -math.inf
+        #: Watches one peer may hold on this node's actors (see :mod:`.remote_watch`).
+        self.max_watches = MAX_REMOTE_WATCHES
         self.max_frame_size = max_frame_size
         self.peers: dict[str, Peer] = {}
         self._dormant: weakref.WeakValueDictionary[str, Peer] = weakref.WeakValueDictionary()
@@ -1831,15 +1844,22 @@ class Remoting:
             await serve(listener, self._accepted, task_status=task_status)
 
     async def _accepted(self, conn: Connection) -> None:
+        if self.handshaking >= self.max_handshakes:
+            self._refuse_handshake()
+            return  # (``serve`` closes the connection)
         identity = self.identity
-        secure = await secure_server(
-            conn,
-            identity.signing_key,
-            identity.certificate,
-            identity.verify_peer,
-            self.handshake_timeout,
-            max_frame_size=self.max_frame_size,
-        )
+        self.handshaking += 1
+        try:
+            secure = await secure_server(
+                conn,
+                identity.signing_key,
+                identity.certificate,
+                identity.verify_peer,
+                self.handshake_timeout,
+                max_frame_size=self.max_frame_size,
+            )
+        finally:
+            self.handshaking -= 1
         node_id = _node_id_of(secure.peer_info)
         if node_id == self.node.id:
             raise Unreachable("refusing a connection from a node with this node's own id")
@@ -1855,6 +1875,18 @@ class Remoting:
         peer.add_link(link)
         link.push(self._hello())
         await link.run()
+
+    def _refuse_handshake(self) -> None:
+        """Count a connection closed for the handshake cap; log it at most every 10 s."""
+        self.refused_handshakes += 1
+        now = trio.current_time()
+        if now - self._refusal_logged >= 10.0:
+            self._refusal_logged = now
+            log.warning(
+                "%d connections in their handshake: refusing new ones (%d so far)",
+                self.handshaking,
+                self.refused_handshakes,
+            )
 
     async def dial(self, address: str, timeout: float, *, expect: str | None = None) -> Link:
         """Open a secure link to the node at ``address`` (and check it is ``expect`` if given)."""

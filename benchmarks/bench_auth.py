@@ -67,7 +67,7 @@ async def serve(mode: str, port_file: str) -> None:
         if mode != "off":
             trusted = [dev_authority(HOME).public_key]
             guard = AuthGuard(
-                trusted, rules=rules(), service_of=lambda cell: "bench" if cell.ref == ref else None
+                trusted, rules=rules(), service_of=lambda path: "bench" if path == ref.path else None
             )
             node.remote.guard = guard
         tmp = f"{port_file}.tmp"

@@ -47,6 +47,7 @@ __all__ = [
     "AUTH_SERVICE",
     "BUILTIN_RULES",
     "CHANGED_OP",
+    "WATCH_ENDPOINT",
     "AuthGuard",
     "AuthState",
     "AuthSync",
@@ -104,6 +105,10 @@ GRANT_CACHE = 4096
 
 #: Largest signed auth state a node accepts (rules and revocation lists together).
 MAX_STATE_BYTES = 4 * 1024 * 1024
+
+#: The endpoint of the resource a death watch reaches: the actor (or service) itself, not one
+#: of its handlers (a watch runs none), so rules grant it with ``*`` or ``watch``.
+WATCH_ENDPOINT = "watch"
 
 
 @attrs.frozen
@@ -224,7 +229,7 @@ class AuthGuard:
         trusted: Collection[bytes],
         *,
         rules: Iterable[Rule] = DEFAULT_RULES,
-        service_of: Callable[[Cell], str | None] | None = None,
+        service_of: Callable[[str], str | None] | None = None,
         cache_size: int = 4096,
     ) -> None:
         self.trusted = frozenset(bytes(k) for k in trusted)
@@ -279,10 +284,13 @@ class AuthGuard:
         """What a request reaches, named as rules name it: ``Service.method`` of the handler
         that will run, whichever alias (``method``, ``Service.method``, a message type) the
         caller used, so no spelling slips past a rule."""
-        name = self._service_of(cell) if self._service_of is not None else None
-        endpoint = canonical_endpoint(cell, endpoint, msg, action)
+        return self.resource_at(cell.path, canonical_endpoint(cell, endpoint, msg, action))
+
+    def resource_at(self, path: str, endpoint: str) -> Resource:
+        """``endpoint`` of the service served at actor ``path``, or of the actor if none is."""
+        name = self._service_of(path) if self._service_of is not None else None
         if name is None:
-            return Resource("actor", cell.path, endpoint)
+            return Resource("actor", path, endpoint)
         return Resource("service", name, endpoint)
 
     def check(self, account: Account, resource: Resource) -> None:
@@ -313,6 +321,14 @@ class AuthGuard:
         """
         key = (link, bearer(headers), cell, action, endpoint or type(msg))
         return self._grant(key, link, headers, action, lambda: self.resource_of(cell, endpoint, msg, action))
+
+    def admit_watch(self, link: Link, path: str, headers: Mapping[str, str] | None) -> Account:
+        """The :class:`~trimicro.actors.remote.Guard` hook for a death watch: as :meth:`admit`
+        for an ask (same caller, rules, 401/403, logging), on the resource named by ``path``
+        alone with the endpoint :data:`WATCH_ENDPOINT`, so the verdict cannot depend on whether
+        an actor lives there (the node asks before it looks)."""
+        key = (link, bearer(headers), "watch", path)
+        return self._grant(key, link, headers, "watch", lambda: self.resource_at(path, WATCH_ENDPOINT))
 
     def _grant(
         self,

@@ -92,9 +92,9 @@ class Cluster:
     def address(self) -> str:
         return self.node.address or ""
 
-    def service_of(self, cell: Any) -> str | None:
-        """The service name a local actor serves under (``None`` if it is not a service)."""
-        return self._service_paths.get(cell.path)
+    def service_of(self, path: str) -> str | None:
+        """The service name served by the local actor at ``path`` (``None`` if none is)."""
+        return self._service_paths.get(path)
 
     def address_of(self, node_id: str) -> str | None:
         """Where node ``node_id`` listens, from membership or the registry cache (a hint)."""

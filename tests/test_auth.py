@@ -14,8 +14,9 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_remote import Watcher
 
-from trimicro.actors import Actor, Stream, ask
+from trimicro.actors import Actor, ActorRef, Stream, Terminated, ask
 from trimicro.cluster import call
 from trimicro.cluster.auth import (
     AUTH_SERVICE,
@@ -33,6 +34,7 @@ from trimicro.cluster.registry import MemoryRegistry
 from trimicro.cluster.rules import Access, Resource, Rule, Rules
 from trimicro.cluster.store import MemoryStore
 from trimicro.cluster.tokens import Account, issue_token
+from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.errors import BadRequest, Forbidden, MicroError, Unauthorized
 from trimicro.mailbox.identity import Authority, NodeIdentity, dev_authority
 
@@ -424,3 +426,64 @@ async def test_only_a_newer_state_signed_by_the_authority_is_taken(tmp_path: Pat
             open_state(forged, trusted)
         with pytest.raises(BadRequest):
             open_state("not bytes", trusted)
+
+
+async def test_a_watch_is_judged_like_an_ask_and_a_refusal_hides_whether_the_actor_exists(
+    tmp_path: Path, caplog: Any
+) -> None:
+    """A death watch reaches the actor like an ask (resource endpoint ``watch``), so the same
+    rules and 401/403 apply; a refused watch is answered the same whether the actor exists or
+    not (it used to be accepted, or answered "no such actor": an existence oracle)."""
+    async with cluster_of(tmp_path, 2) as (a, b):
+        await lock_down(a)
+        await synced(a, b)
+        caplog.set_level(logging.WARNING, logger="trimicro.auth")
+        send, receive = trio.open_memory_channel[Terminated](10)
+        watcher = await b.node.spawn(Watcher, send)
+        greeter = b.node.remote_ref("n0", "greeter")
+        ghost = b.node.remote_ref("n0", "ghost")
+
+        async def answer(ref: ActorRef) -> str | None:
+            await ask(watcher, ref)
+            with trio.fail_after(5):
+                got = await receive.receive()
+            assert got.ref == ref
+            return got.reason
+
+        assert [await answer(greeter), await answer(ghost)] == ["watch refused: 403 forbidden"] * 2
+        assert "denied service n1 () access to service greeter watch" in caplog.text
+        # A bad token on the watch: 401, alike for both.
+        peer = b.node.remote.peer("n0")
+        answers: list[tuple[ActorRef, str | None]] = []
+        got_both = trio.Event()
+
+        def terminated(ref: ActorRef, _watcher: ActorRef, reason: str | None) -> None:
+            answers.append((ref, reason))
+            if len(answers) == 2:
+                got_both.set()
+
+        peer.terminated = terminated  # type: ignore[method-assign]
+        link = peer.link
+        assert link is not None
+        for ref in (greeter, ghost):
+            env = Envelope(
+                Kind.SYSTEM, 0, ref, watcher, "watch", headers={"authorization": "Bearer not-a-token"}
+            )
+            link.push(encode_envelope(env))
+        with trio.fail_after(5):
+            await got_both.wait()
+        assert answers == [
+            (greeter, "watch refused: 401 unauthorized"),
+            (ghost, "watch refused: 401 unauthorized"),
+        ]
+        del peer.terminated
+        # Rules that grant the watches: the actor that exists is watched, the other one is not there.
+        await add_rule(a, "watch-greeter", "*", "service:greeter:watch")
+        await add_rule(a, "watch-ghost", "*", "actor:/user/ghost:watch")
+        await synced(a, b)
+        await ask(watcher, greeter)
+        assert await answer(ghost) == "no such actor"  # (after the greeter's watch: same link)
+        await a.node.stop(a.node.ref("greeter"))
+        with trio.fail_after(5):
+            got = await receive.receive()
+        assert got.ref == greeter and got.reason is None
