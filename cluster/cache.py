@@ -69,12 +69,15 @@ class RegistryCache:
             services = merge_nodes([*services, *ours])
         self._entries[name] = (fetched, services)
 
-    async def get_service(self, name: str) -> list[Service]:
-        """The service's records (nodes filtered); ``NotFound`` if no live node offers it."""
+    async def get_service(self, name: str, *, refresh: bool = False) -> list[Service]:
+        """The service's records (nodes filtered); ``NotFound`` if no live node offers it.
+
+        ``refresh`` asks the backend even if the entry is younger than ``ttl`` (a retry that has
+        tried every node it knew), still serving the entry if the backend fails."""
         now = trio.current_time()
         entry = self._entries.get(name)
         services: list[Service] = []
-        if entry is None or now - entry[0] >= self.ttl:
+        if entry is None or refresh or now - entry[0] >= self.ttl:
             try:
                 services = in_clusters(await self.registry.get_service(name), self.clusters)
                 if not services:  # only other clusters' nodes: as good as none

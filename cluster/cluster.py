@@ -11,6 +11,7 @@ nodes' secure links), and on exit deregisters its services, leaves the membershi
   the registry cache, selects a node (random by default; round robin, least outstanding,
   consistent hashing by ``key``), asks it, and retries on another node with backoff when the
   failure allows it (see :class:`~trimicro.cluster.selector.RetryPolicy`), within one deadline.
+  A retry never goes back to a node this call already tried while another candidate exists.
 
 Every record this node announces names its cluster (the fingerprint of the authority that
 certified it), and every lookup keeps only nodes of clusters this node trusts: another cluster
@@ -238,8 +239,11 @@ class Cluster:
         tried: set[str] = set()
         attempt = 0
         self.retry.record_request()
+        known_tried = False  # every node of the last answer failed this call
         while True:
-            services = await self.cache.get_service(service)
+            # Before going back to a node that failed, ask the registry itself for others: the
+            # cache (watch events aside) holds an answer for seconds.
+            services = await self.cache.get_service(service, refresh=known_tried)
             info = self._select(services, key, version, metadata, endpoint, tried)
             ref = self._ref_for(info, service)
             self.outstanding.start(info.id)
@@ -267,6 +271,7 @@ class Cluster:
                     raise
                 self.retry.record_retry()
                 tried.add(info.id)
+                known_tried = all(n.id in tried for s in services for n in s.nodes)
                 await trio.sleep(min(self.retry.delay(attempt, self.rng), left))
                 continue
             finally:

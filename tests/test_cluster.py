@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -238,3 +239,38 @@ async def test_a_node_never_polls_another_clusters_auth_service(
         await ours.auth_sync.sync_once()
         assert (ours.auth.epoch, ours.auth.version) == before
     assert [r.getMessage() for r in caplog.records] == []
+
+
+class Unwatched(MemoryRegistry):
+    """A backend without watch events: a cache learns of a change only when it asks."""
+
+    @asynccontextmanager
+    async def watch(self, service: str | None = None) -> AsyncIterator[AsyncIterator[Any]]:
+        send, receive = trio.open_memory_channel[Any](0)
+        async with send, receive:
+            yield receive
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_a_retry_looks_for_other_nodes_before_going_back_to_one_that_failed(tmp_path: Path) -> None:
+    """The cache answers from memory for seconds; when every node it named has failed this
+    call, the retry asks the registry again and finds the node that came up meanwhile,
+    instead of dialing the dead one again and again."""
+    registry = Unwatched()
+    async with (
+        nodes(1, tmp_path, registry) as (live,),
+        start_cluster(
+            "client", registry=registry, home=tmp_path, membership=False, announce=False, types=TYPES
+        ) as client,
+    ):
+        dead = NodeInfo("dead", f"127.0.0.1:{closed_port()}", {}, client.fingerprint)
+        await registry.register(Service("greeter", nodes=(dead,)))
+        assert [n.id for s in await client.describe("greeter") for n in s.nodes] == ["dead"]  # cached
+        await live.serve(Greeter, name="greeter")
+        assert await client.call("greeter", "Greeter.whoami", {}) == "n0"
