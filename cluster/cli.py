@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import trio
 
 from trimicro.actors import Actor
-from trimicro.mailbox.errors import MicroError
+from trimicro.mailbox.errors import MicroError, NotFound
 
 from .cluster import Cluster, start_cluster
 from .registry import MemoryRegistry, Registry, Service
@@ -178,13 +178,18 @@ def _service_json(svc: Service) -> dict[str, Any]:
 
 #: A listing of every service is final once it has not changed for SETTLE seconds and the
 #: registry has had LISTEN seconds to answer: mDNS answers arrive a few services at a time (a
-#: responder holds back a record it multicast in the last second for up to a second).
+#: responder holds back a record it multicast in the last second for up to a second, until the
+#: browser's second query, about a second after its first).
 SETTLE = 0.3
 LISTEN = 1.3
+#: A lookup of a service nobody serves answers 404 once the listing of every service has
+#: settled without it and the registry has had MISS seconds: longer than LISTEN, since a missed
+#: service fails a call where it only shortens a listing (the second query's answers get ~0.9 s).
+MISS = 2.0
 #: Default ``--wait``: a lookup ends as soon as the service shows up, so a generous wait only
-#: delays a real miss (a loaded machine can take a few seconds from start-up to the first mDNS
-#: answer). ``publish`` waits less for subscribers' interest, which ends early only when every
-#: known member has sent it (with no member at all, it is the whole wait).
+#: delays a real miss when no node at all answers (a loaded machine can take a few seconds from
+#: start-up to the first mDNS answer). ``publish`` waits less for subscribers' interest, which
+#: ends early only when every known member has sent it (with no member at all, it is the whole wait).
 WAIT = 5.0
 PUBLISH_WAIT = 2.0
 
@@ -193,31 +198,91 @@ def _wait(args: argparse.Namespace, default: float = WAIT) -> float:
     return default if args.wait is None else float(args.wait)
 
 
-async def _wait_for(cluster: Cluster, name: str | None, wait: float, listen: float = LISTEN) -> list[Service]:
-    """Registry answers, retried for up to ``wait`` seconds (mDNS needs a moment to browse).
-    A listing of every service waits ``listen`` seconds at least (0 for registries that answer
-    in full at once)."""
+def _listen(args: argparse.Namespace) -> float:
+    """LISTEN for mDNS; 0 for a registry that answers in full at once."""
+    return LISTEN if args.registry == "mdns" else 0.0
+
+
+class _Settling:
+    """Whether successive answers have stopped changing: the same services, versions and nodes
+    for SETTLE seconds, and at least ``floor`` seconds since the first question."""
+
+    def __init__(self, start: float, floor: float) -> None:
+        self.start = self.steady_since = start
+        self.floor = floor
+        self.key: list[tuple[str, str, tuple[str, ...]]] | None = None
+
+    def settled(self, found: list[Service], now: float) -> bool:
+        key = sorted((s.name, s.version, tuple(sorted(n.id for n in s.nodes))) for s in found)
+        if not found or key != self.key:
+            self.key, self.steady_since = key, now
+            return False
+        return now - self.steady_since >= SETTLE and now - self.start >= self.floor
+
+
+async def _listing(cluster: Cluster) -> list[Service] | None:
+    """Every service of this client's clusters (``None`` if the registry failed this time)."""
+    try:
+        return await cluster.services()
+    except MicroError:
+        return None
+
+
+async def _lookup(cluster: Cluster, name: str) -> list[Service] | None:
+    """The service's records ([] if not found, ``None`` if the registry failed this time)."""
+    try:
+        return await cluster.describe(name)
+    except NotFound:
+        return []
+    except MicroError:
+        return None
+
+
+async def _wait_for(
+    cluster: Cluster, name: str | None, wait: float, listen: float = LISTEN, *, complete: bool = False
+) -> list[Service]:
+    """What the registry says about ``name`` (every service but trimicro's with ``None``),
+    asked again for up to ``wait`` seconds: mDNS answers arrive over a second or so.
+
+    Only this client's clusters are listed (:meth:`Cluster.services`, :meth:`Cluster.describe`),
+    so another cluster on the machine neither answers a lookup nor keeps a listing changing.
+
+    * A lookup (``name``) returns the first answer that has the service: any node of it will do
+      for a call. ``complete`` (``describe``) waits for the answer to settle instead, so that
+      every node is shown.
+    * A listing (``name=None``) returns once it has settled, after ``listen`` seconds at least
+      (0 for registries that answer in full at once).
+    * A lookup of a service nobody serves raises ``NotFound`` once the listing of every service
+      has settled without it, after MISS seconds (``listen`` if 0), not at the end of ``wait``.
+      An empty listing (no node answered yet) waits for ``wait``: a node may be starting.
+    """
+    start = trio.current_time()
+    everything = _Settling(start, MISS if listen > 0 else 0.0)
+    answer = _Settling(start, listen)
     last: list[Service] = []
-    last_key: list[tuple[str, str, int]] = []
-    start = steady_since = trio.current_time()
     with trio.move_on_after(wait):
         while True:
-            try:
-                if name is None:
-                    found = [s for s in await cluster.services() if not s.name.startswith("trimicro.")]
-                else:
-                    found = await cluster.describe(name)
-                if found and name is not None:
+            now = trio.current_time()
+            if name is None:
+                listed = await _listing(cluster)
+                if listed is not None:
+                    last = [s for s in listed if not s.name.startswith("trimicro.")]
+                    if answer.settled(last, now):
+                        return last
+            else:
+                found = await _lookup(cluster, name)
+                if found and not complete:
                     return found
-                now = trio.current_time()
-                key = sorted((s.name, s.version, len(s.nodes)) for s in found)
-                if not found or key != last_key:
-                    steady_since = now
-                elif now - steady_since >= SETTLE and now - start >= listen:
+                if found and answer.settled(found, now):
                     return found
-                last, last_key = found, key
-            except MicroError:
-                pass
+                if found == []:
+                    listed = await _listing(cluster)
+                    if (
+                        listed is not None
+                        and everything.settled(listed, now)
+                        and all(s.name != name for s in listed)
+                    ):
+                        break
             await trio.sleep(0.1)
     if name is None:
         return last
@@ -226,7 +291,7 @@ async def _wait_for(cluster: Cluster, name: str | None, wait: float, listen: flo
 
 async def _services(args: argparse.Namespace, out: TextIO) -> int:
     async with await _client(args) as cluster:
-        found = await _wait_for(cluster, None, _wait(args), LISTEN if args.registry == "mdns" else 0.0)
+        found = await _wait_for(cluster, None, _wait(args), _listen(args))
     found.sort(key=lambda s: (s.name, s.version))
     if args.json:
         json.dump([_service_json(s) for s in found], out, indent=2)
@@ -238,7 +303,7 @@ async def _services(args: argparse.Namespace, out: TextIO) -> int:
 
 async def _describe(args: argparse.Namespace, out: TextIO) -> int:
     async with await _client(args) as cluster:
-        found = await _wait_for(cluster, args.service, _wait(args))
+        found = await _wait_for(cluster, args.service, _wait(args), _listen(args), complete=True)
     if args.json:
         json.dump([_service_json(s) for s in found], out, indent=2)
         print(file=out)

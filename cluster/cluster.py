@@ -11,6 +11,12 @@ nodes' secure links), and on exit deregisters its services, leaves the membershi
   the registry cache, selects a node (random by default; round robin, least outstanding,
   consistent hashing by ``key``), asks it, and retries on another node with backoff when the
   failure allows it (see :class:`~trimicro.cluster.selector.RetryPolicy`), within one deadline.
+  A retry never goes back to a node this call already tried while another candidate exists.
+
+Every record this node announces names its cluster (the fingerprint of the authority that
+certified it), and every lookup keeps only nodes of clusters this node trusts: another cluster
+serving the same names on the same machine is invisible, instead of a node that fails the
+handshake (see :mod:`trimicro.cluster.registry`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from trimicro.mailbox.errors import MicroError, NotFound
 from trimicro.mailbox.typeregistry import TypeRegistry
 
 from .cache import RegistryCache
-from .registry import NodeInfo, Registry, Service
+from .registry import NodeInfo, Registry, Service, belongs, cluster_fingerprint, in_clusters
 from .selector import CircuitBreaker, Outstanding, RetryPolicy, Selector, Strategy
 from .service import IDEMPOTENT, describe_endpoints
 
@@ -63,7 +69,10 @@ class Cluster:
     ) -> None:
         self.node = node
         self.registry = registry
-        self.cache = RegistryCache(registry)
+        #: This node's cluster (its authority's fingerprint; ``""`` if the identity names none)
+        #: and every cluster whose nodes it may call (the authorities it trusts).
+        self.fingerprint, self.clusters = _clusters_of(node.remote.identity)
+        self.cache = RegistryCache(registry, clusters=self.clusters)
         self.rng = random.Random(seed)
         self.breaker = CircuitBreaker()
         self.outstanding = Outstanding()
@@ -131,7 +140,7 @@ class Cluster:
             version,
             dict(metadata or {}),
             endpoints,
-            (NodeInfo(self.node.id, self.address, {"path": ref.path}),),
+            (NodeInfo(self.node.id, self.address, {"path": ref.path}, self.fingerprint),),
         )
         await self.registry.register(record, ttl=self.ttl)
         self._served[name] = (record, ref)
@@ -168,7 +177,12 @@ class Cluster:
                 log.warning("re-registering node %s failed: %s", self.node.id, exc)
 
     def _node_record(self) -> Service:
-        return Service(NODE_SERVICE, "1", {}, (), (NodeInfo(self.node.id, self.address, {}),))
+        node = NodeInfo(self.node.id, self.address, {}, self.fingerprint)
+        return Service(NODE_SERVICE, "1", {}, (), (node,))
+
+    def accepts(self, info: NodeInfo) -> bool:
+        """Whether ``info`` names a node of a cluster this node trusts."""
+        return belongs(info, self.clusters)
 
     def services_digest(self) -> str:
         """``name@version`` of every service served here (gossiped through membership)."""
@@ -225,8 +239,11 @@ class Cluster:
         tried: set[str] = set()
         attempt = 0
         self.retry.record_request()
+        known_tried = False  # every node of the last answer failed this call
         while True:
-            services = await self.cache.get_service(service)
+            # Before going back to a node that failed, ask the registry itself for others: the
+            # cache (watch events aside) holds an answer for seconds.
+            services = await self.cache.get_service(service, refresh=known_tried)
             info = self._select(services, key, version, metadata, endpoint, tried)
             ref = self._ref_for(info, service)
             self.outstanding.start(info.id)
@@ -254,6 +271,7 @@ class Cluster:
                     raise
                 self.retry.record_retry()
                 tried.add(info.id)
+                known_tried = all(n.id in tried for s in services for n in s.nodes)
                 await trio.sleep(min(self.retry.delay(attempt, self.rng), left))
                 continue
             finally:
@@ -324,11 +342,29 @@ class Cluster:
         return await self.pubsub.subscribe(pattern, ref, **options)
 
     async def services(self) -> list[Service]:
-        """Every service in the registry (with its live nodes)."""
-        return await self.registry.list_services()
+        """Every service in the registry (with its live nodes) that this node's clusters serve."""
+        return in_clusters(await self.registry.list_services(), self.clusters)
 
     async def describe(self, name: str) -> list[Service]:
         return await self.cache.get_service(name)
+
+
+def _clusters_of(identity: Any) -> tuple[str, frozenset[str]]:
+    """This node's cluster fingerprint and those of the authorities it trusts, from its identity.
+
+    An identity without a readable certificate names no cluster, and one without a ``trusted``
+    list (it judges peers some other way) filters nothing: only its handshake can tell.
+    """
+    from trimicro.mailbox.identity import Certificate
+
+    try:
+        own = cluster_fingerprint(Certificate.decode(identity.certificate).issuer)
+    except (AttributeError, TypeError, ValueError, MicroError):
+        own = ""
+    trusted = getattr(identity, "trusted", None)
+    if trusted is None:
+        return own, frozenset()
+    return own, frozenset(cluster_fingerprint(key) for key in trusted)
 
 
 def _node_trouble(exc: MicroError) -> bool:

@@ -6,15 +6,21 @@ without leaking service names, node ids and addresses onto a LAN, and tests cann
 disturbed by) other machines. Pass ``interfaces=[...]`` (interface addresses) explicitly to announce
 on a real network.
 
-**Record layout.** Each (service name, version, node id) is one DNS-SD instance of type
-``_trimicro._tcp.local.``, named ``"{name}-{version}-{node_id}"`` reduced to ``[A-Za-z0-9_-]``,
-cut to 50 characters and suffixed with ``-`` and 12 hex digits of a SHA-256 over the exact triple
-(so the label is at most 63 bytes and distinct triples never share an instance). The SRV record
-carries the port of ``NodeInfo.address`` (``"host:port"``) and points at ``"{label}.local."``, whose
-A record is the address's host if it is an IP literal, else the bound interface address. The TXT
-record carries the whole record; every TXT string is ``key=value`` of at most 255 bytes:
+**Record layout** (also in docs/protocol.md, section 7). Each (service name, version, node id,
+cluster) is one DNS-SD instance of type ``_trimicro._tcp.local.``, named
+``"{name}-{version}-{node_id}"`` reduced to ``[A-Za-z0-9_-]``, cut to 50 characters and suffixed
+with ``-`` and 12 hex digits of a SHA-256 over the exact name, version, node id and (when the node
+names one) cluster, joined by NUL (so the label is at most 63 bytes, and distinct nodes never share
+an instance, even two clusters' nodes with the same id: they would overwrite each other's records
+in every cache). The SRV record carries the port of ``NodeInfo.address`` (``"host:port"``) and
+points at ``"{label}.local."``, whose A record is the address's host if it is an IP literal, else
+the bound interface address. The TXT record carries the whole record; every TXT string is
+``key=value`` of at most 255 bytes:
 
 * ``n`` service name, ``v`` version, ``id`` node id, ``a`` node address (UTF-8 text);
+* ``c`` the node's cluster: the fingerprint of its authority's public key (32 lowercase hex
+  digits, :func:`~trimicro.cluster.registry.cluster_fingerprint`); left out when the node names
+  none. A client skips other clusters' nodes before dialing them;
 * ``md`` (continued in ``md1``, ``md2``, ... when longer than one string) compact JSON
   ``{"s": service metadata, "n": node metadata}``;
 * ``e0``, ``e1``, ... the chunks, in order, of the compact JSON list of endpoints, each
@@ -24,7 +30,8 @@ record carries the whole record; every TXT string is ``key=value`` of at most 25
 The whole TXT record is capped at :data:`MAX_TXT_BYTES` (8 KiB, below the 9 000-byte mDNS packet
 limit); :meth:`MdnsRegistry.register` raises :class:`ValueError` beyond it. TXT data from the network
 is untrusted: an instance with missing keys, wrong types, bad UTF-8 or JSON, a gap in its chunks, an
-oversize record, or a label that does not match its ``n``/``v``/``id`` is skipped (logged at debug).
+oversize record, a ``c`` that is not 32 lowercase hex digits, or a label that does not match its
+``n``/``v``/``id``/``c`` is skipped (logged at debug).
 
 **A record is only a hint.** Anyone on the segment can announce anything; the node id and address
 are checked by the secure handshake (the certificate must be for that node id), so a forged or stale
@@ -100,6 +107,7 @@ _WATCH_BUFFER = 1024
 _CLOSE_TIMEOUT = 10.0
 _LABEL_PREFIX = 50
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_FINGERPRINT = re.compile(r"[0-9a-f]{32}")
 
 
 class _Malformed(ValueError):
@@ -109,9 +117,10 @@ class _Malformed(ValueError):
 # --------------------------------------------------------------------------- encoding
 
 
-def instance_label(name: str, version: str, node_id: str) -> str:
-    """The DNS-SD instance label of one (service, version, node): readable, unique, <= 63 bytes."""
-    digest = hashlib.sha256("\0".join((name, version, node_id)).encode("utf-8")).hexdigest()[:12]
+def instance_label(name: str, version: str, node_id: str, cluster: str = "") -> str:
+    """The DNS-SD instance label of one (service, version, node, cluster): readable, unique, <= 63 bytes."""
+    exact = (name, version, node_id, cluster) if cluster else (name, version, node_id)
+    digest = hashlib.sha256("\0".join(exact).encode("utf-8")).hexdigest()[:12]
     readable = _UNSAFE.sub("-", f"{name}-{version}-{node_id}").strip("-")[:_LABEL_PREFIX].strip("-")
     return f"{readable}-{digest}" if readable else digest
 
@@ -164,6 +173,10 @@ def encode_txt(service: Service, node: NodeInfo) -> dict[bytes, bytes]:
         props[key] = value
     if not service.name or not node.id:
         raise ValueError("mdns: service name and node id must not be empty")
+    if node.cluster:
+        if not _FINGERPRINT.fullmatch(node.cluster):
+            raise ValueError(f"mdns: cluster {node.cluster[:40]!r} is not 32 lowercase hex digits")
+        props[b"c"] = node.cluster.encode("ascii")
     metadata = _json({"s": dict(service.metadata), "n": dict(node.metadata)})
     props.update(_chunks(metadata, lambda i: b"md" if i == 0 else b"md%d" % i))
     endpoints = _json([_endpoint_json(e) for e in service.endpoints])
@@ -255,8 +268,11 @@ def decode_txt(
     version = _text(props, b"v", empty_ok=True)
     node_id = _text(props, b"id")
     address = _text(props, b"a", empty_ok=True)
+    cluster = _text(props, b"c") if b"c" in props else ""
+    if cluster and not _FINGERPRINT.fullmatch(cluster):
+        raise _Malformed(f"cluster {cluster[:40]!r} is not 32 lowercase hex digits")
     if instance_name is not None:
-        expected = f"{instance_label(name, version, node_id)}.{service_type}"
+        expected = f"{instance_label(name, version, node_id, cluster)}.{service_type}"
         if instance_name.lower() != expected.lower():
             raise _Malformed(f"instance name {instance_name!r} does not match its record ({expected!r})")
     metadata = _joined(props, b"md", lambda i: b"md%d" % i)
@@ -265,7 +281,9 @@ def decode_txt(
     endpoints = _joined(props, b"e0", lambda i: b"e%d" % i)
     if not isinstance(endpoints, list):
         raise _Malformed("endpoints are not a list")
-    node = NodeInfo(id=node_id, address=address, metadata=_str_map(metadata.get("n"), "node metadata"))
+    node = NodeInfo(
+        id=node_id, address=address, metadata=_str_map(metadata.get("n"), "node metadata"), cluster=cluster
+    )
     return Service(
         name=name,
         version=version,
@@ -432,7 +450,7 @@ class MdnsRegistry:
     # ----------------------------------------------------------------- registering
 
     def _service_info(self, service: Service, node: NodeInfo, ttl: float | None) -> ServiceInfo:
-        label = instance_label(service.name, service.version, node.id)
+        label = instance_label(service.name, service.version, node.id, node.cluster)
         host, port = _split_host_port(node.address)
         addresses = [host] if _ip_literal(host) else [i for i in self._interfaces if _ip_literal(i)]
         seconds = _dns_ttl(ttl)
@@ -481,7 +499,8 @@ class MdnsRegistry:
             return
         async with self._write_lock:
             for node in service.nodes:
-                info = self._registered.pop(instance_label(service.name, service.version, node.id), None)
+                label = instance_label(service.name, service.version, node.id, node.cluster)
+                info = self._registered.pop(label, None)
                 if info is not None:
                     await self._in_zc(self._zc_unregister(info))
         await trio.lowlevel.checkpoint()

@@ -9,7 +9,8 @@ what the message claims: a member speaks for itself, and what it says about othe
 
 - a tick task drives SWIM's timers (probe rounds, indirect probes, suspicion timeouts);
 - peers come from the registry (every cluster node announces a ``trimicro.node`` record), so a
-  new node joins as soon as discovery shows it one member;
+  new node joins as soon as discovery shows it one member; records of other clusters (another
+  authority's fingerprint) are never joined, so a second cluster on the machine is not probed;
 - a dropped link (``on_peer_lost``: TCP reset after a SIGKILL) makes that member suspect at once,
   so a killed node is evicted after the suspicion timeout (1.5 s) instead of many minutes of mDNS
   TTL, while a merely paused one (SIGSTOP) is suspected after missing its probes and refutes
@@ -127,13 +128,16 @@ class Membership:
         return member is None or member.state in (MemberState.ALIVE, MemberState.SUSPECT)
 
     def gossiped(self, name: str) -> list[Service]:
-        """Records for ``name`` built from members' ``svc`` metadata (endpoints not included)."""
+        """Records for ``name`` built from members' ``svc`` metadata (endpoints not included).
+
+        Members proved their certificates on our links, so they count as this node's cluster."""
         found: list[Service] = []
         for member in self.swim.alive_members():
             for entry in _svc_entries(member.metadata):
                 svc_name, _, version = entry.partition("@")
                 if svc_name == name and member.address:
-                    info = NodeInfo(member.id, member.address, {"path": f"/user/{name}"})
+                    path = {"path": f"/user/{name}"}
+                    info = NodeInfo(member.id, member.address, path, self.cluster.fingerprint)
                     found.append(Service(name, version or "latest", nodes=(info,)))
         return found
 
@@ -259,8 +263,7 @@ class Membership:
                 while True:
                     try:
                         for svc in await registry.get_service(NODE_SERVICE):
-                            for info in svc.nodes:
-                                self.join(info.id, info.address)
+                            self._join_all(svc.nodes)
                     except MicroError:
                         pass
                     await trio.sleep(2.0)
@@ -270,5 +273,9 @@ class Membership:
                 event: Event
                 async for event in events:
                     if event.type is not EventType.DELETE:
-                        for info in event.service.nodes:
-                            self.join(info.id, info.address)
+                        self._join_all(event.service.nodes)
+
+    def _join_all(self, nodes: tuple[NodeInfo, ...]) -> None:
+        for info in nodes:
+            if self.cluster.accepts(info):
+                self.join(info.id, info.address)

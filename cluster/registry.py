@@ -8,12 +8,20 @@ for tests, :class:`StaticRegistry` serves a fixed list (seed addresses), and
 
 A record is only a hint: the node id and address it names are checked by the secure handshake
 (the certificate must be for that node id), so a forged record cannot capture traffic.
+
+**Which cluster.** Several clusters (each with its own authority) may announce the same service
+names, even the same node ids, on one machine or segment. Each node therefore says which cluster
+it belongs to (:attr:`NodeInfo.cluster`, the :func:`cluster_fingerprint` of the authority that
+certified it), :func:`merge_nodes` never mixes clusters in one record, and a cluster node keeps
+only the nodes of clusters it trusts (:func:`in_clusters`) *before* it dials anything: dialing a
+foreign node only fails its handshake, and that failure used to cost calls and retries.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable
 from contextlib import asynccontextmanager
 from enum import Enum
 from typing import Any, Protocol
@@ -33,8 +41,21 @@ __all__ = [
     "Service",
     "StaticRegistry",
     "Watchers",
+    "belongs",
+    "cluster_fingerprint",
+    "in_clusters",
     "merge_nodes",
 ]
+
+_FINGERPRINT_BYTES = 16  # 128 bits of SHA-256: two authorities' names never collide by chance
+
+
+def cluster_fingerprint(authority_key: bytes) -> str:
+    """The cluster a node belongs to, as discovery records name it: the first 16 bytes of the
+    SHA-256 of the 32-byte Ed25519 public key of the authority that certified the node, as 32
+    lowercase hex digits. Not a secret and not a proof (anyone can copy it into a record): it
+    lets a client skip other clusters' nodes instead of failing a handshake with each."""
+    return hashlib.sha256(bytes(authority_key)).hexdigest()[: 2 * _FINGERPRINT_BYTES]
 
 
 @attrs.frozen
@@ -50,11 +71,14 @@ class Endpoint:
 
 @attrs.frozen
 class NodeInfo:
-    """One instance of a service: the node id, where to dial it, and free-form metadata."""
+    """One instance of a service: the node id, where to dial it, free-form metadata, and the
+    :func:`cluster_fingerprint` of its authority (``""``: the record names no cluster, and a
+    node that knows its own does not dial it, see :func:`belongs`)."""
 
     id: str
     address: str
     metadata: dict[str, str] = attrs.field(factory=dict, hash=False)
+    cluster: str = ""
 
 
 @attrs.frozen
@@ -110,21 +134,44 @@ class Registry(Protocol):
 
 
 def merge_nodes(records: Iterable[Service]) -> list[Service]:
-    """Group records by (name, version), merging their nodes (the last record of a node wins).
+    """Group records by (name, version, cluster), merging their nodes (the last record of a node wins).
 
     The merged record keeps the first record's description (metadata, endpoints), or the first
-    that has endpoints: records learnt from membership gossip carry none.
+    that has endpoints: records learnt from membership gossip carry none. Nodes of different
+    clusters never share a merged record: another cluster may describe the same name
+    differently, and may use the same node ids.
     """
-    merged: dict[tuple[str, str], tuple[Service, dict[str, NodeInfo]]] = {}
+    merged: dict[tuple[str, str, str], tuple[Service, dict[str, NodeInfo]]] = {}
     for record in records:
-        key = (record.name, record.version)
-        base, nodes = merged.get(key, (record, {}))
-        if not base.endpoints and record.endpoints:
-            base = record
+        by_cluster: dict[str, list[NodeInfo]] = {}
         for node in record.nodes:
-            nodes[node.id] = node
-        merged[key] = (base, nodes)
+            by_cluster.setdefault(node.cluster, []).append(node)
+        for cluster, nodes in by_cluster.items() or [("", [])]:
+            key = (record.name, record.version, cluster)
+            base, known = merged.get(key, (record, {}))
+            if not base.endpoints and record.endpoints:
+                base = record
+            for node in nodes:
+                known[node.id] = node
+            merged[key] = (base, known)
     return [svc.with_nodes(nodes.values()) for svc, nodes in merged.values()]
+
+
+def belongs(node: NodeInfo, clusters: Collection[str]) -> bool:
+    """Whether a client trusting ``clusters`` (fingerprints) may dial ``node``.
+
+    A client that cannot tell its clusters (empty ``clusters``) keeps every node. A node that
+    names no cluster is not kept by one that can: on a shared medium it may belong to anyone (an
+    older trimicro, another cluster's hand-written record), and a seed list can name the cluster.
+    """
+    return not clusters or node.cluster in clusters
+
+
+def in_clusters(services: Iterable[Service], clusters: Collection[str]) -> list[Service]:
+    """``services`` with only the nodes that :func:`belongs` allows, merged; records left
+    without nodes are dropped (a record that listed none stays: some backends list no nodes)."""
+    kept = ((svc, [n for n in svc.nodes if belongs(n, clusters)]) for svc in services)
+    return merge_nodes(svc.with_nodes(nodes) for svc, nodes in kept if nodes or not svc.nodes)
 
 
 class Watchers:
@@ -173,16 +220,16 @@ class MemoryRegistry:
     """
 
     def __init__(self) -> None:
-        # (name, version) -> node id -> (record without other nodes, node, expiry)
-        self._entries: dict[tuple[str, str], dict[str, tuple[Service, NodeInfo, float]]] = {}
+        # (name, version) -> (cluster, node id) -> (record without other nodes, node, expiry)
+        self._entries: dict[tuple[str, str], dict[tuple[str, str], tuple[Service, NodeInfo, float]]] = {}
         self._watchers = Watchers()
 
     def _expire(self) -> None:
         now = trio.current_time()
         for key, nodes in list(self._entries.items()):
-            for node_id, (svc, node, expiry) in list(nodes.items()):
+            for node_key, (svc, node, expiry) in list(nodes.items()):
                 if expiry <= now:
-                    del nodes[node_id]
+                    del nodes[node_key]
                     self._emit(Event(EventType.DELETE, svc.with_nodes([node])))
             if not nodes:
                 del self._entries[key]
@@ -196,30 +243,33 @@ class MemoryRegistry:
         expiry = math.inf if ttl is None else trio.current_time() + ttl
         nodes = self._entries.setdefault((service.name, service.version), {})
         for node in service.nodes:
-            existed = node.id in nodes
+            existed = (node.cluster, node.id) in nodes
             record = service.with_nodes([node])
-            nodes[node.id] = (record, node, expiry)
+            nodes[node.cluster, node.id] = (record, node, expiry)
             self._emit(Event(EventType.UPDATE if existed else EventType.CREATE, record))
 
     async def deregister(self, service: Service) -> None:
         await trio.lowlevel.checkpoint()
         nodes = self._entries.get((service.name, service.version), {})
         for node in service.nodes:
-            entry = nodes.pop(node.id, None)
+            entry = nodes.pop((node.cluster, node.id), None)
             if entry is not None:
                 self._emit(Event(EventType.DELETE, entry[0]))
         if not nodes:
             self._entries.pop((service.name, service.version), None)
 
+    def _records(self, name: str | None = None) -> list[Service]:
+        return merge_nodes(
+            record
+            for (svc_name, _), nodes in self._entries.items()
+            if name is None or svc_name == name
+            for record, _, _ in nodes.values()
+        )
+
     async def get_service(self, name: str) -> list[Service]:
         await trio.lowlevel.checkpoint()
         self._expire()
-        found = [
-            entries[0][0].with_nodes(node for _, node, _ in entries)
-            for (svc_name, _), nodes in self._entries.items()
-            if svc_name == name and nodes
-            for entries in [list(nodes.values())]
-        ]
+        found = self._records(name)
         if not found:
             raise NotFound(f"service {name} not found", id="registry")
         return found
@@ -227,18 +277,17 @@ class MemoryRegistry:
     async def list_services(self) -> list[Service]:
         await trio.lowlevel.checkpoint()
         self._expire()
-        return [
-            next(iter(nodes.values()))[0].with_nodes(node for _, node, _ in nodes.values())
-            for nodes in self._entries.values()
-            if nodes
-        ]
+        return self._records()
 
     def watch(self, service: str | None = None) -> Any:
         return self._watchers.watch(service)
 
 
 class StaticRegistry:
-    """A fixed list of services (seed addresses); register/deregister only change this copy."""
+    """A fixed list of services (seed addresses); register/deregister only change this copy.
+
+    Give each seed node its ``cluster`` (:func:`cluster_fingerprint` of the cluster's authority
+    key): a cluster node does not dial a node whose record names no cluster it trusts."""
 
     def __init__(self, services: Iterable[Service] = ()) -> None:
         self._memory = MemoryRegistry()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 
@@ -37,11 +38,10 @@ class Proc:
 
 
 @asynccontextmanager
-async def python_process(*argv: str) -> AsyncIterator[Proc]:
-    """Run ``python *argv``; killed (after a SIGCONT, in case it was stopped) when the block ends."""
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
+async def python_process(*argv: str, stderr: Any = subprocess.DEVNULL) -> AsyncIterator[Proc]:
+    """Run ``python *argv``; killed (after a SIGCONT, in case it was stopped) when the block ends.
+    ``stderr`` is where its standard error goes (a file, to read what it logged)."""
+    proc = await trio.lowlevel.open_process([sys.executable, *argv], stdout=subprocess.PIPE, stderr=stderr)
     try:
         yield Proc(proc)
     finally:

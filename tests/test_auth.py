@@ -30,12 +30,12 @@ from trimicro.cluster.auth import (
 from trimicro.cluster.auth_service import AuthService
 from trimicro.cluster.cluster import Cluster, start_cluster
 from trimicro.cluster.pubsub import Message
-from trimicro.cluster.registry import MemoryRegistry
+from trimicro.cluster.registry import MemoryRegistry, NodeInfo, Service
 from trimicro.cluster.rules import Access, Resource, Rule, Rules
 from trimicro.cluster.store import MemoryStore
 from trimicro.cluster.tokens import Account, issue_token
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
-from trimicro.mailbox.errors import BadRequest, Forbidden, MicroError, Unauthorized
+from trimicro.mailbox.errors import BadRequest, Forbidden, MicroError, NotFound, Unauthorized
 from trimicro.mailbox.identity import Authority, NodeIdentity, dev_authority
 
 REFRESH = 0.05
@@ -315,9 +315,14 @@ async def test_a_node_of_another_authority_is_refused(tmp_path: Path) -> None:
         start_cluster("stranger", registry=registry, identity=stranger, membership=False) as s,
     ):
         await a.serve(Greeter, name="greeter")
+        with pytest.raises(NotFound):  # another cluster's record: skipped, never dialed
+            await s.call("greeter", "Greeter.hello", {}, timeout=2)
+        # A record forged to name the stranger's cluster gets it to dial: the handshake refuses it.
+        forged = NodeInfo("n0", a.address, {"path": "/user/greeter"}, s.fingerprint)
+        await registry.register(Service("greeter", nodes=(forged,)))
         with pytest.raises(MicroError) as refused:
             await s.call("greeter", "Greeter.hello", {}, timeout=2)
-        assert refused.value.code in (401, 408, 503)
+        assert refused.value.code in (401, 408, 503), refused.value
         assert a.node.remote.peers.get("stranger") is None or not a.node.remote.peer("stranger").links
 
 

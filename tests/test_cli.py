@@ -6,14 +6,16 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from trimicro.cluster.cli import _wait_for, main, services_of
-from trimicro.cluster.registry import Service
+from trimicro.cluster.cli import MISS, WAIT, _wait_for, main, services_of
+from trimicro.cluster.registry import NodeInfo, Service
+from trimicro.mailbox.errors import NotFound
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,3 +153,70 @@ async def test_a_registry_that_answers_in_full_is_not_waited_on(autojump_clock: 
     found = await _wait_for(_Arriving(["auth"]), None, wait=5.0, listen=0.0)  # type: ignore[arg-type]
     assert [s.name for s in found] == ["auth"]
     assert trio.current_time() - start < 1.0  # (virtual time) settled, not LISTEN
+
+
+class _Cluster:
+    """A client's view of a cluster over virtual time: ``listing`` gives the services known at
+    each moment (seconds since the first question) and ``describe`` looks one up in it."""
+
+    def __init__(self, listing: Callable[[float], list[Service]]) -> None:
+        self.listing = listing
+        self.start = trio.current_time()
+
+    async def services(self) -> list[Service]:
+        await trio.lowlevel.checkpoint()
+        return self.listing(trio.current_time() - self.start)
+
+    async def describe(self, name: str) -> list[Service]:
+        found = [s for s in await self.services() if s.name == name]
+        if not found:
+            raise NotFound(f"service {name} not found", id="registry")
+        return found
+
+
+def _svc(name: str, *nodes: str) -> Service:
+    return Service(name=name, nodes=tuple(NodeInfo(n, f"127.0.0.1:{9000 + i}") for i, n in enumerate(nodes)))
+
+
+async def test_a_lookup_of_a_service_nobody_serves_ends_once_the_listing_settles(
+    autojump_clock: Any,
+) -> None:
+    """`trimicro call nosuch ...` used to wait out the whole 5 s before its 404."""
+    cluster = _Cluster(lambda t: [_svc("auth", "n1"), _svc("greeter", "n1")])
+    start = trio.current_time()
+    with pytest.raises(NotFound, match="service nosuch not found"):
+        await _wait_for(cluster, "nosuch", wait=WAIT)  # type: ignore[arg-type]
+    assert MISS <= trio.current_time() - start < WAIT  # (virtual time)
+
+
+async def test_a_lookup_finds_a_service_that_arrives_with_the_second_query(autojump_clock: Any) -> None:
+    """Other services answer at once, this one only after mDNS's second query (a responder
+    holds back what it multicast in the last second): the lookup must not give up before."""
+
+    def listing(t: float) -> list[Service]:
+        return [_svc("auth", "n1")] + ([_svc("greeter", "n2")] if t >= 1.25 else [])
+
+    found = await _wait_for(_Cluster(listing), "greeter", wait=WAIT)  # type: ignore[arg-type]
+    assert [s.name for s in found] == ["greeter"]
+
+
+async def test_a_lookup_with_nobody_answering_waits_the_whole_wait(autojump_clock: Any) -> None:
+    """No answer at all may be a node still starting: only a settled, non-empty listing
+    says that the cluster has no such service."""
+    start = trio.current_time()
+    with pytest.raises(NotFound):
+        await _wait_for(_Cluster(lambda t: []), "greeter", wait=WAIT)  # type: ignore[arg-type]
+    assert trio.current_time() - start >= WAIT
+
+
+async def test_describe_waits_for_every_node_of_the_service(autojump_clock: Any) -> None:
+    """`describe` showed only the nodes of the first mDNS answer."""
+
+    def listing(t: float) -> list[Service]:
+        return [_svc("greeter", *(["n1", "n2"] if t >= 1.1 else ["n1"]))]
+
+    cluster = _Cluster(listing)
+    [svc] = await _wait_for(cluster, "greeter", wait=WAIT, complete=True)  # type: ignore[arg-type]
+    assert sorted(n.id for n in svc.nodes) == ["n1", "n2"]
+    [first] = await _wait_for(_Cluster(listing), "greeter", wait=WAIT)  # type: ignore[arg-type]
+    assert [n.id for n in first.nodes] == ["n1"]  # a call takes the first answer: any node will do

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -14,7 +16,8 @@ import trio.testing
 
 from trimicro.actors import Actor, NotFound
 from trimicro.cluster.cluster import NODE_SERVICE, Cluster, start_cluster
-from trimicro.cluster.registry import MemoryRegistry, Registry, Service
+from trimicro.cluster.registry import MemoryRegistry, NodeInfo, Registry, Service, merge_nodes
+from trimicro.cluster.selector import RetryPolicy
 from trimicro.cluster.service import idempotent
 from trimicro.cluster.swim import MemberState
 from trimicro.mailbox.typeregistry import TypeRegistry
@@ -37,6 +40,10 @@ class Greeter(Actor):
     @idempotent
     async def whoami(self, body: Any) -> str:
         return self.context.node.id
+
+    async def cluster(self, body: Any) -> list[str]:
+        """Which node and which cluster answered (node ids repeat across clusters)."""
+        return [self.context.node.id, self.context.node.extensions["cluster"].fingerprint]
 
 
 @asynccontextmanager
@@ -164,3 +171,106 @@ async def test_the_cache_follows_the_registry_watch(tmp_path: Path) -> None:
         await trio.testing.wait_all_tasks_blocked()
         [svc] = await client.cache.get_service("greeter")
         assert {n.id for n in svc.nodes} == {"n0", "n1"}  # without waiting out the TTL
+
+
+def test_merge_never_puts_two_clusters_nodes_in_one_record() -> None:
+    from trimicro.cluster.registry import Endpoint
+
+    ours = Service("s", "1", endpoints=(Endpoint("S.x"),), nodes=(NodeInfo("n0", "h:1", cluster="a" * 32),))
+    theirs = Service("s", "1", endpoints=(Endpoint("S.y"),), nodes=(NodeInfo("n0", "h:2", cluster="b" * 32),))
+    merged = merge_nodes([ours, theirs])
+    assert sorted(merged, key=lambda s: s.nodes[0].address) == [ours, theirs]
+
+
+async def test_two_clusters_on_one_registry_never_call_list_or_join_each_other(tmp_path: Path) -> None:
+    """Two clusters (two homes, so two authorities) announce the same services from the same
+    node ids in one registry, as two copies of the examples on one machine do. Each side calls,
+    lists and joins only its own nodes and never dials the other's: one attempt per call, so a
+    dial refused by the handshake would fail the call."""
+    registry = MemoryRegistry()
+    async with nodes(2, tmp_path / "a", registry) as side_a, nodes(2, tmp_path / "b", registry) as side_b:
+        for node in (*side_a, *side_b):
+            await node.serve(Greeter, name="greeter")
+        assert len(await registry.get_service("greeter")) == 2  # one record per cluster
+        for own, home in ((side_a, tmp_path / "a"), (side_b, tmp_path / "b")):
+            fingerprint = own[0].fingerprint
+            addresses = {c.address for c in own}
+            async with start_cluster(
+                "client",
+                registry=registry,
+                home=home,
+                membership=False,
+                announce=False,
+                retry=RetryPolicy(attempts=1),
+                types=TYPES,
+            ) as client:
+                assert client.fingerprint == fingerprint
+                answers = {tuple(await client.call("greeter", "Greeter.cluster", {})) for _ in range(40)}
+                assert answers == {("n0", fingerprint), ("n1", fingerprint)}
+                [greeter] = await client.describe("greeter")
+                assert {n.address for n in greeter.nodes} == addresses
+                listed = {s.name: {n.address for n in s.nodes} for s in await client.services()}
+                assert listed == {"greeter": addresses, NODE_SERVICE: addresses}
+            await converged(list(own))
+            for node in own:
+                assert {m.address for m in node.membership.swim.members()} == addresses  # none joined
+
+
+async def test_a_node_never_polls_another_clusters_auth_service(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cluster without an auth service beside one that has it: the rules fetch finds no auth
+    service of its own (the defaults hold, silently) instead of warning, every refresh, that the
+    other cluster's refused the handshake."""
+    from trimicro.cluster.auth import AUTH_SERVICE
+    from trimicro.cluster.auth_service import AuthService
+    from trimicro.cluster.store import MemoryStore
+    from trimicro.mailbox.identity import dev_authority
+
+    caplog.set_level(logging.WARNING, logger="trimicro")
+    registry = MemoryRegistry()
+    async with (
+        start_cluster("theirs", registry=registry, home=tmp_path / "b") as other,
+        start_cluster("ours", registry=registry, home=tmp_path / "a") as ours,
+    ):
+        key = dev_authority(tmp_path / "b").signing_key
+        await other.serve(AuthService, MemoryStore(), key, name=AUTH_SERVICE)
+        before = (ours.auth.epoch, ours.auth.version)
+        await ours.auth_sync.sync_once()
+        assert (ours.auth.epoch, ours.auth.version) == before
+    assert [r.getMessage() for r in caplog.records] == []
+
+
+class Unwatched(MemoryRegistry):
+    """A backend without watch events: a cache learns of a change only when it asks."""
+
+    @asynccontextmanager
+    async def watch(self, service: str | None = None) -> AsyncIterator[AsyncIterator[Any]]:
+        send, receive = trio.open_memory_channel[Any](0)
+        async with send, receive:
+            yield receive
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_a_retry_looks_for_other_nodes_before_going_back_to_one_that_failed(tmp_path: Path) -> None:
+    """The cache answers from memory for seconds; when every node it named has failed this
+    call, the retry asks the registry again and finds the node that came up meanwhile,
+    instead of dialing the dead one again and again."""
+    registry = Unwatched()
+    async with (
+        nodes(1, tmp_path, registry) as (live,),
+        start_cluster(
+            "client", registry=registry, home=tmp_path, membership=False, announce=False, types=TYPES
+        ) as client,
+    ):
+        dead = NodeInfo("dead", f"127.0.0.1:{closed_port()}", {}, client.fingerprint)
+        await registry.register(Service("greeter", nodes=(dead,)))
+        assert [n.id for s in await client.describe("greeter") for n in s.nodes] == ["dead"]  # cached
+        await live.serve(Greeter, name="greeter")
+        assert await client.call("greeter", "Greeter.whoami", {}) == "n0"

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from zeroconf import IPVersion, ServiceInfo, Zeroconf
 
 from trimicro.cluster.mdns import (
@@ -25,7 +27,7 @@ from trimicro.cluster.mdns import (
     encode_txt,
     instance_label,
 )
-from trimicro.cluster.registry import Endpoint, Event, EventType, NodeInfo, Service
+from trimicro.cluster.registry import Endpoint, Event, EventType, NodeInfo, Service, cluster_fingerprint
 from trimicro.mailbox.errors import NotFound
 
 WAIT = 5.0
@@ -178,6 +180,7 @@ async def test_malformed_instances_are_skipped(
         _raw_info(name, "flag", {**base, b"id": b"flag", b"e0": b'[{"n": "x", "s": "yes"}]'}),
         _raw_info(name, "utf8", {**base, b"id": b"utf8", b"v": b"\xff\xfe"}),
         _raw_info(name, "noname", {k: v for k, v in {**base, b"id": b"noname"}.items() if k != b"n"}),
+        _raw_info(name, "cluster", {**base, b"id": b"cluster", b"c": b"ABC"}),  # not a fingerprint
         # Well-formed TXT, but announced under an instance name that is not its own.
         _raw_info(name, "other", {**base, b"id": b"mismatch"}),
     ]
@@ -253,3 +256,59 @@ async def test_queries_ask_for_multicast_answers(monkeypatch: pytest.MonkeyPatch
         questions = [q for zc, out in sent if zc is b_zc for q in out.questions]
     assert questions, "the late registry asked nothing"
     assert not [q for q in questions if q.unicast], questions
+
+
+CLUSTER_X = cluster_fingerprint(b"x" * 32)
+CLUSTER_Y = cluster_fingerprint(b"y" * 32)
+
+
+@given(
+    name=st.text(min_size=1, max_size=40),
+    version=st.text(max_size=10),
+    node_id=st.text(min_size=1, max_size=40),
+    key=st.binary(min_size=32, max_size=32),
+)
+def test_the_cluster_round_trips_and_keeps_nodes_of_two_clusters_apart(
+    name: str, version: str, node_id: str, key: bytes
+) -> None:
+    """The same (name, version, node id) in two clusters are two DNS-SD instances: one instance
+    name for both made each cluster's announcements overwrite the other's in every cache."""
+    cluster = cluster_fingerprint(key)
+    svc = Service(name, version, nodes=(NodeInfo(node_id, "127.0.0.1:1", cluster=cluster),))
+    txt = encode_txt(svc, svc.nodes[0])
+    assert txt[b"c"] == cluster.encode()
+    label = instance_label(name, version, node_id, cluster)
+    assert decode_txt(txt, f"{label}.{DEFAULT_SERVICE_TYPE}") == svc
+    assert label != instance_label(name, version, node_id, CLUSTER_X if cluster != CLUSTER_X else CLUSTER_Y)
+    assert label != instance_label(name, version, node_id)  # a record naming no cluster
+
+
+@pytest.mark.parametrize(
+    "value", [b"", b"ABCDEF0123456789ABCDEF0123456789", b"0" * 31, b"0" * 33, b"g" * 32, None]
+)
+def test_a_cluster_that_is_not_a_fingerprint_is_refused(value: bytes | None) -> None:
+    svc = greeter("bad-cluster")
+    props: dict[bytes, bytes | None] = {**encode_txt(svc, svc.nodes[0]), b"c": value}
+    with pytest.raises(ValueError, match=r"b'c'|cluster"):
+        decode_txt(props)
+    if value:  # an empty cluster is left out: the record names none
+        wrong = svc.with_nodes([NodeInfo("n1", "127.0.0.1:1", cluster=value.decode("latin-1"))])
+        with pytest.raises(ValueError, match="cluster"):
+            encode_txt(wrong, wrong.nodes[0])
+
+
+async def test_two_clusters_announcing_the_same_node_id_are_both_seen(
+    pair: tuple[MdnsRegistry, MdnsRegistry],
+) -> None:
+    a, b = pair
+    name = unique("twins")
+    x, y = (
+        Service(name, "1", nodes=(NodeInfo("svc", f"127.0.0.1:{port}", cluster=cluster),))
+        for port, cluster in ((9301, CLUSTER_X), (9302, CLUSTER_Y))
+    )
+    async with b.watch(name) as events:
+        await a.register(x)
+        await a.register(y)
+        seen = {(await next_event(events, name)).service for _ in range(2)}
+    assert seen == {x, y}
+    assert sorted(await b.get_service(name), key=lambda s: s.nodes[0].address) == [x, y]
