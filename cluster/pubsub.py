@@ -208,7 +208,8 @@ class PubSub:
         self._routes: dict[str, _Route] = {}
         if cluster.auth is not None:
             cluster.auth.on_apply.append(self._routes.clear)
-        self._rules_fetched = False
+        #: Set once a node without rules of its own has fetched the cluster's (see _admit).
+        self._rules_fetched: trio.Event | None = None
 
     async def start(self) -> None:
         self._watcher = await self.node.spawn(_Watcher, self, name="trimicro-pubsub-watch")
@@ -427,9 +428,15 @@ class PubSub:
         judge by the defaults, and receivers would drop what it was told it may send.
         """
         guard = self.cluster.auth
-        if not self._rules_fetched and self.cluster.auth_sync is None and not guard.version:
-            self._rules_fetched = True
-            await fetch_state(self.cluster, guard, timeout=self.node.ask_timeout)
+        fetched = self._rules_fetched
+        if fetched is None and self.cluster.auth_sync is None and not guard.version:
+            fetched = self._rules_fetched = trio.Event()
+            try:
+                await fetch_state(self.cluster, guard, timeout=self.node.ask_timeout)
+            finally:
+                fetched.set()
+        elif fetched is not None and not fetched.is_set():
+            await fetched.wait()  # another publish is fetching them: judge by the same rules
         guard.admit_sent(token, Resource("topic", topic, "publish"))
 
     async def _post(self, node_id: str, entry: list[Any]) -> int:
