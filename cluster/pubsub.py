@@ -80,7 +80,8 @@ _NO_GROUPS: frozenset[str] = frozenset()
 MAX_ROUTES = 4096
 #: Senders (tokens) remembered as allowed to publish on one route.
 MAX_ROUTE_SENDERS = 64
-#: A refusal that is the receiver's answer, not a failure to deliver: never redelivered.
+#: A 401/403 from a delivery (the receiving node's rules, or a subscriber that raises one) is a
+#: refusal, not a failure to deliver: it would be the same on every attempt, so never redelivered.
 _REFUSED = (Unauthorized, Forbidden)
 
 
@@ -704,7 +705,10 @@ class PubSub:
             except MicroError as exc:
                 last = exc
         log.warning("message on %s not acked after %d deliveries: %s", message.topic, max_deliveries, last)
-        await self.publish(DEAD_LETTER_PREFIX + message.topic, message.body, headers=message.headers)
+        try:
+            await self.publish(DEAD_LETTER_PREFIX + message.topic, message.body, headers=message.headers)
+        except _REFUSED:  # the dead letter is this node's, and its refusal not the publisher's to see
+            log.warning("dead letter of a message on %s refused by the rules", message.topic)
         return 0
 
     async def _deliver_acked_locally(self, body: Any) -> bool:

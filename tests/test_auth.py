@@ -34,7 +34,7 @@ from trimicro.cluster.registry import MemoryRegistry
 from trimicro.cluster.rules import DEFAULT_RULES, Access, Resource, Rule, Rules
 from trimicro.cluster.store import MemoryStore
 from trimicro.cluster.tokens import Account, issue_token
-from trimicro.mailbox.errors import BadRequest, Forbidden, MicroError, Unauthorized
+from trimicro.mailbox.errors import BadRequest, Forbidden, InternalServerError, MicroError, Unauthorized
 from trimicro.mailbox.identity import Authority, NodeIdentity, dev_authority
 
 REFRESH = 0.05
@@ -375,6 +375,32 @@ async def test_a_refusal_by_the_receiving_node_is_raised_and_never_redelivered(t
             await b.publish("$dead.sentinel", "end")  # a dead letter of the refusal would come first
             with trio.fail_after(5):
                 assert (await dead.receive()).topic == "$dead.sentinel"
+
+
+class Failing(Actor):
+    """A subscriber whose handler always fails: every acknowledged delivery is a nack."""
+
+    async def on_message(self, msg: Message) -> None:
+        raise InternalServerError("cannot take it")
+
+
+async def test_a_dead_letter_the_rules_refuse_does_not_fail_the_publish(tmp_path: Path) -> None:
+    """After its nacked deliveries a message goes to $dead.<topic>, published by the node: if
+    the rules refuse the node that, the publisher is not told of a refusal that is not its own."""
+    async with cluster_of(tmp_path, 2, membership=True) as (a, b):
+        alice = await login(a, "alice", ["admin"])
+        await orders_for_admins(a)
+        await add_rule(a, "dead-sub", "*", "topic:$dead.*:subscribe")  # nobody may publish there
+        await synced(a, b)
+        await a.subscribe("orders.*", await a.node.spawn(Failing))
+        async with a.pubsub.messages("$dead.>"):
+            await interest(b, "n0", ["$dead.>", "orders.*"])
+            sent = await b.publish(
+                "orders.new", 1, headers=bearer(alice), ack=True, ack_timeout=2, max_deliveries=2
+            )
+            assert sent == 0  # not acked, dead letter refused (and logged), no 403 for alice
+            with pytest.raises(Forbidden):  # the dead-letter topic is indeed closed to node n1
+                await b.publish("$dead.orders.new", 1)
 
 
 async def test_a_node_that_follows_no_auth_service_fetches_the_rules_before_publishing(
