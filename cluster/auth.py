@@ -14,6 +14,8 @@ Go Micro treats auth as part of the framework; so does trimicro, and it is on by
   working (anyone may ask the auth service for a token; any account may fetch the rules).
 - **Failures** are 401 (bad, expired or revoked token; revoked node) and 403 (not allowed),
   with no detail that helps an attacker; every denial is logged with account and resource.
+  What has no reply to carry a refusal (a published message) is checked by the sending node
+  too, before it leaves (:meth:`AuthGuard.admit_sent`), so the publisher gets the 401/403.
 - **Changes reach every node without a restart.** :class:`AuthSync` fetches the rules and the
   revocations from the ``auth`` service every ``refresh`` seconds (the refresh period): a rule
   change, a revoked token or a revoked node is enforced everywhere within one period.
@@ -53,6 +55,7 @@ __all__ = [
     "AuthSync",
     "announce_change",
     "close_revoked_links",
+    "fetch_state",
     "node_account",
     "open_state",
     "sign_state",
@@ -83,6 +86,8 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("builtin-login", "", Resource("service", AUTH_SERVICE, "Auth.token"), Access.GRANTED, 1 << 30),
     Rule("builtin-refresh", "", Resource("service", AUTH_SERVICE, "Auth.refresh"), Access.GRANTED, 1 << 30),
     Rule("builtin-state", "*", Resource("service", AUTH_SERVICE, "Auth.state"), Access.GRANTED, 1 << 30),
+    # The authority's public keys (a JWKS): public, so anyone can verify a token.
+    Rule("builtin-jwks", "", Resource("service", AUTH_SERVICE, "Auth.jwks"), Access.GRANTED, 1 << 30),
     # Administering auth (accounts, rules, revocations) takes scope "admin", whatever other rules say.
     Rule(
         "builtin-auth-admin",
@@ -215,7 +220,11 @@ def bearer(headers: Mapping[str, str] | None) -> str | None:
     """The token in ``authorization`` metadata (``Bearer <jwt>`` or the bare JWT), if any."""
     if not headers:
         return None
-    value = headers.get(AUTHORIZATION)
+    return _bare(headers.get(AUTHORIZATION))
+
+
+def _bare(value: str | None) -> str | None:
+    """The JWT of an ``authorization`` value: ``Bearer <jwt>`` or the bare JWT."""
     if not value:
         return None
     return value[7:] if value[:7].lower() == "bearer " else value
@@ -231,8 +240,15 @@ class AuthGuard:
         rules: Iterable[Rule] = DEFAULT_RULES,
         service_of: Callable[[str], str | None] | None = None,
         cache_size: int = 4096,
+        audience: str | None = None,
+        own: Account | None = None,
     ) -> None:
         self.trusted = frozenset(bytes(k) for k in trusted)
+        #: This cluster's name in tokens' ``aud`` claim: with one, a token must be meant for it;
+        #: without, a token meant for some audience is refused (RFC 7519 4.1.3).
+        self.audience = audience
+        #: This node's own account (from its certificate): who sends when no token is forwarded.
+        self.own = own
         self.rules = Rules([*BUILTIN_RULES, *rules])
         self.version = 0
         #: Revocations, as the auth service lists them (replaced whole by :meth:`apply`).
@@ -275,8 +291,9 @@ class AuthGuard:
             raise Unauthorized("node revoked")
 
     def verify(self, token: str) -> Account:
-        """Check a bearer token (signature, issuer, expiry, revocation), once per token and period."""
-        return self.tokens.verify(token, self.trusted, revoked=self._revoked)
+        """Check a bearer token (signature, issuer, audience, expiry, revocation), once per token
+        and period."""
+        return self.tokens.verify(token, self.trusted, revoked=self._revoked, audience=self.audience)
 
     # ---- what --------------------------------------------------------------------------------
 
@@ -344,9 +361,45 @@ class AuthGuard:
             return hit[0]
         account = self._caller(link, headers, action)
         self.check(account, resource())
+        self._remember(key, account, min(now + 1.0, link.peer_info.expires))
+        return account
+
+    def _remember(self, key: tuple[Any, ...], account: Account, until: float) -> None:
         if len(self._granted) >= GRANT_CACHE:
             del self._granted[next(iter(self._granted))]
-        self._granted[key] = (account, min(now + 1.0, link.peer_info.expires))
+        self._granted[key] = (account, until)
+
+    def admit_sent(self, authorization: str | None, resource: Resource) -> Account:
+        """What this node sends on its own behalf (``authorization`` None) or for the holder of
+        that token (the metadata's value), checked here as the receiving node will check it:
+        401 or 403 now.
+
+        For what has no reply to carry a refusal (a published message): the sender learns it
+        was refused instead of the receiver dropping it in silence. The receiver still checks;
+        its rules may be newer by up to one refresh period. Remembered for a second, as
+        :meth:`admit` remembers grants.
+        """
+        token = _bare(authorization)
+        key = (None, token, resource)
+        now = time.time()
+        hit = self._granted.get(key)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        try:
+            if token is not None:
+                account = self.verify(token)
+            elif self.own is None or self.own.id in self.revoked_nodes:
+                raise Unauthorized("this node has no account here")
+            else:
+                account = self.own
+        except MicroError as exc:
+            self.denied += 1
+            log.warning(
+                "refused to send to %s %s %s: %s", resource.type, resource.name, resource.endpoint, exc.detail
+            )
+            raise Unauthorized("unauthorized") from None
+        self.check(account, resource)
+        self._remember(key, account, now + 1.0)
         return account
 
     def _caller(self, link: Link, headers: Mapping[str, str] | None, action: str) -> Account:
@@ -430,28 +483,33 @@ class AuthSync:
                 await trio.sleep(min(self.refresh, 0.05))  # a flood of pokes: at most 20 fetches/s
 
     async def sync_once(self) -> None:
-        """Fetch the state if it changed; an unreachable auth service keeps the last one.
+        """Fetch the state if it changed (see :func:`fetch_state`)."""
+        await fetch_state(self.cluster, self.guard, timeout=max(1.0, self.refresh))
 
-        The state must carry the authority's signature: a node that merely registers a
-        service called ``auth`` cannot change anyone's rules.
-        """
-        guard = self.guard
-        since = {"epoch": guard.epoch, "version": guard.version}
-        try:
-            reply = await self.cluster.call(AUTH_SERVICE, "Auth.state", since, timeout=max(1.0, self.refresh))
-        except NotFound:
-            return  # no auth service in this cluster: the defaults hold
-        except MicroError as exc:
-            log.warning("cannot fetch auth rules (keeping the last ones): %s", exc.detail)
-            return
-        if not isinstance(reply, dict) or "signed" not in reply:
-            return  # unchanged
-        try:
-            state = open_state(reply["signed"], guard.trusted)
-        except MicroError as exc:
-            log.warning("refused an auth state (keeping the last one): %s", exc.detail)
-            return
-        guard.accept(state)
+
+async def fetch_state(cluster: Cluster, guard: AuthGuard, *, timeout: float) -> None:
+    """Fetch the auth service's state into ``guard`` if it changed; an unreachable auth service
+    keeps the last one, a cluster without one keeps the defaults.
+
+    The state must carry the authority's signature: a node that merely registers a
+    service called ``auth`` cannot change anyone's rules.
+    """
+    since = {"epoch": guard.epoch, "version": guard.version}
+    try:
+        reply = await cluster.call(AUTH_SERVICE, "Auth.state", since, timeout=timeout)
+    except NotFound:
+        return  # no auth service in this cluster: the defaults hold
+    except MicroError as exc:
+        log.warning("cannot fetch auth rules (keeping the last ones): %s", exc.detail)
+        return
+    if not isinstance(reply, dict) or "signed" not in reply:
+        return  # unchanged
+    try:
+        state = open_state(reply["signed"], guard.trusted)
+    except MicroError as exc:
+        log.warning("refused an auth state (keeping the last one): %s", exc.detail)
+        return
+    guard.accept(state)
 
 
 def close_revoked_links(cluster: Cluster) -> None:

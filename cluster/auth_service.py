@@ -11,6 +11,11 @@ languages use them as they are:
 - ``Auth.create_rule``, ``Auth.delete_rule``, ``Auth.rules``: Go Micro's rules.
 - ``Auth.revoke {token | account | node}``: refused everywhere within one refresh period.
 - ``Auth.state {since}``: what every node's :class:`~trimicro.cluster.auth.AuthSync` polls.
+- ``Auth.jwks``: the keys tokens are verified with, as a JSON Web Key Set (RFC 7517/8037),
+  open to anyone: any JWT library can then verify our tokens.
+
+Tokens carry the cluster's audience (``start_cluster(audience=...)`` of the node serving this)
+as ``aud`` when it has one.
 
 Everything is stored under ``auth/`` keys of the given store, so rules survive restarts and can
 live in the cluster's shared store; a version number bumps on every change.
@@ -36,7 +41,7 @@ from trimicro.mailbox.errors import BadRequest, NotFound, Unauthorized
 from .auth import announce_change, open_state, sign_state
 from .rules import DEFAULT_RULES, Rule
 from .store import Record, Store
-from .tokens import Account, issue_token, token_id, verify_token
+from .tokens import Account, issue_token, jwks, token_id, verify_token
 
 __all__ = ["DEFAULT_ACCESS_TTL", "DEFAULT_REFRESH_TTL", "AuthService"]
 
@@ -114,12 +119,17 @@ class AuthService(Actor):
         self.refresh_ttl = refresh_ttl
         self.version = 0
         self.epoch = ""
+        #: The ``aud`` of the tokens issued: the serving node's audience (set in ``started``).
+        self.audience: str | None = None
         self._lock = trio.Lock()  # changes are read-modify-write on the version
         # Argon2id takes ~64 MiB and a core for ~0.1 s per hash: two at a time, not sixteen.
         self._hashing = trio.CapacityLimiter(2)
         self._dummy_hash = b""
 
     async def started(self) -> None:
+        guard = self._guard()
+        if guard is not None:
+            self.audience = guard.audience
         self.version = int(await self._get("version") or 0)
         self.epoch = str(await self._get("epoch") or "")
         if not self.epoch:  # a new auth database: nodes must not mistake its versions for old ones
@@ -170,8 +180,11 @@ class AuthService(Actor):
 
     def _pair(self, account: Account) -> dict[str, Any]:
         now = time.time()
-        access = issue_token(self.signing_key, account, ttl=self.access_ttl, now=now)
-        refresh = issue_token(self.signing_key, account, ttl=self.refresh_ttl, use="refresh", now=now)
+        aud = self.audience
+        access = issue_token(self.signing_key, account, ttl=self.access_ttl, now=now, audience=aud)
+        refresh = issue_token(
+            self.signing_key, account, ttl=self.refresh_ttl, use="refresh", now=now, audience=aud
+        )
         return {"access": access, "refresh": refresh, "expires": int(now + self.access_ttl)}
 
     async def _account(self, account_id: str) -> tuple[Account, dict[str, Any]]:
@@ -212,7 +225,7 @@ class AuthService(Actor):
         token = _body(body).get("refresh")
         if not isinstance(token, str):
             raise Unauthorized("unauthorized")
-        old = verify_token(token, self.trusted, use="refresh")
+        old = verify_token(token, self.trusted, use="refresh", audience=self.audience)
         jti = token_id(token, self.trusted)[0]
         async with self._lock:  # check and mark as one step: a refresh token works exactly once
             if (
@@ -330,6 +343,18 @@ class AuthService(Actor):
                 await self._changed()
             else:
                 raise BadRequest("revoke takes {'token'|'jti'|'account'|'node': str}")
+
+    async def jwks(self, body: Any) -> dict[str, Any]:
+        """The public keys tokens of this cluster verify with (JWKS, RFC 7517): the authority's
+        signing key first, then any other the node trusts (an authority being rotated out)."""
+        guard = self._guard()
+        others = sorted(guard.trusted - set(self.trusted)) if guard is not None else []
+        return jwks([*self.trusted, *others])
+
+    def _guard(self) -> Any:
+        """The serving node's :class:`~trimicro.cluster.auth.AuthGuard`, if it has one."""
+        cluster = self.context.node.extensions.get("cluster")
+        return None if cluster is None else cluster.auth
 
     async def state(self, body: Any) -> dict[str, Any]:
         """The rules and revocations every node enforces, signed by the authority (only the

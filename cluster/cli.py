@@ -478,11 +478,13 @@ def _admin_headers(args: argparse.Namespace) -> dict[str, str] | None:
 
 
 async def _auth(args: argparse.Namespace, out: TextIO) -> int:
-    """``trimicro auth user|token|rules|revoke``: calls to the auth service."""
+    """``trimicro auth user|token|rules|revoke|jwks``: calls to the auth service."""
     from .auth import AUTH_SERVICE
 
     what = args.auth_command
-    if what == "user":
+    if what == "jwks":
+        endpoint, body = "Auth.jwks", {}
+    elif what == "user":
         action = args.user_action
         if action == "add":
             endpoint, body = (
@@ -525,7 +527,9 @@ async def _auth(args: argparse.Namespace, out: TextIO) -> int:
         endpoint = "Auth.revoke"
     async with await _client(args) as cluster:
         await _wait_for(cluster, AUTH_SERVICE, _wait(args))
-        result = await cluster.call(AUTH_SERVICE, endpoint, body, headers=_admin_headers(args))
+        # Public keys: anyone may fetch them, without the authority key an admin token needs.
+        headers = _auth_headers(args) if what == "jwks" else _admin_headers(args)
+        result = await cluster.call(AUTH_SERVICE, endpoint, body, headers=headers)
     if what == "token" and not args.json:
         print(result["access"], file=out)  # the bare token, for $(trimicro auth token ...)
         return 0
@@ -662,7 +666,8 @@ def _auth_parser(auth: argparse.ArgumentParser) -> None:
     revoke.add_argument("--jti", help="the id of a token to revoke")
     revoke.add_argument("--account", help="an account: all its tokens stop working")
     revoke.add_argument("--node", help="a node id: its links are closed and refused")
-    for leaf in (add, actions.choices["delete"], actions.choices["list"], token, create, revoke):
+    jwks = what.add_parser("jwks", help="print the keys tokens verify with, as a JWKS (RFC 7517)")
+    for leaf in (add, actions.choices["delete"], actions.choices["list"], token, create, revoke, jwks):
         _client_options(leaf, nested=True)
     for leaf in (rule_actions.choices["list"], rule_actions.choices["delete"]):
         _client_options(leaf, nested=True)

@@ -414,6 +414,7 @@ async def start_cluster(
     types: TypeRegistry | None = None,
     auth: bool = True,
     auth_refresh: float | None = 5.0,
+    audience: str | None = None,
     **node_options: Any,
 ) -> AsyncIterator[Cluster]:
     """Run a cluster node for the duration of the block (see the module docstring).
@@ -426,7 +427,9 @@ async def start_cluster(
     ``auth`` (on by default) authenticates and authorizes every request from another node
     (:mod:`trimicro.cluster.auth`); the rules and revocations are fetched from the ``auth``
     service every ``auth_refresh`` seconds (``None``: never; the rules stay what
-    ``cluster.auth.apply`` sets).
+    ``cluster.auth.apply`` sets). ``audience`` names the cluster in tokens' ``aud`` claim:
+    with one, only tokens meant for it are taken (and its auth service issues such tokens);
+    without, tokens that carry an ``aud`` are refused (RFC 7519 4.1.3). Give every node the same.
     """
     from .mdns import MdnsRegistry
 
@@ -443,10 +446,16 @@ async def start_cluster(
         ):
             cluster = Cluster(node, registry, nursery, ttl=ttl, strategy=strategy, retry=retry, seed=seed)
             if auth:
-                from .auth import AuthGuard, AuthSync, close_revoked_links
+                from .auth import AuthGuard, AuthSync, close_revoked_links, node_account
 
-                trusted = getattr(node.remote.identity, "trusted", ())
-                cluster.auth = AuthGuard(trusted, service_of=cluster.service_of)
+                identity = node.remote.identity
+                cert = getattr(identity, "cert", None)
+                cluster.auth = AuthGuard(
+                    getattr(identity, "trusted", ()),
+                    service_of=cluster.service_of,
+                    audience=audience,
+                    own=None if cert is None else node_account(cert),
+                )
                 cluster.auth.on_apply.append(lambda: close_revoked_links(cluster))
                 node.remote.guard = cluster.auth
                 if auth_refresh is not None:

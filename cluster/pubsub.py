@@ -22,6 +22,12 @@ Delivery semantics (stated, and tested in tests/test_pubsub.py):
   handler raised) or a missed deadline redelivers, to another queue-group member when there is
   one, up to ``max_deliveries``; then the message goes to the dead-letter topic
   ``$dead.<topic>``.
+- **Refused publishes**: with auth on, the right to publish is checked by the publishing node
+  before a message leaves it (against the rules every node holds, for the forwarded token's
+  account or the node's own), so ``publish`` raises the 401/403 and nothing is delivered,
+  here or anywhere. The receiving node checks again and drops, logged, what its rules refuse
+  (its rules may be newer by up to one refresh period). In acknowledged mode a 401/403 from a
+  delivery is raised at once: a refused message is never redelivered, nor dead-lettered.
 - **Slow subscribers**: the subscriber's bounded mailbox is the buffer; when it is full the
   subscription's policy applies: ``"block"`` (the publisher waits), ``"drop_oldest"`` (the oldest
   queued message of that subscription is dropped), or ``"drop_subscriber"`` (the subscription is
@@ -50,8 +56,9 @@ from trimicro.actors.cell import DEAD, OK, Cell
 from trimicro.actors.remote import AUTHORIZATION, OUT_HIGH_WATER, Link, Peer, forward_auth
 from trimicro.mailbox.codecs import MSGPACK
 from trimicro.mailbox.envelope import Envelope
-from trimicro.mailbox.errors import BadRequest, MicroError, ServiceUnavailable
+from trimicro.mailbox.errors import BadRequest, Forbidden, MicroError, ServiceUnavailable, Unauthorized
 
+from .auth import fetch_state
 from .rules import Resource
 from .topics import SubscriptionIndex, matches, validate_pattern, validate_subject
 
@@ -71,6 +78,11 @@ _NO_GROUPS: frozenset[str] = frozenset()
 
 #: Topics whose routes are remembered (all are forgotten when full, or when interest changes).
 MAX_ROUTES = 4096
+#: Senders (tokens) remembered as allowed to publish on one route.
+MAX_ROUTE_SENDERS = 64
+#: A 401/403 from a delivery (the receiving node's rules, or a subscriber that raises one) is a
+#: refusal, not a failure to deliver: it would be the same on every attempt, so never redelivered.
+_REFUSED = (Unauthorized, Forbidden)
 
 
 @attrs.frozen
@@ -93,6 +105,10 @@ class Subscription:
     ref: ActorRef
     queue: str | None = None
     policy: Policy = "block"
+
+
+#: Where an acknowledged delivery may go: (node id, queue group, the local subscription or None).
+_Candidate = tuple[str, str | None, Subscription | None]
 
 
 class _Watcher(Actor):
@@ -135,9 +151,10 @@ class _Deliverer(Actor):
 class _Route:
     """Where messages on one topic go, worked out once and reused until interest, membership
     or the auth rules change: which peers get it for plain subscribers (and may), and for each
-    queue group the candidate nodes with their weights (member counts)."""
+    queue group the candidate nodes with their weights (member counts); and who was found
+    allowed to publish there, when a message may leave the node."""
 
-    __slots__ = ("groups", "local", "plain_nodes", "until")
+    __slots__ = ("allowed", "check", "groups", "local", "plain_nodes", "until")
 
     def __init__(
         self,
@@ -145,10 +162,15 @@ class _Route:
         plain_nodes: tuple[str, ...],
         groups: dict[str, tuple[list[str], list[int], int]],
         until: float,
+        check: bool,
     ) -> None:
         self.local = local
         self.plain_nodes = plain_nodes
         self.groups = groups
+        #: A message may leave the node and auth is on: the publisher's right is checked.
+        self.check = check
+        #: Tokens (None: the node itself) checked and allowed to publish on this route.
+        self.allowed: set[str | None] = set()
         #: Trusted until then (``time.monotonic``): decisions about peers (a certificate can expire) are
         #: made again at least once a second, as the guard's grants are.
         self.until = until
@@ -187,6 +209,8 @@ class PubSub:
         self._routes: dict[str, _Route] = {}
         if cluster.auth is not None:
             cluster.auth.on_apply.append(self._routes.clear)
+        #: Set once a node without rules of its own has fetched the cluster's (see _admit).
+        self._rules_fetched: trio.Event | None = None
 
     async def start(self) -> None:
         self._watcher = await self.node.spawn(_Watcher, self, name="trimicro-pubsub-watch")
@@ -361,6 +385,10 @@ class PubSub:
         route = self._routes.get(topic)
         if route is None or route.until < time.monotonic():
             route = self._route(topic)
+        if route.check and token not in route.allowed:
+            await self._admit(topic, token)  # 401/403 before anything is delivered
+            if len(route.allowed) < MAX_ROUTE_SENDERS:
+                route.allowed.add(token)
         delivered = 0
         message: Message | None = None
         if route.local:
@@ -391,6 +419,26 @@ class PubSub:
         for node_id, groups in targets.items():
             delivered += await self._post(node_id, [topic, body, wire_headers, False, groups])
         return delivered
+
+    async def _admit(self, topic: str, token: str | None) -> None:
+        """Raise the 401/403 the receiving nodes would answer, were there an answer: the
+        publisher's right to publish ``topic``, by the rules this node holds.
+
+        A node that follows no auth service (``auth_refresh=None``, as the CLI's one-shot
+        nodes) and was given no rules fetches the cluster's once, first: it would otherwise
+        judge by the defaults, and receivers would drop what it was told it may send.
+        """
+        guard = self.cluster.auth
+        fetched = self._rules_fetched
+        if fetched is None and self.cluster.auth_sync is None and not guard.version:
+            fetched = self._rules_fetched = trio.Event()
+            try:
+                await fetch_state(self.cluster, guard, timeout=self.node.ask_timeout)
+            finally:
+                fetched.set()
+        elif fetched is not None and not fetched.is_set():
+            await fetched.wait()  # another publish is fetching them: judge by the same rules
+        guard.admit_sent(token, Resource("topic", topic, "publish"))
 
     async def _post(self, node_id: str, entry: list[Any]) -> int:
         """Send one message to ``node_id``: appended to the link's open ``pubsub.batch`` frame,
@@ -434,7 +482,9 @@ class PubSub:
             ordered = sorted(nodes)
             cumulative = list(itertools.accumulate(nodes[n] for n in ordered))
             groups[group] = (ordered, cumulative, cumulative[-1])
-        route = _Route(bool(match.plain), tuple(sorted(plain_nodes)), groups, time.monotonic() + 1.0)
+        leaves = bool(plain_nodes) or any(n != self.node.id for nodes, _, _ in groups.values() for n in nodes)
+        check = leaves and self.cluster.auth is not None
+        route = _Route(bool(match.plain), tuple(sorted(plain_nodes)), groups, time.monotonic() + 1.0, check)
         if len(self._routes) >= MAX_ROUTES:
             self._routes.clear()
         self._routes[topic] = route
@@ -587,34 +637,29 @@ class PubSub:
     ) -> int:
         """At least once: every matching subscriber (and one member per queue group) acks."""
         topic = message.topic
-        acked = 0
         match = self.index.match(topic)
         # Plain subscribers: local ones directly, remote nodes once each (they fan out locally).
-        local_plain = list(match.plain)
         remote_plain = {
             node_id
             for node_id, entries in self.remote_interest.items()
             for pattern, queue, _ in entries
             if not queue and matches(pattern, topic) and self._may_receive(node_id, topic)
         }
-        for sub in local_plain:
-            acked += await self._ack_loop(
-                message, ack_timeout, max_deliveries, [(self.node.id, None, sub)], token
-            )
-        for node_id in sorted(remote_plain):
-            acked += await self._ack_loop(
-                message, ack_timeout, max_deliveries, [(node_id, None, None)], token
-            )
+        plans: list[list[_Candidate]] = [[(self.node.id, None, sub)] for sub in match.plain]
+        plans += [[(node_id, None, None)] for node_id in sorted(remote_plain)]
         groups = set(match.groups) | {
             q for entries in self.remote_interest.values() for p, q, _ in entries if q and matches(p, topic)
         }
-        for group in sorted(groups):
-            candidates = self._group_candidates(topic, group)
+        plans += [self._group_candidates(topic, group) for group in sorted(groups)]
+        if self.cluster.auth is not None and any(n != self.node.id for plan in plans for n, _, _ in plan):
+            await self._admit(topic, token)  # 401/403 before anything is delivered
+        acked = 0
+        for candidates in plans:
             acked += await self._ack_loop(message, ack_timeout, max_deliveries, candidates, token)
         return acked
 
-    def _group_candidates(self, topic: str, group: str) -> list[tuple[str, str | None, Subscription | None]]:
-        out: list[tuple[str, str | None, Subscription | None]] = []
+    def _group_candidates(self, topic: str, group: str) -> list[_Candidate]:
+        out: list[_Candidate] = []
         for sub in self.index.match(topic).groups.get(group, []):
             out.append((self.node.id, group, sub))
         for node_id, entries in sorted(self.remote_interest.items()):
@@ -630,7 +675,7 @@ class PubSub:
         message: Message,
         ack_timeout: float,
         max_deliveries: int,
-        candidates: list[tuple[str, str | None, Any]],
+        candidates: list[_Candidate],
         token: str | None = None,
     ) -> int:
         """Deliver until acked, rotating over ``candidates``; dead-letter after max_deliveries."""
@@ -655,10 +700,15 @@ class PubSub:
                 auth = {AUTHORIZATION: token} if token else None  # the publisher is the caller
                 if await ask(ref, body, endpoint="PubSub.deliver", timeout=ack_timeout, headers=auth):
                     return 1
+            except _REFUSED:
+                raise  # a refusal stays one on every delivery: not redelivered, not dead-lettered
             except MicroError as exc:
                 last = exc
         log.warning("message on %s not acked after %d deliveries: %s", message.topic, max_deliveries, last)
-        await self.publish(DEAD_LETTER_PREFIX + message.topic, message.body, headers=message.headers)
+        try:
+            await self.publish(DEAD_LETTER_PREFIX + message.topic, message.body, headers=message.headers)
+        except _REFUSED:  # the dead letter is this node's, and its refusal not the publisher's to see
+            log.warning("dead letter of a message on %s refused by the rules", message.topic)
         return 0
 
     async def _deliver_acked_locally(self, body: Any) -> bool:

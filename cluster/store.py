@@ -42,6 +42,10 @@ crash still loses nothing acknowledged (the data is in the OS page cache), but a
 power loss can lose the last acknowledged transactions and, per LMDB's documentation of
 ``MDB_NOSYNC``, may even corrupt the database if the file system reorders writes.
 
+Privacy: a store may hold secrets (the auth service keeps account hashes and rules in one), so
+its folder is created ``0o700`` and LMDB's files ``0o600``, as key files are. A store found with
+wider modes (made before this rule) is tightened on open, with a warning that says so.
+
 Other choices: ``delete`` of a missing key is a no-op (as in Go Micro's memory store); a
 ``write`` that is cancelled while waiting may still be committed; expired records are never
 returned, and :meth:`LmdbStore.sweep` (run it periodically, e.g. with ``run_sweeper``) deletes
@@ -55,7 +59,10 @@ from __future__ import annotations
 import builtins
 import contextlib
 import itertools
+import logging
+import os
 import queue
+import stat
 import threading
 import time
 import types
@@ -73,6 +80,8 @@ import trio
 from trimicro.mailbox.errors import BadRequest, InternalServerError, NotFound, ServiceUnavailable
 
 __all__ = ["LmdbStore", "MemoryStore", "Record", "Store"]
+
+log = logging.getLogger("trimicro.store")
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -438,13 +447,48 @@ class _Op:
             self.token.run_sync_soon(self.event.set)
 
 
+#: LMDB's files in an environment folder.
+_LMDB_FILES = ("data.mdb", "lock.mdb")
+
+
+def _owner_only(path: Path) -> None:
+    """Create the store folder ``0o700``, or take group and others' access away from an
+    existing folder and its LMDB files (saying so): the store may hold secrets."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)  # parents keep the usual mode
+    if os.name != "posix":
+        return
+    for item in (path, *(path / name for name in _LMDB_FILES)):
+        try:
+            mode = stat.S_IMODE(os.stat(item).st_mode)
+        except FileNotFoundError:
+            continue
+        if not mode & 0o077:
+            continue
+        try:
+            os.chmod(item, mode & 0o700)
+        except OSError as exc:
+            raise PermissionError(
+                f"store {item} is open to group or others (mode {mode:o}) and cannot be made "
+                f"owner-only: {exc.strerror or exc}"
+            ) from exc
+        log.warning(
+            "store %s was open to group or others (mode %o): made it owner-only (%o)",
+            item,
+            mode,
+            mode & 0o700,
+        )
+
+
 class _Env:
     """One open LMDB environment per path per process, with its single writer thread."""
 
     def __init__(self, path: Path, map_size: int, max_map_size: int, sync: bool) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+        _owner_only(path)
         self.path = path
-        self.env: Any = lmdb.open(str(path), map_size=map_size, max_dbs=256, sync=sync, subdir=True)
+        # ``mode`` is for the files LMDB creates (it strips the execute bits): 0o600.
+        self.env: Any = lmdb.open(
+            str(path), map_size=map_size, max_dbs=256, sync=sync, subdir=True, mode=0o700
+        )
         self.max_map_size = max_map_size
         self.rw = _RWLock()
         self.users = 0

@@ -8,9 +8,29 @@ offline, as Go Micro's JWT auth does. A token is a compact JWS::
 
 Everything is strict because tokens arrive from strangers: a size cap before any parsing,
 canonical unpadded base64url, JSON without duplicate keys or non-finite numbers, exactly the
-header and claims we issue, and the algorithm pinned to EdDSA so ``none`` / ``HS256`` tricks
-cannot apply. Every refusal is an :class:`~trimicro.mailbox.errors.Unauthorized` with a
-generic detail: the caller learns that a token failed, an attacker learns nothing about why.
+header we issue, and the algorithm pinned to EdDSA so ``none`` / ``HS256`` tricks cannot apply.
+Every refusal is an :class:`~trimicro.mailbox.errors.Unauthorized` with a generic detail: the
+caller learns that a token failed, an attacker learns nothing about why.
+
+Claims follow RFC 7519, so a token minted by any JWT library with the authority's key works:
+
+- required: ``iss`` (the authority's public key, hex: it names the key that must have signed),
+  ``sub`` (the account id) and ``exp`` (no token lives for ever);
+- optional, checked when present: ``nbf`` and ``iat`` (not in the future, beyond the leeway),
+  ``jti`` (a string; a token without one can only be revoked with its account) and ``aud``
+  (a string or a list of strings; see below). Times are NumericDates: integer or fractional;
+- trimicro's own, optional: ``typ`` (``user`` by default, or ``service``), ``scopes`` (none
+  by default), ``metadata`` (none by default) and ``use`` (``access`` by default; a
+  ``refresh`` token must also carry ``jti`` and ``iat``, as the ones we issue do);
+- anything else is ignored, as RFC 7519 section 4 asks (the size cap bounds it).
+
+Audience (RFC 7519 section 4.1.3): a verifier that names itself (``audience="prod"``) takes
+only tokens whose ``aud`` includes that name; one that names no audience refuses every token
+that has an ``aud``, since it cannot be among those the token was meant for.
+
+:func:`jwks` publishes the authorities' keys as a JSON Web Key Set (RFC 7517; ``OKP`` /
+``Ed25519`` per RFC 8037), with the same ``kid`` our token headers carry, so any JWT library
+can verify our tokens.
 
 Signatures are PyNaCl's Ed25519 (``nacl.signing``); no JWT library is needed at run time.
 """
@@ -31,7 +51,7 @@ import attrs
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
-from trimicro.mailbox.errors import Unauthorized
+from trimicro.mailbox.errors import BadRequest, Unauthorized
 
 __all__ = [
     "ACCOUNT_TYPES",
@@ -41,6 +61,7 @@ __all__ = [
     "Account",
     "TokenCache",
     "issue_token",
+    "jwks",
     "refresh",
     "token_id",
     "verify_token",
@@ -55,13 +76,15 @@ USES: Final = frozenset({"access", "refresh"})
 
 _ALG = "EdDSA"
 _HEADER_KEYS = frozenset({"alg", "typ", "kid"})
-_CLAIMS = frozenset({"iss", "sub", "typ", "scopes", "metadata", "iat", "nbf", "exp", "jti", "use"})
+_REQUIRED = ("iss", "sub", "exp")
+_TIMES = ("iat", "nbf", "exp")
 _KID_LEN = 16
 _SIG_LEN = 64
 _MAX_STR = 256  # ids, scopes, metadata keys
 _MAX_VALUE = 1024  # metadata values
 _MAX_SCOPES = 64
 _MAX_METADATA = 64
+_MAX_AUDIENCES = 64
 _MAX_TIME = 2**53  # JSON numbers beyond this lose precision in other languages
 _B64_RE = re.compile(r"[A-Za-z0-9_-]*")
 _ISS_RE = re.compile(r"[0-9a-f]{64}")
@@ -128,10 +151,12 @@ def issue_token(
     use: str = "access",
     now: float | None = None,
     jti: str | None = None,
+    audience: str | None = None,
 ) -> str:
     """Sign a ``use`` token for ``account``, valid ``ttl`` seconds from ``now``.
 
-    The issuer is ``signing_key``'s public key, whatever ``account.issuer`` says. Raises
+    The issuer is ``signing_key``'s public key, whatever ``account.issuer`` says; ``audience``
+    becomes the ``aud`` claim (only verifiers that name it accept the token). Raises
     ``ValueError`` for anything :func:`verify_token` would refuse, so a bad token is caught
     where it is made rather than where it is used.
     """
@@ -151,6 +176,8 @@ def issue_token(
         "jti": secrets.token_hex(16) if jti is None else jti,
         "use": use,
     }
+    if audience is not None:
+        claims["aud"] = audience
     problem = _claims_problem(claims)
     if problem:
         raise ValueError(f"cannot issue token: {problem}")
@@ -214,21 +241,35 @@ def _is_str(value: object, low: int = 1, high: int = _MAX_STR) -> bool:
 
 
 def _is_time(value: object) -> bool:
-    return type(value) is int and 0 <= value <= _MAX_TIME
+    """A NumericDate (RFC 7519): seconds, integer or not. JSON's ``1e999`` reads as infinity and
+    fails the bound, as NaN fails every comparison."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= _MAX_TIME
+
+
+def _audiences(value: object) -> tuple[str, ...] | None:
+    """The ``aud`` claim as a tuple (a string is a list of one), or None if it is malformed."""
+    if isinstance(value, str):
+        return (value,) if _is_str(value) else None
+    if isinstance(value, list) and 0 < len(value) <= _MAX_AUDIENCES and all(_is_str(a) for a in value):
+        return tuple(value)
+    return None
 
 
 def _claims_problem(claims: Mapping[str, Any]) -> str:
-    """Why ``claims`` is not a token body we issue, or ``""`` if it is one."""
-    if claims.keys() != _CLAIMS:
-        return "claims must be exactly " + ", ".join(sorted(_CLAIMS))
+    """Why ``claims`` is not a token body we accept, or ``""`` if it is one (see the module
+    docstring for the claim set); claims we do not know are ignored."""
+    if not all(k in claims for k in _REQUIRED):
+        return "claims iss, sub and exp are required"
     if not (_is_str(claims["iss"]) and _ISS_RE.fullmatch(claims["iss"])):
         return "iss must be a 64-character lowercase hex public key"
-    if not (_is_str(claims["sub"]) and _is_str(claims["jti"])):
+    if not (_is_str(claims["sub"]) and _is_str(claims.get("jti", "-"))):
         return f"sub and jti must be strings of 1-{_MAX_STR} characters"
-    typ, use = claims["typ"], claims["use"]
+    typ, use = claims.get("typ", "user"), claims.get("use", "access")
     if not (isinstance(typ, str) and typ in ACCOUNT_TYPES and isinstance(use, str) and use in USES):
         return "typ must be user or service, use must be access or refresh"
-    scopes, metadata = claims["scopes"], claims["metadata"]
+    if use == "refresh" and not ("jti" in claims and "iat" in claims):
+        return "a refresh token carries jti and iat"
+    scopes, metadata = claims.get("scopes", []), claims.get("metadata", {})
     if not (isinstance(scopes, list) and len(scopes) <= _MAX_SCOPES and all(_is_str(s) for s in scopes)):
         return f"scopes must be at most {_MAX_SCOPES} strings of 1-{_MAX_STR} characters"
     if not (
@@ -237,11 +278,25 @@ def _claims_problem(claims: Mapping[str, Any]) -> str:
         and all(_is_str(k) and _is_str(v, 0, _MAX_VALUE) for k, v in metadata.items())
     ):
         return f"metadata must map at most {_MAX_METADATA} strings to strings"
-    if not all(_is_time(claims[k]) for k in ("iat", "nbf", "exp")):
-        return "iat, nbf and exp must be non-negative integers"
-    if claims["exp"] <= claims["nbf"]:
+    if not all(_is_time(claims[k]) for k in _TIMES if k in claims):
+        return "iat, nbf and exp must be non-negative numbers"
+    if claims["exp"] <= claims.get("nbf", -1):
         return "exp must be after nbf"
+    if "aud" in claims and _audiences(claims["aud"]) is None:
+        return f"aud must be a string or a list of 1-{_MAX_AUDIENCES} strings"
     return ""
+
+
+def _token_audiences(claims: Mapping[str, Any]) -> tuple[str, ...] | None:
+    return _audiences(claims["aud"]) if "aud" in claims else None
+
+
+def _for_audience(audiences: tuple[str, ...] | None, audience: str | None) -> bool:
+    """RFC 7519 4.1.3: a token with ``aud`` is only for a verifier named in it; a verifier that
+    has a name takes only tokens meant for it."""
+    if audience is None:
+        return audiences is None
+    return audiences is not None and audience in audiences
 
 
 def _verified_claims(token: object, trusted: Collection[bytes]) -> dict[str, Any]:
@@ -280,25 +335,30 @@ def _check_claims(
     leeway: float,
     use: str,
     revoked: Callable[[str, str], bool] | None,
+    audience: str | None,
 ) -> None:
-    """The signed claims' shape, purpose, validity window and revocation, in that order."""
-    if _claims_problem(claims) or claims["use"] != use:
+    """The signed claims' shape, purpose, audience, validity window and revocation, in that order."""
+    if (
+        _claims_problem(claims)
+        or claims.get("use", "access") != use
+        or not _for_audience(_token_audiences(claims), audience)
+    ):
         raise _refuse()
     if now >= claims["exp"] + leeway:
         raise _refuse("token expired")
-    if now < claims["nbf"] - leeway or now < claims["iat"] - leeway:
+    if now < claims.get("nbf", 0) - leeway or now < claims.get("iat", 0) - leeway:
         raise _refuse("token not yet valid")
-    if revoked is not None and revoked(claims["jti"], claims["sub"]):
+    if revoked is not None and revoked(claims.get("jti", ""), claims["sub"]):
         raise _refuse("token revoked")
 
 
 def _account(claims: Mapping[str, Any], token: str) -> Account:
     return Account(
         id=claims["sub"],
-        type=claims["typ"],
+        type=claims.get("typ", "user"),
         issuer=claims["iss"],
-        scopes=tuple(claims["scopes"]),
-        metadata=claims["metadata"],
+        scopes=tuple(claims.get("scopes", ())),
+        metadata=claims.get("metadata", {}),
         token=token,
     )
 
@@ -316,16 +376,19 @@ def verify_token(
     leeway: float = DEFAULT_LEEWAY,
     use: str = "access",
     revoked: Callable[[str, str], bool] | None = None,
+    audience: str | None = None,
 ) -> Account:
     """The :class:`Account` a ``use`` token speaks for, if an authority in ``trusted`` signed it.
 
     ``trusted`` holds 32-byte authority public keys (a set makes the lookup O(1)).
-    ``revoked(jti, sub)`` returning True refuses the token. Raises :class:`Unauthorized` for
-    every problem, with a detail that never echoes the token.
+    ``revoked(jti, sub)`` returning True refuses the token (``jti`` is ``""`` for a token
+    without one). ``audience`` is this verifier's name (see the module docstring). Raises
+    :class:`Unauthorized` for every problem, with a detail that never echoes the token.
     """
     _check_use(use)
     claims = _verified_claims(token, trusted)
-    _check_claims(claims, now=time.time() if now is None else now, leeway=leeway, use=use, revoked=revoked)
+    at = time.time() if now is None else now
+    _check_claims(claims, now=at, leeway=leeway, use=use, revoked=revoked, audience=audience)
     return _account(claims, token)
 
 
@@ -337,32 +400,63 @@ def refresh(
     access_ttl: float,
     now: float | None = None,
     revoked: Callable[[str, str], bool] | None = None,
+    audience: str | None = None,
 ) -> tuple[str, str]:
     """Trade a valid refresh token for a new ``(access, refresh)`` pair signed by ``signing_key``.
 
     The refresh token rotates: the new one has the old one's lifetime from ``now``. The old one
     stays valid until it expires unless the caller revokes its ``jti`` (see
     :func:`token_id`), which is what makes a stolen, already-used refresh token useless.
+    The pair is for ``audience``, which the refresh token must be for too.
     """
     at = time.time() if now is None else now
     claims = _verified_claims(refresh_token, trusted)
-    _check_claims(claims, now=at, leeway=DEFAULT_LEEWAY, use="refresh", revoked=revoked)
+    _check_claims(claims, now=at, leeway=DEFAULT_LEEWAY, use="refresh", revoked=revoked, audience=audience)
     account = _account(claims, refresh_token)
     lifetime = claims["exp"] - claims["iat"]
-    access = issue_token(signing_key, account, ttl=access_ttl, use="access", now=at)
-    rotated = issue_token(signing_key, account, ttl=max(lifetime, 1), use="refresh", now=at)
+    access = issue_token(signing_key, account, ttl=access_ttl, use="access", now=at, audience=audience)
+    rotated = issue_token(
+        signing_key, account, ttl=max(lifetime, 1), use="refresh", now=at, audience=audience
+    )
     return access, rotated
 
 
 def token_id(token: str, trusted: Collection[bytes]) -> tuple[str, str]:
     """The ``(jti, sub)`` of a token a trusted authority signed, even if expired: what to revoke.
 
-    Raises :class:`Unauthorized` if the token is malformed or not signed by ``trusted``.
+    Raises :class:`Unauthorized` if the token is malformed or not signed by ``trusted``, and
+    :class:`BadRequest` for a genuine token without a ``jti`` (revoke its account instead).
     """
     claims = _verified_claims(token, trusted)
     if _claims_problem(claims):
         raise _refuse()
+    if "jti" not in claims:
+        raise BadRequest("the token has no jti: revoke its account instead")
     return claims["jti"], claims["sub"]
+
+
+def jwks(keys: Iterable[bytes]) -> dict[str, list[dict[str, str]]]:
+    """The JSON Web Key Set (RFC 7517) of authority public keys, as any JWT library reads it.
+
+    Each key is an RFC 8037 ``OKP`` key on ``Ed25519`` for ``alg: EdDSA``, with the ``kid``
+    our token headers carry, so a verifier picks the key by the token's header.
+    """
+    out: list[dict[str, str]] = []
+    for key in keys:
+        raw = bytes(key)
+        if len(raw) != 32:
+            raise ValueError(f"an Ed25519 public key is 32 bytes, got {len(raw)}")
+        out.append(
+            {
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "x": _b64encode(raw),
+                "kid": raw.hex()[:_KID_LEN],
+                "alg": _ALG,
+                "use": "sig",
+            }
+        )
+    return {"keys": out}
 
 
 # -- caching ---------------------------------------------------------------------------------------
@@ -374,9 +468,10 @@ class _Entry:
     use: str
     issuer: bytes
     jti: str
-    nbf: int
-    iat: int
-    exp: int
+    nbf: float
+    iat: float
+    exp: float
+    audiences: tuple[str, ...] | None
 
 
 class TokenCache:
@@ -410,6 +505,7 @@ class TokenCache:
         leeway: float = DEFAULT_LEEWAY,
         use: str = "access",
         revoked: Callable[[str, str], bool] | None = None,
+        audience: str | None = None,
     ) -> Account:
         """:func:`verify_token`, answered from the cache when the token was verified before."""
         _check_use(use)
@@ -417,19 +513,20 @@ class TokenCache:
         entry = self._entries.get(token) if isinstance(token, str) else None
         if entry is None:
             claims = _verified_claims(token, trusted)
-            _check_claims(claims, now=at, leeway=leeway, use=use, revoked=revoked)
+            _check_claims(claims, now=at, leeway=leeway, use=use, revoked=revoked, audience=audience)
             entry = _Entry(
                 _account(claims, token),
                 use,
                 bytes.fromhex(claims["iss"]),
-                claims["jti"],
-                claims["nbf"],
-                claims["iat"],
+                claims.get("jti", ""),
+                claims.get("nbf", 0),
+                claims.get("iat", 0),
                 claims["exp"],
+                _token_audiences(claims),
             )
             self._store(token, entry)
             return entry.account
-        self._recheck(token, entry, trusted, at, leeway, use, revoked)
+        self._recheck(token, entry, trusted, at, leeway, use, revoked, audience)
         return entry.account
 
     def _recheck(
@@ -441,8 +538,11 @@ class TokenCache:
         leeway: float,
         use: str,
         revoked: Callable[[str, str], bool] | None,
+        audience: str | None,
     ) -> None:
         if entry.issuer not in trusted or entry.use != use:
+            raise _refuse()
+        if not _for_audience(entry.audiences, audience):
             raise _refuse()
         if now >= entry.exp + leeway:
             del self._entries[token]

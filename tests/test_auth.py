@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import jwt
 import pytest
 import trio
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_remote import Watcher
@@ -31,11 +32,18 @@ from trimicro.cluster.auth_service import AuthService
 from trimicro.cluster.cluster import Cluster, start_cluster
 from trimicro.cluster.pubsub import Message
 from trimicro.cluster.registry import MemoryRegistry, NodeInfo, Service
-from trimicro.cluster.rules import Access, Resource, Rule, Rules
+from trimicro.cluster.rules import DEFAULT_RULES, Access, Resource, Rule, Rules
 from trimicro.cluster.store import MemoryStore
 from trimicro.cluster.tokens import Account, issue_token
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
-from trimicro.mailbox.errors import BadRequest, Forbidden, MicroError, NotFound, Unauthorized
+from trimicro.mailbox.errors import (
+    BadRequest,
+    Forbidden,
+    InternalServerError,
+    MicroError,
+    NotFound,
+    Unauthorized,
+)
 from trimicro.mailbox.identity import Authority, NodeIdentity, dev_authority
 
 REFRESH = 0.05
@@ -67,7 +75,7 @@ class Front(Actor):
 
 @asynccontextmanager
 async def cluster_of(
-    home: Path, n: int, *, membership: bool = False, refresh: float | None = REFRESH
+    home: Path, n: int, *, membership: bool = False, refresh: float | None = REFRESH, **options: Any
 ) -> AsyncIterator[list[Cluster]]:
     """``n`` nodes; node 0 runs the auth service (with the authority key) and Greeter."""
     registry = MemoryRegistry()
@@ -75,7 +83,12 @@ async def cluster_of(
         nodes = [
             await stack.enter_async_context(
                 start_cluster(
-                    f"n{i}", registry=registry, home=home, membership=membership, auth_refresh=refresh
+                    f"n{i}",
+                    registry=registry,
+                    home=home,
+                    membership=membership,
+                    auth_refresh=refresh,
+                    **options,
                 )
             )
             for i in range(n)
@@ -295,16 +308,178 @@ async def test_streams_and_topics_follow_the_rules(tmp_path: Path) -> None:
             # Subscribing is checked per message against its topic, so the wildcard secret.>
             # gets nothing it may not see, and orders.* (granted) gets everything.
             assert await a.publish("secret.plans", {"x": 1}) == 0
-            assert await a.publish("orders.seen", {"n": 0}) == 2  # here and at n1
+            assert await a.publish("orders.seen", {"n": 0}, headers=bearer(alice)) == 2  # here and at n1
             with trio.fail_after(5):
                 assert (await inbox.receive()).body == {"n": 0}
-            await b.publish("orders.new", {"n": 1})  # as node n1, no admin: refused at n0
+            with pytest.raises(Forbidden):  # as node n1, no admin: refused before it leaves
+                await b.publish("orders.new", {"n": 1})
             await b.publish("orders.new", {"n": 2}, headers=bearer(alice))
             with trio.fail_after(5):
                 msg: Message = await inbox.receive()
             assert msg.body == {"n": 2}
             assert "authorization" not in msg.headers  # the publisher's token stays with the check
-        assert a.auth.denied >= 2
+        assert a.auth.denied >= 2 and b.auth.denied >= 1  # the stream at n0, the publish at n1
+
+
+async def interest(node: Cluster, peer: str, patterns: list[str]) -> None:
+    """Wait until ``node`` knows that ``peer`` subscribes to exactly ``patterns``."""
+    with trio.fail_after(5):
+        while sorted(e[0] for e in node.pubsub.remote_interest.get(peer, [])) != sorted(patterns):
+            await node.pubsub.wait_interest()
+
+
+async def orders_for_admins(node: Cluster) -> None:
+    """Without Go Micro's default rule: any account may subscribe to orders.*, only scope
+    admin may publish there."""
+    await node.call(AUTH_SERVICE, "Auth.delete_rule", {"id": "default"})
+    await add_rule(node, "orders-sub", "*", "topic:orders.*:subscribe")
+    await add_rule(node, "orders-pub", "admin", "topic:orders.*:publish")
+
+
+async def test_a_refused_publish_raises_401_or_403_and_delivers_nothing(tmp_path: Path) -> None:
+    """Across two nodes: the publisher gets the refusal (it used to be counted as delivered,
+    and redelivered five times with ack=True), and nobody gets the message, not even a
+    subscriber on the publisher's own node."""
+    async with cluster_of(tmp_path, 2, membership=True) as (a, b):
+        alice = await login(a, "alice", ["admin"])
+        bob = await login(a, "bob", ["guest"])
+        await orders_for_admins(a)
+        await synced(a, b)
+        async with a.pubsub.messages("orders.*") as at_a, b.pubsub.messages("orders.*") as at_b:
+            await interest(b, "n0", ["orders.*"])
+            with pytest.raises(Forbidden):
+                await b.publish("orders.new", 1)  # as node n1, which has no admin scope
+            with pytest.raises(Forbidden):
+                await b.publish("orders.new", 2, headers=bearer(bob))
+            forged = issue_token(
+                Authority.generate().signing_key, Account("alice", "user", "", ("admin",)), ttl=60
+            )
+            with pytest.raises(Unauthorized):
+                await b.publish("orders.new", 3, headers=bearer(forged))
+            denied_at_a = a.auth.denied
+            for n, headers in ((4, None), (5, bearer(bob))):
+                with pytest.raises(Forbidden):
+                    await b.publish("orders.new", n, ack=True, ack_timeout=2, headers=headers)
+            assert a.auth.denied == denied_at_a  # refused before anything left n1
+            assert await b.publish("orders.new", 6, headers=bearer(alice)) == 2  # here and at n0
+            assert await b.publish("orders.new", 7, headers=bearer(alice), ack=True, ack_timeout=2) == 2
+            with trio.fail_after(5):
+                assert [(await at_a.receive()).body for _ in range(2)] == [6, 7]  # nothing refused first
+                assert [(await at_b.receive()).body for _ in range(2)] == [6, 7]
+
+
+async def test_a_refusal_by_the_receiving_node_is_raised_and_never_redelivered(tmp_path: Path) -> None:
+    """The publisher's rules allow what the receiver's refuse (rules that changed within the
+    refresh period): acknowledged mode raises the receiver's 403 after one delivery, and the
+    refused message goes neither to another attempt nor to the dead-letter topic."""
+    async with cluster_of(tmp_path, 2, membership=True, refresh=None) as (a, b):
+        await orders_for_admins(a)  # in force at n0 (the auth service's node) at once
+        b.auth.apply(1, DEFAULT_RULES, {})  # n1 still has Go Micro's default: anything goes
+        async with a.pubsub.messages("orders.*"), b.pubsub.messages("$dead.>") as dead:
+            await interest(b, "n0", ["orders.*"])
+            denied_at_a = a.auth.denied
+            with pytest.raises(Forbidden):
+                await b.publish("orders.new", 1, ack=True, ack_timeout=2, max_deliveries=5)
+            assert a.auth.denied == denied_at_a + 1  # one delivery, refused once
+            await b.publish("$dead.sentinel", "end")  # a dead letter of the refusal would come first
+            with trio.fail_after(5):
+                assert (await dead.receive()).topic == "$dead.sentinel"
+
+
+class Failing(Actor):
+    """A subscriber whose handler always fails: every acknowledged delivery is a nack."""
+
+    async def on_message(self, msg: Message) -> None:
+        raise InternalServerError("cannot take it")
+
+
+async def test_a_dead_letter_the_rules_refuse_does_not_fail_the_publish(tmp_path: Path) -> None:
+    """After its nacked deliveries a message goes to $dead.<topic>, published by the node: if
+    the rules refuse the node that, the publisher is not told of a refusal that is not its own."""
+    async with cluster_of(tmp_path, 2, membership=True) as (a, b):
+        alice = await login(a, "alice", ["admin"])
+        await orders_for_admins(a)
+        await add_rule(a, "dead-sub", "*", "topic:$dead.*:subscribe")  # nobody may publish there
+        await synced(a, b)
+        await a.subscribe("orders.*", await a.node.spawn(Failing))
+        async with a.pubsub.messages("$dead.>"):
+            await interest(b, "n0", ["$dead.>", "orders.*"])
+            sent = await b.publish(
+                "orders.new", 1, headers=bearer(alice), ack=True, ack_timeout=2, max_deliveries=2
+            )
+            assert sent == 0  # not acked, dead letter refused (and logged), no 403 for alice
+            with pytest.raises(Forbidden):  # the dead-letter topic is indeed closed to node n1
+                await b.publish("$dead.orders.new", 1)
+
+
+async def test_a_node_that_follows_no_auth_service_fetches_the_rules_before_publishing(
+    tmp_path: Path,
+) -> None:
+    """A one-shot node (``auth_refresh=None``, as ``trimicro publish`` runs) has only the
+    defaults until it publishes: then it fetches the cluster's rules, and the refusal is its."""
+    async with cluster_of(tmp_path, 2, membership=True, refresh=None) as (a, b):
+        await orders_for_admins(a)
+        async with a.pubsub.messages("orders.*"):
+            await interest(b, "n0", ["orders.*"])
+            assert b.auth.version == 0
+            refused: list[int] = []
+
+            async def publish(n: int) -> None:
+                try:
+                    await b.publish("orders.new", n)
+                except Forbidden:
+                    refused.append(n)
+
+            async with trio.open_nursery() as nursery:  # the ones that wait for the fetch too
+                for n in range(3):
+                    nursery.start_soon(publish, n)
+            assert sorted(refused) == [0, 1, 2]
+            assert (b.auth.epoch, b.auth.version) == (a.auth.epoch, a.auth.version)
+
+
+async def test_a_cluster_with_an_audience_takes_only_tokens_meant_for_it(tmp_path: Path) -> None:
+    """The auth service issues tokens for the cluster's audience; tokens another library
+    minted with the authority's key are taken across nodes with aud as a string or a list,
+    and refused for another audience or none."""
+    key = Ed25519PrivateKey.from_private_bytes(bytes(dev_authority(tmp_path).signing_key))
+    issuer = dev_authority(tmp_path).public_key.hex()
+
+    def minted(**claims: Any) -> dict[str, str]:
+        claims = {"iss": issuer, "sub": "max", "scopes": ["admin"], "exp": int(time.time()) + 60, **claims}
+        return bearer(jwt.encode(claims, key, algorithm="EdDSA"))
+
+    async with cluster_of(tmp_path, 2, audience="prod") as (a, b):
+        alice = await login(a, "alice", ["admin"])
+        assert jwt.decode(alice, options={"verify_signature": False})["aud"] == "prod"
+        await lock_down(a)
+        await synced(a, b)
+        assert (await b.call("greeter", "Greeter.hello", {}, headers=bearer(alice)))["caller"] == "alice"
+        for aud in ("prod", ["staging", "prod"]):
+            reply = await b.call("greeter", "Greeter.hello", {}, headers=minted(aud=aud, nbf=0, jti="j"))
+            assert reply["caller"] == "max"
+        for headers in (minted(aud="staging"), minted(aud=["staging", "dev"]), minted()):
+            with pytest.raises(Unauthorized):
+                await b.call("greeter", "Greeter.hello", {}, headers=headers)
+        with pytest.raises(Unauthorized):  # the future is not yet (RFC 7519 nbf)
+            await b.call("greeter", "Greeter.hello", {}, headers=minted(aud="prod", nbf=time.time() + 600))
+    async with cluster_of(tmp_path / "other", 2) as (a, b):  # no audience: a token with one is not ours
+        await synced(a, b)
+        other = dev_authority(tmp_path / "other")
+        token = issue_token(other.signing_key, Account("max", "user", "", ()), ttl=60, audience="prod")
+        with pytest.raises(Unauthorized):
+            await b.call("greeter", "Greeter.hello", {}, headers=bearer(token))
+        plain = issue_token(other.signing_key, Account("max", "user", "", ()), ttl=60)
+        assert (await b.call("greeter", "Greeter.hello", {}, headers=bearer(plain)))["caller"] == "max"
+
+
+async def test_the_auth_service_publishes_its_keys_as_a_jwks_anyone_may_fetch(tmp_path: Path) -> None:
+    async with cluster_of(tmp_path, 2) as (a, b):
+        alice = await login(a, "alice", ["admin"])
+        await lock_down(a)
+        await synced(a, b)
+        keys = jwt.PyJWKSet.from_dict(await b.call(AUTH_SERVICE, "Auth.jwks", {}))  # as node n1
+        signing_key = keys[jwt.get_unverified_header(alice)["kid"]]
+        assert jwt.decode(alice, signing_key, algorithms=["EdDSA"])["sub"] == "alice"
 
 
 async def test_a_node_of_another_authority_is_refused(tmp_path: Path) -> None:

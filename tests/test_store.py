@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import os
 import signal
+import stat
 import textwrap
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -479,3 +481,50 @@ async def test_a_map_that_cannot_grow_fails_the_write_and_the_writer_lives_on(tm
         assert await store.list() == ["after", "small"]
     finally:
         await store.aclose()
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+async def test_a_new_store_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    """The auth service keeps account hashes and rules in a store: nobody else may read it."""
+    old = os.umask(0o022)  # the usual umask, which made the store 0755 and its files 0644
+    try:
+        store = LmdbStore(tmp_path / "new" / "db")
+        await store.write(Record("auth/accounts/alice", b"argon2id hash"))
+        await store.aclose()
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "new" / "db") == 0o700
+    assert {name: _mode(tmp_path / "new" / "db" / name) for name in ("data.mdb", "lock.mdb")} == {
+        "data.mdb": 0o600,
+        "lock.mdb": 0o600,
+    }
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+async def test_an_existing_store_open_to_others_is_tightened_on_open_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "old"
+    path.mkdir(mode=0o755)
+    os.chmod(path, 0o755)
+    env = lmdb.open(str(path), subdir=True, mode=0o755)  # as stores were made before: 0755 and 0644
+    with env.begin(write=True) as txn:
+        txn.put(b"k", b"v")
+    env.close()
+    for name in ("data.mdb", "lock.mdb"):
+        os.chmod(path / name, 0o644)
+    with caplog.at_level("WARNING", logger="trimicro.store"):
+        store = LmdbStore(path)
+        await store.aclose()
+    assert (_mode(path), _mode(path / "data.mdb"), _mode(path / "lock.mdb")) == (0o700, 0o600, 0o600)
+    warned = [r.getMessage() for r in caplog.records if r.name == "trimicro.store"]
+    assert len(warned) == 3 and all("made it owner-only" in w for w in warned)
+    assert str(path / "data.mdb") in " ".join(warned)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="trimicro.store"):  # once tightened, nothing to say
+        await LmdbStore(path).aclose()
+    assert not [r for r in caplog.records if r.name == "trimicro.store"]

@@ -21,11 +21,12 @@ from trimicro.cluster.tokens import (
     Account,
     TokenCache,
     issue_token,
+    jwks,
     refresh,
     token_id,
     verify_token,
 )
-from trimicro.mailbox.errors import Unauthorized
+from trimicro.mailbox.errors import BadRequest, Unauthorized
 from trimicro.mailbox.identity import Authority
 
 NOW = 1_700_000_000
@@ -274,23 +275,157 @@ def test_duplicate_keys_are_refused_even_when_signed() -> None:
         {"scopes": [1]},
         {"metadata": {"k": 1}},
         {"metadata": []},
-        {"exp": float(NOW + 60)},
         {"exp": True},
+        {"exp": "1700000060"},
+        {"nbf": None},
         {"iat": -1},
         {"exp": NOW - 10},
         {"jti": None},
         {"use": {"x": 1}},
-        {"aud": "someone"},
+        {"aud": "someone"},  # a verifier without an audience is not among the token's
+        {"aud": ["someone"]},
+        {"jti": 7},
+        {"jti": ""},
     ],
 )
 def test_wrong_claim_types_are_refused_even_when_signed(changes: dict[str, Any]) -> None:
     _refused(_forge(_header(), _claims(**changes)))
 
 
-def test_missing_claim_is_refused() -> None:
+@pytest.mark.parametrize("claim", ["iss", "sub", "exp"])
+def test_a_missing_required_claim_is_refused(claim: str) -> None:
     claims = _claims()
-    del claims["jti"]
+    del claims[claim]
     _refused(_forge(_header(), claims))
+
+
+# -- tokens minted by another JWT library: RFC 7519's claim set ------------------------------------
+
+PRIVATE = Ed25519PrivateKey.from_private_bytes(bytes(AUTHORITY.signing_key))
+ISS = AUTHORITY.public_key.hex()
+
+
+def _pyjwt(claims: dict[str, Any]) -> str:
+    """A token PyJWT signs with the authority's key (a script of an operator who holds it)."""
+    return jwt.encode(claims, PRIVATE, algorithm="EdDSA")
+
+
+def test_a_pyjwt_token_with_only_the_required_claims_is_a_user_access_token() -> None:
+    token = _pyjwt({"iss": ISS, "sub": "bob", "exp": NOW + 60})
+    account = verify_token(token, TRUSTED, now=NOW)
+    assert account == Account("bob", "user", ISS, ())
+    assert dict(account.metadata) == {}
+    _refused(token, use="refresh")  # "use" defaults to access
+
+
+def test_claims_we_do_not_know_are_ignored() -> None:
+    extra = {"iss": ISS, "sub": "bob", "exp": NOW + 60, "email": "bob@example.com", "x": {"y": [1]}}
+    assert verify_token(_pyjwt(extra), TRUSTED, now=NOW).id == "bob"
+
+
+@pytest.mark.parametrize(
+    ("aud", "audience", "ok"),
+    [
+        ("prod", "prod", True),
+        (["staging", "prod"], "prod", True),
+        ("staging", "prod", False),  # meant for another cluster
+        (["staging", "dev"], "prod", False),
+        (None, "prod", False),  # this cluster requires an audience
+        ("prod", None, False),  # RFC 7519 4.1.3: a verifier not named in aud must refuse
+        (None, None, True),
+        ([], "prod", False),
+        ([7], "prod", False),
+        ("", "prod", False),
+    ],
+)
+def test_audience_per_rfc_7519(aud: Any, audience: str | None, ok: bool) -> None:
+    claims: dict[str, Any] = {"iss": ISS, "sub": "bob", "exp": NOW + 60}
+    if aud is not None:
+        claims["aud"] = aud
+    token = _pyjwt(claims)
+    if ok:
+        assert verify_token(token, TRUSTED, now=NOW, audience=audience).id == "bob"
+        assert TokenCache().verify(token, TRUSTED, now=NOW, audience=audience).id == "bob"
+    else:
+        _refused(token, audience=audience)
+        with pytest.raises(Unauthorized):
+            TokenCache().verify(token, TRUSTED, now=NOW, audience=audience)
+
+
+def test_a_cached_token_is_still_checked_against_the_audience() -> None:
+    cache = TokenCache()
+    token = _pyjwt({"iss": ISS, "sub": "bob", "exp": NOW + 60, "aud": "prod"})
+    cache.verify(token, TRUSTED, now=NOW, audience="prod")
+    for other in ("staging", None):
+        with pytest.raises(Unauthorized):
+            cache.verify(token, TRUSTED, now=NOW, audience=other)
+
+
+def test_we_issue_tokens_for_an_audience_that_pyjwt_checks() -> None:
+    token = _token(audience="prod")
+    assert verify_token(token, TRUSTED, now=NOW, audience="prod") == ALICE
+    _refused(token)
+    key = Ed25519PublicKey.from_public_bytes(AUTHORITY.public_key)
+    options = {"verify_exp": False, "verify_nbf": False, "verify_iat": False}
+    assert jwt.decode(token, key, algorithms=["EdDSA"], audience="prod", options=options)["aud"] == "prod"
+    with pytest.raises(jwt.InvalidAudienceError):
+        jwt.decode(token, key, algorithms=["EdDSA"], audience="staging", options=options)
+
+
+def test_registered_time_claims_per_rfc_7519() -> None:
+    base = {"iss": ISS, "sub": "bob"}
+    # NumericDates may be fractional.
+    assert verify_token(
+        _pyjwt({**base, "exp": NOW + 60.5, "nbf": NOW - 0.5, "iat": NOW + 0.25}), TRUSTED, now=NOW
+    )
+    _refused(_pyjwt({**base, "exp": NOW + 600, "nbf": NOW + 100}), "token not yet valid")
+    _refused(_pyjwt({**base, "exp": NOW + 600, "iat": NOW + 100}), "token not yet valid")
+    _refused(_pyjwt({**base, "exp": NOW - 100}), "token expired")
+    _refused(_pyjwt({**base, "exp": NOW + 60, "nbf": NOW + 60}))  # never valid
+    infinite = _b64(_json({**base, "exp": 0}).replace(b'"exp":0', b'"exp":1e400'))  # JSON reads inf
+    signing_input = f"{_b64(_json(_header()))}.{infinite}"
+    _refused(f"{signing_input}.{_b64(AUTHORITY.signing_key.sign(signing_input.encode()).signature)}")
+
+
+def test_iss_must_name_a_trusted_authority_key() -> None:
+    _refused(_pyjwt({"iss": "https://auth.example.com", "sub": "bob", "exp": NOW + 60}))
+    _refused(_pyjwt({"iss": ISS.upper(), "sub": "bob", "exp": NOW + 60}))
+    _refused(_pyjwt({"iss": Authority.generate().public_key.hex(), "sub": "bob", "exp": NOW + 60}))
+
+
+def test_jti_is_optional_for_access_tokens_and_required_for_refresh_tokens() -> None:
+    no_jti = _pyjwt({"iss": ISS, "sub": "bob", "exp": NOW + 60})
+    verify_token(no_jti, TRUSTED, now=NOW)
+    seen: list[tuple[str, str]] = []
+    verify_token(no_jti, TRUSTED, now=NOW, revoked=lambda jti, sub: bool(seen.append((jti, sub))))
+    assert seen == [("", "bob")]  # only its account can revoke it
+    with pytest.raises(BadRequest):
+        token_id(no_jti, TRUSTED)
+    refresh_claims = {"iss": ISS, "sub": "bob", "exp": NOW + 60, "iat": NOW, "use": "refresh"}
+    _refused(_pyjwt(refresh_claims), use="refresh")
+    verify_token(_pyjwt({**refresh_claims, "jti": "r"}), TRUSTED, now=NOW, use="refresh")
+
+
+def test_jwks_lets_pyjwt_pick_the_key_by_kid() -> None:
+    other = Authority.generate()
+    key_set = jwks([other.public_key, AUTHORITY.public_key])
+    assert key_set["keys"][1] == {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": _b64(AUTHORITY.public_key),
+        "kid": ISS[:16],
+        "alg": "EdDSA",
+        "use": "sig",
+    }
+    keys = jwt.PyJWKSet.from_dict(json.loads(json.dumps(key_set)))
+    token = _token()
+    kid = jwt.get_unverified_header(token)["kid"]
+    options = {"verify_exp": False, "verify_nbf": False, "verify_iat": False}
+    assert jwt.decode(token, keys[kid], algorithms=["EdDSA"], options=options)["sub"] == "alice"
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, keys[other.public_key.hex()[:16]], algorithms=["EdDSA"], options=options)
+    with pytest.raises(ValueError):
+        jwks([b"short"])
 
 
 # -- trust, purpose, revocation --------------------------------------------------------------------
