@@ -8,7 +8,13 @@ handler, opened with ``open_stream``). A message handler is chosen two ways:
   Python callers: ``await ask(ref, Add(k=1))``;
 * by *endpoint name*, ``"<service>.<method>"`` (Go Micro style, service defaults to the class
   name), for callers that only have a name and a map: ``await ask(ref, {"k": 1},
-  endpoint="Counter.add")``; a map body is turned into the annotated attrs class.
+  endpoint="Counter.add")``; the body is structured into the annotated type, strictly (a body
+  that does not fit is a 400 naming the field: see :mod:`trimicro.actors.bodies`).
+
+A parameter annotated ``dict``, ``Mapping``, ``Any`` or not at all says nothing about which
+messages the handler takes (JSON-style services have many endpoints taking maps): such a
+handler is reached by its endpoint name only, never by type, so any number of them may share
+an actor.
 
 Annotations are resolved when the class is first spawned, so messages may be declared after
 the actor. Classes local to a function can name their message types with :func:`handles`.
@@ -23,11 +29,9 @@ import typing
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import attrs
-
-from trimicro.mailbox.errors import BadRequest
 from trimicro.mailbox.mailboxes import MailboxSpec
 
+from .bodies import BodyConverter, body_converter, is_map_annotation
 from .streams import Stream
 from .supervision import SupervisorStrategy
 
@@ -37,7 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["Actor", "HandlerTable", "handles", "not_handler"]
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
-Converter = Callable[[Any], Any]
 
 #: Lifecycle hooks and fallback: never handlers.
 RESERVED = frozenset({"started", "stopping", "restarted", "receive"})
@@ -140,7 +143,7 @@ class HandlerTable:
         self.service = cls.service_name or cls.__name__
         self.by_type: dict[type, Handler] = {}
         #: Endpoint name -> handler and the converter of its body (None: the body as it is).
-        self.by_endpoint: dict[str, tuple[Handler, Converter | None]] = {}
+        self.by_endpoint: dict[str, tuple[Handler, BodyConverter | None]] = {}
         #: Stream handlers (their parameter is a :class:`~trimicro.actors.streams.Stream`).
         self.by_stream: dict[str, Handler] = {}
         fallback = cls.receive
@@ -167,6 +170,7 @@ class HandlerTable:
         if len(params) != 1:
             return
         types: tuple[type, ...] = getattr(fn, "__trimicro_handles__", ())
+        hint: Any = None
         if not types:
             try:
                 hint = typing.get_type_hints(fn).get(params[0].name)
@@ -176,19 +180,21 @@ class HandlerTable:
                 self.by_stream[f"{self.service}.{name}"] = fn
                 self.by_stream.setdefault(name, fn)
                 return
-            if isinstance(hint, type) and hint is not object and hint is not Any:  # Any: name only
+            if isinstance(hint, type) and not _endpoint_only(hint):
                 types = (hint,)
+        elif len(types) == 1:
+            hint = types[0]
         for t in types:
             if t in self.by_type:
                 raise TypeError(f"{cls.__name__}: two handlers take {t.__name__}")
             self.by_type[t] = fn
         if never_suspends(fn):
             self.inline.add(fn)
-        convert = _converter(types[0] if len(types) == 1 else None)
+        convert = body_converter(hint)
         self.by_endpoint[f"{self.service}.{name}"] = (fn, convert)
         self.by_endpoint.setdefault(name, (fn, convert))
 
-    def inline_for(self, msg: Any, endpoint: str | None) -> tuple[Handler, Converter | None] | None:
+    def inline_for(self, msg: Any, endpoint: str | None) -> tuple[Handler, BodyConverter | None] | None:
         """The handler (and the endpoint's converter) for ``msg`` when it never suspends
         (:attr:`inline`), found by exact type or endpoint; ``None`` otherwise."""
         if not self.inline:
@@ -209,23 +215,11 @@ class HandlerTable:
         return self.fallback
 
 
-def _converter(t: type | None) -> Converter | None:
-    """How an endpoint's body becomes its handler's argument; None: as it is (no call)."""
-    if t is None or not attrs.has(t):
-        return None
-    cls = t
-
-    def convert(body: Any) -> Any:
-        if isinstance(body, cls):
-            return body
-        if isinstance(body, dict):
-            try:
-                return cls(**body)
-            except (TypeError, ValueError) as e:
-                raise BadRequest(f"body does not fit {cls.__name__}: {e}") from None
-        raise BadRequest(f"expected a map for {cls.__name__}, got {type(body).__name__}")
-
-    return convert
+def _endpoint_only(t: type) -> bool:
+    """Annotations that say nothing about which messages a handler takes (``Any``, ``object``)
+    or that every JSON-style endpoint shares (a map: ``dict``, ``Mapping``): such a handler is
+    reached by its endpoint name only, so that many of them can live in one actor."""
+    return t is Any or t is object or is_map_annotation(t)
 
 
 def handler_table(cls: type[Actor]) -> HandlerTable:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from trimicro.actors import Actor, Stream, ask, open_stream, start_node, tell
@@ -24,6 +25,16 @@ MAX_MESSAGES = 20_000_000
 PAYLOAD_100 = b"x" * 100
 
 
+@attrs.frozen
+class Add:
+    """The ``ask1attrs`` body: the map ``{"op", "id", "a", "b"}`` structured into this class."""
+
+    op: str
+    id: int
+    a: int
+    b: int
+
+
 class Bench(Actor):
     service_name = "Bench"
 
@@ -32,6 +43,9 @@ class Bench(Actor):
 
     async def add(self, m: Any) -> Any:
         return {"op": "ok", "id": m["id"], "a": m["a"], "b": m["b"], "r": m["a"] + m["b"]}
+
+    async def add_attrs(self, m: Add) -> Any:
+        return {"op": "ok", "id": m.id, "a": m.a, "b": m.b, "r": m.a + m.b}
 
     async def tell(self, m: Any) -> None:
         self.count += 1
@@ -63,7 +77,11 @@ def _pct(sorted_ns: list[int], q: float) -> float | None:
 
 
 async def _asks(
-    ref: Any, seconds: float, concurrency: int, headers: dict[str, str] | None = None
+    ref: Any,
+    seconds: float,
+    concurrency: int,
+    headers: dict[str, str] | None = None,
+    endpoint: str = "Bench.add",
 ) -> dict[str, Any]:
     lat: list[int] = []
     next_id = 0
@@ -78,9 +96,7 @@ async def _asks(
                 return
             i = next_id
             next_id += 1
-            reply = await ask(
-                ref, {"op": "add", "id": i, "a": 1, "b": 2}, endpoint="Bench.add", headers=headers
-            )
+            reply = await ask(ref, {"op": "add", "id": i, "a": 1, "b": 2}, endpoint=endpoint, headers=headers)
             assert reply["r"] == 3
             lat.append(time.perf_counter_ns() - t)
 
@@ -146,6 +162,8 @@ async def client(
         ref = node.remote_ref(server, "bench")
         if phase in ("ask1", "ask16"):
             return await _asks(ref, seconds, concurrency)
+        if phase == "ask1attrs":
+            return await _asks(ref, seconds, concurrency, endpoint="Bench.add_attrs")
         if phase == "tell":
             return await _tells(ref, seconds)
         if phase == "stream":

@@ -13,6 +13,9 @@ the contestants rotating from round to round):
   messages that reached the server are counted;
 * ``stream``: one-way items carrying 100 bytes of payload, items/s, confirmed the same way (peers
   without streams send them through their one-way path).
+* ``ask1attrs``: trimicro only: ``ask1`` to a handler annotated with an attrs class (``add``'s
+  four fields), so each map body is structured and checked field by field into that class on
+  the server (``trimicro.actors.bodies``) before the handler runs.
 
 The ask message is ``{"op": "add", "id": i, "a": 1, "b": 2}`` (msgpack); the reply has the same
 shape, ``{"op": "ok", "id": i, "a": 1, "b": 2, "r": 3}``. A tell is ``{"op": "tell", "id": i, "a": 1,
@@ -67,7 +70,7 @@ The default run (3 rounds, 4 phases, 5 contestants, 2 s + 0.3 s warm-up each) ta
 Needs: nats-py, grpcio (pip), nats-server (Debian: ``apt-get install nats-server``).
 
 Run:  .venv/bin/python benchmarks/bench_remote.py [--rounds 3] [--seconds 2] [--warmup 0.3]
-      [--only raw,nats,grpc,trimicro] [--phases ask1,ask16,tell,stream] [--markdown]
+      [--only raw,nats,grpc,trimicro] [--phases ask1,ask16,tell,stream,ask1attrs] [--markdown]
 """
 
 from __future__ import annotations
@@ -106,7 +109,9 @@ HOST = "127.0.0.1"  # the only interface anything binds or connects to
 HERE = Path(__file__).resolve().parent
 
 #: phase -> number of concurrent callers
-PHASES: dict[str, int] = {"ask1": 1, "ask16": 16, "tell": 1, "stream": 1}
+PHASES: dict[str, int] = {"ask1": 1, "ask16": 16, "tell": 1, "stream": 1, "ask1attrs": 1}
+#: The phases every peer runs (``ask1attrs`` exercises a trimicro feature the others lack).
+COMMON_PHASES = ("ask1", "ask16", "tell", "stream")
 ONEWAY = ("tell", "stream")
 #: Hard caps so that every phase is bounded in count as well as in time.
 MAX_CALLS = 2_000_000
@@ -631,7 +636,7 @@ class Contestant:
     serve: Callable[[str, argparse.Namespace], None]  # server process: (port_file, args), blocks
     load_client: Callable[[], ClientFn]
     check: Callable[[], str | None]  # -> reason to skip, or None
-    phases: tuple[str, ...] = tuple(PHASES)
+    phases: tuple[str, ...] = COMMON_PHASES
     prepare: Callable[[Procs, Path], list[str]] | None = None  # extra processes -> extra server args
 
 

@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
@@ -26,6 +26,7 @@ import trio
 
 from trimicro.actors import Actor
 from trimicro.mailbox.errors import MicroError, NotFound
+from trimicro.mailbox.limits import DEFAULT_LIMITS
 
 from .cluster import Cluster, start_cluster
 from .registry import MemoryRegistry, Registry, Service
@@ -92,30 +93,35 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     entries = services_of(module)
     if not entries:
         raise UsageError(f"{args.target} defines no services (an Actor with service_name, or SERVICES)")
-    async with start_cluster(
-        args.name, registry=_registry(args), listen=args.listen, home=_home(args)
-    ) as cluster:
-        for entry in entries:
-            cls, options = (entry, {}) if isinstance(entry, type) else entry
-            await cluster.serve(cls, **options)
-        store = auth_store = None
-        if args.store:
-            from .store import LmdbStore
-            from .store_service import StoreService
+    # SIGINT and SIGTERM are taken over before the node starts: one arriving while it starts,
+    # while the ready line waits on a full stdout pipe, or the instant after that line, waits
+    # here (trio keeps it) and stops the node cleanly once it is up (deregistered, drained, exit
+    # 0), instead of a KeyboardInterrupt thrown into whatever runs at that moment.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with start_cluster(
+            args.name, registry=_registry(args), listen=args.listen, home=_home(args)
+        ) as cluster:
+            for entry in entries:
+                cls, options = (entry, {}) if isinstance(entry, type) else entry
+                await cluster.serve(cls, **options)
+            store = auth_store = None
+            if args.store:
+                from .store import LmdbStore
+                from .store_service import StoreService
 
-            store = LmdbStore(Path(args.store))
-            await cluster.serve(StoreService, store, name="store")
-            auth_store = LmdbStore(Path(args.store), table="auth")  # not readable through "store"
-            await _serve_auth(cluster, auth_store, args)
-        names = ", ".join(sorted(cluster.services_digest().split(",")))
-        print(f"node {cluster.id} at {cluster.address} serving {names}", file=out, flush=True)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                store = LmdbStore(Path(args.store))
+                await cluster.serve(StoreService, store, name="store")
+                auth_store = LmdbStore(Path(args.store), table="auth")  # not readable through "store"
+                await _serve_auth(cluster, auth_store, args)
+            names = ", ".join(sorted(cluster.services_digest().split(",")))
+            print(f"node {cluster.id} at {cluster.address} serving {names}", file=out, flush=True)
             async for sig in signals:
                 print(f"{signal.Signals(sig).name}: deregistering and stopping", file=out, flush=True)
                 break
-    for opened in (auth_store, store):
-        if opened is not None:
-            await opened.aclose()
+        # Still inside the receiver: a second Ctrl-C during the shutdown is not a traceback.
+        for opened in (auth_store, store):
+            if opened is not None:
+                await opened.aclose()
     return 0
 
 
@@ -347,30 +353,77 @@ async def _call(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+#: Longest line ``stream`` reads from standard input (a message body's limit on the wire).
+MAX_INPUT_LINE = DEFAULT_LIMITS.max_size
+
+
 async def _stream(args: argparse.Namespace, out: TextIO) -> int:
+    """Exit 0 when the stream ends; 128 + the signal's number when SIGINT or SIGTERM cut it short
+    (the stream is closed, so the handler sees it cancelled, and the node stops as usual)."""
     request = _parse_json(args.request, "the request") if args.request else None
-    async with await _client(args) as cluster:
-        await _wait_for(cluster, args.service, _wait(args))
-        async with (
-            cluster.open_stream(args.service, args.endpoint, request, headers=_auth_headers(args)) as stream,
-            trio.open_nursery() as n,
-        ):
+    caught: list[int] = []
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with await _client(args) as cluster, trio.open_nursery() as guard:
+            with trio.CancelScope() as work:
 
-            async def feed() -> None:
-                stdin = trio.wrap_file(sys.stdin)
-                async for line in stdin:
-                    if line.strip():
-                        await stream.send(_parse_json(line, "an input line"))
-                stream.close_send()
+                async def stop_on_signal() -> None:
+                    async for sig in signals:
+                        caught.append(sig)
+                        work.cancel()
+                        return
 
-            if not args.no_input:
-                n.start_soon(feed)
-            else:
-                stream.close_send()
-            async for item in stream:
-                print(json.dumps(item, default=str), file=out, flush=True)
-            n.cancel_scope.cancel()
-    return 0
+                guard.start_soon(stop_on_signal)
+                await _stream_lines(cluster, args, request, out)
+            guard.cancel_scope.cancel()
+    return 128 + caught[0] if caught else 0
+
+
+async def _stream_lines(cluster: Cluster, args: argparse.Namespace, request: Any, out: TextIO) -> None:
+    await _wait_for(cluster, args.service, _wait(args))
+    async with (
+        cluster.open_stream(args.service, args.endpoint, request, headers=_auth_headers(args)) as stream,
+        trio.open_nursery() as n,
+    ):
+
+        async def feed() -> None:
+            async for line in _stdin_lines():
+                if line.strip():
+                    await stream.send(_parse_json(line.decode(errors="replace"), "an input line"))
+            stream.close_send()
+
+        if not args.no_input:
+            n.start_soon(feed)
+        else:
+            stream.close_send()
+        async for item in stream:
+            print(json.dumps(item, default=str), file=out, flush=True)
+        n.cancel_scope.cancel()
+
+
+async def _stdin_lines() -> AsyncIterator[bytes]:
+    """Standard input, line by line, read in a worker thread that cancellation abandons.
+
+    A blocked read of a terminal or pipe cannot be interrupted, so a thread trio waited for
+    would hold Ctrl-C back until the user typed Ctrl-D. The thread reads the file descriptor
+    itself (``os.read``), not ``sys.stdin``: an abandoned thread left blocked inside the
+    buffered reader would hold its lock when the interpreter closes it at exit.
+    """
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        raise UsageError("standard input cannot be read here: pass --no-input") from None
+    pending = b""
+    while True:
+        chunk = await trio.to_thread.run_sync(os.read, fd, 65536, abandon_on_cancel=True)
+        if not chunk:
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            yield line
+        if len(pending) > MAX_INPUT_LINE:
+            raise UsageError(f"an input line is longer than {MAX_INPUT_LINE} bytes")
+    if pending:
+        yield pending
 
 
 def _member_client(args: argparse.Namespace) -> Any:

@@ -12,9 +12,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from trimicro.actors import Actor, NotFound, Stream, start_node
+
+
+@attrs.frozen
+class Line:
+    sku: str
+    qty: int
+
+
+@attrs.frozen
+class Basket:
+    """A body structured by the handler's annotation (the sender has no such class)."""
+
+    owner: str
+    lines: list[Line]
 
 
 class Echo(Actor):
@@ -38,6 +53,10 @@ class Echo(Actor):
     async def add(self, body: dict[str, Any]) -> int:
         self.total += int(body["k"])
         return self.total
+
+    async def total(self, basket: Basket) -> dict[str, Any]:
+        kinds = sorted({type(line).__name__ for line in basket.lines})
+        return {"owner": basket.owner, "qty": sum(line.qty for line in basket.lines), "kinds": kinds}
 
     async def fail(self, body: dict[str, Any]) -> None:
         raise NotFound(str(body.get("why", "nothing here")))

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import peer_node
 import pytest
 import trio
 import trio.testing
@@ -17,6 +18,7 @@ from procs import Proc, python_process
 from trimicro.actors import (
     Actor,
     ActorRef,
+    BadRequest,
     MicroError,
     NotFound,
     Terminated,
@@ -95,6 +97,30 @@ async def test_calls_errors_and_sigkill_mid_call(tmp_path: Path) -> None:
         assert gone.ref == echo and gone.reason is not None and "unreachable" in gone.reason
         with pytest.raises(Unreachable):
             await ask(echo, {"k": 1}, endpoint="Echo.add", timeout=5)
+
+
+async def test_a_body_from_another_process_is_structured_like_a_local_one(tmp_path: Path) -> None:
+    """The peer's handler takes an attrs class the caller does not have: a map body becomes
+    that class (nested lists of classes too), and a wrong body is the same 400, naming the
+    same fields, as the same ask made locally."""
+    async with peer_process(tmp_path, "svc") as peer, start_node("client", home=tmp_path) as node:
+        await node.connect(peer.address)
+        echo = node.remote_ref("svc", "echo")
+        good = {"owner": "ann", "lines": [{"sku": "a", "qty": 2}, {"sku": "b", "qty": 3}]}
+        assert await ask(echo, good, endpoint="Echo.total") == {"owner": "ann", "qty": 5, "kinds": ["Line"]}
+        bad = {"owner": 5, "lines": [{"sku": "a", "qty": "2"}]}
+        with pytest.raises(BadRequest) as remote:
+            await ask(echo, bad, endpoint="Echo.total")
+        local = await node.spawn(peer_node.Echo, trio.Event(), name="echo")
+        assert await ask(local, good, endpoint="Echo.total") == {"owner": "ann", "qty": 5, "kinds": ["Line"]}
+        with pytest.raises(BadRequest) as here:
+            await ask(local, bad, endpoint="Echo.total")
+    expected = (
+        "body does not fit Basket: body.owner: expected str, got int; "
+        "body.lines[0].qty: expected int, got str"
+    )
+    assert (remote.value.code, remote.value.detail) == (400, expected)
+    assert here.value.detail == expected
 
 
 async def test_sigstopped_peer_is_dropped_after_silence(tmp_path: Path) -> None:

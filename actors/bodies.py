@@ -1,0 +1,477 @@
+"""Endpoint bodies into the types their handlers declare: strict structuring with cattrs.
+
+A request by endpoint name (``ask(ref, {"name": "Ann"}, endpoint="Greeter.hello")``, a call from
+another node, the CLI, another language) carries a plain body: maps, lists and scalars from
+JSON, msgpack or CBOR, or the Python values a local caller passed. Before the handler runs, the
+body is structured into the handler's parameter annotation: attrs classes (nested too, by their
+``__init__``, so validators and attrs converters run), lists, tuples, sets, maps, optionals,
+unions of scalars, enums, literals, datetimes. A body that does not fit is a 400
+:class:`BadRequest` whose detail names each wrong field by its path
+(``body.items[1].qty: expected int, got str``); the handler never runs.
+
+Strict, not coercing: cattrs' own hooks call the type on the value (``str(5) == "5"``,
+``list("abc")``), which would let a wrong client pass unnoticed and hand the handler values
+nobody sent. Here a scalar must already have its type (an int is accepted for a float, as JSON
+has one number type; an ISO 8601 string is accepted for a datetime, date or time, as JSON has
+none), a list field takes a list or tuple, a map field a map, a class field a map or an
+instance of the class (a local caller's, or one the type registry decoded). A map with a key
+its class has no field for is refused, as the class's ``__init__`` would. A type cattrs knows
+nothing about must be an instance already.
+
+Cost: cattrs generates one structuring function per type (Python source compiled once, cached
+in the converter per class, reused by every handler taking that class); a handler's converter
+is built once, with its class's handler table. The fast converter stops at the first wrong
+field; only once a body has failed does the detailed converter (which collects every error
+with its path, and is slower) run on it, to word the 400. The converters hold no
+per-node state: a cache of generated functions by type, the same for every node.
+"""
+
+from __future__ import annotations
+
+import collections.abc as abc
+import dataclasses
+import datetime as dt
+import enum
+import functools
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.cols import (
+    homogenous_tuple_structure_factory,
+    is_any_set,
+    is_mapping,
+    is_mutable_sequence,
+    is_sequence,
+    list_structure_factory,
+    mapping_structure_factory,
+)
+from cattrs.disambiguators import create_default_dis_func, is_supported_union
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    StructureHandlerNotFoundError,
+)
+from cattrs.gen import make_dict_structure_fn
+from cattrs.strategies import configure_union_passthrough
+
+from trimicro.mailbox.errors import BadRequest, MicroError
+
+__all__ = ["BodyConverter", "body_converter", "is_map_annotation"]
+
+#: A body (as it came) -> the handler's argument; raises :class:`BadRequest` if it does not fit.
+BodyConverter = Callable[[Any], Any]
+Hook = Callable[[Any, Any], Any]
+
+#: Errors quoted in one 400 detail, and characters per quoted error: a body with thousands of
+#: wrong items must not make an answer of that size.
+MAX_ERRORS = 5
+MAX_ERROR_CHARS = 200
+#: Values (map entries and list items, all levels) of the largest body whose 400 names the
+#: wrong fields' paths (see :func:`_explain`).
+MAX_EXPLAINED = 10_000
+
+#: Annotations that mean "any map": the body is passed as it is (a map is all that is checked).
+_MAP_TYPES = (dict, abc.Mapping, abc.MutableMapping)
+
+
+class Mismatch(TypeError):
+    """A value of the wrong type; its message is what the 400 says about that field."""
+
+
+def _kind(value: Any) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+def _expected(what: str, value: Any) -> Mismatch:
+    return Mismatch(f"expected {what}, got {_kind(value)}")
+
+
+# ---- scalars: checked, never converted (but int -> float, ISO string -> datetime) ------------
+#
+# cattrs finds these by ``functools.singledispatch``, which also hands them every subclass (an
+# IntEnum is an int, a StrEnum a str): ``t`` says which, and a subclass is built from the value.
+
+
+def _subclass(value: Any, t: Any, base: type) -> Any:
+    """``value`` (already checked against ``base``) as ``t``, a subclass of ``base``."""
+    if isinstance(value, t):
+        return value
+    if issubclass(t, enum.Enum):
+        return _enum(value, t)
+    return t(value)
+
+
+def _str(value: Any, t: Any) -> Any:
+    if isinstance(value, str):
+        return value if t is str else _subclass(value, t, str)
+    if t is not str and issubclass(t, enum.Enum):
+        return _enum(value, t)
+    raise _expected("str", value)
+
+
+def _int(value: Any, t: Any) -> Any:
+    if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
+        return value if t is int else _subclass(value, t, int)
+    if t is not int and issubclass(t, enum.Enum):
+        return _enum(value, t)
+    raise _expected("int", value)
+
+
+def _float(value: Any, t: Any) -> Any:
+    if type(value) is float:
+        return value if t is float else _subclass(value, t, float)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) if t is float else _subclass(value, t, float)
+    if t is not float and issubclass(t, enum.Enum):
+        return _enum(value, t)
+    raise _expected("float", value)
+
+
+def _bool(value: Any, _: Any) -> bool:
+    if value is True or value is False:
+        return value
+    raise _expected("bool", value)
+
+
+def _bytes(value: Any, t: Any) -> Any:
+    if isinstance(value, bytes):
+        return value if t is bytes else _subclass(value, t, bytes)
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value) if t is bytes else _subclass(bytes(value), t, bytes)
+    raise _expected("bytes", value)
+
+
+@functools.cache
+def _takes_bool(t: type[enum.Enum]) -> bool:
+    return any(isinstance(m.value, bool) for m in t)
+
+
+def _enum(value: Any, t: type[enum.Enum]) -> Any:
+    """A member of enum ``t``: a member, or a member's value (a bool only if a value is one:
+    ``True == 1`` would otherwise pick the member of value 1)."""
+    if isinstance(value, t):
+        return value
+    if not isinstance(value, bool) or _takes_bool(t):
+        try:
+            return t(value)
+        except (ValueError, TypeError):
+            pass
+    members = list(t)
+    values = ", ".join(repr(m.value) for m in members[:10]) + (", ..." if len(members) > 10 else "")
+    raise Mismatch(f"expected one of {values} ({t.__name__}), got {_short(repr(value), 40)}")
+
+
+def _iso(kind: type[Any]) -> Hook:
+    """A hook for ``datetime``, ``date`` or ``time``: an instance, or an ISO 8601 string."""
+    name = kind.__name__
+
+    def structure(value: Any, _: Any) -> Any:
+        # A datetime is a date too; a date field takes a date, not a datetime cut short.
+        if type(value) is kind or (isinstance(value, kind) and kind is not dt.date):
+            return value
+        if isinstance(value, str):
+            try:
+                return kind.fromisoformat(value)
+            except ValueError:
+                raise Mismatch(f"expected an ISO 8601 {name}, got {value[:40]!r}") from None
+        raise _expected(f"{name} (an ISO 8601 string)", value)
+
+    return structure
+
+
+# ---- containers and classes: cattrs' hooks, behind a check of the container's own type -------
+
+
+def _sequence_factory(t: Any, converter: cattrs.Converter) -> Hook:
+    base = (list_structure_factory if is_mutable_sequence(t) else homogenous_tuple_structure_factory)(
+        t, converter
+    )
+
+    def structure(value: Any, t: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return base(value, t)
+        raise _expected("a list", value)
+
+    return structure
+
+
+def _set_factory(t: Any, converter: cattrs.Converter) -> Hook:
+    args = typing.get_args(t)
+    as_list = list[args[0]] if args else list  # type: ignore[valid-type]
+    items = converter.get_structure_hook(as_list)
+    make = frozenset if typing.get_origin(t) in (frozenset, abc.Set) or t in (frozenset, abc.Set) else set
+
+    def structure(value: Any, _: Any) -> Any:
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return make(items(list(value), as_list))
+        raise _expected("a list", value)
+
+    return structure
+
+
+def _is_hetero_tuple(t: Any) -> bool:
+    args = typing.get_args(t)
+    return typing.get_origin(t) is tuple and bool(args) and args[-1] is not Ellipsis
+
+
+def _hetero_tuple_factory(t: Any, converter: cattrs.Converter) -> Hook:
+    args = typing.get_args(t)
+    if args == ((),):  # tuple[()]
+        args = ()
+    hooks = [converter.get_structure_hook(a) for a in args]
+
+    def structure(value: Any, _: Any) -> Any:
+        if not isinstance(value, (list, tuple)):
+            raise _expected(f"a list of {len(args)}", value)
+        if len(value) != len(args):
+            raise Mismatch(f"expected {len(args)} items, got {len(value)}")
+        return tuple(h(v, a) for h, v, a in zip(hooks, value, args, strict=True))
+
+    return structure
+
+
+def _mapping_factory(t: Any, converter: cattrs.Converter) -> Hook:
+    base = mapping_structure_factory(t, converter)
+
+    def structure(value: Any, t: Any) -> Any:
+        if isinstance(value, Mapping):
+            return base(value, t)
+        raise _expected("a map", value)
+
+    return structure
+
+
+def _is_class(t: Any) -> bool:
+    return attrs.has(t) or dataclasses.is_dataclass(t)
+
+
+def _init_keys(cls: type) -> frozenset[str]:
+    """The map keys a class takes: its ``__init__`` argument names (attrs aliases)."""
+    if attrs.has(cls):
+        return frozenset(a.alias for a in attrs.fields(cls) if a.init)
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.init)
+
+
+def _class_factory(t: Any, converter: cattrs.Converter) -> Hook:
+    base = make_dict_structure_fn(t, converter)
+    cls = typing.get_origin(t) or t
+    what = f"a map for {cls.__name__}"
+    # The fast converter checks unknown keys here, with one C-level subset test, rather than
+    # in cattrs' generated code (a set built per map); the detailed one lets cattrs report them
+    # beside the other errors of the same map.
+    keys = None if converter.detailed_validation else _init_keys(cls)
+
+    def structure(value: Any, t: Any) -> Any:
+        if type(value) is not dict:  # the usual body is a dict: no instance or ABC checks
+            if isinstance(value, cls):
+                return value
+            if not isinstance(value, Mapping):
+                raise _expected(what, value)
+        if keys is None or value.keys() <= keys:
+            return base(value, t)
+        raise ForbiddenExtraKeysError("", cls, set(value.keys()) - keys)
+
+    return structure
+
+
+def _is_class_union(t: Any) -> bool:
+    return is_supported_union(t) and sum(m is not type(None) for m in typing.get_args(t)) > 1
+
+
+def _class_union_factory(t: Any, converter: cattrs.Converter) -> Hook:
+    """``A | B`` (``| None``) of classes: an instance of one passes; a map goes to the class
+    cattrs' disambiguation picks (by the fields only one of them has)."""
+    members = [m for m in typing.get_args(t) if m is not type(None)]
+    classes = tuple(typing.get_origin(m) or m for m in members)
+    takes_none = len(members) < len(typing.get_args(t))
+    pick = create_default_dis_func(converter, *members)
+    hooks = {cls: converter.get_structure_hook(m) for cls, m in zip(classes, members, strict=True)}
+    what = "a map for " + " or ".join(c.__name__ for c in classes)
+
+    def structure(value: Any, _: Any) -> Any:
+        if isinstance(value, classes) or (value is None and takes_none):
+            return value
+        if not isinstance(value, Mapping):
+            raise _expected(what, value)
+        cls = pick(value)
+        if cls is None:
+            raise Mismatch(f"expected {what}, got a map that fits none of them")
+        return hooks[typing.get_origin(cls) or cls](value, cls)
+
+    return structure
+
+
+def _fallback_factory(t: Any) -> Hook:
+    """A type cattrs has no hook for: the value must be an instance of it already."""
+    if not isinstance(t, type):
+        raise StructureHandlerNotFoundError(f"no way to structure {t!r}", t)
+    name = t.__name__
+
+    def structure(value: Any, _: Any) -> Any:
+        if isinstance(value, t):
+            return value
+        raise _expected(name, value)
+
+    return structure
+
+
+def _converter(detailed: bool) -> cattrs.Converter:
+    converter = cattrs.Converter(
+        # An unknown key is a mistake, as it is for the class's __init__ (the fast converter
+        # checks keys in _class_factory, before the generated code).
+        forbid_extra_keys=detailed,
+        prefer_attrib_converters=True,  # a field with an attrs converter gets the value as sent
+        detailed_validation=detailed,
+        use_alias=True,  # map keys are __init__'s argument names (``_x`` is sent as ``x``)
+        structure_fallback_factory=_fallback_factory,
+    )
+    for t, hook in (
+        (str, _str),
+        (int, _int),
+        (float, _float),
+        (bool, _bool),
+        (bytes, _bytes),
+        (dt.datetime, _iso(dt.datetime)),
+        (dt.date, _iso(dt.date)),
+        (dt.time, _iso(dt.time)),
+    ):
+        converter.register_structure_hook(t, hook)
+    converter.register_structure_hook(enum.Enum, _enum)
+    # Registered later wins: these take over from cattrs' own (lenient) hooks.
+    converter.register_structure_hook_factory(is_sequence, _sequence_factory)
+    converter.register_structure_hook_factory(is_any_set, _set_factory)
+    converter.register_structure_hook_factory(_is_hetero_tuple, _hetero_tuple_factory)
+    converter.register_structure_hook_factory(is_mapping, _mapping_factory)
+    converter.register_structure_hook_factory(_is_class, _class_factory)
+    converter.register_structure_hook_factory(_is_class_union, _class_union_factory)
+    # ``int | str`` and the like: the value must be of one of them (exactly).
+    configure_union_passthrough(str | bytes | int | float | bool | None, converter)
+    return converter
+
+
+_FAST = _converter(detailed=False)
+#: Built on first use: only a body that failed the fast converter is structured again by it.
+_detailed: cattrs.Converter | None = None
+
+
+def _short(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _format(exc: BaseException, _type: Any) -> str:
+    """One wrong field, in words (cattrs' ``transform_error`` adds where)."""
+    if isinstance(exc, Mismatch):
+        return str(exc)
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return "unknown fields " + ", ".join(sorted(map(str, exc.extra_fields)))
+    if isinstance(exc, AttributeError) and str(exc).endswith("has no attribute 'items'"):
+        return "expected a map"
+    return str(exc) or type(exc).__name__  # a validator's or attrs converter's own words
+
+
+def _values_within(body: Any, budget: int) -> bool:
+    """Whether ``body`` holds at most ``budget`` values (maps and lists counted through)."""
+    pending = [body]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, Mapping):
+            budget -= len(value)
+            pending.extend(value.values())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            budget -= len(value)
+            pending.extend(value)
+        if budget < 0:
+            return False
+    return True
+
+
+def _explain(body: Any, t: Any, first: Exception) -> str:
+    """The 400 detail for ``body`` that did not fit ``t``: every wrong field, by path.
+
+    The detailed converter keeps an exception per wrong value: a body of a million wrong
+    items (a few MiB on the wire) would cost gigabytes, so a body over :data:`MAX_EXPLAINED`
+    values gets the first error's words without its path.
+    """
+    global _detailed
+    if not _values_within(body, MAX_EXPLAINED):
+        return f"body does not fit {_type_name(t)}: {_short(_format(first, t))} (somewhere in a large body)"
+    if _detailed is None:
+        _detailed = _converter(detailed=True)
+    try:
+        _detailed.structure(body, t)
+    except (ClassValidationError, IterableValidationError) as exc:
+        errors = cattrs.transform_error(exc, path="body", format_exception=_format)
+    except Exception as exc:
+        errors = [f"{_format(exc, t)} @ body"]
+    else:  # passed the second time (a validator that is not a function of its input)
+        errors = [f"{_format(first, t)} @ body"]
+    lines = []
+    for error in errors[:MAX_ERRORS]:
+        text, _, where = error.rpartition(" @ ")
+        lines.append(_short(f"{where}: {text}" if text else where))
+    more = f" (and {len(errors) - MAX_ERRORS} more)" if len(errors) > MAX_ERRORS else ""
+    return f"body does not fit {_type_name(t)}: " + "; ".join(lines) + more
+
+
+def _type_name(t: Any) -> str:
+    """``Order``, ``list[Item]``, ``Item | None``: names without their modules."""
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin is None or not args:
+        return "..." if t is Ellipsis else getattr(t, "__name__", None) or repr(t)
+    if origin is typing.Literal:
+        return f"Literal[{', '.join(map(repr, args))}]"
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in args)
+    return f"{_type_name(origin)}[{', '.join(map(_type_name, args))}]"
+
+
+def is_map_annotation(hint: Any) -> bool:
+    """``dict``, ``Mapping``, ``dict[str, Any]``...: a map of anything, taken as it is."""
+    origin = typing.get_origin(hint) or hint
+    if origin not in _MAP_TYPES:
+        return False
+    args = typing.get_args(hint)
+    return not args or args[1] in (Any, object)
+
+
+def _map_only(body: Any) -> Any:
+    if type(body) is dict or isinstance(body, Mapping):
+        return body
+    raise BadRequest(f"body does not fit a map: expected a map, got {_kind(body)}")
+
+
+def body_converter(hint: Any) -> BodyConverter | None:
+    """How an endpoint's body becomes the argument of a handler annotated ``hint``; ``None``:
+    the body as it is (no annotation, ``Any``, ``object``, or a type cattrs cannot build).
+
+    A map annotation (``dict``, ``Mapping``, ``dict[str, Any]``) only checks that the body is a
+    map and passes it on uncopied: JSON-style endpoints take maps as they came.
+    """
+    if hint is None or hint is Any or hint is object:
+        return None
+    if is_map_annotation(hint):
+        return _map_only
+    try:
+        hook = _FAST.get_structure_hook(hint)
+    except Exception:  # StructureHandlerNotFoundError, or a class cattrs cannot generate for
+        return None
+    cls = hint if isinstance(hint, type) else None
+
+    def convert(body: Any) -> Any:
+        if cls is not None and type(body) is cls:  # already the type (a local or registered caller)
+            return body
+        try:
+            return hook(body, hint)
+        except MicroError:  # a validator's own typed error stands
+            raise
+        except Exception as exc:
+            raise BadRequest(_explain(body, hint, exc)) from None
+
+    return convert
