@@ -47,6 +47,12 @@ def _home(args: argparse.Namespace) -> Path | None:
     return Path(args.home) if getattr(args, "home", None) else None
 
 
+def _audience(args: argparse.Namespace) -> str | None:
+    """The cluster's token audience (``--audience`` or ``$TRIMICRO_AUDIENCE``): ``run`` checks
+    tokens against it and the admin tokens the CLI signs for itself carry it."""
+    return getattr(args, "audience", None) or os.environ.get("TRIMICRO_AUDIENCE") or None
+
+
 def _auth_headers(args: argparse.Namespace) -> dict[str, str] | None:
     """``--token`` (or ``$TRIMICRO_TOKEN``) as the request's bearer token."""
     token = getattr(args, "token", None) or os.environ.get("TRIMICRO_TOKEN")
@@ -99,7 +105,11 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     # 0), instead of a KeyboardInterrupt thrown into whatever runs at that moment.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with start_cluster(
-            args.name, registry=_registry(args), listen=args.listen, home=_home(args)
+            args.name,
+            registry=_registry(args),
+            listen=args.listen,
+            home=_home(args),
+            audience=_audience(args),
         ) as cluster:
             for entry in entries:
                 cls, options = (entry, {}) if isinstance(entry, type) else entry
@@ -152,6 +162,7 @@ async def _client(args: argparse.Namespace) -> Any:
         membership=False,
         announce=False,
         auth_refresh=None,  # it serves nothing: no rules to fetch for a one-shot command
+        audience=_audience(args),
     )
 
 
@@ -430,7 +441,11 @@ def _member_client(args: argparse.Namespace) -> Any:
     """A short-lived member: pub/sub needs the interest that members exchange, so the node
     announces itself while the command runs (and leaves the membership at exit)."""
     return start_cluster(
-        f"cli-{uuid.uuid4().hex[:8]}", registry=_registry(args), home=_home(args), auth_refresh=None
+        f"cli-{uuid.uuid4().hex[:8]}",
+        registry=_registry(args),
+        home=_home(args),
+        auth_refresh=None,
+        audience=_audience(args),
     )
 
 
@@ -527,7 +542,8 @@ def _admin_headers(args: argparse.Namespace) -> dict[str, str] | None:
 
     authority = dev_authority(_home(args))
     admin = Account("admin", "user", authority.public_key.hex(), ("admin",))
-    return {"authorization": f"Bearer {issue_token(authority.signing_key, admin, ttl=300)}"}
+    token = issue_token(authority.signing_key, admin, ttl=300, audience=_audience(args))
+    return {"authorization": f"Bearer {token}"}
 
 
 async def _auth(args: argparse.Namespace, out: TextIO) -> int:
@@ -625,6 +641,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", help="identity folder (default $TRIMICRO_HOME or ~/.trimicro)")
     parser.add_argument(
         "--registry", choices=["mdns", "memory"], default="mdns", help="discovery backend (default mdns)"
+    )
+    parser.add_argument(
+        "--audience",
+        help="the cluster's token audience: tokens must name it in 'aud' (default $TRIMICRO_AUDIENCE)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

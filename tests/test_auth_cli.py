@@ -46,12 +46,15 @@ def ok(env: dict[str, str], *args: str) -> str:
 
 
 @contextmanager
-def served(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """``trimicro run examples/services.py --store``: the node that also runs the auth service."""
+def served(tmp_path: Path, *options: str) -> Iterator[dict[str, str]]:
+    """``trimicro [OPTIONS] run examples/services.py --store``: the node that also runs the auth
+    service."""
     env = dict(os.environ, TRIMICRO_HOME=str(tmp_path / "home"))
+    env.pop("TRIMICRO_AUDIENCE", None)
     server = subprocess.Popen(
         [
             *trimicro(),
+            *options,
             "run",
             str(ROOT / "examples" / "services.py"),
             "--name",
@@ -164,3 +167,19 @@ def test_a_refused_cli_publish_is_an_error_and_reaches_nobody(tmp_path: Path) ->
                 subscriber.kill()
                 subscriber.communicate()
     assert [json.loads(line)["body"] for line in out.splitlines()] == [{"id": 2}]  # never the refused one
+
+
+def test_a_cluster_run_with_an_audience_takes_the_clis_admin_tokens_only_when_they_name_it(
+    tmp_path: Path,
+) -> None:
+    with served(tmp_path, "--audience", "prod") as env:
+        refused = cli(env, "auth", "user", "list")  # admin token without 'aud'
+        assert refused.returncode == 1 and "401" in refused.stderr, refused.stderr
+        created = json.loads(
+            ok(env, "--audience", "prod", "auth", "user", "add", "alice", "--scope", "admin", "--json")
+        )
+        assert "alice" in ok(dict(env, TRIMICRO_AUDIENCE="prod"), "auth", "user", "list")
+        token = ok(env, "--audience", "prod", "auth", "token", "alice", f"--secret={created['secret']}")
+        key_set = jwt.PyJWKSet.from_dict(json.loads(ok(env, "--audience", "prod", "auth", "jwks")))
+    key = key_set[jwt.get_unverified_header(token.strip())["kid"]]
+    assert jwt.decode(token.strip(), key, algorithms=["EdDSA"], audience="prod")["aud"] == "prod"
