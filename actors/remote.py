@@ -317,7 +317,10 @@ class RemoteActor:
         if link.out_bytes < OUT_HIGH_WATER and len(frame) <= link.remoting.max_frame_size:
             link.push(frame)  # Link.send without its coroutine: the usual case, no room to wait for
         else:
-            await link.send(frame)
+            try:
+                await link.send(frame)
+            except Unreachable as exc:  # the link dropped while this waited for room
+                node.dead_letter(self.target, msg, f"undeliverable: {exc.detail}", sender)
 
     def try_tell(self, msg: Any, sender: ActorRef | None, headers: dict[str, str] | None) -> bool:
         link = self.peer.link
@@ -360,6 +363,13 @@ class RemoteActor:
             if link is None:
                 raise RequestTimeout(
                     f"no connection to node {peer.node_id} within {timeout:g}s", id=self.target.path
+                )
+        if link.out_bytes >= OUT_HIGH_WATER:  # the send queue is full: wait for room, by the deadline
+            with trio.move_on_at(deadline):
+                await link.wait_room()
+            if link.out_bytes >= OUT_HIGH_WATER and not link.closed:
+                raise RequestTimeout(
+                    f"no room to send to node {peer.node_id} within {timeout:g}s", id=self.target.path
                 )
         codec = peer.remoting.codec
         body = codec.encode(msg)
@@ -1637,8 +1647,9 @@ class Peer:
             if self._dialing is None:
                 break
             await self._dialing.wait()
-            if self.link is None:
+            if self.link is None and trio.current_time() < self._retry_at:  # that dial failed
                 raise Unreachable(f"node {self.node_id} unreachable: {self._last_error}", id=self.node_id)
+            # (else it was cancelled, its caller's deadline passed: dial again, within ours)
         now = trio.current_time()
         if now < self._retry_at:
             raise Unreachable(
