@@ -38,7 +38,7 @@ from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.errors import MicroError, ServiceUnavailable
 from trimicro.mailbox.refs import ref_binder
 
-from .cell import DEAD, Cell
+from .cell import DEAD, STOPPING, Cell
 from .streams import Stream, StreamOps
 
 if TYPE_CHECKING:
@@ -198,7 +198,8 @@ class Backlog:
 
     async def run(self) -> None:
         """Move the tells into the mailbox as room appears, until the backlog has stayed empty
-        for RELEASE_IDLE (or the link closed and nothing is left); then end the hold."""
+        for RELEASE_IDLE (at once when empty if the link closed or the actor stopped: a new
+        actor by that name gets a hold of its own); then end the hold."""
         link, cell = self.link, self.cell
         token = ref_binder.set(link.remoting.bind_ref)  # refs inside bodies arrive bound
         item: tuple[Any, ...] | None = None
@@ -226,7 +227,7 @@ class Backlog:
                     tells = None
                     link.backlog_drained(size)
                     size = 0
-                if link.closed:
+                if link.closed or cell.status >= STOPPING:  # nothing more can come, or be taken
                     return
                 more = self._more = trio.Event()
                 with trio.move_on_after(RELEASE_IDLE):
