@@ -54,10 +54,11 @@ from trimicro.mailbox.secure_stream import SecureConnection, secure_client, secu
 from trimicro.mailbox.transport import Connection, Listener, Transport, serve
 
 from .busypoll import DEFAULT_BUSY_POLL, PROBE_EVERY, BusyPoller
-from .cell import DEAD, OK, Cell, Reply, Stopped, current_item
+from .cell import DEAD, FULL, OK, Cell, Reply, Stopped, current_item
 from .messages import Terminated
 from .remote_watch import MAX_REMOTE_WATCHES, PeerWatches, on_unwatch, on_watch
 from .streams import DEFAULT_WINDOW, Stream
+from .tellflow import BACKLOG_BYTES, HOLD_AFTER, Backlog, on_held, on_hold
 
 if TYPE_CHECKING:
     from .node import Node
@@ -98,7 +99,7 @@ COALESCE_SLACK = 256
 #: Longest a duplicate link stays open for the exchanges that started on it (see Link.retire).
 RETIRE_GRACE = 60.0
 #: The optional frames this node understands, listed in its hello (docs/protocol.md §4.4).
-FEATURES = ["tells", "items"]
+FEATURES = ["tells", "items", "tells.hold"]
 RETIRE_POLL = 0.05
 #: Inbound connections whose handshake is still running, at most (``start_node(max_handshakes=)``).
 MAX_HANDSHAKES = 256
@@ -297,7 +298,9 @@ class RemoteActor:
         headers: dict[str, str] | None,
         endpoint: str | None = None,
     ) -> None:
-        """Send one-way; waits only while the link's send buffer is full. Failures are dead letters."""
+        """Send one-way; waits only while the link's send buffer is full, or while the peer holds
+        tells to this actor back (its mailbox is backed up: see :mod:`.tellflow`). Failures are
+        dead letters."""
         node = self.node
         if node.spend():
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -307,6 +310,8 @@ class RemoteActor:
             link = self.peer.link or await self.peer.connect(node.ask_timeout)
             codec = self.peer.remoting.codec
             body = codec.encode(msg)
+            if link.held:  # the peer holds back tells to some of its actors
+                link = await self._credit(link)
         except MicroError as exc:
             node.dead_letter(self.target, msg, f"undeliverable: {exc.detail}", sender)
             return
@@ -324,7 +329,24 @@ class RemoteActor:
         if link.out_bytes < OUT_HIGH_WATER and len(frame) <= link.remoting.max_frame_size:
             link.push(frame)  # Link.send without its coroutine: the usual case, no room to wait for
         else:
-            await link.send(frame)
+            try:
+                await link.send(frame)
+            except Unreachable as exc:  # the link dropped while this waited for room
+                node.dead_letter(self.target, msg, f"undeliverable: {exc.detail}", sender)
+
+    async def _credit(self, link: Link) -> Link:
+        """Wait while the peer holds tells to this actor back and has granted no credit for
+        them (a hold counts credit as a stream does); returns the link to send on."""
+        while True:
+            hold = link.held.get(self.target.path)
+            if hold is None:
+                return link
+            try:
+                await hold.send(None)  # takes one credit (the tell itself leaves as a TELL)
+                return link
+            except MicroError:
+                if link.closed:  # (else the hold ended: the tell goes out freely)
+                    link = self.peer.link or await self.peer.connect(self.node.ask_timeout)
 
     def try_tell(self, msg: Any, sender: ActorRef | None, headers: dict[str, str] | None) -> bool:
         link = self.peer.link
@@ -345,6 +367,11 @@ class RemoteActor:
         if not link.fits(frame):
             self.node.dead_letter(self.target, msg, "too large", sender)
             return False
+        if link.held:
+            hold = link.held.get(self.target.path)
+            if hold is not None and not hold.take_credit():  # held back, and no credit now
+                self.node.dead_letter(self.target, msg, "full", sender)
+                return False
         link.push(frame)
         return True
 
@@ -367,6 +394,13 @@ class RemoteActor:
             if link is None:
                 raise RequestTimeout(
                     f"no connection to node {peer.node_id} within {timeout:g}s", id=self.target.path
+                )
+        if link.out_bytes >= OUT_HIGH_WATER:  # the send queue is full: wait for room, by the deadline
+            with trio.move_on_at(deadline):
+                await link.wait_room()
+            if link.out_bytes >= OUT_HIGH_WATER and not link.closed:
+                raise RequestTimeout(
+                    f"no room to send to node {peer.node_id} within {timeout:g}s", id=self.target.path
                 )
         codec = peer.remoting.codec
         body = codec.encode(msg)
@@ -592,13 +626,19 @@ def _bin(data: bytes) -> bytes:
 
 
 class _Tells(NamedTuple):
-    """A received batch of tells on its way into a mailbox."""
+    """Received tells to one actor on their way into its mailbox (a batch, or one TELL whose
+    message is decoded already: no bodies, and its headers)."""
 
     cell: Cell
     codec: Codec
     sender: ActorRef | None
     endpoint: str
     bodies: list[bytes]
+    headers: dict[str, str] | None = None
+
+
+#: The bodies of a single TELL (its message is decoded as it arrives).
+_NO_BODIES: list[bytes] = []
 
 
 def _batch_of(body: bytes, what: str) -> list[Any]:
@@ -750,6 +790,17 @@ class Link:
         self.batch_tells = False
         #: Likewise for ``items`` batches of stream items (else each is a STREAM_DATA frame).
         self.batch_items = False
+        #: The peer holds its tells to one of our actors back when asked (``tells.hold``): only
+        #: then does the reader stop waiting for a slow actor's room (see :mod:`.tellflow`).
+        self.hold_tells = False
+        #: Tells from the peer waiting for room in our slow actors' mailboxes, per actor, and
+        #: their estimated bytes; the reader waits on ``_backlog_room`` past BACKLOG_BYTES.
+        self.backlogs: dict[Cell, Backlog] = {}
+        self.backlog_bytes = 0
+        self._backlog_room = ParkingLot()
+        #: The peer's actors (by path) whose tells it holds back: a credit account each (a
+        #: send-only Stream, also in ``streams`` under the hold's id).
+        self.held: dict[str, Stream] = {}
 
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
@@ -1052,7 +1103,7 @@ class Link:
                 if full is not None:
                     self.busy = True  # waiting on a full mailbox is not silence (see _keepalive)
                     self._end_step()  # it waits: nothing queued may wait with it
-                    await self._put_tell(*full)
+                    await full
                     self._reading = True
                     self.busy = False
             elif kind is Kind.CANCEL:
@@ -1121,10 +1172,18 @@ class Link:
             reply.deadline = trio.current_time() + min(env.deadline_ms, MAX_DEADLINE_MS) / 1000
         else:
             reply.deadline = math.inf  # still cancellable by the caller's CANCEL
-        if cell.handle_now(item):  # an idle actor, a handler without await: answered already
+        backlog = self.backlogs.get(cell) if self.backlogs else None
+        if backlog is None and cell.handle_now(item):  # an idle actor, a handler without await
             return
         if env.deadline_ms:
             reply.slot = remoting.node.timeouts.add(reply.deadline, reply)
+        if backlog is not None:
+            # Tells from this peer wait for the actor's room: the request must not overtake them
+            # (its deadline and the caller's CANCEL still end it while it waits).
+            self.inbound[corr] = reply
+            tells = _Tells(cell, codec, sender, env.endpoint, _NO_BODIES)
+            self.backlog_bytes += backlog.add(item, tells, 0, credit=False)
+            return
         result = cell.offer(item)
         if result == OK:
             self.inbound[corr] = reply
@@ -1135,9 +1194,9 @@ class Link:
         else:
             self.send_error(corr, TooManyRequests(f"mailbox of {cell.path} is full", id=cell.path), codec)
 
-    def _on_tell(self, env: Envelope) -> tuple[Cell, tuple[Any, ...]] | None:
-        """Deliver a tell without waiting; the cell and item when its mailbox is full (the
-        reader then waits for room: that is the backpressure, the peer's writes stall in TCP)."""
+    def _on_tell(self, env: Envelope) -> Awaitable[None] | None:
+        """Deliver a tell without waiting; what the reader awaits when the mailbox is full (see
+        :meth:`_put_tells`)."""
         remoting = self.remoting
         sender = None if env.sender is None else self.peer.bind(env.sender)
         try:
@@ -1152,13 +1211,17 @@ class Link:
             remoting.node.dead_letter(env.target, env.body, f"undeliverable: {exc.detail}", sender)
             return None
         item = (msg, None, sender, env.endpoint or None, env.headers or None, principal)
+        if self.backlogs:
+            backlog = self.backlogs.get(cell)
+            if backlog is not None:  # its earlier tells wait there: this one joins them
+                return self._queue(backlog, item, _Tells(cell, codec, sender, env.endpoint, _NO_BODIES), 0)
         offered = cell.offer(item)
         if offered == OK:
             return None
         if offered == DEAD:  # stopped between lookup and offer: nothing to wait for
             remoting.node.dead_letter(cell.ref, msg, "stopped", sender)
             return None
-        return cell, item
+        return self._put_tells(_Tells(cell, codec, sender, env.endpoint, _NO_BODIES), -1, item)
 
     def _on_tells(self, env: Envelope) -> Awaitable[object] | None:
         """Deliver a :class:`TellBatch` as :meth:`_on_tell` delivers each of its tells."""
@@ -1166,28 +1229,39 @@ class Link:
         sender = None if env.sender is None else self.peer.bind(env.sender)
         try:
             endpoint, bodies = _tells_of(env.body)
-            codec = remoting.codecs.get(env.content_type)
-            cell = remoting.local_cell(env.target)
-        except MicroError as exc:
+        except MicroError as exc:  # malformed: one letter for the lot
             remoting.node.dead_letter(env.target, env.body, f"undeliverable: {exc.detail}", sender)
             return None
+        try:
+            codec = remoting.codecs.get(env.content_type)
+            cell = remoting.local_cell(env.target)
+        except MicroError as exc:  # a letter per tell, as for that many TELL frames
+            for body in bodies:
+                remoting.node.dead_letter(env.target, body, f"undeliverable: {exc.detail}", sender)
+            return None
         tells = _Tells(cell, codec, sender, endpoint, bodies)
-        full = self._offer_tells(tells, 0)
+        if self.backlogs:
+            backlog = self.backlogs.get(cell)
+            if backlog is not None:  # its earlier tells wait there: these join them
+                return self._queue(backlog, None, tells, 0)
+        full = self.offer_tells(tells, 0)
         return None if full is None else self._put_tells(tells, *full)
 
-    def _offer_tells(self, tells: _Tells, start: int) -> tuple[int, tuple[Any, ...]] | None:
+    def offer_tells(self, tells: _Tells, start: int) -> tuple[int, tuple[Any, ...]] | None:
         """Offer ``tells.bodies[start:]`` in order; at a full mailbox, its index and item."""
         remoting = self.remoting
         guard = remoting.guard
-        cell, codec, sender, endpoint, bodies = tells
+        cell, codec, sender, endpoint, bodies, headers = tells
         for i in range(start, len(bodies)):
             try:
                 msg = codec.decode(bodies[i])
-                principal = None if guard is None else guard.admit(self, "tell", cell, endpoint, {}, msg)
+                principal = (
+                    None if guard is None else guard.admit(self, "tell", cell, endpoint, headers or {}, msg)
+                )
             except MicroError as exc:
                 remoting.node.dead_letter(cell.ref, bodies[i], f"undeliverable: {exc.detail}", sender)
                 continue
-            item = (msg, None, sender, endpoint or None, None, principal)
+            item = (msg, None, sender, endpoint or None, headers, principal)
             offered = cell.offer(item)
             if offered == DEAD:
                 remoting.node.dead_letter(cell.ref, msg, "stopped", sender)
@@ -1197,17 +1271,63 @@ class Link:
 
     async def _put_tells(self, tells: _Tells, i: int, item: tuple[Any, ...]) -> None:
         """Wait for room for the tell at ``i``, then offer the rest, waiting again as needed (a
-        loop: a slow consumer must not deepen a chain of awaits by one per tell)."""
+        loop: a slow consumer must not deepen a chain of awaits by one per tell).
+
+        The rest of the link waits meanwhile: with a peer that holds its tells back on request,
+        at most HOLD_AFTER; then the actor counts as slow, its tells wait in a backlog and the
+        peer is asked to hold them (see :mod:`.tellflow`).
+        """
+        cell = tells.cell
+        node = self.remoting.node
+        deadline = trio.current_time() + HOLD_AFTER if self.hold_tells else math.inf
         while True:
-            await self._put_tell(tells.cell, item)
-            full = self._offer_tells(tells, i + 1)
+            with trio.move_on_at(deadline) as waited:
+                result = await cell.put(item)
+            if waited.cancelled_caught:
+                # No room for HOLD_AFTER: a slow actor, unless this process did not run meanwhile
+                # (a loaded machine), so first let the actor's worker have its turn.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                result = cell.offer(item)
+                if result == FULL:
+                    pending = self._queue(self._backlog(cell), item, tells, i + 1)
+                    if pending is not None:
+                        await pending
+                    return
+                deadline = trio.current_time() + HOLD_AFTER
+            if result == DEAD:
+                node.dead_letter(cell.ref, item[0], "stopped", item[2])
+            full = self.offer_tells(tells, i + 1)
             if full is None:
                 return
             i, item = full
 
-    async def _put_tell(self, cell: Cell, item: tuple[Any, ...]) -> None:
-        if await cell.put(item) == DEAD:
-            self.remoting.node.dead_letter(cell.ref, item[0], "stopped", item[2])
+    def _backlog(self, cell: Cell) -> Backlog:
+        """Hold the peer's tells to ``cell`` back: they wait in a backlog that grants credit
+        for more as it drains, under a new id that the ``tells.hold`` frame gives the peer."""
+        corr = self.new_corr()
+        ops = RemoteStreamOps(self, corr, self.remoting.codec)
+        backlog = self.backlogs[cell] = Backlog(self, cell, corr, ops)
+        self.push(encode_envelope(Envelope(Kind.SYSTEM, corr, cell.ref, None, "tells.hold")))
+        self.remoting.node.spawn_system(backlog.run)
+        return backlog
+
+    def _queue(
+        self, backlog: Backlog, item: tuple[Any, ...] | None, tells: _Tells, start: int
+    ) -> Awaitable[None] | None:
+        """Add tells to ``backlog``; past BACKLOG_BYTES on this link (a peer that does not hold
+        back), what the reader awaits until the backlogs drain."""
+        self.backlog_bytes += backlog.add(item, tells, start)
+        return self._backlog_drains() if self.backlog_bytes > BACKLOG_BYTES else None
+
+    async def _backlog_drains(self) -> None:
+        while self.backlog_bytes > BACKLOG_BYTES and not self.closed:
+            await self._backlog_room.park()
+
+    def backlog_drained(self, size: int) -> None:
+        """``size`` estimated bytes left the backlogs (see :meth:`_queue`)."""
+        self.backlog_bytes -= size
+        if self._backlog_room and self.backlog_bytes <= BACKLOG_BYTES:
+            self._backlog_room.unpark_all()
 
     def _on_cancel(self, corr: int) -> None:
         reply = self.inbound.pop(corr, None)
@@ -1323,6 +1443,7 @@ class Link:
             if isinstance(features, list):
                 self.batch_tells = "tells" in features
                 self.batch_items = "items" in features
+                self.hold_tells = "tells.hold" in features
             incarnation = info.get("incarnation") if isinstance(info, dict) else None
             if isinstance(incarnation, str) and 0 < len(incarnation) <= 64:
                 self.incarnation = incarnation
@@ -1335,6 +1456,10 @@ class Link:
             return self._on_tells(env)
         elif op == "items":
             self._on_items(env)
+        elif op == "tells.hold":
+            on_hold(self, env, MAX_STREAMS)
+        elif op == "tells.held":
+            on_held(self, env)
         elif op == "terminated" and env.target is not None and env.sender is not None:
             try:
                 reason = remoting.codec.decode(env.body) if env.body else None
@@ -1434,9 +1559,11 @@ class Link:
         pending, self.pending = self.pending, {}
         for reply in pending.values():
             reply.fail(self.unreachable(reason))
-        for stream in list(self.streams.values()):
+        for stream in list(self.streams.values()):  # (holds too: their waiting tellers go on)
             stream.on_close(self.unreachable(reason))
         self.streams = {}
+        self.held = {}
+        self._backlog_room.unpark_all()
         inbound, self.inbound = self.inbound, {}
         for inbound_reply in inbound.values():
             inbound_reply.abandoned = True
@@ -1624,8 +1751,9 @@ class Peer:
             if self._dialing is None:
                 break
             await self._dialing.wait()
-            if self.link is None:
+            if self.link is None and trio.current_time() < self._retry_at:  # that dial failed
                 raise Unreachable(f"node {self.node_id} unreachable: {self._last_error}", id=self.node_id)
+            # (else it was cancelled, its caller's deadline passed: dial again, within ours)
         now = trio.current_time()
         if now < self._retry_at:
             raise Unreachable(

@@ -124,6 +124,14 @@ class Stream:
         assert self.ops is not None
         await self.ops.data(item)
 
+    def take_credit(self) -> bool:
+        """Use one credit without waiting, for a sender that may not wait (``try_tell`` on a
+        held actor); ``False`` when there is none, or the stream is over."""
+        if self._send_credit <= 0 or self._done:
+            return False
+        self._send_credit -= 1
+        return True
+
     async def receive(self) -> Any:
         """The next item; ``trio.EndOfChannel`` after the other side's ``close_send``."""
         items = self._items

@@ -1,0 +1,266 @@
+"""Flow control of tells per target actor between two nodes (docs/protocol.md §4.6).
+
+Why: one link carries everything between two nodes. Its reader used to wait for room whenever a
+tell met a full mailbox, which is backpressure on the whole link: one slow actor stalled every
+message behind it, and asks to other actors of that node timed out behind a flood of tells.
+The backpressure is now per actor, with the credit that streams use (§4.3):
+
+- The reader still waits for room, but at most ``HOLD_AFTER`` per frame: an actor that is full
+  for a moment (a fast consumer behind a burst) drains within microseconds, and its tells go on
+  as before, at no extra cost.
+- Past that, the actor is slow. The rest of the frame's tells to it, and every later tell (or
+  request) to it from that link, wait in a :class:`Backlog` whose own task moves them into the
+  mailbox as room appears, and the sending node is asked to hold its tells to that actor back
+  (SYSTEM ``tells.hold``, with a new id). The sender answers ``tells.held``: every tell to that
+  actor it writes after that uses a credit, which the backlog grants (STREAM_CREDIT with the
+  hold's id) as it drains, and its producers wait in ``tell`` meanwhile, as they would for a
+  full local mailbox. A fast producer slows to the consumer's pace, and the backlog holds at most
+  ``TELL_WINDOW`` tells, or what was already on its way when the hold was sent if more.
+- Once the backlog has stayed empty for ``RELEASE_IDLE``, the hold ends (CANCEL with its id).
+
+So the common case (room in the mailbox) costs one truthiness test per frame on the receiving
+side (``Link.backlogs``) and one per tell on the sending side (``Link.held``). Peers whose hello
+does not list ``tells.hold`` would not hold back: for them the reader waits for room as long as
+it takes, as before. A peer that does not hold back although it said it would is stopped by
+``BACKLOG_BYTES``: past that, the reader waits for the backlog to drain (TCP backpressure again,
+for that peer's link only). No tell is dropped: each reaches the mailbox, or dead letters on
+this node if the actor stops (or the node does) first.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
+from trimicro.mailbox.errors import MicroError, ServiceUnavailable
+from trimicro.mailbox.refs import ref_binder
+
+from .cell import DEAD, STOPPING, Cell
+from .streams import Stream, StreamOps
+
+if TYPE_CHECKING:
+    from .remote import Link, _Tells
+
+__all__ = ["BACKLOG_BYTES", "HOLD_AFTER", "RELEASE_IDLE", "TELL_WINDOW", "Backlog", "on_held", "on_hold"]
+
+#: Longest the reader of a link waits for room in one actor's mailbox per frame before it holds
+#: that actor's tells back (every other message on the link waits meanwhile).
+HOLD_AFTER = 0.002
+#: Tells a held sender may have on their way to one actor (its credit window).
+TELL_WINDOW = 1024
+#: How long a backlog stays empty before the hold ends.
+RELEASE_IDLE = 0.5
+#: Bytes (estimated) in the backlogs of one link beyond which its reader waits for them to drain.
+BACKLOG_BYTES = 8 * 1024 * 1024
+#: Estimated bytes of one waiting tell beyond its body (a bytes object, a list slot, its share
+#: of the item tuple).
+TELL_OVERHEAD = 64
+
+
+class _HoldOps:
+    """Stream operations of a hold on the sending side: a hold is only a credit account (the
+    tells themselves leave as TELL frames), so it sends nothing of its own."""
+
+    __slots__ = ()
+
+    async def data(self, item: Any) -> None:
+        pass
+
+    def credit(self, n: int) -> None:
+        pass
+
+    def close(self, error: MicroError | None) -> None:
+        pass
+
+    def cancel(self) -> None:
+        pass
+
+
+HOLD_OPS: StreamOps = _HoldOps()
+
+
+def on_hold(link: Link, env: Envelope, max_streams: int) -> None:
+    """The peer (the receiving side) asks to hold our tells to one of its actors back: those to
+    that actor's path wait for its credit from now on, in a send-only Stream that is the hold's
+    credit account (STREAM_CREDIT with the hold's id adds to it, CANCEL ends it, as for any
+    stream on the link), and ``tells.held`` tells the peer from which frame on they use it. A
+    hold the peer cannot mean (a bad or used id, a second one for the path, more than
+    ``max_streams``) is ignored: the peer then takes our tells as they come, at worst by
+    stopping to read."""
+    corr, target = env.corr, env.target
+    streams, held = link.streams, link.held
+    if (
+        target is None
+        or corr % 2 != (0 if link.initiator else 1)
+        or corr in streams
+        or corr in link.inbound
+        or target.path in held
+        or len(streams) >= max_streams
+    ):
+        return
+    path = target.path
+    hold = Stream(1)
+    hold.ops = HOLD_OPS
+
+    def done(_s: Stream) -> None:
+        streams.pop(corr, None)
+        if held.get(path) is hold:
+            del held[path]
+
+    hold.on_done = done
+    streams[corr] = held[path] = hold
+    link.push(encode_envelope(Envelope(Kind.SYSTEM, corr, target, None, "tells.held")))
+
+
+def on_held(link: Link, env: Envelope) -> None:
+    """The peer holds its tells to one of our actors from this frame on (``tells.held``): the
+    backlog counts each later one against the credit it granted."""
+    try:
+        cell = link.remoting.local_cell(env.target)
+    except MicroError:
+        return
+    backlog = link.backlogs.get(cell)
+    if backlog is not None and backlog.corr == env.corr:
+        backlog.credited = True
+        backlog.grant()  # the first credit (none at all when what came freely fills the window)
+
+
+def _undelivered(cell: Cell, item: tuple[Any, ...]) -> None:
+    """A tell or request from the backlog that the actor stopped before taking: a dead letter,
+    or 503 for the request's caller."""
+    reply = item[1]
+    if reply is None:
+        cell.node.dead_letter(cell.ref, item[0], "stopped", item[2])
+    else:
+        reply.fail(ServiceUnavailable(f"actor {cell.path} stopped", id=cell.path))
+
+
+class Backlog:
+    """Tells from one link to one local actor waiting, in order, for room in its mailbox.
+
+    Each entry is ``(item, tells, start, size)``: ``item`` a tell already decoded (or None),
+    then ``tells.bodies[start:]``, decoded as they move (as the reader would have, with the
+    same checks), and the estimated bytes of the entry.
+    """
+
+    __slots__ = ("_more", "cell", "corr", "count", "credited", "entries", "granted", "link", "ops")
+
+    def __init__(self, link: Link, cell: Cell, corr: int, ops: StreamOps) -> None:
+        self.link = link
+        self.cell = cell
+        #: The hold's id; ``ops`` grants credit to it and ends it.
+        self.corr = corr
+        self.ops = ops
+        self.entries: deque[tuple[tuple[Any, ...] | None, _Tells, int, int]] = deque()
+        #: Tells waiting here.
+        self.count = 0
+        #: The sender has said that it holds its tells (``tells.held``): every later one uses
+        #: a credit. Those before were on their way when it heard of the hold.
+        self.credited = False
+        #: Credit granted that the sender has not used yet.
+        self.granted = 0
+        self._more: trio.Event | None = None
+
+    def add(self, item: tuple[Any, ...] | None, tells: _Tells, start: int, credit: bool = True) -> int:
+        """Queue ``item`` and ``tells.bodies[start:]`` (tells, which use a credit once the sender
+        holds them, unless ``credit`` is false: a request); returns the estimated bytes."""
+        bodies = tells.bodies
+        n = len(bodies) - start
+        size = sum(map(len, bodies[start:])) + TELL_OVERHEAD * n
+        if item is not None:
+            n += 1
+            size += 4 * TELL_OVERHEAD
+        self.entries.append((item, tells, start, size))
+        self.count += n
+        if self.credited and credit:
+            self.granted = max(0, self.granted - n)  # (more than granted: a peer not holding back)
+        if self._more is not None:
+            self._more.set()
+        return size
+
+    def _moved(self, n: int) -> None:
+        """``n`` tells left the backlog."""
+        self.count -= n
+        self.grant()
+
+    def grant(self) -> None:
+        """Grant the sender what its window has free, in halves (as a stream's reader does):
+        once what waits here or may be on its way takes at most half of it. Not before the
+        sender said that it holds its tells: by then all that it sent freely has come, so the
+        window counts from what is really here."""
+        free = TELL_WINDOW - self.count - self.granted
+        if free >= TELL_WINDOW // 2 and self.credited and not self.link.closed:
+            self.granted += free
+            self.ops.credit(free)
+
+    async def run(self) -> None:
+        """Move the tells into the mailbox as room appears, until the backlog has stayed empty
+        for RELEASE_IDLE (at once when empty if the link closed or the actor stopped: a new
+        actor by that name gets a hold of its own); then end the hold."""
+        link, cell = self.link, self.cell
+        token = ref_binder.set(link.remoting.bind_ref)  # refs inside bodies arrive bound
+        item: tuple[Any, ...] | None = None
+        tells: _Tells | None = None
+        i = size = 0
+        try:
+            while True:
+                while self.entries:
+                    item, tells, i, size = self.entries.popleft()
+                    while True:
+                        if item is not None:
+                            reply = item[1]  # (a request: skipped if over while it waited)
+                            over = reply is not None and (reply.done or reply.abandoned)
+                            if not over and await cell.put(item) == DEAD:
+                                _undelivered(cell, item)
+                            item = None
+                            self._moved(1)
+                        full = link.offer_tells(tells, i)
+                        if full is None:
+                            self._moved(len(tells.bodies) - i)
+                            break
+                        j, item = full
+                        self._moved(j - i)
+                        i = j + 1
+                    tells = None
+                    link.backlog_drained(size)
+                    size = 0
+                if link.closed or cell.status >= STOPPING:  # nothing more can come, or be taken
+                    return
+                more = self._more = trio.Event()
+                with trio.move_on_after(RELEASE_IDLE):
+                    await more.wait()
+                self._more = None
+                if not self.entries:
+                    return
+        finally:
+            try:
+                self._end(item, tells, i, size)
+            finally:
+                ref_binder.reset(token)
+
+    def _end(self, item: tuple[Any, ...] | None, tells: _Tells | None, i: int, size: int) -> None:
+        """The backlog is over: end the hold (the sender sends freely again), and if the node is
+        stopping with tells still here, they go to dead letters."""
+        link, cell = self.link, self.cell
+        if link.backlogs.get(cell) is self:
+            del link.backlogs[cell]
+        if not link.closed:
+            self.ops.cancel()
+        node = link.remoting.node
+        left: list[tuple[tuple[Any, ...] | None, _Tells | None, int, int]] = [(item, tells, i, size)]
+        left.extend(self.entries)
+        self.entries.clear()
+        for item, tells, i, size in left:
+            if item is not None:
+                _undelivered(cell, item)
+            if tells is not None:
+                for body in tells.bodies[i:]:
+                    try:
+                        msg: Any = tells.codec.decode(body)
+                    except MicroError:
+                        msg = body
+                    node.dead_letter(cell.ref, msg, "stopped", tells.sender)
+            link.backlog_drained(size)
