@@ -134,6 +134,14 @@ class Guard(Protocol):
         whether the actor exists or not (see :mod:`.remote_watch`)."""
         ...
 
+    def admit_path(
+        self, link: Link, action: str, path: str, endpoint: str, headers: Mapping[str, str] | None
+    ) -> Any:
+        """Like :meth:`admit` for a request to ``path`` where no actor lives, judged by the path
+        and endpoint alone: the node asks before it answers 404, so that a caller the rules
+        refuse gets the same 401/403 whether the actor exists or not (no probing for actors)."""
+        ...
+
     def admit_peer(self, peer_info: Any) -> None:
         """Raise to refuse a node that passed the handshake (revoked since its certificate was
         issued): no link, so none of its messages (SYSTEM ones included) reach this node."""
@@ -1156,7 +1164,7 @@ class Link:
         try:
             if len(self.inbound) >= MAX_INBOUND:
                 raise TooManyRequests(f"more than {MAX_INBOUND} requests in flight", id=remoting.node.id)
-            cell = remoting.local_cell(env.target)
+            cell = remoting.cell_for(self, "call", env.target, env.endpoint, env.headers)
             msg = codec.decode(env.body)
             guard = remoting.guard
             principal = (
@@ -1355,13 +1363,13 @@ class Link:
                 raise TooManyRequests(f"more than {MAX_STREAMS} streams open", id=remoting.node.id)
             headers = dict(env.headers)
             credit = _credit_header(headers.pop("credit", None))
-            cell = remoting.local_cell(env.target)
-            fn = cell.stream_handler(env.endpoint)
+            cell = remoting.cell_for(self, "stream", env.target, env.endpoint, headers)
             request = codec.decode(env.body) if env.body else None
             guard = remoting.guard
             principal = (
                 None if guard is None else guard.admit(self, "stream", cell, env.endpoint, headers, request)
             )
+            fn = cell.stream_handler(env.endpoint)  # after the guard: no probing for endpoints either
         except MicroError as exc:
             body = codec.encode(exc.to_fields())
             refusal = Envelope(Kind.STREAM_CLOSE, corr, content_type=codec.content_type, body=body)
@@ -1945,6 +1953,20 @@ class Remoting:
         if cell is None or (ref.uid and cell.ref.uid != ref.uid):
             return ref.bind(_Gone(node, ref))
         return cell.ref
+
+    def cell_for(
+        self, link: Link, action: str, target: ActorRef | None, endpoint: str, headers: Mapping[str, str]
+    ) -> Cell:
+        """:meth:`local_cell` for a request that is answered: a missing actor is first judged
+        by the guard on its path (:meth:`Guard.admit_path`), so a refused caller gets its
+        401/403, never a 404 that would tell it that nothing lives there."""
+        try:
+            return self.local_cell(target)
+        except NotFound:
+            guard = self.guard
+            if guard is not None and target is not None and target.node == self.node.id:
+                guard.admit_path(link, action, target.path, endpoint, headers)
+            raise
 
     def local_cell(self, target: ActorRef | None) -> Cell:
         """The live local actor an incoming message is for, or :class:`NotFound`."""

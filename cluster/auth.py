@@ -344,8 +344,17 @@ class AuthGuard:
         for an ask (same caller, rules, 401/403, logging), on the resource named by ``path``
         alone with the endpoint :data:`WATCH_ENDPOINT`, so the verdict cannot depend on whether
         an actor lives there (the node asks before it looks)."""
-        key = (link, bearer(headers), "watch", path)
-        return self._grant(key, link, headers, "watch", lambda: self.resource_at(path, WATCH_ENDPOINT))
+        return self.admit_path(link, "watch", path, WATCH_ENDPOINT, headers)
+
+    def admit_path(
+        self, link: Link, action: str, path: str, endpoint: str, headers: Mapping[str, str] | None
+    ) -> Account:
+        """The :class:`~trimicro.actors.remote.Guard` hook for a request to a path where no actor
+        lives (and for a watch): the same caller, rules, 401/403 and logging as :meth:`admit`,
+        on the resource named by ``path`` and ``endpoint`` alone (``*`` when the caller named
+        none), so a caller the rules refuse cannot tell a missing actor from a forbidden one."""
+        key = (link, bearer(headers), action, path, endpoint)
+        return self._grant(key, link, headers, action, lambda: self.resource_at(path, endpoint or "*"))
 
     def _grant(
         self,

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_remote import Watcher
 
-from trimicro.actors import Actor, ActorRef, Stream, Terminated, ask
+from trimicro.actors import Actor, ActorRef, Stream, Terminated, ask, open_stream
 from trimicro.cluster import call
 from trimicro.cluster.auth import (
     AUTH_SERVICE,
@@ -667,3 +667,39 @@ async def test_a_watch_is_judged_like_an_ask_and_a_refusal_hides_whether_the_act
         with trio.fail_after(5):
             got = await receive.receive()
         assert got.ref == greeter and got.reason is None
+
+
+async def test_a_refused_ask_or_stream_hides_whether_the_actor_or_endpoint_exists(tmp_path: Path) -> None:
+    """An ask or a stream the rules refuse is answered 403 (401 with a bad token) whether an
+    actor lives at the path or not, and whether the endpoint exists or not: before, the node
+    looked the actor and the stream endpoint up first and answered 404 for what was not there,
+    which let any node of the cluster probe for actors."""
+    async with cluster_of(tmp_path, 2) as (a, b):
+        await lock_down(a)
+        await synced(a, b)
+        greeter = b.node.remote_ref("n0", "greeter")
+        ghost = b.node.remote_ref("n0", "ghost")
+
+        async def code_of_ask(ref: ActorRef, **options: Any) -> int:
+            with pytest.raises(MicroError) as caught:
+                await ask(ref, {}, endpoint="Greeter.hello", timeout=5, **options)
+            return caught.value.code
+
+        async def code_of_stream(ref: ActorRef, endpoint: str) -> int:
+            with pytest.raises(MicroError) as caught:
+                async with open_stream(ref, endpoint, timeout=5):
+                    pass
+            return caught.value.code
+
+        assert [await code_of_ask(greeter), await code_of_ask(ghost)] == [403, 403]
+        bad = {"headers": {"authorization": "Bearer not-a-token"}}
+        assert [await code_of_ask(greeter, **bad), await code_of_ask(ghost, **bad)] == [401, 401]
+        assert [
+            await code_of_stream(greeter, "Greeter.chat"),
+            await code_of_stream(greeter, "Greeter.nothing"),
+            await code_of_stream(ghost, "Greeter.chat"),
+        ] == [403, 403, 403]
+        # A caller the rules let reach the path learns that nothing is there, as before.
+        await add_rule(a, "ghost-callers", "*", "actor:/user/ghost:*")
+        await synced(a, b)
+        assert await code_of_ask(ghost) == 404
