@@ -43,9 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _remote_trimicro import HOME, Bench, _asks
 
 from trimicro.actors import start_node
-from trimicro.cluster.auth import AuthGuard
-from trimicro.cluster.rules import DEFAULT_RULES, Access, Resource, Rule
-from trimicro.cluster.tokens import Account, issue_token
+from trimicro.cluster.auth import DEFAULT_RULES, Access, Account, AuthGuard, Resource, Rule, issue_token
 from trimicro.mailbox.identity import dev_authority
 
 MODES = ("off", "node", "token")

@@ -34,8 +34,8 @@ from typing import Any
 import trio
 
 from trimicro.actors import Actor, ask, bounded
+from trimicro.cluster.broker import Message
 from trimicro.cluster.cluster import start_cluster
-from trimicro.cluster.pubsub import Message
 from trimicro.cluster.registry import MemoryRegistry
 
 FANOUTS = (1, 10, 100)
@@ -121,8 +121,8 @@ from pathlib import Path
 from typing import Any
 from trimicro.actors import Actor, bounded
 from trimicro.cluster.cluster import start_cluster
-from trimicro.cluster.mdns import MdnsRegistry
-from trimicro.cluster.pubsub import Message
+from trimicro.cluster.registry import MdnsRegistry
+from trimicro.cluster.broker import Message
 
 class Counter(Actor):
     service_name = "Counter"
@@ -170,7 +170,7 @@ def trimicro_cross(messages: int) -> float:
     import sys
     import uuid
 
-    from trimicro.cluster.mdns import MdnsRegistry
+    from trimicro.cluster.registry import MdnsRegistry
 
     home = tempfile.mkdtemp(prefix="trimicro-bench-")
     stype = f"_b{uuid.uuid4().hex[:10]}._tcp.local."

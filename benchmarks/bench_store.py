@@ -30,7 +30,8 @@ from typing import Any
 import lmdb  # type: ignore[import-untyped, unused-ignore]
 import trio
 
-from trimicro.cluster.store import CACHE_RECORDS, LmdbStore, Record
+from trimicro.cluster.store import LmdbStore, Record
+from trimicro.cluster.store.lmdb import CACHE_RECORDS
 
 VALUE = b"v" * 100
 

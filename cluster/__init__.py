@@ -1,37 +1,54 @@
 """Cluster layer: services by name, discovery, membership, load balancing, the CLI.
 
-Public surface: everything in ``__all__``; the submodules hold the details (``registry``,
-``mdns``, ``cache``, ``swim``, ``membership``, ``selector``, ``service``, ``store``, ``config``,
-``auth``, ``cli``).
+Public surface: everything in ``__all__``. One subpackage per abstraction holds its interface and
+its implementations (``registry``, ``selector``, ``broker``, ``store``, ``config``, ``auth``,
+``membership``); ``cluster`` wires them into a node, ``service`` describes a service's endpoints,
+``cli`` is the ``trimicro`` command. See docs/architecture.md for the map.
 """
 
-from .auth import AUTH_SERVICE, AuthGuard
-from .auth_service import AuthService
+from .auth import (
+    AUTH_SERVICE,
+    Access,
+    Account,
+    AuthGuard,
+    AuthService,
+    Resource,
+    Rule,
+    Rules,
+    issue_token,
+    verify_token,
+)
 from .cluster import Cluster, call, start_cluster
 from .config import (
     Change,
     Config,
     ConfigActor,
     ConfigChanged,
+    Defaults,
+    EnvSource,
+    FileSource,
+    FlagSource,
     GetConfig,
+    Source,
+    StoreSource,
     WatchConfig,
     default_sources,
     generate_secret_key,
     open_config,
     seal,
-)
-from .config_sources import (
-    Defaults,
-    EnvSource,
-    FileSource,
-    FlagSource,
-    Source,
-    StoreSource,
     write_store_config,
 )
-from .mdns import MdnsRegistry
-from .registry import Endpoint, Event, EventType, MemoryRegistry, NodeInfo, Registry, Service, StaticRegistry
-from .rules import Access, Resource, Rule, Rules
+from .registry import (
+    Endpoint,
+    Event,
+    EventType,
+    MdnsRegistry,
+    MemoryRegistry,
+    NodeInfo,
+    Registry,
+    Service,
+    StaticRegistry,
+)
 from .selector import (
     CircuitBreaker,
     ConsistentHash,
@@ -43,7 +60,6 @@ from .selector import (
     Selector,
 )
 from .service import idempotent
-from .tokens import Account, issue_token, verify_token
 
 __all__ = [
     "AUTH_SERVICE",

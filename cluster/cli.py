@@ -117,7 +117,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             store = auth_store = None
             if args.store:
                 from .store import LmdbStore
-                from .store_service import StoreService
+                from .store.service import StoreService
 
                 store = LmdbStore(Path(args.store))
                 await cluster.serve(StoreService, store, name="store")
@@ -139,8 +139,7 @@ async def _serve_auth(cluster: Cluster, store: Any, args: argparse.Namespace) ->
     """The node with the store and the authority key also runs the auth service."""
     from trimicro.mailbox.identity import dev_authority
 
-    from .auth import AUTH_SERVICE
-    from .auth_service import AuthService
+    from .auth import AUTH_SERVICE, AuthService
 
     authority = dev_authority(_home(args))
     await cluster.serve(AuthService, store, authority.signing_key, name=AUTH_SERVICE)
@@ -491,7 +490,7 @@ async def _subscribe(args: argparse.Namespace, out: TextIO) -> int:
 
 async def _store(args: argparse.Namespace, out: TextIO) -> int:
     from .store import Record
-    from .store_service import RemoteStore
+    from .store.service import RemoteStore
 
     async with await _client(args) as cluster:
         await _wait_for(cluster, args.service, _wait(args))
@@ -538,7 +537,7 @@ def _admin_headers(args: argparse.Namespace) -> dict[str, str] | None:
         return given
     from trimicro.mailbox.identity import dev_authority
 
-    from .tokens import Account, issue_token
+    from .auth import Account, issue_token
 
     authority = dev_authority(_home(args))
     admin = Account("admin", "user", authority.public_key.hex(), ("admin",))

@@ -37,8 +37,7 @@ from trimicro.actors.streams import Stream
 from trimicro.mailbox.errors import MicroError, NotFound
 from trimicro.mailbox.typeregistry import TypeRegistry
 
-from .cache import RegistryCache
-from .registry import NodeInfo, Registry, Service, belongs, cluster_fingerprint, in_clusters
+from .registry import NodeInfo, Registry, RegistryCache, Service, belongs, cluster_fingerprint, in_clusters
 from .selector import CircuitBreaker, Outstanding, RetryPolicy, Selector, Strategy
 from .service import IDEMPOTENT, describe_endpoints
 
@@ -87,7 +86,7 @@ class Cluster:
         #: What keeps :attr:`auth` current (:class:`~trimicro.cluster.auth.AuthSync`), if anything.
         self.auth_sync: Any = None
         self.membership: Any = None
-        #: Pub/sub on this node (:class:`~trimicro.cluster.pubsub.PubSub`).
+        #: Pub/sub on this node (:class:`~trimicro.cluster.broker.PubSub`).
         self.pubsub: Any = None
         self.announced = False
         node.extensions["cluster"] = self
@@ -330,7 +329,7 @@ class Cluster:
         return await ask(ref, body, endpoint=endpoint, timeout=timeout)
 
     async def publish(self, topic: str, body: Any, **options: Any) -> int:
-        """Publish on ``topic`` (see :meth:`~trimicro.cluster.pubsub.PubSub.publish`)."""
+        """Publish on ``topic`` (see :meth:`~trimicro.cluster.broker.PubSub.publish`)."""
         pubsub = self.pubsub
         if options:
             result: int = await pubsub.publish(topic, body, **options)
@@ -338,7 +337,7 @@ class Cluster:
         return await pubsub.publish(topic, body)  # type: ignore[no-any-return]  # the hot path
 
     async def subscribe(self, pattern: str, ref: ActorRef, **options: Any) -> Any:
-        """Subscribe the local actor ``ref`` (see :meth:`~trimicro.cluster.pubsub.PubSub.subscribe`)."""
+        """Subscribe the local actor ``ref`` (see :meth:`~trimicro.cluster.broker.PubSub.subscribe`)."""
         return await self.pubsub.subscribe(pattern, ref, **options)
 
     async def services(self) -> list[Service]:
@@ -431,7 +430,7 @@ async def start_cluster(
     with one, only tokens meant for it are taken (and its auth service issues such tokens);
     without, tokens that carry an ``aud`` are refused (RFC 7519 4.1.3). Give every node the same.
     """
-    from .mdns import MdnsRegistry
+    from .registry import MdnsRegistry
 
     owned: MdnsRegistry | None = None
     if registry is None:
@@ -446,7 +445,7 @@ async def start_cluster(
         ):
             cluster = Cluster(node, registry, nursery, ttl=ttl, strategy=strategy, retry=retry, seed=seed)
             if auth:
-                from .auth import AuthGuard, AuthSync, close_revoked_links, node_account
+                from .auth.guard import AuthGuard, AuthSync, close_revoked_links, node_account
 
                 identity = node.remote.identity
                 cert = getattr(identity, "cert", None)
@@ -466,7 +465,7 @@ async def start_cluster(
 
                 cluster.membership = Membership(cluster)
                 await nursery.start(cluster.membership.run)
-            from .pubsub import PubSub
+            from .broker import PubSub
 
             cluster.pubsub = PubSub(cluster)
             await cluster.pubsub.start()

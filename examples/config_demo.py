@@ -20,8 +20,8 @@ from trimicro.cluster.config import (
     generate_secret_key,
     open_config,
     seal,
+    write_store_config,
 )
-from trimicro.cluster.config_sources import write_store_config
 from trimicro.cluster.store import MemoryStore
 
 

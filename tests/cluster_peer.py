@@ -15,7 +15,7 @@ import trio
 
 from trimicro.actors import Actor
 from trimicro.cluster.cluster import start_cluster
-from trimicro.cluster.mdns import MdnsRegistry
+from trimicro.cluster.registry import MdnsRegistry
 from trimicro.cluster.service import idempotent
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import trio
 
 from trimicro.actors import Actor
+from trimicro.cluster.broker import Message
 from trimicro.cluster.cluster import start_cluster
-from trimicro.cluster.mdns import MdnsRegistry
-from trimicro.cluster.pubsub import Message
+from trimicro.cluster.registry import MdnsRegistry
 
 
 class Worker(Actor):

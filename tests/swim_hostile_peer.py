@@ -19,8 +19,8 @@ import trio
 
 from trimicro.actors.remote import Link
 from trimicro.cluster.cluster import start_cluster
-from trimicro.cluster.mdns import MdnsRegistry
-from trimicro.cluster.swim import MemberState
+from trimicro.cluster.membership.swim import MemberState
+from trimicro.cluster.registry import MdnsRegistry
 from trimicro.mailbox.envelope import Envelope
 
 TOP = 2**63 - 1

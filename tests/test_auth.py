@@ -20,6 +20,16 @@ from test_remote import Watcher
 from trimicro.actors import Actor, ActorRef, Stream, Terminated, ask, open_stream
 from trimicro.cluster import call
 from trimicro.cluster.auth import (
+    DEFAULT_RULES,
+    Access,
+    Account,
+    AuthService,
+    Resource,
+    Rule,
+    Rules,
+    issue_token,
+)
+from trimicro.cluster.auth.guard import (
     AUTH_SERVICE,
     BUILTIN_RULES,
     CHANGED_OP,
@@ -28,13 +38,10 @@ from trimicro.cluster.auth import (
     open_state,
     sign_state,
 )
-from trimicro.cluster.auth_service import AuthService
+from trimicro.cluster.broker import Message
 from trimicro.cluster.cluster import Cluster, start_cluster
-from trimicro.cluster.pubsub import Message
 from trimicro.cluster.registry import MemoryRegistry, NodeInfo, Service
-from trimicro.cluster.rules import DEFAULT_RULES, Access, Resource, Rule, Rules
 from trimicro.cluster.store import MemoryStore
-from trimicro.cluster.tokens import Account, issue_token
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.errors import (
     BadRequest,

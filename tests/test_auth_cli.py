@@ -21,7 +21,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from trimicro.cluster.tokens import Account, issue_token
+from trimicro.cluster.auth import Account, issue_token
 from trimicro.mailbox.identity import Authority
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import trio
 
-from trimicro.cluster.mdns import MdnsRegistry
-from trimicro.cluster.registry import Event, EventType
+from trimicro.cluster.registry import Event, EventType, MdnsRegistry
 
 #: Generous bounds for a loaded 2-core machine: a clean run takes a fraction of each.
 START = 60.0

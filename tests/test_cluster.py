@@ -16,10 +16,10 @@ import trio.testing
 
 from trimicro.actors import Actor, NotFound
 from trimicro.cluster.cluster import NODE_SERVICE, Cluster, start_cluster
+from trimicro.cluster.membership.swim import MemberState
 from trimicro.cluster.registry import MemoryRegistry, NodeInfo, Registry, Service, merge_nodes
 from trimicro.cluster.selector import RetryPolicy
 from trimicro.cluster.service import idempotent
-from trimicro.cluster.swim import MemberState
 from trimicro.mailbox.typeregistry import TypeRegistry
 
 TYPES = TypeRegistry()
@@ -222,8 +222,7 @@ async def test_a_node_never_polls_another_clusters_auth_service(
     """A cluster without an auth service beside one that has it: the rules fetch finds no auth
     service of its own (the defaults hold, silently) instead of warning, every refresh, that the
     other cluster's refused the handshake."""
-    from trimicro.cluster.auth import AUTH_SERVICE
-    from trimicro.cluster.auth_service import AuthService
+    from trimicro.cluster.auth import AUTH_SERVICE, AuthService
     from trimicro.cluster.store import MemoryStore
     from trimicro.mailbox.identity import dev_authority
 

@@ -20,8 +20,8 @@ from procs import Proc, python_process
 
 from trimicro.actors import MicroError
 from trimicro.cluster.cluster import Cluster, start_cluster
-from trimicro.cluster.mdns import MdnsRegistry
-from trimicro.cluster.swim import MemberState
+from trimicro.cluster.membership.swim import MemberState
+from trimicro.cluster.registry import MdnsRegistry
 
 PEER = str(Path(__file__).resolve().parent / "cluster_peer.py")
 

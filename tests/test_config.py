@@ -27,7 +27,7 @@ from trimicro.cluster.config import (
     open_config,
     seal,
 )
-from trimicro.cluster.config_sources import (
+from trimicro.cluster.config.sources import (
     MAX_DEPTH,
     MAX_SOURCE_BYTES,
     Defaults,

@@ -19,7 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from zeroconf import IPVersion, ServiceInfo, Zeroconf
 
-from trimicro.cluster.mdns import (
+from trimicro.cluster.registry import Endpoint, Event, EventType, NodeInfo, Service, cluster_fingerprint
+from trimicro.cluster.registry.mdns import (
     DEFAULT_SERVICE_TYPE,
     MAX_TXT_STRING,
     MdnsRegistry,
@@ -27,7 +28,6 @@ from trimicro.cluster.mdns import (
     encode_txt,
     instance_label,
 )
-from trimicro.cluster.registry import Endpoint, Event, EventType, NodeInfo, Service, cluster_fingerprint
 from trimicro.mailbox.errors import NotFound
 
 WAIT = 5.0

@@ -12,8 +12,8 @@ import trio
 import trio.testing
 
 from trimicro.actors import Actor, ask, bounded
+from trimicro.cluster.broker import Message
 from trimicro.cluster.cluster import Cluster, start_cluster
-from trimicro.cluster.pubsub import Message
 from trimicro.cluster.registry import MemoryRegistry
 
 

@@ -14,7 +14,7 @@ import trio
 from procs import Proc, python_process
 
 from trimicro.cluster.cluster import Cluster, start_cluster
-from trimicro.cluster.mdns import MdnsRegistry
+from trimicro.cluster.registry import MdnsRegistry
 
 PEER = str(Path(__file__).resolve().parent / "pubsub_peer.py")
 ACTOR_PEER = str(Path(__file__).resolve().parent / "pubsub_actor_peer.py")

@@ -9,8 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trimicro.cluster.rules import DEFAULT_RULES, MAX_PRIORITY, MAX_RULE_STRING, Access, Resource, Rule, Rules
-from trimicro.cluster.tokens import Account
+from trimicro.cluster.auth import Account
+from trimicro.cluster.auth.rules import (
+    DEFAULT_RULES,
+    MAX_PRIORITY,
+    MAX_RULE_STRING,
+    Access,
+    Resource,
+    Rule,
+    Rules,
+)
 from trimicro.mailbox.errors import BadRequest, Forbidden, Unauthorized
 
 SRV = Resource("service", "go.micro.service.foo", "Foo.Bar")

@@ -17,7 +17,8 @@ import pytest
 import trio
 from procs import python_process
 
-from trimicro.cluster.store import READ_YIELD_EVERY, LmdbStore, MemoryStore, Record, Store
+from trimicro.cluster.store import LmdbStore, MemoryStore, Record, Store
+from trimicro.cluster.store.lmdb import READ_YIELD_EVERY
 from trimicro.mailbox.errors import BadRequest, InternalServerError, NotFound, ServiceUnavailable
 
 MAIN = Path(__file__).resolve().parent.parent
@@ -258,7 +259,7 @@ async def test_acked_writes_survive_sigkill(tmp_path: Path) -> None:
 
 
 async def test_sweep_works_in_bounded_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import trimicro.cluster.store as store_module
+    import trimicro.cluster.store.lmdb as store_module
 
     monkeypatch.setattr(store_module, "SWEEP_SCAN", 100)
     monkeypatch.setattr(store_module, "SWEEP_BATCH", 30)
@@ -308,7 +309,7 @@ async def test_point_read_cache_never_serves_stale_or_expired_records(make: Fact
 
 
 async def test_point_read_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import trimicro.cluster.store as store_module
+    import trimicro.cluster.store.lmdb as store_module
 
     monkeypatch.setattr(store_module, "CACHE_RECORDS", 8)
     monkeypatch.setattr(store_module, "CACHE_RECORD_BYTES", 64)

@@ -10,7 +10,7 @@ from trimicro.actors import BadRequest, NotFound
 from trimicro.cluster.cluster import start_cluster
 from trimicro.cluster.registry import MemoryRegistry
 from trimicro.cluster.store import LmdbStore, Record
-from trimicro.cluster.store_service import RemoteStore, StoreService
+from trimicro.cluster.store.service import RemoteStore, StoreService
 
 
 async def test_remote_store_reads_and_writes_through_the_service(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trimicro.cluster.swim import (
+from trimicro.cluster.membership.swim import (
     Member,
     MemberState,
     Outgoing,

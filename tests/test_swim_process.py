@@ -19,8 +19,8 @@ from procs import Proc, python_process
 from test_cluster_process import client, peer, service_type, wait_state
 
 from trimicro.cluster.cluster import Cluster
+from trimicro.cluster.membership.swim import MemberState
 from trimicro.cluster.registry import NodeInfo
-from trimicro.cluster.swim import MemberState
 
 HOSTILE = str(Path(__file__).resolve().parent / "swim_hostile_peer.py")
 ROUNDS = 20

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from trimicro.cluster.tokens import (
+from trimicro.cluster.auth.tokens import (
     MAX_TOKEN_SIZE,
     Account,
     TokenCache,

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trimicro.cluster.topics import (
+from trimicro.cluster.broker.topics import (
     MAX_SUBJECT_LENGTH,
     InvalidSubject,
     Match,

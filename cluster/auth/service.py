@@ -36,11 +36,11 @@ from nacl.exceptions import InvalidkeyError
 from nacl.signing import SigningKey
 
 from trimicro.actors import Actor
+from trimicro.cluster.store import Record, Store
 from trimicro.mailbox.errors import BadRequest, NotFound, Unauthorized
 
-from .auth import announce_change, open_state, sign_state
+from .guard import announce_change, open_state, sign_state
 from .rules import DEFAULT_RULES, Rule
-from .store import Record, Store
 from .tokens import Account, issue_token, jwks, token_id, verify_token
 
 __all__ = ["DEFAULT_ACCESS_TTL", "DEFAULT_REFRESH_TTL", "AuthService"]

@@ -30,9 +30,8 @@ from typing import Any, Protocol
 import msgpack
 import trio
 
+from trimicro.cluster.store import Record, Store
 from trimicro.mailbox.errors import BadRequest, NotFound
-
-from .store import Record, Store
 
 __all__ = [
     "MAX_DEPTH",

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 from trimicro.actors import Actor
 from trimicro.mailbox.errors import BadRequest
 
-from .store import Record, Store
+from . import Record, Store
 
 if TYPE_CHECKING:
-    from .cluster import Cluster
+    from trimicro.cluster.cluster import Cluster
 
 __all__ = ["RemoteStore", "StoreService"]
 

@@ -5,10 +5,10 @@ Go Micro treats auth as part of the framework; so does trimicro, and it is on by
 - **Who is calling.** Every link is a Noise handshake with a certificate from the cluster's
   authority, so the calling node always has an account (type ``service``, id = node id, scopes =
   its certificate's roles). A request may also carry a bearer token (metadata ``authorization``:
-  a JWT signed with EdDSA by the authority, see :mod:`trimicro.cluster.tokens`); then the
+  a JWT signed with EdDSA by the authority, see :mod:`trimicro.cluster.auth.tokens`); then the
   token's account is the caller. Calls made while serving a request forward its token, so the
   next service judges the original caller, and handlers see it as ``context.account``.
-- **What they may do.** Go Micro's rules (:mod:`trimicro.cluster.rules`): highest priority
+- **What they may do.** Go Micro's rules (:mod:`trimicro.cluster.auth.rules`): highest priority
   first, default deny when no rule matches. Until an operator adds rules a node runs Go Micro's
   default rule: any account may call anything. A few built-in rules keep the cluster itself
   working (anyone may ask the auth service for a token; any account may fetch the rules).
@@ -43,7 +43,7 @@ from .rules import DEFAULT_RULES, Access, Resource, Rule, Rules
 from .tokens import Account, TokenCache
 
 if TYPE_CHECKING:
-    from .cluster import Cluster
+    from trimicro.cluster.cluster import Cluster
 
 __all__ = [
     "AUTH_SERVICE",

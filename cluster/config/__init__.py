@@ -43,9 +43,10 @@ import nacl.utils
 import trio
 
 from trimicro.actors import Actor, ActorRef, tell
+from trimicro.cluster.store import Store
 from trimicro.mailbox.errors import BadRequest, Conflict, Forbidden, NotFound
 
-from .config_sources import (
+from .sources import (
     ABSENT,
     Defaults,
     EnvSource,
@@ -57,8 +58,8 @@ from .config_sources import (
     deep_merge,
     lookup,
     parse_path,
+    write_store_config,
 )
-from .store import Store
 
 __all__ = [
     "MISSING",
@@ -67,12 +68,19 @@ __all__ = [
     "ConfigActor",
     "ConfigChanged",
     "ConfigWatch",
+    "Defaults",
+    "EnvSource",
+    "FileSource",
+    "FlagSource",
     "GetConfig",
+    "Source",
+    "StoreSource",
     "WatchConfig",
     "default_sources",
     "generate_secret_key",
     "open_config",
     "seal",
+    "write_store_config",
 ]
 
 log = logging.getLogger("trimicro.config")

@@ -1,10 +1,10 @@
 """Membership and failure detection for a cluster node: the SWIM state machine, wired to links.
 
-:class:`~trimicro.cluster.swim.Swim` is sans-I/O; this module is its runtime. Its messages
+:class:`~trimicro.cluster.membership.swim.Swim` is sans-I/O; this module is its runtime. Its messages
 travel as ``SYSTEM`` envelopes (operation ``"swim"``) on the same authenticated links as
 everything else, so the sender of a SWIM message is the node id proven by the handshake, never
 what the message claims: a member speaks for itself, and what it says about others is checked
-(see :mod:`trimicro.cluster.swim`; claims that fail the check are counted in
+(see :mod:`trimicro.cluster.membership.swim`; claims that fail the check are counted in
 :attr:`Membership.ignored_claims`, malformed messages in :attr:`Membership.rejected_messages`). Inputs:
 
 - a tick task drives SWIM's timers (probe rounds, indirect probes, suspicion timeouts);
@@ -33,10 +33,10 @@ import trio
 
 from trimicro.actors import Actor
 from trimicro.actors.remote import Link, Peer
+from trimicro.cluster.registry import Event, EventType, NodeInfo, Service
 from trimicro.mailbox.envelope import Envelope
 from trimicro.mailbox.errors import MicroError
 
-from .registry import Event, EventType, NodeInfo, Service
 from .swim import (
     MAX_METADATA_ENTRIES,
     MAX_METADATA_LENGTH,
@@ -50,7 +50,7 @@ from .swim import (
 )
 
 if TYPE_CHECKING:
-    from .cluster import Cluster
+    from trimicro.cluster.cluster import Cluster
 
 __all__ = ["Membership", "MembershipActor"]
 
@@ -107,7 +107,7 @@ class Membership:
             metadata=_svc_metadata(cluster.services_digest()),
         )
         self._changed = trio.Event()
-        #: SWIM messages dropped as malformed (see :func:`~trimicro.cluster.swim.decode_message`).
+        #: SWIM messages dropped as malformed (see :func:`~trimicro.cluster.membership.swim.decode_message`).
         self.rejected_messages = 0
         #: Called with every MemberEvent (pub/sub sends its interest to members that join).
         self.listeners: list[Callable[[MemberEvent], None]] = []
@@ -159,7 +159,7 @@ class Membership:
     @property
     def ignored_claims(self) -> int:
         """Claims about members that no member could have made honestly as far as this node can
-        tell (see :attr:`Swim.ignored_claims <trimicro.cluster.swim.Swim.ignored_claims>`)."""
+        tell (see :attr:`Swim.ignored_claims <trimicro.cluster.membership.swim.Swim.ignored_claims>`)."""
         return self.swim.ignored_claims
 
     async def wait_changed(self) -> None:
@@ -240,7 +240,7 @@ class Membership:
     # ---- tasks ---------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from .cluster import SYSTEM_NAME
+        from trimicro.cluster.cluster import SYSTEM_NAME
 
         await self.node.spawn(MembershipActor, self, name=SYSTEM_NAME)
         async with trio.open_nursery() as nursery:
@@ -254,7 +254,7 @@ class Membership:
 
     async def _discover(self) -> None:
         """Join every node the registry announces: now, on each watch event, and every 2 s."""
-        from .cluster import NODE_SERVICE
+        from trimicro.cluster.cluster import NODE_SERVICE
 
         registry = self.cluster.registry
         async with trio.open_nursery() as nursery:

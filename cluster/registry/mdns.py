@@ -74,8 +74,9 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo
 
-from trimicro.cluster.registry import Endpoint, Event, EventType, NodeInfo, Service, Watchers, merge_nodes
 from trimicro.mailbox.errors import NotFound
+
+from . import Endpoint, Event, EventType, NodeInfo, Service, Watchers, merge_nodes
 
 __all__ = [
     "DEFAULT_SERVICE_TYPE",
@@ -87,7 +88,8 @@ __all__ = [
     "instance_label",
 ]
 
-log = logging.getLogger(__name__)
+# The logger keeps its name from before the registry became a package: logging setups name it.
+log = logging.getLogger("trimicro.cluster.mdns")
 
 _T = TypeVar("_T")
 

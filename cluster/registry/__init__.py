@@ -4,7 +4,8 @@ A :class:`Service` record says that a named, versioned service runs on some node
 endpoints it answers. Backends implement :class:`Registry` (register with a TTL, deregister,
 get_service, list_services, watch); :class:`MemoryRegistry` is the one for a single process and
 for tests, :class:`StaticRegistry` serves a fixed list (seed addresses), and
-:mod:`trimicro.cluster.mdns` announces records over multicast DNS (the default).
+:class:`MdnsRegistry` (:mod:`.mdns`) announces records over multicast DNS (the default).
+:class:`RegistryCache` (:mod:`.cache`) keeps a watched copy in front of any of them.
 
 A record is only a hint: the node id and address it names are checked by the secure handshake
 (the certificate must be for that node id), so a forged record cannot capture traffic.
@@ -35,9 +36,11 @@ __all__ = [
     "Endpoint",
     "Event",
     "EventType",
+    "MdnsRegistry",
     "MemoryRegistry",
     "NodeInfo",
     "Registry",
+    "RegistryCache",
     "Service",
     "StaticRegistry",
     "Watchers",
@@ -318,3 +321,8 @@ class StaticRegistry:
 
     def watch(self, service: str | None = None) -> Any:
         return self._memory.watch(service)
+
+
+# The implementations beside this module build on the types above, so they load last.
+from .cache import RegistryCache  # noqa: E402
+from .mdns import MdnsRegistry  # noqa: E402

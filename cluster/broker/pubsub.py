@@ -1,6 +1,6 @@
 """Pub/sub on the cluster: publish from anywhere, subscribe actors, queue groups, across nodes.
 
-Each node keeps a :class:`~trimicro.cluster.topics.SubscriptionIndex` of its local
+Each node keeps a :class:`~trimicro.cluster.broker.topics.SubscriptionIndex` of its local
 subscriptions (NATS-style patterns: ``orders.*``, ``orders.>``) and tells every member which
 patterns it wants (``SYSTEM`` operation ``pubsub.interest``, sent when its interest changes and
 to each member that joins). A publish then:
@@ -54,17 +54,17 @@ import trio
 from trimicro.actors import Actor, ActorRef, Terminated, ask
 from trimicro.actors.cell import DEAD, OK, Cell
 from trimicro.actors.remote import AUTHORIZATION, OUT_HIGH_WATER, Link, Peer, forward_auth
+from trimicro.cluster.auth.guard import fetch_state
+from trimicro.cluster.auth.rules import Resource
 from trimicro.mailbox.codecs import MSGPACK
 from trimicro.mailbox.envelope import Envelope
 from trimicro.mailbox.errors import BadRequest, Forbidden, MicroError, ServiceUnavailable, Unauthorized
 
-from .auth import fetch_state
-from .rules import Resource
 from .topics import SubscriptionIndex, matches, validate_pattern, validate_subject
 
 if TYPE_CHECKING:
-    from .cluster import Cluster
-    from .swim import MemberEvent
+    from trimicro.cluster.cluster import Cluster
+    from trimicro.cluster.membership.swim import MemberEvent
 
 __all__ = ["DEAD_LETTER_PREFIX", "Message", "Policy", "PubSub", "Subscription"]
 

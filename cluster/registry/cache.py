@@ -20,7 +20,7 @@ import trio
 
 from trimicro.mailbox.errors import MicroError, NotFound
 
-from .registry import Event, EventType, NodeInfo, Registry, Service, in_clusters, merge_nodes
+from . import Event, EventType, NodeInfo, Registry, Service, in_clusters, merge_nodes
 
 __all__ = ["RegistryCache"]
 
