@@ -8,6 +8,7 @@ import importlib
 import importlib.metadata
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -204,13 +205,16 @@ def _isolation_not_needed() -> bool:
 
 
 @pytest.fixture(scope="module")
-def jsonfile_plugin() -> None:
+def jsonfile_plugin(tmp_path_factory: pytest.TempPathFactory) -> None:
     """``pip install examples/plugins/jsonfile`` into this venv (what a user does; idempotent:
-    skipped when the installed copy matches the source). It only adds a module and a scheme."""
+    skipped when the installed copy matches the source). It only adds a module and a scheme.
+    Built from a copy, so the build leaves nothing in the source tree."""
     if not _installed_plugin_is_current():
         flags = ["--no-build-isolation"] if _isolation_not_needed() else []
+        copy = tmp_path_factory.mktemp("plugin") / "jsonfile"
+        shutil.copytree(PLUGIN, copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *flags, str(PLUGIN)],
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *flags, str(copy)],
             check=True,
             timeout=300,
         )
