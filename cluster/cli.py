@@ -28,8 +28,9 @@ from trimicro.actors import Actor
 from trimicro.mailbox.errors import MicroError, NotFound
 from trimicro.mailbox.limits import DEFAULT_LIMITS
 
+from . import plugins
 from .cluster import Cluster, start_cluster
-from .registry import MemoryRegistry, Registry, Service
+from .registry import Service
 
 __all__ = ["main"]
 
@@ -37,10 +38,18 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 
-def _registry(args: argparse.Namespace) -> Registry | None:
-    if getattr(args, "registry", "mdns") == "memory":
-        return MemoryRegistry()
-    return None  # start_cluster's default: mDNS on 127.0.0.1
+def _registry(args: argparse.Namespace) -> str:
+    """``--registry`` (a URL; ``mdns`` and ``memory`` are ``mdns://`` and ``memory://``), else
+    ``$TRIMICRO_REGISTRY``, else mDNS on 127.0.0.1."""
+    return plugins.configured("registry", getattr(args, "registry", None), "mdns://") or "mdns://"
+
+
+def _store_url(args: argparse.Namespace) -> str | None:
+    """``--store`` (a URL; a folder path, as before URLs, means LMDB there), else ``$TRIMICRO_STORE``."""
+    given = getattr(args, "store", None)
+    if given and "://" not in given:
+        given = "lmdb://" + str(Path(given).expanduser().resolve())
+    return plugins.configured("store", given)
 
 
 def _home(args: argparse.Namespace) -> Path | None:
@@ -104,9 +113,11 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     # here (trio keeps it) and stops the node cleanly once it is up (deregistered, drained, exit
     # 0), instead of a KeyboardInterrupt thrown into whatever runs at that moment.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        store_url = _store_url(args)
         async with start_cluster(
             args.name,
             registry=_registry(args),
+            store=store_url or "",
             listen=args.listen,
             home=_home(args),
             audience=_audience(args),
@@ -114,24 +125,22 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             for entry in entries:
                 cls, options = (entry, {}) if isinstance(entry, type) else entry
                 await cluster.serve(cls, **options)
-            store = auth_store = None
-            if args.store:
-                from .store import LmdbStore
+            auth_store = None
+            if store_url and cluster.store is not None:
                 from .store.service import StoreService
 
-                store = LmdbStore(Path(args.store))
-                await cluster.serve(StoreService, store, name="store")
-                auth_store = LmdbStore(Path(args.store), table="auth")  # not readable through "store"
+                await cluster.serve(StoreService, cluster.store, name="store")
+                # Another table of the same store: not readable through "store".
+                auth_store = plugins.load("store", store_url, table="auth")
                 await _serve_auth(cluster, auth_store, args)
             names = ", ".join(sorted(cluster.services_digest().split(",")))
             print(f"node {cluster.id} at {cluster.address} serving {names}", file=out, flush=True)
             async for sig in signals:
                 print(f"{signal.Signals(sig).name}: deregistering and stopping", file=out, flush=True)
                 break
-        # Still inside the receiver: a second Ctrl-C during the shutdown is not a traceback.
-        for opened in (auth_store, store):
-            if opened is not None:
-                await opened.aclose()
+            # Still inside the receiver: a second Ctrl-C during the shutdown is not a traceback.
+            if auth_store is not None:
+                await auth_store.aclose()
     return 0
 
 
@@ -156,6 +165,7 @@ async def _client(args: argparse.Namespace) -> Any:
     return start_cluster(
         f"cli-{uuid.uuid4().hex[:8]}",
         registry=_registry(args),
+        store="",
         listen=None,
         home=_home(args),
         membership=False,
@@ -216,7 +226,7 @@ def _wait(args: argparse.Namespace, default: float = WAIT) -> float:
 
 def _listen(args: argparse.Namespace) -> float:
     """LISTEN for mDNS; 0 for a registry that answers in full at once."""
-    return LISTEN if args.registry == "mdns" else 0.0
+    return LISTEN if plugins.parse_url(_registry(args)).scheme == "mdns" else 0.0
 
 
 class _Settling:
@@ -442,6 +452,7 @@ def _member_client(args: argparse.Namespace) -> Any:
     return start_cluster(
         f"cli-{uuid.uuid4().hex[:8]}",
         registry=_registry(args),
+        store="",
         home=_home(args),
         auth_refresh=None,
         audience=_audience(args),
@@ -638,9 +649,7 @@ async def _wait_for_members(cluster: Cluster, wait: float) -> list[dict[str, Any
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trimicro", description=__doc__.split("\n")[0])
     parser.add_argument("--home", help="identity folder (default $TRIMICRO_HOME or ~/.trimicro)")
-    parser.add_argument(
-        "--registry", choices=["mdns", "memory"], default="mdns", help="discovery backend (default mdns)"
-    )
+    _plugin_options(parser)
     parser.add_argument(
         "--audience",
         help="the cluster's token audience: tokens must name it in 'aud' (default $TRIMICRO_AUDIENCE)",
@@ -651,13 +660,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("target", help="a .py file or a module name")
     run.add_argument("--name", help="node id (default: random)")
     run.add_argument("--listen", default="127.0.0.1:0", help="address to accept nodes on")
-    run.add_argument("--store", help="also serve an LMDB store in this folder as service 'store'")
+    _plugin_options(run, nested=True)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
         _client_options(p)
+        _plugin_options(p, nested=True)
         return p
 
+    plug = sub.add_parser("plugins", help="list the installed plugins: every group, scheme and distribution")
+    plug.add_argument("--json", action="store_true", help="machine-readable output")
+    _plugin_options(plug, nested=True)
     client("services", "list services")
     d = client("describe", "show a service's nodes and endpoints")
     d.add_argument("service")
@@ -689,6 +702,24 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--service", default="store", help="the store service name (default store)")
     _auth_parser(client("auth", "accounts, tokens, rules and revocations (the auth service)"))
     return parser
+
+
+def _plugin_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    """``--registry`` and ``--store`` URLs, before or after the subcommand (after wins)."""
+    default = argparse.SUPPRESS if nested else None
+    p.add_argument(
+        "--registry",
+        default=default,
+        metavar="URL",
+        help="discovery: mdns:// (default; or $TRIMICRO_REGISTRY), memory://, static://, or a plugin's",
+    )
+    p.add_argument(
+        "--store",
+        default=default,
+        metavar="URL",
+        help="run: also serve this store as service 'store' (and auth): lmdb:///DIR (a bare DIR too), "
+        "memory://, a plugin's (default $TRIMICRO_STORE)",
+    )
 
 
 def _client_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
@@ -741,12 +772,31 @@ def _auth_parser(auth: argparse.ArgumentParser) -> None:
     jwks = what.add_parser("jwks", help="print the keys tokens verify with, as a JWKS (RFC 7517)")
     for leaf in (add, actions.choices["delete"], actions.choices["list"], token, create, revoke, jwks):
         _client_options(leaf, nested=True)
+        _plugin_options(leaf, nested=True)
     for leaf in (rule_actions.choices["list"], rule_actions.choices["delete"]):
         _client_options(leaf, nested=True)
+        _plugin_options(leaf, nested=True)
+
+
+async def _plugins(args: argparse.Namespace, out: TextIO) -> int:
+    """Every plugin group with its installed schemes and the distribution providing each."""
+    await trio.lowlevel.checkpoint()
+    found = {group: plugins.installed(group) for group in plugins.GROUPS.values()}
+    if args.json:
+        json.dump(found, out, indent=2)
+        print(file=out)
+        return 0
+    rows = [
+        [group, f"{scheme}://", dist] for group, schemes in found.items() for scheme, dist in schemes.items()
+    ]
+    rows += [[group, "-", "(none installed)"] for group, schemes in found.items() if not schemes]
+    _table(rows, ["group", "scheme", "distribution"], out)
+    return 0
 
 
 COMMANDS = {
     "run": _run,
+    "plugins": _plugins,
     "services": _services,
     "describe": _describe,
     "call": _call,
@@ -769,6 +819,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             return trio.run(COMMANDS[args.command], args, out)
         except BaseExceptionGroup as group:  # an error from inside a nursery: report the first
             raise _first_leaf(group) from None
+    except plugins.PluginError as exc:
+        print(f"trimicro: {exc.detail}", file=err)
+        return EXIT_USAGE
     except MicroError as exc:
         fields = exc.to_fields()
         if getattr(args, "json", False):

@@ -26,7 +26,7 @@ import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -37,16 +37,26 @@ from trimicro.actors.streams import Stream
 from trimicro.mailbox.errors import MicroError, NotFound
 from trimicro.mailbox.typeregistry import TypeRegistry
 
-from .registry import NodeInfo, Registry, RegistryCache, Service, belongs, cluster_fingerprint, in_clusters
+from .registry import (
+    NODE_SERVICE,
+    NodeInfo,
+    Registry,
+    RegistryCache,
+    Service,
+    belongs,
+    cluster_fingerprint,
+    in_clusters,
+)
 from .selector import CircuitBreaker, Outstanding, RetryPolicy, Selector, Strategy
 from .service import IDEMPOTENT, describe_endpoints
+
+if TYPE_CHECKING:
+    from .store import Store
 
 __all__ = ["NODE_SERVICE", "Cluster", "call", "start_cluster"]
 
 log = logging.getLogger("trimicro.cluster")
 
-#: The registry record every cluster node announces, so that peers can find it for membership.
-NODE_SERVICE = "trimicro.node"
 #: Where each cluster node runs its membership actor (``Membership.members`` and friends).
 SYSTEM_NAME = "trimicro-cluster"
 SYSTEM_PATH = f"/user/{SYSTEM_NAME}"
@@ -88,6 +98,8 @@ class Cluster:
         self.membership: Any = None
         #: Pub/sub on this node (:class:`~trimicro.cluster.broker.PubSub`).
         self.pubsub: Any = None
+        #: The store ``start_cluster`` was given (``store=``), if any.
+        self.store: Store | None = None
         self.announced = False
         node.extensions["cluster"] = self
         node.remote.resolve = self.address_of
@@ -400,7 +412,8 @@ async def call(service: str, endpoint: str | None, body: Any = None, **kwargs: A
 async def start_cluster(
     name: str | None = None,
     *,
-    registry: Registry | None = None,
+    registry: Registry | str | None = None,
+    store: Store | str | None = None,
     listen: str | None = "127.0.0.1:0",
     home: Path | None = None,
     identity: Identity | None = None,
@@ -429,12 +442,26 @@ async def start_cluster(
     ``cluster.auth.apply`` sets). ``audience`` names the cluster in tokens' ``aud`` claim:
     with one, only tokens meant for it are taken (and its auth service issues such tokens);
     without, tokens that carry an ``aud`` are refused (RFC 7519 4.1.3). Give every node the same.
-    """
-    from .registry import MdnsRegistry
 
-    owned: MdnsRegistry | None = None
-    if registry is None:
-        registry = owned = MdnsRegistry()
+    ``registry`` and ``store`` (:attr:`Cluster.store`; none by default), and the ``transport``
+    and ``codecs`` options of ``start_node``, take an instance or a URL (``"mdns://"``,
+    ``"lmdb:///var/lib/app"``, ``codecs="msgpack,json"``): see :mod:`trimicro.cluster.plugins`.
+    Left out, each comes from ``$TRIMICRO_REGISTRY``, ``$TRIMICRO_STORE``, ``$TRIMICRO_TRANSPORT``,
+    ``$TRIMICRO_CODEC`` if set (``store=""``: none even so). What a URL built, the cluster closes.
+    """
+    from . import plugins
+
+    chosen_registry, own_registry = plugins.choose("registry", registry, "mdns://")
+    chosen_store, own_store = plugins.choose("store", store)
+    registry_: Registry = chosen_registry
+    store_: Store | None = chosen_store
+    transport, _ = plugins.choose("transport", node_options.pop("transport", None))
+    if transport is not None:
+        node_options["transport"] = transport
+    codecs = node_options.pop("codecs", None) or plugins.configured("codec")
+    if codecs is not None:
+        node_options["codecs"] = plugins.codec_set(codecs, types)
+    owned: list[Any] = [x for x, own in ((store_, own_store), (registry_, own_registry)) if own]
     body_error: BaseException | None = None  # re-raised as itself, as start_node does
     try:
         async with (
@@ -443,7 +470,8 @@ async def start_cluster(
             ) as node,
             trio.open_nursery() as nursery,
         ):
-            cluster = Cluster(node, registry, nursery, ttl=ttl, strategy=strategy, retry=retry, seed=seed)
+            cluster = Cluster(node, registry_, nursery, ttl=ttl, strategy=strategy, retry=retry, seed=seed)
+            cluster.store = store_
             if auth:
                 from .auth.guard import AuthGuard, AuthSync, close_revoked_links, node_account
 
@@ -470,7 +498,7 @@ async def start_cluster(
             cluster.pubsub = PubSub(cluster)
             await cluster.pubsub.start()
             if announce:
-                await registry.register(cluster._node_record(), ttl=ttl)
+                await registry_.register(cluster._node_record(), ttl=ttl)
             cluster.announced = announce
             nursery.start_soon(cluster._refresh_registrations)
             nursery.start_soon(cluster._follow_registry)
@@ -481,15 +509,16 @@ async def start_cluster(
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     for record, _ in list(cluster._served.values()):
-                        await registry.deregister(record)
+                        await registry_.deregister(record)
                     if announce:
-                        await registry.deregister(cluster._node_record())
+                        await registry_.deregister(cluster._node_record())
                     if cluster.membership is not None:
                         cluster.membership.leave()
                 nursery.cancel_scope.cancel()
     finally:
-        if owned is not None:
-            with trio.CancelScope(shield=True):
-                await owned.aclose()
+        with trio.CancelScope(shield=True):
+            for opened in owned:
+                if hasattr(opened, "aclose"):
+                    await opened.aclose()
     if body_error is not None:
         raise body_error

@@ -254,7 +254,7 @@ class Membership:
 
     async def _discover(self) -> None:
         """Join every node the registry announces: now, on each watch event, and every 2 s."""
-        from trimicro.cluster.cluster import NODE_SERVICE
+        from trimicro.cluster.registry import NODE_SERVICE
 
         registry = self.cluster.registry
         async with trio.open_nursery() as nursery:

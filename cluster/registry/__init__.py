@@ -33,6 +33,7 @@ import trio
 from trimicro.mailbox.errors import NotFound
 
 __all__ = [
+    "NODE_SERVICE",
     "Endpoint",
     "Event",
     "EventType",
@@ -49,6 +50,10 @@ __all__ = [
     "in_clusters",
     "merge_nodes",
 ]
+
+#: The registry record every cluster node announces, so that peers can find it for membership
+#: (seed lists name it too).
+NODE_SERVICE = "trimicro.node"
 
 _FINGERPRINT_BYTES = 16  # 128 bits of SHA-256: two authorities' names never collide by chance
 

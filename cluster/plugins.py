@@ -1,0 +1,405 @@
+"""Plugins by entry point, selected by URL (as SQLAlchemy picks a database dialect).
+
+Go Micro swaps a default by configuration, not by forking: every concern is a small interface,
+and a user names the implementation. Here the name is a URL whose scheme picks the
+implementation: ``mdns://``, ``memory://``, ``static://node@127.0.0.1:7000``, ``lmdb:///var/lib/app``,
+``jsonfile:///tmp/registry.json`` (the example plugin). Each scheme is an entry point in one
+of the groups below, installed by whichever distribution provides it; trimicro registers its
+own built-ins the same way (its ``pyproject.toml``), so a plugin is not a second-class citizen.
+
+An entry point's name is the scheme and its object a *factory*: ``factory(url, **options)``
+returns the implementation, given the parsed :class:`URL` and the caller's keyword options
+(``load("trimicro.store", "lmdb:///data", table="auth")``). A value without ``://`` names a bare
+scheme (``"mdns"`` is ``"mdns://"``), which keeps the CLI's old ``--registry mdns|memory`` words.
+
+Errors: an unknown scheme is :class:`UnknownScheme` naming the installed schemes; a plugin that
+fails to import, two distributions claiming one scheme, or a URL its factory refuses is
+:class:`PluginError`. Both carry Go Micro's error fields (400, id ``plugins``) and are also
+``ValueError`` s. Implementations are imported lazily, inside the factories: ``trimicro plugins``
+and a node using mDNS never import LMDB.
+
+Where a user chooses: ``start_cluster(registry=..., store=...)`` (an instance or a URL), the
+environment (:func:`configured`: ``TRIMICRO_REGISTRY``, ``TRIMICRO_STORE``, ...), the CLI
+(``trimicro --registry URL --store URL ...``), and ``trimicro plugins`` lists what is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import weakref
+from collections.abc import Mapping
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import attrs
+
+from trimicro.mailbox.errors import BadRequest
+
+__all__ = [
+    "GROUPS",
+    "URL",
+    "PluginError",
+    "UnknownScheme",
+    "choose",
+    "codec_set",
+    "configured",
+    "installed",
+    "load",
+    "parse_url",
+]
+
+#: Every entry-point group, by the short name the environment and the CLI use.
+GROUPS: Mapping[str, str] = {
+    "registry": "trimicro.registry",
+    "broker": "trimicro.broker",
+    "store": "trimicro.store",
+    "config": "trimicro.config",
+    "codec": "trimicro.codec",
+    "transport": "trimicro.transport",
+    "auth": "trimicro.auth",
+}
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*\Z")
+#: A URL longer than this is refused before parsing (it comes from flags and the environment).
+MAX_URL = 4096
+
+
+class PluginError(BadRequest, ValueError):
+    """A plugin could not be chosen or built: a bad URL, a broken or ambiguous plugin."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, id="plugins")
+
+
+class UnknownScheme(PluginError):
+    """No installed distribution provides this scheme in this group."""
+
+    def __init__(self, group: str, scheme: str, known: list[str]) -> None:
+        names = ", ".join(f"{s}://" for s in known) or "none"
+        super().__init__(f"no {group} plugin for scheme {scheme!r}; installed: {names}")
+        self.group = group
+        self.scheme = scheme
+        self.known = known
+
+
+@attrs.frozen
+class URL:
+    """A parsed plugin URL: ``scheme://host/path?key=value``.
+
+    ``host`` is the part after ``//`` up to the next ``/`` (it may hold a comma-separated list,
+    as ``static://`` seeds do); ``path`` the rest before ``?``; ``params`` the query (the last
+    value of a repeated key wins). :attr:`location` is ``host + path``: a file path as
+    ``lmdb:///abs/dir`` (absolute) or ``lmdb://rel/dir`` (relative) write it.
+    """
+
+    text: str
+    scheme: str
+    host: str = ""
+    path: str = ""
+    params: Mapping[str, str] = attrs.field(factory=dict)
+
+    @property
+    def location(self) -> str:
+        return self.host + self.path
+
+    def file_path(self) -> Path:
+        """:attr:`location` as a path (``~`` expanded); :class:`PluginError` if there is none."""
+        if not self.location:
+            raise PluginError(f"{self.text}: needs a path, e.g. {self.scheme}:///path/to/it")
+        return Path(self.location).expanduser()
+
+
+def parse_url(text: str) -> URL:
+    """Parse ``text``; a bare word (no ``://``) is a scheme with nothing after it."""
+    if not isinstance(text, str) or not text:
+        raise PluginError(f"a plugin URL must be a non-empty string, not {text!r}")
+    if len(text) > MAX_URL:
+        raise PluginError(f"a plugin URL is longer than {MAX_URL} characters")
+    if "://" not in text:
+        if not _SCHEME.match(text):
+            raise PluginError(f"{text!r} is not a URL (scheme://...) nor a scheme name")
+        return URL(text, text.lower())
+    scheme, rest = text.split("://", 1)
+    if not _SCHEME.match(scheme):
+        raise PluginError(f"{text!r}: {scheme!r} is not a URL scheme")
+    parts = urlsplit("x://" + rest)
+    params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    return URL(text, scheme.lower(), unquote(parts.netloc), unquote(parts.path), params)
+
+
+def _group(group: str) -> str:
+    full = GROUPS.get(group, group)
+    if full not in GROUPS.values():
+        raise PluginError(f"no plugin group {group!r}; groups: {', '.join(GROUPS.values())}")
+    return full
+
+
+def _entries(group: str) -> dict[str, list[EntryPoint]]:
+    found: dict[str, list[EntryPoint]] = {}
+    for ep in entry_points(group=group):
+        found.setdefault(ep.name.lower(), []).append(ep)
+    return found
+
+
+def _dist_name(ep: EntryPoint) -> str:
+    return ep.dist.name if ep.dist is not None else "?"
+
+
+def installed(group: str) -> dict[str, str]:
+    """``{scheme: distribution}`` of every plugin installed in ``group`` (short or full name)."""
+    return {
+        scheme: ", ".join(sorted({_dist_name(ep) for ep in eps}))
+        for scheme, eps in sorted(_entries(_group(group)).items())
+    }
+
+
+def load(group: str, url: str, **options: Any) -> Any:
+    """The implementation ``url`` names in ``group`` (``"registry"`` or ``"trimicro.registry"``)."""
+    full = _group(group)
+    parsed = parse_url(url)
+    entries = _entries(full)
+    eps = entries.get(parsed.scheme)
+    if not eps:
+        raise UnknownScheme(full, parsed.scheme, sorted(entries))
+    if len({_dist_name(ep) for ep in eps}) > 1:
+        dists = ", ".join(sorted({_dist_name(ep) for ep in eps}))
+        raise PluginError(
+            f"scheme {parsed.scheme}:// of {full} is provided by several distributions: {dists}"
+        )
+    ep = eps[0]
+    try:
+        factory = ep.load()
+    except Exception as exc:  # whatever a broken plugin raises on import
+        raise PluginError(
+            f"{full} plugin {parsed.scheme}:// ({ep.value}, from {_dist_name(ep)}) failed to load: {exc}"
+        ) from exc
+    try:
+        return factory(parsed, **options)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, PluginError):
+            raise
+        raise PluginError(f"{full} {url}: {exc}") from exc
+
+
+def configured(kind: str, given: str | None = None, default: str | None = None) -> str | None:
+    """What the user chose for ``kind`` (``"registry"``, ``"store"``...): ``given`` if set, else
+    ``$TRIMICRO_<KIND>``, else ``default``. An empty variable counts as unset."""
+    _group(kind)
+    if given:
+        return given
+    return os.environ.get(f"TRIMICRO_{kind.upper()}") or default
+
+
+def choose(kind: str, given: Any, default: str | None = None, **options: Any) -> tuple[Any, bool]:
+    """What ``start_cluster`` uses for ``kind``, and whether it built it (and so must close it).
+
+    ``given`` is an instance (used as is), a URL, ``None`` (then ``$TRIMICRO_<KIND>``, then
+    ``default``; nothing at all gives ``(None, False)``) or ``""`` (explicitly none). An
+    instance shared by name (``memory://NAME``) is not the caller's to close: others use it.
+    """
+    if given is not None and not isinstance(given, str):
+        return given, False
+    if given == "":
+        return None, False
+    url = configured(kind, given, default)
+    if not url:
+        return None, False
+    built = load(kind, url, **options)
+    return built, not any(v is built for v in _shared.values())
+
+
+def codec_set(spec: Any, registry: Any = None) -> Any:
+    """A :class:`~trimicro.mailbox.codecs.CodecSet` from codec names or URLs, the first being
+    the default (``"msgpack,json"`` or ``["msgpack", "json"]``); anything else is returned as is
+    (an instance, or ``None`` for the node's default). Every codec shares ``registry``."""
+    if spec is None or not isinstance(spec, str | list | tuple):
+        return spec
+    from trimicro.mailbox.codecs import CodecSet
+
+    names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]
+    if not names:
+        raise PluginError("codecs: name at least one codec, e.g. msgpack")
+    codecs = [load("codec", name, registry=registry) for name in names]
+    return CodecSet(codecs, default=codecs[0].content_type)
+
+
+# ---- factories of the built-ins (entry points in trimicro's pyproject.toml) ----------------------
+
+
+def _no_params(url: URL, *allowed: str) -> None:
+    extra = sorted(set(url.params) - set(allowed))
+    if extra:
+        known = ", ".join(allowed) or "none"
+        raise PluginError(f"{url.text}: unknown option(s) {', '.join(extra)} (known: {known})")
+
+
+def _flag(url: URL, name: str, default: bool) -> bool:
+    value = url.params.get(name)
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise PluginError(f"{url.text}: {name} must be true or false, not {value!r}")
+
+
+def _int(url: URL, name: str) -> dict[str, int]:
+    value = url.params.get(name)
+    if value is None:
+        return {}
+    try:
+        return {name: int(value)}
+    except ValueError:
+        raise PluginError(f"{url.text}: {name} must be an integer, not {value!r}") from None
+
+
+#: ``memory://NAME`` instances shared by name within a process while something uses them, so
+#: that two nodes of one process given the same URL find each other (as with one instance).
+_shared: weakref.WeakValueDictionary[tuple[str, ...], Any] = weakref.WeakValueDictionary()
+
+
+def _shared_instance(key: tuple[str, ...], make: Any) -> Any:
+    found = _shared.get(key)
+    if found is None:
+        found = make()
+        _shared[key] = found
+    return found
+
+
+def mdns_registry(url: URL, **options: Any) -> Any:
+    """``mdns://`` (127.0.0.1 only) or ``mdns://ADDR[,ADDR...]?domain=local.&type=...``."""
+    from .registry import MdnsRegistry
+
+    _no_params(url, "domain", "type")
+    if url.path not in ("", "/"):
+        raise PluginError(f"{url.text}: mdns:// takes interface addresses, not a path")
+    if url.host:
+        options.setdefault("interfaces", tuple(a.strip() for a in url.host.split(",") if a.strip()))
+    if "domain" in url.params:
+        options.setdefault("domain", url.params["domain"])
+    if "type" in url.params:
+        options.setdefault("service_type", url.params["type"])
+    return MdnsRegistry(**options)
+
+
+def memory_registry(url: URL, **options: Any) -> Any:
+    """``memory://`` or ``memory://NAME``: one in-process registry per name (see :data:`_shared`)."""
+    from .registry import MemoryRegistry
+
+    _no_params(url)
+    return _shared_instance(("registry", url.location), lambda: MemoryRegistry(**options))
+
+
+def static_registry(url: URL, **options: Any) -> Any:
+    """``static://NODE@HOST:PORT[,NODE@HOST:PORT...]?cluster=FINGERPRINT``: seed nodes.
+
+    Each seed becomes a ``trimicro.node`` record, so membership joins it and learns the rest of
+    the cluster by gossip. The node id is needed (the handshake checks it), and so is the
+    cluster's fingerprint (:func:`~trimicro.cluster.registry.cluster_fingerprint` of its
+    authority key, as ``trimicro nodes`` would not dial a node whose record names no cluster).
+    """
+    from .registry import NODE_SERVICE, NodeInfo, Service, StaticRegistry
+
+    _no_params(url, "cluster")
+    cluster = url.params.get("cluster", "")
+    nodes = []
+    for seed in (s.strip() for s in url.host.split(",")):
+        if not seed:
+            continue
+        node_id, at, address = seed.rpartition("@")
+        if not at or not node_id or ":" not in address:
+            raise PluginError(f"{url.text}: a seed is NODE_ID@HOST:PORT, not {seed!r}")
+        nodes.append(NodeInfo(node_id, address, {}, cluster))
+    seeds = [Service(NODE_SERVICE, "1", {}, (), tuple(nodes))] if nodes else []
+    return StaticRegistry(seeds, **options)
+
+
+def memory_store(url: URL, **options: Any) -> Any:
+    """``memory://`` or ``memory://NAME?database=...&table=...``: shared by name in a process."""
+    from .store import MemoryStore
+
+    _no_params(url, "database", "table")
+    for key in ("database", "table"):
+        if key in url.params:
+            options.setdefault(key, url.params[key])
+    shared = ("store", url.location, str(options.get("database", "")), str(options.get("table", "")))
+    return _shared_instance(shared, lambda: MemoryStore(**options))
+
+
+def lmdb_store(url: URL, **options: Any) -> Any:
+    """``lmdb:///abs/dir`` or ``lmdb://rel/dir``, with ``?database=&table=&sync=&map_size=``."""
+    from .store import LmdbStore
+
+    _no_params(url, "database", "table", "sync", "map_size", "max_map_size")
+    for key in ("database", "table"):
+        if key in url.params:
+            options.setdefault(key, url.params[key])
+    if "sync" in url.params:
+        options.setdefault("sync", _flag(url, "sync", True))
+    for key in ("map_size", "max_map_size"):
+        for name, value in _int(url, key).items():
+            options.setdefault(name, value)
+    return LmdbStore(url.file_path(), **options)
+
+
+def file_config(url: URL, **options: Any) -> Any:
+    """``file:///etc/app.toml`` (JSON, TOML or YAML by suffix, or ``?format=``): a config Source."""
+    from .config import FileSource
+
+    _no_params(url, "format")
+    if "format" in url.params:
+        options.setdefault("format", url.params["format"])
+    return FileSource(url.file_path(), **options)
+
+
+def env_config(url: URL, **options: Any) -> Any:
+    """``env://APP_`` (the variables' prefix; ``env://`` is ``APP_``): a config Source."""
+    from .config import EnvSource
+
+    _no_params(url)
+    return EnvSource(url.location or "APP_", **options)
+
+
+def _codec(cls_name: str, url: URL, options: dict[str, Any]) -> Any:
+    from trimicro.mailbox import codecs
+
+    _no_params(url)
+    return getattr(codecs, cls_name)(**options)
+
+
+def msgpack_codec(url: URL, **options: Any) -> Any:
+    """``msgpack``: the default codec (options ``registry=`` a TypeRegistry, ``limits=``)."""
+    return _codec("MsgpackCodec", url, options)
+
+
+def cbor_codec(url: URL, **options: Any) -> Any:
+    """``cbor``: RFC 8949 CBOR (options as :func:`msgpack_codec`)."""
+    return _codec("CborCodec", url, options)
+
+
+def json_codec(url: URL, **options: Any) -> Any:
+    """``json``: JSON (options as :func:`msgpack_codec`)."""
+    return _codec("JsonCodec", url, options)
+
+
+def tcp_transport(url: URL, **options: Any) -> Any:
+    """``tcp://`` (``?max_frame_size=BYTES``): length-prefixed frames over TCP."""
+    from trimicro.mailbox.tcp import TcpTransport
+
+    _no_params(url, "max_frame_size")
+    for name, value in _int(url, "max_frame_size").items():
+        options.setdefault(name, value)
+    return TcpTransport(**options)
+
+
+def inproc_transport(url: URL, **options: Any) -> Any:
+    """``inproc://`` or ``inproc://NAME``: in-process connections, shared by name in a process
+    (nodes dial each other only through one instance)."""
+    from trimicro.mailbox.inproc import InprocTransport
+
+    _no_params(url)
+    return _shared_instance(("transport", url.location), lambda: InprocTransport(**options))
