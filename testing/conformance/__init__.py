@@ -31,7 +31,8 @@ import pytest
 # test module (pytest rewrites only test modules, conftest files and registered modules).
 pytest.register_assert_rewrite(*(f"{__name__}.{suite}" for suite in ("broker", "registry", "store")))
 
+from .broker import BrokerConformance  # noqa: E402
 from .registry import RegistryConformance  # noqa: E402
 from .store import ManualClock, StoreConformance, WallClock  # noqa: E402
 
-__all__ = ["ManualClock", "RegistryConformance", "StoreConformance", "WallClock"]
+__all__ = ["BrokerConformance", "ManualClock", "RegistryConformance", "StoreConformance", "WallClock"]
