@@ -15,31 +15,15 @@ from trimicro.actors import Actor, ask, bounded
 from trimicro.cluster.broker import Message
 from trimicro.cluster.cluster import Cluster, start_cluster
 from trimicro.cluster.registry import MemoryRegistry
+from trimicro.testing.conformance.broker import Inbox
 
 
-class Box:
-    """What a Collector received, and an event for "at least n arrived"."""
+class Box(Inbox):
+    """The broker conformance suite's Inbox, with the count of nacks :class:`Collector` owes."""
 
     def __init__(self) -> None:
-        self.got: list[Message] = []
+        super().__init__(deadline=10)
         self.fail_left = 0
-        self._waiters: list[tuple[int, trio.Event]] = []
-
-    def add(self, msg: Message) -> None:
-        self.got.append(msg)
-        for n, event in self._waiters:
-            if len(self.got) >= n:
-                event.set()
-
-    async def wait_for(self, n: int) -> None:
-        if len(self.got) < n:
-            event = trio.Event()
-            self._waiters.append((n, event))
-            with trio.fail_after(10):
-                await event.wait()
-
-    def bodies(self) -> list[object]:
-        return [m.body for m in self.got]
 
 
 class Collector(Actor):

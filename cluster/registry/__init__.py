@@ -224,7 +224,9 @@ class MemoryRegistry:
 
     Each (service, version, node) entry expires ``ttl`` seconds after it was last registered
     (trio's clock); watchers get CREATE/UPDATE/DELETE events, with a bounded buffer each (a
-    watcher that falls 1024 events behind is dropped, its iterator ends).
+    watcher that falls 1024 events behind is dropped, its iterator ends). A lapsed entry is
+    removed by the next call, or by a waiting watcher when it falls due, whichever comes first:
+    either way every watcher gets its DELETE.
     """
 
     def __init__(self) -> None:
@@ -287,8 +289,41 @@ class MemoryRegistry:
         self._expire()
         return self._records()
 
+    def _next_expiry(self) -> float:
+        return min(
+            (expiry for nodes in self._entries.values() for _, _, expiry in nodes.values()), default=math.inf
+        )
+
     def watch(self, service: str | None = None) -> Any:
-        return self._watchers.watch(service)
+        return self._watch(service)
+
+    @asynccontextmanager
+    async def _watch(self, service: str | None) -> AsyncIterator[AsyncIterator[Event]]:
+        async with self._watchers.watch(service) as events:
+            yield _ExpiringEvents(self, events)
+
+
+class _ExpiringEvents:
+    """A :class:`MemoryRegistry` watcher's events, including the DELETE of a node whose TTL
+    lapses while the watcher waits. Expiry is otherwise noticed only by the next call on the
+    registry, so a watcher of a quiet registry (a cache, membership) would keep a dead node
+    forever: here the waiting watcher itself expires entries when the next one is due."""
+
+    def __init__(self, registry: MemoryRegistry, events: AsyncIterator[Event]) -> None:
+        self._registry = registry
+        self._events = events
+
+    def __aiter__(self) -> _ExpiringEvents:
+        return self
+
+    async def __anext__(self) -> Event:
+        while True:
+            with trio.move_on_at(self._registry._next_expiry()):
+                try:
+                    return await anext(self._events)  # StopAsyncIteration when the watch ends
+                except trio.ClosedResourceError:
+                    raise StopAsyncIteration from None
+            self._registry._expire()  # emits the DELETEs (to every watcher), received next turn
 
 
 class StaticRegistry:

@@ -387,6 +387,17 @@ class _LetGo(trio.abc.Instrument):
             store._let_go_at_batch_end, store._owner = None, 0
 
 
+def _dbi_name(database: str, table: str) -> str:
+    """The LMDB database holding one (database, table) namespace: ``database/table``, with ``%``
+    and ``/`` in either name escaped (``%25``, ``%2F``), so that ("a/b", "c") and ("a", "b/c")
+    are two namespaces, not one. Names without those characters map as they always did."""
+
+    def escape(name: str) -> str:
+        return name.replace("%", "%25").replace("/", "%2F")
+
+    return f"{escape(database)}/{escape(table)}"
+
+
 _envs: dict[Path, _Env] = {}
 _envs_lock = threading.Lock()
 
@@ -417,7 +428,7 @@ class LmdbStore(_Checks):
                 env = _envs[resolved] = _Env(resolved, map_size, max_map_size, sync)
             env.users += 1
             self._env = env
-            self._dbi = env.dbi(f"{database}/{table}")
+            self._dbi = env.dbi(_dbi_name(database, table))
         self._closed = False
         #: 0 once every READ_YIELD_EVERY calls (cheaper than a counter attribute).
         self._tick = itertools.cycle(range(READ_YIELD_EVERY)).__next__
