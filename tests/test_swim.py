@@ -136,10 +136,12 @@ class Sim:
 
 
 def joined_cluster(n: int = 5, seed: int = 1, **kwargs: Any) -> tuple[Sim, float]:
-    """n nodes that all join through n0 (the seed); returns the sim and the time to converge."""
+    """n nodes, each shown every other by discovery (the registry holds every node's record) and
+    joining it; returns the sim and the time to converge."""
     sim = Sim(n, seed, **kwargs)
-    for name in list(sim.nodes)[1:]:
-        sim._send(name, sim.nodes[name].join(sim.now, "n0", sim.nodes["n0"].me.address))
+    for name, swim in sim.nodes.items():
+        for other in sim.nodes:
+            sim._send(name, swim.join(sim.now, other, sim.nodes[other].me.address))
     took = sim.run_until(sim.converged, limit=2.0)
     return sim, took
 
@@ -147,7 +149,7 @@ def joined_cluster(n: int = 5, seed: int = 1, **kwargs: Any) -> tuple[Sim, float
 # --- scenarios -----------------------------------------------------------------------------------
 
 
-def test_five_nodes_converge_through_one_seed() -> None:
+def test_five_nodes_converge_through_discovery() -> None:
     sim, took = joined_cluster()
     assert took <= 2.0
     print(f"converged in {took:.2f}s virtual")
@@ -365,26 +367,25 @@ def test_a_member_sets_its_own_record() -> None:
     s = make()
     s.receive(0, "b", ping(upd("b", 3, MemberState.ALIVE)))
     assert [e.kind for e in s.events()] == ["joined"]
-    s.receive(0, "x", ping(upd("b", 2, MemberState.SUSPECT)))  # older suspicion: ignored
-    assert s.get("b").state is MemberState.ALIVE  # type: ignore[union-attr]
-    s.receive(0, "x", ping(upd("b", 3, MemberState.SUSPECT)))
+    s.link_lost(0, "b")  # our own evidence: suspect at the incarnation it announced
     assert s.get("b").state is MemberState.SUSPECT  # type: ignore[union-attr]
     s.receive(0, "b", ping(upd("b", 3, MemberState.ALIVE)))  # same incarnation cannot refute
     assert s.get("b").state is MemberState.SUSPECT  # type: ignore[union-attr]
     s.receive(0, "b", ping(upd("b", 4, MemberState.ALIVE, {"k": "v"})))
     assert [e.kind for e in s.events()] == ["suspect", "alive", "updated"]
-    s.receive(0, "x", ping(upd("b", 4, MemberState.DEAD)))
+    s.link_lost(0.1, "b")
+    s.tick(0.1 + CFG.suspicion_timeout)
     assert s.get("b").state is MemberState.DEAD  # type: ignore[union-attr]
-    s.receive(0, "x", ping(upd("b", 4, MemberState.ALIVE)))  # stale alive: still dead
-    s.receive(0, "b", ping(upd("b", 4, MemberState.ALIVE)))  # it must refute, even to us
+    s.receive(2, "x", ping(upd("b", 4, MemberState.ALIVE)))  # stale alive: still dead
+    s.receive(2, "b", ping(upd("b", 4, MemberState.ALIVE)))  # it must refute, even to us
     assert s.get("b").state is MemberState.DEAD  # type: ignore[union-attr]
-    s.receive(0, "b", ping(upd("b", 5, MemberState.ALIVE)))
-    assert [e.kind for e in s.events()] == ["dead", "joined"]
+    s.receive(2, "b", ping(upd("b", 5, MemberState.ALIVE)))
+    assert [e.kind for e in s.events()] == ["suspect", "dead", "joined"]
     # A new run of b counts from 0 again: its own word replaces what we held.
-    s.receive(0, "b", ping(upd("b", 0, MemberState.ALIVE, {"run": "2"})))
-    assert s.get("b") == Member("b", "b:1", 0, MemberState.ALIVE, {"run": "2"}, 0)
+    s.receive(2, "b", ping(upd("b", 0, MemberState.ALIVE, {"run": "2"})))
+    assert s.get("b") == Member("b", "b:1", 0, MemberState.ALIVE, {"run": "2"}, 2)
     assert [e.kind for e in s.events()] == ["updated"]
-    s.receive(0, "b", ping(upd("b", 0, MemberState.LEFT)))
+    s.receive(2, "b", ping(upd("b", 0, MemberState.LEFT)))
     assert s.get("b").state is MemberState.LEFT  # type: ignore[union-attr]
     assert s.ignored_claims == 0
 
@@ -394,7 +395,8 @@ def test_rumours_never_change_a_members_incarnation() -> None:
     s.receive(0, "b", ping(upd("b", 3, MemberState.ALIVE, {"k": "v"})))
     s.receive(0, "x", ping(upd("x", 0, MemberState.ALIVE)))
     s.events()
-    # Third parties cannot raise b's incarnation or change its record: we ask b itself.
+    # Third parties cannot raise b's incarnation or change its record: we ask b itself, at the
+    # address b announced (not the one in the rumour).
     out = s.receive(0, "x", ping(upd("b", 9, MemberState.ALIVE, {"evil": "1"}) | {"addr": "evil:1"}))
     assert s.get("b") == Member("b", "b:1", 3, MemberState.ALIVE, {"k": "v"}, 0)
     asks = [o for o in out if o.to_id == "b"]
@@ -405,17 +407,96 @@ def test_rumours_never_change_a_members_incarnation() -> None:
         s.receive(0, "x", ping(upd("b", 4, state), upd("b", 2**63 - 1, state)))
     assert s.get("b").state is MemberState.ALIVE and s.ignored_claims == 6  # type: ignore[union-attr]
     assert s.events() == []
-    # A member we never heard from is not created by a rumour, only asked (at the rumoured address).
-    out = s.receive(0, "x", ping(upd("c", 0, MemberState.ALIVE), upd("d", 0, MemberState.DEAD)))
-    assert s.get("c") is None and s.get("d") is None
-    assert [(o.to_id, o.to_address) for o in out if o.to_id != "x"] == [("c", "c:1")]
-    # A member asked once is not asked again within a probe timeout, however many rumours.
-    assert not [o for o in s.receive(0.1, "x", ping(upd("c", 5, MemberState.ALIVE))) if o.to_id == "c"]
+    # b is asked once per probe timeout, however many rumours.
+    assert not [o for o in s.receive(0.1, "x", ping(upd("b", 5, MemberState.ALIVE))) if o.to_id == "b"]
+    s.receive(0.2, "b", {"t": "ack", "seq": asks[0].message["seq"], "u": [upd("b", 3, MemberState.ALIVE)]})
     s.tick(CFG.probe_timeout)
-    assert [o for o in s.receive(0.3, "x", ping(upd("c", 5, MemberState.ALIVE))) if o.to_id == "c"]
-    # c answers for itself: now it is a member.
-    s.receive(0.61, "c", {"t": "ack", "seq": 1, "u": [upd("c", 5, MemberState.ALIVE)]})
+    assert [o for o in s.receive(0.3, "x", ping(upd("b", 5, MemberState.ALIVE))) if o.to_id == "b"]
+    assert s.get("b").incarnation == 3  # type: ignore[union-attr]
+
+
+def test_rumours_about_unknown_members_dial_nothing() -> None:
+    """A member we never heard from is neither created nor asked by a rumour: its address is
+    the claimant's choice, so dialing it would let any member make us dial anywhere."""
+    s = make()
+    s.receive(0, "x", ping(upd("x", 0, MemberState.ALIVE)))
+    for state in MemberState:
+        update = upd("c", 0, state) | {"addr": "203.0.113.9:22"}
+        assert [o.to_id for o in s.receive(0, "x", ping(update))] == ["x"]  # only the ack
+        assert [o.to_id for o in s.tick(0.01)] == ["x"] or s.get("c") is None
+    assert s.get("c") is None and "c" not in s._checks
+    # c speaking for itself joins us.
+    s.receive(0.1, "c", ping(upd("c", 5, MemberState.ALIVE)))
     assert s.get("c").incarnation == 5  # type: ignore[union-attr]
+
+
+def answer(
+    s: Swim, now: float, outgoing: list[Outgoing], silent: frozenset[str] = frozenset()
+) -> list[Outgoing]:
+    """Every member not ``silent`` acks the pings ``s`` sent it (with its own record at
+    incarnation 3); returns the messages sent."""
+    for out in outgoing:
+        if out.message["t"] == "ping" and out.to_id not in silent:
+            s.receive(
+                now,
+                out.to_id,
+                {"t": "ack", "seq": out.message["seq"], "u": [upd(out.to_id, 3, MemberState.ALIVE)]},
+            )
+    return outgoing
+
+
+def drive(s: Swim, start: float, end: float, silent: frozenset[str] = frozenset()) -> list[Outgoing]:
+    """Tick ``s`` every 10 ms from ``start`` to ``end``, answering as :func:`answer` does."""
+    sent: list[Outgoing] = []
+    for step in range(round((end - start) / STEP) + 1):
+        now = start + step * STEP
+        sent += answer(s, now, s.tick(now), silent)
+    return sent
+
+
+def test_a_death_claim_at_the_current_incarnation_is_checked_not_applied() -> None:
+    """The lie that outlives refutation: "b is dead at the incarnation b announced", repeated
+    at each new one. It only makes us ask b; we suspect b only when b does not answer us (nor
+    through others), like our own probe, and then by the suspicion timeout as usual."""
+    s = make()
+    for member in ("b", "x", "y"):
+        s.receive(0, member, ping(upd(member, 3, MemberState.ALIVE)))
+    drive(s, 0, 1)
+    s.events()
+    for state in (MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT):
+        now = float(state)
+        out = s.receive(now, "x", ping(upd("b", 3, state)))
+        (ask,) = [o for o in out if o.to_id == "b"]
+        assert (ask.to_address, ask.message["t"]) == ("b:1", "ping")
+        assert s.get("b").state is MemberState.ALIVE  # type: ignore[union-attr]
+        # More claims while the check runs: no more pings to b.
+        assert not [o for o in s.receive(now, "y", ping(upd("b", 3, state))) if o.to_id == "b"]
+        answer(s, now, [ask])
+        drive(s, now, now + 1)
+    assert s.events() == [] and s.ignored_claims == 0
+    # Now b is silent: ping_req through others after the probe timeout, suspect after the
+    # probe interval (our own evidence), dead after the suspicion timeout.
+    out = s.receive(4.0, "x", ping(upd("b", 3, MemberState.DEAD)))
+    sent = drive(s, 4.0, 4.0 + CFG.probe_timeout, silent=frozenset({"b"}))
+    assert [o.message["t"] for o in sent if o.message.get("target") == "b"] == ["ping_req"] * 2
+    assert s.get("b").state is MemberState.ALIVE  # type: ignore[union-attr]
+    drive(s, 4.0 + CFG.probe_timeout, 4.0 + CFG.probe_interval, silent=frozenset({"b"}))
+    assert s.get("b").state is MemberState.SUSPECT  # type: ignore[union-attr]
+    drive(s, 4.5, 4.5 + CFG.suspicion_timeout, silent=frozenset({"b"}))
+    assert s.get("b").state is MemberState.DEAD  # type: ignore[union-attr]
+    assert [e.kind for e in s.events()] == ["suspect", "dead"]
+
+
+def test_left_comes_only_from_the_member_itself() -> None:
+    s = make()
+    s.receive(0, "b", ping(upd("b", 1, MemberState.ALIVE)))
+    s.receive(0, "x", ping(upd("x", 0, MemberState.ALIVE)))
+    s.events()
+    s.receive(0, "x", ping(upd("b", 1, MemberState.LEFT)))
+    assert s.get("b").state is MemberState.ALIVE  # type: ignore[union-attr]
+    s.receive(0.1, "b", ping(upd("b", 1, MemberState.LEFT)))
+    assert s.get("b").state is MemberState.LEFT  # type: ignore[union-attr]
+    assert [e.kind for e in s.events()] == ["left"]
 
 
 def test_a_node_cannot_speak_for_another() -> None:
@@ -429,6 +510,11 @@ def test_a_node_cannot_speak_for_another() -> None:
     # Nor can a node say that it is itself suspect or dead.
     s.receive(0, "x", ping(upd("x", 0, MemberState.DEAD)))
     assert s.get("x").state is MemberState.ALIVE and s.ignored_claims == 2  # type: ignore[union-attr]
+    # A sender's own record is the first update of its message: one further down is ignored.
+    s.receive(0, "b", ping(upd("x", 0, MemberState.ALIVE), upd("b", 5, MemberState.ALIVE, {"k": "v"})))
+    s.receive(0, "b", ping(upd("b", 2, MemberState.ALIVE), upd("b", 5, MemberState.LEFT)))
+    assert s.get("b") == Member("b", "b:1", 2, MemberState.ALIVE, {}, 0)
+    assert s.ignored_claims == 4
 
 
 def test_join_pings_the_seed_with_our_alive_record() -> None:
@@ -503,15 +589,13 @@ def test_a_flood_of_made_up_members_cannot_fill_the_table() -> None:
     cfg = SwimConfig(max_members=8)
     s = make(config=cfg)
     s.receive(0, "x", ping(upd("x", 0, MemberState.ALIVE)))
-    asked: list[str] = []
-    for t in range(20):  # 20 probe timeouts of 16 made-up members each, none of which answers
+    for t in range(20):  # 20 probe timeouts of 16 made-up members each
         now = t * cfg.probe_timeout
-        fakes = [upd(f"fake{t}-{i}", 0, MemberState.ALIVE) for i in range(16)]
-        asked += [o.to_id for o in s.receive(now, "x", ping(*fakes)) if o.to_id != "x"]
-        s.tick(now)
+        fakes = [upd(f"fake{t}-{i}", 0, MemberState(i % 4)) for i in range(16)]
+        sent = s.receive(now, "x", ping(*fakes)) + s.tick(now)
+        assert {o.to_id for o in sent} <= {"x"}  # nobody made up is ever dialed
         assert [m.id for m in s.members()] == ["a", "x"]
-        assert len(s._verifying) <= cfg.max_verifications
-    assert len(asked) == len(set(asked)) <= 20 * cfg.max_verifications
+        assert not s._checks
     s.receive(10.0, "real", ping(upd("real", 0, MemberState.ALIVE)))  # a real node still joins
     assert s.get("real") is not None
 
@@ -700,3 +784,22 @@ def test_receive_never_crashes_on_garbage(messages: list[tuple[str, object]], ti
             decode_message(msgpack.unpackb(msgpack.packb(o.message), raw=False))
     members: list[Member] = s.members()
     assert s.me in members and len(members) <= CFG.max_members
+
+
+def test_a_liar_repeating_death_at_the_current_incarnation_cannot_evict() -> None:
+    """Issue 17's second attack: n3 tells n0 and n2, every 50 ms, that n1 is dead (or suspect,
+    or left) at the incarnation n1 holds now -- re-reading it after every refutation. Applied at
+    once, this kept n1 out of the others' views 97% of the time; checked, it never does."""
+    sim, _ = joined_cluster(4)
+    del sim.trace[:]
+    for round_ in range(500):  # 25 s
+        inc = sim.nodes["n1"].me.incarnation
+        state = (MemberState.DEAD, MemberState.SUSPECT, MemberState.LEFT)[round_ % 3]
+        for to in ("n0", "n2"):
+            sim.inject("n3", to, ping(upd("n1", inc, state)))
+        for _ in range(5):
+            sim.step()
+            assert sim.state_of("n0", "n1") is MemberState.ALIVE
+            assert sim.state_of("n2", "n1") is MemberState.ALIVE
+    assert sim.nodes["n1"].me.incarnation == 0  # never suspected, so it never had to refute
+    assert not [e for e in sim.trace if e[3] == "n1"]

@@ -90,6 +90,16 @@ class MembershipActor(Actor):
     async def members(self, body: Any) -> list[dict[str, Any]]:
         return self.membership.view()
 
+    async def stats(self, body: Any) -> dict[str, int]:
+        """Counters that show an attack or a leak from outside: claims ignored, SWIM messages
+        rejected, and how many peers (link state, one per node id) this node holds."""
+        membership = self.membership
+        return {
+            "ignored_claims": membership.ignored_claims,
+            "rejected_messages": membership.rejected_messages,
+            "peers": len(membership.node.remote.peers),
+        }
+
 
 class Membership:
     """One node's membership: joins peers from the registry, gossips, detects failures."""
@@ -171,9 +181,12 @@ class Membership:
     def _send(self, outgoing: list[Outgoing]) -> None:
         remote = self.node.remote
         for out in outgoing:
+            # SWIM only sends to members in its table (their own address, or discovery's) and
+            # answers senders over their link: never to a node only a rumour named, so this
+            # creates no Peer for a made-up id and dials no address a third party chose.
             peer = remote.peer(out.to_id)
             if peer.address is None and out.to_address:
-                peer.address = out.to_address  # a hint until the member tells its own (_drain)
+                peer.address = out.to_address
             try:
                 body = self.codec.encode(out.message)
             except MicroError:  # pragma: no cover - SWIM builds plain dicts
@@ -192,12 +205,13 @@ class Membership:
             for listener in list(self.listeners):
                 listener(event)
             if event.kind in ("suspect", "dead", "left"):
+                # Only our own evidence gets here: a probe or check of ours unanswered, a link
+                # lost, the member's own "left". Claims by others never make these events.
                 self.cluster.breaker.mark_down(member.id, now)
             elif event.kind in ("alive", "joined"):
                 self.cluster.breaker.success(member.id)
             if member.address:
-                # The member's own word (SWIM takes addresses from nobody else): it replaces a
-                # dial hint that came with a rumour (see _send).
+                # The member's own word (SWIM takes addresses from nobody else, discovery aside).
                 self.node.remote.peer(member.id).address = member.address
         self.cluster.cache.invalidate()
         self._changed.set()

@@ -35,56 +35,64 @@ joins us by sending anything.
 
 Who may say what (the sender of a message is the node id its authenticated link proves, never a
 field of the message). SWIM trusts every member with everything; here a member is trusted only
-to speak for itself, and to repeat what SWIM lets it repeat:
+to speak for itself, and what it says about others is at most a reason to look for ourselves:
 
-* **Direct speech.** Every message starts with its sender's own record (``alive`` or ``left``).
-  That record is the only way a member's incarnation, address or metadata enter our table: only
-  a node raises its own incarnation, so only the node can tell us which one it has. It is taken
-  as it is, lower or higher than what we hold (lower: the node restarted and counts from 0 again,
-  or what we held was never its own), except that an ``alive`` at the incarnation we hold does not
-  clear a suspicion or death at that incarnation (the node must refute with a higher one, as in
-  SWIM, so that everyone drops the claim). A node never says it is suspect or dead.
-* **Gossip about a third member** (``id`` neither the sender nor us) is a claim we check against
-  what that member told us. ``suspect``/``dead``/``left`` at the incarnation we hold applies as in
-  SWIM (an older one is stale and ignored). One at an incarnation *above* the one the member
-  announced to us -- or about a member that never spoke to us -- is impossible as far as we can
-  tell: the claimant either heard an announcement we did not, or made it up, and we cannot tell
-  which. It is ignored and counted (:attr:`Swim.ignored_claims`), and we ask the member itself: a
-  ping, whose ack carries its own record. If the claimant was honest, the member's answer brings
-  us to the same incarnation, and the next rumour at it applies; if the member is really gone,
-  our own probes find out within a protocol period, so no failure goes undetected. An ``alive``
-  rumour never changes our table either: a newer incarnation, or a member we do not know, only
-  makes us ask the member in the same way (a new member joins us when it answers).
-* **Gossip about ourselves.** A suspicion or death at our own incarnation is refuted with the
-  next one; an older one makes us re-announce; one above our own incarnation is impossible
-  (ignored, counted, re-announced).
+* **Direct speech.** The sender's own record (``alive``, or ``left`` when it leaves) is the first
+  update of its message; an update about the sender anywhere else in the message is ignored and
+  counted (:attr:`Swim.ignored_claims`). A message need not carry it (it is then handled as
+  usual: acked, relayed). That record is the only way a member's incarnation, address or
+  metadata enter our table: only a node raises its own incarnation, so only the node can tell us
+  which one it has. It is taken as it is, lower or higher than what we hold (lower: the node
+  restarted and counts from 0 again), except that an ``alive`` at the incarnation we hold does
+  not clear our suspicion or death at it (the node must refute with a higher one, as in SWIM).
+  A node that says it is itself suspect or dead is ignored and counted. ``left`` is accepted
+  only here: from the member itself.
+* **Gossip about a third member** (``id`` neither the sender nor us) never changes our table.
+  About a member we do not know (it never spoke to us and discovery did not show it) it is
+  dropped: no entry, no ping, so its address -- the claimant's choice -- is never dialed. About
+  a member we know, a ``suspect``, ``dead`` or ``left`` claim at the incarnation we hold or
+  above makes us *check* the member: we probe it as our round-robin probe does, at the address
+  it announced (a ping; ``ping_req`` through others after ``probe_timeout``), and only if
+  nothing answers by ``probe_interval`` do we suspect it ourselves -- then dead after
+  ``suspicion_timeout`` unless it refutes, as for any suspicion of ours. Any message from the
+  member during the check answers it. An ``alive`` claim at a higher incarnation (or about a
+  member discovery showed us that has not spoken yet) makes us check it too, without suspecting
+  on silence: its answer brings its own record. Claims at an incarnation above the one the
+  member announced to us are impossible as far as we can tell, and counted; older ones are
+  stale and dropped. A claim about a member we already suspect (our own timer runs) or hold
+  dead or left does nothing.
+* **Gossip about ourselves.** A suspicion or death (or ``left``) at our own incarnation is refuted
+  with the next one, in our own record, which leads every message we send; an older one is
+  stale and ignored; one above our own incarnation is impossible: ignored and counted (our
+  record, unchanged, still leads every message we send).
 
-So the incarnation we hold for a member is always one it announced itself, a claim can never push
-it higher, and a node's own incarnation only grows by one per refutation, metadata change or
-stall: it cannot come near the top of the range (2**63-1), and every raise is computed so that it
-never leaves it. Asking members costs at most one ping per member per ``probe_timeout``, for at
-most ``max_verifications`` members at once.
+So a liar can make us ask a member more often, never make us drop it: we suspect only members
+that do not answer us, the same evidence as our own probe (and under message loss a check is no
+likelier to fail than that probe). The incarnation we hold for a member is always one it
+announced itself, and a node's own incarnation only grows by one per refutation, metadata
+change or stall: it cannot come near the top of the range (2**63-1), and every raise is computed
+so that it never leaves it. Checks cost at most one ping (plus ``indirect_probes`` ping_reqs
+on silence) per member per ``probe_timeout``, for at most ``max_verifications`` members at once.
 
 Incarnation rules (``i`` = incarnation in the update, ``j`` = the one we hold):
 
 ==================  ===================================  =========================================
 update              applies to                           effect
 ==================  ===================================  =========================================
-own alive           unknown (table not full)             new ALIVE member, ``joined``
-own alive           any, ``i != j`` (or first answer)    ALIVE at ``i``: ``joined`` (from DEAD/LEFT),
+own alive (first)   unknown (table not full)             new ALIVE member, ``joined``
+own alive (first)   any, ``i != j`` (or first answer)    ALIVE at ``i``: ``joined`` (from DEAD/LEFT),
                                                          ``alive`` (from SUSPECT), ``updated``
-own left            not LEFT                             LEFT, ``left``
-gossip alive        unknown, or ``i > j``                ask the member (ping)
-suspect             ALIVE with ``i == j``                SUSPECT, timer of ``suspicion_timeout``
-dead                ALIVE / SUSPECT with ``i == j``      DEAD
-left                ALIVE / SUSPECT with ``i == j``      LEFT
-suspect/dead/left   ``i > j`` or unconfirmed             ignored, counted, ask the member
+own left (first)    not LEFT                             LEFT, ``left``
+own, not first      any                                  ignored, counted
+own suspect/dead    any                                  ignored, counted
+rumour, any state   unknown member                       dropped (no ping, no dial)
+rumour alive        known, ``i > j`` or unconfirmed      check (no suspicion on silence)
+suspect/dead/left   ALIVE with ``i >= j``                check; silence: SUSPECT (ours), then DEAD;
+                                                         ``i > j`` or unconfirmed is also counted
 ==================  ===================================  =========================================
 
 Anything else is ignored. DEAD and LEFT members are remembered for ``dead_retention`` so that stale
-rumours cannot bring them back, then forgotten. A suspect/dead/left update about ourselves with
-``i == our incarnation`` is refuted with ``alive(i + 1)``; an older one makes us re-announce our
-current alive record.
+rumours cannot bring them back, then forgotten.
 
 Wire format (plain msgpack-friendly dicts; ids come from the authenticated link, not the message)::
 
@@ -93,7 +101,7 @@ Wire format (plain msgpack-friendly dicts; ids come from the authenticated link,
     {"t": "ping_req", "seq": int, "target": str, "u": [update, ...]}
     update = {"id": str, "addr": str, "inc": int, "s": MemberState (int), "md": {str: str}}
 
-The first update of every message is the sender's own record.
+Every message this implementation sends starts with its own record.
 
 :func:`decode_message` validates untrusted input and raises only :class:`SwimProtocolError`.
 """
@@ -303,11 +311,17 @@ def _check_local(member_id: str, address: str, metadata: Mapping[str, str] | Non
 
 @attrs.define
 class _Probe:
+    """A probe of ``target``: a ping, ``ping_req`` through helpers after ``probe_timeout``, and
+    no answer by ``probe_interval`` means ``target`` is suspect. Our round-robin probe is one;
+    a *check* (a member asked because of a claim about it) is another, with ``suspicious``
+    saying whether silence makes us suspect it (a death claim) or not (an alive rumour)."""
+
     target: str
     seq: int
     started: float
     helpers: set[str] = attrs.field(factory=set)
     acked: bool = False
+    suspicious: bool = True
 
 
 @attrs.define
@@ -367,11 +381,12 @@ class Swim:
         self._next_probe_at: float | None = None
         self._last_tick: float | None = None
         self._seq = 0
-        self._verifying: dict[str, float] = {}  # member asked for its own record -> until when
-        #: Claims about a member above the incarnation it announced to us (or about a member that
-        #: never spoke to us, or a node claiming to be suspect or dead itself): impossible as far
-        #: as this node can tell, so ignored. Honest gossip that outran the member's own
-        #: announcement is counted too; a steady rise means a member is lying.
+        self._checks: dict[str, _Probe] = {}  # members asked because of a claim about them
+        #: Claims that no member could have made honestly as far as this node can tell: about a
+        #: member above the incarnation it announced to us (or before it announced one), a node
+        #: saying that it is itself suspect or dead, an update about the sender that is not the
+        #: first of its message. Honest gossip that outran the member's own announcement is
+        #: counted too; a steady rise means a member is lying.
         self.ignored_claims = 0
 
     # --- queries ----------------------------------------------------------------------------------
@@ -409,6 +424,11 @@ class Swim:
         probe = self._probe
         if probe is not None and not probe.acked and not probe.helpers:
             deadlines.append(probe.started + self.config.probe_timeout)
+        for check in self._checks.values():
+            late = check.acked or not check.helpers
+            deadlines.append(
+                check.started + (self.config.probe_timeout if late else self.config.probe_interval)
+            )
         deadlines.extend(
             m.state_since + self.config.dead_retention for m in self._members.values() if m.state in _GONE
         )
@@ -448,14 +468,14 @@ class Swim:
             return out
 
         probe = self._probe
-        if probe is not None and not probe.acked:
-            if now >= probe.started + cfg.probe_interval:
-                self._probe = None
-                target = self._members.get(probe.target)
-                if target is not None and target.state is MemberState.ALIVE:
-                    out.extend(self._suspect(now, target, target.incarnation, tell=True))
-            elif not probe.helpers and now >= probe.started + cfg.probe_timeout:
-                out.extend(self._indirect_probe(probe))
+        if probe is not None and not probe.acked and self._advance(now, probe, out):
+            self._probe = None
+        for member_id, check in list(self._checks.items()):
+            # Kept a probe timeout even when answered: one check per member per probe timeout,
+            # however many claims arrive.
+            done = now >= check.started + cfg.probe_timeout if check.acked else self._advance(now, check, out)
+            if done:
+                del self._checks[member_id]
 
         if self._next_probe_at is None or now >= self._next_probe_at:
             self._next_probe_at = now + cfg.probe_interval
@@ -481,9 +501,6 @@ class Swim:
         for seq, relay in list(self._relays.items()):
             if now >= relay.expires:
                 del self._relays[seq]
-        for member_id, until in list(self._verifying.items()):
-            if now >= until:
-                del self._verifying[member_id]
         return out
 
     def receive(self, now: float, from_id: str, message: object) -> list[Outgoing]:
@@ -497,9 +514,12 @@ class Swim:
         if from_id == self._self_id:
             return []
         msg = decode_message(message, max_updates=2 * self.config.max_piggyback)
+        check = self._checks.get(from_id)
+        if check is not None:
+            check.acked = True  # it speaks to us: alive, whatever anyone said
         out: list[Outgoing] = []
-        for update in msg["u"]:
-            out.extend(self._apply(now, from_id, update))
+        for index, update in enumerate(msg["u"]):
+            out.extend(self._apply(now, from_id, update, first=index == 0))
         kind = msg["t"]
         if kind == "ping":
             out.append(self._ack(from_id, msg["seq"]))
@@ -533,6 +553,7 @@ class Swim:
         left = attrs.evolve(me, state=MemberState.LEFT, state_since=now)
         self._set_self(left)
         self._probe = None
+        self._checks.clear()
         update = _as_update(left)
         return [
             Outgoing(m.id, m.address, {"t": "ping", "seq": self._next_seq(), "u": [update]})
@@ -547,9 +568,13 @@ class Swim:
 
     def _on_ack(self, from_id: str, msg: dict[str, Any]) -> list[Outgoing]:
         seq = msg["seq"]
-        probe = self._probe
-        if probe is not None and probe.seq == seq and (from_id == probe.target or from_id in probe.helpers):
-            probe.acked = True
+        for probe in (self._probe, *self._checks.values()):  # at most 1 + max_verifications
+            if (
+                probe is not None
+                and probe.seq == seq
+                and (from_id == probe.target or from_id in probe.helpers)
+            ):
+                probe.acked = True
         relay = self._relays.get(seq)
         if relay is not None and relay.target == from_id:
             del self._relays[seq]
@@ -567,6 +592,20 @@ class Swim:
         self._relays[seq] = _Relay(from_id, msg["seq"], target_id, now + self.config.probe_interval)
         return [self._message(target_id, {"t": "ping", "seq": seq})]
 
+    def _advance(self, now: float, probe: _Probe, out: list[Outgoing]) -> bool:
+        """Move an unanswered probe on: indirect probes after ``probe_timeout``; after
+        ``probe_interval``, suspect the target (if the probe says silence is suspicious) and
+        return True (the probe is over)."""
+        cfg = self.config
+        if now >= probe.started + cfg.probe_interval:
+            target = self._members.get(probe.target)
+            if probe.suspicious and target is not None and target.state is MemberState.ALIVE:
+                out.extend(self._suspect(now, target, target.incarnation, tell=True))
+            return True
+        if not probe.helpers and now >= probe.started + cfg.probe_timeout:
+            out.extend(self._indirect_probe(probe))
+        return False
+
     def _indirect_probe(self, probe: _Probe) -> list[Outgoing]:
         helpers = [
             m.id
@@ -581,7 +620,7 @@ class Swim:
 
     # --- applying updates -------------------------------------------------------------------------
 
-    def _apply(self, now: float, from_id: str, update: dict[str, Any]) -> list[Outgoing]:
+    def _apply(self, now: float, from_id: str, update: dict[str, Any], *, first: bool) -> list[Outgoing]:
         """Apply one update of a message from ``from_id``: what it says about its sender, about
         us, or about a third member are three different things (see the module docstring)."""
         member_id: str = update["id"]
@@ -590,7 +629,10 @@ class Swim:
             self._about_self(update["inc"], state)
             return []
         if member_id == from_id:
-            self._own_record(now, update, state)
+            if first:
+                self._own_record(now, update, state)
+            else:
+                self.ignored_claims += 1  # a sender's own record leads its message, or is not one
             return []
         return self._rumour(now, update, state)
 
@@ -643,47 +685,41 @@ class Swim:
             self._emit("updated", member)
 
     def _rumour(self, now: float, update: dict[str, Any], state: MemberState) -> list[Outgoing]:
-        """A claim about a third member: checked against what that member announced to us."""
+        """A claim about a third member: never applied, at most a reason to check the member."""
         member_id: str = update["id"]
         inc: int = update["inc"]
         current = self._members.get(member_id)
-        if current is None:  # a member we never heard: only it can tell us about itself
-            return self._verify(now, member_id, update["addr"]) if state is MemberState.ALIVE else []
+        if current is None:
+            # A member we do not know: only it (or discovery) introduces it. Its rumoured
+            # address is never dialed, so a made-up member costs us nothing.
+            return []
         unheard = member_id in self._unconfirmed or inc > current.incarnation
         if state is MemberState.ALIVE:
-            return self._verify(now, member_id, current.address) if unheard else []
+            return self._check(now, current, suspicious=False) if unheard else []
         if unheard:
             self.ignored_claims += 1  # an incarnation it did not announce (to us): see module doc
-            return self._verify(now, member_id, current.address)
-        if inc < current.incarnation or current.state not in _LIVE:
-            return []
-        if state is MemberState.SUSPECT:
-            if current.state is MemberState.ALIVE:
-                # Told at once, as by the first suspecter: a refutation reaches us only from the
-                # suspect itself (a rumour of it does not count), so we ask for it ourselves.
-                return self._suspect(now, current, inc, tell=True)
-        else:
-            self._declare(now, current, state, inc)
-        return []
+        elif inc < current.incarnation:
+            return []  # stale: it refuted that already
+        if current.state is not MemberState.ALIVE:
+            return []  # suspected by us (our own timer runs), or gone already
+        return self._check(now, current, suspicious=True)
 
-    def _verify(self, now: float, member_id: str, address: str) -> list[Outgoing]:
-        """Ask ``member_id`` for its own record: a ping, answered by an ack that starts with it.
-        At most once per ``probe_timeout`` per member (often enough that a suspect we heard of
-        by rumour gets several chances to refute to us under message loss), and for
-        ``max_verifications`` members at once, so rumours (true or not) cost a bounded number
-        of pings."""
-        until = self._verifying.get(member_id)
-        if until is not None:
-            if now < until:
-                return []
-            del self._verifying[member_id]
-        if self.me.state is MemberState.LEFT or len(self._verifying) >= self.config.max_verifications:
+    def _check(self, now: float, member: Member, *, suspicious: bool) -> list[Outgoing]:
+        """Probe a member we know because of a claim about it, at the address it announced: a
+        ping (its ack starts with its own record), ``ping_req`` through others after
+        ``probe_timeout``, and if ``suspicious`` (a suspect, dead or left claim) and nothing
+        answers by ``probe_interval``, we suspect it ourselves -- our own evidence, held to the
+        same standard as our round-robin probe. One check per member at a time (kept at least a
+        probe timeout), ``max_verifications`` at once, so claims cost a bounded number of pings."""
+        check = self._checks.get(member.id)
+        if check is not None:
+            check.suspicious = check.suspicious or suspicious
             return []
-        if member_id not in self._members and len(self._members) >= self.config.max_members:
+        if self.me.state is MemberState.LEFT or len(self._checks) >= self.config.max_verifications:
             return []
-        self._verifying[member_id] = now + self.config.probe_timeout
-        message = {"t": "ping", "seq": self._next_seq(), "u": self._piggyback(member_id)}
-        return [Outgoing(member_id, address, message)]
+        seq = self._next_seq()
+        self._checks[member.id] = _Probe(member.id, seq, now, suspicious=suspicious)
+        return [self._message(member.id, {"t": "ping", "seq": seq})]
 
     def _about_self(self, inc: int, state: MemberState) -> None:
         me = self.me
@@ -724,6 +760,7 @@ class Swim:
     def _stalled(self, gap: float) -> None:
         """We did not run for ``gap`` seconds: judge nobody by what we could not observe."""
         self._probe = None
+        self._checks.clear()
         self._next_probe_at = None
         for member_id in self._suspect_until:
             self._suspect_until[member_id] += gap
