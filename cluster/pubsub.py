@@ -235,13 +235,18 @@ class PubSub:
         if not isinstance(cell, Cell) or cell.node is not self.node:
             raise BadRequest("subscribe a local actor (subscribe on the node where it runs)")
         sub = Subscription(pattern, ref, queue, policy)
-        self.index.add(pattern, sub, queue)
+        watched = bool(self._by_actor.get(ref)) or self._watcher is None
+        if not watched:  # first: a refusal (429, the actor's watchers full) leaves nothing behind
+            cell.add_watcher(self._watcher)  # type: ignore[arg-type]
+        try:
+            self.index.add(pattern, sub, queue)
+        except BaseException:
+            if not watched:
+                cell.remove_watcher(self._watcher)  # type: ignore[arg-type]
+            raise
         if queue:
             self._groups += 1
-        subs = self._by_actor.setdefault(ref, [])
-        if not subs and self._watcher is not None:
-            cell.add_watcher(self._watcher)
-        subs.append(sub)
+        self._by_actor.setdefault(ref, []).append(sub)
         self._interest_changed()
         await trio.lowlevel.checkpoint()
         return sub
