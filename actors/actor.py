@@ -171,12 +171,21 @@ class HandlerTable:
             return
         types: tuple[type, ...] = getattr(fn, "__trimicro_handles__", ())
         hint: Any = None
-        # Names an annotation may use beside the module's: the actor class's own (a message
-        # class nested in it) and the classes @handles names.
-        namespace = {**{t.__name__: t for t in types}, **vars(cls), cls.__name__: cls}
+        # Names an annotation may use beside the module's: the classes nested in the actor
+        # class (a message class), the classes @handles names. Classes only, and only where the
+        # module's names do not resolve: a method named ``list`` must not shadow the builtin.
+        namespace = {
+            **{t.__name__: t for t in types},
+            **{k: v for k, v in vars(cls).items() if isinstance(v, type)},
+            cls.__name__: cls,
+        }
         if not types:
             try:
-                hint = typing.get_type_hints(fn, localns=namespace).get(params[0].name)
+                try:
+                    hints = typing.get_type_hints(fn)
+                except NameError:
+                    hints = typing.get_type_hints(fn, localns=namespace)
+                hint = hints.get(params[0].name)
             except Exception as exc:  # not a silent raw body where a class was declared
                 raise TypeError(
                     f"{cls.__name__}.{name}: the annotation of {params[0].name!r} does not resolve "

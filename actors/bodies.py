@@ -486,12 +486,11 @@ def _resolve(hint: Any, namespace: Mapping[str, Any] | None) -> None:
         localns = dict(namespace or {})
         localns.setdefault(cls.__name__, cls)
         try:
-            if attrs.has(cls):
-                attrs.resolve_types(cls, localns=localns)
-            else:
-                hints = typing.get_type_hints(cls, localns=localns)
-                for f in dataclasses.fields(cls):
-                    f.type = hints.get(f.name, f.type)
+            if any(isinstance(t, str) for _, t in _field_types(cls)):
+                try:  # the module's names first, as cattrs would
+                    _resolve_class(cls, None)
+                except NameError:
+                    _resolve_class(cls, localns)
         except Exception as exc:
             bad = next(
                 (n for n, t in _field_types(cls) if isinstance(t, str) and _unresolvable(t, cls, localns)),
@@ -501,6 +500,15 @@ def _resolve(hint: Any, namespace: Mapping[str, Any] | None) -> None:
             raise TypeError(f"{where}: annotation does not resolve ({exc})") from None
         for _, t in _field_types(cls):
             pending.extend(_classes_in(t))
+
+
+def _resolve_class(cls: type, localns: dict[str, Any] | None) -> None:
+    if attrs.has(cls):
+        attrs.resolve_types(cls, localns=localns)
+        return
+    hints = typing.get_type_hints(cls, localns=localns)
+    for f in dataclasses.fields(cls):
+        f.type = hints.get(f.name, f.type)
 
 
 def _unresolvable(annotation: str, cls: type, localns: Mapping[str, Any]) -> bool:

@@ -226,6 +226,21 @@ async def test_a_message_class_nested_in_the_actor_class_is_built_from_a_body() 
         assert caught.value.detail == "body does not fit Add: body.p.x: expected int, got str"
 
 
+async def test_a_method_does_not_shadow_the_module_names_an_annotation_uses() -> None:
+    """The actor class's names help only where the module's do not resolve: a method named
+    ``list`` leaves ``list[Item]`` the builtin's."""
+
+    class Lister(Actor):
+        service_name = "L"
+
+        async def list(self, items: list[Item]) -> int:
+            return sum(i.qty for i in items)
+
+    async with start_node("n") as node:
+        ref = await node.spawn(Lister, name="l")
+        assert await ask(ref, [{"sku": "a", "qty": 2}], endpoint="L.list") == 2
+
+
 async def test_a_class_no_body_can_be_built_into_is_refused_at_spawn_naming_its_field() -> None:
     """Never a raw map where a class was declared: a function-local class whose field names
     another local class (unresolvable under ``from __future__ import annotations``), or a field
