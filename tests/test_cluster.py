@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from trimicro.actors import Actor, NotFound
+from trimicro.actors import Actor, MicroError, NotFound
 from trimicro.cluster.cluster import NODE_SERVICE, Cluster, start_cluster
 from trimicro.cluster.registry import MemoryRegistry, NodeInfo, Registry, Service, merge_nodes
 from trimicro.cluster.selector import RetryPolicy
@@ -256,6 +256,23 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+async def test_a_retry_that_finds_the_service_gone_raises_the_failure_not_404(tmp_path: Path) -> None:
+    """Every node the cache named failed, and the registry, asked again, no longer has the
+    service (its node deregistered meanwhile): the caller gets the node's failure (503), not
+    a 404 that says the service never existed. Before: ``service greeter not found``."""
+    registry = Unwatched()
+    async with start_cluster(
+        "client", registry=registry, home=tmp_path, membership=False, announce=False, types=TYPES
+    ) as client:
+        dead = NodeInfo("dead", f"127.0.0.1:{closed_port()}", {}, client.fingerprint)
+        await registry.register(Service("greeter", nodes=(dead,)))
+        assert [n.id for s in await client.describe("greeter") for n in s.nodes] == ["dead"]  # cached
+        await registry.deregister(Service("greeter", nodes=(dead,)))
+        with pytest.raises(MicroError) as failed:
+            await client.call("greeter", "Greeter.whoami", {}, timeout=5)
+        assert failed.value.code == 503, failed.value
 
 
 async def test_a_retry_looks_for_other_nodes_before_going_back_to_one_that_failed(tmp_path: Path) -> None:
