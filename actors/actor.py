@@ -171,11 +171,26 @@ class HandlerTable:
             return
         types: tuple[type, ...] = getattr(fn, "__trimicro_handles__", ())
         hint: Any = None
+        # Names an annotation may use beside the module's: the classes nested in the actor
+        # class (a message class), the classes @handles names. Classes only, and only where the
+        # module's names do not resolve: a method named ``list`` must not shadow the builtin.
+        namespace = {
+            **{t.__name__: t for t in types},
+            **{k: v for k, v in vars(cls).items() if isinstance(v, type)},
+            cls.__name__: cls,
+        }
         if not types:
             try:
-                hint = typing.get_type_hints(fn).get(params[0].name)
-            except Exception:  # an unresolvable annotation: the endpoint name still works
-                hint = None
+                try:
+                    hints = typing.get_type_hints(fn)
+                except NameError:
+                    hints = typing.get_type_hints(fn, localns=namespace)
+                hint = hints.get(params[0].name)
+            except Exception as exc:  # not a silent raw body where a class was declared
+                raise TypeError(
+                    f"{cls.__name__}.{name}: the annotation of {params[0].name!r} does not resolve "
+                    f"({exc}); declare the class where the module sees it, or use @handles"
+                ) from None
             if hint is Stream:
                 self.by_stream[f"{self.service}.{name}"] = fn
                 self.by_stream.setdefault(name, fn)
@@ -190,7 +205,10 @@ class HandlerTable:
             self.by_type[t] = fn
         if never_suspends(fn):
             self.inline.add(fn)
-        convert = body_converter(hint)
+        try:
+            convert = body_converter(hint, namespace)
+        except TypeError as exc:
+            raise TypeError(f"{cls.__name__}.{name}: {exc}") from None
         self.by_endpoint[f"{self.service}.{name}"] = (fn, convert)
         self.by_endpoint.setdefault(name, (fn, convert))
 

@@ -33,6 +33,8 @@ import dataclasses
 import datetime as dt
 import enum
 import functools
+import logging
+import sys
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -62,6 +64,8 @@ from cattrs.strategies import configure_union_passthrough
 from trimicro.mailbox.errors import BadRequest, MicroError
 
 __all__ = ["BodyConverter", "body_converter", "is_map_annotation"]
+
+log = logging.getLogger("trimicro.actors")
 
 #: A body (as it came) -> the handler's argument; raises :class:`BadRequest` if it does not fit.
 BodyConverter = Callable[[Any], Any]
@@ -447,20 +451,117 @@ def _map_only(body: Any) -> Any:
     raise BadRequest(f"body does not fit a map: expected a map, got {_kind(body)}")
 
 
-def body_converter(hint: Any) -> BodyConverter | None:
+def _classes_in(t: Any) -> list[type]:
+    """The attrs classes and dataclasses ``t`` names: itself, or inside ``list[...]``, unions..."""
+    found: list[type] = []
+    pending = [t]
+    while pending:
+        t = pending.pop()
+        if isinstance(t, type) and _is_class(t):
+            found.append(t)
+        pending.extend(typing.get_args(t))
+    return found
+
+
+def _field_types(cls: type) -> list[tuple[str, Any]]:
+    fields = attrs.fields(cls) if attrs.has(cls) else dataclasses.fields(cls)
+    return [(f.name, f.type) for f in fields]
+
+
+def _resolve(hint: Any, namespace: Mapping[str, Any] | None) -> None:
+    """Resolve the string annotations (``from __future__ import annotations``) of every class
+    ``hint`` reaches, in the class's module and then ``namespace`` (the actor class's own names),
+    so cattrs finds real types; raise :class:`TypeError` naming the field that does not resolve.
+
+    cattrs would resolve them too, but in the class's module only, and its failure would leave
+    the handler without a converter (see :func:`body_converter`).
+    """
+    seen: set[type] = set()
+    pending = _classes_in(hint)
+    while pending:
+        cls = pending.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        localns = dict(namespace or {})
+        localns.setdefault(cls.__name__, cls)
+        try:
+            if any(isinstance(t, str) for _, t in _field_types(cls)):
+                try:  # the module's names first, as cattrs would
+                    _resolve_class(cls, None)
+                except NameError:
+                    _resolve_class(cls, localns)
+        except Exception as exc:
+            bad = next(
+                (n for n, t in _field_types(cls) if isinstance(t, str) and _unresolvable(t, cls, localns)),
+                None,
+            )
+            where = f"{cls.__name__}.{bad}" if bad else cls.__name__
+            raise TypeError(f"{where}: annotation does not resolve ({exc})") from None
+        for _, t in _field_types(cls):
+            pending.extend(_classes_in(t))
+
+
+def _resolve_class(cls: type, localns: dict[str, Any] | None) -> None:
+    if attrs.has(cls):
+        attrs.resolve_types(cls, localns=localns)
+        return
+    hints = typing.get_type_hints(cls, localns=localns)
+    for f in dataclasses.fields(cls):
+        f.type = hints.get(f.name, f.type)
+
+
+def _unresolvable(annotation: str, cls: type, localns: Mapping[str, Any]) -> bool:
+    module = sys.modules.get(cls.__module__)
+    try:
+        typing.get_type_hints(
+            types.SimpleNamespace(__annotations__={"x": annotation}),
+            globalns=vars(module) if module else {},
+            localns=dict(localns),
+        )
+    except Exception:
+        return True
+    return False
+
+
+def _unbuildable(hint: Any) -> str:
+    """Which field of which class makes ``hint`` unbuildable (for the error at spawn)."""
+    for cls in _classes_in(hint):
+        for name, t in _field_types(cls):
+            try:
+                _FAST.get_structure_hook(t)
+            except Exception as exc:
+                return f"{cls.__name__}.{name} ({_type_name(t)}): {exc}"
+    return _type_name(hint)
+
+
+def body_converter(hint: Any, namespace: Mapping[str, Any] | None = None) -> BodyConverter | None:
     """How an endpoint's body becomes the argument of a handler annotated ``hint``; ``None``:
-    the body as it is (no annotation, ``Any``, ``object``, or a type cattrs cannot build).
+    the body as it is (no annotation, ``Any``, ``object``).
 
     A map annotation (``dict``, ``Mapping``, ``dict[str, Any]``) only checks that the body is a
     map and passes it on uncopied: JSON-style endpoints take maps as they came.
+
+    Never a silent fallback for a class: the string annotations of attrs classes and dataclasses
+    are resolved in their module and ``namespace`` (names the actor class sees); a class that
+    still cannot be built (a name that does not resolve, as in a function-local class under
+    ``from __future__ import annotations``; a field cattrs cannot build, like a ``Callable``)
+    is a :class:`TypeError` here, when the handler table is built (at spawn), naming the class
+    and field. Passing such a body on as it is would hand the handler a raw map where it
+    declared a class, unchecked; ``cls(**body)`` would check the top level only. Any other type
+    cattrs cannot build (``Callable``, a protocol) takes the body as it is, with a warning.
     """
     if hint is None or hint is Any or hint is object:
         return None
     if is_map_annotation(hint):
         return _map_only
+    _resolve(hint, namespace)
     try:
         hook = _FAST.get_structure_hook(hint)
-    except Exception:  # StructureHandlerNotFoundError, or a class cattrs cannot generate for
+    except Exception as exc:  # StructureHandlerNotFoundError, or a class cattrs cannot generate for
+        if _classes_in(hint):
+            raise TypeError(f"a body cannot be built into {_type_name(hint)}: {_unbuildable(hint)}") from None
+        log.warning("bodies: %s cannot be built from a body (%s): passed as it is", _type_name(hint), exc)
         return None
     cls = hint if isinstance(hint, type) else None
 

@@ -47,9 +47,13 @@ OK, FULL, DEAD = range(3)
 #: Messages a worker handles before yielding to other tasks (fairness without a yield per message).
 BATCH = 128
 #: Watchers one actor may have at once (local ones and those of other nodes together): watches
-#: arrive from peers, and every set fed by peers has a bound (a peer's own share is smaller:
-#: ``remote.MAX_REMOTE_WATCHES``).
+#: arrive from peers, and every set fed by peers has a bound.
 MAX_WATCHERS = 65536
+#: Watchers of other nodes (all peers together) one actor may have at once: below
+#: :data:`MAX_WATCHERS`, so peers filling an actor's watchers (one peer may hold up to
+#: ``remote_watch.MAX_REMOTE_WATCHES`` watches, on any actors) never leave its own node's
+#: ``context.watch`` without room.
+MAX_REMOTE_WATCHERS = 16384
 
 #: The cell whose handler runs in the current task (the implicit sender of tell/ask).
 current_cell: ContextVar[Cell | None] = ContextVar("trimicro_current_cell", default=None)
@@ -227,6 +231,8 @@ class Cell:
     _intensity: RestartIntensity | None = None
     _timers: set[Timer] | None = None
     _watchers: set[ActorRef] | None = None
+    #: How many of ``_watchers`` are actors of other nodes (see :data:`MAX_REMOTE_WATCHERS`).
+    _remote_watchers: int = 0
     _streams: set[trio.CancelScope] | None = None
 
     def __init__(
@@ -964,7 +970,8 @@ class Cell:
 
     def add_watcher(self, watcher: ActorRef) -> None:
         """Tell ``watcher`` when this actor stops (at once if it has); :class:`TooManyRequests`
-        (429) if it already has :data:`MAX_WATCHERS` watchers."""
+        (429) if it already has :data:`MAX_WATCHERS` watchers, or :data:`MAX_REMOTE_WATCHERS`
+        of other nodes and ``watcher`` is one more."""
         if self.status >= STOPPING:
             binding = watcher.binding
             if binding is not None:
@@ -973,13 +980,23 @@ class Cell:
         watchers = self._watchers
         if watchers is None:
             watchers = self._watchers = set()
-        elif len(watchers) >= MAX_WATCHERS and watcher not in watchers:
+        elif watcher in watchers:
+            return
+        elif len(watchers) >= MAX_WATCHERS:
             raise TooManyRequests(f"actor {self.path} has {MAX_WATCHERS} watchers", id=self.path)
+        if watcher.node != self.ref.node:
+            if self._remote_watchers >= MAX_REMOTE_WATCHERS:
+                raise TooManyRequests(
+                    f"actor {self.path} has {MAX_REMOTE_WATCHERS} watchers on other nodes", id=self.path
+                )
+            self._remote_watchers += 1
         watchers.add(watcher)
 
     def remove_watcher(self, watcher: ActorRef) -> None:
         watchers = self._watchers
-        if watchers is not None:
-            watchers.discard(watcher)
+        if watchers is not None and watcher in watchers:
+            watchers.remove(watcher)
+            if watcher.node != self.ref.node:
+                self._remote_watchers -= 1
             if not watchers:  # a set never shrinks its table: drop it (a flood's memory goes)
                 self._watchers = None

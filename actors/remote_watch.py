@@ -7,8 +7,9 @@ A peer asks with a SYSTEM ``watch`` frame to hear when one of our actors stops (
   401/403), *before* the actor is looked up: a refused watch gets the same answer whether the
   actor exists or not, so it tells the peer nothing;
 - a peer holds at most ``Remoting.max_watches`` watches here (all actors together), checked
-  before a watcher is added; beyond that, and beyond an actor's own bound
-  (``cell.MAX_WATCHERS``), the watch is refused with 429;
+  before a watcher is added; beyond that, and beyond an actor's own bound on watchers of
+  other nodes (``cell.MAX_REMOTE_WATCHERS``, below its bound on all watchers, so peers never
+  take the room of local ``context.watch``), the watch is refused with 429;
 - each peer's watches are indexed (:class:`PeerWatches`), every one of them, so that all are
   removed when the peer's last link closes (and memory returns), and a peer can only undo
   watches it made itself.

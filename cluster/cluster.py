@@ -251,10 +251,16 @@ class Cluster:
         attempt = 0
         self.retry.record_request()
         known_tried = False  # every node of the last answer failed this call
+        last: MicroError | None = None
         while True:
             # Before going back to a node that failed, ask the registry itself for others: the
             # cache (watch events aside) holds an answer for seconds.
-            services = await self.cache.get_service(service, refresh=known_tried)
+            try:
+                services = await self.cache.get_service(service, refresh=known_tried)
+            except NotFound:
+                if last is None:
+                    raise
+                raise last from None  # gone from the registry since (deregistered): the failure is the news
             info = self._select(services, key, version, metadata, endpoint, tried)
             ref = self._ref_for(info, service)
             self.outstanding.start(info.id)
@@ -281,6 +287,7 @@ class Cluster:
                 ):
                     raise
                 self.retry.record_retry()
+                last = exc
                 tried.add(info.id)
                 known_tried = all(n.id in tried for s in services for n in s.nodes)
                 await trio.sleep(min(self.retry.delay(attempt, self.rng), left))

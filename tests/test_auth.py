@@ -33,6 +33,7 @@ from trimicro.cluster.auth.guard import (
     AUTH_SERVICE,
     BUILTIN_RULES,
     CHANGED_OP,
+    GUARD_ID,
     AuthGuard,
     node_account,
     open_state,
@@ -391,6 +392,81 @@ async def test_a_refusal_by_the_receiving_node_is_raised_and_never_redelivered(t
             await b.publish("$dead.sentinel", "end")  # a dead letter of the refusal would come first
             with trio.fail_after(5):
                 assert (await dead.receive()).topic == "$dead.sentinel"
+
+
+async def test_a_refusal_by_one_receiving_node_does_not_stop_delivery_to_the_others(tmp_path: Path) -> None:
+    """n0's rules refuse what n1 publishes, n2's allow it: with ``ack=True`` the subscriber on
+    the publisher's node and the one on n2 get the message once each, and the publisher gets
+    the 403 at the end, naming n0 (a retry would duplicate the others: the error says so).
+
+    Before: the 403 from n0 aborted the publish: n2 (after it, by node id) never got it."""
+    async with cluster_of(tmp_path, 3, membership=True, refresh=None) as (a, b, c):
+        await orders_for_admins(a)
+        for node in (b, c):
+            node.auth.apply(1, DEFAULT_RULES, {})
+        async with (
+            a.pubsub.messages("orders.*"),
+            b.pubsub.messages("orders.*") as at_b,
+            c.pubsub.messages("orders.*") as at_c,
+            b.pubsub.messages("$dead.>") as dead,
+        ):
+            await interest(b, "n0", ["orders.*"])
+            await interest(b, "n2", ["orders.*"])
+            with pytest.raises(Forbidden) as refused:
+                await b.publish("orders.new", 1, ack=True, ack_timeout=2)
+            assert refused.value.id == GUARD_ID
+            assert "refused by node n0 (1 of 3 deliveries; 2 acked)" in refused.value.detail
+            await b.publish("orders.new", "end")  # a second copy of 1 would come before it
+            with trio.fail_after(5):
+                for inbox in (at_b, at_c):
+                    assert [(await inbox.receive()).body for _ in range(2)] == [1, "end"]
+            await b.publish("$dead.sentinel", "end")  # a dead letter of the refusal would come first
+            with trio.fail_after(5):
+                assert (await dead.receive()).topic == "$dead.sentinel"
+
+
+async def test_a_queue_group_tries_the_next_member_when_one_node_refuses(tmp_path: Path) -> None:
+    """Queue group members on n0 (rules refuse) and n2 (rules allow): the message goes to n2,
+    with no error. Before: n0, tried first, ended the publish with its 403."""
+    async with cluster_of(tmp_path, 3, membership=True, refresh=None) as (a, b, c):
+        await orders_for_admins(a)
+        for node in (b, c):
+            node.auth.apply(1, DEFAULT_RULES, {})
+        b.rng.shuffle = lambda x: None  # type: ignore[method-assign]  # candidates by node id: n0 first
+        async with (
+            a.pubsub.messages("orders.*", queue="workers"),
+            c.pubsub.messages("orders.*", queue="workers") as at_c,
+        ):
+            await interest(b, "n0", ["orders.*"])
+            await interest(b, "n2", ["orders.*"])
+            assert await b.publish("orders.new", 1, ack=True, ack_timeout=2) == 1
+            with trio.fail_after(5):
+                assert (await at_c.receive()).body == 1
+
+
+class Refusing(Actor):
+    """A subscriber whose handler raises 403 for reasons of its own (not the node's guard)."""
+
+    def __init__(self, seen: list[int]) -> None:
+        self.seen = seen
+
+    async def on_message(self, msg: Message) -> None:
+        self.seen.append(msg.delivery)
+        raise Forbidden("not for me")
+
+
+async def test_a_subscribers_own_403_is_a_failed_delivery_not_a_refusal(tmp_path: Path) -> None:
+    """A handler's 403 is a nack like any failure: redelivered, then dead-lettered; the
+    publisher gets no 403. Before: taken for the receiving node's refusal and raised at once."""
+    async with cluster_of(tmp_path, 2, membership=True) as (a, b):
+        seen: list[int] = []
+        await a.subscribe("orders.*", await a.node.spawn(Refusing, seen))
+        async with a.pubsub.messages("$dead.>") as dead:
+            await interest(b, "n0", ["$dead.>", "orders.*"])
+            assert await b.publish("orders.new", 1, ack=True, ack_timeout=2, max_deliveries=2) == 0
+            with trio.fail_after(5):
+                assert (await dead.receive()).topic == "$dead.orders.new"
+            assert seen == [1, 2]
 
 
 class Failing(Actor):

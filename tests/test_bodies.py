@@ -12,7 +12,7 @@ import datetime as dt
 import enum
 import json
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trimicro.actors import Actor, BadRequest, ask, start_node
+from trimicro.actors import Actor, BadRequest, ask, handles, start_node
 from trimicro.actors.bodies import MAX_ERROR_CHARS, MAX_ERRORS, MAX_EXPLAINED, body_converter
 
 
@@ -198,6 +198,93 @@ async def test_a_wrong_body_is_a_400_naming_each_wrong_field_by_its_path() -> No
         assert "body: unknown fields extra" in detail
         # The actor carries on (a 400 is the caller's fault, not the actor's).
         assert await ask(ref, {"name": "Bo"}, endpoint="Shop.hello") == "hello Bo"
+
+
+async def test_a_message_class_nested_in_the_actor_class_is_built_from_a_body() -> None:
+    """Under ``from __future__ import annotations`` the annotation is the string ``"Add"``,
+    which the module does not know: it resolves in the actor class (and ``Point`` beside it)."""
+
+    class Adder(Actor):
+        service_name = "A"
+
+        @attrs.frozen
+        class Point:
+            x: int
+
+        @attrs.frozen
+        class Add:
+            p: Adder.Point
+
+        async def add(self, msg: Add) -> Any:
+            return msg
+
+    async with start_node("n") as node:
+        ref = await node.spawn(Adder, name="a")
+        assert await ask(ref, {"p": {"x": 1}}, endpoint="A.add") == Adder.Add(Adder.Point(1))
+        with pytest.raises(BadRequest) as caught:
+            await ask(ref, {"p": {"x": "zz"}}, endpoint="A.add")
+        assert caught.value.detail == "body does not fit Add: body.p.x: expected int, got str"
+
+
+async def test_a_method_does_not_shadow_the_module_names_an_annotation_uses() -> None:
+    """The actor class's names help only where the module's do not resolve: a method named
+    ``list`` leaves ``list[Item]`` the builtin's."""
+
+    class Lister(Actor):
+        service_name = "L"
+
+        async def list(self, items: list[Item]) -> int:
+            return sum(i.qty for i in items)
+
+    async with start_node("n") as node:
+        ref = await node.spawn(Lister, name="l")
+        assert await ask(ref, [{"sku": "a", "qty": 2}], endpoint="L.list") == 2
+
+
+async def test_a_class_no_body_can_be_built_into_is_refused_at_spawn_naming_its_field() -> None:
+    """Never a raw map where a class was declared: a function-local class whose field names
+    another local class (unresolvable under ``from __future__ import annotations``), or a field
+    cattrs cannot build, fails the spawn with the class and field named."""
+
+    @attrs.frozen
+    class Point:
+        x: int
+
+    @attrs.frozen
+    class Add:
+        p: Point
+
+    @attrs.frozen
+    class Job:
+        run: Callable[[int], int]
+
+    class ByHandles(Actor):
+        service_name = "A"
+
+        @handles(Add)
+        async def add(self, msg: Any) -> Any:
+            return msg
+
+    class ByAnnotation(Actor):
+        service_name = "A"
+
+        async def add(self, msg: Add) -> Any:
+            return msg
+
+    class WithCallable(Actor):
+        service_name = "J"
+
+        @handles(Job)
+        async def run(self, msg: Any) -> Any:
+            return msg
+
+    async with start_node("n") as node:
+        with pytest.raises(TypeError, match=r"ByHandles\.add: Add\.p: annotation does not resolve"):
+            await node.spawn(ByHandles)
+        with pytest.raises(TypeError, match=r"ByAnnotation\.add: the annotation of 'msg' does not resolve"):
+            await node.spawn(ByAnnotation)
+        with pytest.raises(TypeError, match=r"WithCallable\.run: .*Job\.run \(Callable"):
+            await node.spawn(WithCallable)
 
 
 async def test_nested_instances_from_a_local_caller_are_taken_as_they_are() -> None:

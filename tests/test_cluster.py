@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -14,15 +15,25 @@ import pytest
 import trio
 import trio.testing
 
-from trimicro.actors import Actor, NotFound
+from trimicro.actors import Actor, MicroError, NotFound
 from trimicro.cluster.cluster import NODE_SERVICE, Cluster, start_cluster
 from trimicro.cluster.membership.swim import MemberState
-from trimicro.cluster.registry import MemoryRegistry, NodeInfo, Registry, Service, merge_nodes
+from trimicro.cluster.registry import (
+    MemoryRegistry,
+    NodeInfo,
+    Registry,
+    Service,
+    StaticRegistry,
+    in_clusters,
+    merge_nodes,
+)
 from trimicro.cluster.selector import RetryPolicy
 from trimicro.cluster.service import idempotent
 from trimicro.mailbox.typeregistry import TypeRegistry
 
 TYPES = TypeRegistry()
+#: The module that defines in_clusters (wherever it lives): its warned-ids set is reset per test.
+registry_module = sys.modules[in_clusters.__module__]
 
 
 @TYPES.message("test.Hello")
@@ -240,6 +251,47 @@ async def test_a_node_never_polls_another_clusters_auth_service(
     assert [r.getMessage() for r in caplog.records] == []
 
 
+async def test_a_record_that_names_no_cluster_is_ignored_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seed built as ``NodeInfo(id, address)`` (no cluster) is not dialed by a node that
+    knows its cluster: the call is a 404, and the log says why, once per node id.
+    Before: the 404 alone, nothing logged."""
+    monkeypatch.setattr(registry_module, "_unclaimed_warned", set())
+    caplog.set_level(logging.WARNING, logger="trimicro")
+    seed = NodeInfo("seed1", f"127.0.0.1:{closed_port()}")
+    static = StaticRegistry([Service("greeter", nodes=(seed,))])
+    async with start_cluster(
+        "client", registry=static, home=tmp_path, membership=False, announce=False, types=TYPES
+    ) as client:
+        for _ in range(3):
+            with pytest.raises(NotFound):
+                await client.call("greeter", "Greeter.whoami", {})
+            client.cache._entries.clear()  # asked again: the record is seen again
+    warned = [r.getMessage() for r in caplog.records if "names no cluster" in r.getMessage()]
+    assert len(warned) == 1 and "seed1" in warned[0], warned
+
+
+def test_the_warnings_about_records_without_a_cluster_are_bounded(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records come from a shared medium: the ids remembered as warned are bounded, and past
+    the bound one last warning says the rest go unlogged. A record of another cluster (two
+    clusters on one machine) is normal, and not logged."""
+    monkeypatch.setattr(registry_module, "_unclaimed_warned", set())
+    monkeypatch.setattr(registry_module, "_unclaimed_overflow", False)
+    monkeypatch.setattr(registry_module, "MAX_UNCLAIMED_WARNED", 2)
+    caplog.set_level(logging.WARNING, logger="trimicro")
+    ours, theirs = "a" * 32, "b" * 32
+    for i in range(5):
+        nodes = (NodeInfo(f"x{i}", "127.0.0.1:1"), NodeInfo(f"o{i}", "127.0.0.1:1", cluster=theirs))
+        assert in_clusters([Service("s", nodes=nodes)], {ours}) == []
+    assert len(registry_module._unclaimed_warned) == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3 and "x0" in messages[0] and "x1" in messages[1], messages
+    assert messages[2] == "ignoring more records that name no cluster, without logging them"
+
+
 class Unwatched(MemoryRegistry):
     """A backend without watch events: a cache learns of a change only when it asks."""
 
@@ -255,6 +307,23 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+async def test_a_retry_that_finds_the_service_gone_raises_the_failure_not_404(tmp_path: Path) -> None:
+    """Every node the cache named failed, and the registry, asked again, no longer has the
+    service (its node deregistered meanwhile): the caller gets the node's failure (503), not
+    a 404 that says the service never existed. Before: ``service greeter not found``."""
+    registry = Unwatched()
+    async with start_cluster(
+        "client", registry=registry, home=tmp_path, membership=False, announce=False, types=TYPES
+    ) as client:
+        dead = NodeInfo("dead", f"127.0.0.1:{closed_port()}", {}, client.fingerprint)
+        await registry.register(Service("greeter", nodes=(dead,)))
+        assert [n.id for s in await client.describe("greeter") for n in s.nodes] == ["dead"]  # cached
+        await registry.deregister(Service("greeter", nodes=(dead,)))
+        with pytest.raises(MicroError) as failed:
+            await client.call("greeter", "Greeter.whoami", {}, timeout=5)
+        assert failed.value.code == 503, failed.value
 
 
 async def test_a_retry_looks_for_other_nodes_before_going_back_to_one_that_failed(tmp_path: Path) -> None:

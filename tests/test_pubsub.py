@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
-from trimicro.actors import Actor, ask, bounded
+from trimicro.actors import Actor, TooManyRequests, ask, bounded, cell
 from trimicro.cluster.broker import Message
 from trimicro.cluster.cluster import Cluster, start_cluster
 from trimicro.cluster.registry import MemoryRegistry
@@ -154,6 +155,29 @@ async def test_subscription_dies_with_its_actor(tmp_path: Path) -> None:
                 await a.pubsub.wait_interest()
         assert len(b.pubsub.index) == 0
         assert await a.publish("t", 1) == 0
+
+
+async def test_a_subscription_the_actor_cannot_be_watched_for_is_not_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pub/sub watches a subscriber to drop its subscriptions when it stops: if the actor's
+    watchers are full (429), the subscribe fails and leaves no subscription behind (one nobody
+    would ever remove)."""
+    monkeypatch.setattr(cell, "MAX_WATCHERS", 1)
+    async with nodes(1, tmp_path) as [a]:
+        box = Box()
+        ref = await a.node.spawn(Collector, box)
+        other = await a.node.spawn(Collector, Box())
+        ref.binding.add_watcher(other)  # its one watcher
+        with pytest.raises(TooManyRequests):
+            await a.subscribe("t", ref)
+        assert len(a.pubsub.index) == 0
+        assert await a.publish("t", 1) == 0
+        ref.binding.remove_watcher(other)
+        await a.subscribe("t", ref)  # room again: the watcher is added with the subscription
+        assert await a.publish("t", 2) == 1
+        await box.wait_for(1)
+        assert box.bodies() == [2]
 
 
 async def test_acknowledged_mode_redelivers_then_dead_letters(tmp_path: Path) -> None:

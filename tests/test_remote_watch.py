@@ -15,8 +15,9 @@ import trio
 import trio.testing
 from procs import Proc, python_process
 from test_remote import REGISTRY, Counter, Get, pair
+from watch_peer import TARGETS
 
-from trimicro.actors import ActorRef, Terminated, TooManyRequests, ask, cell, start_node
+from trimicro.actors import ActorRef, Node, Terminated, TooManyRequests, ask, cell, start_node
 from trimicro.actors.remote import MAX_REMOTE_WATCHES
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.identity import Authority, NodeIdentity
@@ -55,29 +56,38 @@ FLOOD = 200_000  # watch frames from one peer, as in the report
 PACE = 10_000  # frames between two round trips: the flooding peer reads its answers
 
 
+async def _flood(hostile: Node, frames: int, targets: int) -> None:
+    """``frames`` watch frames from ``hostile`` (each for another watcher), spread over the
+    victim's first ``targets`` actors, reading a round trip every :data:`PACE` frames."""
+    link = hostile.remote.peer("victim").link
+    assert link is not None
+    names = TARGETS[:targets]
+    ping = hostile.remote_ref("victim", "target")
+    for i in range(frames):
+        target = ActorRef("victim", f"/user/{names[i % targets]}", 0)
+        await link.send(watch_frame(target, ActorRef("hostile", f"/temp/w{i}", i + 1)))
+        if i % PACE == PACE - 1:  # (on the same link: after the watches before it)
+            assert await ask(ping, {}, endpoint="Target.ping", timeout=60) == "pong"
+
+
 async def test_a_watch_flood_is_capped_per_peer_and_all_of_it_goes_with_the_link(tmp_path: Path) -> None:
-    """A peer sends 200,000 ``watch`` frames (each for another watcher of one actor): the node
-    keeps MAX_REMOTE_WATCHES of them (and refuses the rest), and when the link closes every one
-    goes: the watcher set and the bindings are back to their baseline, and so is the memory,
+    """A peer sends 200,000 ``watch`` frames (each for another watcher, spread over five
+    actors): the node keeps MAX_REMOTE_WATCHES of them (the peer's cap: below what the five
+    actors' own caps would let in) and refuses the rest, and when the link closes every one
+    goes: the watcher sets and the bindings are back to their baseline, and so is the memory,
     within what the allocators keep. Twice: a second flood from the same node (a new link) is
     capped and cleaned the same, nothing adds up.
 
     Before: 200,000 watchers (+101 MiB) during, 134,464 (+83 MiB) after the link closed."""
+    assert len(TARGETS) * cell.MAX_REMOTE_WATCHERS > MAX_REMOTE_WATCHES  # the peer's cap is what binds
     async with watch_peer(tmp_path) as peer, start_node("observer", home=tmp_path) as observer:
         await observer.connect(peer.address)
         probe = observer.remote_ref("victim", "probe")
         base = await ask(probe, {}, endpoint="Probe.stats")
-        target = ActorRef("victim", "/user/target", 0)
         for _ in range(2):
             async with start_node("hostile", home=tmp_path) as hostile:
                 await hostile.connect(peer.address)
-                link = hostile.remote.peer("victim").link
-                assert link is not None
-                ping = hostile.remote_ref("victim", "target")
-                for i in range(FLOOD):
-                    await link.send(watch_frame(target, ActorRef("hostile", f"/temp/w{i}", i + 1)))
-                    if i % PACE == PACE - 1:  # (on the same link: after the watches before it)
-                        assert await ask(ping, {}, endpoint="Target.ping", timeout=60) == "pong"
+                await _flood(hostile, FLOOD, len(TARGETS))
                 during = await ask(
                     hostile.remote_ref("victim", "probe"), {}, endpoint="Probe.stats", timeout=60
                 )
@@ -88,6 +98,21 @@ async def test_a_watch_flood_is_capped_per_peer_and_all_of_it_goes_with_the_link
             assert gone["remote_actors"] == base["remote_actors"]
             assert gone["rss"] - base["rss"] < 40 * MiB  # (8-16 MiB here: arenas kept for reuse)
         assert await ask(observer.remote_ref("victim", "target"), {}, endpoint="Target.ping") == "pong"
+
+
+async def test_a_peers_watches_of_one_actor_leave_room_for_local_watchers(tmp_path: Path) -> None:
+    """A peer floods ONE actor with more watches than an actor may have watchers: it gets
+    ``cell.MAX_REMOTE_WATCHERS`` of them, and an actor of the watched node can still watch it.
+
+    Before: the peer's 65,536 watches filled the actor's set, and every local
+    ``context.watch`` of it was refused with 429."""
+    async with watch_peer(tmp_path) as peer, start_node("hostile", home=tmp_path) as hostile:
+        await hostile.connect(peer.address)
+        await _flood(hostile, cell.MAX_WATCHERS + PACE, 1)
+        probe = hostile.remote_ref("victim", "probe")
+        during = await ask(probe, {}, endpoint="Probe.stats", timeout=60)
+        assert during["each"][0] == cell.MAX_REMOTE_WATCHERS < cell.MAX_WATCHERS
+        assert await ask(probe, {}, endpoint="Probe.watch") == "ok"
 
 
 # ---- unauthenticated connections, across processes ---------------------------------------------

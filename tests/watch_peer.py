@@ -1,10 +1,11 @@
 """A node in its own OS process at which the tests aim hostile peers, reporting what they cost it.
 
 Usage: ``python tests/watch_peer.py HOME NAME``. Listens on 127.0.0.1 (a free port), spawns
-``target`` (an actor to watch) and ``probe`` (which reports the node's resident memory and the
-objects that watches from other nodes leave behind), prints ``address <host:port>`` and serves
-until it is killed. A handshake may take 60 s here (5 s by default), so that a test tells a
-connection the node refused at once from one whose handshake merely timed out.
+``target`` and ``target1``..``target4`` (actors to watch) and ``probe`` (which reports the
+node's resident memory and the objects that watches from other nodes leave behind), prints
+``address <host:port>`` and serves until it is killed. A handshake may take 60 s here (5 s by
+default), so that a test tells a connection the node refused at once from one whose handshake
+merely timed out.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import trio
 
 from trimicro.actors import Actor, Node, start_node
 from trimicro.actors.remote import RemoteActor
+from trimicro.mailbox.errors import MicroError
+
+#: Actors to watch: ``target`` and four more, so a flood can spread over several.
+TARGETS = ("target", "target1", "target2", "target3", "target4")
 
 
 def resident_bytes() -> int:
@@ -50,12 +55,22 @@ class Probe(Actor):
         """Resident memory after a full collection, the target's watchers, and how many
         bindings of refs to actors on other nodes are alive (one per watcher from elsewhere)."""
         gc.collect()
-        target = self.node.cells["/user/target"]
+        each = [len(getattr(self.node.cells[f"/user/{t}"], "_watchers", None) or ()) for t in TARGETS]
         return {
             "rss": resident_bytes(),
-            "watchers": len(getattr(target, "_watchers", None) or ()),
+            "watchers": sum(each),
+            "each": each,
             "remote_actors": sum(1 for o in gc.get_objects() if type(o) is RemoteActor),
         }
+
+    async def watch(self, body: Any) -> str:
+        """A watch of ``target`` by an actor of this node: ``"ok"``, or the refusal's words."""
+        try:
+            self.context.watch(self.node.ref("target"))
+        except MicroError as exc:
+            return f"{exc.code} {exc.detail}"
+        self.context.unwatch(self.node.ref("target"))
+        return "ok"
 
     async def handshakes(self, body: Any) -> int | None:
         """Inbound connections whose handshake is running (``None`` if the node does not count)."""
@@ -74,7 +89,8 @@ async def main(home: str, name: str) -> None:
     async with start_node(name, home=Path(home)) as node:
         node.remote.handshake_timeout = 60.0
         await node.listen("127.0.0.1:0")
-        await node.spawn(Target, name="target")
+        for target in TARGETS:
+            await node.spawn(Target, name=target)
         await node.spawn(Probe, node, name="probe")
         print(f"address {node.address}", flush=True)
         await trio.sleep_forever()

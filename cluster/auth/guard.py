@@ -49,6 +49,7 @@ __all__ = [
     "AUTH_SERVICE",
     "BUILTIN_RULES",
     "CHANGED_OP",
+    "GUARD_ID",
     "WATCH_ENDPOINT",
     "AuthGuard",
     "AuthState",
@@ -65,6 +66,11 @@ log = logging.getLogger("trimicro.auth")
 
 #: The service name the auth service runs under (``trimicro run --store`` serves it).
 AUTH_SERVICE = "auth"
+
+#: The ``id`` of the 401/403 a node's guard answers with (its own rejection of the caller, by
+#: token or rules): a sender tells it from the same codes raised by a handler for its own
+#: reasons (pub/sub's acknowledged mode does not redeliver the first, see docs/auth.md).
+GUARD_ID = "trimicro.auth"
 
 #: The SYSTEM operation by which the auth service tells nodes that the rules or revocations changed.
 CHANGED_OP = "auth.changed"
@@ -314,7 +320,7 @@ class AuthGuard:
         """Apply the rules; a denial is logged (with account and resource) and raised (403)."""
         try:
             self.rules.verify(account, resource)
-        except MicroError:
+        except MicroError as exc:
             self.denied += 1
             log.warning(
                 "denied %s %s (%s) access to %s %s %s",
@@ -325,7 +331,7 @@ class AuthGuard:
                 resource.name,
                 resource.endpoint,
             )
-            raise
+            raise type(exc)(exc.detail, id=GUARD_ID) from None
 
     def admit(
         self, link: Link, action: str, cell: Cell, endpoint: str, headers: Mapping[str, str] | None, msg: Any
@@ -417,7 +423,7 @@ class AuthGuard:
         except MicroError as exc:
             self.denied += 1
             log.warning("refused a %s from node %s: %s", action, link.peer.node_id, exc.detail)
-            raise Unauthorized("unauthorized") from None  # expired, revoked, forged: all look alike
+            raise Unauthorized("unauthorized", id=GUARD_ID) from None  # expired, revoked, forged: all alike
 
     def admit_topic(self, link: Link, headers: Mapping[str, str] | None, topic: str, action: str) -> Account:
         """Publishing or subscribing across nodes: the same accounts and rules, on a topic."""

@@ -54,7 +54,7 @@ import trio
 from trimicro.actors import Actor, ActorRef, Terminated, ask
 from trimicro.actors.cell import DEAD, OK, Cell
 from trimicro.actors.remote import AUTHORIZATION, OUT_HIGH_WATER, Link, Peer, forward_auth
-from trimicro.cluster.auth.guard import fetch_state
+from trimicro.cluster.auth.guard import GUARD_ID, fetch_state
 from trimicro.cluster.auth.rules import Resource
 from trimicro.mailbox.codecs import MSGPACK
 from trimicro.mailbox.envelope import Envelope
@@ -83,6 +83,24 @@ MAX_ROUTE_SENDERS = 64
 #: A 401/403 from a delivery (the receiving node's rules, or a subscriber that raises one) is a
 #: refusal, not a failure to deliver: it would be the same on every attempt, so never redelivered.
 _REFUSED = (Unauthorized, Forbidden)
+
+
+async def _ask_subscriber(sub: Subscription, message: Message) -> None:
+    """An acknowledged delivery to a subscriber of this node. Its handler's 401/403 (refused by
+    some service it called) is its own failure, not this node's guard refusing the delivery:
+    answered with the subscriber's id, so the publisher redelivers it (see :func:`_refusal`)."""
+    try:
+        await ask(sub.ref, message)
+    except _REFUSED as exc:
+        if exc.id != GUARD_ID:
+            raise
+        raise type(exc)(exc.detail, id=sub.ref.path) from None
+
+
+def _refusal(exc: MicroError) -> bool:
+    """Whether a delivery's error is the receiving node's guard refusing it (401/403 with the
+    guard's id), not a subscriber's handler failing with the same code for its own reasons."""
+    return isinstance(exc, _REFUSED) and exc.id == GUARD_ID
 
 
 @attrs.frozen
@@ -235,13 +253,18 @@ class PubSub:
         if not isinstance(cell, Cell) or cell.node is not self.node:
             raise BadRequest("subscribe a local actor (subscribe on the node where it runs)")
         sub = Subscription(pattern, ref, queue, policy)
-        self.index.add(pattern, sub, queue)
+        watched = bool(self._by_actor.get(ref)) or self._watcher is None
+        if not watched:  # first: a refusal (429, the actor's watchers full) leaves nothing behind
+            cell.add_watcher(self._watcher)  # type: ignore[arg-type]
+        try:
+            self.index.add(pattern, sub, queue)
+        except BaseException:
+            if not watched:
+                cell.remove_watcher(self._watcher)  # type: ignore[arg-type]
+            raise
         if queue:
             self._groups += 1
-        subs = self._by_actor.setdefault(ref, [])
-        if not subs and self._watcher is not None:
-            cell.add_watcher(self._watcher)
-        subs.append(sub)
+        self._by_actor.setdefault(ref, []).append(sub)
         self._interest_changed()
         await trio.lowlevel.checkpoint()
         return sub
@@ -654,8 +677,20 @@ class PubSub:
         if self.cluster.auth is not None and any(n != self.node.id for plan in plans for n, _, _ in plan):
             await self._admit(topic, token)  # 401/403 before anything is delivered
         acked = 0
-        for candidates in plans:
-            acked += await self._ack_loop(message, ack_timeout, max_deliveries, candidates, token)
+        refused: list[tuple[str, MicroError]] = []
+        for candidates in plans:  # every plan, whatever an earlier one's receivers refused
+            n, refusal = await self._ack_loop(message, ack_timeout, max_deliveries, candidates, token)
+            acked += n
+            if refusal is not None:
+                refused.append(refusal)
+        if refused:  # after the rest was delivered: a retry of the publish duplicates those
+            first = refused[0][1]
+            nodes = ", ".join(sorted({node_id for node_id, _ in refused}))
+            raise type(first)(
+                f"{first.detail}: refused by node {nodes} ({len(refused)} of {len(plans)} deliveries; "
+                f"{acked} acked)",
+                id=GUARD_ID,
+            )
         return acked
 
     def _group_candidates(self, topic: str, group: str) -> list[_Candidate]:
@@ -677,18 +712,26 @@ class PubSub:
         max_deliveries: int,
         candidates: list[_Candidate],
         token: str | None = None,
-    ) -> int:
-        """Deliver until acked, rotating over ``candidates``; dead-letter after max_deliveries."""
-        if not candidates:
-            return 0
+    ) -> tuple[int, tuple[str, MicroError] | None]:
+        """Deliver until acked, rotating over ``candidates``; dead-letter after max_deliveries.
+
+        ``(1, None)`` once acked; ``(0, (node, refusal))`` if the receiving nodes' guards
+        refused it (:func:`_refusal`): a refusing node is not tried again, the others of a
+        queue group are, and a message every candidate refused is neither redelivered nor
+        dead-lettered; ``(0, None)`` once dead-lettered.
+        """
+        candidates = list(candidates)
+        refusal: tuple[str, MicroError] | None = None
         last: BaseException | None = None
         for attempt in range(max_deliveries):
+            if not candidates:
+                return 0, refusal
             node_id, group, sub = candidates[attempt % len(candidates)]
             delivery = attrs.evolve(message, delivery=attempt + 1)
             try:
                 if sub is not None:
                     await ask(sub.ref, delivery, timeout=ack_timeout)
-                    return 1
+                    return 1, None
                 ref = self.node.remote_ref(node_id, "trimicro-pubsub")
                 body = {
                     "t": message.topic,
@@ -699,17 +742,21 @@ class PubSub:
                 }
                 auth = {AUTHORIZATION: token} if token else None  # the publisher is the caller
                 if await ask(ref, body, endpoint="PubSub.deliver", timeout=ack_timeout, headers=auth):
-                    return 1
-            except _REFUSED:
-                raise  # a refusal stays one on every delivery: not redelivered, not dead-lettered
+                    return 1, None
             except MicroError as exc:
-                last = exc
+                if sub is None and _refusal(exc):  # stays one on every delivery to that node
+                    refusal = (node_id, exc)
+                    candidates.remove((node_id, group, sub))
+                else:
+                    last = exc
+        if not candidates:  # refused wherever it went: no dead letter
+            return 0, refusal
         log.warning("message on %s not acked after %d deliveries: %s", message.topic, max_deliveries, last)
         try:
             await self.publish(DEAD_LETTER_PREFIX + message.topic, message.body, headers=message.headers)
         except _REFUSED:  # the dead letter is this node's, and its refusal not the publisher's to see
             log.warning("dead letter of a message on %s refused by the rules", message.topic)
-        return 0
+        return 0, refusal
 
     async def _deliver_acked_locally(self, body: Any) -> bool:
         topic, payload, headers, group, n = body["t"], body["b"], body["h"], body["g"], body["n"]
@@ -720,10 +767,10 @@ class PubSub:
             if not members:
                 raise ServiceUnavailable(f"no member of {group} here")
             sub = members[next(self._rr) % len(members)]
-            await ask(sub.ref, message)
+            await _ask_subscriber(sub, message)
             return True
         for sub in match.plain:
-            await ask(sub.ref, message)
+            await _ask_subscriber(sub, message)
         return True
 
     # ---- handler subscriptions (no actor of one's own) -----------------------------------------
