@@ -786,3 +786,52 @@ async def test_a_refused_ask_or_stream_hides_whether_the_actor_or_endpoint_exist
         await add_rule(a, "ghost-callers", "*", "actor:/user/ghost:*")
         await synced(a, b)
         assert await code_of_ask(ghost) == 404
+
+
+class _SlowRevocationScan(MemoryStore):
+    """A store whose next scan of the revocations waits for ``go``: a state read in flight
+    while a revocation lands, which a busy machine makes happen on its own now and then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scanning = trio.Event()
+        self.go = trio.Event()
+        self.hold = False
+
+    async def read(self, key: str, **options: Any) -> list[Any]:
+        records = await super().read(key, **options)
+        if self.hold and key.endswith("revoked/") and options.get("prefix"):
+            self.hold = False
+            self.scanning.set()
+            await self.go.wait()
+        return records
+
+
+async def test_a_state_read_while_a_revocation_lands_is_never_signed_as_the_new_version(
+    tmp_path: Path,
+) -> None:
+    """The auth service serves calls concurrently: a state read that had scanned the revocations
+    before one landed used to be signed with the version that revocation made, so a node took
+    it as current and did not enforce the revocation until the next change (a flake of
+    test_changes_are_pushed_at_once_and_polled_when_a_push_is_lost)."""
+    store = _SlowRevocationScan()
+    async with start_cluster("n0", registry=MemoryRegistry(), home=tmp_path, auth_refresh=None) as a:
+        await a.serve(AuthService, store, dev_authority(tmp_path).signing_key, name=AUTH_SERVICE)
+        async with trio.open_nursery() as nursery:
+            read: list[dict[str, Any]] = []
+
+            async def read_state() -> None:
+                read.append(await a.call(AUTH_SERVICE, "Auth.state", {}))
+
+            store.hold = True
+            nursery.start_soon(read_state)
+            with trio.fail_after(5):
+                await store.scanning.wait()  # the revocations are read: none yet
+            await a.call(AUTH_SERVICE, "Auth.revoke", {"account": "zoe"})
+            store.go.set()
+        state = open_state(read[0]["signed"], {dev_authority(tmp_path).public_key})
+        current = open_state(
+            (await a.call(AUTH_SERVICE, "Auth.state", {}))["signed"], {dev_authority(tmp_path).public_key}
+        )
+        assert "zoe" in current.revoked["accounts"]
+        assert "zoe" in state.revoked["accounts"] or state.version < current.version

@@ -360,13 +360,18 @@ class AuthService(Actor):
         """The rules and revocations every node enforces, signed by the authority (only the
         epoch and version when the caller already has them)."""
         since = body if isinstance(body, dict) else {}
-        if since.get("epoch") == self.epoch and since.get("version") == self.version:
-            return {"epoch": self.epoch, "version": self.version}
+        # Read the version before the records: a change that lands while the store is read (this
+        # actor serves calls concurrently) then comes signed as the version before it, so the
+        # caller fetches again, instead of the new version with the old records (a node would
+        # miss a revocation until the next change).
+        epoch, version = self.epoch, self.version
+        if since.get("epoch") == epoch and since.get("version") == version:
+            return {"epoch": epoch, "version": version}
         revoked: dict[str, builtins.list[str]] = {"tokens": [], "accounts": [], "nodes": []}
         for record in await self._scan("revoked/"):
             _, _, kind, value = record.key.split("/", 3)
             if kind in revoked:
                 revoked[kind].append(value)
         rules = [Rule.from_dict(r) for r in await self.rules({})]
-        signed = sign_state(self.signing_key, self.epoch, self.version, rules, revoked)
+        signed = sign_state(self.signing_key, epoch, version, rules, revoked)
         return {"signed": signed}
