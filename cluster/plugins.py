@@ -403,3 +403,26 @@ def inproc_transport(url: URL, **options: Any) -> Any:
 
     _no_params(url)
     return _shared_instance(("transport", url.location), lambda: InprocTransport(**options))
+
+
+def cluster_broker(url: URL, **options: Any) -> Any:
+    """``cluster://`` (also ``default://``): the cluster's own pub/sub,
+    :class:`~trimicro.cluster.broker.PubSub`, on the node ``start_cluster`` passes as ``cluster=``."""
+    from .broker import PubSub
+
+    _no_params(url)
+    if url.location not in ("", "/"):
+        raise PluginError(f"{url.text}: cluster:// takes no address (it runs on the cluster's own links)")
+    return PubSub(options.pop("cluster"), **options)
+
+
+def jwt_auth(url: URL, **options: Any) -> Any:
+    """``jwt://`` (also ``default://``): the cluster's JWTs and rules,
+    :class:`~trimicro.cluster.auth.JwtAuth`, for the node ``start_cluster`` passes as ``cluster=``
+    (with its ``audience=`` and ``refresh=``)."""
+    from .auth.default import jwt_auth as build
+
+    _no_params(url)
+    if url.location not in ("", "/"):
+        raise PluginError(f"{url.text}: jwt:// takes no address")
+    return build(options.pop("cluster"), **options)
