@@ -494,6 +494,16 @@ async def start_cluster(
 
     if isinstance(selector, str) and selector not in STRATEGIES:
         raise plugins.PluginError(f"unknown selector {selector!r}; known: {', '.join(STRATEGIES)}")
+    # URLs whose factories take the node are checked before it starts, and loaded after.
+    broker_url = None
+    if broker is None or isinstance(broker, str):
+        broker_url = plugins.require(
+            "broker", plugins.configured("broker", broker, "cluster://") or "cluster://"
+        )
+    auth_url = None
+    if auth is True or (isinstance(auth, str) and auth):
+        given = auth if isinstance(auth, str) else None
+        auth_url = plugins.require("auth", plugins.configured("auth", given, "jwt://") or "jwt://")
 
     chosen_registry, own_registry = plugins.choose("registry", registry, "mdns://")
     chosen_store, own_store = plugins.choose("store", store)
@@ -528,10 +538,9 @@ async def start_cluster(
             if auth:  # False, None or "": no auth
                 from .auth.default import guard_for
 
-                if auth is True or isinstance(auth, str):
-                    url = plugins.configured("auth", auth if isinstance(auth, str) else None, "jwt://")
+                if auth_url is not None:
                     auth = plugins.load(
-                        "auth", url or "jwt://", cluster=cluster, audience=audience, refresh=auth_refresh
+                        "auth", auth_url, cluster=cluster, audience=audience, refresh=auth_refresh
                     )
                 cluster.authn, cluster.auth = guard_for(cluster, auth, audience=audience)
                 node.remote.guard = cluster.auth
@@ -543,10 +552,9 @@ async def start_cluster(
 
                 cluster.membership = Membership(cluster)
                 await nursery.start(cluster.membership.run)
-            if broker is None or isinstance(broker, str):
-                url = plugins.configured("broker", broker, "cluster://") or "cluster://"
-                cluster.pubsub = plugins.load("broker", url, cluster=cluster)
-            elif isinstance(broker, type) or not hasattr(broker, "publish"):
+            if broker_url is not None:
+                cluster.pubsub = plugins.load("broker", broker_url, cluster=cluster)
+            elif callable(broker) and (isinstance(broker, type) or not hasattr(broker, "publish")):
                 cluster.pubsub = broker(cluster)  # a factory (a class too)
             else:
                 cluster.pubsub = broker

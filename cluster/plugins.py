@@ -49,6 +49,7 @@ __all__ = [
     "installed",
     "load",
     "parse_url",
+    "require",
 ]
 
 #: Every entry-point group, by the short name the environment and the CLI use.
@@ -182,6 +183,17 @@ def load(group: str, url: str, **options: Any) -> Any:
         if isinstance(exc, PluginError):
             raise
         raise PluginError(f"{full} {url}: {exc}") from exc
+
+
+def require(group: str, url: str) -> str:
+    """``url`` if ``group`` has a plugin for its scheme, else :class:`UnknownScheme`: checked
+    before a node starts when the factory needs the node itself (a broker, an auth)."""
+    full = _group(group)
+    scheme = parse_url(url).scheme
+    known = sorted(_entries(full))
+    if scheme not in known:
+        raise UnknownScheme(full, scheme, known)
+    return url
 
 
 def configured(kind: str, given: str | None = None, default: str | None = None) -> str | None:
