@@ -44,6 +44,11 @@ def _registry(args: argparse.Namespace) -> str:
     return plugins.configured("registry", getattr(args, "registry", None), "mdns://") or "mdns://"
 
 
+def _broker(args: argparse.Namespace) -> str | None:
+    """``--broker`` (a URL), else ``$TRIMICRO_BROKER``, else the cluster's own (``cluster://``)."""
+    return plugins.configured("broker", getattr(args, "broker", None), "cluster://")
+
+
 def _store_url(args: argparse.Namespace) -> str | None:
     """``--store`` (a URL; a folder path, as before URLs, means LMDB there), else ``$TRIMICRO_STORE``."""
     given = getattr(args, "store", None)
@@ -117,6 +122,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         async with start_cluster(
             args.name,
             registry=_registry(args),
+            broker=_broker(args),
             store=store_url or "",
             listen=args.listen,
             home=_home(args),
@@ -165,6 +171,7 @@ async def _client(args: argparse.Namespace) -> Any:
     return start_cluster(
         f"cli-{uuid.uuid4().hex[:8]}",
         registry=_registry(args),
+        broker=_broker(args),
         store="",
         listen=None,
         home=_home(args),
@@ -452,6 +459,7 @@ def _member_client(args: argparse.Namespace) -> Any:
     return start_cluster(
         f"cli-{uuid.uuid4().hex[:8]}",
         registry=_registry(args),
+        broker=_broker(args),
         store="",
         home=_home(args),
         auth_refresh=None,
@@ -705,13 +713,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plugin_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
-    """``--registry`` and ``--store`` URLs, before or after the subcommand (after wins)."""
+    """``--registry``, ``--broker`` and ``--store`` URLs, before or after the subcommand (after wins)."""
     default = argparse.SUPPRESS if nested else None
     p.add_argument(
         "--registry",
         default=default,
         metavar="URL",
         help="discovery: mdns:// (default; or $TRIMICRO_REGISTRY), memory://, static://, or a plugin's",
+    )
+    p.add_argument(
+        "--broker",
+        default=default,
+        metavar="URL",
+        help="pub/sub: cluster:// (default; or $TRIMICRO_BROKER), or a plugin's",
     )
     p.add_argument(
         "--store",

@@ -47,10 +47,21 @@ from .registry import (
     cluster_fingerprint,
     in_clusters,
 )
-from .selector import CircuitBreaker, Outstanding, RetryPolicy, Selector, Strategy
+from .selector import (
+    STRATEGIES,
+    BreakerSelector,
+    CircuitBreaker,
+    Outstanding,
+    RetryPolicy,
+    Selector,
+    Strategy,
+    selector_named,
+)
 from .service import IDEMPOTENT, describe_endpoints
 
 if TYPE_CHECKING:
+    from .auth import Auth
+    from .broker import Broker
     from .store import Store
 
 __all__ = ["NODE_SERVICE", "Cluster", "call", "start_cluster"]
@@ -75,6 +86,7 @@ class Cluster:
         strategy: Strategy | None,
         retry: RetryPolicy | None,
         seed: int | None,
+        selector: Selector | str | None = None,
     ) -> None:
         self.node = node
         self.registry = registry
@@ -85,7 +97,16 @@ class Cluster:
         self.rng = random.Random(seed)
         self.breaker = CircuitBreaker()
         self.outstanding = Outstanding()
-        self.selector = Selector(strategy, self.breaker, self.rng)
+        self.selector: Selector
+        if selector is None or isinstance(selector, str):
+            if selector is None or strategy is not None:
+                self.selector = BreakerSelector(strategy, self.breaker, self.rng)
+            else:
+                self.selector = selector_named(
+                    selector, breaker=self.breaker, rng=self.rng, outstanding=self.outstanding
+                )
+        else:
+            self.selector = selector
         self.retry = retry or RetryPolicy()
         self.ttl = ttl
         self._nursery = nursery
@@ -95,14 +116,23 @@ class Cluster:
         self.auth: Any = None
         #: What keeps :attr:`auth` current (:class:`~trimicro.cluster.auth.AuthSync`), if anything.
         self.auth_sync: Any = None
+        #: The :class:`~trimicro.cluster.auth.Auth` behind :attr:`auth` (``None`` with ``auth=False``).
+        self.authn: Auth | None = None
         self.membership: Any = None
-        #: Pub/sub on this node (:class:`~trimicro.cluster.broker.PubSub`).
+        #: Pub/sub on this node: the :class:`~trimicro.cluster.broker.Broker`
+        #: (:class:`~trimicro.cluster.broker.PubSub` by default).
         self.pubsub: Any = None
         #: The store ``start_cluster`` was given (``store=``), if any.
         self.store: Store | None = None
         self.announced = False
         node.extensions["cluster"] = self
         node.remote.resolve = self.address_of
+
+    @property
+    def broker(self) -> Broker:
+        """The node's :class:`~trimicro.cluster.broker.Broker` (the same object as :attr:`pubsub`)."""
+        broker: Broker = self.pubsub
+        return broker
 
     @property
     def id(self) -> str:
@@ -274,7 +304,7 @@ class Cluster:
                 )
             except MicroError as exc:
                 if _node_trouble(exc):
-                    self.breaker.failure(info.id, trio.current_time())
+                    self.selector.mark(info.id, exc, now=trio.current_time())
                 attempt += 1
                 delivered = _maybe_delivered(exc)
                 idem = _is_idempotent(services, endpoint)
@@ -294,7 +324,7 @@ class Cluster:
                 continue
             finally:
                 self.outstanding.done(info.id)
-            self.breaker.success(info.id)
+            self.selector.mark(info.id, None, now=0.0)
             return result
 
     def _select(
@@ -421,6 +451,8 @@ async def start_cluster(
     *,
     registry: Registry | str | None = None,
     store: Store | str | None = None,
+    broker: Broker | Callable[[Cluster], Broker] | str | None = None,
+    selector: Selector | str | None = None,
     listen: str | None = "127.0.0.1:0",
     home: Path | None = None,
     identity: Identity | None = None,
@@ -431,7 +463,7 @@ async def start_cluster(
     retry: RetryPolicy | None = None,
     seed: int | None = None,
     types: TypeRegistry | None = None,
-    auth: bool = True,
+    auth: Auth | str | bool = True,
     auth_refresh: float | None = 5.0,
     audience: str | None = None,
     **node_options: Any,
@@ -455,8 +487,30 @@ async def start_cluster(
     ``"lmdb:///var/lib/app"``, ``codecs="msgpack,json"``): see :mod:`trimicro.cluster.plugins`.
     Left out, each comes from ``$TRIMICRO_REGISTRY``, ``$TRIMICRO_STORE``, ``$TRIMICRO_TRANSPORT``,
     ``$TRIMICRO_CODEC`` if set (``store=""``: none even so). What a URL built, the cluster closes.
+
+    ``broker`` (:attr:`Cluster.pubsub`) is a :class:`~trimicro.cluster.broker.Broker`, a
+    factory called with the :class:`Cluster`, or a URL of the ``trimicro.broker`` group (else
+    ``$TRIMICRO_BROKER``, else ``cluster://``: the cluster's own :class:`PubSub`); the cluster
+    starts it and closes it. ``auth`` is ``True`` (``$TRIMICRO_AUTH``, else ``jwt://``: the
+    cluster's tokens and rules), ``False`` (none), a URL of the ``trimicro.auth`` group or an
+    :class:`~trimicro.cluster.auth.Auth`. ``selector`` is a
+    :class:`~trimicro.cluster.selector.Selector` or a strategy name (``"random"``, the default,
+    ``"roundrobin"``, ``"leastoutstanding"``, ``"hash"``). Each is chosen once, at start.
     """
     from . import plugins
+
+    if isinstance(selector, str) and selector not in STRATEGIES:
+        raise plugins.PluginError(f"unknown selector {selector!r}; known: {', '.join(STRATEGIES)}")
+    # URLs whose factories take the node are checked before it starts, and loaded after.
+    broker_url = None
+    if broker is None or isinstance(broker, str):
+        broker_url = plugins.require(
+            "broker", plugins.configured("broker", broker, "cluster://") or "cluster://"
+        )
+    auth_url = None
+    if auth is True or (isinstance(auth, str) and auth):
+        given = auth if isinstance(auth, str) else None
+        auth_url = plugins.require("auth", plugins.configured("auth", given, "jwt://") or "jwt://")
 
     chosen_registry, own_registry = plugins.choose("registry", registry, "mdns://")
     chosen_store, own_store = plugins.choose("store", store)
@@ -477,32 +531,40 @@ async def start_cluster(
             ) as node,
             trio.open_nursery() as nursery,
         ):
-            cluster = Cluster(node, registry_, nursery, ttl=ttl, strategy=strategy, retry=retry, seed=seed)
+            cluster = Cluster(
+                node,
+                registry_,
+                nursery,
+                ttl=ttl,
+                strategy=strategy,
+                retry=retry,
+                seed=seed,
+                selector=selector,
+            )
             cluster.store = store_
-            if auth:
-                from .auth.guard import AuthGuard, AuthSync, close_revoked_links, node_account
+            if auth:  # False, None or "": no auth
+                from .auth.default import guard_for
 
-                identity = node.remote.identity
-                cert = getattr(identity, "cert", None)
-                cluster.auth = AuthGuard(
-                    getattr(identity, "trusted", ()),
-                    service_of=cluster.service_of,
-                    audience=audience,
-                    own=None if cert is None else node_account(cert),
-                )
-                cluster.auth.on_apply.append(lambda: close_revoked_links(cluster))
+                if auth_url is not None:
+                    auth = plugins.load(
+                        "auth", auth_url, cluster=cluster, audience=audience, refresh=auth_refresh
+                    )
+                cluster.authn, cluster.auth = guard_for(cluster, auth, audience=audience)
                 node.remote.guard = cluster.auth
-                if auth_refresh is not None:
-                    cluster.auth_sync = AuthSync(cluster, cluster.auth, auth_refresh)
+                cluster.auth_sync = getattr(cluster.authn, "sync", None)
+                if cluster.auth_sync is not None:
                     nursery.start_soon(cluster.auth_sync.run)
             if membership:
                 from .membership import Membership
 
                 cluster.membership = Membership(cluster)
                 await nursery.start(cluster.membership.run)
-            from .broker import PubSub
-
-            cluster.pubsub = PubSub(cluster)
+            if broker_url is not None:
+                cluster.pubsub = plugins.load("broker", broker_url, cluster=cluster)
+            elif callable(broker) and (isinstance(broker, type) or not hasattr(broker, "publish")):
+                cluster.pubsub = broker(cluster)  # a factory (a class too)
+            else:
+                cluster.pubsub = broker
             await cluster.pubsub.start()
             if announce:
                 await registry_.register(cluster._node_record(), ttl=ttl)
@@ -521,6 +583,7 @@ async def start_cluster(
                         await registry_.deregister(cluster._node_record())
                     if cluster.membership is not None:
                         cluster.membership.leave()
+                    await cluster.pubsub.close()
                 nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):

@@ -49,6 +49,7 @@ __all__ = [
     "installed",
     "load",
     "parse_url",
+    "require",
 ]
 
 #: Every entry-point group, by the short name the environment and the CLI use.
@@ -182,6 +183,17 @@ def load(group: str, url: str, **options: Any) -> Any:
         if isinstance(exc, PluginError):
             raise
         raise PluginError(f"{full} {url}: {exc}") from exc
+
+
+def require(group: str, url: str) -> str:
+    """``url`` if ``group`` has a plugin for its scheme, else :class:`UnknownScheme`: checked
+    before a node starts when the factory needs the node itself (a broker, an auth)."""
+    full = _group(group)
+    scheme = parse_url(url).scheme
+    known = sorted(_entries(full))
+    if scheme not in known:
+        raise UnknownScheme(full, scheme, known)
+    return url
 
 
 def configured(kind: str, given: str | None = None, default: str | None = None) -> str | None:
@@ -403,3 +415,26 @@ def inproc_transport(url: URL, **options: Any) -> Any:
 
     _no_params(url)
     return _shared_instance(("transport", url.location), lambda: InprocTransport(**options))
+
+
+def cluster_broker(url: URL, **options: Any) -> Any:
+    """``cluster://`` (also ``default://``): the cluster's own pub/sub,
+    :class:`~trimicro.cluster.broker.PubSub`, on the node ``start_cluster`` passes as ``cluster=``."""
+    from .broker import PubSub
+
+    _no_params(url)
+    if url.location not in ("", "/"):
+        raise PluginError(f"{url.text}: cluster:// takes no address (it runs on the cluster's own links)")
+    return PubSub(options.pop("cluster"), **options)
+
+
+def jwt_auth(url: URL, **options: Any) -> Any:
+    """``jwt://`` (also ``default://``): the cluster's JWTs and rules,
+    :class:`~trimicro.cluster.auth.JwtAuth`, for the node ``start_cluster`` passes as ``cluster=``
+    (with its ``audience=`` and ``refresh=``)."""
+    from .auth.default import jwt_auth as build
+
+    _no_params(url)
+    if url.location not in ("", "/"):
+        raise PluginError(f"{url.text}: jwt:// takes no address")
+    return build(options.pop("cluster"), **options)

@@ -168,7 +168,8 @@ def test_trimicro_plugins_lists_every_group_with_schemes_and_distributions() -> 
     ).stdout
     assert table.splitlines()[0].split() == ["GROUP", "SCHEME", "DISTRIBUTION"]
     assert ["trimicro.store", "lmdb://", "trimicro"] in [line.split() for line in table.splitlines()]
-    assert ["trimicro.broker", "-", "(none", "installed)"] in [line.split() for line in table.splitlines()]
+    assert ["trimicro.broker", "cluster://", "trimicro"] in [line.split() for line in table.splitlines()]
+    assert ["trimicro.auth", "jwt://", "trimicro"] in [line.split() for line in table.splitlines()]
 
 
 # ---- the example plugin, installed and used across processes -----------------------------------

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from trimicro.cluster.registry import Endpoint, NodeInfo, Service
 from trimicro.cluster.selector import (
+    BreakerSelector,
     BreakerState,
     CircuitBreaker,
     ConsistentHash,
@@ -23,7 +24,6 @@ from trimicro.cluster.selector import (
     RandomStrategy,
     RetryPolicy,
     RoundRobin,
-    Selector,
     filter_nodes,
 )
 from trimicro.mailbox.errors import (
@@ -468,7 +468,7 @@ def test_may_retry_combines_attempts_rule_and_budget() -> None:
 
 def test_selector_default_is_seeded_random() -> None:
     pool = [service("a", "b", "c")]
-    first, again = Selector(rng=random.Random(2)), Selector(rng=random.Random(2))
+    first, again = BreakerSelector(rng=random.Random(2)), BreakerSelector(rng=random.Random(2))
     picks = [first.select(pool, now=0.0).id for _ in range(100)]
     assert picks == [again.select(pool, now=0.0).id for _ in range(100)]
     assert set(picks) == {"a", "b", "c"}
@@ -476,7 +476,7 @@ def test_selector_default_is_seeded_random() -> None:
 
 
 def test_selector_skips_excluded_nodes() -> None:
-    selector = Selector(rng=random.Random(4))
+    selector = BreakerSelector(rng=random.Random(4))
     pool = [service("a", "b", "c")]
     assert {selector.select(pool, now=0.0, exclude={"a", "b"}).id for _ in range(20)} == {"c"}
     # Everything tried already: try again rather than refuse.
@@ -485,7 +485,7 @@ def test_selector_skips_excluded_nodes() -> None:
 
 def test_selector_skips_open_breakers() -> None:
     breaker = CircuitBreaker(failure_threshold=1, open_for=1.0)
-    selector = Selector(breaker=breaker, rng=random.Random(4))
+    selector = BreakerSelector(breaker=breaker, rng=random.Random(4))
     pool = [service("a", "b", "c")]
     breaker.failure("a", 0.0)
     breaker.mark_down("b", 0.0)
@@ -494,7 +494,7 @@ def test_selector_skips_open_breakers() -> None:
 
 def test_selector_falls_back_to_least_recently_failed_when_all_open() -> None:
     breaker = CircuitBreaker(failure_threshold=1, open_for=10.0)
-    selector = Selector(breaker=breaker, rng=random.Random(4))
+    selector = BreakerSelector(breaker=breaker, rng=random.Random(4))
     pool = [service("a", "b", "c")]
     breaker.failure("a", 2.0)
     breaker.failure("b", 1.0)
@@ -507,7 +507,7 @@ def test_selector_falls_back_to_least_recently_failed_when_all_open() -> None:
 
 def test_selector_claims_the_half_open_trial_for_the_picked_node_only() -> None:
     breaker = CircuitBreaker(failure_threshold=1, open_for=1.0)
-    selector = Selector(strategy=RoundRobin(), breaker=breaker)
+    selector = BreakerSelector(strategy=RoundRobin(), breaker=breaker)
     pool = [service("a", "b")]
     breaker.failure("a", 0.0)
     breaker.failure("b", 0.0)
@@ -518,7 +518,7 @@ def test_selector_claims_the_half_open_trial_for_the_picked_node_only() -> None:
 
 
 def test_selector_with_consistent_hash_fails_over_to_the_second_choice() -> None:
-    selector = Selector(strategy=ConsistentHash())
+    selector = BreakerSelector(strategy=ConsistentHash())
     pool = [service("a", "b", "c", "d")]
     owner = selector.select(pool, now=0.0, key="cart-42")
     assert selector.select(pool, now=0.0, key="cart-42") == owner
@@ -528,14 +528,14 @@ def test_selector_with_consistent_hash_fails_over_to_the_second_choice() -> None
 
 
 def test_selector_applies_filters() -> None:
-    selector = Selector(rng=random.Random(1))
+    selector = BreakerSelector(rng=random.Random(1))
     picks = {selector.select([V1, V2], now=0.0, version="v2", metadata={"zone": "a"}).id for _ in range(10)}
     assert picks == {"n4"}
     assert selector.select([V1, V2], now=0.0, endpoint="Greeter.bye").id in {"n3", "n4"}
 
 
 def test_selector_raises_no_nodes_when_nothing_matches() -> None:
-    selector = Selector()
+    selector = BreakerSelector()
     with pytest.raises(NoNodes) as info:
         selector.select([V1, V2], now=0.0, version="v9")
     assert isinstance(info.value, ServiceUnavailable)
@@ -563,14 +563,14 @@ def test_selector_raises_no_nodes_when_nothing_matches() -> None:
 )
 def test_selector_report_feeds_the_breaker(error: BaseException | None, counts_as_failure: bool) -> None:
     breaker = CircuitBreaker(failure_threshold=1, open_for=1.0)
-    selector = Selector(breaker=breaker)
+    selector = BreakerSelector(breaker=breaker)
     selector.report("a", now=0.0, error=error)
     assert (breaker.state("a", 0.0) is BreakerState.OPEN) is counts_as_failure
 
 
 def test_selector_report_success_closes_and_cancellation_is_neutral() -> None:
     breaker = CircuitBreaker(failure_threshold=2, open_for=1.0)
-    selector = Selector(breaker=breaker)
+    selector = BreakerSelector(breaker=breaker)
     selector.report("a", now=0.0, error=ServiceUnavailable("x"))
     selector.report("a", now=0.0, error=KeyboardInterrupt())  # says nothing about the node
     selector.report("a", now=0.0)

@@ -321,17 +321,21 @@ class AuthGuard:
         try:
             self.rules.verify(account, resource)
         except MicroError as exc:
-            self.denied += 1
-            log.warning(
-                "denied %s %s (%s) access to %s %s %s",
-                account.type,
-                account.id,
-                ",".join(account.scopes),
-                resource.type,
-                resource.name,
-                resource.endpoint,
-            )
+            self.denied_access(account, resource)
             raise type(exc)(exc.detail, id=GUARD_ID) from None
+
+    def denied_access(self, account: Account, resource: Resource) -> None:
+        """Count and log a denial (with account and resource)."""
+        self.denied += 1
+        log.warning(
+            "denied %s %s (%s) access to %s %s %s",
+            account.type,
+            account.id,
+            ",".join(account.scopes),
+            resource.type,
+            resource.name,
+            resource.endpoint,
+        )
 
     def admit(
         self, link: Link, action: str, cell: Cell, endpoint: str, headers: Mapping[str, str] | None, msg: Any

@@ -1,19 +1,33 @@
 """Broker: the cluster's publish/subscribe, Go Micro's broker on the cluster's own links.
 
+- :class:`Broker`: the interface (a Protocol), Go Micro's ``broker.Broker`` adapted to what the
+  cluster's pub/sub offers: ``start`` (Go Micro's ``Connect``), ``publish`` (with acknowledged
+  mode: ``ack=True``), ``subscribe`` a local actor (with a queue group: ``queue=``),
+  ``unsubscribe``, and ``close`` (``Disconnect``);
 - :mod:`.topics`: subjects and patterns (``a.b.c``, ``*`` one token, ``>`` the rest) and the
   index that matches a subject against many subscriptions (sans-I/O);
 - :mod:`.pubsub`: :class:`PubSub`, the default broker: per-node topic actors, queue groups,
   interest spread to peers, dead letters, and the sender-side auth check of each publish.
 
-The cluster wiring (:func:`trimicro.cluster.start_cluster`) starts one :class:`PubSub` per node
-(``cluster.pubsub``).
+The cluster wiring (:func:`trimicro.cluster.start_cluster`) builds one broker per node
+(``cluster.pubsub``), once at start: ``broker=`` an instance, a factory taking the
+:class:`~trimicro.cluster.Cluster`, or a URL of the ``trimicro.broker`` entry-point group
+(``cluster://``, also ``default://``: :class:`PubSub`), else ``$TRIMICRO_BROKER``. It calls
+``start`` before the node announces itself and ``close`` when the node stops.
 """
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from trimicro.actors import ActorRef
 
 from .pubsub import DEAD_LETTER_PREFIX, Message, Policy, PubSub, Subscription
 from .topics import InvalidSubject, matches, validate_pattern, validate_subject
 
 __all__ = [
     "DEAD_LETTER_PREFIX",
+    "Broker",
     "InvalidSubject",
     "Message",
     "Policy",
@@ -23,3 +37,39 @@ __all__ = [
     "validate_pattern",
     "validate_subject",
 ]
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """Publish and subscribe across the cluster (Go Micro's ``broker.Broker``).
+
+    A subscriber is a local actor that handles :class:`Message`. ``publish`` returns the number
+    of deliveries made (acknowledged ones with ``ack=True``: at least once, redelivered up to
+    ``max_deliveries`` times, then dead-lettered on ``$dead.<topic>``); a bad subject is a
+    400, a publish the auth rules refuse a 401/403 before anything is delivered.
+    """
+
+    async def start(self) -> None:
+        """Connect: called once by ``start_cluster`` before the node announces itself."""
+        ...
+
+    async def publish(
+        self,
+        topic: str,
+        body: Any,
+        *,
+        headers: dict[str, str] | None = None,
+        ack: bool = False,
+        ack_timeout: float = 5.0,
+        max_deliveries: int = 5,
+    ) -> int: ...
+
+    async def subscribe(
+        self, pattern: str, ref: ActorRef, *, queue: str | None = None, policy: Policy = "block"
+    ) -> Subscription: ...
+
+    def unsubscribe(self, sub: Subscription) -> None: ...
+
+    async def close(self) -> None:
+        """Disconnect: called once by ``start_cluster`` when the node stops."""
+        ...

@@ -236,6 +236,10 @@ class PubSub:
         if self.cluster.membership is not None:
             self.cluster.membership.listeners.append(self._member_event)
 
+    async def close(self) -> None:
+        """Nothing to release: the topic actors and the links stop with the node."""
+        await trio.lowlevel.checkpoint()
+
     # ---- subscribing -----------------------------------------------------------------------------
 
     async def subscribe(

@@ -21,7 +21,15 @@ Why these strategies:
   wins move to it. No ring, no virtual nodes, and excluding a failed node falls through to
   the key's second-best node.
 
-A :class:`Selector` ties them together: filter the registry records, skip nodes this call
+The interface is :class:`Selector` (a Protocol: ``select``, ``mark``, ``reset``; Go Micro's
+``Select(service) -> Next``, ``Mark(node, err)``, ``Reset(service)``, adapted: the cluster's
+``call()`` asks ``select`` once per attempt, passing the nodes this call already tried in
+``exclude``, which is what Go Micro's ``Next`` closure remembers). :func:`selector_named` builds
+the default for a strategy name (``"random"``, the default as in Go Micro, ``"roundrobin"``,
+``"leastoutstanding"``, ``"hash"``); ``start_cluster(selector=...)`` takes such a name or any
+object with these three methods, chosen once at start.
+
+A :class:`BreakerSelector` (the default) ties them together: filter the registry records, skip nodes this call
 already tried and nodes whose breaker is open, let the strategy pick. Like Go Micro it never
 refuses while matching nodes exist: when every breaker is open it falls back to the node that
 failed least recently. :class:`RetryPolicy` tells the ``call()`` layer whether an error may be
@@ -36,7 +44,7 @@ import random
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import attrs
 
@@ -44,6 +52,8 @@ from trimicro.cluster.registry import NodeInfo, Service
 from trimicro.mailbox.errors import MicroError, ServiceUnavailable
 
 __all__ = [
+    "STRATEGIES",
+    "BreakerSelector",
     "BreakerState",
     "CircuitBreaker",
     "ConsistentHash",
@@ -56,6 +66,7 @@ __all__ = [
     "Selector",
     "Strategy",
     "filter_nodes",
+    "selector_named",
 ]
 
 
@@ -309,6 +320,10 @@ class CircuitBreaker:
         """Drop all state of ``node_id`` (it left the registry)."""
         self._circuits.pop(node_id, None)
 
+    def forget_all(self) -> None:
+        """Drop the state of every node."""
+        self._circuits.clear()
+
     def last_failure(self, node_id: str) -> float:
         """When ``node_id`` last failed (``-inf`` if it never did or has recovered)."""
         circuit = self._circuits.get(node_id)
@@ -432,8 +447,35 @@ def _describe(
     return f"{text} matching {', '.join(wanted)}" if wanted else text
 
 
-class Selector:
-    """Filters, circuit breaker and strategy in one ``select`` (Go Micro's ``selector.Selector``)."""
+@runtime_checkable
+class Selector(Protocol):
+    """Which node gets the next attempt of a call (Go Micro's ``selector.Selector``).
+
+    Sans-I/O: the caller passes the registry records and ``now``. ``select`` raises
+    :class:`NoNodes` (503) when no node matches; ``mark`` hears how an attempt went (``error``
+    ``None``: it succeeded; the cluster marks only node trouble: 503, 429, unreachable);
+    ``reset`` forgets what was learnt about one node (``None``: about every node).
+    """
+
+    def select(
+        self,
+        services: Sequence[Service],
+        *,
+        now: float,
+        key: str | None = None,
+        version: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        endpoint: str | None = None,
+        exclude: Collection[str] = (),
+    ) -> NodeInfo: ...
+
+    def mark(self, node_id: str, error: BaseException | None = None, *, now: float) -> None: ...
+
+    def reset(self, node_id: str | None = None) -> None: ...
+
+
+class BreakerSelector:
+    """Filters, circuit breaker and strategy in one ``select``: the default :class:`Selector`."""
 
     def __init__(
         self,
@@ -490,3 +532,45 @@ class Selector:
             self.breaker.success(node_id)
         else:
             self.breaker.failure(node_id, now)
+
+    def mark(self, node_id: str, error: BaseException | None = None, *, now: float) -> None:
+        """:meth:`report` in the :class:`Selector` protocol's words."""
+        self.report(node_id, now=now, error=error)
+
+    def reset(self, node_id: str | None = None) -> None:
+        """Close the breaker of ``node_id`` (``None``: of every node) and forget its failures."""
+        if node_id is None:
+            self.breaker.forget_all()
+        else:
+            self.breaker.forget(node_id)
+
+
+#: The strategy names :func:`selector_named` (and ``start_cluster(selector=...)``) knows.
+STRATEGIES = ("random", "roundrobin", "leastoutstanding", "hash")
+
+
+def selector_named(
+    name: str,
+    *,
+    breaker: CircuitBreaker | None = None,
+    rng: random.Random | None = None,
+    outstanding: Outstanding | None = None,
+) -> BreakerSelector:
+    """The default selector with the strategy called ``name`` (see :data:`STRATEGIES`).
+
+    ``outstanding`` is the in-flight count the ``call()`` layer keeps (for
+    ``"leastoutstanding"``); an unknown name is a ``ValueError`` naming the known ones.
+    """
+    rng = rng if rng is not None else random.Random()
+    strategy: Strategy
+    if name == "random":
+        strategy = RandomStrategy(rng)
+    elif name == "roundrobin":
+        strategy = RoundRobin()
+    elif name == "leastoutstanding":
+        strategy = LeastOutstanding(rng, outstanding)
+    elif name == "hash":
+        strategy = ConsistentHash()
+    else:
+        raise ValueError(f"unknown selector {name!r}; known: {', '.join(STRATEGIES)}")
+    return BreakerSelector(strategy, breaker, rng)
