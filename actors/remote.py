@@ -36,7 +36,7 @@ import trio
 from nacl.signing import SigningKey
 from trio.lowlevel import ParkingLot
 
-from trimicro.mailbox.codecs import Codec, CodecSet
+from trimicro.mailbox.codec import Codec, CodecSet
 from trimicro.mailbox.envelope import Envelope, Kind, decode_envelope, encode_envelope
 from trimicro.mailbox.errors import (
     BadRequest,
@@ -50,7 +50,7 @@ from trimicro.mailbox.errors import (
 )
 from trimicro.mailbox.framing import DEFAULT_MAX_FRAME_SIZE
 from trimicro.mailbox.refs import ActorRef, ref_binder
-from trimicro.mailbox.secure_stream import SecureConnection, secure_client, secure_server
+from trimicro.mailbox.secure.stream import SecureConnection, secure_client, secure_server
 from trimicro.mailbox.transport import Connection, Listener, Transport, serve
 
 from .busypoll import DEFAULT_BUSY_POLL, PROBE_EVERY, BusyPoller
@@ -106,7 +106,7 @@ MAX_HANDSHAKES = 256
 
 
 class Identity(Protocol):
-    """What a node needs to prove who it is and to judge peers (see ``trimicro.mailbox.identity``)."""
+    """What a node needs to prove who it is and to judge peers (see ``trimicro.mailbox.secure.identity``)."""
 
     signing_key: SigningKey
     certificate: bytes

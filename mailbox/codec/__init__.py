@@ -21,9 +21,9 @@ from typing import Any, Protocol, TypeVar
 import cbor2
 import msgpack
 
+from trimicro.mailbox.codec.typeregistry import DecodeError, EncodeError, TypeRegistry, default_registry
 from trimicro.mailbox.errors import BadRequest
 from trimicro.mailbox.limits import DEFAULT_LIMITS, DecodeLimits
-from trimicro.mailbox.typeregistry import DecodeError, EncodeError, TypeRegistry, default_registry
 
 __all__ = [
     "CBOR",
@@ -38,8 +38,10 @@ __all__ = [
     "EncodeError",
     "JsonCodec",
     "MsgpackCodec",
+    "TypeRegistry",
     "UnsupportedContentType",
     "cbor_prescan",
+    "default_registry",
 ]
 
 MSGPACK = "application/msgpack"
