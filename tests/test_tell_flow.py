@@ -1,4 +1,4 @@
-"""Flow control of tells per target actor between two nodes (trimicro.actors.tellflow), in one
+"""Flow control of tells per target actor between two nodes (trimicro.actors.remote.tellflow), in one
 process: a slow actor's tells are held back alone, in order, with nothing lost, and the rest of
 the link goes on. (Across real processes: test_tell_flow_process.py.)"""
 
@@ -23,13 +23,12 @@ from trimicro.actors import (
     ask,
     bounded,
     tell,
-    tellflow,
     try_tell,
 )
 from trimicro.actors import remote as remote_module
-from trimicro.actors.remote import Link
+from trimicro.actors.remote import Link, tellflow
+from trimicro.actors.remote.tellflow import TELL_WINDOW, Backlog
 from trimicro.actors.streams import Stream
-from trimicro.actors.tellflow import TELL_WINDOW, Backlog
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.refs import ActorRef
 

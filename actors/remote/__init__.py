@@ -53,15 +53,15 @@ from trimicro.mailbox.refs import ActorRef, ref_binder
 from trimicro.mailbox.secure.stream import SecureConnection, secure_client, secure_server
 from trimicro.mailbox.transport import Connection, Listener, Transport, serve
 
-from .busypoll import DEFAULT_BUSY_POLL, PROBE_EVERY, BusyPoller
-from .cell import DEAD, FULL, OK, Cell, Reply, Stopped, current_item
-from .messages import Terminated
-from .remote_watch import MAX_REMOTE_WATCHES, PeerWatches, on_unwatch, on_watch
-from .streams import DEFAULT_WINDOW, Stream
+from ..busypoll import DEFAULT_BUSY_POLL, PROBE_EVERY, BusyPoller
+from ..cell import DEAD, FULL, OK, Cell, Reply, Stopped, current_item
+from ..messages import Terminated
+from ..streams import DEFAULT_WINDOW, Stream
 from .tellflow import BACKLOG_BYTES, HOLD_AFTER, Backlog, on_held, on_hold
+from .watch import MAX_REMOTE_WATCHES, PeerWatches, on_unwatch, on_watch
 
 if TYPE_CHECKING:
-    from .node import Node
+    from ..node import Node
 
 __all__ = [
     "AUTHORIZATION",
