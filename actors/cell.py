@@ -48,7 +48,7 @@ OK, FULL, DEAD = range(3)
 BATCH = 128
 #: Watchers one actor may have at once (local ones and those of other nodes together): watches
 #: arrive from peers, and every set fed by peers has a bound (a peer's own share is smaller:
-#: ``remote.MAX_REMOTE_WATCHES``).
+#: ``remote.watch.MAX_REMOTE_WATCHES``).
 MAX_WATCHERS = 65536
 
 #: The cell whose handler runs in the current task (the implicit sender of tell/ask).

@@ -32,7 +32,8 @@ from trimicro.actors import (
     tell,
 )
 from trimicro.actors.busypoll import PROBE_EVERY
-from trimicro.actors.remote import TellBatch, Unreachable
+from trimicro.actors.remote import Unreachable
+from trimicro.actors.remote.batching import TellBatch
 from trimicro.mailbox.codec import TypeRegistry
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.secure.identity import Authority, NodeIdentity

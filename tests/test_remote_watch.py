@@ -17,7 +17,7 @@ from procs import Proc, python_process
 from test_remote import REGISTRY, Counter, Get, pair
 
 from trimicro.actors import ActorRef, Terminated, TooManyRequests, ask, cell, start_node
-from trimicro.actors.remote import MAX_REMOTE_WATCHES
+from trimicro.actors.remote.watch import MAX_REMOTE_WATCHES
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.secure.identity import Authority, NodeIdentity
 

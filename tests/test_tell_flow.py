@@ -27,6 +27,7 @@ from trimicro.actors import (
 )
 from trimicro.actors import remote as remote_module
 from trimicro.actors.remote import Link, tellflow
+from trimicro.actors.remote import link as link_module
 from trimicro.actors.remote.tellflow import TELL_WINDOW, Backlog
 from trimicro.actors.streams import Stream
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
@@ -207,8 +208,8 @@ async def test_a_peer_without_the_feature_gets_the_old_backpressure() -> None:
 async def test_a_peer_that_does_not_hold_back_is_stopped_by_the_backlog_bound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(remote_module, "BACKLOG_BYTES", 16 * 1024)
-    monkeypatch.setattr(remote_module, "on_hold", lambda link, env, most: None)  # ignoring holds
+    monkeypatch.setattr(link_module, "BACKLOG_BYTES", 16 * 1024)
+    monkeypatch.setattr(link_module, "on_hold", lambda link, env, most: None)  # ignoring holds
     async with pair() as (a, b):
         n = 3000
         gate, all_in, _ = await spawn_gated(b, n)

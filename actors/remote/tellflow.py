@@ -42,7 +42,8 @@ from ..cell import DEAD, STOPPING, Cell
 from ..streams import Stream, StreamOps
 
 if TYPE_CHECKING:
-    from . import Link, _Tells
+    from .batching import _Tells
+    from .link import Link
 
 __all__ = ["BACKLOG_BYTES", "HOLD_AFTER", "RELEASE_IDLE", "TELL_WINDOW", "Backlog", "on_held", "on_hold"]
 

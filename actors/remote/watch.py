@@ -29,7 +29,7 @@ from trimicro.mailbox.refs import ActorRef
 
 if TYPE_CHECKING:
     from ..cell import Cell
-    from . import Link
+    from .link import Link
 
 __all__ = ["MAX_REMOTE_WATCHES", "REFUSED", "PeerWatches", "on_unwatch", "on_watch", "terminated_frame"]
 
