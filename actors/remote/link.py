@@ -9,6 +9,7 @@ and watchers of actors on that node get ``Terminated``. See docs/protocol.md for
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -39,7 +40,6 @@ from . import (
     Unreachable,
     _credit_header,
     _error_of,
-    log,
 )
 from .actor import InboundReply, RemoteStreamOps
 from .batching import (
@@ -57,6 +57,9 @@ from .batching import (
 )
 from .tellflow import BACKLOG_BYTES, HOLD_AFTER, Backlog, on_held, on_hold
 from .watch import on_unwatch, on_watch
+
+#: The package's logger, bound here (not imported) so calls on it compile as method calls, as before.
+log = logging.getLogger("trimicro.remote")
 
 if TYPE_CHECKING:
     from .peer import Peer

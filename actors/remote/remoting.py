@@ -8,6 +8,7 @@ flusher.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import secrets
 import weakref
@@ -26,12 +27,15 @@ from trimicro.mailbox.transport import Connection, Listener, Transport, serve
 
 from ..busypoll import DEFAULT_BUSY_POLL, BusyPoller
 from ..cell import Cell
-from . import FEATURES, MAX_HANDSHAKES, Guard, Identity, Unreachable, _node_id_of, log
+from . import FEATURES, MAX_HANDSHAKES, Guard, Identity, Unreachable, _node_id_of
 from .actor import _Gone
 from .flusher import _Flusher
 from .link import Link
 from .peer import Peer
 from .watch import MAX_REMOTE_WATCHES
+
+#: The package's logger, bound here (not imported) so calls on it compile as method calls, as before.
+log = logging.getLogger("trimicro.remote")
 
 if TYPE_CHECKING:
     from ..node import Node
