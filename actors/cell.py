@@ -51,7 +51,7 @@ BATCH = 128
 MAX_WATCHERS = 65536
 #: Watchers of other nodes (all peers together) one actor may have at once: below
 #: :data:`MAX_WATCHERS`, so peers filling an actor's watchers (one peer may hold up to
-#: ``remote_watch.MAX_REMOTE_WATCHES`` watches, on any actors) never leave its own node's
+#: ``remote.watch.MAX_REMOTE_WATCHES`` watches, on any actors) never leave its own node's
 #: ``context.watch`` without room.
 MAX_REMOTE_WATCHERS = 16384
 

@@ -19,13 +19,11 @@ from typing import Any
 
 import trio
 
-from trimicro.mailbox.codecs import CodecSet
+from trimicro.mailbox.codec import CodecSet, TypeRegistry
 from trimicro.mailbox.errors import Conflict, NotFound
 from trimicro.mailbox.mailboxes import Mailbox, MailboxSpec, Unbuilt, bounded
 from trimicro.mailbox.refs import ActorRef
-from trimicro.mailbox.tcp import TcpTransport
-from trimicro.mailbox.transport import Transport
-from trimicro.mailbox.typeregistry import TypeRegistry
+from trimicro.mailbox.transport import TcpTransport, Transport
 
 from .actor import Actor, HandlerTable, handler_table
 from .busypoll import DEFAULT_BUSY_POLL
@@ -419,7 +417,7 @@ async def start_node(
     def make_identity() -> Identity:
         if identity is not None:
             return identity
-        from trimicro.mailbox.identity import dev_identity
+        from trimicro.mailbox.secure.identity import dev_identity
 
         return dev_identity(node_id, home)
 

@@ -44,7 +44,7 @@ from _remote_trimicro import HOME, Bench, _asks
 
 from trimicro.actors import start_node
 from trimicro.cluster.auth import DEFAULT_RULES, Access, Account, AuthGuard, Resource, Rule, issue_token
-from trimicro.mailbox.identity import dev_authority
+from trimicro.mailbox.secure.identity import dev_authority
 
 MODES = ("off", "node", "token")
 PHASES = {"ask1": 1, "ask16": 16}

@@ -152,7 +152,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
 
 async def _serve_auth(cluster: Cluster, store: Any, args: argparse.Namespace) -> None:
     """The node with the store and the authority key also runs the auth service."""
-    from trimicro.mailbox.identity import dev_authority
+    from trimicro.mailbox.secure.identity import dev_authority
 
     from .auth import AUTH_SERVICE, AuthService
 
@@ -554,7 +554,7 @@ def _admin_headers(args: argparse.Namespace) -> dict[str, str] | None:
     given = _auth_headers(args)
     if given:
         return given
-    from trimicro.mailbox.identity import dev_authority
+    from trimicro.mailbox.secure.identity import dev_authority
 
     from .auth import Account, issue_token
 

@@ -34,8 +34,8 @@ from trimicro.actors import ActorRef, Node, Restart, ask, open_stream, start_nod
 from trimicro.actors.cell import current_cell
 from trimicro.actors.remote import Identity, Unreachable
 from trimicro.actors.streams import Stream
+from trimicro.mailbox.codec import TypeRegistry
 from trimicro.mailbox.errors import MicroError, NotFound
-from trimicro.mailbox.typeregistry import TypeRegistry
 
 from .registry import (
     NODE_SERVICE,
@@ -403,7 +403,7 @@ def _clusters_of(identity: Any) -> tuple[str, frozenset[str]]:
     An identity without a readable certificate names no cluster, and one without a ``trusted``
     list (it judges peers some other way) filters nothing: only its handshake can tell.
     """
-    from trimicro.mailbox.identity import Certificate
+    from trimicro.mailbox.secure.identity import Certificate
 
     try:
         own = cluster_fingerprint(Certificate.decode(identity.certificate).issuer)

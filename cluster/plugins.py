@@ -224,12 +224,12 @@ def choose(kind: str, given: Any, default: str | None = None, **options: Any) ->
 
 
 def codec_set(spec: Any, registry: Any = None) -> Any:
-    """A :class:`~trimicro.mailbox.codecs.CodecSet` from codec names or URLs, the first being
+    """A :class:`~trimicro.mailbox.codec.CodecSet` from codec names or URLs, the first being
     the default (``"msgpack,json"`` or ``["msgpack", "json"]``); anything else is returned as is
     (an instance, or ``None`` for the node's default). Every codec shares ``registry``."""
     if spec is None or not isinstance(spec, str | list | tuple):
         return spec
-    from trimicro.mailbox.codecs import CodecSet
+    from trimicro.mailbox.codec import CodecSet
 
     names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]
     if not names:
@@ -377,10 +377,10 @@ def env_config(url: URL, **options: Any) -> Any:
 
 
 def _codec(cls_name: str, url: URL, options: dict[str, Any]) -> Any:
-    from trimicro.mailbox import codecs
+    from trimicro.mailbox import codec
 
     _no_params(url)
-    return getattr(codecs, cls_name)(**options)
+    return getattr(codec, cls_name)(**options)
 
 
 def msgpack_codec(url: URL, **options: Any) -> Any:
@@ -400,7 +400,7 @@ def json_codec(url: URL, **options: Any) -> Any:
 
 def tcp_transport(url: URL, **options: Any) -> Any:
     """``tcp://`` (``?max_frame_size=BYTES``): length-prefixed frames over TCP."""
-    from trimicro.mailbox.tcp import TcpTransport
+    from trimicro.mailbox.transport import TcpTransport
 
     _no_params(url, "max_frame_size")
     for name, value in _int(url, "max_frame_size").items():
@@ -411,7 +411,7 @@ def tcp_transport(url: URL, **options: Any) -> Any:
 def inproc_transport(url: URL, **options: Any) -> Any:
     """``inproc://`` or ``inproc://NAME``: in-process connections, shared by name in a process
     (nodes dial each other only through one instance)."""
-    from trimicro.mailbox.inproc import InprocTransport
+    from trimicro.mailbox.transport import InprocTransport
 
     _no_params(url)
     return _shared_instance(("transport", url.location), lambda: InprocTransport(**options))

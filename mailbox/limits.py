@@ -2,7 +2,7 @@
 
 A decoder that trusts its input can be made to allocate gigabytes from a five-byte header, or to
 recurse until the process dies. Every codec takes one :class:`DecodeLimits` and refuses input
-that exceeds it with :class:`~trimicro.mailbox.typeregistry.DecodeError` before (or instead of)
+that exceeds it with :class:`~trimicro.mailbox.codec.typeregistry.DecodeError` before (or instead of)
 doing the expensive thing.
 """
 

@@ -52,7 +52,7 @@ from trimicro.mailbox.errors import (
     NotFound,
     Unauthorized,
 )
-from trimicro.mailbox.identity import Authority, NodeIdentity, dev_authority
+from trimicro.mailbox.secure.identity import Authority, NodeIdentity, dev_authority
 
 REFRESH = 0.05
 

@@ -22,7 +22,7 @@ import jwt
 import pytest
 
 from trimicro.cluster.auth import Account, issue_token
-from trimicro.mailbox.identity import Authority
+from trimicro.mailbox.secure.identity import Authority
 
 ROOT = Path(__file__).resolve().parent.parent
 

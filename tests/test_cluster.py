@@ -29,7 +29,7 @@ from trimicro.cluster.registry import (
 )
 from trimicro.cluster.selector import RetryPolicy
 from trimicro.cluster.service import idempotent
-from trimicro.mailbox.typeregistry import TypeRegistry
+from trimicro.mailbox.codec import TypeRegistry
 
 TYPES = TypeRegistry()
 #: The module that defines in_clusters (wherever it lives): its warned-ids set is reset per test.
@@ -235,7 +235,7 @@ async def test_a_node_never_polls_another_clusters_auth_service(
     other cluster's refused the handshake."""
     from trimicro.cluster.auth import AUTH_SERVICE, AuthService
     from trimicro.cluster.store import MemoryStore
-    from trimicro.mailbox.identity import dev_authority
+    from trimicro.mailbox.secure.identity import dev_authority
 
     caplog.set_level(logging.WARNING, logger="trimicro")
     registry = MemoryRegistry()

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trimicro.mailbox.codecs import (
+from trimicro.mailbox.codec import (
     CBOR,
     CBOR_TYPE_TAG,
     JSON,
@@ -30,8 +30,10 @@ from trimicro.mailbox.codecs import (
     EncodeError,
     JsonCodec,
     MsgpackCodec,
+    TypeRegistry,
     UnsupportedContentType,
     cbor_prescan,
+    default_registry,
 )
 from trimicro.mailbox.errors import (
     BadRequest,
@@ -48,7 +50,6 @@ from trimicro.mailbox.errors import (
 )
 from trimicro.mailbox.limits import DEFAULT_LIMITS, DecodeLimits
 from trimicro.mailbox.refs import ActorRef
-from trimicro.mailbox.typeregistry import TypeRegistry, default_registry
 
 settings.register_profile(
     "codecs", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=100

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from trimicro.mailbox.errors import InternalServerError, Unauthorized
-from trimicro.mailbox.identity import (
+from trimicro.mailbox.secure.channel import SecureHandshake, SecureSession
+from trimicro.mailbox.secure.identity import (
     CLOCK_SKEW,
     DEFAULT_CERT_TTL,
     MAX_CERT_SIZE,
@@ -27,8 +28,7 @@ from trimicro.mailbox.identity import (
     dev_identity,
     verify_certificate,
 )
-from trimicro.mailbox.noise import HandshakeError
-from trimicro.mailbox.secure_channel import SecureHandshake, SecureSession
+from trimicro.mailbox.secure.noise import HandshakeError
 
 NOW = 1_700_000_000
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from nacl.bindings import crypto_aead_chacha20poly1305_ietf_encrypt
 from noise.connection import Keypair, NoiseConnection  # type: ignore[import-untyped]
 
-from trimicro.mailbox.noise import (
+from trimicro.mailbox.secure.noise import (
     MAX_MESSAGE_LEN,
     MAX_NONCE,
     PROTOCOL_NAME,

@@ -32,13 +32,12 @@ from trimicro.actors import (
     tell,
 )
 from trimicro.actors.busypoll import PROBE_EVERY
-from trimicro.actors.remote import TellBatch, Unreachable
+from trimicro.actors.remote import Unreachable
+from trimicro.actors.remote.batching import TellBatch
+from trimicro.mailbox.codec import TypeRegistry
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
-from trimicro.mailbox.identity import Authority, NodeIdentity
-from trimicro.mailbox.inproc import InprocTransport
-from trimicro.mailbox.tcp import TcpTransport
-from trimicro.mailbox.transport import Transport
-from trimicro.mailbox.typeregistry import TypeRegistry
+from trimicro.mailbox.secure.identity import Authority, NodeIdentity
+from trimicro.mailbox.transport import InprocTransport, TcpTransport, Transport
 
 REGISTRY = TypeRegistry()
 

@@ -32,10 +32,10 @@ from trimicro.actors.remote import Unreachable
 from trimicro.actors.streams import DEFAULT_WINDOW
 from trimicro.mailbox.errors import RequestTimeout
 from trimicro.mailbox.framing import encode_frame
-from trimicro.mailbox.identity import NodeIdentity, dev_authority, dev_identity
-from trimicro.mailbox.secure_channel import SecureHandshake
-from trimicro.mailbox.secure_stream import secure_client
-from trimicro.mailbox.tcp import TcpTransport
+from trimicro.mailbox.secure.channel import SecureHandshake
+from trimicro.mailbox.secure.identity import NodeIdentity, dev_authority, dev_identity
+from trimicro.mailbox.secure.stream import secure_client
+from trimicro.mailbox.transport import TcpTransport
 
 PEER = Path(__file__).resolve().parent / "peer_node.py"
 

@@ -18,9 +18,9 @@ from test_remote import REGISTRY, Counter, Get, pair
 from watch_peer import TARGETS
 
 from trimicro.actors import ActorRef, Node, Terminated, TooManyRequests, ask, cell, start_node
-from trimicro.actors.remote import MAX_REMOTE_WATCHES
+from trimicro.actors.remote.watch import MAX_REMOTE_WATCHES
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
-from trimicro.mailbox.identity import Authority, NodeIdentity
+from trimicro.mailbox.secure.identity import Authority, NodeIdentity
 
 WATCH_PEER = Path(__file__).resolve().parent / "watch_peer.py"
 MiB = 1 << 20

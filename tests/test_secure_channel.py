@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from trimicro.mailbox.noise import HandshakeError, HandshakeState, generate_private_key, public_key
-from trimicro.mailbox.secure_channel import (
+from trimicro.mailbox.secure.channel import (
     DEFAULT_PROLOGUE,
     DEFAULT_REKEY_INTERVAL,
     MAX_PLAINTEXT,
@@ -20,6 +19,7 @@ from trimicro.mailbox.secure_channel import (
     SecureHandshake,
     SecureSession,
 )
+from trimicro.mailbox.secure.noise import HandshakeError, HandshakeState, generate_private_key, public_key
 
 
 class Node:

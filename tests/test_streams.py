@@ -27,10 +27,11 @@ from trimicro.actors import (
     open_stream,
     start_node,
 )
-from trimicro.actors.remote import COALESCE_MAX, ItemsBatch, Unreachable, _bin, _items_of, _tells_of
+from trimicro.actors.remote import COALESCE_MAX, Unreachable
+from trimicro.actors.remote.batching import ItemsBatch, _bin, _items_of, _tells_of
 from trimicro.mailbox.envelope import Envelope, Kind, decode_envelope, encode_envelope
-from trimicro.mailbox.identity import Authority, NodeIdentity
-from trimicro.mailbox.inproc import InprocTransport
+from trimicro.mailbox.secure.identity import Authority, NodeIdentity
+from trimicro.mailbox.transport import InprocTransport
 
 
 class Chat(Actor):

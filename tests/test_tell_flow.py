@@ -1,4 +1,4 @@
-"""Flow control of tells per target actor between two nodes (trimicro.actors.tellflow), in one
+"""Flow control of tells per target actor between two nodes (trimicro.actors.remote.tellflow), in one
 process: a slow actor's tells are held back alone, in order, with nothing lost, and the rest of
 the link goes on. (Across real processes: test_tell_flow_process.py.)"""
 
@@ -23,13 +23,13 @@ from trimicro.actors import (
     ask,
     bounded,
     tell,
-    tellflow,
     try_tell,
 )
 from trimicro.actors import remote as remote_module
-from trimicro.actors.remote import Link
+from trimicro.actors.remote import Link, tellflow
+from trimicro.actors.remote import link as link_module
+from trimicro.actors.remote.tellflow import TELL_WINDOW, Backlog
 from trimicro.actors.streams import Stream
-from trimicro.actors.tellflow import TELL_WINDOW, Backlog
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.refs import ActorRef
 
@@ -208,8 +208,8 @@ async def test_a_peer_without_the_feature_gets_the_old_backpressure() -> None:
 async def test_a_peer_that_does_not_hold_back_is_stopped_by_the_backlog_bound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(remote_module, "BACKLOG_BYTES", 16 * 1024)
-    monkeypatch.setattr(remote_module, "on_hold", lambda link, env, most: None)  # ignoring holds
+    monkeypatch.setattr(link_module, "BACKLOG_BYTES", 16 * 1024)
+    monkeypatch.setattr(link_module, "on_hold", lambda link, env, most: None)  # ignoring holds
     async with pair() as (a, b):
         n = 3000
         gate, all_in, _ = await spawn_gated(b, n)

@@ -27,7 +27,7 @@ from trimicro.cluster.auth.tokens import (
     verify_token,
 )
 from trimicro.mailbox.errors import BadRequest, Unauthorized
-from trimicro.mailbox.identity import Authority
+from trimicro.mailbox.secure.identity import Authority
 
 NOW = 1_700_000_000
 AUTHORITY = Authority(SigningKey(bytes(range(32))))

@@ -10,8 +10,7 @@ import trio.testing
 from nacl.signing import SigningKey
 
 from trimicro.mailbox.framing import FrameTooLarge, ProtocolError, TruncatedFrame
-from trimicro.mailbox.inproc import InprocTransport
-from trimicro.mailbox.secure_stream import (
+from trimicro.mailbox.secure.stream import (
     HandshakeFailed,
     HandshakeTimeout,
     SecureConnection,
@@ -19,8 +18,15 @@ from trimicro.mailbox.secure_stream import (
     secure_client,
     secure_server,
 )
-from trimicro.mailbox.tcp import TcpTransport
-from trimicro.mailbox.transport import Connection, Listener, Transport, TransportError, serve
+from trimicro.mailbox.transport import (
+    Connection,
+    InprocTransport,
+    Listener,
+    TcpTransport,
+    Transport,
+    TransportError,
+    serve,
+)
 
 
 def accept_any(id_key: bytes, cert: bytes) -> bytes:
@@ -403,8 +409,8 @@ async def test_tcp_reads_that_find_data_yield_only_every_few_reads(monkeypatch: 
     """A read that need not wait is no scheduler pass (trio's ``receive_some`` made two), yet a
     reader that always finds data still lets other tasks run, and sees a cancellation, every
     YIELD_EVERY reads."""
-    from trimicro.mailbox import tcp
     from trimicro.mailbox.framing import encode_frames
+    from trimicro.mailbox.transport import tcp
 
     transport = TcpTransport()
     listener = await transport.listen("127.0.0.1:0")

@@ -1,6 +1,6 @@
 """Bearer tokens: JWTs (RFC 7519) signed with Ed25519 (``alg: EdDSA``, RFC 8037), sans I/O.
 
-An authority (:class:`~trimicro.mailbox.identity.Authority`) signs tokens for accounts the way
+An authority (:class:`~trimicro.mailbox.secure.identity.Authority`) signs tokens for accounts the way
 it signs node certificates; any node that trusts the authority's public key verifies them
 offline, as Go Micro's JWT auth does. A token is a compact JWS::
 

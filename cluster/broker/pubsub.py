@@ -56,7 +56,7 @@ from trimicro.actors.cell import DEAD, OK, Cell
 from trimicro.actors.remote import AUTHORIZATION, OUT_HIGH_WATER, Link, Peer, forward_auth
 from trimicro.cluster.auth.guard import GUARD_ID, fetch_state
 from trimicro.cluster.auth.rules import Resource
-from trimicro.mailbox.codecs import MSGPACK
+from trimicro.mailbox.codec import MSGPACK
 from trimicro.mailbox.envelope import Envelope
 from trimicro.mailbox.errors import BadRequest, Forbidden, MicroError, ServiceUnavailable, Unauthorized
 

@@ -1,6 +1,6 @@
 """Node identities and the cluster's trust root: who is allowed on the other end of a channel.
 
-The secure channel (:mod:`trimicro.mailbox.secure_channel`) binds a node's long-term Ed25519
+The secure channel (:mod:`trimicro.mailbox.secure.channel`) binds a node's long-term Ed25519
 key to each Noise handshake, as libp2p-noise does, and hands the peer's key plus an opaque
 certificate to ``verify_peer``. This module fills in that certificate:
 
@@ -295,7 +295,7 @@ class NodeIdentity:
     """A node's signing key, its certificate, and the authorities (and revocations) it honours.
 
     Pass ``signing_key``, ``certificate`` and ``verify_peer`` to
-    :class:`~trimicro.mailbox.secure_channel.SecureHandshake`; the handshake's ``peer_info`` is
+    :class:`~trimicro.mailbox.secure.channel.SecureHandshake`; the handshake's ``peer_info`` is
     then the peer's verified :class:`Certificate`.
     """
 

@@ -1,7 +1,7 @@
 """The secure channel over any :class:`~trimicro.mailbox.transport.Connection` (protocol §6).
 
 :func:`secure_client` (the dialing side, Noise initiator) and :func:`secure_server` (the
-accepting side, responder) run :class:`~trimicro.mailbox.secure_channel.SecureHandshake`, one
+accepting side, responder) run :class:`~trimicro.mailbox.secure.channel.SecureHandshake`, one
 handshake message per frame, under a deadline, and return a :class:`SecureConnection`.
 
 After the handshake every outer frame is one Noise transport message. A batch given to
@@ -22,14 +22,14 @@ from nacl.signing import SigningKey
 
 from trimicro.mailbox.errors import RequestTimeout, Unauthorized
 from trimicro.mailbox.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, ProtocolError, encode_frames
-from trimicro.mailbox.noise import MAX_MESSAGE_LEN, HandshakeError
-from trimicro.mailbox.secure_channel import (
+from trimicro.mailbox.secure.channel import (
     DEFAULT_PROLOGUE,
     SecureChannelError,
     SecureHandshake,
     SecureSession,
     VerifyPeer,
 )
+from trimicro.mailbox.secure.noise import MAX_MESSAGE_LEN, HandshakeError
 from trimicro.mailbox.transport import Connection
 
 __all__ = [
@@ -114,7 +114,7 @@ class SecureConnection:
 
     def write_now(self, frames: Sequence[bytes]) -> None:
         """Seal and write ``frames`` without waiting (call only when :meth:`can_write_now`); see
-        :meth:`TcpConnection.write_now <trimicro.mailbox.tcp.TcpConnection.write_now>`."""
+        :meth:`TcpConnection.write_now <trimicro.mailbox.transport.tcp.TcpConnection.write_now>`."""
         self.inner.write_now(self.session.seal_chunks(encode_frames(frames)))  # type: ignore[attr-defined]
 
     @property

@@ -38,11 +38,12 @@ from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.errors import MicroError, ServiceUnavailable
 from trimicro.mailbox.refs import ref_binder
 
-from .cell import DEAD, STOPPING, Cell
-from .streams import Stream, StreamOps
+from ..cell import DEAD, STOPPING, Cell
+from ..streams import Stream, StreamOps
 
 if TYPE_CHECKING:
-    from .remote import Link, _Tells
+    from .batching import _Tells
+    from .link import Link
 
 __all__ = ["BACKLOG_BYTES", "HOLD_AFTER", "RELEASE_IDLE", "TELL_WINDOW", "Backlog", "on_held", "on_hold"]
 

@@ -2,9 +2,9 @@
 
 A :class:`Transport` listens on and dials string addresses and yields :class:`Connection`
 objects that move whole frame payloads (section 2 of ``docs/protocol.md``). Implementations:
-:class:`~trimicro.mailbox.tcp.TcpTransport` (``"host:port"``),
-:class:`~trimicro.mailbox.inproc.InprocTransport` (any string, one process), and
-:class:`~trimicro.mailbox.secure_stream.SecureConnection`, which wraps any connection in the
+:class:`TcpTransport` (``"host:port"``, in :mod:`.tcp`), :class:`InprocTransport` (any string,
+one process, in :mod:`.inproc`), both re-exported here, and
+:class:`~trimicro.mailbox.secure.stream.SecureConnection`, which wraps any connection in the
 Noise secure channel.
 
 Errors: a peer that breaks the framing raises :class:`~trimicro.mailbox.framing.ProtocolError`
@@ -27,7 +27,9 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "ConnectionHandler",
+    "InprocTransport",
     "Listener",
+    "TcpTransport",
     "Transport",
     "TransportError",
     "serve",
@@ -132,3 +134,8 @@ async def serve(
         while True:
             conn = await listener.accept()
             nursery.start_soon(run_one, conn)
+
+
+# The implementations, beside the interface (they import the errors above).
+from .inproc import InprocTransport  # noqa: E402
+from .tcp import TcpTransport  # noqa: E402

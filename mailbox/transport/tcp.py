@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import trio
 
 from trimicro.mailbox.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, ProtocolError, encode_frames
-from trimicro.mailbox.transport import ConnectionClosed, TransportError
+
+from . import ConnectionClosed, TransportError
 
 __all__ = ["RECEIVE_CHUNK", "TcpConnection", "TcpListener", "TcpTransport", "parse_address"]
 

@@ -1,6 +1,6 @@
 """trimicro's secure channel: Noise XX plus node identities, still sans-I/O.
 
-:mod:`trimicro.mailbox.noise` proves that each side holds *some* X25519 static key. This layer
+:mod:`trimicro.mailbox.secure.noise` proves that each side holds *some* X25519 static key. This layer
 says *whose* key it is, the way libp2p-noise does: each side's handshake payload carries
 
     msgpack {"id_key": Ed25519 public key,
@@ -27,7 +27,7 @@ import msgpack  # type: ignore[import-untyped, unused-ignore]
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
-from trimicro.mailbox.noise import (
+from trimicro.mailbox.secure.noise import (
     DHLEN,
     MAX_MESSAGE_LEN,
     TAGLEN,

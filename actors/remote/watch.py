@@ -29,8 +29,8 @@ from trimicro.mailbox.errors import BadRequest, MicroError, TooManyRequests
 from trimicro.mailbox.refs import ActorRef
 
 if TYPE_CHECKING:
-    from .cell import Cell
-    from .remote import Link
+    from ..cell import Cell
+    from .link import Link
 
 __all__ = ["MAX_REMOTE_WATCHES", "REFUSED", "PeerWatches", "on_unwatch", "on_watch", "terminated_frame"]
 

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import trio
 
 from trimicro.mailbox.framing import DEFAULT_MAX_FRAME_SIZE, FrameTooLarge
-from trimicro.mailbox.transport import ConnectionClosed, TransportError
+
+from . import ConnectionClosed, TransportError
 
 __all__ = ["InprocConnection", "InprocListener", "InprocTransport"]
 
