@@ -135,9 +135,10 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             if store_url and cluster.store is not None:
                 from .store.service import StoreService
 
-                await cluster.serve(StoreService, cluster.store, name="store")
-                # Another table of the same store: not readable through "store".
+                # Another table of the same store, hidden from "store" (a call may name a table).
                 auth_store = plugins.load("store", store_url, table="auth")
+                hidden = {(getattr(auth_store, "database", ""), getattr(auth_store, "table", "auth"))}
+                await cluster.serve(StoreService, cluster.store, hidden=hidden, name="store")
                 await _serve_auth(cluster, auth_store, args)
             names = ", ".join(sorted(cluster.services_digest().split(",")))
             print(f"node {cluster.id} at {cluster.address} serving {names}", file=out, flush=True)
@@ -514,28 +515,30 @@ async def _store(args: argparse.Namespace, out: TextIO) -> int:
     async with await _client(args) as cluster:
         await _wait_for(cluster, args.service, _wait(args))
         store = RemoteStore(cluster, args.service)
+        ns = {"database": args.database, "table": args.table}
         result: Any
         if args.action == "write":
             if args.value is None:
                 raise UsageError("store write needs KEY and VALUE")
-            await store.write(Record(args.key, args.value.encode()), ttl=args.ttl)
+            await store.write(Record(args.key, args.value.encode()), ttl=args.ttl, **ns)
             result = {"written": args.key}
         elif args.action == "read":
-            records = await store.read(args.key or "", prefix=args.prefix)
+            records = await store.read(args.key or "", prefix=args.prefix, **ns)
             result = [
                 {
                     "key": r.key,
                     "value": r.value.decode(errors="replace"),
                     "metadata": dict(r.metadata),
                     "expiry": r.expiry,
+                    "version": r.version,
                 }
                 for r in records
             ]
         elif args.action == "delete":
-            await store.delete(args.key or "")
+            await store.delete(args.key or "", **ns)
             result = {"deleted": args.key}
         else:
-            result = await store.list(prefix=args.key or "")
+            result = await store.list(prefix=args.key or "", **ns)
     if args.json or not isinstance(result, list):
         json.dump(result, out)
         print(file=out)
@@ -708,6 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--prefix", action="store_true", help="read: every key starting with KEY")
     st.add_argument("--ttl", type=float, help="write: seconds until the record expires")
     st.add_argument("--service", default="store", help="the store service name (default store)")
+    st.add_argument("--database", help="the database to use (default: the store's own)")
+    st.add_argument("--table", help="the table to use (default: the store's own)")
     _auth_parser(client("auth", "accounts, tokens, rules and revocations (the auth service)"))
     return parser
 

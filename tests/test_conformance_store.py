@@ -21,6 +21,8 @@ class TestMemoryStore(StoreConformance):
 
 
 class TestLmdbStore(StoreConformance):
+    durable = True
+
     @pytest.fixture
     def open_store(self, clock: ManualClock, tmp_path: Path) -> OpenStore:
         def open_(*, database: str, table: str) -> Store:

@@ -19,7 +19,7 @@ from procs import python_process
 
 from trimicro.cluster.store import LmdbStore, MemoryStore, Record, Store
 from trimicro.cluster.store.lmdb import READ_YIELD_EVERY
-from trimicro.mailbox.errors import BadRequest, InternalServerError, NotFound, ServiceUnavailable
+from trimicro.mailbox.errors import BadRequest, Conflict, InternalServerError, NotFound, ServiceUnavailable
 
 MAIN = Path(__file__).resolve().parent.parent
 
@@ -529,3 +529,62 @@ async def test_an_existing_store_open_to_others_is_tightened_on_open_and_says_so
     with caplog.at_level("WARNING", logger="trimicro.store"):  # once tightened, nothing to say
         await LmdbStore(path).aclose()
     assert not [r for r in caplog.records if r.name == "trimicro.store"]
+
+
+# --------------------------------------------------------------------------------------------
+# Namespaces per call and versions: what only LMDB's format and limits can show
+
+
+async def test_lmdb_namespaces_are_bounded_and_a_refusal_fails_only_that_write(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "db", max_namespaces=3, sync=False)  # its own table is one
+    try:
+        await store.write(Record("k", b"1"), table="t1")
+        await store.write(Record("k", b"2"), table="t2")
+        results: dict[str, BaseException | None] = {}
+
+        async def write(name: str, table: str | None) -> None:
+            try:
+                await store.write(Record(name, b"x"), table=table)
+                results[name] = None
+            except BadRequest as exc:
+                results[name] = exc
+
+        async with trio.open_nursery() as nursery:  # one group-commit batch, most likely
+            nursery.start_soon(write, "own", None)
+            nursery.start_soon(write, "too-many", "t3")
+            nursery.start_soon(write, "known", "t1")
+        assert results["own"] is None and results["known"] is None
+        assert "max_dbs" in str(results["too-many"])
+        assert await store.list(table="t1") == ["k", "known"]
+        assert await store.list() == ["own"]
+        # Reads of an absent namespace create nothing: the limit is not reached by reading.
+        assert await store.list(table="t4") == []
+    finally:
+        await store.aclose()
+
+
+async def test_lmdb_reads_a_record_stored_before_versions_as_version_1(tmp_path: Path) -> None:
+    import msgpack
+
+    env = lmdb.open(str(tmp_path / "db"), max_dbs=4, subdir=True)
+    with env.begin(write=True) as txn:
+        db = env.open_db(b"trimicro/default", txn=txn)
+        txn.put(b"old", msgpack.packb({"v": b"before", "m": {"a": "b"}, "e": None}), db=db)
+    env.close()
+    store = LmdbStore(tmp_path / "db")
+    try:
+        [record] = await store.read("old")
+        assert (record.value, dict(record.metadata), record.version) == (b"before", {"a": "b"}, 1)
+        with pytest.raises(Conflict):
+            await store.write(Record("old", b"x"), if_version=0)
+        await store.write(Record("old", b"after"), if_version=1)
+        [record] = await store.read("old")
+        assert record.value == b"after" and record.version > 1
+    finally:
+        await store.aclose()
+    # The stored value stays a plain msgpack map (what mdb_dump shows), now with its version.
+    env = lmdb.open(str(tmp_path / "db"), max_dbs=4, subdir=True, readonly=True)
+    with env.begin() as txn:
+        data = txn.get(b"old", db=env.open_db(b"trimicro/default", txn=txn, create=False))
+    env.close()
+    assert msgpack.unpackb(data) == {"n": record.version, "v": b"after", "m": {}, "e": None}

@@ -2,8 +2,14 @@
 
 - :class:`Store` is the interface: ``read`` (a key, or by ``prefix``/``suffix`` with ``limit``
   and ``offset``), ``write`` (with a ``ttl``), ``delete``, ``list``, ``aclose``; a store is
-  opened on one ``database``/``table`` namespace.
+  opened on one ``database``/``table`` namespace, and every call may name another one
+  (``database=``/``table=``: Go Micro's ``ReadFrom``/``WriteTo``/``DeleteFrom``/``ListFrom``).
+  How many namespaces a store holds is bounded (``max_namespaces``; LMDB's ``max_dbs``).
 - :class:`Record` is one stored value; it is immutable, so readers may share and cache it.
+  ``read`` gives each record its ``version``: an integer that grows with every write of the
+  key and never repeats (0: absent). ``write(record, if_version=N)`` is compare-and-swap: it
+  writes only if the key's current version is ``N`` (``0``: only if absent, or expired) and
+  raises :class:`~trimicro.mailbox.errors.Conflict` otherwise, atomically.
 - :class:`MemoryStore` keeps records in a dict: for one process and for tests.
 - :class:`LmdbStore` (:mod:`.lmdb`) is the default: durable, group-committed, safe across
   processes; its module docstring explains the choices.
@@ -25,12 +31,18 @@ from typing import Any, Final, Protocol
 import attrs
 import trio
 
-from trimicro.mailbox.errors import BadRequest, NotFound, ServiceUnavailable
+from trimicro.mailbox.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 
-__all__ = ["LmdbStore", "MemoryStore", "Record", "Store"]
+__all__ = ["MAX_NAMESPACES", "LmdbStore", "MemoryStore", "Record", "Store"]
 
 MiB: Final = 1024 * 1024
 GiB: Final = 1024 * MiB
+
+#: The (database, table) namespaces one store holds at most (LMDB's ``max_dbs``): every call
+#: may name a namespace, so a caller must not be able to create them without end.
+MAX_NAMESPACES: Final = 256
+#: A database or table name is at most this many bytes of utf-8.
+MAX_NAME: Final = 128
 
 
 def _freeze(metadata: Any) -> Any:
@@ -44,6 +56,10 @@ def _freeze(metadata: Any) -> Any:
 class Record:
     """One stored value: ``expiry`` is absolute unix seconds (``None``: never expires).
 
+    ``version`` is set by the store on read (what a record to be written carries is ignored):
+    it grows with every write of the key and never repeats, so ``write(..., if_version=)``
+    can tell whether anything wrote the key since it was read (0: the key is absent).
+
     Immutable all the way down (``metadata`` is a read-only copy): a record read from a store
     can be shared between readers and cached without one of them changing what others see.
     """
@@ -52,6 +68,8 @@ class Record:
     value: bytes
     metadata: Mapping[str, str] = attrs.field(factory=dict, converter=_freeze)
     expiry: float | None = None
+    #: Not part of equality: a record compares by what it holds.
+    version: int = attrs.field(default=0, eq=False)
 
 
 class Store(Protocol):
@@ -65,14 +83,31 @@ class Store(Protocol):
         suffix: bool = False,
         limit: int | None = None,
         offset: int = 0,
+        database: str | None = None,
+        table: str | None = None,
     ) -> builtins.list[Record]: ...
 
-    async def write(self, record: Record, *, ttl: float | None = None) -> None: ...
+    async def write(
+        self,
+        record: Record,
+        *,
+        ttl: float | None = None,
+        if_version: int | None = None,
+        database: str | None = None,
+        table: str | None = None,
+    ) -> None: ...
 
-    async def delete(self, key: str) -> None: ...
+    async def delete(self, key: str, *, database: str | None = None, table: str | None = None) -> None: ...
 
     async def list(
-        self, *, prefix: str = "", suffix: str = "", limit: int | None = None, offset: int = 0
+        self,
+        *,
+        prefix: str = "",
+        suffix: str = "",
+        limit: int | None = None,
+        offset: int = 0,
+        database: str | None = None,
+        table: str | None = None,
     ) -> builtins.list[str]: ...
 
     async def aclose(self) -> None: ...
@@ -82,13 +117,33 @@ class Store(Protocol):
 # Validation shared by both stores
 
 
+def _name(what: str, name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise BadRequest(f"store {what} name must be a non-empty str, got {name!r}")
+    if "\x00" in name:  # LMDB names are C strings: "a\0b" would be "a"
+        raise BadRequest(f"store {what} name must not contain NUL")
+    if len(_Checks._utf8(name, f"{what} name")) > MAX_NAME:
+        raise BadRequest(f"store {what} name is more than {MAX_NAME} bytes in utf-8")
+    return name
+
+
+def _version_of(if_version: object) -> int | None:
+    if if_version is not None and (
+        not isinstance(if_version, int) or isinstance(if_version, bool) or if_version < 0
+    ):
+        raise BadRequest(f"store if_version must be None or an int >= 0, got {if_version!r}")
+    return if_version
+
+
+def conflict(key: str, want: int, have: int) -> Conflict:
+    """The error of a compare-and-swap that lost (both stores word it the same way)."""
+    return Conflict(f"store key {key!r} is at version {have}, not {want}")
+
+
 class _Checks:
     def __init__(self, database: str, table: str, max_key: int, max_value: int, now: Callable[[], float]):
-        for what, name in (("database", database), ("table", table)):
-            if not isinstance(name, str) or not name:
-                raise BadRequest(f"store {what} name must be a non-empty str, got {name!r}")
-        self.database = database
-        self.table = table
+        self.database = _name("database", database)
+        self.table = _name("table", table)
         self.max_key = max_key
         self.max_value = max_value
         self.now = now
@@ -114,6 +169,15 @@ class _Checks:
         if not isinstance(value, str):
             raise BadRequest(f"store {what} must be a str, got {type(value).__name__}")
         return self._utf8(value, what)
+
+    def _namespace(self, database: str | None, table: str | None) -> tuple[str, str] | None:
+        """The (database, table) a call names, validated; ``None``: the store's own."""
+        if (database is None or database == self.database) and (table is None or table == self.table):
+            return None
+        return (
+            self.database if database is None else _name("database", database),
+            self.table if table is None else _name("table", table),
+        )
 
     @staticmethod
     def _page(limit: object, offset: object) -> None:
@@ -168,7 +232,11 @@ def _expired(expiry: float | None, now: float) -> bool:
 
 
 class MemoryStore(_Checks):
-    """A dict-backed :class:`Store` for tests; same validation and ordering (utf-8 bytes) as LMDB."""
+    """A dict-backed :class:`Store` for tests; same validation and ordering (utf-8 bytes) as LMDB.
+
+    Versions come from one counter per store (each write takes the next), so a key's version
+    grows with every write and never repeats, even across a delete, as in LMDB.
+    """
 
     def __init__(
         self,
@@ -177,21 +245,38 @@ class MemoryStore(_Checks):
         table: str = "default",
         max_key: int = 511,
         max_value: int = 16 * MiB,
+        max_namespaces: int = MAX_NAMESPACES,
         now: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(database, table, max_key, max_value, now)
         self._data: dict[bytes, Record] = {}
+        self._spaces: dict[tuple[str, str], dict[bytes, Record]] = {(self.database, self.table): self._data}
+        self.max_namespaces = max_namespaces
+        self._version = 0
         self._closed = False
 
     def _check_open(self) -> None:
         if self._closed:
             raise ServiceUnavailable("store is closed")
 
-    def _live(self, prefix: bytes, suffix: bytes) -> builtins.list[Record]:
+    def _space(self, database: str | None, table: str | None, create: bool) -> dict[bytes, Record]:
+        ns = self._namespace(database, table)
+        if ns is None:
+            return self._data
+        space = self._spaces.get(ns)
+        if space is None:
+            if not create:
+                return {}
+            if len(self._spaces) >= self.max_namespaces:
+                raise BadRequest(f"store holds its limit of {self.max_namespaces} database/table namespaces")
+            space = self._spaces[ns] = {}
+        return space
+
+    def _live(self, data: dict[bytes, Record], prefix: bytes, suffix: bytes) -> builtins.list[Record]:
         now = self.now()
         return [
             rec
-            for raw, rec in sorted(self._data.items())
+            for raw, rec in sorted(data.items())
             if raw.startswith(prefix) and raw.endswith(suffix) and not _expired(rec.expiry, now)
         ]
 
@@ -203,38 +288,66 @@ class MemoryStore(_Checks):
         suffix: bool = False,
         limit: int | None = None,
         offset: int = 0,
+        database: str | None = None,
+        table: str | None = None,
     ) -> builtins.list[Record]:
         await trio.lowlevel.checkpoint()
         self._check_open()
         self._page(limit, offset)
+        data = self._space(database, table, False)
         if not (prefix or suffix):
             raw = self._key(key)
-            rec = self._data.get(raw)
+            rec = data.get(raw)
             if rec is None or _expired(rec.expiry, self.now()):
                 raise NotFound(f"store key {key!r} not found")
             return [rec]
         raw = self._affix(key, "key")
-        found = self._live(raw if prefix else b"", raw if suffix else b"")
+        found = self._live(data, raw if prefix else b"", raw if suffix else b"")
         return _page(found, limit, offset)
 
-    async def write(self, record: Record, *, ttl: float | None = None) -> None:
+    async def write(
+        self,
+        record: Record,
+        *,
+        ttl: float | None = None,
+        if_version: int | None = None,
+        database: str | None = None,
+        table: str | None = None,
+    ) -> None:
         await trio.lowlevel.checkpoint()
         self._check_open()
         raw, rec = self._record(record, ttl)
-        self._data[raw] = rec
+        want = _version_of(if_version)
+        data = self._space(database, table, True)
+        if want is not None:
+            old = data.get(raw)
+            have = 0 if old is None or _expired(old.expiry, self.now()) else old.version
+            if have != want:
+                raise conflict(rec.key, want, have)
+        self._version += 1
+        data[raw] = attrs.evolve(rec, version=self._version)
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, *, database: str | None = None, table: str | None = None) -> None:
         await trio.lowlevel.checkpoint()
         self._check_open()
-        self._data.pop(self._key(key), None)
+        raw = self._key(key)
+        self._space(database, table, False).pop(raw, None)
 
     async def list(
-        self, *, prefix: str = "", suffix: str = "", limit: int | None = None, offset: int = 0
+        self,
+        *,
+        prefix: str = "",
+        suffix: str = "",
+        limit: int | None = None,
+        offset: int = 0,
+        database: str | None = None,
+        table: str | None = None,
     ) -> builtins.list[str]:
         await trio.lowlevel.checkpoint()
         self._check_open()
         self._page(limit, offset)
-        found = self._live(self._affix(prefix, "prefix"), self._affix(suffix, "suffix"))
+        data = self._space(database, table, False)
+        found = self._live(data, self._affix(prefix, "prefix"), self._affix(suffix, "suffix"))
         return [r.key for r in _page(found, limit, offset)]
 
     async def sweep(self) -> int:

@@ -46,6 +46,26 @@ Privacy: a store may hold secrets (the auth service keeps account hashes and rul
 its folder is created ``0o700`` and LMDB's files ``0o600``, as key files are. A store found with
 wider modes (made before this rule) is tightened on open, with a warning that says so.
 
+Versions (compare-and-swap): a record's ``version`` is the id of the LMDB write transaction
+that wrote it. Transaction ids grow with every commit of the environment, from any process,
+and persist in the file, so a key's version grows with every write and never repeats, even
+across a delete and a re-create (no ABA), and it costs a plain write nothing: no read of the old
+record. (A compacting copy, ``mdb_copy -c``, restarts the ids: versions written before it may
+then repeat; copy without ``-c``.) Writes of one batch share the transaction and so its id; a
+reader sees only committed state, so it never sees two values under one version. A
+``write(..., if_version=N)`` reads the key's version inside the writer's transaction and writes
+only if it is ``N`` (0: absent or expired), else that write alone fails with
+:class:`Conflict`: the others of its batch commit. The stored value is a msgpack map
+``{"n": version, "v": value, "m": metadata, "e": expiry}`` (``mdb_dump -a`` shows it, as it
+always did); a record stored before versions existed has no ``"n"`` and reads as version 1.
+
+Namespaces: each (database, table) is one LMDB named database. A call may name another
+namespace than the store's own (Go Micro's ``ReadFrom``/``WriteTo``/...): a write creates it;
+a read, list or delete of one that does not exist finds nothing and creates nothing. Named
+databases are opened only on the writer thread, inside its write transaction (LMDB forbids
+opening them from concurrent transactions), and the environment holds at most ``max_dbs``
+of them: a write that would create one more is refused with :class:`BadRequest`, alone.
+
 Other choices: ``delete`` of a missing key is a no-op (as in Go Micro's memory store); a
 ``write`` that is cancelled while waiting may still be committed; expired records are never
 returned, and :meth:`LmdbStore.sweep` (run it periodically, e.g. with ``run_sweeper``) deletes
@@ -76,9 +96,18 @@ import lmdb  # type: ignore[import-untyped, unused-ignore]
 import msgpack
 import trio
 
-from trimicro.mailbox.errors import BadRequest, InternalServerError, NotFound, ServiceUnavailable
+from trimicro.mailbox.errors import BadRequest, InternalServerError, MicroError, NotFound, ServiceUnavailable
 
-from . import GiB, MiB, Record, _Checks, _expired  # the records and checks both stores share
+from . import (  # the records and checks both stores share
+    MAX_NAMESPACES,
+    GiB,
+    MiB,
+    Record,
+    _Checks,
+    _expired,
+    _version_of,
+    conflict,
+)
 
 __all__ = ["CACHE_RECORDS", "READ_YIELD_EVERY", "SWEEP_BATCH", "SWEEP_SCAN", "LmdbStore"]
 
@@ -93,17 +122,38 @@ MAX_BATCH = 4096
 # LMDB: the shared environment, its writer thread and its readers/remap lock
 
 
+#: A stored value starts with this, then its version as 8 big-endian bytes, then the rest of
+#: the map: ``{"n": version (uint 64), "v": ..., "m": ..., "e": ...}``. The version is known
+#: only in the writer's transaction, so the map is encoded ahead without its first entry.
+_HEAD = b"\x84\xa1n\xcf"
+
+
 def _encode(rec: Record) -> bytes:
+    """The stored map without its header and version (see ``_HEAD``)."""
     out: bytes = msgpack.packb({"v": rec.value, "m": dict(rec.metadata), "e": rec.expiry}, use_bin_type=True)
-    return out
+    return out[1:]  # a 3-entry map's header byte (0x83): the head says 4 entries
+
+
+def _current_version(key: str, data: bytes | None, now: float) -> int:
+    """The version of a stored value (0: none, or expired) for a compare-and-swap."""
+    if data is None:
+        return 0
+    try:
+        obj = msgpack.unpackb(data, raw=False)
+        if _expired(obj["e"], now):
+            return 0
+        version: int = obj.get("n", 1)
+        return version
+    except (ValueError, TypeError, KeyError, AttributeError, msgpack.UnpackException) as exc:
+        raise InternalServerError(f"store record {key!r} is not readable: {exc}") from None
 
 
 #: Building a decoded Record field by field through its slots: attrs' frozen ``__init__``
 #: (a guarded setattr per field, the converter's copy of the metadata) cost more than the
 #: rest of a read that misses the cache. The metadata dict is msgpack's own fresh one.
 _new_record = object.__new__
-_set_key, _set_value, _set_metadata, _set_expiry = (
-    Record.__dict__[name].__set__ for name in ("key", "value", "metadata", "expiry")
+_set_key, _set_value, _set_metadata, _set_expiry, _set_version = (
+    Record.__dict__[name].__set__ for name in ("key", "value", "metadata", "expiry", "version")
 )
 
 
@@ -118,6 +168,7 @@ def _decode(key: bytes, data: bytes) -> Record:
         _set_value(record, obj["v"])
         _set_metadata(record, types.MappingProxyType(metadata))
         _set_expiry(record, obj["e"])
+        _set_version(record, obj.get("n", 1))  # no version: stored before versions existed
         return record
     except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
         raise InternalServerError(f"store record {key!r} is not readable: {exc}") from None
@@ -257,13 +308,14 @@ def _owner_only(path: Path) -> None:
 class _Env:
     """One open LMDB environment per path per process, with its single writer thread."""
 
-    def __init__(self, path: Path, map_size: int, max_map_size: int, sync: bool) -> None:
+    def __init__(self, path: Path, map_size: int, max_map_size: int, sync: bool, max_dbs: int) -> None:
         _owner_only(path)
         self.path = path
         # ``mode`` is for the files LMDB creates (it strips the execute bits): 0o600.
         self.env: Any = lmdb.open(
-            str(path), map_size=map_size, max_dbs=256, sync=sync, subdir=True, mode=0o700
+            str(path), map_size=map_size, max_dbs=max_dbs, sync=sync, subdir=True, mode=0o700
         )
+        self.max_dbs = max_dbs
         self.max_map_size = max_map_size
         self.rw = _RWLock()
         self.users = 0
@@ -276,8 +328,39 @@ class _Env:
 
     def dbi(self, name: str) -> Any:
         if name not in self.dbis:
-            self.dbis[name] = self.env.open_db(name.encode(), create=True)
+            try:
+                self.dbis[name] = self.env.open_db(name.encode(), create=True)
+            except lmdb.DbsFullError:
+                raise self.full() from None
         return self.dbis[name]
+
+    def full(self) -> BadRequest:
+        return BadRequest(f"store holds its limit of {self.max_dbs} database/table namespaces (LMDB max_dbs)")
+
+    def open_in(self, txn: Any, name: str, create: bool) -> Any:
+        """A namespace's handle, opened in the writer's transaction ``txn`` (None: absent).
+        The caller records it in ``dbis`` once that transaction has committed."""
+        dbi = self.dbis.get(name)
+        if dbi is not None:
+            return dbi
+        try:
+            return self.env.open_db(name.encode(), txn=txn, create=create)
+        except lmdb.NotFoundError:
+            return None
+        except lmdb.DbsFullError:
+            raise self.full() from None
+
+    def exists(self, name: str) -> bool:
+        """Whether a namespace exists (on a worker thread: a read snapshot of the main database;
+        LMDB 1.0 keeps a named database's name with a trailing NUL)."""
+        raw = name.encode()
+        while True:
+            try:
+                with self.rw.shared(), self.env.begin() as txn:
+                    return txn.get(raw) is not None or txn.get(raw + b"\0") is not None
+            except lmdb.MapResizedError:
+                with self.rw.exclusive():
+                    self.env.set_mapsize(0)
 
     def submit(self, op: _Op) -> None:
         if self._closed:
@@ -335,10 +418,13 @@ class _Env:
             try:
                 with self.env.begin(write=True) as txn:  # aborts on any exception
                     for op in batch:
-                        op.result = op.apply(txn)
+                        try:
+                            op.result, op.error = op.apply(txn), None
+                        except MicroError as exc:
+                            # This write's own refusal (a lost compare-and-swap, too many
+                            # namespaces), raised before it wrote anything: it alone fails.
+                            op.error = exc
                 self.commits += 1
-                for op in batch:
-                    op.error = None
                 return
             except lmdb.MapFullError:
                 size = self.env.info()["map_size"]
@@ -416,6 +502,7 @@ class LmdbStore(_Checks):
         sync: bool = True,
         max_key: int = 511,
         max_value: int = 16 * MiB,
+        max_namespaces: int = MAX_NAMESPACES,
         now: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(database, table, max_key, max_value, now)
@@ -425,7 +512,7 @@ class LmdbStore(_Checks):
         with _envs_lock:
             env = _envs.get(resolved)
             if env is None:
-                env = _envs[resolved] = _Env(resolved, map_size, max_map_size, sync)
+                env = _envs[resolved] = _Env(resolved, map_size, max_map_size, sync, max_namespaces)
             env.users += 1
             self._env = env
             self._dbi = env.dbi(_dbi_name(database, table))
@@ -513,15 +600,47 @@ class LmdbStore(_Checks):
                 let_go.held = False
             self._env.rw.release_shared()
 
-    def _read_txn(self, fn: Callable[[Any], Any]) -> Any:
+    def _read_txn(self, fn: Callable[[Any], Any], dbi: Any = None) -> Any:
         """Run ``fn(txn)`` in a read-only MVCC snapshot (on a worker thread)."""
         while True:
             try:
-                with self._env.rw.shared(), self._env.env.begin(db=self._dbi) as txn:
+                with self._env.rw.shared(), self._env.env.begin(db=self._dbi if dbi is None else dbi) as txn:
                     return fn(txn)
             except lmdb.MapResizedError:
                 with self._env.rw.exclusive():
                     self._env.env.set_mapsize(0)
+
+    async def _reading(self, ns: tuple[str, str] | None) -> Any:
+        """The handle of a namespace to read (None: it does not exist, so it holds nothing)."""
+        if ns is None:
+            return self._dbi
+        name = _dbi_name(*ns)
+        dbi = self._env.dbis.get(name)
+        if dbi is None and await trio.to_thread.run_sync(self._env.exists, name):
+            env = self._env
+            dbi = await self._submit(lambda txn: env.open_in(txn, name, False))
+            if dbi is not None:
+                env.dbis[name] = dbi  # committed: the handle lives on
+        return dbi
+
+    async def _apply(self, ns: tuple[str, str] | None, create: bool, fn: Callable[[Any, Any], Any]) -> None:
+        """Run ``fn(txn, dbi)`` in the writer's transaction, on the namespace ``ns`` (None: the
+        store's own), opened there first if need be (with ``create``, made if absent)."""
+        if ns is None:
+            dbi = self._dbi
+            await self._submit(lambda txn: fn(txn, dbi))
+            return
+        env, name = self._env, _dbi_name(*ns)
+
+        def apply(txn: Any) -> Any:
+            dbi = env.open_in(txn, name, create)
+            if dbi is not None:
+                fn(txn, dbi)
+            return dbi
+
+        dbi = await self._submit(apply)
+        if dbi is not None and name not in env.dbis:
+            env.dbis[name] = dbi  # committed: the handle lives on
 
     def _scan(
         self,
@@ -532,6 +651,7 @@ class LmdbStore(_Checks):
         limit: int | None,
         offset: int,
         records: bool,
+        dbi: Any,
     ) -> tuple[
         builtins.list[tuple[bytes, Record | None]], builtins.list[tuple[str, bytes, bytes, Record, int]]
     ]:
@@ -543,10 +663,10 @@ class LmdbStore(_Checks):
         """
         out: builtins.list[tuple[bytes, Record | None]] = []
         fresh: builtins.list[tuple[str, bytes, bytes, Record, int]] = []
-        cache = self._cache
+        cache = self._cache if dbi is self._dbi else {}  # the cache holds the store's own table
         version: int = txn.id()
         skip = offset
-        cursor = txn.cursor(db=self._dbi)
+        cursor = txn.cursor(db=dbi)
         if not cursor.set_range(prefix):
             return out, fresh
         for raw, data in cursor:
@@ -599,8 +719,15 @@ class LmdbStore(_Checks):
         suffix: bool = False,
         limit: int | None = None,
         offset: int = 0,
+        database: str | None = None,
+        table: str | None = None,
     ) -> builtins.list[Record]:
-        if not (prefix or suffix or limit is not None or offset) and type(key) is str:
+        if (
+            not (prefix or suffix or limit is not None or offset)
+            and type(key) is str
+            and database is None
+            and table is None
+        ):
             # The hot path, written out in one function (a point read costs a few microseconds,
             # so every call counts): no thread hop, no scheduler trip, no lock (the trio thread
             # registers as a reader once per scheduler batch: a map resize waits for that).
@@ -653,22 +780,33 @@ class LmdbStore(_Checks):
                     if record is not None and (record.expiry is None or record.expiry > self.now()):
                         return [record]
                     raise NotFound(f"store key {key!r} not found")
-        return await self._read_slowly(key, prefix, suffix, limit, offset)
+        return await self._read_slowly(key, prefix, suffix, limit, offset, database, table)
 
     async def _read_slowly(
-        self, key: str, prefix: bool, suffix: bool, limit: int | None, offset: int
+        self,
+        key: str,
+        prefix: bool,
+        suffix: bool,
+        limit: int | None,
+        offset: int,
+        database: str | None,
+        table: str | None,
     ) -> builtins.list[Record]:
         """A read that :meth:`read`'s fast path does not answer (a method of its own: its
         closures would make every point read allocate cells for the variables they share)."""
         self._check_open()
         self._page(limit, offset)
+        ns = self._namespace(database, table)
         now = self.now()
         if not (prefix or suffix):
             # Here when the fast path above could not answer: a key it will not take (the
-            # check raises the clear error) or a map resize holding the lock (a worker thread
-            # waits for it).
+            # check raises the clear error), a map resize holding the lock (a worker thread
+            # waits for it), or another namespace.
             raw = self._key(key)
-            data = await trio.to_thread.run_sync(self._read_txn, lambda txn: txn.get(raw))
+            dbi = await self._reading(ns)
+            data = None
+            if dbi is not None:
+                data = await trio.to_thread.run_sync(self._read_txn, lambda txn: txn.get(raw, db=dbi), dbi)
             if data is None:
                 raise NotFound(f"store key {key!r} not found")
             record = _decode(raw, data)
@@ -677,30 +815,68 @@ class LmdbStore(_Checks):
             return [record]
         affix = self._affix(key, "key")
         pre, suf = (affix if prefix else b""), (affix if suffix else b"")
+        dbi = await self._reading(ns)
+        if dbi is None:
+            return []
         found, fresh = await trio.to_thread.run_sync(
-            self._read_txn, lambda txn: self._scan(txn, pre, suf, now, limit, offset, True)
+            self._read_txn, lambda txn: self._scan(txn, pre, suf, now, limit, offset, True, dbi), dbi
         )
-        for fresh_key, fresh_raw, fresh_data, fresh_record, fresh_version in fresh:
+        for fresh_key, fresh_raw, fresh_data, fresh_record, fresh_version in (
+            fresh if dbi is self._dbi else ()
+        ):
             self._remember(fresh_key, fresh_raw, fresh_data, fresh_record, fresh_version)
         return [record for _, record in found if record is not None]
 
-    async def write(self, record: Record, *, ttl: float | None = None) -> None:
+    async def write(
+        self,
+        record: Record,
+        *,
+        ttl: float | None = None,
+        if_version: int | None = None,
+        database: str | None = None,
+        table: str | None = None,
+    ) -> None:
         raw, rec = self._record(record, ttl)
-        encoded, dbi = _encode(rec), self._dbi
-        await self._submit(lambda txn: txn.put(raw, encoded, db=dbi))
+        body = _encode(rec)
+        want = _version_of(if_version)
+        if want is None and database is None and table is None:  # the common write: no closure cells
+            dbi = self._dbi
+            await self._submit(lambda txn: txn.put(raw, _HEAD + txn.id().to_bytes(8, "big") + body, db=dbi))
+            return
+        key, now = rec.key, self.now()
 
-    async def delete(self, key: str) -> None:
-        raw, dbi = self._key(key), self._dbi
-        await self._submit(lambda txn: txn.delete(raw, db=dbi))
+        def put(txn: Any, dbi: Any) -> None:
+            if want is not None:
+                have = _current_version(key, txn.get(raw, None, dbi), now)
+                if have != want:
+                    raise conflict(key, want, have)  # before writing anything: this write alone fails
+            txn.put(raw, _HEAD + txn.id().to_bytes(8, "big") + body, db=dbi)
+
+        await self._apply(self._namespace(database, table), True, put)
+
+    async def delete(self, key: str, *, database: str | None = None, table: str | None = None) -> None:
+        raw = self._key(key)
+        await self._apply(self._namespace(database, table), False, lambda txn, dbi: txn.delete(raw, db=dbi))
 
     async def list(
-        self, *, prefix: str = "", suffix: str = "", limit: int | None = None, offset: int = 0
+        self,
+        *,
+        prefix: str = "",
+        suffix: str = "",
+        limit: int | None = None,
+        offset: int = 0,
+        database: str | None = None,
+        table: str | None = None,
     ) -> builtins.list[str]:
         self._check_open()
         self._page(limit, offset)
         pre, suf, now = self._affix(prefix, "prefix"), self._affix(suffix, "suffix"), self.now()
+        dbi = await self._reading(self._namespace(database, table))
+        if dbi is None:
+            await trio.lowlevel.checkpoint()
+            return []
         found, _ = await trio.to_thread.run_sync(
-            self._read_txn, lambda txn: self._scan(txn, pre, suf, now, limit, offset, False)
+            self._read_txn, lambda txn: self._scan(txn, pre, suf, now, limit, offset, False, dbi), dbi
         )
         return [raw.decode() for raw, _ in found]
 

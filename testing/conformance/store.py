@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from trimicro.cluster.store import Record, Store
-from trimicro.mailbox.errors import BadRequest, MicroError, NotFound
+from trimicro.mailbox.errors import BadRequest, Conflict, MicroError, NotFound
 
 __all__ = ["ManualClock", "OpenStore", "StoreConformance", "WallClock"]
 
@@ -81,6 +81,9 @@ class StoreConformance:
       clock overrides it to return a :class:`WallClock` (and may raise ``ttl``).
 
     **Knobs (class attributes).** ``ttl``: the TTL, in seconds, the expiry checks write with.
+    ``durable``: True if a store opened again (by ``open_store``, after ``aclose``) holds what
+    was written before (then its records and their versions are checked to survive that).
+    ``contenders``: how many tasks race one compare-and-swap.
 
     **Promises checked.** A written record reads back whole (value bytes, metadata) and a write
     replaces the whole record; a missing key raises ``NotFound`` and a delete of one is a no-op;
@@ -89,13 +92,21 @@ class StoreConformance:
     a write's ``ttl`` (relative) or the record's ``expiry`` (absolute unix seconds; ``ttl``
     wins) makes a record vanish from reads, scans and pages at that time and not before, and a
     later write without either keeps it forever; the (database, table) namespaces never see each
-    other's keys; bad arguments raise ``BadRequest``; a closed store refuses every call with a
-    :class:`~trimicro.mailbox.errors.MicroError` and closing twice is harmless.
+    other's keys, and every call may name another namespace (``database=``/``table=``, Go
+    Micro's ``ReadFrom``/``WriteTo``/``DeleteFrom``/``ListFrom``) that the store's own never sees;
+    a read gives each record a ``version`` > 0 that grows with every write of its key and never
+    repeats, even across a delete; ``write(..., if_version=N)`` writes only if the key's version
+    is ``N`` (0: absent or expired) and raises ``Conflict`` otherwise, changing nothing, and of
+    N concurrent ones at one version exactly one wins; bad arguments raise ``BadRequest``; a
+    closed store refuses every call with a :class:`~trimicro.mailbox.errors.MicroError` and
+    closing twice is harmless.
     """
 
     pytestmark = pytest.mark.trio
 
     ttl: float = 10.0
+    durable: bool = False
+    contenders: int = 16
 
     @pytest.fixture
     def open_store(self) -> OpenStore:
@@ -265,6 +276,124 @@ class StoreConformance:
             for store in stores:
                 await store.aclose()
 
+    async def test_a_call_may_name_another_namespace(self, store: Store) -> None:
+        other = {"database": "conformance-other", "table": "t"}
+        await store.write(Record("k", b"own"))
+        await store.write(Record("k", b"other", {"m": "1"}), **other)
+        await store.write(Record("only-there", b"x"), table="second")
+        assert (await store.read("k"))[0].value == b"own"
+        [record] = await store.read("k", **other)
+        assert (record.value, dict(record.metadata)) == (b"other", {"m": "1"})
+        assert await store.list() == ["k"]
+        assert await store.list(**other) == ["k"]
+        assert await store.list(table="second") == ["only-there"]
+        assert [r.key for r in await store.read("", prefix=True, table="second")] == ["only-there"]
+        # The store's own names, given explicitly, are its own namespace.
+        assert await store.list(database="conformance", table="default") == ["k"]
+        await store.delete("k", **other)
+        assert await store.list(**other) == []
+        assert (await store.read("k"))[0].value == b"own"
+        # A namespace nobody wrote holds nothing.
+        with pytest.raises(NotFound):
+            await store.read("k", database="never", table="written")
+        assert await store.list(database="never", table="written") == []
+        assert await store.read("k", prefix=True, database="never") == []
+        await store.delete("k", database="never")
+        for bad in ({"database": ""}, {"table": ""}, {"table": "a\x00b"}, {"database": "x" * 1000}):
+            with pytest.raises(BadRequest):
+                await store.write(Record("k", b"v"), **bad)
+            with pytest.raises(BadRequest):
+                await store.list(**bad)
+
+    # ---- versions and compare-and-swap ------------------------------------------------------------
+
+    async def test_versions_grow_with_every_write_and_never_repeat(self, store: Store) -> None:
+        seen: list[int] = []
+        for value in (b"1", b"2", b"3"):
+            await store.write(Record("k", value))
+            seen.append((await store.read("k"))[0].version)
+        await store.delete("k")
+        await store.write(Record("k", b"again"))
+        seen.append((await store.read("k"))[0].version)
+        assert seen[0] > 0 and seen == sorted(set(seen)), seen
+        [scanned] = await store.read("k", prefix=True)
+        assert scanned.version == seen[-1]
+
+    async def test_compare_and_swap(self, store: Store, clock: Clock) -> None:
+        await store.write(Record("k", b"first"), if_version=0)  # create if absent
+        with pytest.raises(Conflict):
+            await store.write(Record("k", b"again"), if_version=0)
+        [record] = await store.read("k")
+        assert record.value == b"first"
+        await store.write(Record("k", b"second"), if_version=record.version)  # update at its version
+        [now] = await store.read("k")
+        assert now.value == b"second" and now.version > record.version
+        with pytest.raises(Conflict):
+            await store.write(Record("k", b"stale"), if_version=record.version)
+        with pytest.raises(Conflict):
+            await store.write(Record("k", b"made-up"), if_version=now.version + 1000)
+        assert (await store.read("k"))[0].value == b"second"
+        await store.delete("k")
+        with pytest.raises(Conflict):
+            await store.write(Record("k", b"gone"), if_version=now.version)
+        await store.write(Record("k", b"back"), if_version=0)
+        # An expired record is absent: a create-if-absent takes its place.
+        await store.write(Record("lapsing", b"1"), ttl=self.ttl)
+        await clock.advance(self.ttl)
+        await store.write(Record("lapsing", b"2"), if_version=0)
+        assert (await store.read("lapsing"))[0].value == b"2"
+        # In another namespace too, and namespaces have their own keys' versions.
+        await store.write(Record("k", b"there"), if_version=0, table="cas")
+        [there] = await store.read("k", table="cas")
+        await store.write(Record("k", b"there2"), if_version=there.version, table="cas")
+        with pytest.raises(BadRequest):
+            await store.write(Record("k", b"v"), if_version=-1)
+
+    async def test_concurrent_compare_and_swap_has_one_winner_per_version(self, store: Store) -> None:
+        await store.write(Record("counter", b"0"))
+        for _ in range(3):
+            [record] = await store.read("counter")
+            won: list[int] = []
+            lost: list[int] = []
+
+            async def contend(
+                i: int, version: int = record.version, won: list[int] = won, lost: list[int] = lost
+            ) -> None:
+                try:
+                    await store.write(Record("counter", str(i).encode()), if_version=version)
+                    won.append(i)
+                except Conflict:
+                    lost.append(i)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(self.contenders):
+                    nursery.start_soon(contend, i)
+            assert len(won) == 1 and len(lost) == self.contenders - 1, (won, lost)
+            [after] = await store.read("counter")
+            assert after.value == str(won[0]).encode() and after.version > record.version
+
+    async def test_records_and_versions_survive_reopening(self, open_store: OpenStore) -> None:
+        if not self.durable:
+            pytest.skip("not a durable store (durable = False)")
+        store = await _opened(open_store, "conformance", "durable")
+        try:
+            await store.write(Record("k", b"v"))
+            await store.write(Record("k", b"v2"), table="durable-other")
+            [before] = await store.read("k")
+        finally:
+            await store.aclose()
+        store = await _opened(open_store, "conformance", "durable")
+        try:
+            [after] = await store.read("k")
+            assert (after.value, after.version) == (b"v", before.version)
+            with pytest.raises(Conflict):
+                await store.write(Record("k", b"w"), if_version=0)
+            await store.write(Record("k", b"w"), if_version=before.version)
+            assert (await store.read("k"))[0].version > before.version
+            assert (await store.read("k", table="durable-other"))[0].value == b"v2"
+        finally:
+            await store.aclose()
+
     # ---- bad input and closing ---------------------------------------------------------------------
 
     @pytest.mark.parametrize(
@@ -299,6 +428,10 @@ class StoreConformance:
             lambda: store.write(Record("k", b"w")),
             lambda: store.delete("k"),
             lambda: store.list(),
+            lambda: store.read("k", table="elsewhere"),
+            lambda: store.write(Record("k", b"w"), table="elsewhere"),
+            lambda: store.write(Record("k", b"w"), if_version=1),
+            lambda: store.list(table="elsewhere"),
         ):
             with pytest.raises(MicroError):
                 await call()
