@@ -277,7 +277,7 @@ class StoreConformance:
                 await store.aclose()
 
     async def test_a_call_may_name_another_namespace(self, store: Store) -> None:
-        other = {"database": "conformance-other", "table": "t"}
+        other: dict[str, Any] = {"database": "conformance-other", "table": "t"}
         await store.write(Record("k", b"own"))
         await store.write(Record("k", b"other", {"m": "1"}), **other)
         await store.write(Record("only-there", b"x"), table="second")
@@ -299,7 +299,13 @@ class StoreConformance:
         assert await store.list(database="never", table="written") == []
         assert await store.read("k", prefix=True, database="never") == []
         await store.delete("k", database="never")
-        for bad in ({"database": ""}, {"table": ""}, {"table": "a\x00b"}, {"database": "x" * 1000}):
+        bads: list[dict[str, Any]] = [
+            {"database": ""},
+            {"table": ""},
+            {"table": "a\x00b"},
+            {"database": "x" * 1000},
+        ]
+        for bad in bads:
             with pytest.raises(BadRequest):
                 await store.write(Record("k", b"v"), **bad)
             with pytest.raises(BadRequest):
