@@ -25,7 +25,6 @@ from __future__ import annotations
 import dis
 import inspect
 import types as _types
-import typing
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -181,11 +180,7 @@ class HandlerTable:
         }
         if not types:
             try:
-                try:
-                    hints = typing.get_type_hints(fn)
-                except NameError:
-                    hints = typing.get_type_hints(fn, localns=namespace)
-                hint = hints.get(params[0].name)
+                hint = _parameter_hint(fn, params[0], namespace)
             except Exception as exc:  # not a silent raw body where a class was declared
                 raise TypeError(
                     f"{cls.__name__}.{name}: the annotation of {params[0].name!r} does not resolve "
@@ -247,3 +242,19 @@ def handler_table(cls: type[Actor]) -> HandlerTable:
         table = HandlerTable(cls)
         cls._trimicro_handlers = table
     return table
+
+
+def _parameter_hint(fn: Handler, param: inspect.Parameter, namespace: dict[str, Any]) -> Any:
+    """The message parameter's annotation, evaluated alone (as ``typing.get_type_hints`` would,
+    in the handler's module, then with ``namespace``): the return annotation and others are
+    not evaluated, so a return type imported under ``TYPE_CHECKING`` does not fail the spawn."""
+    annotation = param.annotation
+    if annotation is inspect.Parameter.empty:
+        return None
+    if not isinstance(annotation, str):
+        return annotation
+    globalns = getattr(inspect.unwrap(fn), "__globals__", {})
+    try:
+        return eval(annotation, globalns)  # what get_type_hints does with a string annotation
+    except NameError:
+        return eval(annotation, globalns, namespace)

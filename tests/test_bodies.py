@@ -13,7 +13,7 @@ import enum
 import json
 import string
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import pytest
@@ -22,6 +22,9 @@ from hypothesis import strategies as st
 
 from trimicro.actors import Actor, BadRequest, ask, handles, start_node
 from trimicro.actors.bodies import MAX_ERROR_CHARS, MAX_ERRORS, MAX_EXPLAINED, body_converter
+
+if TYPE_CHECKING:
+    from decimal import Decimal  # only for a return annotation: never evaluated at run time
 
 
 class Size(enum.Enum):
@@ -474,3 +477,26 @@ def test_a_large_wrong_body_is_a_400_without_a_detailed_pass() -> None:
     assert caught.value.detail == (
         "body does not fit list[Item]: expected int, got str (somewhere in a large body)"
     )
+
+
+@attrs.frozen
+class Amount:
+    cents: int
+
+
+class Ledger(Actor):
+    service_name = "ledger"
+
+    async def total(self, msg: Amount) -> Decimal:  # Decimal exists only for type checkers
+        return msg.cents  # type: ignore[return-value]
+
+
+async def test_a_return_annotation_only_type_checkers_see_does_not_fail_the_spawn() -> None:
+    """Only the message parameter's annotation is evaluated: a return type imported under
+    ``TYPE_CHECKING`` (common in typed code) used to fail the spawn with a NameError blamed on
+    the parameter."""
+    async with start_node() as node:
+        ref = await node.spawn(Ledger)
+        assert await ask(ref, {"cents": 5}, endpoint="ledger.total") == 5
+        with pytest.raises(BadRequest):
+            await ask(ref, {"cents": "5"}, endpoint="ledger.total")
