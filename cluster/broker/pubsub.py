@@ -43,30 +43,30 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import attrs
 import trio
 
-from trimicro.actors import Actor, ActorRef, Terminated, ask
-from trimicro.actors.cell import DEAD, OK, Cell
-from trimicro.actors.remote import AUTHORIZATION, OUT_HIGH_WATER, Link, Peer, forward_auth
-from trimicro.cluster.auth.guard import GUARD_ID, fetch_state
-from trimicro.cluster.auth.rules import Resource
+from trimicro.actors import Actor, ActorRef, Node, Terminated, ask
+from trimicro.actors.lowlevel import AUTHORIZATION, DEAD, OK, OUT_HIGH_WATER, Cell, Link, Peer, forward_auth
 from trimicro.mailbox.codecs import MSGPACK
 from trimicro.mailbox.envelope import Envelope
-from trimicro.mailbox.errors import BadRequest, Forbidden, MicroError, ServiceUnavailable, Unauthorized
+from trimicro.mailbox.errors import (
+    GUARD_ID,
+    BadRequest,
+    Forbidden,
+    MicroError,
+    ServiceUnavailable,
+    Unauthorized,
+)
 
 from .topics import SubscriptionIndex, matches, validate_pattern, validate_subject
 
-if TYPE_CHECKING:
-    from trimicro.cluster.cluster import Cluster
-    from trimicro.cluster.membership.swim import MemberEvent
-
-__all__ = ["DEAD_LETTER_PREFIX", "Message", "Policy", "PubSub", "Subscription"]
+__all__ = ["DEAD_LETTER_PREFIX", "Host", "Message", "Policy", "PubSub", "Subscription", "TopicGuard"]
 
 log = logging.getLogger("trimicro.pubsub")
 
@@ -83,6 +83,85 @@ MAX_ROUTE_SENDERS = 64
 #: A 401/403 from a delivery (the receiving node's rules, or a subscriber that raises one) is a
 #: refusal, not a failure to deliver: it would be the same on every attempt, so never redelivered.
 _REFUSED = (Unauthorized, Forbidden)
+
+
+class TopicGuard(Protocol):
+    """What the broker needs of the node's auth guard (``cluster.auth``, an
+    :class:`~trimicro.cluster.auth.AuthGuard`): the rules on topics, for inbound messages
+    (:meth:`admit_topic`), acknowledged deliveries (:meth:`check_topic`) and the sender-side
+    check of a publish (:meth:`admit_sent_topic`); each raises the 401/403 it refuses with."""
+
+    @property
+    def version(self) -> int:
+        """The version of the rules in force (0: none fetched or given yet)."""
+        ...
+
+    @property
+    def on_apply(self) -> list[Callable[[], None]]:
+        """Called whenever the rules change (the broker forgets its routes)."""
+        ...
+
+    def admit_topic(
+        self, link: Link, headers: Mapping[str, str] | None, topic: str, action: str
+    ) -> object: ...
+
+    def check_topic(self, account: Any, topic: str, action: str) -> None: ...
+
+    def admit_sent_topic(self, authorization: str | None, topic: str, action: str) -> object: ...
+
+
+class _Member(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+class _MemberEvent(Protocol):
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def member(self) -> _Member: ...
+
+
+class _Swim(Protocol):
+    def alive_members(self) -> Iterable[_Member]: ...
+
+
+class _Membership(Protocol):
+    @property
+    def swim(self) -> _Swim: ...
+
+    @property
+    def listeners(self) -> list[Callable[[Any], None]]:
+        """Called with every membership event (a ``MemberEvent``: ``kind``, ``member.id``)."""
+        ...
+
+
+class Host(Protocol):
+    """What the broker needs of the cluster node it runs on. The wiring
+    (:class:`trimicro.cluster.Cluster`) passes itself to :class:`PubSub`; the broker imports
+    neither it nor auth nor membership, whose parts it uses through the Protocols here."""
+
+    @property
+    def node(self) -> Node: ...
+
+    @property
+    def rng(self) -> random.Random: ...
+
+    @property
+    def auth(self) -> TopicGuard | None: ...
+
+    @property
+    def auth_sync(self) -> object | None:
+        """What keeps :attr:`auth` current, if anything (else the broker fetches the rules once)."""
+        ...
+
+    @property
+    def membership(self) -> _Membership | None: ...
+
+    async def fetch_auth_state(self, *, timeout: float) -> None:
+        """Fetch the cluster's rules and revocations into :attr:`auth` now."""
+        ...
 
 
 async def _ask_subscriber(sub: Subscription, message: Message) -> None:
@@ -162,7 +241,7 @@ class _Deliverer(Actor):
             raise BadRequest(str(exc)) from None
         guard, account = self.pubsub.cluster.auth, self.context.account
         if guard is not None and account is not None:  # the same topic rules as a plain publish
-            guard.check(account, Resource("topic", body["t"], "publish"))
+            guard.check_topic(account, body["t"], "publish")
         return await self.pubsub._deliver_acked_locally(body)
 
 
@@ -197,7 +276,7 @@ class _Route:
 class PubSub:
     """A cluster node's pub/sub: local index, peers' interest, publish and subscribe."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Host) -> None:
         self.cluster = cluster
         self.node = cluster.node
         self.codec = self.node.remote.codec
@@ -330,7 +409,7 @@ class PubSub:
         self._routes.clear()
         peer.send_system("pubsub.interest", self._interest_body())
 
-    def _member_event(self, event: MemberEvent) -> None:
+    def _member_event(self, event: _MemberEvent) -> None:
         if event.kind in ("joined", "alive"):
             self._tell_interest(event.member.id)
         elif event.kind in ("dead", "left") and self.remote_interest.pop(event.member.id, None) is not None:
@@ -456,16 +535,18 @@ class PubSub:
         judge by the defaults, and receivers would drop what it was told it may send.
         """
         guard = self.cluster.auth
+        if guard is None:  # no auth on this node: nothing to check (routes do not ask then)
+            return
         fetched = self._rules_fetched
         if fetched is None and self.cluster.auth_sync is None and not guard.version:
             fetched = self._rules_fetched = trio.Event()
             try:
-                await fetch_state(self.cluster, guard, timeout=self.node.ask_timeout)
+                await self.cluster.fetch_auth_state(timeout=self.node.ask_timeout)
             finally:
                 fetched.set()
         elif fetched is not None and not fetched.is_set():
             await fetched.wait()  # another publish is fetching them: judge by the same rules
-        guard.admit_sent(token, Resource("topic", topic, "publish"))
+        guard.admit_sent_topic(token, topic, "publish")
 
     async def _post(self, node_id: str, entry: list[Any]) -> int:
         """Send one message to ``node_id``: appended to the link's open ``pubsub.batch`` frame,
