@@ -61,8 +61,12 @@ from .service import IDEMPOTENT, describe_endpoints
 
 if TYPE_CHECKING:
     from .auth import Auth
+    from .auth.guard import Host as AuthHost
     from .broker import Broker
+    from .broker import Host as BrokerHost
+    from .membership import Host as MembershipHost
     from .store import Store
+    from .store.service import Caller as StoreCaller
 
 __all__ = ["NODE_SERVICE", "Cluster", "call", "start_cluster"]
 
@@ -397,6 +401,12 @@ class Cluster:
 
     async def describe(self, name: str) -> list[Service]:
         return await self.cache.get_service(name)
+
+
+if TYPE_CHECKING:  # the Protocols the abstractions declare of their node: a Cluster is each
+
+    def _is_their_host(cluster: Cluster) -> tuple[AuthHost, BrokerHost, MembershipHost, StoreCaller]:
+        return cluster, cluster, cluster, cluster
 
 
 def _clusters_of(identity: Any) -> tuple[str, frozenset[str]]:
