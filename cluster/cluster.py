@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trimicro.actors import ActorRef, Node, Restart, ask, open_stream, start_node
-from trimicro.actors.cell import current_cell
-from trimicro.actors.remote import Identity, Unreachable
-from trimicro.actors.streams import Stream
+from trimicro.actors import ActorRef, Node, Restart, Stream, ask, open_stream, start_node
+from trimicro.actors.lowlevel import Identity, Unreachable, current_cell
 from trimicro.mailbox.codec import TypeRegistry
 from trimicro.mailbox.errors import MicroError, NotFound
 
+from .auth.guard import fetch_state
+from .membership import SYSTEM_PATH, Membership
 from .registry import (
     NODE_SERVICE,
     NodeInfo,
@@ -61,16 +61,16 @@ from .service import IDEMPOTENT, describe_endpoints
 
 if TYPE_CHECKING:
     from .auth import Auth
+    from .auth.guard import Host as AuthHost
     from .broker import Broker
+    from .broker import Host as BrokerHost
+    from .membership import Host as MembershipHost
     from .store import Store
+    from .store.service import Caller as StoreCaller
 
 __all__ = ["NODE_SERVICE", "Cluster", "call", "start_cluster"]
 
 log = logging.getLogger("trimicro.cluster")
-
-#: Where each cluster node runs its membership actor (``Membership.members`` and friends).
-SYSTEM_NAME = "trimicro-cluster"
-SYSTEM_PATH = f"/user/{SYSTEM_NAME}"
 
 
 class Cluster:
@@ -141,6 +141,12 @@ class Cluster:
     @property
     def address(self) -> str:
         return self.node.address or ""
+
+    async def fetch_auth_state(self, *, timeout: float) -> None:
+        """Fetch the auth service's rules and revocations into this node's guard now (the
+        broker does, once, on a node that follows no auth service before judging a publish)."""
+        if self.auth is not None:
+            await fetch_state(self, self.auth, timeout=timeout)
 
     def service_of(self, path: str) -> str | None:
         """The service name served by the local actor at ``path`` (``None`` if none is)."""
@@ -397,6 +403,12 @@ class Cluster:
         return await self.cache.get_service(name)
 
 
+if TYPE_CHECKING:  # the Protocols the abstractions declare of their node: a Cluster is each
+
+    def _is_their_host(cluster: Cluster) -> tuple[AuthHost, BrokerHost, MembershipHost, StoreCaller]:
+        return cluster, cluster, cluster, cluster
+
+
 def _clusters_of(identity: Any) -> tuple[str, frozenset[str]]:
     """This node's cluster fingerprint and those of the authorities it trusts, from its identity.
 
@@ -555,8 +567,6 @@ async def start_cluster(
                 if cluster.auth_sync is not None:
                     nursery.start_soon(cluster.auth_sync.run)
             if membership:
-                from .membership import Membership
-
                 cluster.membership = Membership(cluster)
                 await nursery.start(cluster.membership.run)
             if broker_url is not None:

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 import attrs
 
-from trimicro.actors.actor import Actor, handler_table
+from trimicro.actors import Actor
+from trimicro.actors.lowlevel import handler_table
 
 from .registry import Endpoint
 

@@ -12,6 +12,7 @@ from http import HTTPStatus
 from typing import Any, ClassVar
 
 __all__ = [
+    "GUARD_ID",
     "BadRequest",
     "Conflict",
     "Forbidden",
@@ -24,6 +25,14 @@ __all__ = [
     "Unauthorized",
     "error_from_fields",
 ]
+
+
+#: The ``id`` of the 401/403 a node's guard answers with (its own rejection of the caller, by
+#: token or rules): a sender tells it from the same codes raised by a handler for its own
+#: reasons (pub/sub's acknowledged mode does not redeliver the first, see docs/auth.md). Here,
+#: with the errors, because both the guard (cluster auth) and those who read its refusals (the
+#: broker) use it, and neither should import the other.
+GUARD_ID = "trimicro.auth"
 
 
 def _status_text(code: int) -> str:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 import msgpack
@@ -34,16 +34,13 @@ import trio
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from trimicro.actors.cell import Cell
-from trimicro.actors.remote import AUTHORIZATION, Link
+from trimicro.actors import Node
+from trimicro.actors.lowlevel import AUTHORIZATION, Cell, Link
 from trimicro.mailbox.envelope import Envelope
-from trimicro.mailbox.errors import BadRequest, MicroError, NotFound, Unauthorized
+from trimicro.mailbox.errors import GUARD_ID, BadRequest, MicroError, NotFound, Unauthorized
 
 from .rules import DEFAULT_RULES, Access, Resource, Rule, Rules
 from .tokens import Account, TokenCache
-
-if TYPE_CHECKING:
-    from trimicro.cluster.cluster import Cluster
 
 __all__ = [
     "AUTH_SERVICE",
@@ -54,6 +51,7 @@ __all__ = [
     "AuthGuard",
     "AuthState",
     "AuthSync",
+    "Host",
     "announce_change",
     "close_revoked_links",
     "fetch_state",
@@ -67,16 +65,34 @@ log = logging.getLogger("trimicro.auth")
 #: The service name the auth service runs under (``trimicro run --store`` serves it).
 AUTH_SERVICE = "auth"
 
-#: The ``id`` of the 401/403 a node's guard answers with (its own rejection of the caller, by
-#: token or rules): a sender tells it from the same codes raised by a handler for its own
-#: reasons (pub/sub's acknowledged mode does not redeliver the first, see docs/auth.md).
-GUARD_ID = "trimicro.auth"
-
 #: The SYSTEM operation by which the auth service tells nodes that the rules or revocations changed.
 CHANGED_OP = "auth.changed"
 
 
-def announce_change(cluster: Cluster) -> None:
+class Host(Protocol):
+    """What auth needs of the cluster node it guards: the node, calls by service name, and the
+    guard and sync the wiring installed. The wiring (:class:`trimicro.cluster.Cluster`) passes
+    itself; auth does not import it (the wiring imports auth, not the other way round)."""
+
+    @property
+    def node(self) -> Node: ...
+
+    @property
+    def auth(self) -> Any:
+        """The node's :class:`AuthGuard` (``None`` without auth)."""
+        ...
+
+    @property
+    def auth_sync(self) -> Any:
+        """The node's :class:`AuthSync`, if it follows an auth service."""
+        ...
+
+    async def call(
+        self, service: str, endpoint: str | None, body: Any = None, *, timeout: float | None = None
+    ) -> Any: ...
+
+
+def announce_change(cluster: Host) -> None:
     """Poke this node's and every linked node's :class:`AuthSync` (the auth service calls it)."""
     sync = cluster.auth_sync
     if sync is not None:
@@ -324,6 +340,10 @@ class AuthGuard:
             self.denied_access(account, resource)
             raise type(exc)(exc.detail, id=GUARD_ID) from None
 
+    def check_topic(self, account: Account, topic: str, action: str) -> None:
+        """:meth:`check` on a topic (the broker names topics, not auth's resources)."""
+        self.check(account, Resource("topic", topic, action))
+
     def denied_access(self, account: Account, resource: Resource) -> None:
         """Count and log a denial (with account and resource)."""
         self.denied += 1
@@ -421,6 +441,10 @@ class AuthGuard:
         self._remember(key, account, now + 1.0)
         return account
 
+    def admit_sent_topic(self, authorization: str | None, topic: str, action: str) -> Account:
+        """:meth:`admit_sent` on a topic (the broker names topics, not auth's resources)."""
+        return self.admit_sent(authorization, Resource("topic", topic, action))
+
     def _caller(self, link: Link, headers: Mapping[str, str] | None, action: str) -> Account:
         try:
             return self.authenticate(link, headers)
@@ -479,7 +503,7 @@ class AuthSync:
     service (at most one at a time), so a peer that floods pokes changes nothing.
     """
 
-    def __init__(self, cluster: Cluster, guard: AuthGuard, refresh: float) -> None:
+    def __init__(self, cluster: Host, guard: AuthGuard, refresh: float) -> None:
         self.cluster = cluster
         self.guard = guard
         self.refresh = refresh
@@ -506,7 +530,7 @@ class AuthSync:
         await fetch_state(self.cluster, self.guard, timeout=max(1.0, self.refresh))
 
 
-async def fetch_state(cluster: Cluster, guard: AuthGuard, *, timeout: float) -> None:
+async def fetch_state(cluster: Host, guard: AuthGuard, *, timeout: float) -> None:
     """Fetch the auth service's state into ``guard`` if it changed; an unreachable auth service
     keeps the last one, a cluster without one keeps the defaults.
 
@@ -531,7 +555,7 @@ async def fetch_state(cluster: Cluster, guard: AuthGuard, *, timeout: float) -> 
     guard.accept(state)
 
 
-def close_revoked_links(cluster: Cluster) -> None:
+def close_revoked_links(cluster: Host) -> None:
     """Close links to revoked nodes, and refuse their keys in future handshakes."""
     revoked = cluster.auth.revoked_nodes
     if not revoked:

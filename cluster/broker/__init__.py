@@ -7,7 +7,10 @@
 - :mod:`.topics`: subjects and patterns (``a.b.c``, ``*`` one token, ``>`` the rest) and the
   index that matches a subject against many subscriptions (sans-I/O);
 - :mod:`.pubsub`: :class:`PubSub`, the default broker: per-node topic actors, queue groups,
-  interest spread to peers, dead letters, and the sender-side auth check of each publish.
+  interest spread to peers, dead letters, and the sender-side auth check of each publish;
+  :mod:`.acked` its acknowledged mode, :mod:`.message` what it carries (:class:`Message`,
+  :class:`Subscription`), :mod:`.host` what it needs of its node (:class:`Host`, with the
+  auth checks on topics as :class:`TopicGuard`), which the cluster wiring satisfies.
 
 The cluster wiring (:func:`trimicro.cluster.start_cluster`) builds one broker per node
 (``cluster.pubsub``), once at start: ``broker=`` an instance, a factory taking the
@@ -22,17 +25,21 @@ from typing import Any, Protocol, runtime_checkable
 
 from trimicro.actors import ActorRef
 
-from .pubsub import DEAD_LETTER_PREFIX, Message, Policy, PubSub, Subscription
+from .host import Host, TopicGuard
+from .message import DEAD_LETTER_PREFIX, Message, Policy, Subscription
+from .pubsub import PubSub
 from .topics import InvalidSubject, matches, validate_pattern, validate_subject
 
 __all__ = [
     "DEAD_LETTER_PREFIX",
     "Broker",
+    "Host",
     "InvalidSubject",
     "Message",
     "Policy",
     "PubSub",
     "Subscription",
+    "TopicGuard",
     "matches",
     "validate_pattern",
     "validate_subject",

@@ -33,7 +33,8 @@ Delivery semantics (stated, and tested in tests/test_pubsub.py):
   queued message of that subscription is dropped), or ``"drop_subscriber"`` (the subscription is
   removed). Drops are counted in :attr:`PubSub.dropped` and published as dead letters.
 
-Subscriptions die with their actor (death watch).
+Subscriptions die with their actor (death watch). Acknowledged mode is in :mod:`.acked`, the
+message types in :mod:`.message`, and what the broker needs of its node in :mod:`.host`.
 """
 
 from __future__ import annotations
@@ -46,32 +47,25 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-import attrs
 import trio
 
-from trimicro.actors import Actor, ActorRef, Terminated, ask
-from trimicro.actors.cell import DEAD, OK, Cell
-from trimicro.actors.remote import AUTHORIZATION, OUT_HIGH_WATER, Link, Peer, forward_auth
-from trimicro.cluster.auth.guard import GUARD_ID, fetch_state
-from trimicro.cluster.auth.rules import Resource
+from trimicro.actors import Actor, ActorRef, Terminated
+from trimicro.actors.lowlevel import AUTHORIZATION, DEAD, OK, OUT_HIGH_WATER, Cell, Link, Peer, forward_auth
 from trimicro.mailbox.codec import MSGPACK
 from trimicro.mailbox.envelope import Envelope
-from trimicro.mailbox.errors import BadRequest, Forbidden, MicroError, ServiceUnavailable, Unauthorized
+from trimicro.mailbox.errors import BadRequest, MicroError
 
+from .acked import AckedDelivery, Deliverer
+from .host import Host, MemberEventView, TopicGuard
+from .message import DEAD_LETTER_PREFIX, Message, Policy, Subscription
 from .topics import SubscriptionIndex, matches, validate_pattern, validate_subject
 
-if TYPE_CHECKING:
-    from trimicro.cluster.cluster import Cluster
-    from trimicro.cluster.membership.swim import MemberEvent
-
-__all__ = ["DEAD_LETTER_PREFIX", "Message", "Policy", "PubSub", "Subscription"]
+__all__ = ["DEAD_LETTER_PREFIX", "Host", "Message", "Policy", "PubSub", "Subscription", "TopicGuard"]
 
 log = logging.getLogger("trimicro.pubsub")
 
-Policy = Literal["block", "drop_oldest", "drop_subscriber"]
-DEAD_LETTER_PREFIX = "$dead."
 #: Interest entries accepted from one peer.
 MAX_REMOTE_INTEREST = 10_000
 _NO_GROUPS: frozenset[str] = frozenset()
@@ -80,53 +74,6 @@ _NO_GROUPS: frozenset[str] = frozenset()
 MAX_ROUTES = 4096
 #: Senders (tokens) remembered as allowed to publish on one route.
 MAX_ROUTE_SENDERS = 64
-#: A 401/403 from a delivery (the receiving node's rules, or a subscriber that raises one) is a
-#: refusal, not a failure to deliver: it would be the same on every attempt, so never redelivered.
-_REFUSED = (Unauthorized, Forbidden)
-
-
-async def _ask_subscriber(sub: Subscription, message: Message) -> None:
-    """An acknowledged delivery to a subscriber of this node. Its handler's 401/403 (refused by
-    some service it called) is its own failure, not this node's guard refusing the delivery:
-    answered with the subscriber's id, so the publisher redelivers it (see :func:`_refusal`)."""
-    try:
-        await ask(sub.ref, message)
-    except _REFUSED as exc:
-        if exc.id != GUARD_ID:
-            raise
-        raise type(exc)(exc.detail, id=sub.ref.path) from None
-
-
-def _refusal(exc: MicroError) -> bool:
-    """Whether a delivery's error is the receiving node's guard refusing it (401/403 with the
-    guard's id), not a subscriber's handler failing with the same code for its own reasons."""
-    return isinstance(exc, _REFUSED) and exc.id == GUARD_ID
-
-
-@attrs.frozen
-class Message:
-    """What a subscriber receives: the topic it was published on, the body, headers, publisher."""
-
-    topic: str
-    body: Any
-    headers: dict[str, str] = attrs.field(factory=dict, hash=False)
-    publisher: str = ""
-    delivery: int = 1
-    """1 for the first delivery; higher when redelivered in acknowledged mode."""
-
-
-@attrs.frozen(eq=False)
-class Subscription:
-    """One actor subscribed to one pattern (optionally in a queue group)."""
-
-    pattern: str
-    ref: ActorRef
-    queue: str | None = None
-    policy: Policy = "block"
-
-
-#: Where an acknowledged delivery may go: (node id, queue group, the local subscription or None).
-_Candidate = tuple[str, str | None, Subscription | None]
 
 
 class _Watcher(Actor):
@@ -137,33 +84,6 @@ class _Watcher(Actor):
 
     async def on_terminated(self, msg: Terminated) -> None:
         self.pubsub._actor_gone(msg.ref)
-
-
-class _Deliverer(Actor):
-    """Answers acknowledged deliveries from other nodes (``PubSub.deliver``)."""
-
-    service_name = "PubSub"
-
-    def __init__(self, pubsub: PubSub) -> None:
-        self.pubsub = pubsub
-
-    async def deliver(self, body: Any) -> bool:
-        if (
-            not isinstance(body, dict)
-            or not isinstance(body.get("t"), str)
-            or not isinstance(body.get("h"), dict)
-            or not isinstance(body.get("g"), str)
-            or type(body.get("n")) is not int
-        ):
-            raise BadRequest("malformed delivery")  # a 400 answer, not a failed actor
-        try:
-            validate_subject(body["t"]) if not body["t"].startswith(DEAD_LETTER_PREFIX) else None
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        guard, account = self.pubsub.cluster.auth, self.context.account
-        if guard is not None and account is not None:  # the same topic rules as a plain publish
-            guard.check(account, Resource("topic", body["t"], "publish"))
-        return await self.pubsub._deliver_acked_locally(body)
 
 
 class _Route:
@@ -197,7 +117,7 @@ class _Route:
 class PubSub:
     """A cluster node's pub/sub: local index, peers' interest, publish and subscribe."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Host) -> None:
         self.cluster = cluster
         self.node = cluster.node
         self.codec = self.node.remote.codec
@@ -206,6 +126,7 @@ class PubSub:
         #: node id -> [(pattern, queue or "", count)]
         self.remote_interest: dict[str, list[tuple[str, str, int]]] = {}
         self._rr = itertools.count()
+        self._acked = AckedDelivery(self, self._rr)
         self._watcher: ActorRef | None = None
         self._deliverer: ActorRef | None = None
         #: Messages dropped by slow-subscriber policies (and subscriptions dropped).
@@ -227,12 +148,12 @@ class PubSub:
         self._routes: dict[str, _Route] = {}
         if cluster.auth is not None:
             cluster.auth.on_apply.append(self._routes.clear)
-        #: Set once a node without rules of its own has fetched the cluster's (see _admit).
+        #: Set once a node without rules of its own has fetched the cluster's (see check_publish).
         self._rules_fetched: trio.Event | None = None
 
     async def start(self) -> None:
         self._watcher = await self.node.spawn(_Watcher, self, name="trimicro-pubsub-watch")
-        self._deliverer = await self.node.spawn(_Deliverer, self, name="trimicro-pubsub")
+        self._deliverer = await self.node.spawn(Deliverer, self._acked, name="trimicro-pubsub")
         if self.cluster.membership is not None:
             self.cluster.membership.listeners.append(self._member_event)
 
@@ -330,7 +251,7 @@ class PubSub:
         self._routes.clear()
         peer.send_system("pubsub.interest", self._interest_body())
 
-    def _member_event(self, event: MemberEvent) -> None:
+    def _member_event(self, event: MemberEventView) -> None:
         if event.kind in ("joined", "alive"):
             self._tell_interest(event.member.id)
         elif event.kind in ("dead", "left") and self.remote_interest.pop(event.member.id, None) is not None:
@@ -367,7 +288,7 @@ class PubSub:
         self._interest_event.set()
         self._interest_event = trio.Event()
 
-    def _may_receive(self, node_id: str, topic: str) -> bool:
+    def may_receive(self, node_id: str, topic: str) -> bool:
         """Whether node ``node_id`` may subscribe to ``topic`` (checked per message, so a
         wildcard subscription gets only what the rules allow, and rule changes apply at once)."""
         guard = self.cluster.auth
@@ -408,12 +329,12 @@ class PubSub:
             token = headers.pop(AUTHORIZATION, None)  # proves who publishes; never shown to subscribers
         if ack:
             acked = Message(topic, body, headers or {}, self.node.id)
-            return await self._publish_acked(acked, ack_timeout, max_deliveries, token)
+            return await self._acked.publish(acked, ack_timeout, max_deliveries, token)
         route = self._routes.get(topic)
         if route is None or route.until < time.monotonic():
             route = self._route(topic)
         if route.check and token not in route.allowed:
-            await self._admit(topic, token)  # 401/403 before anything is delivered
+            await self.check_publish(topic, token)  # 401/403 before anything is delivered
             if len(route.allowed) < MAX_ROUTE_SENDERS:
                 route.allowed.add(token)
         delivered = 0
@@ -447,7 +368,7 @@ class PubSub:
             delivered += await self._post(node_id, [topic, body, wire_headers, False, groups])
         return delivered
 
-    async def _admit(self, topic: str, token: str | None) -> None:
+    async def check_publish(self, topic: str, token: str | None) -> None:
         """Raise the 401/403 the receiving nodes would answer, were there an answer: the
         publisher's right to publish ``topic``, by the rules this node holds.
 
@@ -456,16 +377,18 @@ class PubSub:
         judge by the defaults, and receivers would drop what it was told it may send.
         """
         guard = self.cluster.auth
+        if guard is None:  # no auth on this node: nothing to check (routes do not ask then)
+            return
         fetched = self._rules_fetched
         if fetched is None and self.cluster.auth_sync is None and not guard.version:
             fetched = self._rules_fetched = trio.Event()
             try:
-                await fetch_state(self.cluster, guard, timeout=self.node.ask_timeout)
+                await self.cluster.fetch_auth_state(timeout=self.node.ask_timeout)
             finally:
                 fetched.set()
         elif fetched is not None and not fetched.is_set():
             await fetched.wait()  # another publish is fetching them: judge by the same rules
-        guard.admit_sent(token, Resource("topic", topic, "publish"))
+        guard.admit_sent_topic(token, topic, "publish")
 
     async def _post(self, node_id: str, entry: list[Any]) -> int:
         """Send one message to ``node_id``: appended to the link's open ``pubsub.batch`` frame,
@@ -494,7 +417,7 @@ class PubSub:
             if members:
                 weights.setdefault(group, {})[self.node.id] = len(members)
         for node_id, entries in self.remote_interest.items():
-            if not self._may_receive(node_id, topic):
+            if not self.may_receive(node_id, topic):
                 continue
             for pattern, queue, count in entries:
                 if matches(pattern, topic):
@@ -656,126 +579,6 @@ class PubSub:
         if AUTHORIZATION in headers:
             headers = {k: v for k, v in headers.items() if k != AUTHORIZATION}
         return Message(topic, body, headers, link.peer.node_id), bool(plain), set(groups)
-
-    # ---- acknowledged mode -----------------------------------------------------------------------
-
-    async def _publish_acked(
-        self, message: Message, ack_timeout: float, max_deliveries: int, token: str | None
-    ) -> int:
-        """At least once: every matching subscriber (and one member per queue group) acks."""
-        topic = message.topic
-        match = self.index.match(topic)
-        # Plain subscribers: local ones directly, remote nodes once each (they fan out locally).
-        remote_plain = {
-            node_id
-            for node_id, entries in self.remote_interest.items()
-            for pattern, queue, _ in entries
-            if not queue and matches(pattern, topic) and self._may_receive(node_id, topic)
-        }
-        plans: list[list[_Candidate]] = [[(self.node.id, None, sub)] for sub in match.plain]
-        plans += [[(node_id, None, None)] for node_id in sorted(remote_plain)]
-        groups = set(match.groups) | {
-            q for entries in self.remote_interest.values() for p, q, _ in entries if q and matches(p, topic)
-        }
-        plans += [self._group_candidates(topic, group) for group in sorted(groups)]
-        if self.cluster.auth is not None and any(n != self.node.id for plan in plans for n, _, _ in plan):
-            await self._admit(topic, token)  # 401/403 before anything is delivered
-        acked = 0
-        refused: list[tuple[str, MicroError]] = []
-        for candidates in plans:  # every plan, whatever an earlier one's receivers refused
-            n, refusal = await self._ack_loop(message, ack_timeout, max_deliveries, candidates, token)
-            acked += n
-            if refusal is not None:
-                refused.append(refusal)
-        if refused:  # after the rest was delivered: a retry of the publish duplicates those
-            first = refused[0][1]
-            nodes = ", ".join(sorted({node_id for node_id, _ in refused}))
-            raise type(first)(
-                f"{first.detail}: refused by node {nodes} ({len(refused)} of {len(plans)} deliveries; "
-                f"{acked} acked)",
-                id=GUARD_ID,
-            )
-        return acked
-
-    def _group_candidates(self, topic: str, group: str) -> list[_Candidate]:
-        out: list[_Candidate] = []
-        for sub in self.index.match(topic).groups.get(group, []):
-            out.append((self.node.id, group, sub))
-        for node_id, entries in sorted(self.remote_interest.items()):
-            if any(q == group and matches(p, topic) for p, q, _ in entries) and self._may_receive(
-                node_id, topic
-            ):
-                out.append((node_id, group, None))
-        self.cluster.rng.shuffle(out)
-        return out
-
-    async def _ack_loop(
-        self,
-        message: Message,
-        ack_timeout: float,
-        max_deliveries: int,
-        candidates: list[_Candidate],
-        token: str | None = None,
-    ) -> tuple[int, tuple[str, MicroError] | None]:
-        """Deliver until acked, rotating over ``candidates``; dead-letter after max_deliveries.
-
-        ``(1, None)`` once acked; ``(0, (node, refusal))`` if the receiving nodes' guards
-        refused it (:func:`_refusal`): a refusing node is not tried again, the others of a
-        queue group are, and a message every candidate refused is neither redelivered nor
-        dead-lettered; ``(0, None)`` once dead-lettered.
-        """
-        candidates = list(candidates)
-        refusal: tuple[str, MicroError] | None = None
-        last: BaseException | None = None
-        for attempt in range(max_deliveries):
-            if not candidates:
-                return 0, refusal
-            node_id, group, sub = candidates[attempt % len(candidates)]
-            delivery = attrs.evolve(message, delivery=attempt + 1)
-            try:
-                if sub is not None:
-                    await ask(sub.ref, delivery, timeout=ack_timeout)
-                    return 1, None
-                ref = self.node.remote_ref(node_id, "trimicro-pubsub")
-                body = {
-                    "t": message.topic,
-                    "b": message.body,
-                    "h": message.headers,
-                    "g": group or "",
-                    "n": attempt + 1,
-                }
-                auth = {AUTHORIZATION: token} if token else None  # the publisher is the caller
-                if await ask(ref, body, endpoint="PubSub.deliver", timeout=ack_timeout, headers=auth):
-                    return 1, None
-            except MicroError as exc:
-                if sub is None and _refusal(exc):  # stays one on every delivery to that node
-                    refusal = (node_id, exc)
-                    candidates.remove((node_id, group, sub))
-                else:
-                    last = exc
-        if not candidates:  # refused wherever it went: no dead letter
-            return 0, refusal
-        log.warning("message on %s not acked after %d deliveries: %s", message.topic, max_deliveries, last)
-        try:
-            await self.publish(DEAD_LETTER_PREFIX + message.topic, message.body, headers=message.headers)
-        except _REFUSED:  # the dead letter is this node's, and its refusal not the publisher's to see
-            log.warning("dead letter of a message on %s refused by the rules", message.topic)
-        return 0, refusal
-
-    async def _deliver_acked_locally(self, body: Any) -> bool:
-        topic, payload, headers, group, n = body["t"], body["b"], body["h"], body["g"], body["n"]
-        match = self.index.match(topic)
-        message = Message(topic, payload, dict(headers), "", int(n))
-        if group:
-            members = match.groups.get(group, [])
-            if not members:
-                raise ServiceUnavailable(f"no member of {group} here")
-            sub = members[next(self._rr) % len(members)]
-            await _ask_subscriber(sub, message)
-            return True
-        for sub in match.plain:
-            await _ask_subscriber(sub, message)
-        return True
 
     # ---- handler subscriptions (no actor of one's own) -----------------------------------------
 

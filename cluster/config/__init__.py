@@ -20,32 +20,31 @@ about each change of the merged value at their path.
 Secrets: a value ``"sealed:<base64>"`` (made by :func:`seal`) stays sealed in the merged map,
 in changes, in ``repr`` and in logs; only :meth:`Config.get` opens it, in memory, and only when
 the config was given the ``secret_key``.
+
+Beside this module: the sources (:mod:`.sources`), sealing (:mod:`.secrets`) and the typed
+conversion of values (:mod:`.convert`).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import collections
 import copy
 import logging
 import os
-import types
 import typing
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, overload
 
 import attrs
-import nacl.exceptions
-import nacl.secret
-import nacl.utils
 import trio
 
 from trimicro.actors import Actor, ActorRef, tell
 from trimicro.cluster.store import Store
 from trimicro.mailbox.errors import BadRequest, Conflict, Forbidden, NotFound
 
+from .convert import convert, structure
+from .secrets import SEALED, box, generate_secret_key, is_sealed, seal, unseal
 from .sources import (
     ABSENT,
     Defaults,
@@ -87,7 +86,6 @@ log = logging.getLogger("trimicro.config")
 
 T = TypeVar("T")
 
-SEALED = "sealed:"
 #: Changes a watcher may have queued; past this the oldest are dropped (the newest always arrive).
 WATCH_BUFFER = 16
 
@@ -99,45 +97,6 @@ class _Missing:
 
 #: "No default given" for :meth:`Config.get` (``None`` is a legitimate default).
 MISSING: Any = _Missing()
-
-
-# --------------------------------------------------------------------------------------------
-# Secrets
-
-
-def generate_secret_key() -> bytes:
-    """A fresh random key for :func:`seal` and ``open_config(secret_key=...)``."""
-    return nacl.utils.random(nacl.secret.SecretBox.KEY_SIZE)
-
-
-def _box(key: bytes) -> nacl.secret.SecretBox:
-    if not isinstance(key, bytes) or len(key) != nacl.secret.SecretBox.KEY_SIZE:
-        raise BadRequest(f"a secret key is {nacl.secret.SecretBox.KEY_SIZE} bytes")
-    return nacl.secret.SecretBox(key)
-
-
-def seal(key: bytes, plaintext: str) -> str:
-    """Encrypt ``plaintext`` (XSalsa20-Poly1305) into a ``"sealed:..."`` value for any source."""
-    return SEALED + base64.b64encode(bytes(_box(key).encrypt(plaintext.encode()))).decode()
-
-
-def _unseal(box: nacl.secret.SecretBox | None, value: str, path: str) -> str:
-    if box is None:
-        raise BadRequest(f"cannot unseal {path}: no secret key was given to the config")
-    try:
-        return box.decrypt(base64.b64decode(value[len(SEALED) :], validate=True)).decode()
-    except (binascii.Error, ValueError, nacl.exceptions.CryptoError):
-        raise BadRequest(f"cannot unseal {path}") from None  # no detail: it would leak about the key
-
-
-def _is_sealed(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.startswith(SEALED)
-    if isinstance(value, Mapping):
-        return any(_is_sealed(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_is_sealed(v) for v in value)
-    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,106 +133,6 @@ class WatchConfig:
     """Ask a :class:`ConfigActor` to tell the asking actor a ``ConfigChanged`` for ``path``."""
 
     path: str
-
-
-# --------------------------------------------------------------------------------------------
-# Conversion
-
-
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off"})
-
-
-def _convert(value: Any, hint: Any, path: str) -> Any:
-    """``value`` as ``hint`` (int/float/bool/str/list/dict, generics, unions, attrs classes)."""
-    if hint is None or hint is Any or hint is object:
-        return value
-    origin = typing.get_origin(hint)
-    if origin is typing.Union or origin is types.UnionType:
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, path)
-            except BadRequest:
-                continue
-        raise BadRequest(f"config {path}: {value!r} does not fit {hint}")
-    if origin in (list, Sequence):
-        (item,) = typing.get_args(hint) or (Any,)
-        return [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(_convert(value, list, path))]
-    if origin in (dict, Mapping):
-        _, item = typing.get_args(hint) or (str, Any)
-        return {k: _convert(v, item, f"{path}.{k}") for k, v in _convert(value, dict, path).items()}
-    if isinstance(hint, type) and attrs.has(hint):
-        return _structure(value, hint, path)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-    elif hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, str | int | float):
-            return str(value)
-    elif hint is list:
-        if isinstance(value, list | tuple):
-            return list(value)
-        if isinstance(value, str):  # from the environment or a flag: "a, b, c"
-            return [s.strip() for s in value.split(",") if s.strip()]
-    elif hint is dict:
-        if isinstance(value, Mapping):
-            return dict(value)
-    else:
-        raise BadRequest(f"config {path}: cannot convert to {getattr(hint, '__name__', hint)}")
-    shown = "a map" if isinstance(value, Mapping) else "a list" if isinstance(value, list) else repr(value)
-    raise BadRequest(f"config {path}: {shown} is not a valid {hint.__name__}")
-
-
-def _structure(value: Any, cls: type[T], path: str) -> T:
-    """Build attrs class ``cls`` from a map: fields by annotation, attrs defaults, extras ignored."""
-    if not isinstance(value, Mapping):
-        raise BadRequest(f"config {path}: expected a map for {cls.__name__}")
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception as exc:  # an annotation that does not resolve is the class's bug: say so
-        raise BadRequest(f"config {path}: cannot read the fields of {cls.__name__}: {exc}") from None
-    kwargs: dict[str, Any] = {}
-    fields: Any = attrs.fields(typing.cast(Any, cls))
-    for field in fields:
-        if not field.init:
-            continue
-        if field.name in value:
-            kwargs[field.alias] = _convert(value[field.name], hints.get(field.name), f"{path}.{field.name}")
-        elif field.default is attrs.NOTHING:
-            raise BadRequest(f"config {path}.{field.name}: missing, and {cls.__name__} has no default")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:  # attrs validators
-        raise BadRequest(f"config {path}: does not fit {cls.__name__}: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,7 +207,7 @@ class Config:
             raise BadRequest(f"config sources need unique names; repeated: {', '.join(dupes)}")
         self.sources: tuple[Source, ...] = tuple(sources)
         self.load_timeout = load_timeout
-        self._box = None if secret_key is None else _box(secret_key)
+        self._box = None if secret_key is None else box(secret_key)
         self._values: dict[str, Mapping[str, Any]] = {}
         self._fingerprints: dict[str, object] = {}
         self._errors: dict[str, str] = {}
@@ -480,7 +339,7 @@ class Config:
             if default is MISSING:
                 raise NotFound(f"config {path} is not set")
             return default
-        return self._typed(value, path, lambda opened: _convert(opened, type, path))
+        return self._typed(value, path, lambda opened: convert(opened, type, path))
 
     def get_section(self, path: str, cls: type[T]) -> T:
         """The map at ``path`` as attrs class ``cls``: fields converted by their annotations,
@@ -489,17 +348,17 @@ class Config:
         if not (isinstance(cls, type) and attrs.has(typing.cast(Any, cls))):
             raise BadRequest(f"get_section needs an attrs class, got {cls!r}")
         if path == "":
-            return self._typed(self._merged, "config", lambda opened: _structure(opened, cls, "config"))
+            return self._typed(self._merged, "config", lambda opened: structure(opened, cls, "config"))
         value = lookup(self._merged, parse_path(path))
         return self._typed(
-            {} if value is ABSENT else value, path, lambda opened: _structure(opened, cls, path)
+            {} if value is ABSENT else value, path, lambda opened: structure(opened, cls, path)
         )
 
     def _typed(self, value: Any, path: str, convert: Callable[[Any], T]) -> T:
         """Open secrets in a copy of ``value`` and convert it; a conversion error about a value
         that held a secret does not repeat the value, which would put the plaintext in logs."""
         opened = self._open(copy.deepcopy(value), path)
-        if not _is_sealed(value):
+        if not is_sealed(value):
             return convert(opened)
         try:
             return convert(opened)
@@ -508,7 +367,7 @@ class Config:
 
     def _open(self, value: Any, path: str) -> Any:
         if isinstance(value, str) and value.startswith(SEALED):
-            return _unseal(self._box, value, path)
+            return unseal(self._box, value, path)
         if isinstance(value, dict):
             return {k: self._open(v, f"{path}.{k}") for k, v in value.items()}
         if isinstance(value, list):
@@ -638,7 +497,7 @@ class ConfigActor(Actor):
         self.reveal_secrets = reveal_secrets
 
     async def get(self, msg: GetConfig) -> Any:
-        if not self.reveal_secrets and _is_sealed(lookup(self.config._merged, parse_path(msg.path))):
+        if not self.reveal_secrets and is_sealed(lookup(self.config._merged, parse_path(msg.path))):
             raise Forbidden(f"config {msg.path} is a secret")
         return self.config.get(msg.path)
 

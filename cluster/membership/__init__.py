@@ -27,13 +27,21 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
-from trimicro.actors import Actor
-from trimicro.actors.remote import Link, Peer
-from trimicro.cluster.registry import Event, EventType, NodeInfo, Service
+from trimicro.actors import Actor, Node
+from trimicro.actors.lowlevel import Link, Peer
+from trimicro.cluster.registry import (
+    NODE_SERVICE,
+    Event,
+    EventType,
+    NodeInfo,
+    Registry,
+    RegistryCache,
+    Service,
+)
 from trimicro.mailbox.envelope import Envelope
 from trimicro.mailbox.errors import MicroError
 
@@ -49,12 +57,13 @@ from .swim import (
     SwimProtocolError,
 )
 
-if TYPE_CHECKING:
-    from trimicro.cluster.cluster import Cluster
-
-__all__ = ["Membership", "MembershipActor"]
+__all__ = ["SYSTEM_NAME", "SYSTEM_PATH", "Host", "Membership", "MembershipActor"]
 
 log = logging.getLogger("trimicro.membership")
+
+#: Where each cluster node runs its membership actor (``Membership.members`` and friends).
+SYSTEM_NAME = "trimicro-cluster"
+SYSTEM_PATH = f"/user/{SYSTEM_NAME}"
 
 #: How often the tick task runs at most (SWIM's own deadlines are finer only when due sooner).
 TICK = 0.05
@@ -77,6 +86,47 @@ def _svc_metadata(digest: str) -> dict[str, str]:
 
 def _svc_entries(metadata: dict[str, str]) -> list[str]:
     return [e for k, v in sorted(metadata.items()) if k.startswith("svc") for e in v.split(",") if e]
+
+
+class _Breaker(Protocol):
+    def mark_down(self, node_id: str, now: float) -> None: ...
+
+    def success(self, node_id: str) -> None: ...
+
+
+class Host(Protocol):
+    """What membership needs of the cluster node it runs on. The wiring
+    (:class:`trimicro.cluster.Cluster`) passes itself; membership does not import it."""
+
+    @property
+    def node(self) -> Node: ...
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def fingerprint(self) -> str:
+        """This node's cluster (its authority's fingerprint)."""
+        ...
+
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def cache(self) -> RegistryCache: ...
+
+    @property
+    def breaker(self) -> _Breaker:
+        """The circuit breaker: told of members that fail (and recover) on our own evidence."""
+        ...
+
+    def services_digest(self) -> str:
+        """``name@version`` of every service served on the node (gossiped in metadata)."""
+        ...
+
+    def accepts(self, info: NodeInfo) -> bool:
+        """Whether ``info`` names a node of a cluster this node trusts."""
+        ...
 
 
 class MembershipActor(Actor):
@@ -104,7 +154,7 @@ class MembershipActor(Actor):
 class Membership:
     """One node's membership: joins peers from the registry, gossips, detects failures."""
 
-    def __init__(self, cluster: Cluster, config: SwimConfig | None = None) -> None:
+    def __init__(self, cluster: Host, config: SwimConfig | None = None) -> None:
         self.cluster = cluster
         node = cluster.node
         self.node = node
@@ -254,8 +304,6 @@ class Membership:
     # ---- tasks ---------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from trimicro.cluster.cluster import SYSTEM_NAME
-
         await self.node.spawn(MembershipActor, self, name=SYSTEM_NAME)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._discover)
@@ -268,8 +316,6 @@ class Membership:
 
     async def _discover(self) -> None:
         """Join every node the registry announces: now, on each watch event, and every 2 s."""
-        from trimicro.cluster.registry import NODE_SERVICE
-
         registry = self.cluster.registry
         async with trio.open_nursery() as nursery:
 

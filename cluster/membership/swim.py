@@ -94,27 +94,34 @@ suspect/dead/left   ALIVE with ``i >= j``                check; silence: SUSPECT
 Anything else is ignored. DEAD and LEFT members are remembered for ``dead_retention`` so that stale
 rumours cannot bring them back, then forgotten.
 
-Wire format (plain msgpack-friendly dicts; ids come from the authenticated link, not the message)::
-
-    {"t": "ping",     "seq": int, "u": [update, ...]}
-    {"t": "ack",      "seq": int, "u": [update, ...], "who": bool (optional, ignored)}
-    {"t": "ping_req", "seq": int, "target": str, "u": [update, ...]}
-    update = {"id": str, "addr": str, "inc": int, "s": MemberState (int), "md": {str: str}}
-
-Every message this implementation sends starts with its own record.
-
-:func:`decode_message` validates untrusted input and raises only :class:`SwimProtocolError`.
+The wire format and its validation are in :mod:`.messages`.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
-from enum import IntEnum
-from typing import Any, Literal
+from typing import Any
 
 import attrs
+
+from .messages import (
+    GONE,
+    LIVE,
+    MAX_ID_LENGTH,
+    MAX_METADATA_ENTRIES,
+    MAX_METADATA_LENGTH,
+    EventKind,
+    Member,
+    MemberEvent,
+    MemberState,
+    Outgoing,
+    SwimConfig,
+    SwimProtocolError,
+    check_local,
+    decode_message,
+    next_incarnation,
+)
 
 __all__ = [
     "MAX_ID_LENGTH",
@@ -131,179 +138,8 @@ __all__ = [
     "decode_message",
 ]
 
-MAX_ID_LENGTH = 256
-"""Longest member id or address accepted, in characters."""
-MAX_METADATA_ENTRIES = 16
-MAX_METADATA_LENGTH = 256
-"""Longest metadata key or value accepted, in characters."""
-
-_MAX_INT = 2**63 - 1  # msgpack's signed 64-bit range
-_MAX_MESSAGE_KEYS = 8
-_MESSAGE_TYPES = frozenset({"ping", "ack", "ping_req"})
-
-
-class SwimProtocolError(ValueError):
-    """A message from a peer is malformed; the runtime should drop it (and may count it)."""
-
-
-class MemberState(IntEnum):
-    """A member's state as this node believes it; the value is the ``"s"`` field on the wire."""
-
-    ALIVE = 0
-    SUSPECT = 1
-    DEAD = 2
-    LEFT = 3
-
-
-_LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
-_GONE = (MemberState.DEAD, MemberState.LEFT)
-
-EventKind = Literal["joined", "updated", "suspect", "alive", "dead", "left"]
-
-
-@attrs.frozen
-class SwimConfig:
-    """Timing and size knobs; the defaults suit a LAN cluster of a few to a few hundred nodes."""
-
-    probe_interval: float = 0.5
-    """A probe round starts this often; it is also the whole probe period."""
-    probe_timeout: float = 0.25
-    """How long to wait for a direct ack before asking ``indirect_probes`` others (ping_req)."""
-    indirect_probes: int = 2
-    suspicion_timeout: float = 1.5
-    """SUSPECT becomes DEAD if not refuted within this time (counted from when we suspected)."""
-    dead_retention: float = 30.0
-    """DEAD/LEFT members are remembered this long, to reject stale alive rumours, then forgotten."""
-    max_piggyback: int = 8
-    """Updates piggybacked per message (a peer accepts up to twice this)."""
-    retransmit_mult: int = 3
-    """Each update is sent about ``retransmit_mult * ceil(log2(n + 1))`` times."""
-    max_members: int = 1024
-    """Updates about unknown members beyond this many known members are ignored."""
-    max_relays: int = 64
-    """ping_req requests served at once; further requests are ignored."""
-    max_verifications: int = 64
-    """Members asked at once for their own record (after a rumour we could not check)."""
-
-
-@attrs.frozen
-class Member:
-    """What this node believes about one member (itself included)."""
-
-    id: str
-    address: str
-    incarnation: int
-    state: MemberState
-    metadata: dict[str, str] = attrs.field(factory=dict, hash=False)
-    state_since: float = 0.0
-    """When this node last saw the state change (its own clock)."""
-
-
-@attrs.frozen
-class MemberEvent:
-    """A membership change: ``joined`` (first seen alive, or again after dead/left), ``updated``
-    (metadata or address changed), ``suspect``, ``alive`` (recovered from suspect), ``dead``,
-    ``left``. Changes to this node itself produce no events."""
-
-    kind: EventKind
-    member: Member
-
-
-@attrs.frozen
-class Outgoing:
-    """Send ``message`` to ``to_id``. ``to_address`` is the dial hint; it is ``""`` only when
-    replying to a peer we know nothing about (reply over the link the request came in on)."""
-
-    to_id: str
-    to_address: str
-    message: dict[str, Any]
-
-
-# --- validation -------------------------------------------------------------------------------------
-
-
-def _str(value: object, what: str, *, min_len: int = 0, max_len: int = MAX_ID_LENGTH) -> str:
-    if type(value) is not str or not min_len <= len(value) <= max_len:
-        raise SwimProtocolError(f"{what}: expected a string of {min_len}..{max_len} characters")
-    return value
-
-
-def _int(value: object, what: str) -> int:
-    if type(value) is not int or not 0 <= value <= _MAX_INT:
-        raise SwimProtocolError(f"{what}: expected an integer in 0..2**63-1")
-    return value
-
-
-def _metadata(value: object, what: str = "md") -> dict[str, str]:
-    if type(value) is not dict or len(value) > MAX_METADATA_ENTRIES:
-        raise SwimProtocolError(f"{what}: expected a map of at most {MAX_METADATA_ENTRIES} entries")
-    return {
-        _str(k, f"{what} key", max_len=MAX_METADATA_LENGTH): _str(
-            v, f"{what} value", max_len=MAX_METADATA_LENGTH
-        )
-        for k, v in value.items()
-    }
-
-
-def _update(value: object) -> dict[str, Any]:
-    if type(value) is not dict or len(value) > _MAX_MESSAGE_KEYS:
-        raise SwimProtocolError("update: expected a map")
-    state = _int(value.get("s"), "update state")
-    if state > max(MemberState):
-        raise SwimProtocolError("update state: unknown")
-    return {
-        "id": _str(value.get("id"), "update id", min_len=1),
-        "addr": _str(value.get("addr"), "update addr"),
-        "inc": _int(value.get("inc"), "update inc"),
-        "s": state,
-        "md": _metadata(value.get("md")),
-    }
-
-
-def decode_message(obj: object, *, max_updates: int = 16) -> dict[str, Any]:
-    """Validate an untrusted, already-deserialized message and return a clean copy of it.
-
-    Unknown keys are dropped (room for protocol extensions), everything else must have the exact
-    type and size the wire format says. Raises :class:`SwimProtocolError` and nothing else.
-    """
-    if type(obj) is not dict or len(obj) > _MAX_MESSAGE_KEYS:
-        raise SwimProtocolError("message: expected a small map")
-    kind = obj.get("t")
-    if type(kind) is not str or kind not in _MESSAGE_TYPES:
-        raise SwimProtocolError("message: unknown type")
-    raw_updates = obj.get("u", [])
-    if type(raw_updates) not in (list, tuple) or len(raw_updates) > max_updates:
-        raise SwimProtocolError(f"u: expected a list of at most {max_updates} updates")
-    out: dict[str, Any] = {
-        "t": kind,
-        "seq": _int(obj.get("seq"), "seq"),
-        "u": [_update(u) for u in raw_updates],
-    }
-    if kind == "ping_req":
-        out["target"] = _str(obj.get("target"), "target", min_len=1)
-    elif kind == "ack" and "who" in obj:
-        if type(obj["who"]) is not bool:
-            raise SwimProtocolError("who: expected a bool")
-        out["who"] = obj["who"]
-    return out
-
-
-def _next(incarnation: int) -> int:
-    """The incarnation after ``incarnation``, never past the wire's range. Only a node's own
-    refutations, metadata changes and stalls raise it, one at a time, so the cap (2**63-1) is not
-    reached in practice; were it reached, the node would keep it and could no longer refute."""
-    return min(incarnation + 1, _MAX_INT)
-
-
-def _check_local(member_id: str, address: str, metadata: Mapping[str, str] | None = None) -> None:
-    """Validate our own inputs so that nothing we send would be refused by a peer."""
-    try:
-        _str(member_id, "id", min_len=1)
-        _str(address, "address")
-        if metadata is not None:
-            _metadata(dict(metadata), "metadata")
-    except SwimProtocolError as exc:
-        raise ValueError(str(exc)) from None
+#: The configuration a :class:`Swim` gets when given none (frozen: one shared instance).
+_DEFAULT_CONFIG = SwimConfig()
 
 
 # --- the state machine ------------------------------------------------------------------------------
@@ -360,11 +196,11 @@ class Swim:
         self_id: str,
         self_address: str,
         *,
-        config: SwimConfig = SwimConfig(),
+        config: SwimConfig = _DEFAULT_CONFIG,
         rng: random.Random,
         metadata: dict[str, str] | None = None,
     ) -> None:
-        _check_local(self_id, self_address, metadata)
+        check_local(self_id, self_address, metadata)
         self.config = config
         self._rng = rng
         self._self_id = self_id
@@ -430,7 +266,7 @@ class Swim:
                 check.started + (self.config.probe_timeout if late else self.config.probe_interval)
             )
         deadlines.extend(
-            m.state_since + self.config.dead_retention for m in self._members.values() if m.state in _GONE
+            m.state_since + self.config.dead_retention for m in self._members.values() if m.state in GONE
         )
         return min(deadlines)
 
@@ -438,7 +274,7 @@ class Swim:
 
     def join(self, now: float, member_id: str, address: str) -> list[Outgoing]:
         """A peer found by discovery (a seed): remember it and ping it with our alive record."""
-        _check_local(member_id, address)
+        check_local(member_id, address)
         if member_id == self._self_id or self.me.state is MemberState.LEFT:
             return []
         if member_id not in self._members:
@@ -493,7 +329,7 @@ class Swim:
                 self._declare(now, member, MemberState.DEAD, member.incarnation)
 
         for member in list(self._members.values()):
-            if member.state in _GONE and now >= member.state_since + cfg.dead_retention:
+            if member.state in GONE and now >= member.state_since + cfg.dead_retention:
                 del self._members[member.id]
                 self._queue.pop(member.id, None)
                 self._unconfirmed.discard(member.id)
@@ -538,11 +374,13 @@ class Swim:
 
     def set_metadata(self, now: float, metadata: dict[str, str]) -> list[Outgoing]:
         """Our metadata changed: raise our incarnation and gossip the new alive record."""
-        _check_local(self._self_id, self.me.address, metadata)
+        check_local(self._self_id, self.me.address, metadata)
         me = self.me
         if me.state is MemberState.LEFT:
             return []
-        self._set_self(attrs.evolve(me, incarnation=_next(me.incarnation), metadata=dict(metadata)))
+        self._set_self(
+            attrs.evolve(me, incarnation=next_incarnation(me.incarnation), metadata=dict(metadata))
+        )
         return []
 
     def leave(self, now: float) -> list[Outgoing]:
@@ -558,7 +396,7 @@ class Swim:
         return [
             Outgoing(m.id, m.address, {"t": "ping", "seq": self._next_seq(), "u": [update]})
             for m in self.members()
-            if m.id != self._self_id and m.state in _LIVE
+            if m.id != self._self_id and m.state in LIVE
         ]
 
     # --- message handlers -------------------------------------------------------------------------
@@ -586,7 +424,7 @@ class Swim:
         if target_id == self._self_id:
             return [self._ack(from_id, msg["seq"])]
         target = self._members.get(target_id)
-        if target is None or target.state not in _LIVE or len(self._relays) >= self.config.max_relays:
+        if target is None or target.state not in LIVE or len(self._relays) >= self.config.max_relays:
             return []
         seq = self._next_seq()
         self._relays[seq] = _Relay(from_id, msg["seq"], target_id, now + self.config.probe_interval)
@@ -675,7 +513,7 @@ class Swim:
         self._members[member_id] = member
         self._suspect_until.pop(member_id, None)
         self._enqueue(member)
-        if was in _GONE:
+        if was in GONE:
             self._add_to_probe_order(member_id)
             self._emit("joined", member)
             return
@@ -729,7 +567,7 @@ class Swim:
             self.ignored_claims += 1
             return
         if state is not MemberState.ALIVE and inc == me.incarnation:
-            self._set_self(attrs.evolve(me, incarnation=_next(me.incarnation)))
+            self._set_self(attrs.evolve(me, incarnation=next_incarnation(me.incarnation)))
         # Otherwise stale or our own record: our current one leads every message we send anyway.
 
     def _suspect(self, now: float, member: Member, inc: int, *, tell: bool) -> list[Outgoing]:
@@ -766,7 +604,7 @@ class Swim:
             self._suspect_until[member_id] += gap
         me = self.me
         if me.state is MemberState.ALIVE:
-            self._set_self(attrs.evolve(me, incarnation=_next(me.incarnation)))
+            self._set_self(attrs.evolve(me, incarnation=next_incarnation(me.incarnation)))
 
     # --- helpers ----------------------------------------------------------------------------------
 
@@ -802,7 +640,7 @@ class Swim:
         if target is not None and target.state is not MemberState.ALIVE and to_id != self._self_id:
             updates.append(_as_update(target))
         included = {u["id"] for u in updates}
-        live = sum(1 for m in self._members.values() if m.state in _LIVE)
+        live = sum(1 for m in self._members.values() if m.state in LIVE)
         limit = cfg.retransmit_mult * max(1, math.ceil(math.log2(live + 1)))
         for member_id, broadcast in sorted(self._queue.items(), key=lambda kv: kv[1].transmits):
             if len(updates) >= cfg.max_piggyback:
@@ -825,7 +663,7 @@ class Swim:
     def _next_probe_target(self) -> str | None:
         while True:
             if self._probe_index >= len(self._probe_order):
-                candidates = [m.id for m in self.members() if m.id != self._self_id and m.state in _LIVE]
+                candidates = [m.id for m in self.members() if m.id != self._self_id and m.state in LIVE]
                 if not candidates:
                     return None
                 self._rng.shuffle(candidates)
@@ -834,5 +672,5 @@ class Swim:
             member_id = self._probe_order[self._probe_index]
             self._probe_index += 1
             member = self._members.get(member_id)
-            if member is not None and member.state in _LIVE and member_id != self._self_id:
+            if member is not None and member.state in LIVE and member_id != self._self_id:
                 return member_id

@@ -16,17 +16,23 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from trimicro.actors import Actor
 from trimicro.mailbox.errors import BadRequest, Forbidden
 
 from . import Record, Store
 
-if TYPE_CHECKING:
-    from trimicro.cluster.cluster import Cluster
-
 __all__ = ["RemoteStore", "StoreService"]
+
+
+class Caller(Protocol):
+    """Calls by service name: what :class:`RemoteStore` needs of the cluster (the wiring,
+    :class:`trimicro.cluster.Cluster`, which the store does not import)."""
+
+    async def call(
+        self, service: str, endpoint: str | None, body: Any = None, *, timeout: float | None = None
+    ) -> Any: ...
 
 
 def _record_out(record: Record) -> dict[str, Any]:
@@ -141,7 +147,7 @@ def _with_ns(body: dict[str, Any], database: str | None, table: str | None) -> d
 class RemoteStore:
     """The ``Store`` interface over a store service elsewhere in the cluster."""
 
-    def __init__(self, cluster: Cluster, service: str = "store", *, timeout: float | None = None) -> None:
+    def __init__(self, cluster: Caller, service: str = "store", *, timeout: float | None = None) -> None:
         self.cluster = cluster
         self.service = service
         self.timeout = timeout

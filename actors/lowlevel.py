@@ -1,0 +1,46 @@
+"""The actor layer's low-level API: what a layer built on it (the cluster) may use beyond
+:mod:`trimicro.actors`, in the manner of :mod:`trio.lowlevel`.
+
+:mod:`trimicro.actors` is the surface for applications. Plumbing above the runtime (pub/sub
+delivering straight into mailboxes, the auth guard hooked into every inbound request, the
+cluster's calls) needs more: cells and their offer results, the links and peers of remoting,
+the ``authorization`` metadata. Everything here is a re-export: the modules that define these
+names (``cell``, ``remote``, ``actor``) are private and may be split or moved; this module is
+the stable place to import them from, and import-linter forbids ``trimicro.cluster`` any
+other way in.
+"""
+
+from __future__ import annotations
+
+from .actor import HandlerTable, handler_table
+from .cell import DEAD, FULL, OK, Cell, current_cell
+from .remote import (
+    AUTHORIZATION,
+    OUT_HIGH_WATER,
+    Guard,
+    Identity,
+    Link,
+    Peer,
+    Remoting,
+    Unreachable,
+    forward_auth,
+)
+
+__all__ = [
+    "AUTHORIZATION",
+    "DEAD",
+    "FULL",
+    "OK",
+    "OUT_HIGH_WATER",
+    "Cell",
+    "Guard",
+    "HandlerTable",
+    "Identity",
+    "Link",
+    "Peer",
+    "Remoting",
+    "Unreachable",
+    "current_cell",
+    "forward_auth",
+    "handler_table",
+]
