@@ -150,6 +150,9 @@ class MdnsRegistry:
         self._closed = False
         # trio side
         self._registered: dict[str, ServiceInfo] = {}  # instance label -> what we announce
+        #: Instance label -> zeroconf's task still sending that instance's announcements (used
+        #: on zeroconf's loop only): a goodbye must never be overtaken by one of them.
+        self._announcing: dict[str, asyncio.Future[Any]] = {}
         self._cache: dict[str, Service] = {}  # lower-case instance name -> one-node record
         self._watchers = Watchers(_WATCH_BUFFER)
         self._browsing = False
@@ -223,6 +226,7 @@ class MdnsRegistry:
             # close() sends goodbyes for every registered instance (about 0.25 s), then stops the thread.
             await trio.to_thread.run_sync(zc.close, abandon_on_cancel=True)
         self._registered.clear()
+        self._announcing.clear()
         self._cache.clear()
 
     async def _zc_stop(self) -> None:
@@ -265,18 +269,19 @@ class MdnsRegistry:
             for info in infos:
                 label = info.name[: -len(self._type) - 1]
                 known = label in self._registered
-                await self._in_zc(self._zc_register(info, update=known))
+                await self._in_zc(self._zc_register(info, label, update=known))
                 self._registered[label] = info
 
-    async def _zc_register(self, info: ServiceInfo, *, update: bool) -> None:
+    async def _zc_register(self, info: ServiceInfo, label: str, *, update: bool) -> None:
         zc = self._zc
         assert zc is not None
         if update:
-            await zc.async_update_service(info)
+            announcing = await zc.async_update_service(info)
         else:
             # The label is derived from the node id, which is unique by construction, so the
             # ~1.7 s of conflict probing is skipped; the returned announcement task runs on its own.
-            await zc.async_register_service(info, cooperating_responders=True)
+            announcing = await zc.async_register_service(info, cooperating_responders=True)
+        self._announcing[label] = asyncio.ensure_future(announcing)
 
     async def deregister(self, service: Service) -> None:
         """Withdraw the given nodes registered here (goodbye packets: peers drop them at once)."""
@@ -288,12 +293,19 @@ class MdnsRegistry:
                 label = instance_label(service.name, service.version, node.id, node.cluster)
                 info = self._registered.pop(label, None)
                 if info is not None:
-                    await self._in_zc(self._zc_unregister(info))
+                    await self._in_zc(self._zc_unregister(info, label))
         await trio.lowlevel.checkpoint()
 
-    async def _zc_unregister(self, info: ServiceInfo) -> None:
+    async def _zc_unregister(self, info: ServiceInfo, label: str) -> None:
         zc = self._zc
         assert zc is not None
+        # The announcements of a fresh registration go on for ~0.5 s after it returned: one sent
+        # after the goodbye would bring the node back in every peer's cache for the records' TTL
+        # (a deregistered node listed for two minutes). Stop them first.
+        announcing = self._announcing.pop(label, None)
+        if announcing is not None and not announcing.done():
+            announcing.cancel()
+            await asyncio.gather(announcing, return_exceptions=True)
         await zc.async_unregister_service(info)
 
     # ----------------------------------------------------------------- browsing
