@@ -322,10 +322,12 @@ async def open_stream(
     the handler sees it cancelled.
     """
     from .api import _binding, _sender
+    from .metadata import forward_auth
 
     binding = _binding(ref)
     if timeout is None:
         timeout = binding.node.ask_timeout
+    headers = forward_auth(headers)  # metadata of the message being handled travels on
     stream: Stream = await binding.open_stream(endpoint, request, _sender(), headers, window, timeout)
     try:
         yield stream

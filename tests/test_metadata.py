@@ -14,7 +14,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trimicro.actors import Actor, ActorRef, Node, ask, start_node, tell
+from trimicro.actors import Actor, ActorRef, Node, Stream, ask, open_stream, start_node, tell
 from trimicro.actors.metadata import (
     AUTHORIZATION,
     HOP_HEADERS,
@@ -73,6 +73,9 @@ class Middle(Actor):
     async def note(self, body: dict[str, Any]) -> None:
         await tell(self.sink, body, endpoint="Sink.note")
 
+    async def watch(self, stream: Stream) -> None:
+        await stream.send(stream.headers)
+
 
 class Front(Actor):
     """Actor A: reached by the CLI-style call, hands over to B on its own node."""
@@ -88,6 +91,11 @@ class Front(Actor):
 
     async def note(self, body: dict[str, Any]) -> None:
         await tell(self.middle, body, endpoint="Middle.note")
+
+    async def streamed(self, body: dict[str, Any]) -> dict[str, str]:
+        async with open_stream(self.middle, "Middle.watch") as stream:
+            result: dict[str, str] = await stream.receive()
+            return result
 
 
 @asynccontextmanager
@@ -129,6 +137,12 @@ async def test_a_tell_chain_carries_it_too(authority: Authority) -> None:
         await tell(front, {}, endpoint="Front.note", headers=INBOUND)
         with trio.fail_after(10):
             assert await seen.receive() == PROPAGATED
+
+
+async def test_a_local_stream_opened_while_serving_carries_it(authority: Authority) -> None:
+    async with chain(authority) as (_, front, _seen):
+        got = await ask(front, {}, endpoint="Front.streamed", headers=INBOUND)
+        assert got == PROPAGATED
 
 
 async def test_headers_the_caller_passes_win(authority: Authority) -> None:

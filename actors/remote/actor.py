@@ -20,7 +20,7 @@ from ..busypoll import PROBE_EVERY
 from ..cell import Reply, Stopped
 from ..messages import Terminated
 from ..streams import Stream
-from . import OUT_HIGH_WATER, Unreachable, forward_auth
+from . import OUT_HIGH_WATER, Unreachable
 from .batching import _clock
 
 if TYPE_CHECKING:
@@ -348,7 +348,7 @@ class RemoteActor:
         stream = Stream(window, request=request, headers=headers, peer=self.target)
         stream.on_done = lambda _s: streams.pop(corr, None)
         stream.ops = RemoteStreamOps(link, corr, codec)
-        meta = dict(forward_auth(headers) or {})
+        meta = dict(headers or {})  # propagated metadata already merged (streams.open_stream)
         meta["credit"] = str(window)
         ct = codec.content_type
         env = Envelope(Kind.STREAM_OPEN, corr, self.target, sender, endpoint, ct, meta, 0, body)
