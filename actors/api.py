@@ -29,6 +29,12 @@ def _binding(ref: ActorRef) -> Any:
     return binding
 
 
+#: For :func:`~trimicro.actors.streams.open_stream`, which reaches its helpers through this
+#: module: importing :mod:`.metadata` there would close the cycle cell -> streams -> metadata ->
+#: cell, while streams -> api is the one such edge the import contract allows.
+_propagated = forward_auth
+
+
 def _sender() -> ActorRef | None:
     cell = current_cell.get()
     return None if cell is None else cell.ref
