@@ -14,6 +14,7 @@ from trimicro.mailbox.errors import NotFound
 from trimicro.mailbox.refs import ActorRef
 
 from .cell import current_cell, current_item
+from .metadata import forward_auth, propagate
 
 __all__ = ["ask", "tell", "try_tell"]
 
@@ -26,6 +27,12 @@ def _binding(ref: ActorRef) -> Any:
             raise NotFound(f"{ref} is not bound to a node; use node.resolve(ref)", id=ref.path)
         binding = cell.node.resolve(ref).binding  # inside an actor: resolve through its node
     return binding
+
+
+#: For :func:`~trimicro.actors.streams.open_stream`, which reaches its helpers through this
+#: module: importing :mod:`.metadata` there would close the cycle cell -> streams -> metadata ->
+#: cell, while streams -> api is the one such edge the import contract allows.
+_propagated = forward_auth
 
 
 def _sender() -> ActorRef | None:
@@ -46,6 +53,9 @@ async def tell(
     if binding is None:
         binding = _binding(ref)
     cell = current_cell.get()
+    item = current_item.get()
+    if item is not None and item[4]:  # serving a message with metadata: it travels on
+        headers = propagate(item[4], headers)
     if endpoint is None:
         await binding.tell(message, None if cell is None else cell.ref, headers)
     else:
@@ -54,7 +64,7 @@ async def tell(
 
 def try_tell(ref: ActorRef, message: Any, *, headers: dict[str, str] | None = None) -> bool:
     """Send one-way without waiting; ``False`` (and a dead letter) if it could not be queued."""
-    return bool(_binding(ref).try_tell(message, _sender(), headers))
+    return bool(_binding(ref).try_tell(message, _sender(), forward_auth(headers)))
 
 
 async def ask(
@@ -71,7 +81,9 @@ async def ask(
     ``endpoint`` (``"Service.method"``) selects the handler by name, with ``message`` as its
     body (a map is turned into the handler's attrs type). ``headers`` reach the handler as
     ``context.headers``; pass a dict as ``reply_headers`` to receive what the handler puts in
-    ``context.reply_headers``, locally or from another node. ``timeout`` defaults to the node's
+    ``context.reply_headers``, locally or from another node. Called while handling a message,
+    the call also carries that message's headers onwards, save hop-by-hop ones; ``headers``
+    given here win (see :mod:`trimicro.actors.metadata`). ``timeout`` defaults to the node's
     ``ask_timeout``; on expiry :class:`~trimicro.mailbox.errors.RequestTimeout` is raised.
 
     What happens to the handler when the asker gives up (timeout or cancellation): if the actor
@@ -80,12 +92,14 @@ async def ask(
     late reply is dropped to dead letters (``late-reply``), never delivered to another call.
     """
     binding = _binding(ref)
+    item = current_item.get()
     if timeout is None:
         timeout = binding.node.ask_timeout
-        item = current_item.get()
         if item is not None and item[1] is not None and item[1].deadline is not None:
             # Serving a request with a deadline: a nested call gets what is left of it.
             timeout = min(timeout, max(0.0, item[1].deadline - trio.current_time()))
+    if item is not None and item[4]:  # serving a message with metadata: it travels on
+        headers = propagate(item[4], headers)
     if reply_headers is None:
         return await binding.ask(message, _sender(), headers, endpoint, timeout)
     return await binding.ask(message, _sender(), headers, endpoint, timeout, reply_headers)

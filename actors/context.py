@@ -53,7 +53,8 @@ class Context:
 
     @property
     def headers(self) -> dict[str, str]:
-        """Metadata sent with the message being handled."""
+        """Metadata sent with the message being handled. Calls made while handling it carry it
+        onwards, save hop-by-hop keys (see :mod:`trimicro.actors.metadata`)."""
         item = current_item.get()
         return {} if item is None or item[4] is None else dict(item[4])
 

@@ -31,6 +31,7 @@ from .cell import BATCH, RUNNING, STOPPING, Cell
 from .deadletters import DeadLetters
 from .dispatcher import Dispatcher
 from .messages import DeadLetter
+from .metadata import HeaderRule, header_rule
 from .remote import MAX_HANDSHAKES, Identity, Remoting
 from .supervision import ChildSpec, Restart, SupervisorStrategy
 from .timers import TimeoutWheel, TimerService
@@ -72,9 +73,12 @@ class Node:
         dead_after: float,
         busy_poll: float = DEFAULT_BUSY_POLL,
         max_handshakes: int = MAX_HANDSHAKES,
+        propagate_headers: HeaderRule = None,
     ) -> None:
         self.id = node_id
         self.ask_timeout = ask_timeout
+        #: Which inbound header keys travel on calls made while serving (see :mod:`.metadata`).
+        self.propagate = header_rule(propagate_headers)
         self.root_strategy = root_strategy
         self.default_mailbox = default_mailbox
         self.shutdown_timeout = shutdown_timeout
@@ -389,6 +393,7 @@ async def start_node(
     dead_after: float = 10.0,
     busy_poll: float = DEFAULT_BUSY_POLL,
     max_handshakes: int = MAX_HANDSHAKES,
+    propagate_headers: HeaderRule = None,
 ) -> AsyncIterator[Node]:
     """Run a node for the duration of the block.
 
@@ -409,9 +414,13 @@ async def start_node(
     ``max_handshakes`` caps the inbound connections whose handshake is still running (each may
     take up to 5 s and holds buffers before anyone is authenticated): beyond it a new connection
     is closed at once; established links do not count.
+    ``propagate_headers`` restricts which headers of a request being served travel on the calls
+    its handler makes (by default all but the hop-by-hop ones; ``authorization`` always does):
+    a collection of keys to allow, or a predicate on the key (see :mod:`trimicro.actors.metadata`).
     """
     if max_handshakes < 1:
         raise ValueError(f"max_handshakes must be at least 1, got {max_handshakes}")
+    header_rule(propagate_headers)  # a bad rule is a TypeError here, not inside the node's nursery
     node_id = name or uuid.uuid4().hex[:12]
 
     def make_identity() -> Identity:
@@ -441,6 +450,7 @@ async def start_node(
             dead_after=dead_after,
             busy_poll=busy_poll,
             max_handshakes=max_handshakes,
+            propagate_headers=propagate_headers,
         )
         nursery.start_soon(node.timers.run, name="trimicro-timers")
         nursery.start_soon(node.timeouts.run, name="trimicro-timeouts")

@@ -321,11 +321,12 @@ async def open_stream(
     ``timeout`` bounds only the opening. Leaving the block closes the stream: if it is not over,
     the handler sees it cancelled.
     """
-    from .api import _binding, _sender
+    from .api import _binding, _propagated, _sender
 
     binding = _binding(ref)
     if timeout is None:
         timeout = binding.node.ask_timeout
+    headers = _propagated(headers)  # metadata of the message being handled travels on
     stream: Stream = await binding.open_stream(endpoint, request, _sender(), headers, window, timeout)
     try:
         yield stream

@@ -36,7 +36,8 @@ from nacl.signing import SigningKey
 
 from trimicro.mailbox.errors import BadRequest, MicroError, ServiceUnavailable, error_from_fields
 
-from ..cell import Cell, current_item
+from ..cell import Cell
+from ..metadata import AUTHORIZATION, forward_auth
 
 __all__ = [
     "AUTHORIZATION",
@@ -121,24 +122,6 @@ class Guard(Protocol):
         """Raise to refuse a node that passed the handshake (revoked since its certificate was
         issued): no link, so none of its messages (SYSTEM ones included) reach this node."""
         ...
-
-
-#: The metadata key carrying the caller's bearer token; forwarded on calls made while serving.
-AUTHORIZATION = "authorization"
-
-
-def forward_auth(headers: dict[str, str] | None) -> dict[str, str] | None:
-    """Calls made while serving a request carry its caller's token onwards (Go Micro does the same
-    with its ``Authorization`` metadata), so the next service judges the original caller."""
-    item = current_item.get()
-    if item is None:
-        return headers
-    inbound = item[4]
-    if not inbound or AUTHORIZATION not in inbound or (headers and AUTHORIZATION in headers):
-        return headers
-    out = dict(headers) if headers else {}
-    out[AUTHORIZATION] = inbound[AUTHORIZATION]
-    return out
 
 
 class Unreachable(ServiceUnavailable):

@@ -20,7 +20,7 @@ from ..busypoll import PROBE_EVERY
 from ..cell import Reply, Stopped
 from ..messages import Terminated
 from ..streams import Stream
-from . import OUT_HIGH_WATER, Unreachable, forward_auth
+from . import OUT_HIGH_WATER, Unreachable
 from .batching import _clock
 
 if TYPE_CHECKING:
@@ -135,7 +135,10 @@ class _Gone(Stopped):
 
 
 class RemoteActor:
-    """The binding of a ref to an actor on another node: same calls as a local cell."""
+    """The binding of a ref to an actor on another node: same calls as a local cell.
+
+    ``tell``/``try_tell``/``ask`` take headers as ``trimicro.actors.api`` made them, the
+    propagated metadata of the message being handled already merged in (:mod:`..metadata`)."""
 
     __slots__ = ("node", "peer", "target")
 
@@ -161,7 +164,6 @@ class RemoteActor:
         if node.spend():
             await trio.lowlevel.cancel_shielded_checkpoint()
         await trio.lowlevel.checkpoint_if_cancelled()
-        headers = forward_auth(headers)
         try:
             link = self.peer.link or await self.peer.connect(node.ask_timeout)
             codec = self.peer.remoting.codec
@@ -217,7 +219,6 @@ class RemoteActor:
         except MicroError as exc:
             self.node.dead_letter(self.target, msg, f"undeliverable: {exc.detail}", sender)
             return False
-        headers = forward_auth(headers)
         env = Envelope(Kind.TELL, 0, self.target, sender, "", codec.content_type, headers or {}, 0, body)
         frame = encode_envelope(env)
         if not link.fits(frame):
@@ -260,7 +261,6 @@ class RemoteActor:
                 )
         codec = peer.remoting.codec
         body = codec.encode(msg)
-        headers = forward_auth(headers)
         corr = link.new_corr()
         reply = Reply()
         env = Envelope(
@@ -348,7 +348,7 @@ class RemoteActor:
         stream = Stream(window, request=request, headers=headers, peer=self.target)
         stream.on_done = lambda _s: streams.pop(corr, None)
         stream.ops = RemoteStreamOps(link, corr, codec)
-        meta = dict(forward_auth(headers) or {})
+        meta = dict(headers or {})  # propagated metadata already merged (streams.open_stream)
         meta["credit"] = str(window)
         ct = codec.content_type
         env = Envelope(Kind.STREAM_OPEN, corr, self.target, sender, endpoint, ct, meta, 0, body)
