@@ -131,10 +131,10 @@ class Held:
         reason = "stopped"
         try:
             while entries:
+                if cell.status >= STOPPING:
+                    return
                 if not self.subscribed(sub):
                     reason = "unsubscribed"
-                    return
-                if cell.status >= STOPPING:
                     return
                 item, size = entries[0]
                 status = await cell.put(item)

@@ -561,9 +561,10 @@ class PubSub:
         if not isinstance(cell, Cell):
             return 0
         item = (message, None, None, None, message.headers or None)
-        queues = self.held.by_link.get(link) if link is not None else None
-        if queues and sub in queues:  # earlier messages from this link wait for it: go behind
-            return await self._hold(link, sub, cell, item)  # type: ignore[arg-type]
+        if link is not None:
+            queues = self.held.by_link.get(link)
+            if queues and sub in queues:  # earlier messages from this link wait for it: go behind
+                return await self._hold(link, sub, cell, item)
         result = cell.offer(item)
         if result == OK:
             return 1
