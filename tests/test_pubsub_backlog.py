@@ -12,10 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_pubsub import Box, Collector, knows, nodes
 
-from trimicro.actors import Actor, ask, bounded
+from trimicro.actors import Actor, ActorRef, ask, bounded
 from trimicro.actors.remote.tellflow import BACKLOG_BYTES
 from trimicro.cluster.broker.backlog import HOLD_AT, MAX_HOLDS, Holds
+from trimicro.cluster.broker.pubsub import Subscription
 from trimicro.cluster.broker.topics import validate_pattern
+from trimicro.cluster.cluster import Cluster
 from trimicro.mailbox.codec import MsgpackCodec
 from trimicro.mailbox.envelope import Envelope, Kind
 
@@ -25,6 +27,15 @@ class Echo(Actor):
 
     async def ping(self, body: object) -> object:
         return body
+
+
+async def gated(a: Cluster, b: Cluster, box: Box, gate: trio.Event) -> tuple[Subscription, ActorRef]:
+    """On ``b``, a "block" subscriber to ``slow`` with 2 mailbox slots that handles nothing
+    before ``gate`` opens; ``a`` knows of it."""
+    slow = await b.node.spawn(Collector, box, gate, mailbox=bounded(2))
+    sub = await b.subscribe("slow", slow, policy="block")
+    await knows(a, "n1", "slow")
+    return sub, slow
 
 
 def waiting(pubsub: object) -> int:
@@ -37,11 +48,9 @@ async def test_a_full_block_subscriber_holds_its_publisher_not_the_link(tmp_path
     async with nodes(2, tmp_path) as [a, b]:
         gate = trio.Event()
         box, other = Box(), Box()
-        slow = await b.node.spawn(Collector, box, gate, mailbox=bounded(2))
-        await b.subscribe("slow", slow, policy="block")
+        await gated(a, b, box, gate)
         await b.subscribe("fast", await b.node.spawn(Collector, other), policy="block")
         await b.node.spawn(Echo, name="echo")
-        await knows(a, "n1", "slow")
         await knows(a, "n1", "fast")
         total = 20 * HOLD_AT
         sent = 0
@@ -75,9 +84,7 @@ async def test_waiting_messages_of_a_subscription_that_ends_become_dead_letters(
     async with nodes(2, tmp_path) as [a, b]:
         gate = trio.Event()
         box = Box()
-        slow = await b.node.spawn(Collector, box, gate, mailbox=bounded(2))
-        sub = await b.subscribe("slow", slow, policy="block")
-        await knows(a, "n1", "slow")
+        sub, _ = await gated(a, b, box, gate)
         total = 50
         async with b.node.dead_letters.subscribe() as letters:
             for i in range(total):
@@ -101,9 +108,7 @@ async def test_waiting_messages_of_a_subscription_that_ends_become_dead_letters(
 async def test_waiting_messages_of_a_subscriber_that_stops_become_dead_letters(tmp_path: Path) -> None:
     async with nodes(2, tmp_path) as [a, b]:
         box = Box()
-        slow = await b.node.spawn(Collector, box, trio.Event(), mailbox=bounded(2))  # never opens
-        await b.subscribe("slow", slow, policy="block")
-        await knows(a, "n1", "slow")
+        _, slow = await gated(a, b, box, trio.Event())  # never opens
         total = 50
         async with b.node.dead_letters.subscribe() as letters:
             for i in range(total):
@@ -133,9 +138,7 @@ async def test_a_publisher_that_ignores_holds_is_stopped_by_the_link_budget(tmp_
         a.node.remote.system_handlers.pop("pubsub.hold")  # (an unknown operation is ignored)
         gate = trio.Event()
         box = Box()
-        slow = await b.node.spawn(Collector, box, gate, mailbox=bounded(2))
-        await b.subscribe("slow", slow, policy="block")
-        await knows(a, "n1", "slow")
+        await gated(a, b, box, gate)
         body = b"x" * 65536
         total = 3 * BACKLOG_BYTES // len(body)
         sent = 0
