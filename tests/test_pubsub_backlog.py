@@ -178,7 +178,7 @@ class _Link:
         self.peer = _Peer()
 
 
-_values = st.one_of(st.none(), st.integers(), st.text(max_size=20), st.binary(max_size=20))
+_values = st.one_of(st.none(), st.integers(-(2**63), 2**64 - 1), st.text(max_size=20), st.binary(max_size=20))
 _bodies = st.one_of(
     st.binary(max_size=64),
     st.lists(_values, max_size=4).map(lambda v: MsgpackCodec().encode(v)),
