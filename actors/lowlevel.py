@@ -13,7 +13,7 @@ other way in.
 from __future__ import annotations
 
 from .actor import HandlerTable, handler_table
-from .cell import DEAD, FULL, OK, Cell, current_cell
+from .cell import DEAD, FULL, OK, STOPPING, Cell, current_cell
 from .remote import (
     AUTHORIZATION,
     OUT_HIGH_WATER,
@@ -32,6 +32,7 @@ __all__ = [
     "FULL",
     "OK",
     "OUT_HIGH_WATER",
+    "STOPPING",
     "Cell",
     "Guard",
     "HandlerTable",

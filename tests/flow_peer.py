@@ -15,12 +15,13 @@ tests share no classes with it):
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from trimicro.actors import Actor, bounded, start_node
+from trimicro.actors import Actor, ActorRef, ask, bounded, start_node
 
 SLOW_SECONDS = 0.010
 
@@ -31,6 +32,22 @@ def rss_kib() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+async def timed_asks(
+    echo: ActorRef, control: ActorRef, count: int, peer_rss: list[int], own_rss: list[int]
+) -> list[float]:
+    """Ask ``echo`` ``count`` times (for the tests, in their process), each within 5 s; the
+    latencies, sorted; samples both processes' memory every 50 asks into the lists given."""
+    latencies: list[float] = []
+    for i in range(count):
+        started = time.perf_counter()
+        assert await ask(echo, i, endpoint="Echo.ping", timeout=5) == i
+        latencies.append(time.perf_counter() - started)
+        if i % 50 == 0:
+            peer_rss.append(await ask(control, None, endpoint="Control.rss", timeout=5))
+            own_rss.append(rss_kib())
+    return sorted(latencies)
 
 
 class State:

@@ -8,14 +8,13 @@ the flood must be accounted for. Also: an ask ends by its deadline whatever it w
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
-from flow_peer import rss_kib
+from flow_peer import rss_kib, timed_asks
 from procs import Proc, python_process
 
 from trimicro.actors import RequestTimeout, ask, start_node, tell
@@ -52,7 +51,6 @@ async def test_asks_to_another_actor_pass_a_flooded_slow_actor(tmp_path: Path) -
         own_rss = [rss_kib()]
         sent = 0
         flooding = trio.Event()
-        latencies: list[float] = []
 
         async def flood() -> None:
             nonlocal sent
@@ -67,13 +65,7 @@ async def test_asks_to_another_actor_pass_a_flooded_slow_actor(tmp_path: Path) -
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(flood)
                     await flooding.wait()
-                    for i in range(ASKS):
-                        started = time.perf_counter()
-                        assert await ask(echo, i, endpoint="Echo.ping", timeout=5) == i
-                        latencies.append(time.perf_counter() - started)
-                        if i % 100 == 0:
-                            peer_rss.append(await ask(control, None, endpoint="Control.rss"))
-                            own_rss.append(rss_kib())
+                    latencies = await timed_asks(echo, control, ASKS, peer_rss, own_rss)
                     nursery.cancel_scope.cancel()
                 # Every tell the flood sent reaches the actor (sped up now so that the test ends).
                 await ask(control, None, endpoint="Control.fast")
@@ -85,7 +77,6 @@ async def test_asks_to_another_actor_pass_a_flooded_slow_actor(tmp_path: Path) -
                 except trio.WouldBlock:
                     break
                 own_letters += 1
-        latencies.sort()
         p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1]
         print(
             f"\nflood of {sent} tells; asks p50 {p50 * 1e3:.2f} ms p99 {p99 * 1e3:.2f} ms; "

@@ -647,7 +647,13 @@ class Link:
     ) -> Awaitable[None] | None:
         """Add tells to ``backlog``; past BACKLOG_BYTES on this link (a peer that does not hold
         back), what the reader awaits until the backlogs drain."""
-        self.backlog_bytes += backlog.add(item, tells, start)
+        return self.backlog_added(backlog.add(item, tells, start))
+
+    def backlog_added(self, size: int) -> Awaitable[None] | None:
+        """``size`` estimated bytes joined the backlogs of this link (held tells here, pub/sub
+        messages for a full "block" subscriber in the cluster layer); past BACKLOG_BYTES, what
+        the reader awaits until they drain (TCP backpressure, for this link only)."""
+        self.backlog_bytes += size
         return self._backlog_drains() if self.backlog_bytes > BACKLOG_BYTES else None
 
     async def _backlog_drains(self) -> None:

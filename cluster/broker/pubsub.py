@@ -58,6 +58,7 @@ from trimicro.mailbox.envelope import Envelope
 from trimicro.mailbox.errors import BadRequest, MicroError
 
 from .acked import AckedDelivery, Deliverer
+from .backlog import OVERHEAD, Held, Holds
 from .host import Host, MemberEventView, TopicGuard
 from .message import DEAD_LETTER_PREFIX, Message, Policy, Subscription
 from .topics import SubscriptionIndex, matches, validate_pattern, validate_subject
@@ -131,10 +132,16 @@ class PubSub:
         self._deliverer: ActorRef | None = None
         #: Messages dropped by slow-subscriber policies (and subscriptions dropped).
         self.dropped = 0
+        #: Messages from other nodes waiting for a full "block" subscriber (see .backlog).
+        self.held = Held(self.node, self.codec, self._subscribed)
+        #: Holds other nodes asked of our publishes to them (their slow "block" subscribers).
+        self.holds = Holds(self.codec)
         remote = self.node.remote
         remote.system_handlers["pubsub.msg"] = self._on_msg
         remote.system_handlers["pubsub.batch"] = self._on_batch
         remote.system_handlers["pubsub.interest"] = self._on_interest
+        remote.system_handlers["pubsub.hold"] = self.holds.on_hold
+        remote.system_handlers["pubsub.release"] = self.holds.on_release
         remote.on_peer_up.append(self._peer_up)
         self._interest_version = 0
         self._interest_event = trio.Event()
@@ -208,6 +215,9 @@ class PubSub:
             if not subs:
                 self._by_actor.pop(sub.ref, None)
             self._interest_changed()
+
+    def _subscribed(self, sub: Subscription) -> bool:
+        return sub in self._by_actor.get(sub.ref, ())
 
     def _actor_gone(self, ref: ActorRef) -> None:
         for sub in self._by_actor.pop(ref, []):
@@ -402,6 +412,9 @@ class PubSub:
             return 0
         if link.out_bytes >= OUT_HIGH_WATER:
             await link.wait_room()  # backpressure: the peer is slower than this publisher
+        held = self.holds.by_link
+        if held and link in held:  # a "block" subscriber there is slow (see .backlog)
+            await self.holds.wait(link, entry[0])
         data = self.codec.encode(entry)
         if self.codec.content_type == MSGPACK and link.coalesce("pubsub.batch", data):
             return 1
@@ -440,13 +453,22 @@ class PubSub:
         self._routes[topic] = route
         return route
 
-    async def _deliver_local(self, message: Message, *, plain: bool, groups: AbstractSet[str]) -> int:
+    async def _deliver_local(
+        self, message: Message, *, plain: bool, groups: AbstractSet[str], link: Link | None = None
+    ) -> int:
+        """Deliver to this node's subscribers; ``link`` is the one ``message`` came on (None: a
+        local publish, which may wait for a full "block" subscriber itself)."""
         match = self.index.match_view(message.topic)
         delivered = 0
         if plain:
-            delivered, slow = _offer_now(match.plain, message)
+            held = self.held.by_link
+            slow: Sequence[Subscription] | None
+            if held and link in held:  # messages from this link wait for one: keep their order
+                delivered, slow = 0, match.plain
+            else:
+                delivered, slow = _offer_now(match.plain, message)
             for sub in slow or ():
-                delivered += await self._offer(sub, message)
+                delivered += await self._offer(sub, message, link)
             if self.node.spend():  # like tell: deliveries are handed over in batches
                 await trio.lowlevel.cancel_shielded_checkpoint()
         # Which queue groups are served here was decided by the publisher (see publish).
@@ -454,14 +476,18 @@ class PubSub:
             members = match.groups.get(group)
             if members:
                 sub = members[next(self._rr) % len(members)]
-                delivered += await self._offer(sub, message)
+                delivered += await self._offer(sub, message, link)
         return delivered
 
-    async def _offer(self, sub: Subscription, message: Message) -> int:
+    async def _offer(self, sub: Subscription, message: Message, link: Link | None = None) -> int:
         cell = sub.ref.binding
         if not isinstance(cell, Cell):
             return 0
         item = (message, None, None, None, message.headers or None)
+        if link is not None:
+            queues = self.held.by_link.get(link)
+            if queues and sub in queues:  # earlier messages from this link wait for it: go behind
+                return await self._hold(link, sub, cell, item)
         result = cell.offer(item)
         if result == OK:
             return 1
@@ -469,6 +495,8 @@ class PubSub:
             return 0
         # Full mailbox: the subscription's policy decides.
         if sub.policy == "block":
+            if link is not None:  # never stall the link's reader (every other frame waits on it)
+                return await self._hold(link, sub, cell, item)
             return 1 if await cell.put(item) == OK else 0
         self.dropped += 1
         if sub.policy == "drop_oldest":
@@ -478,6 +506,16 @@ class PubSub:
         self.node.dead_letter(sub.ref, message, "dropped-subscriber", None)
         self.unsubscribe(sub)
         return 0
+
+    async def _hold(self, link: Link, sub: Subscription, cell: Cell, item: tuple[Any, ...]) -> int:
+        """Queue a message from ``link`` for a full "block" subscriber (see .backlog); waits only
+        while the link's backlogs are past their budget."""
+        message: Message = item[0]
+        size = OVERHEAD + len(self.codec.encode(message.body)) + 64 * len(message.headers)
+        drains = self.held.queue(link, sub, cell, item, size)
+        if drains is not None:
+            await drains
+        return 1
 
     def _on_msg(self, link: Link, env: Envelope) -> Awaitable[int] | None:
         """One message (``pubsub.msg``: a map ``{t, b, h, p, q}``)."""
@@ -490,9 +528,9 @@ class PubSub:
         message = self._inbound(link, entry)
         if message is None:
             return None
-        # Awaited by the link's reader: in order, and a "block" subscriber that is full holds the
-        # publisher back through the link (TCP) as a local one would.
-        return self._deliver_local(message[0], plain=message[1], groups=message[2])
+        # Awaited by the link's reader, in order; a full "block" subscriber does not hold it (nor
+        # anything else on the link) back unless the link's backlogs are past their budget.
+        return self._deliver_local(message[0], plain=message[1], groups=message[2], link=link)
 
     def _on_batch(self, link: Link, env: Envelope) -> Awaitable[int] | None:
         """Several messages in one envelope (``pubsub.batch``: the msgpack array of ``[topic,
@@ -521,17 +559,18 @@ class PubSub:
                 message = self._inbound(link, row)
                 if message is not None:
                     messages.append(message)
-        return self._deliver_all(messages) if messages else None
+        return self._deliver_all(messages, link) if messages else None
 
-    async def _deliver_all(self, messages: list[tuple[Message, bool, AbstractSet[str]]]) -> int:
+    async def _deliver_all(self, messages: list[tuple[Message, bool, AbstractSet[str]]], link: Link) -> int:
         """Deliver a batch from a peer in order; plain messages without queue groups (the usual
         batch) take a synchronous fast path: one subscription lookup per topic per batch."""
         delivered = 0
         node = self.node
         matches: dict[str, Any] = {}
+        held = self.held.by_link
         for message, plain, groups in messages:
-            if not plain or groups:
-                delivered += await self._deliver_local(message, plain=plain, groups=groups)
+            if not plain or groups or (held and link in held):  # (messages wait for a subscriber)
+                delivered += await self._deliver_local(message, plain=plain, groups=groups, link=link)
                 continue
             match = matches.get(message.topic)
             if match is None:
@@ -539,7 +578,7 @@ class PubSub:
             count, slow = _offer_now(match.plain, message)
             delivered += count
             for sub in slow or ():  # full mailboxes: each subscription's policy, in order
-                delivered += await self._offer(sub, message)
+                delivered += await self._offer(sub, message, link)
             if node.spend():
                 await trio.lowlevel.cancel_shielded_checkpoint()
         return delivered
