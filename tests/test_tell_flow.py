@@ -28,7 +28,7 @@ from trimicro.actors import (
 from trimicro.actors import remote as remote_module
 from trimicro.actors.remote import Link, tellflow
 from trimicro.actors.remote import link as link_module
-from trimicro.actors.remote.tellflow import TELL_WINDOW, Backlog
+from trimicro.actors.remote.tellflow import HOLD_BYTES, TELL_OVERHEAD, TELL_WINDOW, Backlog
 from trimicro.actors.streams import Stream
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.refs import ActorRef
@@ -208,7 +208,8 @@ async def test_a_peer_without_the_feature_gets_the_old_backpressure() -> None:
 async def test_a_peer_that_does_not_hold_back_is_stopped_by_the_backlog_bound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(link_module, "BACKLOG_BYTES", 16 * 1024)
+    monkeypatch.setattr(tellflow, "BACKLOG_BYTES", 16 * 1024)
+    monkeypatch.setattr(tellflow, "FREE_BYTES", 16 * 1024)  # more never comes from a peer that holds
     monkeypatch.setattr(link_module, "on_hold", lambda link, env, most: None)  # ignoring holds
     async with pair() as (a, b):
         n = 3000
@@ -339,6 +340,10 @@ async def test_holds_the_peer_could_not_mean_are_ignored() -> None:
 
 class _FakeLink:
     closed = False
+    backlog_limit = 0
+
+    def backlog_drained(self, size: int) -> None:
+        pass
 
 
 class _Grants:
@@ -362,21 +367,25 @@ class _Grants:
 @given(
     total=st.integers(1, 4 * TELL_WINDOW),
     steps=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 2 * TELL_WINDOW)), max_size=40),
+    body=st.sampled_from([0, 100, 16 * 1024, 256 * 1024, 2 * HOLD_BYTES]),
 )
-def test_backlog_credit_bounds_the_backlog_and_never_stalls(total: int, steps: list[tuple[int, int]]) -> None:
+def test_backlog_credit_bounds_the_backlog_and_never_stalls(
+    total: int, steps: list[tuple[int, int]], body: int
+) -> None:
     """The exchange of §4.6 as a model: a backlog starts with the tell that met the full
     mailbox, the hold goes to the sender, which answers with ``tells.held`` and from then on
     sends on credit only (before it heard of the hold it sent freely); grants follow the marker,
     on the same channel as the hold. Whatever the interleaving of deliveries on both channels,
     moves into the mailbox and sends: tells sent after ``tells.held`` that are on their way or
-    waiting never exceed the window, and every tell gets through (no deadlock)."""
+    waiting never exceed the window, in tells and in bytes (one tell over at most: a tell
+    bigger than the window still gets a credit), and every tell gets through (no deadlock)."""
     grants = _Grants()
     backlog = Backlog(_FakeLink(), None, 7, grants)  # type: ignore[arg-type]
 
     class _Tells:
         bodies: list[bytes] = []
 
-    backlog.add((None,), _Tells, 0)  # type: ignore[arg-type]
+    backlog.add((None,), _Tells, 0, item_size=body)  # type: ignore[arg-type]
     forward: deque[str] = deque()  # "T" a tell, "M" the tells.held marker
     to_sender: deque[int] = deque([0, *grants.sent])  # 0: the hold, n: a grant of n
     grants.sent.clear()
@@ -391,9 +400,10 @@ def test_backlog_credit_bounds_the_backlog_and_never_stalls(total: int, steps: l
                 backlog.credited = True
                 backlog.grant()
             else:
-                backlog.add((None,), _Tells, 0)  # type: ignore[arg-type]
+                backlog.add((None,), _Tells, 0, item_size=body)  # type: ignore[arg-type]
         elif kind == 1 and backlog.count:  # one moves into the mailbox (the oldest first)
             backlog._moved(1)
+            backlog._drained(body + 4 * TELL_OVERHEAD)
             delivered += 1
             if early:
                 early -= 1
@@ -419,6 +429,7 @@ def test_backlog_credit_bounds_the_backlog_and_never_stalls(total: int, steps: l
         else:
             return False
         assert credited <= TELL_WINDOW
+        assert credited <= 1 or credited * (body + 4 * TELL_OVERHEAD) <= HOLD_BYTES
         return True
 
     for kind, times in steps:  # runs of one kind of event: bursts
