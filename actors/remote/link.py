@@ -694,6 +694,11 @@ class Link:
         stream = self.streams.get(corr)
         if stream is not None:
             stream.on_cancel()
+            return
+        for backlog in self.backlogs.values():  # (rare: a sender refusing one of our holds)
+            if backlog.corr == corr:
+                backlog.refused()
+                return
 
     # ---- streams -----------------------------------------------------------------------------
 

@@ -118,19 +118,22 @@ def on_hold(link: Link, env: Envelope, max_streams: int) -> None:
     that actor's path wait for its credit from now on, in a send-only Stream that is the hold's
     credit account (STREAM_CREDIT with the hold's id adds to it, CANCEL ends it, as for any
     stream on the link), and ``tells.held`` tells the peer from which frame on they use it. A
-    hold the peer cannot mean (a bad or used id, a second one for the path, more than
-    ``max_streams``) is ignored: the peer then takes our tells as they come, at worst by
-    stopping to read."""
+    hold the peer cannot mean (id 0, a bad or used id, no target) is ignored (a CANCEL with that
+    id could end a live exchange); one we refuse (a second one for the path: the peer ends the
+    first before it asks again; more than ``max_streams``) is answered with CANCEL: the peer then
+    takes our tells as they come, at worst by stopping to read."""
     corr, target = env.corr, env.target
     streams, held = link.streams, link.held
     if (
         target is None
+        or not corr
         or corr % 2 != (0 if link.initiator else 1)
         or corr in streams
         or corr in link.inbound
-        or target.path in held
-        or len(streams) >= max_streams
     ):
+        return
+    if target.path in held or len(streams) >= max_streams:
+        link.push(encode_envelope(Envelope(Kind.CANCEL, corr)))
         return
     path = target.path
     hold = Stream(1)
@@ -167,6 +170,11 @@ def _undelivered(cell: Cell, item: tuple[Any, ...]) -> None:
         cell.node.dead_letter(cell.ref, item[0], "stopped", item[2])
     else:
         reply.fail(ServiceUnavailable(f"actor {cell.path} stopped", id=cell.path))
+
+
+async def _set_when(event: trio.Event, then: trio.Event) -> None:
+    await event.wait()
+    then.set()
 
 
 class Backlog:
@@ -249,6 +257,13 @@ class Backlog:
         self.count -= n
         self.grant()
 
+    def refused(self) -> None:
+        """The sender refused the hold (CANCEL with its id): it sends as it pleases, so the link
+        counts as one whose peer does not hold back (the reader stops past BACKLOG_BYTES)."""
+        self.corr = 0
+        self.credited = False
+        self.link.backlog_limit = BACKLOG_BYTES
+
     def _drained(self, size: int) -> None:
         """An entry of ``size`` estimated bytes has left the backlog."""
         self.bytes -= size
@@ -311,7 +326,10 @@ class Backlog:
                     return
                 more = self._more = trio.Event()
                 with trio.move_on_after(RELEASE_IDLE):
-                    await more.wait()
+                    async with trio.open_nursery() as nursery:  # (idle only: no cost per tell)
+                        nursery.start_soon(_set_when, cell.stopped_event(), more)
+                        await more.wait()
+                        nursery.cancel_scope.cancel()
                 self._more = None
                 if not self.entries or cell.status >= STOPPING:
                     return
