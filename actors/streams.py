@@ -124,6 +124,12 @@ class Stream:
         assert self.ops is not None
         await self.ops.data(item)
 
+    async def wait_credit(self) -> None:
+        """Wait until there is credit to send, or the stream is over (then :meth:`take_credit`
+        says which), without taking it: for a sender that queues synchronously right after."""
+        while self._send_credit <= 0 and not (self._done or self._send_closed or self._error):
+            await self._send_lot.park()
+
     def take_credit(self) -> bool:
         """Use one credit without waiting, for a sender that may not wait (``try_tell`` on a
         held actor); ``False`` when there is none, or the stream is over."""

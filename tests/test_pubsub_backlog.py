@@ -139,11 +139,12 @@ async def test_a_publisher_that_ignores_holds_is_stopped_by_the_link_budget(tmp_
         gate = trio.Event()
         box = Box()
         await gated(a, b, box, gate)
-        body = b"x" * 65536
-        total = 3 * BACKLOG_BYTES // len(body)
-        sent = 0
         link = b.node.remote.peer("n0").link
         assert link is not None
+        link.backlog_limit = BACKLOG_BYTES  # the budget of a link (8 MiB here, to keep it short)
+        body = b"x" * 65536
+        total = 6 * BACKLOG_BYTES // len(body)  # well past the budget, the send queue and socket buffers
+        sent = 0
         peak = 0
         async with trio.open_nursery() as nursery:
 

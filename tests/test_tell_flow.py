@@ -20,15 +20,17 @@ from trimicro.actors import (
     Actor,
     DeadLetter,
     Node,
+    RequestTimeout,
+    TooManyRequests,
     ask,
     bounded,
     tell,
     try_tell,
 )
 from trimicro.actors import remote as remote_module
-from trimicro.actors.remote import Link, tellflow
+from trimicro.actors.remote import OUT_HIGH_WATER, Link, tellflow
 from trimicro.actors.remote import link as link_module
-from trimicro.actors.remote.tellflow import TELL_WINDOW, Backlog
+from trimicro.actors.remote.tellflow import HOLD_BYTES, TELL_OVERHEAD, TELL_WINDOW, Backlog
 from trimicro.actors.streams import Stream
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.refs import ActorRef
@@ -49,7 +51,7 @@ class Gated(Actor):
         self.seen: list[int] = []
         self.received = 0
 
-    async def take(self, k: int) -> None:
+    async def take(self, k: Any) -> None:  # (ints; bytes in the tests of sizes)
         self.received += 1
         await self.gate.wait()
         self.seen.append(k)
@@ -208,7 +210,8 @@ async def test_a_peer_without_the_feature_gets_the_old_backpressure() -> None:
 async def test_a_peer_that_does_not_hold_back_is_stopped_by_the_backlog_bound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(link_module, "BACKLOG_BYTES", 16 * 1024)
+    monkeypatch.setattr(tellflow, "BACKLOG_BYTES", 16 * 1024)
+    monkeypatch.setattr(tellflow, "FREE_BYTES", 16 * 1024)  # more never comes from a peer that holds
     monkeypatch.setattr(link_module, "on_hold", lambda link, env, most: None)  # ignoring holds
     async with pair() as (a, b):
         n = 3000
@@ -334,11 +337,195 @@ async def test_holds_the_peer_could_not_mean_are_ignored() -> None:
         assert a.remote.peer("b").link is link_a and not link_a.closed
 
 
+async def test_a_lone_tell_or_ask_in_a_backlog_counts_its_body_and_headers() -> None:
+    """TELL frames with headers (not batched) and asks wait in a backlog at their real size: the
+    bound on a link's backlogs counted each as 256 bytes whatever its body."""
+    async with pair() as (a, b):
+        gate, _, _ = await spawn_gated(b, 0)
+        gated = a.remote_ref("b", "gated")
+        _link_a, link_b = links(a, b)
+        body = b"x" * 65536
+        headers = {"x-note": "y" * 1000}
+        async with trio.open_nursery() as nursery:
+
+            async def flood() -> None:
+                for _ in range(40):
+                    await tell(gated, body, headers=headers, endpoint="Gated.take")
+
+            nursery.start_soon(flood)
+            await until(lambda: bool(link_b.backlogs) and next(iter(link_b.backlogs.values())).count >= 8)
+            backlog = next(iter(link_b.backlogs.values()))
+            assert link_b.backlog_bytes >= backlog.count * (len(body) + 1000)
+            gate.set()
+
+
+async def test_asks_waiting_in_a_backlog_are_bounded_even_once_expired(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Asks behind a slow actor's tells leave ``inbound`` when they expire but stay in the
+    backlog until it reaches them: they count against MAX_WAITING_ASKS until then, and more
+    are refused with 429 (they piled up without bound)."""
+    monkeypatch.setattr(link_module, "MAX_WAITING_ASKS", 8, raising=False)  # (checked on the old code)
+    async with pair() as (a, b):
+        gate, _, _ = await spawn_gated(b, 0)
+        gated = a.remote_ref("b", "gated")
+        link_a, link_b = links(a, b)
+        refused = 0
+        most = 0
+
+        def waiting() -> int:
+            return sum(
+                1
+                for bl in link_b.backlogs.values()
+                for e in bl.entries
+                if e[0] is not None and e[0][1] is not None
+            )
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                await held(Flood(gated, FLOOD), nursery, link_a)  # the backlog stays: the gate is shut
+                for _ in range(4):
+                    async with trio.open_nursery() as askers:
+
+                        async def one() -> None:
+                            nonlocal refused
+                            try:
+                                await ask(gated, None, endpoint="Gated.seen_so_far", timeout=0.05)
+                            except TooManyRequests:
+                                refused += 1
+                            except RequestTimeout:
+                                pass
+
+                        for _ in range(10):
+                            askers.start_soon(one)
+                    most = max(most, waiting())
+                nursery.cancel_scope.cancel()
+            gate.set()
+        assert refused > 0
+        assert most <= 8
+
+
+async def test_a_new_actor_by_the_same_name_gets_a_hold_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An actor stops while its (idle) hold is still open and a new one starts under its name:
+    the receiver ends the old hold before it asks for a new one, so the sender holds its tells
+    to the new actor with the new credit (it ignored the second hold for the path, and once the
+    old one ended sent freely into a backlog that granted nothing)."""
+    monkeypatch.setattr(tellflow, "RELEASE_IDLE", 60)
+    async with pair() as (a, b):
+        gate, all_in, _ = await spawn_gated(b, FLOOD)
+        gated = a.remote_ref("b", "gated")
+        link_a, link_b = links(a, b)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                await held(Flood(gated, FLOOD), nursery, link_a)
+                gate.set()
+                await all_in.wait()
+            (first,) = link_b.backlogs.values()  # idle, its hold still open
+            await until(lambda: first.count == 0)
+            await b.stop(first.cell.ref)
+            gate2, all_in2, instance2 = await spawn_gated(b, FLOOD)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(Flood(gated, FLOOD).run)
+                await until(
+                    lambda: any(bl.cell is not first.cell and bl.credited for bl in link_b.backlogs.values()),
+                    10,
+                )
+                gate2.set()
+            await all_in2.wait()
+        assert instance2.seen == list(range(FLOOD))
+
+
+async def test_an_ask_waiting_for_room_on_a_link_that_closes_goes_on_a_new_link() -> None:
+    """The send queue is full; the link drops while an ask waits for room: the ask redials and
+    is answered (it went into the closed link's requests and waited out its deadline)."""
+    async with pair() as (a, b):
+        echo = a.remote_ref("b", "echo")
+        link_a, _link_b = links(a, b)
+        link_a.out_bytes = OUT_HIGH_WATER  # as if the peer did not read
+
+        async def close_once_waiting() -> None:
+            await until(lambda: bool(link_a._room))
+            link_a.close("closed by the test")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close_once_waiting)
+            assert await ask(echo, 1, endpoint="Echo.ping", timeout=5) == 1
+
+
+async def test_a_tell_cancelled_as_its_credit_comes_is_sent_or_keeps_the_credit() -> None:
+    """The credit comes and the producer is cancelled in the same instant: the tell goes out
+    with the credit, or the credit stays (it was taken, then the cancellation lost the tell)."""
+    async with pair() as (a, b):
+        _, _, instance = await spawn_gated(b, 1)
+        gated = a.remote_ref("b", "gated")
+        link_a, link_b = links(a, b)
+        good = 2 if link_a.initiator else 1  # an id of b's parity
+        target = ActorRef("b", "/user/gated", 0)
+        link_b.push(encode_envelope(Envelope(Kind.SYSTEM, good, target, None, "tells.hold")))
+        assert await ask(a.remote_ref("b", "echo"), 1, endpoint="Echo.ping") == 1  # after it
+        hold = link_a.held["/user/gated"]
+        scope = trio.CancelScope()
+
+        async def teller() -> None:
+            with scope:
+                await tell(gated, 7, endpoint="Gated.take")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(teller)
+            await until(lambda: bool(hold._send_lot))
+            hold.on_credit(1)
+            scope.cancel()
+        instance.gate.set()
+        seen = await ask(gated, None, endpoint="Gated.seen_so_far")
+        assert seen == [7] or hold._send_credit == 1
+
+
+async def test_a_hold_with_id_0_is_ignored_and_a_second_for_a_path_is_refused() -> None:
+    async with pair() as (a, b):
+        link_a, link_b = links(a, b)
+        good = 2 if link_a.initiator else 1
+        target = ActorRef("b", "/user/echo", 0)
+        cancels: list[int] = []
+        on_cancel = link_b._on_cancel
+        link_b._on_cancel = lambda corr: (cancels.append(corr), on_cancel(corr))[1]  # type: ignore[method-assign]
+        for corr in (0, good, good + 2):
+            link_b.push(encode_envelope(Envelope(Kind.SYSTEM, corr, target, None, "tells.hold")))
+        assert await ask(a.remote_ref("b", "echo"), 1, endpoint="Echo.ping") == 1  # after them
+        assert list(link_a.held) == ["/user/echo"] and list(link_a.streams) == [good]
+        assert cancels == [good + 2]  # the second hold for the path, refused
+
+
+async def test_a_refused_hold_makes_the_link_one_whose_peer_does_not_hold_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sender that refuses a hold (CANCEL with its id) sends freely: the receiver bounds that
+    link's backlogs as for a peer that does not hold back."""
+
+    def refuse(link: Link, env: Envelope, most: int) -> None:
+        link.push(encode_envelope(Envelope(Kind.CANCEL, env.corr)))
+
+    monkeypatch.setattr(link_module, "on_hold", refuse)
+    async with pair() as (a, b):
+        gate, _, _ = await spawn_gated(b, 0)
+        gated = a.remote_ref("b", "gated")
+        _link_a, link_b = links(a, b)
+        assert link_b.backlog_limit > tellflow.BACKLOG_BYTES
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(Flood(gated, FLOOD).run)
+            await until(lambda: link_b.backlog_limit == tellflow.BACKLOG_BYTES)
+            nursery.cancel_scope.cancel()
+        gate.set()
+
+
 # ---- the credit accounting of a backlog, sans I/O ------------------------------------------------
 
 
 class _FakeLink:
     closed = False
+    backlog_limit = 0
+
+    def backlog_drained(self, size: int) -> None:
+        pass
 
 
 class _Grants:
@@ -362,21 +549,25 @@ class _Grants:
 @given(
     total=st.integers(1, 4 * TELL_WINDOW),
     steps=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 2 * TELL_WINDOW)), max_size=40),
+    body=st.sampled_from([0, 100, 16 * 1024, 256 * 1024, 2 * HOLD_BYTES]),
 )
-def test_backlog_credit_bounds_the_backlog_and_never_stalls(total: int, steps: list[tuple[int, int]]) -> None:
+def test_backlog_credit_bounds_the_backlog_and_never_stalls(
+    total: int, steps: list[tuple[int, int]], body: int
+) -> None:
     """The exchange of §4.6 as a model: a backlog starts with the tell that met the full
     mailbox, the hold goes to the sender, which answers with ``tells.held`` and from then on
     sends on credit only (before it heard of the hold it sent freely); grants follow the marker,
     on the same channel as the hold. Whatever the interleaving of deliveries on both channels,
     moves into the mailbox and sends: tells sent after ``tells.held`` that are on their way or
-    waiting never exceed the window, and every tell gets through (no deadlock)."""
+    waiting never exceed the window, in tells and in bytes (one tell over at most: a tell
+    bigger than the window still gets a credit), and every tell gets through (no deadlock)."""
     grants = _Grants()
     backlog = Backlog(_FakeLink(), None, 7, grants)  # type: ignore[arg-type]
 
     class _Tells:
         bodies: list[bytes] = []
 
-    backlog.add((None,), _Tells, 0)  # type: ignore[arg-type]
+    backlog.add((None,), _Tells, 0, item_size=body)  # type: ignore[arg-type]
     forward: deque[str] = deque()  # "T" a tell, "M" the tells.held marker
     to_sender: deque[int] = deque([0, *grants.sent])  # 0: the hold, n: a grant of n
     grants.sent.clear()
@@ -391,9 +582,10 @@ def test_backlog_credit_bounds_the_backlog_and_never_stalls(total: int, steps: l
                 backlog.credited = True
                 backlog.grant()
             else:
-                backlog.add((None,), _Tells, 0)  # type: ignore[arg-type]
+                backlog.add((None,), _Tells, 0, item_size=body)  # type: ignore[arg-type]
         elif kind == 1 and backlog.count:  # one moves into the mailbox (the oldest first)
             backlog._moved(1)
+            backlog._drained(body + 4 * TELL_OVERHEAD)
             delivered += 1
             if early:
                 early -= 1
@@ -419,6 +611,7 @@ def test_backlog_credit_bounds_the_backlog_and_never_stalls(total: int, steps: l
         else:
             return False
         assert credited <= TELL_WINDOW
+        assert credited <= 1 or credited * (body + 4 * TELL_OVERHEAD) <= HOLD_BYTES
         return True
 
     for kind, times in steps:  # runs of one kind of event: bursts

@@ -169,7 +169,7 @@ class RemoteActor:
             codec = self.peer.remoting.codec
             body = codec.encode(msg)
             if link.held:  # the peer holds back tells to some of its actors
-                link = await self._credit(link)
+                link = await self._credit(link)  # (with a credit taken: no await from here on)
         except MicroError as exc:
             node.dead_letter(self.target, msg, f"undeliverable: {exc.detail}", sender)
             return
@@ -194,17 +194,16 @@ class RemoteActor:
 
     async def _credit(self, link: Link) -> Link:
         """Wait while the peer holds tells to this actor back and has granted no credit for
-        them (a hold counts credit as a stream does); returns the link to send on."""
+        them (a hold counts credit as a stream does); returns the link to send on, open, with
+        the credit taken, so that the caller queues the tell without awaiting in between (a
+        credit taken before an await could be lost to a cancellation or a closed link)."""
         while True:
+            if link.closed:
+                link = self.peer.link or await self.peer.connect(self.node.ask_timeout)
             hold = link.held.get(self.target.path)
-            if hold is None:
+            if hold is None or hold.take_credit():  # (the tell itself leaves as a TELL)
                 return link
-            try:
-                await hold.send(None)  # takes one credit (the tell itself leaves as a TELL)
-                return link
-            except MicroError:
-                if link.closed:  # (else the hold ended: the tell goes out freely)
-                    link = self.peer.link or await self.peer.connect(self.node.ask_timeout)
+            await hold.wait_credit()  # (returns too when the hold ends, or its link closes)
 
     def try_tell(self, msg: Any, sender: ActorRef | None, headers: dict[str, str] | None) -> bool:
         link = self.peer.link
@@ -255,7 +254,14 @@ class RemoteActor:
         if link.out_bytes >= OUT_HIGH_WATER:  # the send queue is full: wait for room, by the deadline
             with trio.move_on_at(deadline):
                 await link.wait_room()
-            if link.out_bytes >= OUT_HIGH_WATER and not link.closed:
+            if link.closed:  # dropped meanwhile: a request put on it would wait out its deadline
+                with trio.move_on_at(deadline):
+                    link = await peer.connect(timeout)
+                if link is None:
+                    raise RequestTimeout(
+                        f"no connection to node {peer.node_id} within {timeout:g}s", id=self.target.path
+                    )
+            if link.out_bytes >= OUT_HIGH_WATER:
                 raise RequestTimeout(
                     f"no room to send to node {peer.node_id} within {timeout:g}s", id=self.target.path
                 )

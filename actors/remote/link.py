@@ -55,7 +55,7 @@ from .batching import (
     _Tells,
     _tells_of,
 )
-from .tellflow import BACKLOG_BYTES, HOLD_AFTER, Backlog, on_held, on_hold
+from .tellflow import BACKLOG_LIMIT, HOLD_AFTER, MAX_WAITING_ASKS, Backlog, on_held, on_hold
 from .watch import on_unwatch, on_watch
 
 #: The package's logger, bound here (not imported) so calls on it compile as method calls, as before.
@@ -125,9 +125,12 @@ class Link:
         #: then does the reader stop waiting for a slow actor's room (see :mod:`.tellflow`).
         self.hold_tells = False
         #: Tells from the peer waiting for room in our slow actors' mailboxes, per actor, and
-        #: their estimated bytes; the reader waits on ``_backlog_room`` past BACKLOG_BYTES.
+        #: their estimated bytes, and the requests waiting in them; the reader waits on
+        #: ``_backlog_room`` past ``backlog_limit`` (lowered for a peer that does not hold back).
         self.backlogs: dict[Cell, Backlog] = {}
         self.backlog_bytes = 0
+        self.backlog_limit = BACKLOG_LIMIT
+        self.backlog_asks = 0
         self._backlog_room = ParkingLot()
         #: The peer's actors (by path) whose tells it holds back: a credit account each (a
         #: send-only Stream, also in ``streams`` under the hold's id).
@@ -510,10 +513,21 @@ class Link:
             reply.slot = remoting.node.timeouts.add(reply.deadline, reply)
         if backlog is not None:
             # Tells from this peer wait for the actor's room: the request must not overtake them
-            # (its deadline and the caller's CANCEL still end it while it waits).
+            # (its deadline and the caller's CANCEL still end it while it waits). It counts
+            # against MAX_WAITING_ASKS until it leaves the backlog, even once over.
+            if self.backlog_asks >= MAX_WAITING_ASKS:
+                reply.forget_deadline()
+                self.send_error(
+                    corr,
+                    TooManyRequests(f"more than {MAX_WAITING_ASKS} requests waiting", id=cell.path),
+                    codec,
+                )
+                return
             self.inbound[corr] = reply
+            self.backlog_asks += 1
             tells = _Tells(cell, codec, sender, env.endpoint, _NO_BODIES)
-            self.backlog_bytes += backlog.add(item, tells, 0, credit=False)
+            size = len(env.body) + _headers_size(env.headers)
+            self.backlog_bytes += backlog.add(item, tells, 0, credit=False, item_size=size)
             return
         result = cell.offer(item)
         if result == OK:
@@ -545,14 +559,16 @@ class Link:
         if self.backlogs:
             backlog = self.backlogs.get(cell)
             if backlog is not None:  # its earlier tells wait there: this one joins them
-                return self._queue(backlog, item, _Tells(cell, codec, sender, env.endpoint, _NO_BODIES), 0)
+                tells = _Tells(cell, codec, sender, env.endpoint, _NO_BODIES)
+                return self._queue(backlog, item, tells, 0, len(env.body) + _headers_size(env.headers))
         offered = cell.offer(item)
         if offered == OK:
             return None
         if offered == DEAD:  # stopped between lookup and offer: nothing to wait for
             remoting.node.dead_letter(cell.ref, msg, "stopped", sender)
             return None
-        return self._put_tells(_Tells(cell, codec, sender, env.endpoint, _NO_BODIES), -1, item)
+        tells = _Tells(cell, codec, sender, env.endpoint, _NO_BODIES)
+        return self._put_tells(tells, -1, item, len(env.body) + _headers_size(env.headers))
 
     def _on_tells(self, env: Envelope) -> Awaitable[object] | None:
         """Deliver a :class:`TellBatch` as :meth:`_on_tell` delivers each of its tells."""
@@ -600,13 +616,14 @@ class Link:
                 return i, item
         return None
 
-    async def _put_tells(self, tells: _Tells, i: int, item: tuple[Any, ...]) -> None:
+    async def _put_tells(self, tells: _Tells, i: int, item: tuple[Any, ...], size: int = 0) -> None:
         """Wait for room for the tell at ``i``, then offer the rest, waiting again as needed (a
         loop: a slow consumer must not deepen a chain of awaits by one per tell).
 
         The rest of the link waits meanwhile: with a peer that holds its tells back on request,
         at most HOLD_AFTER; then the actor counts as slow, its tells wait in a backlog and the
-        peer is asked to hold them (see :mod:`.tellflow`).
+        peer is asked to hold them (see :mod:`.tellflow`). ``size``: the encoded bytes of a
+        lone ``item`` (a TELL frame's, ``i`` = -1).
         """
         cell = tells.cell
         node = self.remoting.node
@@ -620,7 +637,8 @@ class Link:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 result = cell.offer(item)
                 if result == FULL:
-                    pending = self._queue(self._backlog(cell), item, tells, i + 1)
+                    size = len(tells.bodies[i]) if i >= 0 else size
+                    pending = self._queue(self._backlog(cell), item, tells, i + 1, size)
                     if pending is not None:
                         await pending
                     return
@@ -631,10 +649,15 @@ class Link:
             if full is None:
                 return
             i, item = full
+            size = 0
 
     def _backlog(self, cell: Cell) -> Backlog:
         """Hold the peer's tells to ``cell`` back: they wait in a backlog that grants credit
         for more as it drains, under a new id that the ``tells.hold`` frame gives the peer."""
+        path = cell.path
+        for other in self.backlogs.values():
+            if other.cell.path == path:  # an actor by that name that stopped: one hold per path
+                other.end_hold()
         corr = self.new_corr()
         ops = RemoteStreamOps(self, corr, self.remoting.codec)
         backlog = self.backlogs[cell] = Backlog(self, cell, corr, ops)
@@ -643,27 +666,27 @@ class Link:
         return backlog
 
     def _queue(
-        self, backlog: Backlog, item: tuple[Any, ...] | None, tells: _Tells, start: int
+        self, backlog: Backlog, item: tuple[Any, ...] | None, tells: _Tells, start: int, item_size: int = 0
     ) -> Awaitable[None] | None:
-        """Add tells to ``backlog``; past BACKLOG_BYTES on this link (a peer that does not hold
-        back), what the reader awaits until the backlogs drain."""
-        return self.backlog_added(backlog.add(item, tells, start))
+        """Add tells to ``backlog`` (``item_size``: the encoded bytes of ``item``); past
+        ``backlog_limit`` on this link, what the reader awaits until the backlogs drain."""
+        return self.backlog_added(backlog.add(item, tells, start, item_size=item_size))
 
     def backlog_added(self, size: int) -> Awaitable[None] | None:
         """``size`` estimated bytes joined the backlogs of this link (held tells here, pub/sub
-        messages for a full "block" subscriber in the cluster layer); past BACKLOG_BYTES, what
-        the reader awaits until they drain (TCP backpressure, for this link only)."""
+        messages for a full "block" subscriber in the cluster layer); past ``backlog_limit``,
+        what the reader awaits until they drain (TCP backpressure, for this link only)."""
         self.backlog_bytes += size
-        return self._backlog_drains() if self.backlog_bytes > BACKLOG_BYTES else None
+        return self._backlog_drains() if self.backlog_bytes > self.backlog_limit else None
 
     async def _backlog_drains(self) -> None:
-        while self.backlog_bytes > BACKLOG_BYTES and not self.closed:
+        while self.backlog_bytes > self.backlog_limit and not self.closed:
             await self._backlog_room.park()
 
     def backlog_drained(self, size: int) -> None:
         """``size`` estimated bytes left the backlogs (see :meth:`_queue`)."""
         self.backlog_bytes -= size
-        if self._backlog_room and self.backlog_bytes <= BACKLOG_BYTES:
+        if self._backlog_room and self.backlog_bytes <= self.backlog_limit:
             self._backlog_room.unpark_all()
 
     def _on_cancel(self, corr: int) -> None:
@@ -677,6 +700,11 @@ class Link:
         stream = self.streams.get(corr)
         if stream is not None:
             stream.on_cancel()
+            return
+        for backlog in self.backlogs.values():  # (rare: a sender refusing one of our holds)
+            if backlog.corr == corr:
+                backlog.refused()
+                return
 
     # ---- streams -----------------------------------------------------------------------------
 
@@ -946,3 +974,8 @@ class Link:
                     dead(env.target, env.sender, env.content_type, env.body)
         finally:
             ref_binder.reset(token)
+
+
+def _headers_size(headers: dict[str, str] | None) -> int:
+    """Estimated bytes of a frame's headers, for the backlog bound (a request's may be large)."""
+    return sum(len(k) + len(v) for k, v in headers.items()) if headers else 0

@@ -15,16 +15,21 @@ The backpressure is now per actor, with the credit that streams use (§4.3):
   actor it writes after that uses a credit, which the backlog grants (STREAM_CREDIT with the
   hold's id) as it drains, and its producers wait in ``tell`` meanwhile, as they would for a
   full local mailbox. A fast producer slows to the consumer's pace, and the backlog holds at most
-  ``TELL_WINDOW`` tells, or what was already on its way when the hold was sent if more.
+  ``TELL_WINDOW`` tells and ``HOLD_BYTES`` (estimated: credit is sized by the average tell, at
+  least one), or what was already on its way when the hold was sent if more.
 - Once the backlog has stayed empty for ``RELEASE_IDLE``, the hold ends (CANCEL with its id).
 
 So the common case (room in the mailbox) costs one truthiness test per frame on the receiving
 side (``Link.backlogs``) and one per tell on the sending side (``Link.held``). Peers whose hello
 does not list ``tells.hold`` would not hold back: for them the reader waits for room as long as
-it takes, as before. A peer that does not hold back although it said it would is stopped by
-``BACKLOG_BYTES``: past that, the reader waits for the backlog to drain (TCP backpressure again,
-for that peer's link only). No tell is dropped: each reaches the mailbox, or dead letters on
-this node if the actor stops (or the node does) first.
+it takes, as before. What a compliant sender sends before it hears of a hold (its send queue,
+up to OUT_HIGH_WATER, and the socket buffers) is bounded but may be megabytes: each backlog may
+take ``FREE_BYTES`` of it, and the link's backlogs ``BACKLOG_LIMIT`` in all. A peer that does
+not hold back although it said it would (more than ``FREE_BYTES`` before ``tells.held``, or a
+tell beyond its credit after it: a protocol error, §4.6) is treated from then on as a peer that
+does not hold back: past ``BACKLOG_BYTES`` of backlogs the reader waits for them to drain (TCP
+backpressure again, for that peer's link only). No tell is dropped: each reaches the mailbox,
+or dead letters on this node if the actor stops (or the node does) first.
 """
 
 from __future__ import annotations
@@ -45,7 +50,19 @@ if TYPE_CHECKING:
     from .batching import _Tells
     from .link import Link
 
-__all__ = ["BACKLOG_BYTES", "HOLD_AFTER", "RELEASE_IDLE", "TELL_WINDOW", "Backlog", "on_held", "on_hold"]
+__all__ = [
+    "BACKLOG_BYTES",
+    "BACKLOG_LIMIT",
+    "FREE_BYTES",
+    "HOLD_AFTER",
+    "HOLD_BYTES",
+    "MAX_WAITING_ASKS",
+    "RELEASE_IDLE",
+    "TELL_WINDOW",
+    "Backlog",
+    "on_held",
+    "on_hold",
+]
 
 #: Longest the reader of a link waits for room in one actor's mailbox per frame before it holds
 #: that actor's tells back (every other message on the link waits meanwhile).
@@ -54,8 +71,21 @@ HOLD_AFTER = 0.002
 TELL_WINDOW = 1024
 #: How long a backlog stays empty before the hold ends.
 RELEASE_IDLE = 0.5
-#: Bytes (estimated) in the backlogs of one link beyond which its reader waits for them to drain.
+#: Bytes (estimated) of credited tells a backlog lets a held sender have on their way (with
+#: ``TELL_WINDOW``: big tells get fewer credits, at least one at a time).
+HOLD_BYTES = 1024 * 1024
+#: Bytes (estimated) a backlog takes before the sender said it holds its tells: what it wrote
+#: before it heard of the hold (its send queue, at most OUT_HIGH_WATER, 4 MiB, and the socket
+#: buffers on both sides, a few MiB each). More is a sender that does not hold back.
+FREE_BYTES = 16 * 1024 * 1024
+#: Bytes (estimated) in the backlogs of one link beyond which its reader waits for them to
+#: drain: for a peer shown not to hold back (see above) ...
 BACKLOG_BYTES = 8 * 1024 * 1024
+#: ... and for any peer (several holds that begin together each take what came freely).
+BACKLOG_LIMIT = 64 * 1024 * 1024
+#: Requests from one link that may wait in its backlogs (behind tells); more are refused with
+#: 429. They count until they leave the backlog, even once over (expired or cancelled).
+MAX_WAITING_ASKS = 1024
 #: Estimated bytes of one waiting tell beyond its body (a bytes object, a list slot, its share
 #: of the item tuple).
 TELL_OVERHEAD = 64
@@ -88,19 +118,22 @@ def on_hold(link: Link, env: Envelope, max_streams: int) -> None:
     that actor's path wait for its credit from now on, in a send-only Stream that is the hold's
     credit account (STREAM_CREDIT with the hold's id adds to it, CANCEL ends it, as for any
     stream on the link), and ``tells.held`` tells the peer from which frame on they use it. A
-    hold the peer cannot mean (a bad or used id, a second one for the path, more than
-    ``max_streams``) is ignored: the peer then takes our tells as they come, at worst by
-    stopping to read."""
+    hold the peer cannot mean (id 0, a bad or used id, no target) is ignored (a CANCEL with that
+    id could end a live exchange); one we refuse (a second one for the path: the peer ends the
+    first before it asks again; more than ``max_streams``) is answered with CANCEL: the peer then
+    takes our tells as they come, at worst by stopping to read."""
     corr, target = env.corr, env.target
     streams, held = link.streams, link.held
     if (
         target is None
+        or not corr
         or corr % 2 != (0 if link.initiator else 1)
         or corr in streams
         or corr in link.inbound
-        or target.path in held
-        or len(streams) >= max_streams
     ):
+        return
+    if target.path in held or len(streams) >= max_streams:
+        link.push(encode_envelope(Envelope(Kind.CANCEL, corr)))
         return
     path = target.path
     hold = Stream(1)
@@ -139,6 +172,11 @@ def _undelivered(cell: Cell, item: tuple[Any, ...]) -> None:
         reply.fail(ServiceUnavailable(f"actor {cell.path} stopped", id=cell.path))
 
 
+async def _set_when(event: trio.Event, then: trio.Event) -> None:
+    await event.wait()
+    then.set()
+
+
 class Backlog:
     """Tells from one link to one local actor waiting, in order, for room in its mailbox.
 
@@ -147,7 +185,20 @@ class Backlog:
     same checks), and the estimated bytes of the entry.
     """
 
-    __slots__ = ("_more", "cell", "corr", "count", "credited", "entries", "granted", "link", "ops")
+    __slots__ = (
+        "_more",
+        "asks",
+        "bytes",
+        "cell",
+        "corr",
+        "count",
+        "credited",
+        "entries",
+        "granted",
+        "link",
+        "ops",
+        "unit",
+    )
 
     def __init__(self, link: Link, cell: Cell, corr: int, ops: StreamOps) -> None:
         self.link = link
@@ -163,21 +214,40 @@ class Backlog:
         self.credited = False
         #: Credit granted that the sender has not used yet.
         self.granted = 0
+        #: Estimated bytes waiting here, and those of one tell (a moving average: credit is
+        #: sized by it), and the requests waiting here.
+        self.bytes = 0
+        self.unit = 0
+        self.asks = 0
         self._more: trio.Event | None = None
 
-    def add(self, item: tuple[Any, ...] | None, tells: _Tells, start: int, credit: bool = True) -> int:
-        """Queue ``item`` and ``tells.bodies[start:]`` (tells, which use a credit once the sender
-        holds them, unless ``credit`` is false: a request); returns the estimated bytes."""
+    def add(
+        self, item: tuple[Any, ...] | None, tells: _Tells, start: int, credit: bool = True, item_size: int = 0
+    ) -> int:
+        """Queue ``item`` (its encoded body and headers ``item_size`` bytes) and
+        ``tells.bodies[start:]`` (tells, which use a credit once the sender holds them, unless
+        ``credit`` is false: a request); returns the estimated bytes."""
         bodies = tells.bodies
         n = len(bodies) - start
         size = sum(map(len, bodies[start:])) + TELL_OVERHEAD * n
         if item is not None:
             n += 1
-            size += 4 * TELL_OVERHEAD
+            size += item_size + 4 * TELL_OVERHEAD
+            if not credit:
+                self.asks += 1
         self.entries.append((item, tells, start, size))
         self.count += n
-        if self.credited and credit:
-            self.granted = max(0, self.granted - n)  # (more than granted: a peer not holding back)
+        self.bytes += size
+        if credit and n:
+            self.unit = size // n if not self.unit else self.unit + (size // n - self.unit) // 4
+            if not self.credited:
+                if self.bytes > FREE_BYTES:  # more than a sender's queue and buffers: not holding
+                    self.link.backlog_limit = BACKLOG_BYTES
+            elif n > self.granted:  # beyond its credit: a peer not holding back (§4.6)
+                self.granted = 0
+                self.link.backlog_limit = BACKLOG_BYTES
+            else:
+                self.granted -= n
         if self._more is not None:
             self._more.set()
         return size
@@ -187,13 +257,34 @@ class Backlog:
         self.count -= n
         self.grant()
 
+    def refused(self) -> None:
+        """The sender refused the hold (CANCEL with its id): it sends as it pleases, so the link
+        counts as one whose peer does not hold back (the reader stops past BACKLOG_BYTES)."""
+        self.corr = 0
+        self.credited = False
+        self.link.backlog_limit = BACKLOG_BYTES
+
+    def _drained(self, size: int) -> None:
+        """An entry of ``size`` estimated bytes has left the backlog."""
+        self.bytes -= size
+        self.link.backlog_drained(size)
+        self.grant()
+
     def grant(self) -> None:
         """Grant the sender what its window has free, in halves (as a stream's reader does):
-        once what waits here or may be on its way takes at most half of it. Not before the
-        sender said that it holds its tells: by then all that it sent freely has come, so the
-        window counts from what is really here."""
-        free = TELL_WINDOW - self.count - self.granted
-        if free >= TELL_WINDOW // 2 and self.credited and not self.link.closed:
+        once what waits here or may be on its way takes at most half of it. The window is
+        ``TELL_WINDOW`` tells and ``HOLD_BYTES``, in tells of the average size (big tells would
+        otherwise fill the link's backlogs before the window: the stall that holds prevent);
+        at least one tell when nothing waits or is on its way. Not before the sender said that
+        it holds its tells: by then all that it sent freely has come, so the window counts
+        from what is really here."""
+        if not self.credited or self.link.closed:
+            return
+        unit = max(self.unit, TELL_OVERHEAD)
+        window = max(1, min(TELL_WINDOW, HOLD_BYTES // unit))
+        free = min(window - self.count, (HOLD_BYTES - self.bytes) // unit) - self.granted
+        if free >= (window + 1) // 2 or (free < 1 and self.count == 0 and self.granted == 0):
+            free = max(free, 1)
             self.granted += free
             self.ops.credit(free)
 
@@ -213,6 +304,9 @@ class Backlog:
                     while True:
                         if item is not None:
                             reply = item[1]  # (a request: skipped if over while it waited)
+                            if reply is not None:
+                                self.asks -= 1
+                                link.backlog_asks -= 1
                             over = reply is not None and (reply.done or reply.abandoned)
                             if not over and await cell.put(item) == DEAD:
                                 _undelivered(cell, item)
@@ -226,15 +320,18 @@ class Backlog:
                         self._moved(j - i)
                         i = j + 1
                     tells = None
-                    link.backlog_drained(size)
+                    self._drained(size)
                     size = 0
                 if link.closed or cell.status >= STOPPING:  # nothing more can come, or be taken
                     return
                 more = self._more = trio.Event()
                 with trio.move_on_after(RELEASE_IDLE):
-                    await more.wait()
+                    async with trio.open_nursery() as nursery:  # (idle only: no cost per tell)
+                        nursery.start_soon(_set_when, cell.stopped_event(), more)
+                        await more.wait()
+                        nursery.cancel_scope.cancel()
                 self._more = None
-                if not self.entries:
+                if not self.entries or cell.status >= STOPPING:
                     return
         finally:
             try:
@@ -242,20 +339,32 @@ class Backlog:
             finally:
                 ref_binder.reset(token)
 
+    def end_hold(self) -> None:
+        """End the hold (CANCEL with its id: the sender sends freely again), once; and stop
+        waiting for more if idle (a new actor by the same name is getting a hold of its own)."""
+        if self.corr and not self.link.closed:
+            self.ops.cancel()
+        self.corr = 0
+        self.credited = False  # (no more grants)
+        if self._more is not None:
+            self._more.set()
+
     def _end(self, item: tuple[Any, ...] | None, tells: _Tells | None, i: int, size: int) -> None:
         """The backlog is over: end the hold (the sender sends freely again), and if the node is
         stopping with tells still here, they go to dead letters."""
         link, cell = self.link, self.cell
         if link.backlogs.get(cell) is self:
             del link.backlogs[cell]
-        if not link.closed:
-            self.ops.cancel()
+        self.end_hold()
         node = link.remoting.node
         left: list[tuple[tuple[Any, ...] | None, _Tells | None, int, int]] = [(item, tells, i, size)]
         left.extend(self.entries)
         self.entries.clear()
         for item, tells, i, size in left:
             if item is not None:
+                if item[1] is not None:
+                    self.asks -= 1
+                    link.backlog_asks -= 1
                 _undelivered(cell, item)
             if tells is not None:
                 for body in tells.bodies[i:]:
@@ -264,4 +373,5 @@ class Backlog:
                     except MicroError:
                         msg = body
                     node.dead_letter(cell.ref, msg, "stopped", tells.sender)
+            self.bytes -= size
             link.backlog_drained(size)
