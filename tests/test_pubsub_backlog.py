@@ -119,14 +119,18 @@ async def test_waiting_messages_of_a_subscriber_that_stops_become_dead_letters(t
             await b.node.stop(slow)
             reasons: dict[str, int] = {}
             bodies: list[object] = []
+            # Message 0 may already be in the handler (waiting on the gate) when the actor
+            # stops: that one is the actor's own, as in Akka, not a dead letter. Every other
+            # one, in the mailbox or beside the link, becomes a dead letter.
             with trio.fail_after(10):
-                while sum(1 for body in bodies if isinstance(body, int)) < total:
+                while not set(range(1, total)) <= {b for b in bodies if isinstance(b, int)}:
                     letter = await letters.receive()
                     message = letter.message
                     bodies.append(getattr(message, "body", message))
                     reasons[letter.reason] = reasons.get(letter.reason, 0) + 1
-        assert sorted(body for body in bodies if isinstance(body, int)) == list(range(total))
-        assert reasons.get("stopped", 0) >= total - 4  # those that waited beside the link
+        got = sorted(body for body in bodies if isinstance(body, int))
+        assert got in (list(range(total)), list(range(1, total)))
+        assert reasons.get("stopped", 0) >= total - 5  # those that waited beside the link
         assert not b.pubsub.held.by_link
         assert b.node.remote.peer("n0").link.backlog_bytes == 0  # type: ignore[union-attr]
 
