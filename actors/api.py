@@ -54,8 +54,8 @@ async def tell(
         binding = _binding(ref)
     cell = current_cell.get()
     item = current_item.get()
-    if item is not None and item[4]:  # serving a message with metadata: it travels on
-        headers = propagate(item[4], headers)
+    if item is not None and item.headers:  # serving a message with metadata: it travels on
+        headers = propagate(item.headers, headers)
     if endpoint is None:
         await binding.tell(message, None if cell is None else cell.ref, headers)
     else:
@@ -95,11 +95,11 @@ async def ask(
     item = current_item.get()
     if timeout is None:
         timeout = binding.node.ask_timeout
-        if item is not None and item[1] is not None and item[1].deadline is not None:
+        if item is not None and item.reply is not None and item.reply.deadline is not None:
             # Serving a request with a deadline: a nested call gets what is left of it.
-            timeout = min(timeout, max(0.0, item[1].deadline - trio.current_time()))
-    if item is not None and item[4]:  # serving a message with metadata: it travels on
-        headers = propagate(item[4], headers)
+            timeout = min(timeout, max(0.0, item.reply.deadline - trio.current_time()))
+    if item is not None and item.headers:  # serving a message with metadata: it travels on
+        headers = propagate(item.headers, headers)
     if reply_headers is None:
         return await binding.ask(message, _sender(), headers, endpoint, timeout)
     return await binding.ask(message, _sender(), headers, endpoint, timeout, reply_headers)

@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import trio
-from trio.lowlevel import Abort, ParkingLot, checkpoint, current_task, reschedule
+from trio.lowlevel import ParkingLot, checkpoint
 
 from trimicro.mailbox.errors import (
     InternalServerError,
@@ -27,6 +27,7 @@ from trimicro.mailbox.mailboxes import Mailbox, Unbuilt
 from trimicro.mailbox.refs import ActorRef
 
 from .actor import Actor, HandlerTable, _Unhandled, handler_table
+from .mail import Mail, Reply, build_mail
 from .messages import Terminated
 from .streams import DEFAULT_WINDOW, Stream, local_pair
 from .supervision import ChildSpec, Restart, RestartIntensity, Strategy, SupervisorStrategy
@@ -57,8 +58,8 @@ MAX_REMOTE_WATCHERS = 16384
 
 #: The cell whose handler runs in the current task (the implicit sender of tell/ask).
 current_cell: ContextVar[Cell | None] = ContextVar("trimicro_current_cell", default=None)
-#: The queued item (message, reply, sender, endpoint, headers) the current handler is serving.
-current_item: ContextVar[tuple[Any, ...] | None] = ContextVar("trimicro_current_item", default=None)
+#: The queued item the current handler is serving.
+current_item: ContextVar[Mail | None] = ContextVar("trimicro_current_item", default=None)
 
 
 class Escalated(Exception):
@@ -72,86 +73,6 @@ class Escalated(Exception):
 
 class _NormalExit(Exception):
     """The reason given to a PERMANENT child restarted after it stopped itself."""
-
-
-class Reply:
-    """A one-shot reply slot for one ask. A slot is never reused: a late reply finds it abandoned."""
-
-    __slots__ = (
-        "abandoned",
-        "deadline",
-        "done",
-        "error",
-        "headers",
-        "label",
-        "scope",
-        "slot",
-        "task",
-        "timeout",
-        "value",
-    )
-
-    def __init__(self) -> None:
-        self.task: trio.lowlevel.Task | None = None
-        self.done = False
-        self.abandoned = False
-        self.value: Any = None
-        self.error: BaseException | None = None
-        #: When set (requests from other nodes), the handler must finish by this trio time: it
-        #: is skipped if still queued then, and cancelled through ``scope`` (the cancel scope of
-        #: the worker running it) at the deadline or on the caller's CANCEL.
-        self.deadline: float | None = None
-        self.scope: trio.CancelScope | None = None
-        #: Where this reply waits in the node's TimeoutWheel (``None`` when not registered).
-        self.slot: int | None = None
-        self.label = ""
-        self.timeout = 0.0
-        #: Metadata the handler sends back with its answer (``context.reply_headers``).
-        self.headers: dict[str, str] | None = None
-
-    def expire(self) -> None:
-        """The asker's deadline passed: fail the wait with 408 (a late answer is then dropped)."""
-        self.slot = None
-        if not self.done:
-            self.abandoned = True
-            self.fail(RequestTimeout(f"no reply from {self.label} within {self.timeout:g}s", id=self.label))
-
-    def resolve(self, value: Any) -> bool:
-        """Deliver the answer; ``False`` if the asker already gave up (the reply is dropped)."""
-        if self.done:
-            return False
-        self.value = value
-        return self._finish()
-
-    def fail(self, error: BaseException) -> bool:
-        """Deliver an error instead of an answer; ``False`` as for :meth:`resolve`."""
-        if self.done:
-            return False
-        self.error = error
-        return self._finish()
-
-    def _finish(self) -> bool:
-        self.done = True
-        task = self.task
-        if task is not None:
-            self.task = None
-            reschedule(task)
-        return not self.abandoned
-
-    def _abort(self, raise_cancel: Any) -> Abort:
-        self.task = None
-        self.abandoned = True
-        return Abort.SUCCEEDED
-
-    async def wait(self) -> Any:
-        if self.done:
-            await checkpoint()
-        else:
-            self.task = current_task()
-            await trio.lowlevel.wait_task_rescheduled(self._abort)
-        if self.error is not None:
-            raise self.error
-        return self.value
 
 
 class Stopped:
@@ -242,7 +163,7 @@ class Cell:
         spec: ChildSpec,
         path: str,
         uid: int,
-        mailbox: Mailbox[Any],
+        mailbox: Mailbox[Mail],
     ) -> None:
         self.node = node
         self.parent = parent
@@ -272,7 +193,7 @@ class Cell:
 
     # ---- delivery (the binding API used by tell / ask / try_tell) ---------------------------
 
-    def offer(self, item: tuple[Any, ...], system: bool = False) -> int:
+    def offer(self, item: Mail, system: bool = False) -> int:
         """Queue ``item`` without waiting: ``OK``, ``FULL`` or ``DEAD``."""
         if self.status >= STOPPING:
             return DEAD
@@ -303,7 +224,7 @@ class Cell:
         if node.spend():
             await trio.lowlevel.cancel_shielded_checkpoint()
         await trio.lowlevel.checkpoint_if_cancelled()
-        item = (msg, None, sender, endpoint, headers)
+        item = build_mail(Mail, (msg, None, sender, endpoint, headers, None))
         while True:
             result = self.offer(item)
             if result == OK:
@@ -314,7 +235,7 @@ class Cell:
             await self._wait_room()
 
     def try_tell(self, msg: Any, sender: ActorRef | None, headers: dict[str, str] | None) -> bool:
-        result = self.offer((msg, None, sender, None, headers))
+        result = self.offer(build_mail(Mail, (msg, None, sender, None, headers, None)))
         if result == OK:
             return True
         self.node.dead_letter(self.ref, msg, "stopped" if result == DEAD else "full", sender)
@@ -339,7 +260,7 @@ class Cell:
             return await self._ask_direct(msg, sender, headers, endpoint, timeout, reply_headers)
         node = self.node
         reply = Reply()
-        item = (msg, reply, sender, endpoint, headers)
+        item = build_mail(Mail, (msg, reply, sender, endpoint, headers, None))
         result = self.offer(item)
         if result != OK:
             if result == DEAD:
@@ -361,7 +282,7 @@ class Cell:
                 reply.slot = None
             reply.abandoned = True
 
-    async def _ask_when_room(self, item: tuple[Any, ...], reply: Reply, timeout: float) -> Any:
+    async def _ask_when_room(self, item: Mail, reply: Reply, timeout: float) -> Any:
         """The slow path of ask: the mailbox is full, so wait for room within the timeout."""
         with trio.move_on_after(timeout) as scope:
             while True:
@@ -394,7 +315,7 @@ class Cell:
         if self.status != RUNNING or self.active or len(self.mailbox):  # changed while we yielded
             return await self.ask(msg, sender, headers, endpoint, timeout, reply_headers)
         reply = Reply()
-        item = (msg, reply, sender, endpoint, headers)
+        item = build_mail(Mail, (msg, reply, sender, endpoint, headers, None))
         # A handler with no ``await`` completes in one step: nothing could time it out or
         # cancel it, so it runs without the cancel scope (about half of a direct ask's cost).
         table = self.handlers
@@ -448,7 +369,7 @@ class Cell:
         opener.peer, end.peer = self.ref, sender
         opener.on_credit(end.window)
         end.on_credit(opener.window)
-        self.start_stream(fn, end, (request, None, sender, endpoint, headers))
+        self.start_stream(fn, end, Mail(request, None, sender, endpoint, headers))
         return opener
 
     def stream_handler(self, endpoint: str) -> Any:
@@ -461,11 +382,11 @@ class Cell:
             raise NotFound(f"{self.path} has no stream endpoint {endpoint}", id=self.path)
         return fn
 
-    def start_stream(self, fn: Any, stream: Stream, item: tuple[Any, ...]) -> None:
+    def start_stream(self, fn: Any, stream: Stream, item: Mail) -> None:
         """Run a stream handler in a task of its own, cancelled when this actor stops."""
         self.node.spawn_system(self._run_stream, fn, stream, item)
 
-    async def _run_stream(self, fn: Any, stream: Stream, item: tuple[Any, ...]) -> None:
+    async def _run_stream(self, fn: Any, stream: Stream, item: Mail) -> None:
         streams = self._streams
         if streams is None:
             streams = self._streams = set()
@@ -499,7 +420,7 @@ class Cell:
 
     def system(self, msg: Any) -> bool:
         """Deliver a runtime notice (e.g. Terminated) even when the mailbox is full of user mail."""
-        result = self.offer((msg, None, None, None, None), system=True)
+        result = self.offer(Mail(msg, None, None), system=True)
         if result != OK:
             self.node.dead_letter(self.ref, msg, "stopped" if result == DEAD else "full", None)
             return False
@@ -536,7 +457,7 @@ class Cell:
                 room = self._room
                 if room:
                     room.unpark()
-                reply = item[1]
+                reply = item.reply
                 if reply is not None and reply.deadline is not None:
                     ok = await self._handle_bounded(item, reply, scope)
                     if scope.cancel_called:
@@ -544,11 +465,11 @@ class Cell:
                         # reach the next item. Stop here; a fresh worker serves the rest.
                         break
                 else:
-                    endpoint = item[3]
+                    endpoint = item.endpoint
                     fn: Any
                     convert: Any = None
                     if endpoint is None:
-                        fn = by_type.get(type(item[0]))
+                        fn = by_type.get(type(item.msg))
                     else:
                         entry = by_endpoint.get(endpoint)
                         fn, convert = (None, None) if entry is None else entry
@@ -559,7 +480,7 @@ class Cell:
                         # the message's type or a known endpoint): one coroutine fewer each.
                         set_item(item)
                         try:
-                            msg = item[0]
+                            msg = item.msg
                             result = await fn(self.instance, msg if convert is None else convert(msg))
                         except trio.Cancelled:
                             if reply is not None:
@@ -570,7 +491,7 @@ class Cell:
                         else:
                             ok = True
                             if reply is not None and not reply.resolve(result):
-                                self.node.dead_letter(self.ref, result, "late-reply", item[2])
+                                self.node.dead_letter(self.ref, result, "late-reply", item.sender)
                 if not ok:
                     break
                 n += 1
@@ -590,7 +511,7 @@ class Cell:
             if cancelled and self.active < self.max_concurrency:
                 self.node.dispatcher.activate(self)
 
-    async def put(self, item: tuple[Any, ...]) -> int:
+    async def put(self, item: Mail) -> int:
         """Queue a prepared item, waiting while the mailbox is full: ``OK`` or ``DEAD``."""
         while True:
             result = self.offer(item)
@@ -598,7 +519,7 @@ class Cell:
                 return result
             await self._wait_room()
 
-    async def _handle_bounded(self, item: tuple[Any, ...], reply: Reply, scope: trio.CancelScope) -> bool:
+    async def _handle_bounded(self, item: Mail, reply: Reply, scope: trio.CancelScope) -> bool:
         """A request with a deadline (from another node): cancelled at the deadline or on CANCEL.
 
         The deadline sits in the node's TimeoutWheel; while the handler runs, ``reply.scope`` is
@@ -622,10 +543,10 @@ class Cell:
             return RequestTimeout(f"{self.path}: deadline passed or caller cancelled", id=service)
         return ServiceUnavailable(f"{self.path} stopped while handling", id=service)
 
-    async def _handle_one(self, item: tuple[Any, ...]) -> bool:
+    async def _handle_one(self, item: Mail) -> bool:
         """Run the handler for one queued item and settle its reply; ``False`` when the actor
         failed (it is now suspended) and its batch must stop."""
-        msg, reply, endpoint = item[0], item[1], item[3]
+        msg, reply, endpoint = item.msg, item.reply, item.endpoint
         table = self.handlers
         assert table is not None
         token = current_item.set(item)
@@ -650,10 +571,10 @@ class Cell:
         finally:
             current_item.reset(token)
         if reply is not None and not reply.resolve(result):
-            self.node.dead_letter(self.ref, result, "late-reply", item[2])
+            self.node.dead_letter(self.ref, result, "late-reply", item.sender)
         return True
 
-    def handle_now(self, item: tuple[Any, ...]) -> bool:
+    def handle_now(self, item: Mail) -> bool:
         """Handle ``item`` right here, synchronously, when that changes nothing observable: the
         actor is running, idle, with an empty mailbox, and the handler never suspends
         (``HandlerTable.inline``), so it would run to its end in one step on a worker anyway.
@@ -663,11 +584,11 @@ class Cell:
         if self.status != RUNNING or self.active or len(self.mailbox):
             return False
         table = self.handlers
-        found = None if table is None else table.inline_for(item[0], item[3])
+        found = None if table is None else table.inline_for(item.msg, item.endpoint)
         if found is None:
             return False
         fn, convert = found
-        msg = item[0]
+        msg = item.msg
         self.active += 1
         cell_token = current_cell.set(self)
         item_token = current_item.set(item)
@@ -683,9 +604,9 @@ class Cell:
         except Exception as e:
             self._handler_raised(item, e)
         else:
-            reply = item[1]
+            reply = item.reply
             if reply is not None and not reply.resolve(result):
-                self.node.dead_letter(self.ref, result, "late-reply", item[2])
+                self.node.dead_letter(self.ref, result, "late-reply", item.sender)
         finally:
             current_item.reset(item_token)
             current_cell.reset(cell_token)
@@ -696,10 +617,10 @@ class Cell:
                 self.node.dispatcher.activate(self)
         return True
 
-    def _handler_raised(self, item: tuple[Any, ...], e: Exception) -> bool:
+    def _handler_raised(self, item: Mail, e: Exception) -> bool:
         """Settle an item whose handler raised: a typed error answers the asker and the actor
         carries on (``True``); any other exception answers 500 and fails the actor."""
-        msg, reply, sender = item[0], item[1], item[2]
+        msg, reply, sender = item.msg, item.reply, item.sender
         table = self.handlers
         service = table.service if table is not None else self.path
         if isinstance(e, MicroError):
@@ -847,8 +768,8 @@ class Cell:
     def _finish_stop(self, reason: str | None) -> None:
         mb = self.mailbox
         while len(mb):
-            item = mb.pop()  # 5 fields, or 6 with the caller's principal (from another node)
-            msg, reply, sender = item[0], item[1], item[2]
+            item = mb.pop()
+            msg, reply, sender = item.msg, item.reply, item.sender
             if reply is not None:
                 reply.fail(ServiceUnavailable(f"actor {self.path} stopped", id=self.path))
             elif not isinstance(msg, Terminated):

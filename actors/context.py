@@ -49,14 +49,14 @@ class Context:
     def sender(self) -> ActorRef | None:
         """The sender of the message being handled (``None`` outside an actor)."""
         item = current_item.get()
-        return None if item is None else item[2]
+        return None if item is None else item.sender
 
     @property
     def headers(self) -> dict[str, str]:
         """Metadata sent with the message being handled. Calls made while handling it carry it
         onwards, save hop-by-hop keys (see :mod:`trimicro.actors.metadata`)."""
         item = current_item.get()
-        return {} if item is None or item[4] is None else dict(item[4])
+        return {} if item is None or item.headers is None else dict(item.headers)
 
     @property
     def account(self) -> Any:
@@ -64,7 +64,7 @@ class Context:
         guard admitted it (an ``Account`` under ``trimicro.cluster.auth``); ``None`` for local
         messages and when no guard is installed."""
         item = current_item.get()
-        return item[5] if item is not None and len(item) > 5 else None
+        return None if item is None else item.principal
 
     async def spawn(
         self,
@@ -102,7 +102,7 @@ class Context:
     def reply_headers(self) -> dict[str, str]:
         """Metadata sent back with this request's answer (empty and unused for a tell)."""
         item = current_item.get()
-        reply = None if item is None else item[1]
+        reply = None if item is None else item.reply
         if reply is None:
             return {}
         if reply.headers is None:
@@ -118,7 +118,7 @@ class Context:
         one default to what is left of it.
         """
         item = current_item.get()
-        reply = None if item is None else item[1]
+        reply = None if item is None else item.reply
         deadline = None if reply is None else reply.deadline
         return None if deadline is None or deadline == float("inf") else deadline
 

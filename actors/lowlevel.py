@@ -3,17 +3,18 @@
 
 :mod:`trimicro.actors` is the surface for applications. Plumbing above the runtime (pub/sub
 delivering straight into mailboxes, the auth guard hooked into every inbound request, the
-cluster's calls) needs more: cells and their offer results, the links and peers of remoting,
-the ``authorization`` metadata. Everything here is a re-export: the modules that define these
-names (``cell``, ``remote``, ``actor``) are private and may be split or moved; this module is
-the stable place to import them from, and import-linter forbids ``trimicro.cluster`` any
-other way in.
+cluster's calls) needs more: cells and their offer results, the :class:`Mail` a mailbox
+holds, the links and peers of remoting, the ``authorization`` metadata. Everything here is a
+re-export: the modules that define these names (``cell``, ``mail``, ``remote``, ``actor``) are
+private and may be split or moved; this module is the stable place to import them from, and
+import-linter forbids ``trimicro.cluster`` any other way in.
 """
 
 from __future__ import annotations
 
 from .actor import HandlerTable, handler_table
 from .cell import DEAD, FULL, OK, STOPPING, Cell, current_cell
+from .mail import Mail, build_mail
 from .remote import (
     AUTHORIZATION,
     OUT_HIGH_WATER,
@@ -38,9 +39,11 @@ __all__ = [
     "HandlerTable",
     "Identity",
     "Link",
+    "Mail",
     "Peer",
     "Remoting",
     "Unreachable",
+    "build_mail",
     "current_cell",
     "forward_auth",
     "handler_table",

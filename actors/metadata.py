@@ -104,7 +104,7 @@ def forward_auth(headers: dict[str, str] | None) -> dict[str, str] | None:
     item = current_item.get()
     if item is None:
         return headers
-    inbound = item[4]
+    inbound = item.headers
     if not inbound:
         return headers
     return propagate(inbound, headers)

@@ -30,6 +30,7 @@ from .busypoll import DEFAULT_BUSY_POLL
 from .cell import BATCH, RUNNING, STOPPING, Cell
 from .deadletters import DeadLetters
 from .dispatcher import Dispatcher
+from .mail import Mail
 from .messages import DeadLetter
 from .metadata import HeaderRule, header_rule
 from .remote import MAX_HANDSHAKES, Identity, Remoting
@@ -370,8 +371,8 @@ async def _run_start_hooks(cell: Cell) -> None:
         raise
 
 
-def _message_of(item: tuple[Any, ...]) -> Any:
-    return item[0]
+def _message_of(item: Mail) -> Any:
+    return item.msg
 
 
 @asynccontextmanager

@@ -17,7 +17,8 @@ from trimicro.mailbox.errors import InternalServerError, MicroError, NotFound, R
 from trimicro.mailbox.refs import ActorRef
 
 from ..busypoll import PROBE_EVERY
-from ..cell import Reply, Stopped
+from ..cell import Stopped
+from ..mail import Reply
 from ..messages import Terminated
 from ..streams import Stream
 from . import OUT_HIGH_WATER, Unreachable

@@ -24,7 +24,8 @@ from trimicro.mailbox.errors import BadRequest, MicroError, ServiceUnavailable, 
 from trimicro.mailbox.refs import ActorRef, ref_binder
 from trimicro.mailbox.secure.stream import SecureConnection
 
-from ..cell import DEAD, FULL, OK, Cell, Reply
+from ..cell import DEAD, FULL, OK, Cell
+from ..mail import Mail, Reply, build_mail
 from ..streams import DEFAULT_WINDOW, Stream
 from . import (
     COALESCE_MAX,
@@ -103,7 +104,7 @@ class Link:
         self._coalesced = False
         #: The peer process's incarnation, from its hello (None until then).
         self.incarnation: str | None = None
-        #: Queued for the node's :class:`_Flusher` (sends at the end of this scheduler batch).
+        #: Mail for the node's :class:`_Flusher` (sends at the end of this scheduler batch).
         self._dirty = False
         #: Seconds a polled-for reply takes on this link, a moving average, and the count of
         #: lone requests (see :mod:`.busypoll`).
@@ -501,7 +502,7 @@ class Link:
             return
         reply = InboundReply(self, corr, codec)
         sender = None if env.sender is None else self.peer.bind(env.sender)
-        item = (msg, reply, sender, env.endpoint or None, env.headers or None, principal)
+        item = build_mail(Mail, (msg, reply, sender, env.endpoint or None, env.headers or None, principal))
         if env.deadline_ms:
             reply.deadline = trio.current_time() + min(env.deadline_ms, MAX_DEADLINE_MS) / 1000
         else:
@@ -555,7 +556,7 @@ class Link:
         except MicroError as exc:
             remoting.node.dead_letter(env.target, env.body, f"undeliverable: {exc.detail}", sender)
             return None
-        item = (msg, None, sender, env.endpoint or None, env.headers or None, principal)
+        item = build_mail(Mail, (msg, None, sender, env.endpoint or None, env.headers or None, principal))
         if self.backlogs:
             backlog = self.backlogs.get(cell)
             if backlog is not None:  # its earlier tells wait there: this one joins them
@@ -594,7 +595,7 @@ class Link:
         full = self.offer_tells(tells, 0)
         return None if full is None else self._put_tells(tells, *full)
 
-    def offer_tells(self, tells: _Tells, start: int) -> tuple[int, tuple[Any, ...]] | None:
+    def offer_tells(self, tells: _Tells, start: int) -> tuple[int, Mail] | None:
         """Offer ``tells.bodies[start:]`` in order; at a full mailbox, its index and item."""
         remoting = self.remoting
         guard = remoting.guard
@@ -608,7 +609,7 @@ class Link:
             except MicroError as exc:
                 remoting.node.dead_letter(cell.ref, bodies[i], f"undeliverable: {exc.detail}", sender)
                 continue
-            item = (msg, None, sender, endpoint or None, headers, principal)
+            item = build_mail(Mail, (msg, None, sender, endpoint or None, headers, principal))
             offered = cell.offer(item)
             if offered == DEAD:
                 remoting.node.dead_letter(cell.ref, msg, "stopped", sender)
@@ -616,7 +617,7 @@ class Link:
                 return i, item
         return None
 
-    async def _put_tells(self, tells: _Tells, i: int, item: tuple[Any, ...], size: int = 0) -> None:
+    async def _put_tells(self, tells: _Tells, i: int, item: Mail, size: int = 0) -> None:
         """Wait for room for the tell at ``i``, then offer the rest, waiting again as needed (a
         loop: a slow consumer must not deepen a chain of awaits by one per tell).
 
@@ -644,7 +645,7 @@ class Link:
                     return
                 deadline = trio.current_time() + HOLD_AFTER
             if result == DEAD:
-                node.dead_letter(cell.ref, item[0], "stopped", item[2])
+                node.dead_letter(cell.ref, item.msg, "stopped", item.sender)
             full = self.offer_tells(tells, i + 1)
             if full is None:
                 return
@@ -666,7 +667,7 @@ class Link:
         return backlog
 
     def _queue(
-        self, backlog: Backlog, item: tuple[Any, ...] | None, tells: _Tells, start: int, item_size: int = 0
+        self, backlog: Backlog, item: Mail | None, tells: _Tells, start: int, item_size: int = 0
     ) -> Awaitable[None] | None:
         """Add tells to ``backlog`` (``item_size``: the encoded bytes of ``item``); past
         ``backlog_limit`` on this link, what the reader awaits until the backlogs drain."""
@@ -740,7 +741,7 @@ class Link:
         streams[corr] = stream
         stream.on_credit(credit)
         stream.ops.credit(stream.window)  # accepting = granting the opener its first credit
-        cell.start_stream(fn, stream, (request, None, sender, env.endpoint, headers or None, principal))
+        cell.start_stream(fn, stream, Mail(request, None, sender, env.endpoint, headers or None, principal))
 
     def _on_stream_data(self, env: Envelope) -> None:
         stream = self.streams.get(env.corr)

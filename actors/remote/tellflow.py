@@ -44,6 +44,7 @@ from trimicro.mailbox.errors import MicroError, ServiceUnavailable
 from trimicro.mailbox.refs import ref_binder
 
 from ..cell import DEAD, STOPPING, Cell
+from ..mail import Mail
 from ..streams import Stream, StreamOps
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ BACKLOG_LIMIT = 64 * 1024 * 1024
 #: 429. They count until they leave the backlog, even once over (expired or cancelled).
 MAX_WAITING_ASKS = 1024
 #: Estimated bytes of one waiting tell beyond its body (a bytes object, a list slot, its share
-#: of the item tuple).
+#: of the :class:`Mail`).
 TELL_OVERHEAD = 64
 
 
@@ -162,12 +163,12 @@ def on_held(link: Link, env: Envelope) -> None:
         backlog.grant()  # the first credit (none at all when what came freely fills the window)
 
 
-def _undelivered(cell: Cell, item: tuple[Any, ...]) -> None:
+def _undelivered(cell: Cell, item: Mail) -> None:
     """A tell or request from the backlog that the actor stopped before taking: a dead letter,
     or 503 for the request's caller."""
-    reply = item[1]
+    reply = item.reply
     if reply is None:
-        cell.node.dead_letter(cell.ref, item[0], "stopped", item[2])
+        cell.node.dead_letter(cell.ref, item.msg, "stopped", item.sender)
     else:
         reply.fail(ServiceUnavailable(f"actor {cell.path} stopped", id=cell.path))
 
@@ -206,7 +207,7 @@ class Backlog:
         #: The hold's id; ``ops`` grants credit to it and ends it.
         self.corr = corr
         self.ops = ops
-        self.entries: deque[tuple[tuple[Any, ...] | None, _Tells, int, int]] = deque()
+        self.entries: deque[tuple[Mail | None, _Tells, int, int]] = deque()
         #: Tells waiting here.
         self.count = 0
         #: The sender has said that it holds its tells (``tells.held``): every later one uses
@@ -222,7 +223,7 @@ class Backlog:
         self._more: trio.Event | None = None
 
     def add(
-        self, item: tuple[Any, ...] | None, tells: _Tells, start: int, credit: bool = True, item_size: int = 0
+        self, item: Mail | None, tells: _Tells, start: int, credit: bool = True, item_size: int = 0
     ) -> int:
         """Queue ``item`` (its encoded body and headers ``item_size`` bytes) and
         ``tells.bodies[start:]`` (tells, which use a credit once the sender holds them, unless
@@ -294,7 +295,7 @@ class Backlog:
         actor by that name gets a hold of its own); then end the hold."""
         link, cell = self.link, self.cell
         token = ref_binder.set(link.remoting.bind_ref)  # refs inside bodies arrive bound
-        item: tuple[Any, ...] | None = None
+        item: Mail | None = None
         tells: _Tells | None = None
         i = size = 0
         try:
@@ -303,7 +304,7 @@ class Backlog:
                     item, tells, i, size = self.entries.popleft()
                     while True:
                         if item is not None:
-                            reply = item[1]  # (a request: skipped if over while it waited)
+                            reply = item.reply  # (a request: skipped if over while it waited)
                             if reply is not None:
                                 self.asks -= 1
                                 link.backlog_asks -= 1
@@ -349,7 +350,7 @@ class Backlog:
         if self._more is not None:
             self._more.set()
 
-    def _end(self, item: tuple[Any, ...] | None, tells: _Tells | None, i: int, size: int) -> None:
+    def _end(self, item: Mail | None, tells: _Tells | None, i: int, size: int) -> None:
         """The backlog is over: end the hold (the sender sends freely again), and if the node is
         stopping with tells still here, they go to dead letters."""
         link, cell = self.link, self.cell
@@ -357,12 +358,12 @@ class Backlog:
             del link.backlogs[cell]
         self.end_hold()
         node = link.remoting.node
-        left: list[tuple[tuple[Any, ...] | None, _Tells | None, int, int]] = [(item, tells, i, size)]
+        left: list[tuple[Mail | None, _Tells | None, int, int]] = [(item, tells, i, size)]
         left.extend(self.entries)
         self.entries.clear()
         for item, tells, i, size in left:
             if item is not None:
-                if item[1] is not None:
+                if item.reply is not None:
                     self.asks -= 1
                     link.backlog_asks -= 1
                 _undelivered(cell, item)

@@ -42,7 +42,7 @@ from typing import Any
 
 import trio
 
-from trimicro.actors.lowlevel import DEAD, STOPPING, Cell, Link
+from trimicro.actors.lowlevel import DEAD, STOPPING, Cell, Link, Mail
 from trimicro.mailbox.codec import Codec
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.errors import MicroError
@@ -53,7 +53,7 @@ __all__ = ["HOLD_AT", "MAX_HOLDS", "OVERHEAD", "Held", "Holds"]
 
 log = logging.getLogger(__name__)
 
-#: Estimated bytes of one waiting message beyond its encoded body (the Message, its item tuple,
+#: Estimated bytes of one waiting message beyond its encoded body (the Message, its Mail,
 #: the deque slot).
 OVERHEAD = 256
 #: Messages waiting for one subscription from one link at which its publisher is asked to hold
@@ -77,7 +77,7 @@ class _Queue:
 
     def __init__(self, cell: Cell) -> None:
         self.cell = cell
-        self.entries: deque[tuple[tuple[Any, ...], int]] = deque()
+        self.entries: deque[tuple[Mail, int]] = deque()
         #: The id of the hold asked of the publisher for this queue (0: none).
         self.hold = 0
 
@@ -97,9 +97,7 @@ class Held:
         #: link -> subscription -> its queue; empty (falsy) in the common case.
         self.by_link: dict[Link, dict[Any, _Queue]] = {}
 
-    def queue(
-        self, link: Link, sub: Any, cell: Cell, item: tuple[Any, ...], size: int
-    ) -> Awaitable[None] | None:
+    def queue(self, link: Link, sub: Any, cell: Cell, item: Mail, size: int) -> Awaitable[None] | None:
         """Queue ``item`` (a mailbox item carrying a Message) for ``sub`` behind what waits
         already; ``size`` is its estimated bytes. Returns what the link's reader must await when
         the link's backlogs are past their budget, else None."""
@@ -152,7 +150,7 @@ class Held:
                     del self.by_link[link]
             while entries:
                 item, size = entries.popleft()
-                self.node.dead_letter(cell.ref, item[0], reason, None)
+                self.node.dead_letter(cell.ref, item.msg, reason, None)
                 link.backlog_drained(size)
 
 

@@ -52,7 +52,18 @@ from typing import Any
 import trio
 
 from trimicro.actors import Actor, ActorRef, Terminated
-from trimicro.actors.lowlevel import AUTHORIZATION, DEAD, OK, OUT_HIGH_WATER, Cell, Link, Peer, forward_auth
+from trimicro.actors.lowlevel import (
+    AUTHORIZATION,
+    DEAD,
+    OK,
+    OUT_HIGH_WATER,
+    Cell,
+    Link,
+    Mail,
+    Peer,
+    build_mail,
+    forward_auth,
+)
 from trimicro.mailbox.codec import MSGPACK
 from trimicro.mailbox.envelope import Envelope
 from trimicro.mailbox.errors import BadRequest, MicroError
@@ -483,7 +494,7 @@ class PubSub:
         cell = sub.ref.binding
         if not isinstance(cell, Cell):
             return 0
-        item = (message, None, None, None, message.headers or None)
+        item = build_mail(Mail, (message, None, None, None, message.headers or None, None))
         if link is not None:
             queues = self.held.by_link.get(link)
             if queues and sub in queues:  # earlier messages from this link wait for it: go behind
@@ -507,10 +518,10 @@ class PubSub:
         self.unsubscribe(sub)
         return 0
 
-    async def _hold(self, link: Link, sub: Subscription, cell: Cell, item: tuple[Any, ...]) -> int:
+    async def _hold(self, link: Link, sub: Subscription, cell: Cell, item: Mail) -> int:
         """Queue a message from ``link`` for a full "block" subscriber (see .backlog); waits only
         while the link's backlogs are past their budget."""
-        message: Message = item[0]
+        message: Message = item.msg
         size = OVERHEAD + len(self.codec.encode(message.body)) + 64 * len(message.headers)
         drains = self.held.queue(link, sub, cell, item, size)
         if drains is not None:
@@ -651,7 +662,7 @@ class _Forwarder(Actor):
 def _offer_now(subs: Sequence[Subscription], message: Message) -> tuple[int, list[Subscription] | None]:
     """Queue ``message`` for every subscription whose mailbox takes it now (a deque append);
     the count, and the subscriptions that need :meth:`PubSub._offer` (full, or not local)."""
-    item = (message, None, None, None, message.headers or None)
+    item = build_mail(Mail, (message, None, None, None, message.headers or None, None))
     delivered = 0
     slow: list[Subscription] | None = None
     for sub in subs:
