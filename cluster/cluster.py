@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from trimicro.actors import ActorRef, Node, Restart, Stream, ask, open_stream, start_node
-from trimicro.actors.lowlevel import Identity, Unreachable, current_cell
+from trimicro.actors.lowlevel import Cell, Identity, Unreachable, current_cell
 from trimicro.mailbox.codec import TypeRegistry
 from trimicro.mailbox.errors import MicroError, NotFound
 
@@ -181,7 +181,8 @@ class Cluster:
             raise ValueError(f"service {name} is already served on this node")
         ref = await self.node.spawn(factory, *args, name=name, restart=Restart.PERMANENT, **kwargs)
         cell = ref.binding
-        endpoints = describe_endpoints(type(cell.instance)) if cell is not None else ()
+        instance = cell.instance if isinstance(cell, Cell) else None
+        endpoints = describe_endpoints(type(instance)) if instance is not None else ()
         record = Service(
             name,
             version,
@@ -198,7 +199,7 @@ class Cluster:
 
     async def _deregister_when_stopped(self, name: str, record: Service, ref: ActorRef) -> None:
         cell = ref.binding
-        if cell is not None:
+        if isinstance(cell, Cell):
             await cell.stopped_event().wait()
         if self._served.get(name, (None, None))[1] == ref:
             del self._served[name]

@@ -5,17 +5,102 @@ comparable and serialisable, and has the same shape whether the actor is local o
 The runtime *binds* a ref to whatever delivers its messages (a local cell or a route to another
 node); the binding is not part of the value, so two refs to the same actor are equal whether or
 not either is bound, and a ref decoded from the wire is bound by the node that decoded it.
+
+:class:`Binding` is that "whatever": the one interface a local cell, a stopped actor's ref and
+the route to an actor on another node all implement, so ``tell``/``ask`` are the same calls
+wherever the actor lives. It is declared here, beside the ref that holds one, because the ref
+is the lowest layer's value and the implementations all live above it (in the actor layer).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
-__all__ = ["ActorRef", "ref_binder"]
+__all__ = ["ActorRef", "Binding", "BindingNode", "ref_binder"]
+
+
+class BindingNode(Protocol):
+    """What a caller needs from the node a binding delivers through."""
+
+    @property
+    def ask_timeout(self) -> float:
+        """The default timeout of an ``ask`` (seconds)."""
+        ...
+
+
+class Binding(Protocol):
+    """What delivers a ref's messages: the actor's cell, a stopped actor's stand-in, or the
+    route to an actor on another node. The actor layer's ``tell``/``try_tell``/``ask``/
+    ``open_stream`` and death watch call these; none raises for an undeliverable tell (it
+    becomes a dead letter), while ``ask`` and ``open_stream`` raise the typed error the caller
+    should see.
+
+    ``headers`` are the call's metadata, already merged with what propagates from the message
+    being handled; ``sender`` is the calling actor's ref (``None`` outside an actor).
+    """
+
+    @property
+    def node(self) -> BindingNode:
+        """The node that delivers through this binding (its defaults apply to the call)."""
+        ...
+
+    async def tell(
+        self,
+        msg: Any,
+        sender: ActorRef | None,
+        headers: dict[str, str] | None,
+        endpoint: str | None = None,
+        /,
+    ) -> None:
+        """Queue a one-way message, waiting only while there is no room (backpressure)."""
+        ...
+
+    def try_tell(self, msg: Any, sender: ActorRef | None, headers: dict[str, str] | None, /) -> bool:
+        """Queue without waiting; ``False`` (and a dead letter) when it could not be."""
+        ...
+
+    async def ask(
+        self,
+        msg: Any,
+        sender: ActorRef | None,
+        headers: dict[str, str] | None,
+        endpoint: str | None,
+        timeout: float,
+        reply_headers: dict[str, str] | None = None,
+        /,
+    ) -> Any:
+        """Send a request and return its answer, or raise the handler's typed error."""
+        ...
+
+    async def open_stream(
+        self,
+        endpoint: str,
+        request: Any,
+        sender: ActorRef | None,
+        headers: dict[str, str] | None,
+        window: int,
+        timeout: float,
+        /,
+    ) -> Any:
+        """Open a stream with the actor's ``endpoint`` handler; the actor layer's ``Stream``
+        (typed ``Any`` here: streams live above this layer)."""
+        ...
+
+    def system(self, msg: Any, /) -> bool:
+        """Deliver a runtime notice (``Terminated``) even past a full mailbox."""
+        ...
+
+    def add_watcher(self, watcher: ActorRef, /) -> None:
+        """Tell ``watcher`` (with ``Terminated``) when the actor stops; at once if it has."""
+        ...
+
+    def remove_watcher(self, watcher: ActorRef, /) -> None:
+        """Undo :meth:`add_watcher`."""
+        ...
 
 
 @attrs.frozen(slots=True, init=False, unsafe_hash=False)
@@ -33,10 +118,10 @@ class ActorRef:
     node: str
     path: str
     uid: int = 0
-    _binding: Any = attrs.field(default=None, eq=False, repr=False, alias="binding")
+    _binding: Binding | None = attrs.field(default=None, eq=False, repr=False, alias="binding")
     _hash: int | None = attrs.field(default=None, eq=False, repr=False, init=False)
 
-    def __init__(self, node: str, path: str, uid: int = 0, binding: Any = None) -> None:
+    def __init__(self, node: str, path: str, uid: int = 0, binding: Binding | None = None) -> None:
         _set_node(self, node)
         _set_path(self, path)
         _set_uid(self, uid)
@@ -60,11 +145,11 @@ class ActorRef:
         return self.path.rsplit("/", 1)[-1]
 
     @property
-    def binding(self) -> Any:
+    def binding(self) -> Binding | None:
         """What delivers messages to this ref (set by the runtime), or ``None``."""
         return self._binding
 
-    def bind(self, binding: Any) -> ActorRef:
+    def bind(self, binding: Binding) -> ActorRef:
         """A copy of this ref delivered through ``binding``."""
         return ActorRef(self.node, self.path, self.uid, binding=binding)
 
