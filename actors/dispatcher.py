@@ -9,18 +9,28 @@ an ``ask`` to another actor) keeps its worker, so the pool grows instead of dead
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 from outcome import Value
 from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
 
-if TYPE_CHECKING:
-    from .cell import Cell
-
 log = logging.getLogger("trimicro.actors")
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "Drainable"]
+
+
+class Drainable(Protocol):
+    """What a worker runs: an actor's cell (typed by this, not by the cell, which builds on
+    the dispatcher's node and would close an import cycle)."""
+
+    #: Workers running this actor now (the dispatcher counts the one it starts).
+    active: int
+    path: str
+
+    async def run_batch(self, scope: trio.CancelScope) -> None:
+        """Drain the mailbox; ``scope`` is the worker's, cancelled to stop the running handler."""
+        ...
 
 
 class Dispatcher:
@@ -30,7 +40,7 @@ class Dispatcher:
         self.max_idle = max_idle
         self.workers = 0
 
-    def activate(self, cell: Cell) -> None:
+    def activate(self, cell: Drainable) -> None:
         """Run ``cell``'s mailbox on a worker; the caller has checked ``active < max_concurrency``."""
         cell.active += 1
         if self._idle:
@@ -39,7 +49,7 @@ class Dispatcher:
             self.workers += 1
             self._nursery.start_soon(self._work, cell, name="trimicro-worker")
 
-    async def _work(self, cell: Cell) -> None:
+    async def _work(self, cell: Drainable) -> None:
         try:
             while True:
                 # One cancel scope serves many batches; it is replaced only after being cancelled
@@ -59,7 +69,7 @@ class Dispatcher:
         finally:
             self.workers -= 1
 
-    async def _park(self) -> Cell:
+    async def _park(self) -> Drainable:
         task = current_task()
         idle = self._idle
         idle.append(task)

@@ -30,6 +30,7 @@ from .busypoll import DEFAULT_BUSY_POLL
 from .cell import BATCH, RUNNING, STOPPING, Cell
 from .deadletters import DeadLetters
 from .dispatcher import Dispatcher
+from .lifecycle import CellLifecycle
 from .mail import Mail
 from .messages import DeadLetter
 from .metadata import HeaderRule, header_rule
@@ -255,7 +256,7 @@ class Node:
         cell = self._local(ref)
         await cell.stop(reason)
 
-    def unregister(self, cell: Cell) -> None:
+    def unregister(self, cell: CellLifecycle) -> None:
         if self._cells.get(cell.path) is cell:
             del self._cells[cell.path]
 

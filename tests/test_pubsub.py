@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from trimicro.actors import Actor, TooManyRequests, ask, bounded, cell
+from trimicro.actors import Actor, TooManyRequests, ask, bounded, lifecycle
 from trimicro.cluster.broker import Message
 from trimicro.cluster.cluster import Cluster, start_cluster
 from trimicro.cluster.registry import MemoryRegistry
@@ -163,7 +163,7 @@ async def test_a_subscription_the_actor_cannot_be_watched_for_is_not_made(
     """The pub/sub watches a subscriber to drop its subscriptions when it stops: if the actor's
     watchers are full (429), the subscribe fails and leaves no subscription behind (one nobody
     would ever remove)."""
-    monkeypatch.setattr(cell, "MAX_WATCHERS", 1)
+    monkeypatch.setattr(lifecycle, "MAX_WATCHERS", 1)
     async with nodes(1, tmp_path) as [a]:
         box = Box()
         ref = await a.node.spawn(Collector, box)

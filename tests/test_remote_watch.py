@@ -17,7 +17,7 @@ from procs import Proc, python_process
 from test_remote import REGISTRY, Counter, Get, pair
 from watch_peer import TARGETS
 
-from trimicro.actors import ActorRef, Node, Terminated, TooManyRequests, ask, cell, start_node
+from trimicro.actors import ActorRef, Node, Terminated, TooManyRequests, ask, cell, lifecycle, start_node
 from trimicro.actors.remote.watch import MAX_REMOTE_WATCHES
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.secure.identity import Authority, NodeIdentity
@@ -209,7 +209,7 @@ async def test_beyond_a_peers_cap_a_watch_is_refused_with_429_and_the_watcher_to
 
 
 async def test_an_actor_has_a_bounded_number_of_watchers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cell, "MAX_WATCHERS", 2, raising=False)
+    monkeypatch.setattr(lifecycle, "MAX_WATCHERS", 2)
     async with pair(Authority.generate()) as (a, b, _):
         target = await b.spawn(Counter, name="t")
         send, receive = trio.open_memory_channel[Terminated](10)
