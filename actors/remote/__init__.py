@@ -18,10 +18,14 @@ Requests from other nodes are queued like local ones, with an :class:`InboundRep
 the answer back; their deadline bounds the handler (``Cell._handle_bounded``) and the caller's
 CANCEL ends it early. See docs/protocol.md for the wire rules this follows.
 
-The package, by concern: :mod:`.actor` (RemoteActor, InboundReply), :mod:`.link` (Link),
-:mod:`.peer` (Peer), :mod:`.remoting` (Remoting), :mod:`.batching` (coalesced frames, batches of
-tells and items), :mod:`.flusher` (the trio instrument that writes once per scheduler batch),
-:mod:`.watch` (death watch across nodes), :mod:`.tellflow` (flow control of tells per target).
+The package, by concern: :mod:`.protocol` (the link's rules without I/O: its states as a
+table, correlation ids, credit), :mod:`.link` (Link: the reader, the dispatch of frames, the
+lifetime), :mod:`.outbox` (a link's send queue and writer; InboundReply and RemoteStreamOps,
+which answer over it), :mod:`.tellflow` (flow control of tells per target), :mod:`.actor`
+(RemoteActor), :mod:`.peer` (Peer), :mod:`.remoting` (Remoting), :mod:`.ports` (what a link
+needs of its node, remoting and peer, as Protocols), :mod:`.batching` (coalesced frames,
+batches of tells and items), :mod:`.flusher` (the trio instrument that writes once per
+scheduler batch), :mod:`.watch` (death watch across nodes).
 This module holds the limits, the hooks a node plugs in (:class:`Identity`, :class:`Guard`),
 :class:`Unreachable` and the small helpers the others share, and re-exports the public classes.
 """
@@ -169,8 +173,9 @@ def _node_id_of(peer_info: Any) -> str:
 
 
 # The parts, beside the shared definitions above (they import them).
-from .actor import InboundReply, RemoteActor  # noqa: E402
+from .actor import RemoteActor  # noqa: E402
 from .batching import Coalesced  # noqa: E402
 from .link import Link  # noqa: E402
+from .outbox import InboundReply  # noqa: E402
 from .peer import Peer  # noqa: E402
 from .remoting import Remoting  # noqa: E402

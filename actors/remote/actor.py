@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trimicro.mailbox.codec import Codec
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
-from trimicro.mailbox.errors import InternalServerError, MicroError, NotFound, RequestTimeout
+from trimicro.mailbox.errors import MicroError, NotFound, RequestTimeout
 from trimicro.mailbox.refs import ActorRef
 
 from ..busypoll import PROBE_EVERY
@@ -23,106 +22,10 @@ from ..messages import Terminated
 from ..streams import Stream
 from . import OUT_HIGH_WATER, Unreachable
 from .batching import _clock
+from .outbox import Outbox, RemoteStreamOps
 
 if TYPE_CHECKING:
-    from .link import Link
     from .peer import Peer
-
-
-class InboundReply(Reply):
-    """The reply slot of a request from another node: completing it sends REPLY or ERROR back."""
-
-    __slots__ = ("codec", "corr", "link")
-
-    def __init__(self, link: Link, corr: int, codec: Codec) -> None:
-        super().__init__()
-        self.link = link
-        self.corr = corr
-        self.codec = codec
-
-    def expire(self) -> None:
-        """The caller's deadline passed: answer 408 and cancel the handler if it is running."""
-        self.slot = None
-        if self.done:
-            return
-        self.fail(RequestTimeout("the caller's deadline passed", id=self.link.remoting.node.id))
-        if self.scope is not None:
-            self.scope.cancel()
-
-    def forget_deadline(self) -> None:
-        """Take this request out of the timeout wheel (answered, cancelled, or its link gone)."""
-        if self.slot is not None:
-            self.link.remoting.node.timeouts.remove(self.slot, self)
-            self.slot = None
-
-    def _finish(self) -> bool:
-        self.done = True
-        link = self.link
-        link.inbound.pop(self.corr, None)
-        self.forget_deadline()
-        if self.abandoned or link.closed:
-            return False
-        link.answered()
-        if self.error is None:
-            try:
-                body = self.codec.encode(self.value)
-            except MicroError as exc:
-                link.send_error(self.corr, exc, self.codec)
-                return True
-            ct = self.codec.content_type
-            env = Envelope(Kind.REPLY, self.corr, content_type=ct, headers=self.headers or {}, body=body)
-            try:
-                frame = encode_envelope(env)
-            except Exception as exc:  # reply headers the handler filled with something unencodable
-                bad = InternalServerError(f"reply not encodable: {type(exc).__name__}: {exc}")
-                link.send_error(self.corr, bad, self.codec)
-                return True
-            if not link.fits(frame):
-                too_big = InternalServerError(f"reply of {len(frame)} bytes exceeds the frame limit")
-                link.send_error(self.corr, too_big, self.codec)
-                return True
-            link.push(frame)
-        else:
-            err = self.error
-            if not isinstance(err, MicroError):
-                err = InternalServerError(f"{type(err).__name__}: {err}")
-            link.send_error(self.corr, err, self.codec)
-        return True
-
-
-class RemoteStreamOps:
-    """Stream operations across a link: each becomes one envelope for stream ``corr``."""
-
-    __slots__ = ("codec", "corr", "link")
-
-    def __init__(self, link: Link, corr: int, codec: Codec) -> None:
-        self.link = link
-        self.corr = corr
-        self.codec = codec
-
-    async def data(self, item: Any) -> None:
-        codec = self.codec
-        body = codec.encode(item)
-        link = self.link
-        # It joins the items of this stream queued just before it (one frame), room permitting.
-        if link.out_bytes < OUT_HIGH_WATER and link.items_later(self.corr, codec.content_type, body):
-            return
-        env = Envelope(Kind.STREAM_DATA, self.corr, content_type=codec.content_type, body=body)
-        await link.send(encode_envelope(env))
-
-    def credit(self, n: int) -> None:
-        codec = self.codec
-        env = Envelope(Kind.STREAM_CREDIT, self.corr, content_type=codec.content_type, body=codec.encode(n))
-        self.link.push(encode_envelope(env))
-
-    def close(self, error: MicroError | None) -> None:
-        codec = self.codec
-        body = b"" if error is None else codec.encode(error.to_fields())
-        env = Envelope(Kind.STREAM_CLOSE, self.corr, content_type=codec.content_type, body=body)
-        self.link.push(encode_envelope(env))
-
-    def cancel(self) -> None:
-        self.link.push(encode_envelope(Envelope(Kind.CANCEL, self.corr)))
 
 
 class _Gone(Stopped):
@@ -166,7 +69,7 @@ class RemoteActor:
             await trio.lowlevel.cancel_shielded_checkpoint()
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            link = self.peer.link or await self.peer.connect(node.ask_timeout)
+            link: Outbox = self.peer.link or await self.peer.connect(node.ask_timeout)
             codec = self.peer.remoting.codec
             body = codec.encode(msg)
             if link.held:  # the peer holds back tells to some of its actors
@@ -193,7 +96,7 @@ class RemoteActor:
             except Unreachable as exc:  # the link dropped while this waited for room
                 node.dead_letter(self.target, msg, f"undeliverable: {exc.detail}", sender)
 
-    async def _credit(self, link: Link) -> Link:
+    async def _credit(self, link: Outbox) -> Outbox:
         """Wait while the peer holds tells to this actor back and has granted no credit for
         them (a hold counts credit as a stream does); returns the link to send on, open, with
         the credit taken, so that the caller queues the tell without awaiting in between (a

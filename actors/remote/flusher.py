@@ -5,12 +5,35 @@ links during it (see :class:`_Flusher`).
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Sized
+from typing import Protocol
 
 import trio
 
-if TYPE_CHECKING:
-    from .link import Link
+
+class Flushable(Protocol):
+    """What the flusher needs of a link (:class:`~.outbox.Outbox` is one): its queue, its
+    waiters, and the call that writes what is queued."""
+
+    _dirty: bool
+
+    @property
+    def out(self) -> Sized: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def _room(self) -> trio.lowlevel.ParkingLot: ...
+    @property
+    def _flushed(self) -> trio.Event | None: ...
+    @property
+    def conn(self) -> _Backlogged: ...
+
+    def flush_now(self) -> None: ...
+
+
+class _Backlogged(Protocol):
+    @property
+    def backlog(self) -> bool: ...
 
 
 def _nothing() -> None:
@@ -28,11 +51,11 @@ class _Flusher(trio.abc.Instrument):
     """
 
     def __init__(self) -> None:
-        self.links: list[Link] = []
+        self.links: list[Flushable] = []
         self.installed = False
         self._token: trio.lowlevel.TrioToken | None = None
 
-    def add(self, link: Link) -> None:
+    def add(self, link: Flushable) -> None:
         if not self.installed:
             trio.lowlevel.add_instrument(self)
             self._token = trio.lowlevel.current_trio_token()

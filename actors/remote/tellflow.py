@@ -34,8 +34,10 @@ or dead letters on this node if the actor stops (or the node does) first.
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import Any
 
 import trio
 
@@ -43,13 +45,11 @@ from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.errors import MicroError, ServiceUnavailable
 from trimicro.mailbox.refs import ref_binder
 
-from ..cell import DEAD, STOPPING, Cell
+from ..cell import DEAD, FULL, STOPPING, Cell
 from ..mail import Mail
 from ..streams import Stream, StreamOps
-
-if TYPE_CHECKING:
-    from .batching import _Tells
-    from .link import Link
+from .batching import _Tells
+from .outbox import Outbox, RemoteStreamOps
 
 __all__ = [
     "BACKLOG_BYTES",
@@ -61,6 +61,7 @@ __all__ = [
     "RELEASE_IDLE",
     "TELL_WINDOW",
     "Backlog",
+    "TellFlow",
     "on_held",
     "on_hold",
 ]
@@ -114,7 +115,7 @@ class _HoldOps:
 HOLD_OPS: StreamOps = _HoldOps()
 
 
-def on_hold(link: Link, env: Envelope, max_streams: int) -> None:
+def on_hold(link: TellFlow, env: Envelope, max_streams: int) -> None:
     """The peer (the receiving side) asks to hold our tells to one of its actors back: those to
     that actor's path wait for its credit from now on, in a send-only Stream that is the hold's
     credit account (STREAM_CREDIT with the hold's id adds to it, CANCEL ends it, as for any
@@ -150,7 +151,7 @@ def on_hold(link: Link, env: Envelope, max_streams: int) -> None:
     link.push(encode_envelope(Envelope(Kind.SYSTEM, corr, target, None, "tells.held")))
 
 
-def on_held(link: Link, env: Envelope) -> None:
+def on_held(link: TellFlow, env: Envelope) -> None:
     """The peer holds its tells to one of our actors from this frame on (``tells.held``): the
     backlog counts each later one against the credit it granted."""
     try:
@@ -201,7 +202,7 @@ class Backlog:
         "unit",
     )
 
-    def __init__(self, link: Link, cell: Cell, corr: int, ops: StreamOps) -> None:
+    def __init__(self, link: TellFlow, cell: Cell, corr: int, ops: StreamOps) -> None:
         self.link = link
         self.cell = cell
         #: The hold's id; ``ops`` grants credit to it and ends it.
@@ -376,3 +377,106 @@ class Backlog:
                     node.dead_letter(cell.ref, msg, "stopped", tells.sender)
             self.bytes -= size
             link.backlog_drained(size)
+
+
+class TellFlow(Outbox):
+    """The receiving half of a link for tells (TELL frames and ``tells`` batches): each goes
+    into its actor's mailbox without waiting when there is room; otherwise the reader waits
+    (at most HOLD_AFTER with a peer that holds back), then the actor's tells wait in a
+    :class:`Backlog` (see the module doc). A base class of :class:`~.link.Link`, as
+    :class:`~.outbox.Outbox` is; :class:`Backlog` and the hold handlers type their link as it.
+    """
+
+    #: The peer holds its tells to one of our actors back when asked (``tells.hold``).
+    hold_tells: bool
+    #: Tells from the peer waiting for room in our slow actors' mailboxes, per actor, their
+    #: estimated bytes, and the requests waiting in them; the reader waits on
+    #: ``_backlog_room`` past ``backlog_limit``.
+    backlogs: dict[Cell, Backlog]
+    backlog_bytes: int
+    backlog_limit: int
+    backlog_asks: int
+    _backlog_room: trio.lowlevel.ParkingLot
+
+    def offer_tells(self, tells: _Tells, start: int) -> tuple[int, Mail] | None:
+        """Offer ``tells.bodies[start:]`` in order; at a full mailbox, its index and item (the
+        link's: it admits each tell through the node's guard, which judges a link)."""
+        raise NotImplementedError
+
+    async def _put_tells(self, tells: _Tells, i: int, item: Mail, size: int = 0) -> None:
+        """Wait for room for the tell at ``i``, then offer the rest, waiting again as needed (a
+        loop: a slow consumer must not deepen a chain of awaits by one per tell).
+
+        The rest of the link waits meanwhile: with a peer that holds its tells back on request,
+        at most HOLD_AFTER; then the actor counts as slow, its tells wait in a backlog and the
+        peer is asked to hold them (see :mod:`.tellflow`). ``size``: the encoded bytes of a
+        lone ``item`` (a TELL frame's, ``i`` = -1).
+        """
+        cell = tells.cell
+        node = self.remoting.node
+        deadline = trio.current_time() + HOLD_AFTER if self.hold_tells else math.inf
+        while True:
+            with trio.move_on_at(deadline) as waited:
+                result = await cell.put(item)
+            if waited.cancelled_caught:
+                # No room for HOLD_AFTER: a slow actor, unless this process did not run meanwhile
+                # (a loaded machine), so first let the actor's worker have its turn.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                result = cell.offer(item)
+                if result == FULL:
+                    size = len(tells.bodies[i]) if i >= 0 else size
+                    pending = self._queue(self._backlog(cell), item, tells, i + 1, size)
+                    if pending is not None:
+                        await pending
+                    return
+                deadline = trio.current_time() + HOLD_AFTER
+            if result == DEAD:
+                node.dead_letter(cell.ref, item.msg, "stopped", item.sender)
+            full = self.offer_tells(tells, i + 1)
+            if full is None:
+                return
+            i, item = full
+            size = 0
+
+    def _backlog(self, cell: Cell) -> Backlog:
+        """Hold the peer's tells to ``cell`` back: they wait in a backlog that grants credit
+        for more as it drains, under a new id that the ``tells.hold`` frame gives the peer."""
+        path = cell.path
+        for other in self.backlogs.values():
+            if other.cell.path == path:  # an actor by that name that stopped: one hold per path
+                other.end_hold()
+        corr = self.new_corr()
+        ops = RemoteStreamOps(self, corr, self.remoting.codec)
+        backlog = self.backlogs[cell] = Backlog(self, cell, corr, ops)
+        self.push(encode_envelope(Envelope(Kind.SYSTEM, corr, cell.ref, None, "tells.hold")))
+        self.remoting.node.spawn_system(backlog.run)
+        return backlog
+
+    def _queue(
+        self, backlog: Backlog, item: Mail | None, tells: _Tells, start: int, item_size: int = 0
+    ) -> Awaitable[None] | None:
+        """Add tells to ``backlog`` (``item_size``: the encoded bytes of ``item``); past
+        ``backlog_limit`` on this link, what the reader awaits until the backlogs drain."""
+        return self.backlog_added(backlog.add(item, tells, start, item_size=item_size))
+
+    def backlog_added(self, size: int) -> Awaitable[None] | None:
+        """``size`` estimated bytes joined the backlogs of this link (held tells here, pub/sub
+        messages for a full "block" subscriber in the cluster layer); past ``backlog_limit``,
+        what the reader awaits until they drain (TCP backpressure, for this link only)."""
+        self.backlog_bytes += size
+        return self._backlog_drains() if self.backlog_bytes > self.backlog_limit else None
+
+    async def _backlog_drains(self) -> None:
+        while self.backlog_bytes > self.backlog_limit and not self.closed:
+            await self._backlog_room.park()
+
+    def backlog_drained(self, size: int) -> None:
+        """``size`` estimated bytes left the backlogs (see :meth:`_queue`)."""
+        self.backlog_bytes -= size
+        if self._backlog_room and self.backlog_bytes <= self.backlog_limit:
+            self._backlog_room.unpark_all()
+
+
+def _headers_size(headers: dict[str, str] | None) -> int:
+    """Estimated bytes of a frame's headers, for the backlog bound (a request's may be large)."""
+    return sum(len(k) + len(v) for k, v in headers.items()) if headers else 0

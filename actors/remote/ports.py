@@ -1,0 +1,106 @@
+"""What a link needs of the objects around it, as Protocols: its node, the node's remoting and
+the peer it connects to.
+
+The runtime imports point one way, remoting -> peer -> link; a link still calls back into its
+peer (``bind``, ``restarted``, ``link_closed``) and reads its remoting's codecs, guard and limits.
+Naming those needs here, in a module that imports none of the three, is what lets the link's
+modules (:mod:`.outbox`, :mod:`.tellflow`, :mod:`.link`, :mod:`.watch`, :mod:`.actor`) be typed
+without importing their owners (no import cycle, not even for annotations). The concrete
+:class:`~.remoting.Remoting`, :class:`~.peer.Peer` and :class:`~trimicro.actors.node.Node`
+satisfy them structurally; mypy checks that where a link is built.
+
+Parameters that take a link are ``Any`` here: the link's own class is above this module.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from trimicro.mailbox.codec import Codec, CodecSet
+from trimicro.mailbox.envelope import Envelope
+from trimicro.mailbox.refs import ActorRef
+
+from ..busypoll import BusyPoller
+from ..cell import Cell
+from ..deadletters import DeadLetters
+from ..timers import TimeoutWheel
+from . import Guard
+from .flusher import _Flusher
+
+__all__ = ["NodePort", "PeerPort", "RemotingPort"]
+
+
+class NodePort(Protocol):
+    """What the remote layer needs of its node: its id, deadlines, dead letters, system tasks."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def timeouts(self) -> TimeoutWheel: ...
+    @property
+    def dead_letters(self) -> DeadLetters: ...
+
+    def dead_letter(
+        self, recipient: ActorRef | None, msg: Any, reason: str, sender: ActorRef | None
+    ) -> None: ...
+
+    def spawn_system(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None: ...
+
+
+class RemotingPort(Protocol):
+    """What a link needs of its node's :class:`~.remoting.Remoting`: codecs, limits, the guard,
+    the local actors a frame is for, and the hooks higher layers plug in."""
+
+    @property
+    def node(self) -> NodePort: ...
+    @property
+    def codec(self) -> Codec: ...
+    @property
+    def codecs(self) -> CodecSet: ...
+    @property
+    def guard(self) -> Guard | None: ...
+    @property
+    def poller(self) -> BusyPoller | None: ...
+    @property
+    def flusher(self) -> _Flusher: ...
+    @property
+    def max_frame_size(self) -> int: ...
+    @property
+    def max_watches(self) -> int: ...
+    @property
+    def keepalive(self) -> float: ...
+    @property
+    def dead_after(self) -> float: ...
+    @property
+    def link_seq(self) -> itertools.count[int]: ...
+    @property
+    def system_handlers(self) -> Mapping[str, Callable[[Any, Envelope], Awaitable[object] | None]]: ...
+
+    def bind_ref(self, ref: ActorRef) -> ActorRef: ...
+
+    def cell_for(
+        self, link: Any, action: str, target: ActorRef | None, endpoint: str, headers: Mapping[str, str]
+    ) -> Cell: ...
+
+    def local_cell(self, target: ActorRef | None) -> Cell: ...
+
+
+class PeerPort(Protocol):
+    """What a link needs of its :class:`~.peer.Peer`: who it is, and the calls a link makes back
+    (binding refs, a restart seen in a hello, a remote actor's end, the link's own end)."""
+
+    node_id: str
+    address: str | None
+
+    @property
+    def watching(self) -> Any: ...
+
+    def bind(self, ref: ActorRef) -> ActorRef: ...
+
+    def restarted(self, link: Any) -> None: ...
+
+    def terminated(self, ref: ActorRef, watcher: ActorRef, reason: str | None) -> None: ...
+
+    def link_closed(self, link: Any) -> None: ...
