@@ -13,7 +13,7 @@ import trio
 from trimicro.mailbox.errors import NotFound
 from trimicro.mailbox.refs import ActorRef
 
-from .cell import current_cell, current_item
+from .lifecycle import get_cell, get_item
 from .metadata import forward_auth, propagate
 
 __all__ = ["ask", "tell", "try_tell"]
@@ -22,7 +22,7 @@ __all__ = ["ask", "tell", "try_tell"]
 def _binding(ref: ActorRef) -> Any:
     binding = ref.binding
     if binding is None:
-        cell = current_cell.get()
+        cell = get_cell()
         if cell is None:
             raise NotFound(f"{ref} is not bound to a node; use node.resolve(ref)", id=ref.path)
         binding = cell.node.resolve(ref).binding  # inside an actor: resolve through its node
@@ -36,7 +36,7 @@ _propagated = forward_auth
 
 
 def _sender() -> ActorRef | None:
-    cell = current_cell.get()
+    cell = get_cell()
     return None if cell is None else cell.ref
 
 
@@ -52,10 +52,12 @@ async def tell(
     binding = ref.binding
     if binding is None:
         binding = _binding(ref)
-    cell = current_cell.get()
-    item = current_item.get()
-    if item is not None and item.headers:  # serving a message with metadata: it travels on
-        headers = propagate(item.headers, headers)
+    cell = get_cell()
+    item = get_item()
+    if item is not None:
+        _msg, _reply, _its_sender, _endpoint, inbound, _principal = item
+        if inbound:  # serving a message with metadata: it travels on
+            headers = propagate(inbound, headers)
     if endpoint is None:
         await binding.tell(message, None if cell is None else cell.ref, headers)
     else:
@@ -92,14 +94,19 @@ async def ask(
     late reply is dropped to dead letters (``late-reply``), never delivered to another call.
     """
     binding = _binding(ref)
-    item = current_item.get()
-    if timeout is None:
-        timeout = binding.node.ask_timeout
-        if item is not None and item.reply is not None and item.reply.deadline is not None:
-            # Serving a request with a deadline: a nested call gets what is left of it.
-            timeout = min(timeout, max(0.0, item.reply.deadline - trio.current_time()))
-    if item is not None and item.headers:  # serving a message with metadata: it travels on
-        headers = propagate(item.headers, headers)
+    item = get_item()
+    if item is None:
+        if timeout is None:
+            timeout = binding.node.ask_timeout
+    else:
+        _msg, reply, _its_sender, _endpoint, inbound, _principal = item
+        if timeout is None:
+            timeout = binding.node.ask_timeout
+            if reply is not None and reply.deadline is not None:
+                # Serving a request with a deadline: a nested call gets what is left of it.
+                timeout = min(timeout, max(0.0, reply.deadline - trio.current_time()))
+        if inbound:  # serving a message with metadata: it travels on
+            headers = propagate(inbound, headers)
     if reply_headers is None:
         return await binding.ask(message, _sender(), headers, endpoint, timeout)
     return await binding.ask(message, _sender(), headers, endpoint, timeout, reply_headers)

@@ -41,8 +41,12 @@ from .lifecycle import (
     current_cell,
     current_item,
     log,
+    reset_cell,
+    reset_item,
+    set_cell,
+    set_item,
 )
-from .mail import Mail, Reply, build_mail
+from .mail import Mail, Reply
 from .processing import CellProcessing
 from .streams import DEFAULT_WINDOW, Stream, local_pair
 from .supervision import ChildSpec
@@ -141,7 +145,7 @@ class Cell(CellProcessing):
         if node.spend():
             await trio.lowlevel.cancel_shielded_checkpoint()
         await trio.lowlevel.checkpoint_if_cancelled()
-        item = build_mail(Mail, (msg, None, sender, endpoint, headers, None))
+        item: Mail = (msg, None, sender, endpoint, headers, None)
         while True:
             result = self.offer(item)
             if result == OK:
@@ -152,7 +156,7 @@ class Cell(CellProcessing):
             await self._wait_room()
 
     def try_tell(self, msg: Any, sender: ActorRef | None, headers: dict[str, str] | None) -> bool:
-        result = self.offer(build_mail(Mail, (msg, None, sender, None, headers, None)))
+        result = self.offer((msg, None, sender, None, headers, None))
         if result == OK:
             return True
         self.node.dead_letter(self.ref, msg, "stopped" if result == DEAD else "full", sender)
@@ -177,7 +181,7 @@ class Cell(CellProcessing):
             return await self._ask_direct(msg, sender, headers, endpoint, timeout, reply_headers)
         node = self.node
         reply = Reply()
-        item = build_mail(Mail, (msg, reply, sender, endpoint, headers, None))
+        item: Mail = (msg, reply, sender, endpoint, headers, None)
         result = self.offer(item)
         if result != OK:
             if result == DEAD:
@@ -232,14 +236,14 @@ class Cell(CellProcessing):
         if self.status != RUNNING or self.active or len(self.mailbox):  # changed while we yielded
             return await self.ask(msg, sender, headers, endpoint, timeout, reply_headers)
         reply = Reply()
-        item = build_mail(Mail, (msg, reply, sender, endpoint, headers, None))
+        item: Mail = (msg, reply, sender, endpoint, headers, None)
         # A handler with no ``await`` completes in one step: nothing could time it out or
         # cancel it, so it runs without the cancel scope (about half of a direct ask's cost).
         table = self.handlers
         inline = table is not None and table.inline_for(msg, endpoint) is not None
         self.active += 1
         scope: trio.CancelScope | None = None
-        token = current_cell.set(self)
+        token = set_cell(self)
         try:
             if inline:
                 await self._handle_one(item)
@@ -254,7 +258,7 @@ class Cell(CellProcessing):
         finally:
             if scope is not None and self._scopes is not None:
                 self._scopes.discard(scope)
-            current_cell.reset(token)
+            reset_cell(token)
             self.active -= 1
             if self.active == 0 and self._workers_idle is not None:
                 self._workers_idle.set()
@@ -286,7 +290,7 @@ class Cell(CellProcessing):
         opener.peer, end.peer = self.ref, sender
         opener.on_credit(end.window)
         end.on_credit(opener.window)
-        self.start_stream(fn, end, Mail(request, None, sender, endpoint, headers))
+        self.start_stream(fn, end, (request, None, sender, endpoint, headers, None))
         return opener
 
     def stream_handler(self, endpoint: str) -> Any:
@@ -308,8 +312,8 @@ class Cell(CellProcessing):
         if streams is None:
             streams = self._streams = set()
         service = self.handlers.service if self.handlers is not None else self.path
-        token = current_cell.set(self)
-        item_token = current_item.set(item)
+        token = set_cell(self)
+        item_token = set_item(item)
         try:
             with trio.CancelScope() as scope:
                 streams.add(scope)
@@ -332,12 +336,12 @@ class Cell(CellProcessing):
                 await stream.aclose()  # done: an opener still sending is told to stop
         finally:
             streams.discard(scope)
-            current_item.reset(item_token)
-            current_cell.reset(token)
+            reset_item(item_token)
+            reset_cell(token)
 
     def system(self, msg: Any) -> bool:
         """Deliver a runtime notice (e.g. Terminated) even when the mailbox is full of user mail."""
-        result = self.offer(Mail(msg, None, None), system=True)
+        result = self.offer((msg, None, None, None, None, None), system=True)
         if result != OK:
             self.node.dead_letter(self.ref, msg, "stopped" if result == DEAD else "full", None)
             return False

@@ -9,6 +9,7 @@ from trimicro.mailbox.mailboxes import MailboxSpec
 from trimicro.mailbox.refs import ActorRef
 
 from .cell import STOPPING, Cell, current_item
+from .mail import Mail, Reply
 from .supervision import ChildSpec, Restart
 
 if TYPE_CHECKING:
@@ -16,6 +17,14 @@ if TYPE_CHECKING:
     from .timers import Timer
 
 __all__ = ["Context"]
+
+
+def _reply_of(item: Mail | None) -> Reply | None:
+    """The reply slot of the item being handled (``None`` for a tell or outside a handler)."""
+    if item is None:
+        return None
+    _msg, reply, _sender, _endpoint, _headers, _principal = item
+    return reply
 
 
 class Context:
@@ -49,14 +58,20 @@ class Context:
     def sender(self) -> ActorRef | None:
         """The sender of the message being handled (``None`` outside an actor)."""
         item = current_item.get()
-        return None if item is None else item.sender
+        if item is None:
+            return None
+        _msg, _reply, sender, _endpoint, _headers, _principal = item
+        return sender
 
     @property
     def headers(self) -> dict[str, str]:
         """Metadata sent with the message being handled. Calls made while handling it carry it
         onwards, save hop-by-hop keys (see :mod:`trimicro.actors.metadata`)."""
         item = current_item.get()
-        return {} if item is None or item.headers is None else dict(item.headers)
+        if item is None:
+            return {}
+        _msg, _reply, _sender, _endpoint, headers, _principal = item
+        return {} if headers is None else dict(headers)
 
     @property
     def account(self) -> Any:
@@ -64,7 +79,10 @@ class Context:
         guard admitted it (an ``Account`` under ``trimicro.cluster.auth``); ``None`` for local
         messages and when no guard is installed."""
         item = current_item.get()
-        return None if item is None else item.principal
+        if item is None:
+            return None
+        _msg, _reply, _sender, _endpoint, _headers, principal = item
+        return principal
 
     async def spawn(
         self,
@@ -101,8 +119,7 @@ class Context:
     @property
     def reply_headers(self) -> dict[str, str]:
         """Metadata sent back with this request's answer (empty and unused for a tell)."""
-        item = current_item.get()
-        reply = None if item is None else item.reply
+        reply = _reply_of(current_item.get())
         if reply is None:
             return {}
         if reply.headers is None:
@@ -117,8 +134,7 @@ class Context:
         Requests from other nodes carry the caller's remaining budget; asks made while handling
         one default to what is left of it.
         """
-        item = current_item.get()
-        reply = None if item is None else item.reply
+        reply = _reply_of(current_item.get())
         deadline = None if reply is None else reply.deadline
         return None if deadline is None or deadline == float("inf") else deadline
 

@@ -54,6 +54,13 @@ current_cell: ContextVar[CellLifecycle | None] = ContextVar("trimicro_current_ce
 #: The queued item the current handler is serving.
 current_item: ContextVar[Mail | None] = ContextVar("trimicro_current_item", default=None)
 
+# Their methods, bound once for the modules that call them per message. On CPython 3.11 a
+# method call on a name bound by ``import`` compiles to LOAD_ATTR, not LOAD_METHOD, so
+# ``current_item.set(x)`` in a module that imports ``current_item`` builds (and frees) a bound
+# method at every call, about 150 instructions; these names are plain module globals.
+get_cell, set_cell, reset_cell = current_cell.get, current_cell.set, current_cell.reset
+get_item, set_item, reset_item = current_item.get, current_item.set, current_item.reset
+
 
 class Escalated(Exception):
     """A supervisor gave up on a child (restart intensity exceeded) and fails in turn."""
@@ -299,7 +306,7 @@ class CellLifecycle:
         mb = self.mailbox
         while len(mb):
             item = mb.pop()
-            msg, reply, sender = item.msg, item.reply, item.sender
+            msg, reply, sender, _endpoint, _headers, _principal = item
             if reply is not None:
                 reply.fail(ServiceUnavailable(f"actor {self.path} stopped", id=self.path))
             elif not isinstance(msg, Terminated):

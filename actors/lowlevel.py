@@ -3,7 +3,7 @@
 
 :mod:`trimicro.actors` is the surface for applications. Plumbing above the runtime (pub/sub
 delivering straight into mailboxes, the auth guard hooked into every inbound request, the
-cluster's calls) needs more: cells and their offer results, the :class:`Mail` a mailbox
+cluster's calls) needs more: cells and their offer results, the :data:`Mail` a mailbox
 holds, the links and peers of remoting, the ``authorization`` metadata. Everything here is a
 re-export: the modules that define these names (``cell``, ``mail``, ``remote``, ``actor``) are
 private and may be split or moved; this module is the stable place to import them from, and
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .actor import HandlerTable, handler_table
 from .cell import DEAD, FULL, OK, STOPPING, Cell, current_cell
-from .mail import Mail, build_mail
+from .mail import Mail
 from .remote import (
     AUTHORIZATION,
     OUT_HIGH_WATER,
@@ -43,7 +43,6 @@ __all__ = [
     "Peer",
     "Remoting",
     "Unreachable",
-    "build_mail",
     "current_cell",
     "forward_auth",
     "handler_table",

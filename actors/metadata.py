@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import TypeAlias
 
-from .cell import current_cell, current_item
+from .lifecycle import get_cell, get_item
 
 __all__ = [
     "AUTHORIZATION",
@@ -101,10 +101,10 @@ def header_rule(rule: HeaderRule) -> Callable[[str], bool]:
 def forward_auth(headers: dict[str, str] | None) -> dict[str, str] | None:
     """The headers a call made now carries: ``headers`` plus what propagates from the message
     being handled (see the module docstring). Returns ``headers`` itself when nothing does."""
-    item = current_item.get()
+    item = get_item()
     if item is None:
         return headers
-    inbound = item.headers
+    _msg, _reply, _sender, _endpoint, inbound, _principal = item
     if not inbound:
         return headers
     return propagate(inbound, headers)
@@ -118,7 +118,7 @@ def propagate(inbound: dict[str, str], headers: dict[str, str] | None) -> dict[s
         out = dict(headers) if headers else {}
         out[AUTHORIZATION] = inbound[AUTHORIZATION]
         return out
-    cell = current_cell.get()
+    cell = get_cell()
     rule: Callable[[str], bool] = _default if cell is None else cell.node.propagate
     out = {}
     count = size = 0

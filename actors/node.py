@@ -373,7 +373,8 @@ async def _run_start_hooks(cell: Cell) -> None:
 
 
 def _message_of(item: Mail) -> Any:
-    return item.msg
+    msg, _reply, _sender, _endpoint, _headers, _principal = item
+    return msg
 
 
 @asynccontextmanager

@@ -22,7 +22,16 @@ from trimicro.mailbox.errors import (
 )
 
 from .actor import _Unhandled
-from .lifecycle import BATCH, RUNNING, SUSPENDED, CellLifecycle, current_cell, current_item
+from .lifecycle import (
+    BATCH,
+    RUNNING,
+    SUSPENDED,
+    CellLifecycle,
+    reset_cell,
+    reset_item,
+    set_cell,
+    set_item,
+)
 from .mail import Mail, Reply
 
 __all__ = ["CellProcessing"]
@@ -42,7 +51,7 @@ class CellProcessing(CellLifecycle):
         request's deadline or CANCEL) cancels the handler running now; the worker then starts
         a fresh scope. A scope per worker, not per batch: trio cancel scopes are not free.
         """
-        token = current_cell.set(self)
+        token = set_cell(self)
         scopes = self._scopes
         if scopes is None:
             scopes = self._scopes = set()
@@ -53,7 +62,6 @@ class CellProcessing(CellLifecycle):
         by_type = table.by_type if table is not None else {}
         by_endpoint = table.by_endpoint if table is not None else {}
         service = table.service if table is not None else self.path
-        set_item = current_item.set
         # Each item is set as it starts and the batch restores the context once at its end,
         # not after every item (ContextVar.reset cost as much as the set).
         batch_token = set_item(None)
@@ -64,7 +72,7 @@ class CellProcessing(CellLifecycle):
                 room = self._room
                 if room:
                     room.unpark()
-                reply = item.reply
+                msg, reply, sender, endpoint, _headers, _principal = item
                 if reply is not None and reply.deadline is not None:
                     ok = await self._handle_bounded(item, reply, scope)
                     if scope.cancel_called:
@@ -72,11 +80,10 @@ class CellProcessing(CellLifecycle):
                         # reach the next item. Stop here; a fresh worker serves the rest.
                         break
                 else:
-                    endpoint = item.endpoint
                     fn: Any
                     convert: Any = None
                     if endpoint is None:
-                        fn = by_type.get(type(item.msg))
+                        fn = by_type.get(type(msg))
                     else:
                         entry = by_endpoint.get(endpoint)
                         fn, convert = (None, None) if entry is None else entry
@@ -87,7 +94,6 @@ class CellProcessing(CellLifecycle):
                         # the message's type or a known endpoint): one coroutine fewer each.
                         set_item(item)
                         try:
-                            msg = item.msg
                             result = await fn(self.instance, msg if convert is None else convert(msg))
                         except trio.Cancelled:
                             if reply is not None:
@@ -98,7 +104,7 @@ class CellProcessing(CellLifecycle):
                         else:
                             ok = True
                             if reply is not None and not reply.resolve(result):
-                                self.node.dead_letter(self.ref, result, "late-reply", item.sender)
+                                self.node.dead_letter(self.ref, result, "late-reply", sender)
                 if not ok:
                     break
                 n += 1
@@ -106,10 +112,10 @@ class CellProcessing(CellLifecycle):
                     n = 0
                     await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
-            current_item.reset(batch_token)
+            reset_item(batch_token)
             scopes.discard(scope)
             self.active -= 1
-            current_cell.reset(token)
+            reset_cell(token)
             if self.active == 0 and self._workers_idle is not None:
                 self._workers_idle.set()
             # One request was cancelled (deadline or CANCEL) while others wait: serve the rest
@@ -145,10 +151,10 @@ class CellProcessing(CellLifecycle):
     async def _handle_one(self, item: Mail) -> bool:
         """Run the handler for one queued item and settle its reply; ``False`` when the actor
         failed (it is now suspended) and its batch must stop."""
-        msg, reply, endpoint = item.msg, item.reply, item.endpoint
+        msg, reply, sender, endpoint, _headers, _principal = item
         table = self.handlers
         assert table is not None
-        token = current_item.set(item)
+        token = set_item(item)
         try:
             if endpoint is None:
                 fn = table.by_type.get(type(msg)) or table.for_type(type(msg))
@@ -168,9 +174,9 @@ class CellProcessing(CellLifecycle):
         except Exception as e:
             return self._handler_raised(item, e)
         finally:
-            current_item.reset(token)
+            reset_item(token)
         if reply is not None and not reply.resolve(result):
-            self.node.dead_letter(self.ref, result, "late-reply", item.sender)
+            self.node.dead_letter(self.ref, result, "late-reply", sender)
         return True
 
     def handle_now(self, item: Mail) -> bool:
@@ -182,15 +188,15 @@ class CellProcessing(CellLifecycle):
         """
         if self.status != RUNNING or self.active or len(self.mailbox):
             return False
+        msg, reply, sender, endpoint, _headers, _principal = item
         table = self.handlers
-        found = None if table is None else table.inline_for(item.msg, item.endpoint)
+        found = None if table is None else table.inline_for(msg, endpoint)
         if found is None:
             return False
         fn, convert = found
-        msg = item.msg
         self.active += 1
-        cell_token = current_cell.set(self)
-        item_token = current_item.set(item)
+        cell_token = set_cell(self)
+        item_token = set_item(item)
         try:
             coro: Any = fn(self.instance, msg if convert is None else convert(msg))
             try:
@@ -203,12 +209,11 @@ class CellProcessing(CellLifecycle):
         except Exception as e:
             self._handler_raised(item, e)
         else:
-            reply = item.reply
             if reply is not None and not reply.resolve(result):
-                self.node.dead_letter(self.ref, result, "late-reply", item.sender)
+                self.node.dead_letter(self.ref, result, "late-reply", sender)
         finally:
-            current_item.reset(item_token)
-            current_cell.reset(cell_token)
+            reset_item(item_token)
+            reset_cell(cell_token)
             self.active -= 1
             if self.active == 0 and self._workers_idle is not None:
                 self._workers_idle.set()
@@ -219,7 +224,7 @@ class CellProcessing(CellLifecycle):
     def _handler_raised(self, item: Mail, e: Exception) -> bool:
         """Settle an item whose handler raised: a typed error answers the asker and the actor
         carries on (``True``); any other exception answers 500 and fails the actor."""
-        msg, reply, sender = item.msg, item.reply, item.sender
+        msg, reply, sender, _endpoint, _headers, _principal = item
         table = self.handlers
         service = table.service if table is not None else self.path
         if isinstance(e, MicroError):

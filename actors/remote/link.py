@@ -22,7 +22,7 @@ from trimicro.mailbox.refs import ref_binder
 from trimicro.mailbox.secure.stream import SecureConnection
 
 from ..cell import DEAD, OK, Cell
-from ..mail import Mail, Reply, build_mail
+from ..mail import Mail, Reply
 from ..streams import DEFAULT_WINDOW, Stream
 from . import (
     MAX_DEADLINE_MS,
@@ -237,7 +237,7 @@ class Link(TellFlow):
             return
         reply = InboundReply(self, corr, codec)
         sender = None if env.sender is None else self.peer.bind(env.sender)
-        item = build_mail(Mail, (msg, reply, sender, env.endpoint or None, env.headers or None, principal))
+        item: Mail = (msg, reply, sender, env.endpoint or None, env.headers or None, principal)
         if env.deadline_ms:
             reply.deadline = trio.current_time() + min(env.deadline_ms, MAX_DEADLINE_MS) / 1000
         else:
@@ -291,7 +291,7 @@ class Link(TellFlow):
         except MicroError as exc:
             remoting.node.dead_letter(env.target, env.body, f"undeliverable: {exc.detail}", sender)
             return None
-        item = build_mail(Mail, (msg, None, sender, env.endpoint or None, env.headers or None, principal))
+        item: Mail = (msg, None, sender, env.endpoint or None, env.headers or None, principal)
         if self.backlogs:
             backlog = self.backlogs.get(cell)
             if backlog is not None:  # its earlier tells wait there: this one joins them
@@ -344,7 +344,7 @@ class Link(TellFlow):
             except MicroError as exc:
                 remoting.node.dead_letter(cell.ref, bodies[i], f"undeliverable: {exc.detail}", sender)
                 continue
-            item = build_mail(Mail, (msg, None, sender, endpoint or None, headers, principal))
+            item: Mail = (msg, None, sender, endpoint or None, headers, principal)
             offered = cell.offer(item)
             if offered == DEAD:
                 remoting.node.dead_letter(cell.ref, msg, "stopped", sender)
@@ -403,7 +403,7 @@ class Link(TellFlow):
         streams[corr] = stream
         stream.on_credit(credit)
         stream.ops.credit(stream.window)  # accepting = granting the opener its first credit
-        cell.start_stream(fn, stream, Mail(request, None, sender, env.endpoint, headers or None, principal))
+        cell.start_stream(fn, stream, (request, None, sender, env.endpoint, headers or None, principal))
 
     def _on_stream_data(self, env: Envelope) -> None:
         stream = self.streams.get(env.corr)

@@ -167,9 +167,9 @@ def on_held(link: TellFlow, env: Envelope) -> None:
 def _undelivered(cell: Cell, item: Mail) -> None:
     """A tell or request from the backlog that the actor stopped before taking: a dead letter,
     or 503 for the request's caller."""
-    reply = item.reply
+    msg, reply, sender, _endpoint, _headers, _principal = item
     if reply is None:
-        cell.node.dead_letter(cell.ref, item.msg, "stopped", item.sender)
+        cell.node.dead_letter(cell.ref, msg, "stopped", sender)
     else:
         reply.fail(ServiceUnavailable(f"actor {cell.path} stopped", id=cell.path))
 
@@ -305,7 +305,8 @@ class Backlog:
                     item, tells, i, size = self.entries.popleft()
                     while True:
                         if item is not None:
-                            reply = item.reply  # (a request: skipped if over while it waited)
+                            # (a request: skipped if over while it waited)
+                            _msg, reply, _sender, _endpoint, _headers, _principal = item
                             if reply is not None:
                                 self.asks -= 1
                                 link.backlog_asks -= 1
@@ -364,7 +365,8 @@ class Backlog:
         self.entries.clear()
         for item, tells, i, size in left:
             if item is not None:
-                if item.reply is not None:
+                _msg, reply, _sender, _endpoint, _headers, _principal = item
+                if reply is not None:
                     self.asks -= 1
                     link.backlog_asks -= 1
                 _undelivered(cell, item)
@@ -431,7 +433,8 @@ class TellFlow(Outbox):
                     return
                 deadline = trio.current_time() + HOLD_AFTER
             if result == DEAD:
-                node.dead_letter(cell.ref, item.msg, "stopped", item.sender)
+                msg, _reply, sender, _endpoint, _headers, _principal = item
+                node.dead_letter(cell.ref, msg, "stopped", sender)
             full = self.offer_tells(tells, i + 1)
             if full is None:
                 return

@@ -150,7 +150,8 @@ class Held:
                     del self.by_link[link]
             while entries:
                 item, size = entries.popleft()
-                self.node.dead_letter(cell.ref, item.msg, reason, None)
+                msg, _reply, _sender, _endpoint, _headers, _principal = item
+                self.node.dead_letter(cell.ref, msg, reason, None)
                 link.backlog_drained(size)
 
 

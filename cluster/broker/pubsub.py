@@ -61,7 +61,6 @@ from trimicro.actors.lowlevel import (
     Link,
     Mail,
     Peer,
-    build_mail,
     forward_auth,
 )
 from trimicro.mailbox.codec import MSGPACK
@@ -494,7 +493,7 @@ class PubSub:
         cell = sub.ref.binding
         if not isinstance(cell, Cell):
             return 0
-        item = build_mail(Mail, (message, None, None, None, message.headers or None, None))
+        item: Mail = (message, None, None, None, message.headers or None, None)
         if link is not None:
             queues = self.held.by_link.get(link)
             if queues and sub in queues:  # earlier messages from this link wait for it: go behind
@@ -511,8 +510,12 @@ class PubSub:
             return 1 if await cell.put(item) == OK else 0
         self.dropped += 1
         if sub.policy == "drop_oldest":
-            old = cell.mailbox.discard_first(lambda it: isinstance(it[0], Message))
-            self.node.dead_letter(sub.ref, old[0] if old else message, "dropped-oldest", None)
+            old = cell.mailbox.discard_first(_is_published)
+            if old is not None:
+                dropped, _reply, _sender, _endpoint, _headers, _principal = old
+            else:
+                dropped = message
+            self.node.dead_letter(sub.ref, dropped, "dropped-oldest", None)
             return 1 if cell.offer(item) == OK else 0
         self.node.dead_letter(sub.ref, message, "dropped-subscriber", None)
         self.unsubscribe(sub)
@@ -521,7 +524,8 @@ class PubSub:
     async def _hold(self, link: Link, sub: Subscription, cell: Cell, item: Mail) -> int:
         """Queue a message from ``link`` for a full "block" subscriber (see .backlog); waits only
         while the link's backlogs are past their budget."""
-        message: Message = item.msg
+        message: Message
+        message, _reply, _sender, _endpoint, _headers, _principal = item
         size = OVERHEAD + len(self.codec.encode(message.body)) + 64 * len(message.headers)
         drains = self.held.queue(link, sub, cell, item, size)
         if drains is not None:
@@ -659,10 +663,16 @@ class _Forwarder(Actor):
         await self.send.send(msg)
 
 
+def _is_published(item: Mail) -> bool:
+    """Whether a queued item is a published message (what ``drop_oldest`` may drop)."""
+    msg, _reply, _sender, _endpoint, _headers, _principal = item
+    return isinstance(msg, Message)
+
+
 def _offer_now(subs: Sequence[Subscription], message: Message) -> tuple[int, list[Subscription] | None]:
     """Queue ``message`` for every subscription whose mailbox takes it now (a deque append);
     the count, and the subscriptions that need :meth:`PubSub._offer` (full, or not local)."""
-    item = build_mail(Mail, (message, None, None, None, message.headers or None, None))
+    item: Mail = (message, None, None, None, message.headers or None, None)
     delivered = 0
     slow: list[Subscription] | None = None
     for sub in subs:
