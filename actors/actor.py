@@ -222,10 +222,11 @@ class HandlerTable:
         entry = self.by_endpoint.get(endpoint)
         return entry if entry is not None and entry[0] in self.inline else None
 
-    def wrapped(self, wrap: Callable[[Handler, bool], Handler]) -> HandlerTable:
+    def wrapped(self, wrap: Callable[[Handler, bool], Handler], keep_inline: bool) -> HandlerTable:
         """A copy whose handlers are ``wrap(handler, is_stream_handler)`` (each wrapped once,
-        whatever the number of names it has), and none of them inline: what a node's
-        middleware makes of a class's table (see :mod:`trimicro.actors.middleware.server`)."""
+        whatever the number of names it has): what a node's middleware makes of a class's
+        table (see :mod:`trimicro.actors.middleware.server`). Inline handlers stay inline only
+        with ``keep_inline`` (the wrapping never suspends on its own)."""
         done: dict[Handler, Handler] = {}
 
         def once(fn: Handler, stream: bool = False) -> Handler:
@@ -241,7 +242,7 @@ class HandlerTable:
         table.by_endpoint = {name: (once(fn), convert) for name, (fn, convert) in self.by_endpoint.items()}
         table.by_stream = {name: once(fn, True) for name, fn in self.by_stream.items()}
         table.fallback = None if self.fallback is None else once(self.fallback)
-        table.inline = set()
+        table.inline = {once(fn) for fn in self.inline} if keep_inline else set()
         return table
 
     def for_type(self, t: type) -> Handler | None:

@@ -18,7 +18,8 @@ Every message is the same small attrs class. Prints one JSON line per round, the
 line (medians over rounds, min-max, per-round ratios, target pass/fail).
 
 ``--middleware`` adds trimicro tell and ask with one no-op node middleware, measured beside
-the same without in each round (ratios ``tell_mw_vs_tell``, ``ask_mw_vs_ask``);
+the same without in each round (ratios ``tell_mw_vs_tell``, ``ask_mw_vs_ask``; and
+``ask_mw_await_vs_ask`` for a no-op middleware not declared ``passes_through``);
 ``--only-trimicro`` runs trimicro's tell and ask only (an A/B of two checkouts runs this with
 each checkout's interpreter in turn: see ``benchmarks/ab_checkouts.py``).
 
@@ -93,7 +94,20 @@ async def noop(call, call_next):
 
 
 def _node_options(middleware):
-    return {"middleware": [noop]} if middleware else {}
+    """``start_node`` options: none, or one no-op node middleware, declared as passing through
+    (``"mw"``: inline handlers stay inline) or not (``"mw-await"``, a middleware as written
+    without the mark). Imported here: an A/B run of a checkout without middleware never
+    asks for it."""
+    if not middleware:
+        return {}
+    if middleware == "mw-await":
+        return {"middleware": [noop]}
+    from trimicro.actors.middleware import passes_through
+
+    async def marked(call, call_next):
+        return await call_next(call)
+
+    return {"middleware": [passes_through(marked)]}
 
 
 async def tm_tell(seconds, middleware=False):
@@ -480,11 +494,13 @@ def calibrate(seconds=0.1):
 
 def middleware_round(m, s):
     """trimicro's tell and ask without and with one no-op node middleware (it runs around the
-    call and around the handler), back to back."""
+    call and around the handler), back to back; the ask also with the middleware not declared
+    as passing through (the handler then loses its inline run)."""
     m["tell.trimicro.msgs_per_s"] = round(trio.run(tm_tell, s))
-    m["tell.trimicro_mw.msgs_per_s"] = round(trio.run(tm_tell, s, True))
+    m["tell.trimicro_mw.msgs_per_s"] = round(trio.run(tm_tell, s, "mw"))
     m.update(lat_metrics("ask.trimicro", *trio.run(tm_ask, s)))
-    m.update(lat_metrics("ask.trimicro_mw", *trio.run(tm_ask, s, True)))
+    m.update(lat_metrics("ask.trimicro_mw", *trio.run(tm_ask, s, "mw")))
+    m.update(lat_metrics("ask.trimicro_mw_await", *trio.run(tm_ask, s, "mw-await")))
 
 
 def one_round(r, args):
@@ -547,6 +563,7 @@ RATIOS = {
     "ask_vs_pykka_ask": ("ask.trimicro.rtt_per_s", "ask.pykka.rtt_per_s", 2.5),
     "tell_mw_vs_tell": ("tell.trimicro_mw.msgs_per_s", "tell.trimicro.msgs_per_s", None),
     "ask_mw_vs_ask": ("ask.trimicro_mw.rtt_per_s", "ask.trimicro.rtt_per_s", None),
+    "ask_mw_await_vs_ask": ("ask.trimicro_mw_await.rtt_per_s", "ask.trimicro.rtt_per_s", None),
     "spawn_vs_channel_tasks": ("spawn.trimicro.per_s", "spawn.channel.per_s", None),
     "spawn_vs_pykka": ("spawn.trimicro.per_s", "spawn.pykka.per_s", None),
     "idle_bytes_10k_vs_channel_task": ("mem.trimicro.10k.bytes", "mem.channel.10k.bytes", None),

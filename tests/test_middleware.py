@@ -33,7 +33,7 @@ from trimicro.actors import (
     try_tell,
 )
 from trimicro.actors.actor import handler_table
-from trimicro.actors.middleware import Kind, Logging, Retry, Side, Timeout
+from trimicro.actors.middleware import Kind, Logging, Retry, Side, Timeout, passes_through
 from trimicro.actors.supervision import Backoff
 from trimicro.mailbox.codec import TypeRegistry
 from trimicro.mailbox.secure.identity import Authority, NodeIdentity
@@ -389,6 +389,40 @@ async def test_inline_handlers_run_through_server_middleware_locally_and_remotel
         assert await ask(local, Echo("l")) == "l"
         await b.spawn(Quick, name="q")
         assert await ask(a.remote_ref("b", "q"), Echo("r")) == "r"
+    assert calls == ["server", "server"]
+
+
+async def test_inline_handlers_stay_inline_inside_middleware_that_passes_through() -> None:
+    calls: list[str] = []
+
+    @passes_through
+    async def counting(call: Call, call_next: Next) -> Any:
+        calls.append(call.side.value)
+        return await call_next(call)
+
+    @passes_through
+    async def liar(call: Call, call_next: Next) -> Any:
+        await trio.lowlevel.checkpoint()  # declared as passing through, yet suspends
+        return await call_next(call)
+
+    class Quick(Actor):
+        middleware = (counting, Logging(), Timeout(5.0), Retry())
+
+        async def echo(self, msg: Echo) -> str:
+            return msg.text
+
+    class Lied(Quick):
+        middleware = (liar,)
+
+    async with two_nodes([], []) as (a, b):
+        table = a.handlers_for(Quick)
+        assert table.inline and table.inline_for(Echo("x"), None) is not None
+        assert await ask(await a.spawn(Quick), Echo("l")) == "l"
+        await b.spawn(Quick, name="q")
+        assert await ask(a.remote_ref("b", "q"), Echo("r")) == "r"  # run by b's link reader
+        await b.spawn(Lied, name="liar")
+        with pytest.raises(InternalServerError, match="suspended"):
+            await ask(a.remote_ref("b", "liar"), Echo("r"))
     assert calls == ["server", "server"]
 
 

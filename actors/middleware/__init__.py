@@ -53,8 +53,10 @@ actor (``c(k(handler))`` when the class declares ``middleware = (k,)``).
 **What it costs.** Nothing when none is configured: ``ask``/``tell`` check one attribute of
 the node, and the handler tables of classes without middleware are the plain ones (so
 handlers without ``await`` still run inline). With middleware, a class's handlers are
-wrapped once per node (never per call), and such handlers never run inline. Figures in
-docs/performance.md and docs/middleware.md.
+wrapped once per node (never per call). A handler without ``await`` keeps running inline only
+if every server middleware around it is declared with :func:`passes_through` (it awaits
+nothing but ``call_next``), as the built-ins are. Figures in docs/performance.md and
+docs/middleware.md.
 
 **Limits.** ``try_tell`` never waits, so its chain runs synchronously: a middleware that
 suspends there (an ``await`` of something that blocks) raises :class:`RuntimeError`
@@ -70,7 +72,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import attrs
 
@@ -86,6 +88,8 @@ __all__ = [
     "Side",
     "Timeout",
     "compose",
+    "is_passing_through",
+    "passes_through",
     "run_sync",
 ]
 
@@ -111,7 +115,7 @@ def _no_end(call: Call) -> Awaitable[Any]:
     raise RuntimeError(f"{call.kind.value} call without an end: build calls with the runtime's helpers")
 
 
-@attrs.define(slots=True, eq=False, kw_only=True)
+@attrs.define(slots=True, eq=False)
 class Call:
     """One call as middleware sees it. Mutable: what a layer changes, the next layer gets.
 
@@ -131,6 +135,9 @@ class Call:
     such as a mark left by a decorator). ``reply_headers`` (client ``ask``) receives the
     answer's metadata when the caller asked for it. ``wait`` is ``False`` for ``try_tell``,
     whose chain must not suspend.
+
+    The runtime builds calls with positional arguments in the order of the fields (it is on
+    every call's path); others should name them.
     """
 
     kind: Kind
@@ -161,6 +168,31 @@ class Middleware(Protocol):
     """``async def mw(call, call_next) -> Any``: see the module's documentation."""
 
     def __call__(self, call: Call, call_next: Next, /) -> Awaitable[Any]: ...
+
+
+M = TypeVar("M")
+
+
+def passes_through(middleware: M) -> M:
+    """Declare that ``middleware``, on the server side, awaits nothing but ``call_next``: then a
+    handler that never suspends (no ``await``) still does inside it, and keeps running inline
+    (in a direct ask without a cancel scope, and for a request from another node on the link's
+    reader, with no hop to a worker). Without the mark, a class's handlers wrapped in server
+    middleware always run the way a handler that may suspend does, which costs a cancel scope
+    per direct ask. A marked middleware that suspends anyway fails the call with a
+    :class:`RuntimeError` (a 500) where the handler ran inline. Returns ``middleware``, so it
+    is also a decorator; the built-ins are marked.
+    """
+    try:
+        middleware.__trimicro_passes_through__ = True  # type: ignore[attr-defined]
+    except AttributeError:  # an instance with slots: mark its class
+        type(middleware).__trimicro_passes_through__ = True  # type: ignore[attr-defined]
+    return middleware
+
+
+def is_passing_through(middleware: Any) -> bool:
+    """Whether ``middleware`` was declared with :func:`passes_through`."""
+    return bool(getattr(middleware, "__trimicro_passes_through__", False))
 
 
 def _end(call: Call) -> Awaitable[Any]:

@@ -10,11 +10,12 @@ import attrs
 
 from trimicro.mailbox.errors import MicroError
 
-from . import Call, Next
+from . import Call, Next, passes_through
 
 __all__ = ["Logging"]
 
 
+@passes_through
 @attrs.frozen
 class Logging:
     """Log each call when it ends: ``"ask client /user/x Counter.add 0.153ms ok"``.

@@ -12,7 +12,7 @@ import trio
 from trimicro.mailbox.errors import MicroError
 
 from ..supervision import Backoff
-from . import Call, Kind, Next, Side
+from . import Call, Kind, Next, Side, passes_through
 
 __all__ = ["RETRYABLE", "Retry"]
 
@@ -21,6 +21,7 @@ __all__ = ["RETRYABLE", "Retry"]
 RETRYABLE = frozenset({408, 429, 502, 503, 504})
 
 
+@passes_through
 @attrs.define(eq=False)
 class Retry:
     """Retry a client call up to ``attempts`` times in all while it fails with a typed error

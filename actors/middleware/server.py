@@ -4,8 +4,9 @@ Every way a message reaches a handler (a worker draining the mailbox, a direct a
 from another node run by the link's reader, a stream handler's task) looks the handler up in
 the cell's :class:`~trimicro.actors.actor.HandlerTable`. So wrapping the handlers of the table
 covers them all, local and remote, and the runtime's paths stay as they are. A node builds
-the wrapped table once per actor class (:meth:`~trimicro.actors.node.Node.handlers_for`); the
-wrapped table has no inline handlers, since a middleware may suspend.
+the wrapped table once per actor class (:meth:`~trimicro.actors.node.Node.handlers_for`); its
+handlers are inline (see :attr:`~trimicro.actors.actor.HandlerTable.inline`) only where the
+handler is and every middleware :func:`~trimicro.actors.middleware.passes_through`.
 
 A message type whose class sets ``__trimicro_kind__ = Kind.SUBSCRIBE`` and has a ``topic``
 (the cluster broker's ``Message``) is a pub/sub delivery: its call's kind is ``subscribe`` and
@@ -20,20 +21,30 @@ from typing import Any
 
 from ..actor import Handler, HandlerTable
 from ..cell import current_item
-from . import Call, Kind, Middleware, Next, Side, compose
+from . import Call, Kind, Middleware, Next, Side, compose, is_passing_through
 
 __all__ = ["wrap_handlers"]
 
 _INF = float("inf")
+_UNSEEN: Any = object()
+#: Message types whose kind one handler remembers (a handler taking maps sees few types).
+_MAX_KINDS = 64
+# Enum members as module constants: a member lookup on the class costs ten times a global's.
+_ASK, _TELL, _STREAM, _SUBSCRIBE, _SERVER = Kind.ASK, Kind.TELL, Kind.STREAM, Kind.SUBSCRIBE, Side.SERVER
 
 
 def wrap_handlers(table: HandlerTable, middleware: Sequence[Middleware]) -> HandlerTable:
     """A copy of ``table`` whose handlers run inside ``middleware`` (first outermost)."""
     chain = compose(middleware)
-    return table.wrapped(lambda fn, stream: _wrap(fn, chain, stream))
+    keep_inline = all(is_passing_through(mw) for mw in middleware)
+    return table.wrapped(lambda fn, stream: _wrap(fn, chain, stream), keep_inline)
 
 
 def _wrap(fn: Handler, chain: Next, stream: bool) -> Handler:
+    #: The declared kind (``__trimicro_kind__``) of each message type seen, ``None`` for none:
+    #: a getattr that misses raises inside, and most messages declare nothing.
+    kinds: dict[type, Kind | None] = {}
+
     @functools.wraps(fn)
     async def handler(instance: Any, message: Any) -> Any:
         item = current_item.get()
@@ -47,28 +58,22 @@ def _wrap(fn: Handler, chain: Next, stream: bool) -> Handler:
         if deadline == _INF:
             deadline = None
         kind: Kind
-        target: Any
         if stream:
-            kind = Kind.STREAM
+            kind = _STREAM
         else:
-            kind = getattr(type(message), "__trimicro_kind__", None) or (
-                Kind.TELL if reply is None else Kind.ASK
-            )
-        target = message.topic if kind is Kind.SUBSCRIBE else instance._trimicro_cell.ref
+            t = type(message)
+            declared = kinds.get(t, _UNSEEN)
+            if declared is _UNSEEN:
+                declared = getattr(t, "__trimicro_kind__", None)
+                if len(kinds) < _MAX_KINDS:
+                    kinds[t] = declared
+            kind = declared or (_TELL if reply is None else _ASK)
+        target = message.topic if kind is _SUBSCRIBE else instance._trimicro_cell.ref
+        # Positional (the order of Call's fields): this is on every served call's path.
         call = Call(
-            kind=kind,
-            side=Side.SERVER,
-            target=target,
-            endpoint=endpoint,
-            message=message,
-            headers=headers,
-            deadline=deadline,
-            sender=sender,
-            actor=instance,
-            handler=fn,
-            end=_serve,
-            via=item,
-        )
+            kind, _SERVER, target, endpoint, message, headers, None, deadline, sender, instance, fn, None,
+            True, _serve, item,
+        )  # fmt: skip
         return await chain(call)
 
     return handler

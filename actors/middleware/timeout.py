@@ -9,11 +9,12 @@ import trio
 
 from trimicro.mailbox.errors import RequestTimeout
 
-from . import Call, Kind, Next, Side
+from . import Call, Kind, Next, Side, passes_through
 
 __all__ = ["Timeout"]
 
 
+@passes_through
 @attrs.frozen
 class Timeout:
     """At most ``seconds`` for a call.
