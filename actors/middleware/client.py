@@ -58,7 +58,7 @@ def _call(
     )  # fmt: skip
 
 
-async def ask(
+def ask(
     chain: Next,
     ref: ActorRef,
     binding: Any,
@@ -68,16 +68,17 @@ async def ask(
     endpoint: str | None,
     timeout: float,
     reply_headers: dict[str, str] | None,
-) -> Any:
+) -> Awaitable[Any]:
+    """The chain's awaitable (a plain function, not a coroutine of its own: one frame fewer)."""
     # Positional (the order of Call's fields): this is on every ask's path.
     call = Call(
         _ASK, _CLIENT, ref, endpoint, message, dict(headers) if headers else {}, timeout, None, sender, None,
         None, reply_headers, True, _ask, binding,
     )  # fmt: skip
-    return await chain(call)
+    return chain(call)
 
 
-async def tell(
+def tell(
     chain: Next,
     ref: ActorRef,
     binding: Any,
@@ -85,12 +86,12 @@ async def tell(
     sender: ActorRef | None,
     headers: dict[str, str] | None,
     endpoint: str | None,
-) -> None:
+) -> Awaitable[None]:
     call = Call(
         _TELL, _CLIENT, ref, endpoint, message, dict(headers) if headers else {}, None, None, sender, None,
         None, None, True, _tell, binding,
     )  # fmt: skip
-    await chain(call)
+    return chain(call)
 
 
 def try_tell(
