@@ -14,7 +14,8 @@ Run:  python benchmarks/ab_checkouts.py --a /path/to/base/.venv/bin/python --b .
 
 Output: one JSON line per run, then a summary line ``{"ratios_b_over_a": {metric: {median,
 min, max, n}}}``. For bench_local the metrics are those of its round line; for bench_remote,
-``<contestant>.<phase>.ops_per_s`` (and p50/p99) from its per-(round, contestant, phase) lines.
+``<contestant>.<phase>.ops_per_s`` (and p50, p99, CPU per op) from its per-(round, contestant,
+phase) lines.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def metrics(stdout: str) -> dict[str, float]:
         if isinstance(row.get("metrics"), dict):  # bench_local: one line per round
             out.update({k: v for k, v in row["metrics"].items() if isinstance(v, (int, float))})
         elif "contestant" in row and "phase" in row:  # bench_remote: one line per phase
-            for k in ("ops_per_s", "p50_us", "p99_us"):
+            for k in ("ops_per_s", "p50_us", "p99_us", "cpu_us_per_op"):
                 if isinstance(row.get(k), (int, float)):
                     out[f"{row['contestant']}.{row['phase']}.{k}"] = row[k]
     return out
