@@ -35,7 +35,7 @@ _ASK, _TELL, _STREAM, _SUBSCRIBE, _SERVER = Kind.ASK, Kind.TELL, Kind.STREAM, Ki
 
 def wrap_handlers(table: HandlerTable, middleware: Sequence[Middleware]) -> HandlerTable:
     """A copy of ``table`` whose handlers run inside ``middleware`` (first outermost)."""
-    chain = compose(middleware)
+    chain = compose(middleware, _serve)  # the handler, straight: every call is served the same way
     keep_inline = all(is_passing_through(mw) for mw in middleware)
     return table.wrapped(lambda fn, stream: _wrap(fn, chain, stream), keep_inline)
 
