@@ -458,7 +458,9 @@ async def start_cluster(
     ``registry`` defaults to mDNS bound to 127.0.0.1 (nothing leaves the machine unless you pass
     an ``MdnsRegistry`` with other interfaces). A client-only node (the CLI) passes
     ``listen=None, membership=False, announce=False``. ``types`` names the message classes that
-    cross nodes (``start_node``'s ``registry``). Other options go to ``start_node``.
+    cross nodes (``start_node``'s ``registry``). Other options go to ``start_node`` (such as
+    ``middleware``: the node's, around every call it makes, publishes included, and around
+    every handler of its actors; see :mod:`trimicro.actors.middleware`).
 
     ``auth`` (on by default) authenticates and authorizes every request from another node
     (:mod:`trimicro.cluster.auth`); the rules and revocations are fetched from the ``auth``

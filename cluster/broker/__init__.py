@@ -23,9 +23,10 @@ The cluster wiring (:func:`trimicro.cluster.start_cluster`) builds one broker pe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from trimicro.actors import ActorRef
+from trimicro.actors import ActorRef, Middleware
 
 from .host import Host, TopicGuard
 from .message import DEAD_LETTER_PREFIX, Message, Policy, Subscription
@@ -71,6 +72,7 @@ class Broker(Protocol):
         ack: bool = False,
         ack_timeout: float = 5.0,
         max_deliveries: int = 5,
+        middleware: Sequence[Middleware] | None = None,
     ) -> int: ...
 
     async def subscribe(

@@ -46,14 +46,14 @@ import bisect
 import itertools
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
-from trimicro.actors import Actor, ActorRef, Terminated
-from trimicro.actors.lowlevel import AUTHORIZATION, OUT_HIGH_WATER, Cell, forward_auth
+from trimicro.actors import Actor, ActorRef, Call, Middleware, Terminated
+from trimicro.actors.lowlevel import AUTHORIZATION, OUT_HIGH_WATER, Cell, Kind, Side, compose, forward_auth
 from trimicro.mailbox.codec import MSGPACK
 from trimicro.mailbox.errors import BadRequest
 
@@ -201,8 +201,18 @@ class PubSub(Interest, Delivery):
         ack: bool = False,
         ack_timeout: float = 5.0,
         max_deliveries: int = 5,
+        middleware: Sequence[Middleware] | None = None,
     ) -> int:
-        """Publish ``body`` on ``topic``; returns the number of deliveries made (or acked)."""
+        """Publish ``body`` on ``topic``; returns the number of deliveries made (or acked).
+
+        ``middleware`` (and the node's) runs around the publish, as client middleware of kind
+        ``publish`` whose target is the topic (see :mod:`trimicro.actors.middleware`);
+        subscribers' server middleware sees each delivery as a ``subscribe`` call.
+        """
+        if middleware is not _APPLIED and (middleware is not None or self.node.client_chain is not None):
+            return await self._publish_through(
+                middleware, topic, body, headers, ack, ack_timeout, max_deliveries
+            )
         if topic not in self._valid_subjects:
             self._validate(topic)
         headers = forward_auth(headers)
@@ -249,6 +259,41 @@ class PubSub(Interest, Delivery):
             )
         for node_id, groups in targets.items():
             delivered += await self._post(node_id, [topic, body, wire_headers, False, groups])
+        return delivered
+
+    async def _publish_through(
+        self,
+        middleware: Sequence[Middleware] | None,
+        topic: str,
+        body: Any,
+        headers: dict[str, str] | None,
+        ack: bool,
+        ack_timeout: float,
+        max_deliveries: int,
+    ) -> int:
+        """:meth:`publish` through the call's middleware (outermost), then the node's."""
+
+        def end(call: Call) -> Awaitable[int]:
+            return self.publish(
+                str(call.target),
+                call.message,
+                headers=call.headers or None,
+                ack=ack,
+                ack_timeout=ack_timeout,
+                max_deliveries=max_deliveries,
+                middleware=_APPLIED,
+            )
+
+        chain = compose(middleware or (), self.node.client_chain)
+        call = Call(
+            kind=Kind.PUBLISH,
+            side=Side.CLIENT,
+            target=topic,
+            message=body,
+            headers=dict(forward_auth(headers) or {}),
+            end=end,
+        )
+        delivered: int = await chain(call)
         return delivered
 
     async def check_publish(self, topic: str, token: str | None) -> None:
@@ -343,6 +388,10 @@ class PubSub(Interest, Delivery):
             self.unsubscribe(sub)
             with trio.CancelScope(shield=True):
                 await self.node.stop(ref)
+
+
+#: ``publish(middleware=_APPLIED)``: the chain has run, publish now (the end of the chain).
+_APPLIED: Sequence[Middleware] = ()
 
 
 class _Forwarder(Actor):
