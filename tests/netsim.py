@@ -191,7 +191,7 @@ class HostProc:
         try:
             event = json.loads(line)
         except ValueError:
-            return
+            event = {}
         if "ready" in event:
             self.name, self.address = event["ready"], event["address"]
         elif "member" in event:
@@ -212,8 +212,9 @@ class HostProc:
 class Cluster:
     """The node processes of one test, and a way to wait on what they report."""
 
-    def __init__(self, nursery: trio.Nursery) -> None:
+    def __init__(self, nursery: trio.Nursery, logs: Path | None) -> None:
         self.nursery = nursery
+        self.logs = logs
         self.procs: list[HostProc] = []
         #: The cluster nodes among :attr:`procs` (not the relays).
         self.nodes: list[HostProc] = []
@@ -225,9 +226,16 @@ class Cluster:
 
     async def start(self, host: Host, *argv: str) -> HostProc:
         """Run ``python argv`` in ``host``; the process is killed when the cluster block ends."""
-        proc = await trio.lowlevel.open_process(
-            host.argv(sys.executable, *argv), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-        )
+        stderr: Any = subprocess.DEVNULL
+        if self.logs is not None:
+            stderr = open(self.logs / f"{host.ns}-{len(self.procs)}.log", "wb")  # noqa: SIM115, ASYNC230
+        try:
+            proc = await trio.lowlevel.open_process(
+                host.argv(sys.executable, *argv), stdout=subprocess.PIPE, stderr=stderr
+            )
+        finally:
+            if stderr is not subprocess.DEVNULL:
+                stderr.close()  # the child has its own copy
         hp = HostProc(host, proc, self._changed)
         self.procs.append(hp)
         self.nursery.start_soon(hp.read)
@@ -249,7 +257,11 @@ class Cluster:
         raise AssertionError(f"not within {timeout:g}s: {what}; {self.describe()}")
 
     def describe(self) -> str:
-        return "; ".join(f"{p.name or p.host.ns}: {sorted(p.view.items())}" for p in self.nodes)
+        views = "; ".join(f"{p.name or p.host.ns}: {sorted(p.view.items())}" for p in self.nodes)
+        exited = [
+            f"{p.host.ns} exited {p.proc.returncode}" for p in self.procs if p.proc.returncode is not None
+        ]
+        return views + (f" ({', '.join(exited)}; stderr in {self.logs})" if exited else "")
 
     def agree(self, procs: list[HostProc] | None = None) -> bool:
         """Whether each of ``procs`` (default: every node) holds every one of them alive."""
@@ -259,10 +271,11 @@ class Cluster:
 
 
 @asynccontextmanager
-async def processes() -> AsyncIterator[Cluster]:
-    """A :class:`Cluster` whose processes are killed at the end of the block."""
+async def processes(logs: Path | None = None) -> AsyncIterator[Cluster]:
+    """A :class:`Cluster` whose processes are killed at the end of the block (their standard
+    error goes to files in ``logs``, if given)."""
     async with trio.open_nursery() as nursery:
-        cluster = Cluster(nursery)
+        cluster = Cluster(nursery, logs)
         try:
             yield cluster
         finally:

@@ -16,6 +16,7 @@ to mark dead, time to agree, calls failed, false suspicions) are measured by
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,7 +51,7 @@ async def test_hosts_find_each_other_by_mdns_on_their_veth_addresses(netsim: Net
     makes them one cluster, and a call from one host reaches the service on the other through
     the selector."""
     h1, h2 = netsim.add_host(), netsim.add_host()
-    async with processes() as cluster:
+    async with processes(tmp_path) as cluster:
         a = await cluster.peer(
             h1, *node_options(h1, "a", tmp_path, "--interface", h1.address, "--serve", "echo")
         )
@@ -69,7 +70,7 @@ async def test_hosts_join_through_seeds_and_a_static_registry(netsim: Netsim, tm
     a's member list (gossip does not introduce members), and b learns c when c contacts it."""
     h1, h2, h3 = netsim.add_host(), netsim.add_host(), netsim.add_host()
     seed = f"{h1.address}:{NODE_PORT}"
-    async with processes() as cluster:
+    async with processes(tmp_path) as cluster:
         await cluster.peer(h1, *node_options(h1, "a", tmp_path, "--serve", "echo"))
         await cluster.peer(h2, *node_options(h2, "b", tmp_path, "--seed", seed, "--serve", "echo"))
         c = await cluster.peer(
@@ -80,6 +81,84 @@ async def test_hosts_join_through_seeds_and_a_static_registry(netsim: Netsim, tm
         )
         await cluster.wait_for(cluster.agree, AGREE, "a, b and c in every view")
         await cluster.wait_for(lambda: c.calls - c.failed >= 3, AGREE, "calls from c to echo on a or b")
+
+
+WHERE = """
+from trimicro.actors import Actor
+
+
+class Where(Actor):
+    service_name = "Where"
+
+    async def node(self, body: object) -> str:
+        return self.context.node.id
+"""
+
+
+def cli(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "trimicro.cluster.cli", *argv]
+
+
+async def test_a_host_joins_with_a_certificate_issued_on_another(netsim: Netsim, tmp_path: Path) -> None:
+    """The documented procedure, end to end with the CLI: ``authority init`` in host A's home,
+    ``cert issue b1`` there, the bundle copied to host B's home (which has no authority) and
+    ``cert install``-ed; A runs a node, B runs ``b1`` joining through ``--seed`` A; A's CLI sees
+    both nodes alive and calls the service that only b1 serves."""
+    h1, h2 = netsim.add_host(), netsim.add_host()
+    home_a, home_b, bundle = tmp_path / "a", tmp_path / "b", tmp_path / "b1.bundle.json"
+    await trio.run_process(cli("--home", str(home_a), "authority", "init"), capture_stdout=True)
+    await trio.run_process(
+        cli("--home", str(home_a), "cert", "issue", "b1", "--out", str(bundle)), capture_stdout=True
+    )
+    await trio.run_process(cli("--home", str(home_b), "cert", "install", str(bundle)), capture_stdout=True)
+    assert not (home_b / "authority.key").exists()
+    (tmp_path / "where.py").write_text(WHERE)
+    on_a = ("--home", str(home_a), "--interface", h1.address)
+    seed = f"{h1.address}:{NODE_PORT}"
+    async with processes(tmp_path) as cluster:
+        examples = str(HERE.parent / "examples" / "services.py")
+        a = await cluster.start(h1, *cli(*on_a, "run", examples, "--name", "a1", "--listen", seed)[1:])
+        b = await cluster.start(
+            h2,
+            *cli(
+                "--home",
+                str(home_b),
+                "--interface",
+                h2.address,
+                "--seed",
+                seed,
+                "run",
+                str(tmp_path / "where.py"),
+            )[1:],
+            "--name",
+            "b1",
+        )
+        for p in (a, b):
+            await cluster.wait_for(
+                lambda p=p: any(line.startswith("node ") for line in p.lines), START, "node up"
+            )
+
+        async def members() -> dict[str, str]:
+            done = await trio.run_process(
+                h1.argv(*cli(*on_a, "nodes", "--json")), capture_stdout=True, check=False
+            )
+            return (
+                {m["id"]: m["state"] for m in json.loads(done.stdout or b"[]")}
+                if done.returncode == 0
+                else {}
+            )
+
+        with trio.fail_after(AGREE):
+            while (await members()).get("b1") != "alive":  # noqa: ASYNC110 (another process)
+                await trio.sleep(0.5)  # polling a command: each round is a full client run
+        done = await trio.run_process(
+            h1.argv(*cli(*on_a, "call", "where", "Where.node", "{}")),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        assert json.loads(done.stdout) == "b1"
 
 
 async def three_hosts(
@@ -120,7 +199,7 @@ async def test_no_false_eviction_under_latency_and_loss(netsim: Netsim, tmp_path
     through an nftables redirect) and 5 % packet loss into every host (nftables ``numgen random
     mod 100 < 5 drop``), for 50 calls (about 10 s), no member is ever declared dead and calls
     keep succeeding. Suspicions may happen (they are refuted); the benchmark counts them."""
-    async with processes() as cluster:
+    async with processes(tmp_path) as cluster:
         hosts, (a, b, c) = await three_hosts(netsim, cluster, tmp_path, relays=True)
         await cluster.wait_for(cluster.agree, AGREE, "a, b and c in every view")
         for host in hosts:
@@ -140,7 +219,7 @@ async def test_partitioned_host_is_marked_dead_and_rejoins_after_healing(
     out: silence, as a pulled cable): b and c declare it dead and c's calls go to b; after the
     heal every view holds a, b and c alive again (b and c join a again through their seed, and
     a refutes the death it learns of)."""
-    async with processes() as cluster:
+    async with processes(tmp_path) as cluster:
         hosts, (_, b, c) = await three_hosts(netsim, cluster, tmp_path)
         await cluster.wait_for(cluster.agree, AGREE, "a, b and c in every view")
         cut_at = trio.current_time()

@@ -46,12 +46,12 @@ from .identity import (
     Certificate,
     CertificateError,
     NodeIdentity,
-    _write_file,
     check_node_id,
     dev_authority,
     joined,
     read_trusted,
     verify_certificate,
+    write_private,
 )
 
 __all__ = [
@@ -156,9 +156,9 @@ def install_bundle(home: Path, data: bytes, *, now: float | None = None) -> Node
         )
     trusted = list(dict.fromkeys([*read_trusted(home), *identity.trusted]))
     directory = home / "nodes" / identity.node_id
-    _write_file(directory / "node.key", bytes(identity.signing_key), overwrite=True)
-    _write_file(directory / "node.cert", identity.certificate, overwrite=True)
-    _write_file(home / TRUSTED_FILE, "".join(f"{k.hex()}\n" for k in trusted).encode(), overwrite=True)
+    write_private(directory / "node.key", bytes(identity.signing_key), overwrite=True)
+    write_private(directory / "node.cert", identity.certificate, overwrite=True)
+    write_private(home / TRUSTED_FILE, "".join(f"{k.hex()}\n" for k in trusted).encode(), overwrite=True)
     return identity
 
 

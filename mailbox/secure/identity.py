@@ -66,6 +66,7 @@ __all__ = [
     "joined",
     "read_trusted",
     "verify_certificate",
+    "write_private",
 ]
 
 DEFAULT_CERT_TTL = 30 * 24 * 3600
@@ -524,6 +525,12 @@ def _ensure_private_dir(directory: Path) -> None:
             raise IdentityError(f"cannot create directory {d}: {exc.strerror or exc}") from exc
         if _POSIX:
             os.chmod(d, 0o700)  # mkdir's mode is filtered through the umask
+
+
+def write_private(path: Path, data: bytes, *, overwrite: bool) -> bool:
+    """Write ``data`` to ``path`` as a key is written (see :func:`_write_file`): ``0o600``,
+    atomically, parents created ``0o700``; ``False`` if it exists and ``overwrite`` is off."""
+    return _write_file(path, data, overwrite=overwrite)
 
 
 def _write_file(path: Path, data: bytes, *, overwrite: bool) -> bool:
