@@ -287,6 +287,40 @@ async def processes(logs: Path | None = None) -> AsyncIterator[Cluster]:
             nursery.cancel_scope.cancel()
 
 
+# ---- the three-host cluster of the fault tests and benchmarks ------------------------------------
+
+
+def node_options(host: Host, name: str, home: Path, *extra: str) -> list[str]:
+    """``tests/host_peer.py`` options for node ``name`` listening on ``host``'s address."""
+    return ["--home", str(home), "--name", name, "--listen", f"{host.address}:{NODE_PORT}", *extra]
+
+
+async def three_hosts(
+    netsim: Netsim, cluster: Cluster, home: Path, *, delay: float = 0.0, period: float = 0.2
+) -> tuple[list[Host], list[HostProc]]:
+    """Hosts and nodes a (serves echo: the seed), b (serves echo, joins through a) and c (calls
+    echo every ``period`` s, joins through a). Every link between them is TCP, so with
+    ``delay`` > 0 the relays (one per host, set up before the nodes start) delay all of it."""
+    hosts = [netsim.add_host() for _ in range(3)]
+    if delay > 0:
+        for host in hosts:
+            netsim.redirect_to_relay(host)
+            argv = [host.address, str(RELAY_PORT), host.address, str(NODE_PORT), str(delay)]
+            relay = await cluster.start(host, str(HERE / "netsim.py"), "relay", *argv)
+            await cluster.wait_for(lambda r=relay: bool(r.name), 60, "relay ready")
+    seed = f"{hosts[0].address}:{NODE_PORT}"
+    roles = [
+        ("a", ["--serve", "echo"]),
+        ("b", ["--seed", seed, "--serve", "echo"]),
+        ("c", ["--seed", seed, "--call", "echo", "--period", str(period)]),
+    ]
+    procs = [
+        await cluster.peer(h, *node_options(h, name, home, *extra))
+        for h, (name, extra) in zip(hosts, roles, strict=True)
+    ]
+    return hosts, procs
+
+
 # ---- the latency relay -------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from netsim import HERE, NODE_PORT, RELAY_PORT, Host, HostProc, Netsim, NetsimUnavailable, processes
+from netsim import HERE, NODE_PORT, Netsim, NetsimUnavailable, node_options, processes, three_hosts
 
 #: Deadlines are generous: two cores shared with other work, several processes per test.
 START = 60.0
@@ -40,10 +40,6 @@ def netsim() -> Iterator[Netsim]:
         yield sim
     finally:
         sim.close()
-
-
-def node_options(host: Host, name: str, home: Path, *extra: str) -> list[str]:
-    return ["--home", str(home), "--name", name, "--listen", f"{host.address}:{NODE_PORT}", *extra]
 
 
 async def test_hosts_find_each_other_by_mdns_on_their_veth_addresses(netsim: Netsim, tmp_path: Path) -> None:
@@ -161,46 +157,13 @@ async def test_a_host_joins_with_a_certificate_issued_on_another(netsim: Netsim,
         assert json.loads(done.stdout) == "b1"
 
 
-async def three_hosts(
-    netsim: Netsim, cluster: object, home: Path, *, relays: bool = False
-) -> tuple[list[Host], list[HostProc]]:
-    """a (serves echo, the seed), b (serves echo, joins through a), c (calls echo, joins through
-    a): every link between them is TCP, so the latency relays (``relays=True``) delay all of it."""
-    from netsim import Cluster
-
-    assert isinstance(cluster, Cluster)
-    hosts = [netsim.add_host() for _ in range(3)]
-    if relays:
-        for host in hosts:
-            netsim.redirect_to_relay(host)
-            relay = await cluster.start(
-                host,
-                str(HERE / "netsim.py"),
-                "relay",
-                host.address,
-                str(RELAY_PORT),
-                host.address,
-                str(NODE_PORT),
-                "0.1",
-            )
-            await cluster.wait_for(lambda r=relay: bool(r.name), START, "relay ready")
-    seed = f"{hosts[0].address}:{NODE_PORT}"
-    roles = [("a", ["--serve", "echo"]), ("b", ["--seed", seed, "--serve", "echo"])]
-    roles.append(("c", ["--seed", seed, "--call", "echo", "--period", "0.2"]))
-    procs = [
-        await cluster.peer(h, *node_options(h, name, home, *extra))
-        for h, (name, extra) in zip(hosts, roles, strict=True)
-    ]
-    return hosts, procs
-
-
 async def test_no_false_eviction_under_latency_and_loss(netsim: Netsim, tmp_path: Path) -> None:
     """Under 100 ms one-way latency on every link (a delaying TCP relay in each host, reached
     through an nftables redirect) and 5 % packet loss into every host (nftables ``numgen random
     mod 100 < 5 drop``), for 50 calls (about 10 s), no member is ever declared dead and calls
     keep succeeding. Suspicions may happen (they are refuted); the benchmark counts them."""
     async with processes(tmp_path) as cluster:
-        hosts, (a, b, c) = await three_hosts(netsim, cluster, tmp_path, relays=True)
+        hosts, (a, b, c) = await three_hosts(netsim, cluster, tmp_path, delay=0.1)
         await cluster.wait_for(cluster.agree, AGREE, "a, b and c in every view")
         for host in hosts:
             netsim.loss(host, 5)
