@@ -25,13 +25,14 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from trimicro.actors import ActorRef, Node, Restart, Stream, ask, open_stream, start_node
-from trimicro.actors.lowlevel import Identity, Unreachable, current_cell
+from trimicro.actors.lowlevel import Identity, current_cell
 from trimicro.mailbox.codec import TypeRegistry
 from trimicro.mailbox.errors import MicroError, NotFound
 
@@ -44,7 +45,7 @@ from .registry import (
     RegistryCache,
     Service,
     belongs,
-    cluster_fingerprint,
+    clusters_of,
     in_clusters,
 )
 from .selector import (
@@ -55,6 +56,8 @@ from .selector import (
     RetryPolicy,
     Selector,
     Strategy,
+    maybe_delivered,
+    node_trouble,
     selector_named,
 )
 from .service import IDEMPOTENT, describe_endpoints
@@ -92,7 +95,7 @@ class Cluster:
         self.registry = registry
         #: This node's cluster (its authority's fingerprint; ``""`` if the identity names none)
         #: and every cluster whose nodes it may call (the authorities it trusts).
-        self.fingerprint, self.clusters = _clusters_of(node.remote.identity)
+        self.fingerprint, self.clusters = clusters_of(node.remote.identity)
         self.cache = RegistryCache(registry, clusters=self.clusters)
         self.rng = random.Random(seed)
         self.breaker = CircuitBreaker()
@@ -309,10 +312,10 @@ class Cluster:
                     headers=headers,
                 )
             except MicroError as exc:
-                if _node_trouble(exc):
+                if node_trouble(exc):
                     self.selector.mark(info.id, exc, now=trio.current_time())
                 attempt += 1
-                delivered = _maybe_delivered(exc)
+                delivered = maybe_delivered(exc)
                 idem = _is_idempotent(services, endpoint)
                 left = deadline - trio.current_time()
                 if (
@@ -409,37 +412,6 @@ if TYPE_CHECKING:  # the Protocols the abstractions declare of their node: a Clu
         return cluster, cluster, cluster, cluster
 
 
-def _clusters_of(identity: Any) -> tuple[str, frozenset[str]]:
-    """This node's cluster fingerprint and those of the authorities it trusts, from its identity.
-
-    An identity without a readable certificate names no cluster, and one without a ``trusted``
-    list (it judges peers some other way) filters nothing: only its handshake can tell.
-    """
-    from trimicro.mailbox.secure.identity import Certificate
-
-    try:
-        own = cluster_fingerprint(Certificate.decode(identity.certificate).issuer)
-    except (AttributeError, TypeError, ValueError, MicroError):
-        own = ""
-    trusted = getattr(identity, "trusted", None)
-    if trusted is None:
-        return own, frozenset()
-    return own, frozenset(cluster_fingerprint(key) for key in trusted)
-
-
-def _node_trouble(exc: MicroError) -> bool:
-    return exc.code in (503, 429) or isinstance(exc, Unreachable)
-
-
-def _maybe_delivered(exc: MicroError) -> bool:
-    """Whether the request may have run. Only a failure to reach the node at all is known not
-    to have: a 429 or 503 from the other side may come from the handler itself, so it counts
-    as delivered (and is retried only for idempotent endpoints)."""
-    if isinstance(exc, Unreachable):
-        return exc.maybe_delivered
-    return True
-
-
 def _is_idempotent(services: list[Service], endpoint: str | None) -> bool:
     if endpoint is None:
         return False
@@ -480,6 +452,7 @@ async def start_cluster(
     auth: Auth | str | bool = True,
     auth_refresh: float | None = 5.0,
     audience: str | None = None,
+    config_file: str | PathLike[str] | None = None,
     **node_options: Any,
 ) -> AsyncIterator[Cluster]:
     """Run a cluster node for the duration of the block (see the module docstring).
@@ -504,7 +477,10 @@ async def start_cluster(
     and ``codecs`` options of ``start_node``, take an instance or a URL (``"mdns://"``,
     ``"lmdb:///var/lib/app"``, ``codecs="msgpack,json"``): see :mod:`trimicro.cluster.plugins`.
     Left out, each comes from ``$TRIMICRO_REGISTRY``, ``$TRIMICRO_STORE``, ``$TRIMICRO_TRANSPORT``,
-    ``$TRIMICRO_CODEC`` if set (``store=""``: none even so). What a URL built, the cluster closes.
+    ``$TRIMICRO_CODEC`` if set, else from the ``[plugins]`` table of the config file
+    ``config_file`` (else ``$TRIMICRO_CONFIG``; see :func:`trimicro.cluster.plugins.configured`)
+    (``store=""``: none even so). What a URL built, the cluster closes. The same order holds
+    for ``broker`` and ``auth``: argument, environment, config file, default.
 
     ``broker`` (:attr:`Cluster.pubsub`) is a :class:`~trimicro.cluster.broker.Broker`, a
     factory called with the :class:`Cluster`, or a URL of the ``trimicro.broker`` group (else
@@ -523,23 +499,25 @@ async def start_cluster(
     broker_url = None
     if broker is None or isinstance(broker, str):
         broker_url = plugins.require(
-            "broker", plugins.configured("broker", broker, "cluster://") or "cluster://"
+            "broker",
+            plugins.configured("broker", broker, "cluster://", config_file=config_file) or "cluster://",
         )
     auth_url = None
     if auth is True or (isinstance(auth, str) and auth):
         given = auth if isinstance(auth, str) else None
-        auth_url = plugins.require("auth", plugins.configured("auth", given, "jwt://") or "jwt://")
+        chosen = plugins.configured("auth", given, "jwt://", config_file=config_file)
+        auth_url = plugins.require("auth", chosen or "jwt://")
 
     if interfaces and registry is None:
         registry = "mdns://" + ",".join(interfaces)
-    chosen_registry, own_registry = plugins.choose("registry", registry, "mdns://")
-    chosen_store, own_store = plugins.choose("store", store)
+    chosen_registry, own_registry = plugins.choose("registry", registry, "mdns://", config_file=config_file)
+    chosen_store, own_store = plugins.choose("store", store, config_file=config_file)
     registry_: Registry = chosen_registry
     store_: Store | None = chosen_store
-    transport, _ = plugins.choose("transport", node_options.pop("transport", None))
+    transport, _ = plugins.choose("transport", node_options.pop("transport", None), config_file=config_file)
     if transport is not None:
         node_options["transport"] = transport
-    codecs = node_options.pop("codecs", None) or plugins.configured("codec")
+    codecs = node_options.pop("codecs", None) or plugins.configured("codec", config_file=config_file)
     if codecs is not None:
         node_options["codecs"] = plugins.codec_set(codecs, types)
     owned: list[Any] = [x for x, own in ((store_, own_store), (registry_, own_registry)) if own]

@@ -22,6 +22,7 @@ from ..cluster import Cluster, start_cluster
 from .common import (
     UsageError,
     broker_url,
+    config_file,
     home_dir,
     listen_address,
     registry_url,
@@ -84,6 +85,7 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
             seeds=getattr(args, "seed", None) or (),
             home=home_dir(args),
             audience=token_audience(args),
+            config_file=config_file(args),
         ) as cluster:
             for entry in entries:
                 cls, options = (entry, {}) if isinstance(entry, type) else entry
