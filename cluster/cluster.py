@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from os import PathLike
 from pathlib import Path
@@ -434,6 +434,8 @@ async def start_cluster(
     name: str | None = None,
     *,
     registry: Registry | str | None = None,
+    interfaces: Sequence[str] | None = None,
+    seeds: Sequence[str] = (),
     store: Store | str | None = None,
     broker: Broker | Callable[[Cluster], Broker] | str | None = None,
     selector: Selector | str | None = None,
@@ -455,8 +457,12 @@ async def start_cluster(
 ) -> AsyncIterator[Cluster]:
     """Run a cluster node for the duration of the block (see the module docstring).
 
-    ``registry`` defaults to mDNS bound to 127.0.0.1 (nothing leaves the machine unless you pass
-    an ``MdnsRegistry`` with other interfaces). A client-only node (the CLI) passes
+    ``registry`` defaults to mDNS bound to 127.0.0.1: nothing leaves the machine unless
+    ``interfaces`` names the addresses to announce on (``interfaces=["10.0.0.1"]`` is
+    ``registry="mdns://10.0.0.1"``; then listen on one of them too). ``seeds`` are
+    ``host:port`` addresses of members on other hosts, joined with their members and asked
+    again every 2 s (:mod:`trimicro.cluster.membership.seeds`); a ``static://HOST:PORT,...``
+    registry adds its seeds to them. See docs/hosts.md. A client-only node (the CLI) passes
     ``listen=None, membership=False, announce=False``. ``types`` names the message classes that
     cross nodes (``start_node``'s ``registry``). Other options go to ``start_node`` (such as
     ``middleware``: the node's, around every call it makes, publishes included, and around
@@ -504,6 +510,8 @@ async def start_cluster(
         chosen = plugins.configured("auth", given, "jwt://", config_file=config_file)
         auth_url = plugins.require("auth", chosen or "jwt://")
 
+    if interfaces and registry is None:
+        registry = "mdns://" + ",".join(interfaces)
     chosen_registry, own_registry = plugins.choose("registry", registry, "mdns://", config_file=config_file)
     chosen_store, own_store = plugins.choose("store", store, config_file=config_file)
     registry_: Registry = chosen_registry
@@ -547,7 +555,8 @@ async def start_cluster(
                 if cluster.auth_sync is not None:
                     nursery.start_soon(cluster.auth_sync.run)
             if membership:
-                cluster.membership = Membership(cluster)
+                all_seeds = [*seeds, *getattr(registry_, "seeds", ())]
+                cluster.membership = Membership(cluster, seeds=all_seeds)
                 await nursery.start(cluster.membership.run)
             if broker_url is not None:
                 cluster.pubsub = plugins.load("broker", broker_url, cluster=cluster)

@@ -2,7 +2,7 @@
 
 Go Micro swaps a default by configuration, not by forking: every concern is a small interface,
 and a user names the implementation. Here the name is a URL whose scheme picks the
-implementation: ``mdns://``, ``memory://``, ``static://node@127.0.0.1:7000``, ``lmdb:///var/lib/app``,
+implementation: ``mdns://``, ``memory://``, ``static://10.0.0.1:7000,10.0.0.2:7000``, ``lmdb:///var/lib/app``,
 ``jsonfile:///tmp/registry.json`` (the example plugin). Each scheme is an entry point in one
 of the groups below, installed by whichever distribution provides it; trimicro registers its
 own built-ins the same way (its ``pyproject.toml``), so a plugin is not a second-class citizen.
@@ -394,27 +394,39 @@ def memory_registry(url: URL, **options: Any) -> Any:
 
 
 def static_registry(url: URL, **options: Any) -> Any:
-    """``static://NODE@HOST:PORT[,NODE@HOST:PORT...]?cluster=FINGERPRINT``: seed nodes.
+    """``static://HOST:PORT[,HOST:PORT...]`` or ``static://NODE@HOST:PORT,...?cluster=FINGERPRINT``.
 
-    Each seed becomes a ``trimicro.node`` record, so membership joins it and learns the rest of
-    the cluster by gossip. The node id is needed (the handshake checks it), and so is the
-    cluster's fingerprint (:func:`~trimicro.cluster.registry.cluster_fingerprint` of its
-    authority key, as ``trimicro nodes`` would not dial a node whose record names no cluster).
+    A bare ``HOST:PORT`` is a seed address (:attr:`StaticRegistry.seeds`): ``start_cluster``
+    dials it, learns the node id from the handshake and joins the members that node knows
+    (:mod:`~trimicro.cluster.membership.seeds`). ``NODE@HOST:PORT`` becomes a ``trimicro.node``
+    record that membership joins like a discovered node; it needs the cluster's fingerprint
+    (:func:`~trimicro.cluster.registry.cluster_fingerprint` of its authority key), as a node
+    does not dial a node whose record names no cluster it trusts. Both kinds may be mixed.
     """
+    from .membership.seeds import parse_seed
     from .registry import NODE_SERVICE, NodeInfo, Service, StaticRegistry
 
     _no_params(url, "cluster")
     cluster = url.params.get("cluster", "")
     nodes = []
+    addresses = []
     for seed in (s.strip() for s in url.host.split(",")):
         if not seed:
             continue
         node_id, at, address = seed.rpartition("@")
-        if not at or not node_id or ":" not in address:
-            raise PluginError(f"{url.text}: a seed is NODE_ID@HOST:PORT, not {seed!r}")
+        if not at:
+            try:
+                addresses.append(parse_seed(seed))
+            except ValueError:
+                raise PluginError(
+                    f"{url.text}: a seed is HOST:PORT or NODE_ID@HOST:PORT, not {seed!r}"
+                ) from None
+            continue
+        if not node_id or ":" not in address:
+            raise PluginError(f"{url.text}: a seed is HOST:PORT or NODE_ID@HOST:PORT, not {seed!r}")
         nodes.append(NodeInfo(node_id, address, {}, cluster))
     seeds = [Service(NODE_SERVICE, "1", {}, (), tuple(nodes))] if nodes else []
-    return StaticRegistry(seeds, **options)
+    return StaticRegistry(seeds, seeds=addresses, **options)
 
 
 def memory_store(url: URL, **options: Any) -> Any:

@@ -72,8 +72,18 @@ def test_bad_urls_and_groups_are_clear_errors(tmp_path: Path) -> None:
         plugins.load("store", f"lmdb://{tmp_path}?colour=blue")
     with pytest.raises(plugins.PluginError, match="needs a path"):
         plugins.load("store", "lmdb://")
-    with pytest.raises(plugins.PluginError, match="a seed is NODE_ID@HOST:PORT"):
-        plugins.load("registry", "static://127.0.0.1:7000")
+    with pytest.raises(plugins.PluginError, match="a seed is HOST:PORT or NODE_ID@HOST:PORT"):
+        plugins.load("registry", "static://127.0.0.1")
+    with pytest.raises(plugins.PluginError, match="a seed is HOST:PORT or NODE_ID@HOST:PORT"):
+        plugins.load("registry", "static://@127.0.0.1:7000")
+
+
+def test_static_registry_takes_bare_seed_addresses() -> None:
+    """``static://HOST:PORT,...`` lists addresses to join through (their node ids come from the
+    handshake), beside the records of ``NODE@HOST:PORT`` seeds."""
+    static = plugins.load("registry", "static://10.0.0.1:7000,n2@10.0.0.2:7000,[::1]:7001?cluster=ab")
+    assert static.seeds == ("10.0.0.1:7000", "[::1]:7001")
+    assert plugins.load("registry", "static://n1@127.0.0.1:7000?cluster=ab").seeds == ()
 
 
 def test_built_ins_are_selected_by_url(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ fields and exits non-zero; a user error never prints a traceback.
 The package: :func:`main` (argument parsing and the exit statuses) here, one module per command
 group: :mod:`.serve` (``run``), :mod:`.listing` (``services``, ``describe``, ``nodes``),
 :mod:`.calls` (``call``, ``stream``), :mod:`.topics` (``publish``, ``subscribe``), :mod:`.records`
-(``store``), :mod:`.accounts` (``auth``), :mod:`.installed` (``plugins``); what they share in
+(``store``), :mod:`.accounts` (``auth``), :mod:`.installed` (``plugins``), :mod:`.trust`
+(``authority``, ``cert``); what they share in
 :mod:`.common`, :mod:`.discovery` and :mod:`.options`.
 """
 
@@ -36,6 +37,7 @@ from .options import client_options, plugin_options
 from .records import store
 from .serve import load_target, run, services_of
 from .topics import publish, subscribe
+from .trust import add_trust_parsers, authority, cert
 
 __all__ = [
     "MISS",
@@ -67,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("run", help="start a node serving the services a module defines")
     serve.add_argument("target", help="a .py file or a module name")
     serve.add_argument("--name", help="node id (default: random)")
-    serve.add_argument("--listen", default="127.0.0.1:0", help="address to accept nodes on")
+    serve.add_argument(
+        "--listen", help="address to accept nodes on (default port 0 of --interface, else 127.0.0.1)"
+    )
     plugin_options(serve, nested=True)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
@@ -111,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--database", help="the database to use (default: the store's own)")
     st.add_argument("--table", help="the table to use (default: the store's own)")
     add_auth_parser(client("auth", "accounts, tokens, rules and revocations (the auth service)"))
+    add_trust_parsers(sub)
     return parser
 
 
@@ -126,6 +131,8 @@ COMMANDS = {
     "subscribe": subscribe,
     "store": store,
     "auth": auth,
+    "authority": authority,
+    "cert": cert,
 }
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "client_node",
     "config_file",
     "home_dir",
+    "listen_address",
     "member_node",
     "parse_json",
     "print_table",
@@ -32,13 +33,25 @@ __all__ = [
 
 def registry_url(args: argparse.Namespace) -> str:
     """``--registry`` (a URL; ``mdns`` and ``memory`` are ``mdns://`` and ``memory://``), else
-    ``$TRIMICRO_REGISTRY``, else mDNS on 127.0.0.1."""
+    ``$TRIMICRO_REGISTRY``, else mDNS on the ``--interface`` addresses (127.0.0.1 without)."""
+    interfaces = getattr(args, "interface", None)
+    default = "mdns://" + ",".join(interfaces) if interfaces else "mdns://"
     return (
         plugins.configured(
-            "registry", getattr(args, "registry", None), "mdns://", config_file=config_file(args)
+            "registry", getattr(args, "registry", None), default, config_file=config_file(args)
         )
-        or "mdns://"
+        or default
     )
+
+
+def listen_address(args: argparse.Namespace) -> str:
+    """``--listen``, else port 0 of the first ``--interface``, else of 127.0.0.1."""
+    interfaces = getattr(args, "interface", None)
+    given: str | None = getattr(args, "listen", None)
+    if given:
+        return given
+    host = interfaces[0] if interfaces else "127.0.0.1"
+    return f"[{host}]:0" if ":" in host else f"{host}:0"
 
 
 def broker_url(args: argparse.Namespace) -> str | None:

@@ -13,8 +13,8 @@ __all__ = ["client_options", "plugin_options"]
 
 
 def plugin_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
-    """``--config`` and the ``--registry``, ``--broker`` and ``--store`` URLs, before or after the
-    subcommand (after wins)."""
+    """``--config``, the ``--registry``, ``--broker`` and ``--store`` URLs, ``--interface`` and
+    ``--seed``, before or after the subcommand (after wins)."""
     default = argparse.SUPPRESS if nested else None
     p.add_argument(
         "--config",
@@ -41,6 +41,21 @@ def plugin_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
         metavar="URL",
         help="run: also serve this store as service 'store' (and auth): lmdb:///DIR (a bare DIR too), "
         "memory://, a plugin's (default $TRIMICRO_STORE)",
+    )
+    p.add_argument(
+        "--interface",
+        action="append",
+        default=default,
+        metavar="ADDR",
+        help="announce and discover by mDNS on this interface address (repeat for several; default "
+        "127.0.0.1 only); run listens on the first one unless --listen says otherwise",
+    )
+    p.add_argument(
+        "--seed",
+        action="append",
+        default=default,
+        metavar="HOST:PORT",
+        help="run: join the cluster through the member at HOST:PORT and the members it knows (repeat)",
     )
 
 

@@ -19,7 +19,16 @@ from trimicro.actors import Actor
 
 from .. import plugins
 from ..cluster import Cluster, start_cluster
-from .common import UsageError, broker_url, config_file, home_dir, registry_url, store_url, token_audience
+from .common import (
+    UsageError,
+    broker_url,
+    config_file,
+    home_dir,
+    listen_address,
+    registry_url,
+    store_url,
+    token_audience,
+)
 
 __all__ = ["load_target", "run", "services_of"]
 
@@ -72,7 +81,8 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
             registry=registry_url(args),
             broker=broker_url(args),
             store=served or "",
-            listen=args.listen,
+            listen=listen_address(args),
+            seeds=getattr(args, "seed", None) or (),
             home=home_dir(args),
             audience=token_audience(args),
             config_file=config_file(args),

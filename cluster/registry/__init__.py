@@ -382,9 +382,12 @@ class StaticRegistry:
     """A fixed list of services (seed addresses); register/deregister only change this copy.
 
     Give each seed node its ``cluster`` (:func:`cluster_fingerprint` of the cluster's authority
-    key): a cluster node does not dial a node whose record names no cluster it trusts."""
+    key): a cluster node does not dial a node whose record names no cluster it trusts.
+    ``seeds`` are bare ``host:port`` addresses of members (node ids unknown): not records, but
+    addresses that a cluster node joins through (:mod:`trimicro.cluster.membership.seeds`)."""
 
-    def __init__(self, services: Iterable[Service] = ()) -> None:
+    def __init__(self, services: Iterable[Service] = (), *, seeds: Iterable[str] = ()) -> None:
+        self.seeds = tuple(seeds)
         self._memory = MemoryRegistry()
         self._seed = list(services)
         self._seeded = False
