@@ -128,4 +128,7 @@ async def test_two_clusters_on_one_machine_never_talk_across(
         assert totals[name] == [step * i for i in range(1, CALLS + 1)]
         logged = errors[name].read_text()
         assert logged == "", f"side {name} logged:\n{logged}"
-    assert [r.getMessage() for r in caplog.records] == []
+    # Only what concerns these two clusters: another program on this machine's loopback (a
+    # second test run, say) may announce records of its own, which a node rightly ignores.
+    ours = [m for m in (r.getMessage() for r in caplog.records) if any(a in m for a in addresses.values())]
+    assert ours == []
