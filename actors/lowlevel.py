@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .actor import HandlerTable, handler_table
 from .cell import DEAD, FULL, OK, STOPPING, Cell, current_cell
+from .metadata import MAX_PROPAGATED, MAX_PROPAGATED_BYTES, header_rule
 from .remote import (
     AUTHORIZATION,
     OUT_HIGH_WATER,
@@ -30,6 +31,8 @@ __all__ = [
     "AUTHORIZATION",
     "DEAD",
     "FULL",
+    "MAX_PROPAGATED",
+    "MAX_PROPAGATED_BYTES",
     "OK",
     "OUT_HIGH_WATER",
     "STOPPING",
@@ -44,4 +47,5 @@ __all__ = [
     "current_cell",
     "forward_auth",
     "handler_table",
+    "header_rule",
 ]
