@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from trimicro.actors import ActorRef, Node, Restart, Stream, ask, open_stream, start_node
-from trimicro.actors.lowlevel import Identity, Unreachable, current_cell
+from trimicro.actors.lowlevel import Identity, current_cell
 from trimicro.mailbox.codec import TypeRegistry
 from trimicro.mailbox.errors import MicroError, NotFound
 
@@ -44,7 +44,7 @@ from .registry import (
     RegistryCache,
     Service,
     belongs,
-    cluster_fingerprint,
+    clusters_of,
     in_clusters,
 )
 from .selector import (
@@ -55,6 +55,8 @@ from .selector import (
     RetryPolicy,
     Selector,
     Strategy,
+    maybe_delivered,
+    node_trouble,
     selector_named,
 )
 from .service import IDEMPOTENT, describe_endpoints
@@ -92,7 +94,7 @@ class Cluster:
         self.registry = registry
         #: This node's cluster (its authority's fingerprint; ``""`` if the identity names none)
         #: and every cluster whose nodes it may call (the authorities it trusts).
-        self.fingerprint, self.clusters = _clusters_of(node.remote.identity)
+        self.fingerprint, self.clusters = clusters_of(node.remote.identity)
         self.cache = RegistryCache(registry, clusters=self.clusters)
         self.rng = random.Random(seed)
         self.breaker = CircuitBreaker()
@@ -309,10 +311,10 @@ class Cluster:
                     headers=headers,
                 )
             except MicroError as exc:
-                if _node_trouble(exc):
+                if node_trouble(exc):
                     self.selector.mark(info.id, exc, now=trio.current_time())
                 attempt += 1
-                delivered = _maybe_delivered(exc)
+                delivered = maybe_delivered(exc)
                 idem = _is_idempotent(services, endpoint)
                 left = deadline - trio.current_time()
                 if (
@@ -407,37 +409,6 @@ if TYPE_CHECKING:  # the Protocols the abstractions declare of their node: a Clu
 
     def _is_their_host(cluster: Cluster) -> tuple[AuthHost, BrokerHost, MembershipHost, StoreCaller]:
         return cluster, cluster, cluster, cluster
-
-
-def _clusters_of(identity: Any) -> tuple[str, frozenset[str]]:
-    """This node's cluster fingerprint and those of the authorities it trusts, from its identity.
-
-    An identity without a readable certificate names no cluster, and one without a ``trusted``
-    list (it judges peers some other way) filters nothing: only its handshake can tell.
-    """
-    from trimicro.mailbox.secure.identity import Certificate
-
-    try:
-        own = cluster_fingerprint(Certificate.decode(identity.certificate).issuer)
-    except (AttributeError, TypeError, ValueError, MicroError):
-        own = ""
-    trusted = getattr(identity, "trusted", None)
-    if trusted is None:
-        return own, frozenset()
-    return own, frozenset(cluster_fingerprint(key) for key in trusted)
-
-
-def _node_trouble(exc: MicroError) -> bool:
-    return exc.code in (503, 429) or isinstance(exc, Unreachable)
-
-
-def _maybe_delivered(exc: MicroError) -> bool:
-    """Whether the request may have run. Only a failure to reach the node at all is known not
-    to have: a 429 or 503 from the other side may come from the handler itself, so it counts
-    as delivered (and is retried only for idempotent endpoints)."""
-    if isinstance(exc, Unreachable):
-        return exc.maybe_delivered
-    return True
 
 
 def _is_idempotent(services: list[Service], endpoint: str | None) -> bool:

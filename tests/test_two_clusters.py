@@ -28,7 +28,7 @@ import pytest
 import trio
 from procs import Proc, python_process
 
-from trimicro.cluster.cli import WAIT, _wait_for
+from trimicro.cluster.cli import WAIT, wait_for
 from trimicro.cluster.cluster import start_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +75,7 @@ async def api_calls(home: Path, step: int, address: str) -> list[int]:
         async with start_cluster(
             home=home, listen=None, membership=False, announce=False, auth_refresh=None
         ) as client:
-            await _wait_for(client, "counter", WAIT)
+            await wait_for(client, "counter", WAIT)
             for _ in range(CALLS // CLIENTS):
                 totals.append(await client.call("counter", "Counter.add", {"k": step}, timeout=10))
             [counter] = await client.describe("counter")

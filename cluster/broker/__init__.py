@@ -8,7 +8,9 @@
   index that matches a subject against many subscriptions (sans-I/O);
 - :mod:`.pubsub`: :class:`PubSub`, the default broker: per-node topic actors, queue groups,
   interest spread to peers, dead letters, and the sender-side auth check of each publish;
-  :mod:`.acked` its acknowledged mode, :mod:`.message` what it carries (:class:`Message`,
+  :mod:`.interest` (what each node subscribes to, told to peers), :mod:`.delivery` (the subscriber
+  side: local delivery and messages from peers) and :mod:`.route` (a topic's cached route) are
+  its parts; :mod:`.acked` its acknowledged mode, :mod:`.message` what it carries (:class:`Message`,
   :class:`Subscription`), :mod:`.host` what it needs of its node (:class:`Host`, with the
   auth checks on topics as :class:`TopicGuard`), which the cluster wiring satisfies.
 
