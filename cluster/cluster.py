@@ -25,6 +25,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -449,6 +450,7 @@ async def start_cluster(
     auth: Auth | str | bool = True,
     auth_refresh: float | None = 5.0,
     audience: str | None = None,
+    config_file: str | PathLike[str] | None = None,
     **node_options: Any,
 ) -> AsyncIterator[Cluster]:
     """Run a cluster node for the duration of the block (see the module docstring).
@@ -469,7 +471,10 @@ async def start_cluster(
     and ``codecs`` options of ``start_node``, take an instance or a URL (``"mdns://"``,
     ``"lmdb:///var/lib/app"``, ``codecs="msgpack,json"``): see :mod:`trimicro.cluster.plugins`.
     Left out, each comes from ``$TRIMICRO_REGISTRY``, ``$TRIMICRO_STORE``, ``$TRIMICRO_TRANSPORT``,
-    ``$TRIMICRO_CODEC`` if set (``store=""``: none even so). What a URL built, the cluster closes.
+    ``$TRIMICRO_CODEC`` if set, else from the ``[plugins]`` table of the config file
+    ``config_file`` (else ``$TRIMICRO_CONFIG``; see :func:`trimicro.cluster.plugins.configured`)
+    (``store=""``: none even so). What a URL built, the cluster closes. The same order holds
+    for ``broker`` and ``auth``: argument, environment, config file, default.
 
     ``broker`` (:attr:`Cluster.pubsub`) is a :class:`~trimicro.cluster.broker.Broker`, a
     factory called with the :class:`Cluster`, or a URL of the ``trimicro.broker`` group (else
@@ -488,21 +493,23 @@ async def start_cluster(
     broker_url = None
     if broker is None or isinstance(broker, str):
         broker_url = plugins.require(
-            "broker", plugins.configured("broker", broker, "cluster://") or "cluster://"
+            "broker",
+            plugins.configured("broker", broker, "cluster://", config_file=config_file) or "cluster://",
         )
     auth_url = None
     if auth is True or (isinstance(auth, str) and auth):
         given = auth if isinstance(auth, str) else None
-        auth_url = plugins.require("auth", plugins.configured("auth", given, "jwt://") or "jwt://")
+        chosen = plugins.configured("auth", given, "jwt://", config_file=config_file)
+        auth_url = plugins.require("auth", chosen or "jwt://")
 
-    chosen_registry, own_registry = plugins.choose("registry", registry, "mdns://")
-    chosen_store, own_store = plugins.choose("store", store)
+    chosen_registry, own_registry = plugins.choose("registry", registry, "mdns://", config_file=config_file)
+    chosen_store, own_store = plugins.choose("store", store, config_file=config_file)
     registry_: Registry = chosen_registry
     store_: Store | None = chosen_store
-    transport, _ = plugins.choose("transport", node_options.pop("transport", None))
+    transport, _ = plugins.choose("transport", node_options.pop("transport", None), config_file=config_file)
     if transport is not None:
         node_options["transport"] = transport
-    codecs = node_options.pop("codecs", None) or plugins.configured("codec")
+    codecs = node_options.pop("codecs", None) or plugins.configured("codec", config_file=config_file)
     if codecs is not None:
         node_options["codecs"] = plugins.codec_set(codecs, types)
     owned: list[Any] = [x for x, own in ((store_, own_store), (registry_, own_registry)) if own]

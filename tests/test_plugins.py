@@ -12,6 +12,8 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -22,9 +24,17 @@ from trimicro.actors import Actor
 from trimicro.cluster import plugins
 from trimicro.cluster.cli import main
 from trimicro.cluster.cluster import start_cluster
-from trimicro.cluster.registry import MdnsRegistry, MemoryRegistry, NodeInfo, Service, StaticRegistry
+from trimicro.cluster.registry import (
+    MdnsRegistry,
+    MemoryRegistry,
+    NodeInfo,
+    Registry,
+    Service,
+    StaticRegistry,
+)
 from trimicro.cluster.store import LmdbStore, MemoryStore, Record
 from trimicro.mailbox.errors import MicroError, ServiceUnavailable
+from trimicro.testing.conformance import RegistryConformance
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "examples" / "plugins" / "jsonfile"
@@ -275,3 +285,28 @@ async def test_the_example_plugin_in_process_ttl_and_watch(jsonfile_plugin: None
             event = await events.__anext__()  # the TTL lapses without a deregister
             assert event.type is EventType.DELETE
     assert await two.list_services() == []
+
+
+class TestJsonFileRegistryConformance(RegistryConformance):
+    """The example plugin keeps every promise of a registry, as the built-ins do: two registries
+    on one file (built from the URL, as a user selects it) stand for two processes. Real time:
+    the plugin's TTLs are wall-clock, since other processes read them."""
+
+    @staticmethod
+    @asynccontextmanager
+    async def _on_file(path: Path) -> AsyncIterator[Registry]:
+        registry = plugins.load("registry", f"jsonfile://{path}?poll=0.05")
+        try:
+            yield registry
+        finally:
+            await registry.aclose()
+
+    @pytest.fixture
+    async def registry(self, jsonfile_plugin: None, tmp_path: Path) -> AsyncIterator[Registry]:
+        async with self._on_file(tmp_path / "registry.json") as registry:
+            yield registry
+
+    @pytest.fixture
+    async def observer(self, jsonfile_plugin: None, tmp_path: Path) -> AsyncIterator[Registry]:
+        async with self._on_file(tmp_path / "registry.json") as observer:
+            yield observer

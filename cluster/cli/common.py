@@ -19,6 +19,7 @@ __all__ = [
     "auth_headers",
     "broker_url",
     "client_node",
+    "config_file",
     "home_dir",
     "member_node",
     "parse_json",
@@ -32,12 +33,19 @@ __all__ = [
 def registry_url(args: argparse.Namespace) -> str:
     """``--registry`` (a URL; ``mdns`` and ``memory`` are ``mdns://`` and ``memory://``), else
     ``$TRIMICRO_REGISTRY``, else mDNS on 127.0.0.1."""
-    return plugins.configured("registry", getattr(args, "registry", None), "mdns://") or "mdns://"
+    return (
+        plugins.configured(
+            "registry", getattr(args, "registry", None), "mdns://", config_file=config_file(args)
+        )
+        or "mdns://"
+    )
 
 
 def broker_url(args: argparse.Namespace) -> str | None:
     """``--broker`` (a URL), else ``$TRIMICRO_BROKER``, else the cluster's own (``cluster://``)."""
-    return plugins.configured("broker", getattr(args, "broker", None), "cluster://")
+    return plugins.configured(
+        "broker", getattr(args, "broker", None), "cluster://", config_file=config_file(args)
+    )
 
 
 def store_url(args: argparse.Namespace) -> str | None:
@@ -45,7 +53,14 @@ def store_url(args: argparse.Namespace) -> str | None:
     given = getattr(args, "store", None)
     if given and "://" not in given:
         given = "lmdb://" + str(Path(given).expanduser().resolve())
-    return plugins.configured("store", given)
+    return plugins.configured("store", given, config_file=config_file(args))
+
+
+def config_file(args: argparse.Namespace) -> str | None:
+    """``--config FILE``: the config file whose ``[plugins]`` table chooses what flags and the
+    environment leave open (else ``$TRIMICRO_CONFIG``, read by the plugin loader)."""
+    given: str | None = getattr(args, "config", None)
+    return given
 
 
 def home_dir(args: argparse.Namespace) -> Path | None:
@@ -83,6 +98,7 @@ async def client_node(args: argparse.Namespace) -> Any:
         announce=False,
         auth_refresh=None,  # it serves nothing: no rules to fetch for a one-shot command
         audience=token_audience(args),
+        config_file=config_file(args),
     )
 
 
@@ -112,4 +128,5 @@ def member_node(args: argparse.Namespace) -> Any:
         home=home_dir(args),
         auth_refresh=None,
         audience=token_audience(args),
+        config_file=config_file(args),
     )

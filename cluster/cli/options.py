@@ -13,8 +13,16 @@ __all__ = ["client_options", "plugin_options"]
 
 
 def plugin_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
-    """``--registry``, ``--broker`` and ``--store`` URLs, before or after the subcommand (after wins)."""
+    """``--config`` and the ``--registry``, ``--broker`` and ``--store`` URLs, before or after the
+    subcommand (after wins)."""
     default = argparse.SUPPRESS if nested else None
+    p.add_argument(
+        "--config",
+        default=default,
+        metavar="FILE",
+        help="a config file (TOML, JSON, YAML) whose [plugins] table names the plugins that flags and "
+        "the environment leave open (default $TRIMICRO_CONFIG)",
+    )
     p.add_argument(
         "--registry",
         default=default,

@@ -19,7 +19,7 @@ from trimicro.actors import Actor
 
 from .. import plugins
 from ..cluster import Cluster, start_cluster
-from .common import UsageError, broker_url, home_dir, registry_url, store_url, token_audience
+from .common import UsageError, broker_url, config_file, home_dir, registry_url, store_url, token_audience
 
 __all__ = ["load_target", "run", "services_of"]
 
@@ -75,6 +75,7 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
             listen=args.listen,
             home=home_dir(args),
             audience=token_audience(args),
+            config_file=config_file(args),
         ) as cluster:
             for entry in entries:
                 cls, options = (entry, {}) if isinstance(entry, type) else entry
