@@ -25,8 +25,10 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from trimicro.actors import BadRequest, InternalServerError, MicroError, NotFound, TooManyRequests
+from trimicro.actors.lowlevel import AUTHORIZATION
 
 from . import bridges
+from .access import admit_call, admit_topic
 from .codec import JSON, decode_body
 from .headers import call_headers, deadline
 from .openapi import document
@@ -122,6 +124,7 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
                 request.headers.get("content-type"), await read_body(request, options.max_body)
             )
             headers = call_headers(request.headers.items())
+            admit_call(cluster, headers, service, endpoint)
             timeout = deadline(request.headers.get("timeout"), options.default_timeout, options.max_timeout)
             ep = state.endpoint(service, endpoint)
             if ep is not None and ep.stream:
@@ -146,6 +149,7 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
                 request.headers.get("content-type"), await read_body(request, options.max_body)
             )
             headers = call_headers(request.headers.items())
+            admit_topic(cluster, (headers or {}).get(AUTHORIZATION), topic, "publish")
             with trio.fail_after(options.default_timeout):
                 n = await cluster.publish(topic, body, headers=headers)
         except ValueError as exc:  # a topic the broker refuses (bad subject)

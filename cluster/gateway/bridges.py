@@ -24,6 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from trimicro.actors import BadRequest, MicroError
 
+from .access import admit_call, admit_topic
 from .codec import JSON, encode_body, error_body, http_status
 from .headers import call_headers
 from .responses import error_reply
@@ -126,12 +127,10 @@ def subscribe_route(cluster: Cluster, state: GatewayState) -> Callable[[Request]
     async def subscribe(request: Request) -> Response:
         pattern = request.path_params["pattern"]
         token = (call_headers(request.headers.items()) or {}).get("authorization")
-        guard = cluster.auth
-        if guard is not None:
-            try:
-                guard.admit_sent_topic(token, pattern, "subscribe")
-            except MicroError as exc:
-                return error_reply(exc)
+        try:
+            admit_topic(cluster, token, pattern, "subscribe")
+        except MicroError as exc:
+            return error_reply(exc)
 
         @asynccontextmanager
         async def source() -> AsyncIterator[AsyncIterator[bytes]]:
@@ -144,11 +143,10 @@ def subscribe_route(cluster: Cluster, state: GatewayState) -> Callable[[Request]
 
                 async def events() -> AsyncIterator[bytes]:
                     async for msg in messages:
-                        if guard is not None:
-                            try:
-                                guard.admit_sent_topic(token, msg.topic, "subscribe")
-                            except MicroError:
-                                continue
+                        try:
+                            admit_topic(cluster, token, msg.topic, "subscribe")
+                        except MicroError:
+                            continue
                         yield sse_event({"topic": msg.topic, "body": msg.body, "publisher": msg.publisher})
 
                 yield events()
@@ -175,10 +173,11 @@ def websocket_route(
             endpoint = await resolve(service, endpoint)
             raw = ws.query_params.get("request")
             request = json.loads(raw) if raw else None
+            headers = call_headers(ws.headers.items())
+            admit_call(cluster, headers, service, endpoint)
         except (MicroError, ValueError) as exc:
             await ws.close(code=1008, reason=str(exc)[:120])
             return
-        headers = call_headers(ws.headers.items())
         await ws.accept()
         try:
             with trio.move_on_after(options.max_stream if options.max_stream is not None else float("inf")):
