@@ -18,6 +18,18 @@ class Order:
 
 
 @attrs.frozen
+class Cart:
+    orders: list[Order]
+    coupon: str = ""
+
+
+@attrs.frozen
+class Receipt:
+    total: int
+    lines: list[Order]
+
+
+@attrs.frozen
 class Wait:
     seconds: float
 
@@ -27,11 +39,15 @@ class Shop(Actor):
 
     def __init__(self) -> None:
         self.cancelled = trio.Event()
+        self.flooded = 0
 
     async def buy(self, order: Order) -> dict[str, Any]:
         if order.qty <= 0:
             raise BadRequest("qty must be positive")
         return {"item": order.item, "qty": order.qty}
+
+    async def checkout(self, cart: Cart) -> Receipt:
+        return Receipt(sum(o.qty for o in cart.orders), cart.orders)
 
     async def headers(self, body: Any) -> dict[str, str]:
         return dict(self.context.headers)
@@ -50,3 +66,11 @@ class Shop(Actor):
             await stream.send(i)
         async for item in stream:
             await stream.send({"echo": item})
+
+    async def flood(self, stream: Stream) -> None:
+        """Sends ``n`` items of ``size`` characters as fast as the stream's credit lets it."""
+        request = stream.request or {}
+        item = "x" * int(request.get("size", 1))
+        for _ in range(int(request.get("n", 0))):
+            await stream.send(item)
+            self.flooded += 1

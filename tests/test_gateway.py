@@ -16,13 +16,14 @@ import pytest
 import trio
 import wsproto
 import wsproto.events as ws
-from gateway_services import Shop
+from gateway_services import Order, Receipt, Shop
 from openapi_spec_validator import validate
 
 from trimicro.cluster import start_cluster
 from trimicro.cluster.gateway import Gateway, GatewayOptions, open_gateway
 from trimicro.cluster.gateway.headers import call_headers
 from trimicro.cluster.registry import MemoryRegistry
+from trimicro.mailbox.codec import TypeRegistry
 
 
 @asynccontextmanager
@@ -184,3 +185,36 @@ async def test_health_and_a_valid_openapi_document() -> None:
         assert "text/event-stream" in stream["responses"]["200"]["content"]
         page = await http.get("/docs")
         assert page.status_code == 200 and "openapi.json" in page.text
+
+
+async def test_openapi_carries_full_schemas_fetched_from_the_service_node() -> None:
+    """The service runs on another node: the registry names only ``Cart``; the gateway asks the
+    node for the full schema (nested attrs classes with their fields) and documents it."""
+    registry = MemoryRegistry()
+
+    def types() -> TypeRegistry:  # an attrs reply crosses nodes only as a registered type
+        reg = TypeRegistry()
+        for cls in (Order, Receipt):
+            reg.register(cls)
+        return reg
+
+    async with (
+        start_cluster("svc", registry=registry, store="", auth=False, types=types()) as svc,
+        start_cluster("gw", registry=registry, store="", auth=False, types=types()) as gw_node,
+    ):
+        await svc.serve(Shop)
+        opts = GatewayOptions(address="127.0.0.1:0", refresh=0.2)
+        async with open_gateway(gw_node, opts) as gw, httpx.AsyncClient(base_url=gw.url, timeout=10) as http:
+            doc = (await http.get("/openapi.json")).json()
+            validate(doc)
+            op = doc["paths"]["/api/shop/Shop.checkout"]["post"]
+            request = op["requestBody"]["content"]["application/json"]["schema"]
+            order = request["properties"]["orders"]["items"]
+            assert order["properties"]["qty"] == {"type": "integer"}
+            assert order["required"] == ["item", "qty"] and order["additionalProperties"] is False
+            assert request["required"] == ["orders"]  # coupon has a default
+            response = op["responses"]["200"]["content"]["application/json"]["schema"]
+            assert response["properties"]["lines"]["items"]["title"] == "Order"
+            r = await http.post("/api/shop/checkout", json={"orders": [{"item": "tea", "qty": 2}]})
+            assert r.status_code == 200, r.text
+            assert r.json() == {"total": 2, "lines": [{"item": "tea", "qty": 2, "note": None}]}, r.text

@@ -50,6 +50,9 @@ async def test_calls_are_401_without_a_token_and_403_with_one_the_rules_refuse(t
         assert (r.status_code, r.json()["caller"]) == (200, "bob")
         await lock_down(a)
         await synced(a, b)
+        # Endpoint schemas stay readable to any account (the gateway asks as its node).
+        node = (await b.describe("greeter"))[0].nodes[0]
+        assert "Greeter.hello" in await b.describe_node(node, "greeter")
         assert refused(await http.post(hello, json={"name": "x"}), 401)
         assert refused(await http.post(hello, json={"name": "x"}, headers=bearer(bob)), 403)
         assert refused(await http.post(hello, json={"name": "x"}, headers=bearer(alice[:-4] + "AAAA")), 401)

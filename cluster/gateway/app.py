@@ -37,6 +37,7 @@ from .state import GatewayState
 
 if TYPE_CHECKING:
     from ..cluster import Cluster
+    from ..registry import Endpoint
 
 __all__ = ["PayloadTooLarge", "build_app", "read_body"]
 
@@ -104,6 +105,10 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
 
     async def resolve(service: str, name: str) -> str:
         """The canonical ``Endpoint.method``; 404 for an unknown service or endpoint."""
+        return (await lookup(service, name)).name
+
+    async def lookup(service: str, name: str) -> Endpoint:
+        """The endpoint a route names; 404 for an unknown service or endpoint."""
         name = name.replace("/", ".")
         if not state.knows(service):
             await state.refresh()  # a service started since the last read
@@ -112,22 +117,22 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
         endpoint = state.endpoint(service, name)
         if endpoint is None:
             raise NotFound(f"service {service} has no endpoint {name}", id="gateway")
-        return endpoint.name
+        return endpoint
 
     async def call(request: Request) -> Response:
         service = request.path_params["service"]
         started = trio.current_time()
         endpoint = request.path_params["endpoint"]
         try:
-            endpoint = await resolve(service, endpoint)
+            found = await lookup(service, endpoint)
+            endpoint, stream = found.name, found.stream
             body = decode_body(
                 request.headers.get("content-type"), await read_body(request, options.max_body)
             )
             headers = call_headers(request.headers.items())
             admit_call(cluster, headers, service, endpoint)
             timeout = deadline(request.headers.get("timeout"), options.default_timeout, options.max_timeout)
-            ep = state.endpoint(service, endpoint)
-            if ep is not None and ep.stream:
+            if stream:
                 if "text/event-stream" not in request.headers.get("accept", ""):
                     raise BadRequest(
                         f"{endpoint} is a stream: ask for text/event-stream or open a WebSocket", id="gateway"
@@ -173,9 +178,10 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
         try:
             with trio.move_on_after(options.default_timeout):
                 await state.refresh()
+                await state.describe()
         except MicroError:
             pass  # the last answer will do
-        return reply(request, document(state.services), kind=JSON)
+        return reply(request, document(state.services, state.described), kind=JSON)
 
     async def docs(request: Request) -> Response:
         page = resources.files(__package__).joinpath("static/docs.html").read_bytes()
@@ -204,7 +210,7 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
             route("/docs", docs, "GET"),
             route("/api/publish/{topic:path}", publish, "POST"),
             Route("/api/subscribe/{pattern:path}", bridges.subscribe_route(cluster, state), methods=["GET"]),
-            Route("/api/{service}/{endpoint:path}", call, methods=["POST"]),
+            route("/api/{service}/{endpoint:path}", call, "POST"),
             WebSocketRoute(
                 "/api/{service}/{endpoint:path}", bridges.websocket_route(cluster, state, resolve)
             ),

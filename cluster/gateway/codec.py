@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import cbor2
 import msgpack
 
@@ -92,18 +93,25 @@ def decode_body(content_type: str | None, data: bytes) -> Any:
 
 
 def encode_body(kind: str, value: Any) -> bytes:
-    """``value`` in ``kind``; what JSON cannot carry (bytes, sets) is written as text."""
+    """``value`` in ``kind``: an attrs instance (a handler's typed reply) as the object its
+    schema documents; what else JSON cannot carry (bytes, sets) is written as text."""
     if kind == MSGPACK:
-        packed: bytes = msgpack.packb(value, default=str, use_bin_type=True)
+        packed: bytes = msgpack.packb(value, default=_plain, use_bin_type=True)
         return packed
     if kind == CBOR:
         encoded: bytes = cbor2.dumps(value, default=_cbor_default)
         return encoded
-    return json.dumps(value, default=str, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(value, default=_plain, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _plain(value: Any) -> Any:
+    if attrs.has(type(value)):
+        return {a.alias or a.name: getattr(value, a.name) for a in attrs.fields(type(value)) if a.init}
+    return str(value)
 
 
 def _cbor_default(encoder: Any, value: Any) -> None:
-    encoder.encode(str(value))
+    encoder.encode(_plain(value))
 
 
 def http_status(exc: MicroError) -> int:

@@ -1,4 +1,8 @@
-"""OpenAPI 3.1 from the registry's endpoint records, without I/O.
+"""OpenAPI 3.1 from the registry's endpoint records and the services' own descriptions, without I/O.
+
+Full JSON Schemas (nested attrs classes with their fields) come from each service's node
+(:mod:`trimicro.cluster.introspect`, fetched by :class:`~.state.GatewayState`); the type names
+below are the fallback when a node does not describe itself.
 
 A gateway knows services only through the registry: each :class:`~trimicro.cluster.registry.Endpoint`
 carries the handler's request and response as ``{field: type}`` read from its annotations
@@ -13,7 +17,7 @@ is required, and unknown fields are refused, as the service's strict conversion 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..registry import Endpoint, Service
@@ -122,8 +126,14 @@ def _fields_schema(fields: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def endpoint_schemas(endpoint: Endpoint) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The request and response schemas of one endpoint (``{}``: anything)."""
+def endpoint_schemas(
+    endpoint: Endpoint, full: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The request and response schemas of one endpoint (``{}``: anything): ``full``, the
+    service's own description (:mod:`trimicro.cluster.introspect`), when the gateway has it,
+    else what the registry's type names say."""
+    if full is not None and isinstance(full.get("request"), dict) and isinstance(full.get("response"), dict):
+        return full["request"], full["response"]
     return _fields_schema(endpoint.request), _fields_schema(endpoint.response)
 
 
@@ -161,8 +171,8 @@ _TIMEOUT = {
 }
 
 
-def _operation(service: Service, endpoint: Endpoint) -> dict[str, Any]:
-    request, response = endpoint_schemas(endpoint)
+def _operation(service: Service, endpoint: Endpoint, full: Mapping[str, Any] | None) -> dict[str, Any]:
+    request, response = endpoint_schemas(endpoint, full)
     op: dict[str, Any] = {
         "operationId": f"{service.name}.{endpoint.name}",
         "tags": [service.name],
@@ -263,15 +273,21 @@ def _gateway_paths() -> dict[str, Any]:
 
 
 def document(
-    services: Iterable[Service], *, title: str = "trimicro gateway", version: str = "1"
+    services: Iterable[Service],
+    described: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+    *,
+    title: str = "trimicro gateway",
+    version: str = "1",
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``services`` (both ``/api/{service}/{Endpoint.method}``
-    spellings route the same call; the document lists the canonical one)."""
+    spellings route the same call; the document lists the canonical one). ``described`` holds
+    the full schemas the services gave, by ``(name, version)``, then endpoint."""
     paths = _gateway_paths()
     for service in sorted(services, key=lambda s: (s.name, s.version)):
+        full = (described or {}).get((service.name, service.version)) or {}
         for endpoint in service.endpoints:
             path = f"/api/{service.name}/{endpoint.name}"
-            paths.setdefault(path, {"post": _operation(service, endpoint)})
+            paths.setdefault(path, {"post": _operation(service, endpoint, full.get(endpoint.name))})
     return {
         "openapi": "3.1.0",
         "info": {

@@ -74,6 +74,12 @@ class GatewayState:
         self.errors: deque[dict[str, Any]] = deque(maxlen=options.recent)
         self.dead_letters: deque[dict[str, Any]] = deque(maxlen=options.recent)
         self._changed = trio.Event()
+        #: Full endpoint schemas the services' nodes gave, by (name, version); see :meth:`describe`.
+        self.described: dict[tuple[str, str], dict[str, Any]] = {}
+        self._described_for: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._names: frozenset[str] = frozenset()
+        self._endpoints: dict[tuple[str, str], Endpoint] = {}
+        self._methods: dict[tuple[str, str], dict[str, Endpoint]] = {}
 
     # ---- what requests record --------------------------------------------------------------------
 
@@ -110,26 +116,61 @@ class GatewayState:
             self.services = found
             self.changed()
         self.services = found
+        self._index(found)
         if not self.ready:
             self.ready = True
             self.changed()
         return found
 
+    async def describe(self, timeout: float = 2.0) -> None:
+        """Ask one node of each service whose record changed for its full endpoint schemas
+        (:mod:`trimicro.cluster.introspect`); a node that does not answer leaves the type names
+        of the registry in the document (remembered until the record changes, so a silent node
+        costs one timeout per change, not one per read)."""
+        current: dict[tuple[str, str], tuple[str, ...]] = {}
+        for s in self.services:
+            key = (s.name, s.version)
+            endpoints = tuple(e.name for e in s.endpoints)
+            current[key] = endpoints
+            if self._described_for.get(key) == endpoints or not s.nodes:
+                continue
+            self._described_for[key] = endpoints
+            try:
+                with trio.fail_after(timeout):
+                    found = await self.cluster.describe_node(s.nodes[0], s.name, timeout=timeout)
+            except (MicroError, trio.TooSlowError) as exc:
+                log.info("service %s did not describe its endpoints: %s", s.name, exc)
+                continue
+            if isinstance(found, dict):
+                self.described[key] = found
+                self.changed()
+        for gone in set(self._described_for) - set(current):  # bounded by the registry's services
+            self._described_for.pop(gone, None)
+            self.described.pop(gone, None)
+
     def endpoint(self, service: str, name: str) -> Endpoint | None:
         """The endpoint ``name`` of ``service`` (``Greeter.hello``, or ``hello`` alone when one
-        endpoint of the service has that method), from the last registry answer."""
-        found = [e for s in self.services if s.name == service for e in s.endpoints]
-        for e in found:
-            if e.name == name:
-                return e
-        if "." not in name:
-            matches = {e.name: e for e in found if e.name.split(".", 1)[-1].lower() == name.lower()}
-            if len(matches) == 1:
-                return next(iter(matches.values()))
-        return None
+        endpoint of the service has that method), from the last registry answer: one dict
+        lookup per request (the index is rebuilt when the registry's answer changes)."""
+        found = self._endpoints.get((service, name))
+        if found is None and "." not in name:
+            by_method = self._methods.get((service, name.lower()))
+            if by_method is not None and len(by_method) == 1:
+                found = next(iter(by_method.values()))
+        return found
 
     def knows(self, service: str) -> bool:
-        return any(s.name == service for s in self.services)
+        return service in self._names
+
+    def _index(self, services: list[Service]) -> None:
+        self._names = frozenset(s.name for s in services)
+        self._endpoints = {}
+        self._methods = {}
+        for s in services:
+            for e in s.endpoints:
+                self._endpoints.setdefault((s.name, e.name), e)
+                method = e.name.split(".", 1)[-1].lower()
+                self._methods.setdefault((s.name, method), {}).setdefault(e.name, e)
 
     async def follow(self) -> None:
         """Re-read the registry every ``refresh`` seconds, pass on membership changes, and keep
@@ -145,6 +186,7 @@ class GatewayState:
             with trio.move_on_after(max(self.options.refresh, 1.0) * 5):
                 try:
                     await self.refresh()
+                    await self.describe()
                 except MicroError as exc:
                     log.warning("reading the registry failed: %s", exc)
             await trio.sleep(self.options.refresh)
@@ -184,7 +226,13 @@ class GatewayState:
                     "version": s.version,
                     "nodes": [{"id": n.id, "address": n.address} for n in s.nodes],
                     "endpoints": [
-                        {"name": e.name, "stream": e.stream, "request": endpoint_schemas(e)[0]}
+                        {
+                            "name": e.name,
+                            "stream": e.stream,
+                            "request": endpoint_schemas(
+                                e, self.described.get((s.name, s.version), {}).get(e.name)
+                            )[0],
+                        }
                         for e in s.endpoints
                     ],
                 }
