@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from .actor import HandlerTable, handler_table
 from .cell import DEAD, FULL, OK, STOPPING, Cell, current_cell
+from .metadata import MAX_PROPAGATED, MAX_PROPAGATED_BYTES, header_rule
 from .middleware import Kind, Side, compose
 from .remote import (
     AUTHORIZATION,
@@ -32,6 +33,8 @@ __all__ = [
     "AUTHORIZATION",
     "DEAD",
     "FULL",
+    "MAX_PROPAGATED",
+    "MAX_PROPAGATED_BYTES",
     "OK",
     "OUT_HIGH_WATER",
     "STOPPING",
@@ -49,4 +52,5 @@ __all__ = [
     "current_cell",
     "forward_auth",
     "handler_table",
+    "header_rule",
 ]

@@ -37,6 +37,7 @@ from trimicro.mailbox.codec import TypeRegistry
 from trimicro.mailbox.errors import MicroError, NotFound
 
 from .auth.guard import fetch_state
+from .introspect import DESCRIBE_NAME, DESCRIBE_PATH, Describe, endpoint_schemas
 from .membership import SYSTEM_PATH, Membership
 from .registry import (
     NODE_SERVICE,
@@ -115,6 +116,8 @@ class Cluster:
         self._nursery = nursery
         self._served: dict[str, tuple[Service, ActorRef]] = {}
         self._service_paths: dict[str, str] = {}  # actor path -> service name (for auth rules)
+        #: Full JSON Schemas of the endpoints served here, by service (:mod:`.introspect`).
+        self.schemas: dict[str, dict[str, dict[str, Any]]] = {}
         #: The node's :class:`~trimicro.cluster.auth.AuthGuard` (``None`` with ``auth=False``).
         self.auth: Any = None
         #: What keeps :attr:`auth` current (:class:`~trimicro.cluster.auth.AuthSync`), if anything.
@@ -195,6 +198,8 @@ class Cluster:
         await self.registry.register(record, ttl=self.ttl)
         self._served[name] = (record, ref)
         self._service_paths[ref.path] = name
+        if cell is not None:
+            self.schemas[name] = endpoint_schemas(type(cell.instance))
         self._announce()
         self.node.spawn_system(self._deregister_when_stopped, name, record, ref)
         return ref
@@ -206,6 +211,7 @@ class Cluster:
         if self._served.get(name, (None, None))[1] == ref:
             del self._served[name]
             self._service_paths.pop(ref.path, None)
+            self.schemas.pop(name, None)
             self._announce()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self.registry.deregister(record)
@@ -386,6 +392,11 @@ class Cluster:
         ref = self._ref_for(NodeInfo(info.id, info.address, {"path": SYSTEM_PATH}), "")
         return await ask(ref, body, endpoint=endpoint, timeout=timeout)
 
+    async def describe_node(self, info: NodeInfo, service: str, *, timeout: float = 5.0) -> Any:
+        """The full endpoint schemas of ``service`` as the node ``info`` serves it (:mod:`.introspect`)."""
+        ref = self._ref_for(NodeInfo(info.id, info.address, {"path": DESCRIBE_PATH}), "")
+        return await ask(ref, {"service": service}, endpoint="describe", timeout=timeout)
+
     async def publish(self, topic: str, body: Any, **options: Any) -> int:
         """Publish on ``topic`` (see :meth:`~trimicro.cluster.broker.PubSub.publish`)."""
         pubsub = self.pubsub
@@ -554,6 +565,7 @@ async def start_cluster(
                 cluster.auth_sync = getattr(cluster.authn, "sync", None)
                 if cluster.auth_sync is not None:
                     nursery.start_soon(cluster.auth_sync.run)
+            await node.spawn(Describe, cluster.schemas, name=DESCRIBE_NAME)
             if membership:
                 all_seeds = [*seeds, *getattr(registry_, "seeds", ())]
                 cluster.membership = Membership(cluster, seeds=all_seeds)

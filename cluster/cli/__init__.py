@@ -28,6 +28,7 @@ from trimicro.mailbox.errors import MicroError
 
 from .. import plugins
 from .accounts import add_auth_parser, auth
+from .api import add_api_parser, api
 from .calls import call, stream
 from .common import UsageError
 from .discovery import MISS, PUBLISH_WAIT, WAIT, wait_for, wait_seconds
@@ -116,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--table", help="the table to use (default: the store's own)")
     add_auth_parser(client("auth", "accounts, tokens, rules and revocations (the auth service)"))
     add_trust_parsers(sub)
+    gw = sub.add_parser("api", help="serve the HTTP gateway, its OpenAPI docs and the dashboard")
+    add_api_parser(gw)
+    plugin_options(gw, nested=True)
     return parser
 
 
@@ -133,6 +137,7 @@ COMMANDS = {
     "auth": auth,
     "authority": authority,
     "cert": cert,
+    "api": api,
 }
 
 
