@@ -20,7 +20,7 @@ from trimicro.mailbox.errors import MicroError, ServiceUnavailable, TooManyReque
 from trimicro.mailbox.mailboxes import Mailbox, Unbuilt
 from trimicro.mailbox.refs import ActorRef
 
-from .actor import Actor, HandlerTable, handler_table
+from .actor import Actor, HandlerTable
 from .mail import Mail
 from .messages import Terminated
 from .supervision import ChildSpec, Restart, RestartIntensity, Strategy, SupervisorStrategy
@@ -213,7 +213,7 @@ class CellLifecycle:
         self.instance = instance
         cls = type(instance)
         if self.handlers is None:  # built by a factory function: the class is known only now
-            self.handlers = handler_table(cls)
+            self.handlers = self.node.handlers_for(cls)
             self.max_concurrency = max(1, cls.max_concurrency)
         if cls.started is not Actor.started or (failure is not None and cls.restarted is not Actor.restarted):
             return True

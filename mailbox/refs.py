@@ -14,7 +14,7 @@ is the lowest layer's value and the implementations all live above it (in the ac
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -29,6 +29,12 @@ class BindingNode(Protocol):
     @property
     def ask_timeout(self) -> float:
         """The default timeout of an ``ask`` (seconds)."""
+        ...
+
+    @property
+    def client_chain(self) -> Callable[[Any], Awaitable[Any]] | None:
+        """The node's client middleware composed (the actor layer's ``Next``, taking its
+        ``Call``); ``None`` when the node has none, which is what the calls' fast paths check."""
         ...
 
 
