@@ -1,0 +1,243 @@
+"""A dedicated asyncio thread behind trio: how trimicro drives nats-py (an asyncio client).
+
+nats-py runs on an asyncio event loop; trimicro runs on trio. Two ways were measured (see
+``docs/performance.md``, "NATS: bridging asyncio to trio", and ``benchmarks/bench_nats_bridge.py``):
+trio-asyncio (the asyncio loop runs *inside* trio's, on the same thread) and a dedicated
+asyncio loop in its own thread, talked to through thread-safe hand-offs. The thread won: the
+client's parsing and flushing run beside trio's work instead of between it, and trio-asyncio
+must wrap the whole trio program (a loop opened inside a plugin is not one the caller's
+asyncio code shares) and is in maintenance. This module is that thread.
+
+Three hand-offs, each bounded and each wait with a deadline:
+
+* :meth:`Bridge.call` runs one coroutine on the loop and waits for its result in trio
+  (``asyncio.run_coroutine_threadsafe`` one way, ``TrioToken.run_sync_soon`` back); the trio
+  side's cancellation (or the ``timeout``) cancels the asyncio task.
+* :class:`Outbox` carries fire-and-forget work (core NATS publishes) from trio to the loop in
+  batches: one wake-up of the loop per batch, not per message; a full outbox makes the trio
+  side wait (that is the back-pressure), with a deadline.
+* :class:`Inbox` carries items from the loop to trio in batches (deliveries, watch updates):
+  one wake-up of trio per batch; a full inbox drops what does not fit and counts it (the
+  owner decides what a drop means: at-most-once loses it, a watcher resynchronises).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from trimicro.mailbox.errors import RequestTimeout, ServiceUnavailable
+
+__all__ = ["Bridge", "Inbox", "Outbox"]
+
+T = TypeVar("T")
+Item = TypeVar("Item")
+
+#: How long :meth:`Bridge.close` waits for the loop's thread to finish (seconds).
+CLOSE_DEADLINE = 10.0
+
+
+class Bridge:
+    """One asyncio event loop in a daemon thread, owned by whoever opened it.
+
+    Open it in trio (:meth:`open`: it records the trio token the hand-offs call back through)
+    and close it (:meth:`close`) when done; everything the loop still runs is cancelled then.
+    """
+
+    def __init__(self, name: str = "trimicro-nats") -> None:
+        self.name = name
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._closed = False
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            tasks = asyncio.all_tasks(self.loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    @property
+    def token(self) -> trio.lowlevel.TrioToken:
+        if self._token is None:
+            raise ServiceUnavailable(f"{self.name}: the bridge is not open", id="nats")
+        return self._token
+
+    def open(self) -> None:
+        """Start the loop's thread; call it from the trio run that will use the bridge."""
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread.start()
+
+    @property
+    def opened(self) -> bool:
+        return self._token is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def call(
+        self, make: Callable[[], Coroutine[Any, Any, T]], *, timeout: float, what: str = "nats call"
+    ) -> T:
+        """Run ``make()`` on the loop; its result, or its exception, in trio.
+
+        ``timeout`` (seconds) bounds the whole round trip: past it the asyncio task is cancelled
+        and :class:`~trimicro.mailbox.errors.RequestTimeout` raised. A trio cancellation cancels
+        the asyncio task too (and is not delayed by it).
+        """
+        if self._closed:
+            raise ServiceUnavailable(f"{self.name} is closed", id="nats")
+        token = self.token
+        done = trio.Event()
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(make(), self.loop)
+
+        def woken(_: object) -> None:
+            with contextlib.suppress(trio.RunFinishedError):  # the run ended: nobody waits
+                token.run_sync_soon(done.set)
+
+        future.add_done_callback(woken)
+        try:
+            with trio.fail_after(timeout):
+                await done.wait()
+        except trio.TooSlowError:
+            future.cancel()
+            raise RequestTimeout(f"{what}: no answer in {timeout:g} s", id="nats") from None
+        except BaseException:
+            future.cancel()
+            raise
+        if future.cancelled():
+            raise ServiceUnavailable(f"{what}: cancelled (the connection is closing)", id="nats")
+        return future.result()
+
+    def soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run the plain function ``fn(*args)`` on the loop soon (never waits)."""
+        if not self._closed:
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    async def close(self) -> None:
+        """Stop the loop (cancelling what it runs) and wait for its thread, at most
+        :data:`CLOSE_DEADLINE` seconds."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._thread.is_alive():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        with trio.move_on_after(CLOSE_DEADLINE):
+            await trio.to_thread.run_sync(self._thread.join, abandon_on_cancel=True)
+
+
+class Outbox(Generic[Item]):
+    """Items from trio to the loop, handed over in batches, at most ``limit`` waiting.
+
+    ``handle(batch)`` runs on the loop with every item queued since the last batch (a plain
+    function: it must not block; nats-py's ``publish`` only appends to the client's buffer,
+    so a coroutine that never suspends is run to completion by the caller's own wrapper).
+    """
+
+    def __init__(self, bridge: Bridge, handle: Callable[[list[Item]], None], *, limit: int = 65536) -> None:
+        self._bridge = bridge
+        self._handle = handle
+        self.limit = limit
+        self._queue: collections.deque[Item] = collections.deque()
+        self._scheduled = False
+        self._lock = threading.Lock()
+        self._room = trio.Event()
+        self._room.set()
+
+    async def put(self, item: Item, *, timeout: float) -> None:
+        """Queue ``item``; wait (at most ``timeout`` s) while ``limit`` items wait already."""
+        while len(self._queue) >= self.limit:
+            self._room = trio.Event()
+            try:
+                with trio.fail_after(timeout):
+                    await self._room.wait()
+            except trio.TooSlowError:
+                raise ServiceUnavailable(
+                    f"{self._bridge.name}: {self.limit} messages wait to be sent for {timeout:g} s "
+                    "(is the server reachable?)",
+                    id="nats",
+                ) from None
+        self._queue.append(item)
+        with self._lock:
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._bridge.soon(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            self._scheduled = False
+        batch = list(self._queue)
+        for _ in batch:
+            self._queue.popleft()
+        if batch:
+            self._handle(batch)
+        with contextlib.suppress(trio.RunFinishedError, ServiceUnavailable):
+            self._bridge.token.run_sync_soon(self._room.set)
+
+
+class Inbox(Generic[Item]):
+    """Items from the loop to trio, handed over in batches, at most ``limit`` waiting.
+
+    :meth:`push` runs on the loop; ``deliver(batch)`` runs in trio (a plain function, in the
+    trio run's own thread) with everything pushed since the last batch. What does not fit is
+    dropped and counted in :attr:`dropped`; ``overflowed`` (if given) is called in trio once
+    per batch that dropped something.
+    """
+
+    def __init__(
+        self,
+        bridge: Bridge,
+        deliver: Callable[[list[Item]], None],
+        *,
+        limit: int = 65536,
+        overflowed: Callable[[], None] | None = None,
+    ) -> None:
+        self._bridge = bridge
+        self._deliver = deliver
+        self.limit = limit
+        self._overflowed = overflowed
+        self._queue: collections.deque[Item] = collections.deque()
+        self._scheduled = False
+        self._lost = False
+        self._lock = threading.Lock()
+        self.dropped = 0
+
+    def push(self, item: Item) -> None:
+        with self._lock:
+            if len(self._queue) >= self.limit:
+                self.dropped += 1
+                self._lost = True
+                return
+            self._queue.append(item)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        with contextlib.suppress(trio.RunFinishedError, ServiceUnavailable):
+            self._bridge.token.run_sync_soon(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            batch = list(self._queue)
+            self._queue.clear()
+            self._scheduled = False
+            lost, self._lost = self._lost, False
+        if batch:
+            self._deliver(batch)
+        if lost and self._overflowed is not None:
+            self._overflowed()
