@@ -478,3 +478,17 @@ def nats_store(url: URL, **options: Any) -> Any:
     if "grace" in url.params:
         options.setdefault("grace", float(url.params["grace"]))
     return NatsStore(nats_options, **options)
+
+
+def nats_broker(url: URL, **options: Any) -> Any:
+    """``nats://HOST:PORT?prefix=trimicro&stream=TRIMICRO&ack_wait=30``: core NATS subjects, and
+    JetStream for acknowledged publishes, on the node ``start_cluster`` passes as ``cluster=``."""
+    from .broker.nats import NatsBroker
+
+    nats_options = _nats(url, ("prefix", "stream", "ack_wait"))
+    for key in ("prefix", "stream"):
+        if key in url.params:
+            options.setdefault(key, url.params[key])
+    if "ack_wait" in url.params:
+        options.setdefault("ack_wait", float(url.params["ack_wait"]))
+    return NatsBroker(options.pop("cluster"), nats_options, **options)

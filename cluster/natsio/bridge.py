@@ -142,26 +142,30 @@ class Bridge:
 
 
 class Outbox(Generic[Item]):
-    """Items from trio to the loop, handed over in batches, at most ``limit`` waiting.
+    """Items from trio to the loop, handed over in batches, in order, at most ``limit`` waiting.
 
-    ``handle(batch)`` runs on the loop with every item queued since the last batch (a plain
-    function: it must not block; nats-py's ``publish`` only appends to the client's buffer,
-    so a coroutine that never suspends is run to completion by the caller's own wrapper).
+    ``handle(batch)`` is a coroutine function run on the loop by one sender task, batch after
+    batch (so the order of :meth:`put` is kept); items count against ``limit`` until their batch
+    is handled, so a server that stops reading makes :meth:`put` wait (the back-pressure), each
+    wait with a deadline.
     """
 
-    def __init__(self, bridge: Bridge, handle: Callable[[list[Item]], None], *, limit: int = 65536) -> None:
+    def __init__(
+        self, bridge: Bridge, handle: Callable[[list[Item]], Coroutine[Any, Any, None]], *, limit: int = 65536
+    ) -> None:
         self._bridge = bridge
         self._handle = handle
         self.limit = limit
         self._queue: collections.deque[Item] = collections.deque()
+        self._in_flight = 0
         self._scheduled = False
         self._lock = threading.Lock()
+        self._task: asyncio.Task[None] | None = None
         self._room = trio.Event()
-        self._room.set()
 
     async def put(self, item: Item, *, timeout: float) -> None:
-        """Queue ``item``; wait (at most ``timeout`` s) while ``limit`` items wait already."""
-        while len(self._queue) >= self.limit:
+        """Queue ``item``; wait (at most ``timeout`` s) while ``limit`` items are not yet sent."""
+        while len(self._queue) + self._in_flight >= self.limit:
             self._room = trio.Event()
             try:
                 with trio.fail_after(timeout):
@@ -172,23 +176,35 @@ class Outbox(Generic[Item]):
                     "(is the server reachable?)",
                     id="nats",
                 ) from None
-        self._queue.append(item)
         with self._lock:
+            self._queue.append(item)
             if self._scheduled:
                 return
             self._scheduled = True
-        self._bridge.soon(self._drain)
+        self._bridge.soon(self._kick)
 
-    def _drain(self) -> None:
-        with self._lock:
-            self._scheduled = False
-        batch = list(self._queue)
-        for _ in batch:
-            self._queue.popleft()
-        if batch:
-            self._handle(batch)
-        with contextlib.suppress(trio.RunFinishedError, ServiceUnavailable):
-            self._bridge.token.run_sync_soon(self._room.set)
+    def _kick(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = self._bridge.loop.create_task(self._send())
+
+    async def _send(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._scheduled = False
+                    return
+                batch = list(self._queue)
+                self._queue.clear()
+                self._in_flight = len(batch)
+            try:
+                await self._handle(batch)
+            finally:
+                self._in_flight = 0
+                with contextlib.suppress(trio.RunFinishedError, ServiceUnavailable):
+                    self._bridge.token.run_sync_soon(self._signal)
+
+    def _signal(self) -> None:
+        self._room.set()
 
 
 class Inbox(Generic[Item]):
