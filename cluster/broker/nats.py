@@ -134,12 +134,16 @@ class NatsBroker:
         self.node.spawn_system(self._serve, events)
 
     async def _serve(self, events: AsyncIterator[Event]) -> None:
-        with self._scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._deliver_loop)
-                nursery.start_soon(self.acked.serve)
-                async for event in events:
-                    self._node_interest(event.service.nodes[0], present=event.type != EventType.DELETE)
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._deliver_loop)
+                    nursery.start_soon(self.acked.serve)
+                    async for event in events:
+                        self._node_interest(event.service.nodes[0], present=event.type != EventType.DELETE)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._interest_cm.__aexit__(None, None, None)
 
     async def close(self) -> None:
         """Withdraw this node's interest, stop serving, close the connection. Durable consumers

@@ -44,7 +44,7 @@ log = logging.getLogger("trimicro.broker.nats")
 REPLY = "Trimicro-Reply"
 ACK_TIMEOUT = "Trimicro-Ack-Timeout"
 MAX_DELIVERIES = "Trimicro-Max-Deliveries"
-_OWN_HEADERS = (REPLY, ACK_TIMEOUT, MAX_DELIVERIES, "Nats-Msg-Id")
+_OWN_HEADERS = (REPLY, ACK_TIMEOUT, MAX_DELIVERIES)
 
 MAX_AGE = 7 * 24 * 3600.0  # a message nobody acked is dropped after a week
 MAX_BYTES = 1 << 30
@@ -312,7 +312,6 @@ class JetStreamAcks:
                 REPLY: f"{self._inbox_subject}.{msg_id}",
                 ACK_TIMEOUT: repr(ack_timeout),
                 MAX_DELIVERIES: str(max_deliveries),
-                "Nats-Msg-Id": msg_id,
             }
         )
         subject, payload = broker.subject(topic, "a"), broker.codec.encode(body)
