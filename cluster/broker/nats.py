@@ -15,7 +15,9 @@ For nodes that share a NATS server rather than the cluster's own links. What map
   deadline redelivers, ``ack_wait`` redelivers what a crashed subscriber held, and after
   ``max_deliveries`` the message goes to ``$dead.<topic>`` (a core publish);
 * which node subscribes to what (to count deliveries, and for ``remote_interest``) is kept in
-  a NATS registry bucket ``<prefix>_interest``: one record per node.
+  a NATS registry bucket ``<prefix>_interest``: one record per node, refreshed every
+  :data:`INTEREST_TTL` / 3 and lapsing after :data:`INTEREST_TTL` (a crashed node's
+  subscriptions stop counting then).
 
 ``publish`` returns the number of deliveries it made as far as the interest known to this node
 says (at most once: how many subscribers and groups match; acknowledged: how many acked).
@@ -50,6 +52,9 @@ PUBLISHER = "Trimicro-Publisher"
 _INTEREST_SERVICE = "trimicro.pubsub"
 #: What a NATS subscription hands over: (its (pattern, queue)), subject, data, headers.
 _Arrival = tuple[tuple[str, str], str, bytes, Any]
+#: A node's interest record lapses this long after its last refresh (a node that crashed stops
+#: counting then); it is refreshed every third of it.
+INTEREST_TTL = 30.0
 #: Batches of deliveries waiting for the delivery task; past it, at-most-once drops (counted).
 DELIVERY_BATCHES = 1024
 
@@ -139,6 +144,7 @@ class NatsBroker:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._deliver_loop)
                     nursery.start_soon(self.acked.serve)
+                    nursery.start_soon(self._heartbeat)
                     async for event in events:
                         self._node_interest(event.service.nodes[0], present=event.type != EventType.DELETE)
         finally:
@@ -154,6 +160,7 @@ class NatsBroker:
         with trio.move_on_after(self.conn.options.timeout) as scope:
             scope.shield = True
             try:
+                await self.acked.stop()
                 await self._interest_registry.deregister(self._interest_record())
             except Exception as exc:  # the server is gone: its TTL-less record stays until restart
                 log.debug("broker: withdrawing interest: %s", exc)
@@ -203,7 +210,15 @@ class NatsBroker:
 
     async def _announce(self) -> None:
         self._rebuild_interest()
-        await self._interest_registry.register(self._interest_record())
+        await self._interest_registry.register(self._interest_record(), ttl=INTEREST_TTL)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await trio.sleep(INTEREST_TTL / 3)
+            try:
+                await self._announce()
+            except Exception as exc:  # the server is away: the next beat tries again
+                log.debug("broker: refreshing interest: %s", exc)
 
     async def wait_interest(self) -> None:
         """Return at the next change of another node's interest (for tools and tests)."""

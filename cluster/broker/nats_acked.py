@@ -86,6 +86,7 @@ class _Consumer:
     durable: str
     group: bool
     credits: _Credits
+    receive: trio.MemoryReceiveChannel[Any] | None = None
     pump: Any = None
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
@@ -147,6 +148,38 @@ class JetStreamAcks:
             self._waiting.clear()
             await trio.sleep_forever()
 
+    async def stop(self) -> None:
+        """Stop fetching before the node withdraws its interest: a pull request left open would
+        take messages published meanwhile, which the server would redeliver only after
+        ``ack_wait``. What was fetched and not handled is nacked (redelivered at once)."""
+        consumers = list(self._consumers.values())
+        self._consumers.clear()
+        pumps = [c.pump for c in consumers if c.pump is not None]
+        unhandled = []
+        for consumer in consumers:
+            consumer.scope.cancel()
+            if consumer.receive is not None:
+                while True:
+                    try:
+                        unhandled.append(consumer.receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                        break
+        if not self.conn.bridge.opened or self.conn.closed:
+            return
+        nc = self.conn.nc
+
+        async def stop_all() -> None:
+            import asyncio
+
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            for msg in unhandled:
+                await msg.nak()
+            await nc.flush()
+
+        await self.conn.run(stop_all, "stop consumers")
+
     # ---- subscribing ---------------------------------------------------------------------------------
 
     async def subscribe(self, sub: Subscription) -> None:
@@ -167,7 +200,7 @@ class JetStreamAcks:
             inactive_threshold=INACTIVE,
         )
         send, receive = trio.open_memory_channel[Any](IN_FLIGHT)
-        consumer = _Consumer(durable, bool(sub.queue), _Credits(IN_FLIGHT))
+        consumer = _Consumer(durable, bool(sub.queue), _Credits(IN_FLIGHT), receive)
         inbox: Inbox[Any] = Inbox(conn.bridge, lambda batch: _feed(send, batch), limit=IN_FLIGHT)
         self._consumers[sub] = consumer
         consumer.pump = await conn.run(
