@@ -5,9 +5,10 @@ nats-py runs on an asyncio event loop; trimicro runs on trio. Two ways were meas
 trio-asyncio (the asyncio loop runs *inside* trio's, on the same thread) and a dedicated
 asyncio loop in its own thread, talked to through thread-safe hand-offs. The thread won:
 publishing through it (batched hand-offs) runs at 0.7-1.3x raw nats-py where trio-asyncio's
-``aio_as_trio`` per message manages 0.01-0.02x; a round trip costs both about the same (the
-thread 1.0-1.4x trio-asyncio's time on this loaded 2-core machine). trio-asyncio also replaces
-asyncio's event-loop policy for the whole process on import. This module is that thread.
+``aio_as_trio`` per message manages 0.01-0.02x; round trips are a draw within the noise of
+this loaded 2-core machine (0.7-1.9x trio-asyncio's rate over several runs and probes).
+trio-asyncio also replaces asyncio's event-loop policy for the whole process on import. This
+module is that thread.
 
 Three hand-offs, each bounded and each wait with a deadline:
 

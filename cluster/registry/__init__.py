@@ -6,6 +6,8 @@ get_service, list_services, watch); :class:`MemoryRegistry` is the one for a sin
 for tests, :class:`StaticRegistry` serves a fixed list (seed addresses), and
 :class:`MdnsRegistry` (:mod:`.mdns`) announces records over multicast DNS (the default).
 :class:`RegistryCache` (:mod:`.cache`) keeps a watched copy in front of any of them.
+:class:`~.nats.NatsRegistry` (:mod:`.nats`, ``nats://``) keeps records in a JetStream KV bucket
+(imported only when chosen: it needs nats-py).
 
 A record is only a hint: the node id and address it names are checked by the secure handshake
 (the certificate must be for that node id), so a forged record cannot capture traffic.
