@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
@@ -37,6 +38,8 @@ import trio
 from trimicro.mailbox.errors import RequestTimeout, ServiceUnavailable
 
 __all__ = ["Bridge", "Inbox", "Outbox"]
+
+log = logging.getLogger("trimicro.nats")
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -200,6 +203,8 @@ class Outbox(Generic[Item]):
         self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
         self._room = trio.Event()
+        #: Items whose batch the handler failed (dropped: at most once).
+        self.failed = 0
 
     async def put(self, item: Item, *, timeout: float) -> None:
         """Queue ``item``; wait (at most ``timeout`` s) while ``limit`` items are not yet sent."""
@@ -236,6 +241,9 @@ class Outbox(Generic[Item]):
                 self._in_flight = len(batch)
             try:
                 await self._handle(batch)
+            except Exception as exc:  # the connection refused the batch (its buffer is full)
+                self.failed += len(batch)
+                log.warning("%s: %d messages not sent: %s", self._bridge.name, len(batch), exc)
             finally:
                 self._in_flight = 0
                 with contextlib.suppress(trio.RunFinishedError, ServiceUnavailable):

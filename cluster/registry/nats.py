@@ -134,8 +134,10 @@ class NatsRegistry:
             async with self._lock:
                 if self._kv is None:
                     await self._open()
-        with trio.fail_after(self.conn.options.timeout):
+        with trio.move_on_after(self.conn.options.timeout):
             await self._ready.wait()
+        if not self._ready.is_set():
+            raise RequestTimeout("registry: the bucket's watcher gave no snapshot in time", id="nats")
 
     async def _open(self) -> None:
         async def open_bucket() -> Any:
