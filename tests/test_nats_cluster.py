@@ -18,7 +18,7 @@ from procs import python_process
 
 from trimicro.actors import Actor
 from trimicro.cluster import plugins
-from trimicro.cluster.broker import Message
+from trimicro.cluster.broker import Broker, Message
 from trimicro.cluster.broker.nats import NatsBroker
 from trimicro.cluster.cluster import start_cluster
 from trimicro.cluster.registry.nats import NatsRegistry
@@ -70,7 +70,7 @@ async def test_start_cluster_takes_nats_urls_for_registry_broker_and_store(
         start_cluster("client", **chosen, home=tmp_path) as b,
     ):
         assert isinstance(a.registry, NatsRegistry) and isinstance(a.store, NatsStore)
-        assert isinstance(a.pubsub, NatsBroker)
+        assert isinstance(a.pubsub, NatsBroker) and isinstance(a.pubsub, Broker)
         await a.serve(Echo)
         assert await b.call("echo", "Echo.say", {"text": "hi"}) == "hi from server"
         async with a.pubsub.messages("news.*") as news:
