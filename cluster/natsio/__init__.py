@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -29,6 +29,7 @@ from .keys import bucket_name, escape, unescape
 
 __all__ = [
     "COMMON_OPTIONS",
+    "SNAPSHOT_DONE",
     "Bridge",
     "Inbox",
     "NatsConnection",
@@ -38,6 +39,7 @@ __all__ = [
     "escape",
     "options_from_url",
     "server_ttl",
+    "snapshot",
     "unescape",
 ]
 
@@ -89,6 +91,41 @@ def options_from_url(
     if "name" in params:
         found["name"] = params["name"]
     return NatsOptions(**found)
+
+
+async def snapshot(kv: Any) -> AsyncGenerator[Any, None]:
+    """On the loop: the current entries of a KV bucket (deletes included), then the watcher's
+    later updates, as :class:`SNAPSHOT_DONE` marks the end of the current ones.
+
+    Not nats-py's own end marker (a ``None`` entry): it is sent when the consumer reports
+    nothing pending, which a consumer just made can report before it counted the bucket's
+    messages, so a scan would end early, empty. Here the end is the entry delivered with nothing
+    pending after it, or, for a bucket that holds no message, at once.
+    """
+    info = await kv._js.stream_info(kv._stream)
+    watcher = await kv.watchall()
+    try:
+        if not info.state.messages:
+            yield SNAPSHOT_DONE
+            done = True
+        else:
+            done = False
+        async for entry in watcher:
+            if entry is None:
+                continue
+            yield entry
+            if not done and not entry.delta:
+                done = True
+                yield SNAPSHOT_DONE
+    finally:
+        try:
+            await watcher.stop()
+        except Exception as exc:  # the connection is gone: nothing left to stop
+            log.debug("watcher stop: %s", exc)
+
+
+#: What :func:`snapshot` yields after the bucket's current entries.
+SNAPSHOT_DONE = object()
 
 
 def server_ttl(seconds: float, grace: float) -> int:

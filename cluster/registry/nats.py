@@ -37,7 +37,7 @@ import trio
 
 from trimicro.mailbox.errors import NotFound, RequestTimeout, ServiceUnavailable
 
-from ..natsio import Inbox, NatsConnection, NatsOptions, escape, server_ttl
+from ..natsio import SNAPSHOT_DONE, Inbox, NatsConnection, NatsOptions, escape, server_ttl, snapshot
 from . import Endpoint, Event, EventType, NodeInfo, Service, Watchers, _ExpiringEvents, merge_nodes
 
 __all__ = ["NatsRegistry"]
@@ -164,22 +164,22 @@ class NatsRegistry:
         async def start() -> asyncio.Task[None]:
             if old is not None:
                 old.cancel()
-            watcher = await kv.watchall()
+            entries = snapshot(kv)
+            first = await anext(entries)  # the watcher exists: nothing written from now is missed
 
             async def pump() -> None:
                 try:
-                    async for entry in watcher:
-                        if entry is None:
+                    entry = first
+                    while True:
+                        if entry is SNAPSHOT_DONE:
                             push(_Update(generation, snapshot_done=True))
-                            continue
-                        deleted = entry.operation in _DELETES
-                        data = None if deleted else (entry.value or b"")
-                        push(_Update(generation, entry.key, data, entry.revision or 0))
+                        else:
+                            deleted = entry.operation in _DELETES
+                            data = None if deleted else (entry.value or b"")
+                            push(_Update(generation, entry.key, data, entry.revision or 0))
+                        entry = await anext(entries)
                 finally:
-                    try:
-                        await watcher.stop()
-                    except Exception as exc:  # the connection is gone: nothing left to stop
-                        log.debug("registry watcher stop: %s", exc)
+                    await entries.aclose()
 
             return asyncio.ensure_future(pump())
 

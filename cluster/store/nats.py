@@ -36,7 +36,16 @@ import msgpack
 
 from trimicro.mailbox.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 
-from ..natsio import NatsConnection, NatsOptions, bucket_name, escape, server_ttl, unescape
+from ..natsio import (
+    SNAPSHOT_DONE,
+    NatsConnection,
+    NatsOptions,
+    bucket_name,
+    escape,
+    server_ttl,
+    snapshot,
+    unescape,
+)
 from . import MAX_NAMESPACES, MiB, Record, _Checks, _expired, _page, _version_of, conflict
 
 __all__ = ["NatsStore"]
@@ -148,22 +157,21 @@ class NatsStore(_Checks):
     async def _scan(self, kv: Any) -> builtins.list[Record]:
         """Every live record of a bucket, in utf-8 order of the keys."""
 
-        async def snapshot() -> builtins.list[tuple[str, bytes, int]]:
-            watcher = await kv.watchall(ignore_deletes=True)
+        async def current() -> builtins.list[tuple[str, bytes, int]]:
             found = []
+            entries = snapshot(kv)
             try:
-                async for entry in watcher:
-                    if entry is None:
+                async for entry in entries:
+                    if entry is SNAPSHOT_DONE:
                         break
-                    found.append((entry.key, entry.value or b"", entry.revision or 0))
-                    if not entry.delta:
-                        break
+                    if entry.operation is None:  # not a delete marker
+                        found.append((entry.key, entry.value or b"", entry.revision or 0))
             finally:
-                await watcher.stop()
+                await entries.aclose()
             return found
 
         records = []
-        for subject_key, data, revision in await self.conn.run(snapshot, "scan"):
+        for subject_key, data, revision in await self.conn.run(current, "scan"):
             record = self._decode(unescape(subject_key), data, revision)
             if record is not None:
                 records.append(record)
