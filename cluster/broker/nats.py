@@ -212,13 +212,18 @@ class NatsBroker:
         self._rebuild_interest()
         await self._interest_registry.register(self._interest_record(), ttl=INTEREST_TTL)
 
+    async def _announce_quietly(self) -> None:
+        """:meth:`_announce` where nobody waits for it: a failure (the server is away) waits
+        for the next heartbeat, which announces the interest again."""
+        try:
+            await self._announce()
+        except Exception as exc:
+            log.debug("broker: announcing interest: %s", exc)
+
     async def _heartbeat(self) -> None:
         while True:
             await trio.sleep(INTEREST_TTL / 3)
-            try:
-                await self._announce()
-            except Exception as exc:  # the server is away: the next beat tries again
-                log.debug("broker: refreshing interest: %s", exc)
+            await self._announce_quietly()
 
     async def wait_interest(self) -> None:
         """Return at the next change of another node's interest (for tools and tests)."""
@@ -296,14 +301,14 @@ class NatsBroker:
     def unsubscribe(self, sub: Subscription) -> None:
         if self._forget(sub):
             self.acked.unsubscribe(sub, delete=True)
-            self.node.spawn_system(self._announce)
+            self.node.spawn_system(self._announce_quietly)
 
     def _actor_gone(self, ref: ActorRef) -> None:
         for sub in list(self._by_actor.get(ref, [])):
             if self._forget(sub):
                 self.acked.unsubscribe(sub, delete=False)
         if not self._closed:
-            self.node.spawn_system(self._announce)
+            self.node.spawn_system(self._announce_quietly)
 
     @asynccontextmanager
     async def messages(
