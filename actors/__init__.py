@@ -23,6 +23,7 @@ from .api import ask, tell, try_tell
 from .cell import Escalated
 from .context import Context
 from .messages import DeadLetter, Terminated
+from .middleware import Call, Middleware, Next
 from .node import DEFAULT_ASK_TIMEOUT, Node, start_node
 from .streams import Stream, StreamClosed, open_stream
 from .supervision import Backoff, ChildSpec, Restart, Strategy, SupervisorStrategy
@@ -35,6 +36,7 @@ __all__ = [
     "ActorRef",
     "Backoff",
     "BadRequest",
+    "Call",
     "ChildSpec",
     "Conflict",
     "Context",
@@ -44,6 +46,8 @@ __all__ = [
     "InternalServerError",
     "MailboxSpec",
     "MicroError",
+    "Middleware",
+    "Next",
     "Node",
     "NotFound",
     "RequestTimeout",

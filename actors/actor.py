@@ -25,7 +25,7 @@ from __future__ import annotations
 import dis
 import inspect
 import types as _types
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from trimicro.mailbox.mailboxes import MailboxSpec
@@ -82,12 +82,16 @@ class Actor:
 
     Class attributes configure how the runtime hosts it: ``mailbox`` (default: bounded, 1000),
     ``max_concurrency`` (handlers of one actor that may interleave; 1 means one message at a
-    time), ``supervision`` (how it treats failures of the children it spawns) and
-    ``service_name`` (the endpoint prefix).
+    time), ``supervision`` (how it treats failures of the children it spawns),
+    ``service_name`` (the endpoint prefix) and ``middleware`` (server middleware around its
+    handlers, see :mod:`trimicro.actors.middleware`).
     """
 
     mailbox: ClassVar[MailboxSpec | None] = None
     max_concurrency: ClassVar[int] = 1
+    #: Server middleware around this class's handlers, inside the node's (see
+    #: :mod:`trimicro.actors.middleware`; the first is outermost).
+    middleware: ClassVar[Sequence[Callable[..., Awaitable[Any]]]] = ()
     #: The class's handler table, built on first spawn (see :func:`handler_table`).
     _trimicro_handlers: ClassVar[HandlerTable | None] = None
     supervision: ClassVar[SupervisorStrategy] = SupervisorStrategy()
@@ -217,6 +221,29 @@ class HandlerTable:
             return (fn, None) if fn in self.inline else None
         entry = self.by_endpoint.get(endpoint)
         return entry if entry is not None and entry[0] in self.inline else None
+
+    def wrapped(self, wrap: Callable[[Handler, bool], Handler], keep_inline: bool) -> HandlerTable:
+        """A copy whose handlers are ``wrap(handler, is_stream_handler)`` (each wrapped once,
+        whatever the number of names it has): what a node's middleware makes of a class's
+        table (see :mod:`trimicro.actors.middleware.server`). Inline handlers stay inline only
+        with ``keep_inline`` (the wrapping never suspends on its own)."""
+        done: dict[Handler, Handler] = {}
+
+        def once(fn: Handler, stream: bool = False) -> Handler:
+            wrapped = done.get(fn)
+            if wrapped is None:
+                wrapped = done[fn] = wrap(fn, stream)
+            return wrapped
+
+        table = object.__new__(HandlerTable)
+        table.cls = self.cls
+        table.service = self.service
+        table.by_type = {t: once(fn) for t, fn in self.by_type.items()}
+        table.by_endpoint = {name: (once(fn), convert) for name, (fn, convert) in self.by_endpoint.items()}
+        table.by_stream = {name: once(fn, True) for name, fn in self.by_stream.items()}
+        table.fallback = None if self.fallback is None else once(self.fallback)
+        table.inline = {once(fn) for fn in self.inline} if keep_inline else set()
+        return table
 
     def for_type(self, t: type) -> Handler | None:
         """The handler for messages of type ``t`` (subclasses match their base's handler)."""

@@ -6,6 +6,7 @@ plain functions with no global lookup. Called from inside an actor, the actor is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -15,6 +16,7 @@ from trimicro.mailbox.refs import ActorRef
 
 from .cell import current_cell, current_item
 from .metadata import forward_auth, propagate
+from .middleware import Middleware, client
 
 __all__ = ["ask", "tell", "try_tell"]
 
@@ -41,13 +43,19 @@ def _sender() -> ActorRef | None:
 
 
 async def tell(
-    ref: ActorRef, message: Any, *, endpoint: str | None = None, headers: dict[str, str] | None = None
+    ref: ActorRef,
+    message: Any,
+    *,
+    endpoint: str | None = None,
+    headers: dict[str, str] | None = None,
+    middleware: Sequence[Middleware] | None = None,
 ) -> None:
     """Send one-way. Waits only while the target's bounded mailbox is full (backpressure).
 
     A message to a stopped actor goes to dead letters. When the message fits, ``tell`` yields to
     the scheduler only once every 128 calls, so a producer sends in batches: that is what makes
-    it fast, while other tasks still get to run.
+    it fast, while other tasks still get to run. ``middleware`` runs around this call, outside
+    the node's (see :mod:`trimicro.actors.middleware`).
     """
     binding = ref.binding
     if binding is None:
@@ -56,15 +64,33 @@ async def tell(
     item = current_item.get()
     if item is not None and item[4]:  # serving a message with metadata: it travels on
         headers = propagate(item[4], headers)
-    if endpoint is None:
+    if middleware is not None or binding.node.client_chain is not None:
+        chain = client.client_chain(binding.node.client_chain, middleware)
+        sender = None if cell is None else cell.ref
+        await client.tell(chain, ref, binding, message, sender, headers, endpoint)
+    elif endpoint is None:
         await binding.tell(message, None if cell is None else cell.ref, headers)
     else:
         await binding.tell(message, None if cell is None else cell.ref, headers, endpoint)
 
 
-def try_tell(ref: ActorRef, message: Any, *, headers: dict[str, str] | None = None) -> bool:
-    """Send one-way without waiting; ``False`` (and a dead letter) if it could not be queued."""
-    return bool(_binding(ref).try_tell(message, _sender(), forward_auth(headers)))
+def try_tell(
+    ref: ActorRef,
+    message: Any,
+    *,
+    headers: dict[str, str] | None = None,
+    middleware: Sequence[Middleware] | None = None,
+) -> bool:
+    """Send one-way without waiting; ``False`` (and a dead letter) if it could not be queued.
+
+    Middleware (this call's, then the node's) runs synchronously here: one that suspends
+    raises :class:`RuntimeError` (see :mod:`trimicro.actors.middleware`).
+    """
+    binding = _binding(ref)
+    if middleware is not None or binding.node.client_chain is not None:
+        chain = client.client_chain(binding.node.client_chain, middleware)
+        return client.try_tell(chain, ref, binding, message, _sender(), forward_auth(headers))
+    return bool(binding.try_tell(message, _sender(), forward_auth(headers)))
 
 
 async def ask(
@@ -75,6 +101,7 @@ async def ask(
     timeout: float | None = None,
     headers: dict[str, str] | None = None,
     reply_headers: dict[str, str] | None = None,
+    middleware: Sequence[Middleware] | None = None,
 ) -> Any:
     """Send a request and return the reply, or raise the handler's typed error.
 
@@ -90,16 +117,43 @@ async def ask(
     was idle, its handler ran directly in the asker's task and is cancelled with it (no work is
     left running for nobody); if the request was queued, the handler runs on a worker and its
     late reply is dropped to dead letters (``late-reply``), never delivered to another call.
+
+    ``middleware`` runs around this call, outside the node's (see
+    :mod:`trimicro.actors.middleware`).
     """
     binding = _binding(ref)
+    node = binding.node
     item = current_item.get()
     if timeout is None:
-        timeout = binding.node.ask_timeout
+        timeout = node.ask_timeout
         if item is not None and item[1] is not None and item[1].deadline is not None:
             # Serving a request with a deadline: a nested call gets what is left of it.
             timeout = min(timeout, max(0.0, item[1].deadline - trio.current_time()))
     if item is not None and item[4]:  # serving a message with metadata: it travels on
         headers = propagate(item[4], headers)
+    if middleware is not None or node.client_chain is not None:
+        chain = client.client_chain(node.client_chain, middleware)
+        return await client.ask(
+            chain, ref, binding, message, _sender(), headers, endpoint, timeout, reply_headers
+        )
     if reply_headers is None:
         return await binding.ask(message, _sender(), headers, endpoint, timeout)
     return await binding.ask(message, _sender(), headers, endpoint, timeout, reply_headers)
+
+
+async def _open_through(
+    middleware: Sequence[Middleware] | None,
+    ref: ActorRef,
+    binding: Any,
+    endpoint: str,
+    request: Any,
+    headers: dict[str, str] | None,
+    window: int,
+    timeout: float,
+) -> Any:
+    """``open_stream`` through middleware (for :mod:`.streams`, which reaches its helpers here:
+    see :data:`_propagated`)."""
+    chain = client.client_chain(binding.node.client_chain, middleware)
+    return await client.open_stream(
+        chain, ref, binding, endpoint, request, _sender(), headers, window, timeout
+    )

@@ -26,7 +26,7 @@ from trimicro.mailbox.errors import (
 from trimicro.mailbox.mailboxes import Mailbox, Unbuilt
 from trimicro.mailbox.refs import ActorRef
 
-from .actor import Actor, HandlerTable, _Unhandled, handler_table
+from .actor import Actor, HandlerTable, _Unhandled
 from .messages import Terminated
 from .streams import DEFAULT_WINDOW, Stream, local_pair
 from .supervision import ChildSpec, Restart, RestartIntensity, Strategy, SupervisorStrategy
@@ -755,7 +755,7 @@ class Cell:
         self.instance = instance
         cls = type(instance)
         if self.handlers is None:  # built by a factory function: the class is known only now
-            self.handlers = handler_table(cls)
+            self.handlers = self.node.handlers_for(cls)
             self.max_concurrency = max(1, cls.max_concurrency)
         if cls.started is not Actor.started or (failure is not None and cls.restarted is not Actor.restarted):
             return True

@@ -3,10 +3,11 @@
 
 :mod:`trimicro.actors` is the surface for applications. Plumbing above the runtime (pub/sub
 delivering straight into mailboxes, the auth guard hooked into every inbound request, the
-cluster's calls) needs more: cells and their offer results, the links and peers of remoting,
-the ``authorization`` metadata. Everything here is a re-export: the modules that define these
-names (``cell``, ``remote``, ``actor``) are private and may be split or moved; this module is
-the stable place to import them from, and import-linter forbids ``trimicro.cluster`` any
+cluster's calls, pub/sub's middleware) needs more: cells and their offer results, the links
+and peers of remoting, the ``authorization`` metadata, the middleware kinds and composition.
+Everything here is a re-export: the modules that define these names (``cell``, ``remote``,
+``actor``, ``middleware``) are private to the cluster and may be split or moved; this module
+is the stable place to import them from, and import-linter forbids ``trimicro.cluster`` any
 other way in.
 """
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 from .actor import HandlerTable, handler_table
 from .cell import DEAD, FULL, OK, STOPPING, Cell, current_cell
+from .metadata import MAX_PROPAGATED, MAX_PROPAGATED_BYTES, header_rule
+from .middleware import Kind, Side, compose
 from .remote import (
     AUTHORIZATION,
     OUT_HIGH_WATER,
@@ -30,6 +33,8 @@ __all__ = [
     "AUTHORIZATION",
     "DEAD",
     "FULL",
+    "MAX_PROPAGATED",
+    "MAX_PROPAGATED_BYTES",
     "OK",
     "OUT_HIGH_WATER",
     "STOPPING",
@@ -37,11 +42,15 @@ __all__ = [
     "Guard",
     "HandlerTable",
     "Identity",
+    "Kind",
     "Link",
     "Peer",
     "Remoting",
+    "Side",
     "Unreachable",
+    "compose",
     "current_cell",
     "forward_auth",
     "handler_table",
+    "header_rule",
 ]

@@ -12,7 +12,7 @@ import itertools
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from .deadletters import DeadLetters
 from .dispatcher import Dispatcher
 from .messages import DeadLetter
 from .metadata import HeaderRule, header_rule
+from .middleware import Middleware, Next, compose
+from .middleware.server import wrap_handlers
 from .remote import MAX_HANDSHAKES, Identity, Remoting
 from .supervision import ChildSpec, Restart, SupervisorStrategy
 from .timers import TimeoutWheel, TimerService
@@ -74,8 +76,16 @@ class Node:
         busy_poll: float = DEFAULT_BUSY_POLL,
         max_handshakes: int = MAX_HANDSHAKES,
         propagate_headers: HeaderRule = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.id = node_id
+        #: This node's middleware, both sides (see :mod:`trimicro.actors.middleware`).
+        self.middleware: tuple[Middleware, ...] = tuple(middleware)
+        #: The client side of it, composed once; ``None`` without middleware (the calls' fast
+        #: paths check only this).
+        self.client_chain: Next | None = compose(self.middleware) if self.middleware else None
+        #: Handler tables wrapped in middleware, per actor class (see :meth:`handlers_for`).
+        self._wrapped: dict[type, HandlerTable] = {}
         self.ask_timeout = ask_timeout
         #: Which inbound header keys travel on calls made while serving (see :mod:`.metadata`).
         self.propagate = header_rule(propagate_headers)
@@ -238,10 +248,24 @@ class Node:
                 self._unbuilt[id(mailbox_spec)] = mailbox
         if actor_cls is None:
             return mailbox, None, 1
-        kind = (mailbox, handler_table(actor_cls), max(1, actor_cls.max_concurrency))
+        kind = (mailbox, self.handlers_for(actor_cls), max(1, actor_cls.max_concurrency))
         if spec.mailbox is None and len(self._kinds) < SHARED_SPECS:
             self._kinds[actor_cls] = kind
         return kind
+
+    def handlers_for(self, cls: type[Actor]) -> HandlerTable:
+        """The handler table this node's actors of ``cls`` use: the class's own, or, when the
+        node or the class has middleware, a copy wrapped in it (node's outermost), built once
+        per class and node."""
+        table = handler_table(cls)
+        if not self.middleware and not cls.middleware:
+            return table
+        wrapped = self._wrapped.get(cls)
+        if wrapped is None:
+            wrapped = wrap_handlers(table, (*self.middleware, *cls.middleware))
+            if len(self._wrapped) < SHARED_SPECS:
+                self._wrapped[cls] = wrapped
+        return wrapped
 
     async def start_cell(self, cell: Cell) -> ActorRef:
         """Start a cell from :meth:`new_cell`; if it fails to start, it is gone again."""
@@ -394,6 +418,7 @@ async def start_node(
     busy_poll: float = DEFAULT_BUSY_POLL,
     max_handshakes: int = MAX_HANDSHAKES,
     propagate_headers: HeaderRule = None,
+    middleware: Sequence[Middleware] = (),
 ) -> AsyncIterator[Node]:
     """Run a node for the duration of the block.
 
@@ -417,10 +442,13 @@ async def start_node(
     ``propagate_headers`` restricts which headers of a request being served travel on the calls
     its handler makes (by default all but the hop-by-hop ones; ``authorization`` always does):
     a collection of keys to allow, or a predicate on the key (see :mod:`trimicro.actors.metadata`).
+    ``middleware`` runs around the calls this node makes and the handlers of its actors (the
+    first is outermost; see :mod:`trimicro.actors.middleware` for the order of the levels).
     """
     if max_handshakes < 1:
         raise ValueError(f"max_handshakes must be at least 1, got {max_handshakes}")
     header_rule(propagate_headers)  # a bad rule is a TypeError here, not inside the node's nursery
+    compose(middleware)  # so is a middleware that is not callable
     node_id = name or uuid.uuid4().hex[:12]
 
     def make_identity() -> Identity:
@@ -451,6 +479,7 @@ async def start_node(
             busy_poll=busy_poll,
             max_handshakes=max_handshakes,
             propagate_headers=propagate_headers,
+            middleware=middleware,
         )
         nursery.start_soon(node.timers.run, name="trimicro-timers")
         nursery.start_soon(node.timeouts.run, name="trimicro-timeouts")

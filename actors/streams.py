@@ -20,7 +20,7 @@ are direct calls (:class:`LocalOps`); across nodes they are envelopes on the lin
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -319,21 +319,28 @@ async def open_stream(
     window: int = DEFAULT_WINDOW,
     headers: dict[str, str] | None = None,
     timeout: float | None = None,
+    middleware: Sequence[Any] | None = None,
 ) -> AsyncIterator[Stream]:
     """Open a stream with the handler ``endpoint`` of the actor ``ref`` (local or remote).
 
     Returns once the handler has accepted it (or raises its typed error: 404 for an unknown
     stream endpoint, 503 for a stopped actor). ``window`` is how many items this side buffers;
     ``timeout`` bounds only the opening. Leaving the block closes the stream: if it is not over,
-    the handler sees it cancelled.
+    the handler sees it cancelled. ``middleware`` runs around the opening, outside the node's
+    (see :mod:`trimicro.actors.middleware`).
     """
-    from .api import _binding, _propagated, _sender
+    from .api import _binding, _open_through, _propagated, _sender
 
     binding = _binding(ref)
+    node = binding.node
     if timeout is None:
-        timeout = binding.node.ask_timeout
+        timeout = node.ask_timeout
     headers = _propagated(headers)  # metadata of the message being handled travels on
-    stream: Stream = await binding.open_stream(endpoint, request, _sender(), headers, window, timeout)
+    stream: Stream
+    if middleware is not None or node.client_chain is not None:
+        stream = await _open_through(middleware, ref, binding, endpoint, request, headers, window, timeout)
+    else:
+        stream = await binding.open_stream(endpoint, request, _sender(), headers, window, timeout)
     try:
         yield stream
     finally:

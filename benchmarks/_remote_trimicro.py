@@ -60,8 +60,22 @@ class Bench(Actor):
         await stream.send(n)
 
 
-async def serve(port_file: str, busy_poll: float | None = None) -> None:
+async def noop(call: Any, call_next: Any) -> Any:
+    """A middleware that does nothing: what one layer of the onion costs."""
+    return await call_next(call)
+
+
+def _options(busy_poll: float | None, middleware: bool) -> dict[str, Any]:
     options: dict[str, Any] = {} if busy_poll is None else {"busy_poll": busy_poll}
+    if middleware:  # imported here: the plain rows also run against checkouts without it
+        from trimicro.actors.middleware import passes_through
+
+        options["middleware"] = [passes_through(noop)]
+    return options
+
+
+async def serve(port_file: str, busy_poll: float | None = None, middleware: bool = False) -> None:
+    options = _options(busy_poll, middleware)
     async with start_node("bench-server", listen="127.0.0.1:0", home=HOME, **options) as node:
         await node.spawn(Bench, name="bench")
         tmp = f"{port_file}.tmp"
@@ -153,10 +167,28 @@ async def client_without_busy_poll(
     return await client(address, phase, seconds, concurrency, busy_poll=0)
 
 
-async def client(
-    address: str, phase: str, seconds: float, concurrency: int, busy_poll: float | None = None
+async def serve_with_middleware(port_file: str) -> None:
+    """The server with one no-op node middleware (around every handler), for the mw row."""
+    await serve(port_file, middleware=True)
+
+
+async def client_with_middleware(
+    address: str, phase: str, seconds: float, concurrency: int
 ) -> dict[str, Any]:
-    options: dict[str, Any] = {} if busy_poll is None else {"busy_poll": busy_poll}
+    """The client with one no-op node middleware (around every call): with the server's, what
+    one middleware on both sides costs."""
+    return await client(address, phase, seconds, concurrency, middleware=True)
+
+
+async def client(
+    address: str,
+    phase: str,
+    seconds: float,
+    concurrency: int,
+    busy_poll: float | None = None,
+    middleware: bool = False,
+) -> dict[str, Any]:
+    options = _options(busy_poll, middleware)
     async with start_node("bench-client", home=HOME, ask_timeout=30, **options) as node:
         server = await node.connect(address)
         ref = node.remote_ref(server, "bench")

@@ -17,7 +17,13 @@ Memory runs in round 1 only by default (``--mem-rounds``): the counts do not var
 Every message is the same small attrs class. Prints one JSON line per round, then one summary
 line (medians over rounds, min-max, per-round ratios, target pass/fail).
 
-Run:  python benchmarks/bench_local.py [--rounds 3] [--seconds 1.0]
+``--middleware`` adds trimicro tell and ask with one no-op node middleware, measured beside
+the same without in each round (ratios ``tell_mw_vs_tell``, ``ask_mw_vs_ask``; and
+``ask_mw_await_vs_ask`` for a no-op middleware not declared ``passes_through``);
+``--only-trimicro`` runs trimicro's tell and ask only (an A/B of two checkouts runs this with
+each checkout's interpreter in turn: see ``benchmarks/ab_checkouts.py``).
+
+Run:  python benchmarks/bench_local.py [--rounds 3] [--seconds 1.0] [--middleware] [--only-trimicro]
 """
 
 from __future__ import annotations
@@ -82,9 +88,31 @@ def _trimicro():
     return Actor, ask, start_node, tell, Counter, Idle
 
 
-async def tm_tell(seconds):
+async def noop(call, call_next):
+    """A middleware that does nothing: what one layer of the onion costs."""
+    return await call_next(call)
+
+
+def _node_options(middleware):
+    """``start_node`` options: none, or one no-op node middleware, declared as passing through
+    (``"mw"``: inline handlers stay inline) or not (``"mw-await"``, a middleware as written
+    without the mark). Imported here: an A/B run of a checkout without middleware never
+    asks for it."""
+    if not middleware:
+        return {}
+    if middleware == "mw-await":
+        return {"middleware": [noop]}
+    from trimicro.actors.middleware import passes_through
+
+    async def marked(call, call_next):
+        return await call_next(call)
+
+    return {"middleware": [passes_through(marked)]}
+
+
+async def tm_tell(seconds, middleware=False):
     _, ask, start_node, tell, Counter, _ = _trimicro()
-    async with start_node("bench") as node:
+    async with start_node("bench", **_node_options(middleware)) as node:
         ref = await node.spawn(Counter)
         out = []
         for dur in (min(0.2, seconds), seconds):  # warm-up, then measured
@@ -103,9 +131,9 @@ async def tm_tell(seconds):
         return out[-1]
 
 
-async def tm_ask(seconds):
+async def tm_ask(seconds, middleware=False):
     _, ask, start_node, _, Counter, _ = _trimicro()
-    async with start_node("bench") as node:
+    async with start_node("bench", **_node_options(middleware)) as node:
         ref = await node.spawn(Counter)
         for dur in (min(0.2, seconds), seconds):
             lat = []
@@ -464,15 +492,39 @@ def calibrate(seconds=0.1):
     return round(n / seconds / 1e6, 1)
 
 
+def middleware_round(m, s):
+    """trimicro's tell and ask without and with one no-op node middleware (it runs around the
+    call and around the handler), back to back; the ask also with the middleware not declared
+    as passing through (the handler then loses its inline run)."""
+    m["tell.trimicro.msgs_per_s"] = round(trio.run(tm_tell, s))
+    m["tell.trimicro_mw.msgs_per_s"] = round(trio.run(tm_tell, s, "mw"))
+    m.update(lat_metrics("ask.trimicro", *trio.run(tm_ask, s)))
+    m.update(lat_metrics("ask.trimicro_mw", *trio.run(tm_ask, s, "mw")))
+    m.update(lat_metrics("ask.trimicro_mw_await", *trio.run(tm_ask, s, "mw-await")))
+
+
 def one_round(r, args):
     m = {}
     s = args.seconds
+    if args.only_trimicro:
+        if args.middleware:
+            middleware_round(m, s)
+        else:
+            m["tell.trimicro.msgs_per_s"] = round(trio.run(tm_tell, s))
+            m.update(lat_metrics("ask.trimicro", *trio.run(tm_ask, s)))
+        log(f"round {r}: trimicro tell/ask done")
+        return m
+    if args.middleware:
+        middleware_round(m, s)
+        log(f"round {r}: middleware done")
     # Interleave the three systems inside each kind of phase.
-    m["tell.trimicro.msgs_per_s"] = round(trio.run(tm_tell, s))
+    if not args.middleware:  # else measured beside the middleware phases
+        m["tell.trimicro.msgs_per_s"] = round(trio.run(tm_tell, s))
     m["tell.channel.msgs_per_s"] = round(trio.run(ch_send, s))
     m["tell.pykka.msgs_per_s"] = round(pk_tell(s))
     log(f"round {r}: tell done")
-    m.update(lat_metrics("ask.trimicro", *trio.run(tm_ask, s)))
+    if not args.middleware:
+        m.update(lat_metrics("ask.trimicro", *trio.run(tm_ask, s)))
     m.update(lat_metrics("ask.channel", *trio.run(ch_ask, s)))
     m.update(lat_metrics("ask.pykka", *pk_ask(s)))
     log(f"round {r}: ask done")
@@ -509,6 +561,9 @@ RATIOS = {
     "tell_vs_pykka_tell": ("tell.trimicro.msgs_per_s", "tell.pykka.msgs_per_s", 2.0),
     "ask_vs_channel_ask": ("ask.trimicro.rtt_per_s", "ask.channel.rtt_per_s", 0.8),
     "ask_vs_pykka_ask": ("ask.trimicro.rtt_per_s", "ask.pykka.rtt_per_s", 2.5),
+    "tell_mw_vs_tell": ("tell.trimicro_mw.msgs_per_s", "tell.trimicro.msgs_per_s", None),
+    "ask_mw_vs_ask": ("ask.trimicro_mw.rtt_per_s", "ask.trimicro.rtt_per_s", None),
+    "ask_mw_await_vs_ask": ("ask.trimicro_mw_await.rtt_per_s", "ask.trimicro.rtt_per_s", None),
     "spawn_vs_channel_tasks": ("spawn.trimicro.per_s", "spawn.channel.per_s", None),
     "spawn_vs_pykka": ("spawn.trimicro.per_s", "spawn.pykka.per_s", None),
     "idle_bytes_10k_vs_channel_task": ("mem.trimicro.10k.bytes", "mem.channel.10k.bytes", None),
@@ -570,6 +625,18 @@ def main():
         default=1,
         help="rounds that also run the memory subprocesses (default 1: the byte counts "
         "are deterministic, identical run to run, and 100k tasks under tracemalloc are slow)",
+    )
+    p.add_argument(
+        "--middleware",
+        action="store_true",
+        help="also measure trimicro's tell and ask with one no-op node middleware (client and "
+        "server side), beside the same without, in each round",
+    )
+    p.add_argument(
+        "--only-trimicro",
+        action="store_true",
+        help="only trimicro's tell and ask (with --middleware: with and without it); for A/B "
+        "runs of two checkouts",
     )
     p.add_argument("--mem-child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -39,6 +39,10 @@ Contestants:
   By default a node polls for up to 200 µs instead of sleeping in ``epoll_wait``: the client for
   the reply of a lone request, the server for the next request after answering the only one in
   flight (see ``trimicro.actors.busypoll``); the raw ceiling does not, so this row shows both.
+* ``trimicro-mw``: the same two nodes, each with one no-op node middleware
+  (``start_node(middleware=[noop])``: it runs around every call the client makes and every
+  handler the server runs); ``serve_with_middleware`` and ``client_with_middleware`` in that
+  module. Phases ask1, ask16 and tell; the ratio trimicro-mw/trimicro is what it costs.
 * ``trimicro``: imports ``benchmarks/_remote_trimicro.py``; skipped (with the reason) if it is
   missing or fails to import. It must provide::
 
@@ -60,10 +64,11 @@ Contestants:
   ``NotImplementedError`` for a phase it does not support (reported as null).
 
 Output: one JSON line per (round, contestant, phase) on stdout, then one summary line (medians per
-contestant and phase, min-max, ratios trimicro/raw, trimicro/nats, trimicro/grpc and
-trimicro-nopoll/raw per phase computed per round then the median; null when absent), and a
-markdown table on stderr (on stdout with ``--markdown``). ``cpu_us_per_op`` is the CPU time of
-this process plus the server processes (nats: plus nats-server) over the measured call, per op.
+contestant and phase, min-max, ratios trimicro/raw, trimicro/nats, trimicro/grpc,
+trimicro-nopoll/raw and trimicro-mw/trimicro per phase computed per round then the median; null
+when absent), and a markdown table on stderr (on stdout with ``--markdown``). ``cpu_us_per_op`` is
+the CPU time of this process plus the server processes (nats: plus nats-server) over the measured
+call, per op.
 The default run (3 rounds, 4 phases, 5 contestants, 2 s + 0.3 s warm-up each) takes about
 2.5 minutes.
 
@@ -577,6 +582,11 @@ def trimicro_nopoll_client() -> ClientFn:
     return fn
 
 
+def trimicro_mw_client() -> ClientFn:
+    fn: ClientFn = _trimicro_module().client_with_middleware
+    return fn
+
+
 # ---------------------------------------------------------------------------------------------
 # contestants
 # ---------------------------------------------------------------------------------------------
@@ -689,6 +699,8 @@ CONTESTANTS: dict[str, Contestant] = {
         # The same, with busy polling off on both nodes (start_node(busy_poll=0)): the raw
         # ceiling does not poll, so this row shows what the polling buys and what is left.
         _trimicro("trimicro-nopoll", trimicro_nopoll_client, ("ask1", "ask16"), "serve_without_busy_poll"),
+        # One no-op middleware on each node (client side and server side): what it costs.
+        _trimicro("trimicro-mw", trimicro_mw_client, ("ask1", "ask16", "tell"), "serve_with_middleware"),
     )
 }
 
@@ -860,9 +872,9 @@ def calibrate(seconds: float = 0.1) -> float:
 # ---------------------------------------------------------------------------------------------
 
 PEERS = ("raw", "nats", "grpc")
-#: The ratios of the summary: trimicro against each peer, and trimicro without busy polling
-#: against the ceiling.
-RATIOS = (*(("trimicro", peer) for peer in PEERS), ("trimicro-nopoll", "raw"))
+#: The ratios of the summary: trimicro against each peer, trimicro without busy polling
+#: against the ceiling, and trimicro with one no-op middleware against trimicro.
+RATIOS = (*(("trimicro", peer) for peer in PEERS), ("trimicro-nopoll", "raw"), ("trimicro-mw", "trimicro"))
 METRICS = ("ops_per_s", "p50_us", "p99_us", "cpu_us_per_op")
 
 

@@ -2,7 +2,7 @@
 
 Go Micro swaps a default by configuration, not by forking: every concern is a small interface,
 and a user names the implementation. Here the name is a URL whose scheme picks the
-implementation: ``mdns://``, ``memory://``, ``static://node@127.0.0.1:7000``, ``lmdb:///var/lib/app``,
+implementation: ``mdns://``, ``memory://``, ``static://10.0.0.1:7000,10.0.0.2:7000``, ``lmdb:///var/lib/app``,
 ``jsonfile:///tmp/registry.json`` (the example plugin). Each scheme is an entry point in one
 of the groups below, installed by whichever distribution provides it; trimicro registers its
 own built-ins the same way (its ``pyproject.toml``), so a plugin is not a second-class citizen.
@@ -18,9 +18,12 @@ fails to import, two distributions claiming one scheme, or a URL its factory ref
 ``ValueError`` s. Implementations are imported lazily, inside the factories: ``trimicro plugins``
 and a node using mDNS never import LMDB.
 
-Where a user chooses: ``start_cluster(registry=..., store=...)`` (an instance or a URL), the
-environment (:func:`configured`: ``TRIMICRO_REGISTRY``, ``TRIMICRO_STORE``, ...), the CLI
-(``trimicro --registry URL --store URL ...``), and ``trimicro plugins`` lists what is installed.
+Where a user chooses, first found wins: ``start_cluster(registry=..., store=...)`` (an instance
+or a URL; the CLI passes its flags ``trimicro --registry URL --store URL ...`` there), the
+environment (``TRIMICRO_REGISTRY``, ``TRIMICRO_STORE``, ...), the ``[plugins]`` table of a config
+file (``start_cluster(config_file=...)``, ``trimicro --config FILE``, else ``$TRIMICRO_CONFIG``:
+:func:`from_file`), the default (all in :func:`configured`). ``trimicro plugins`` lists what is
+installed.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ __all__ = [
     "choose",
     "codec_set",
     "configured",
+    "from_file",
     "installed",
     "load",
     "parse_url",
@@ -196,27 +200,110 @@ def require(group: str, url: str) -> str:
     return url
 
 
-def configured(kind: str, given: str | None = None, default: str | None = None) -> str | None:
-    """What the user chose for ``kind`` (``"registry"``, ``"store"``...): ``given`` if set, else
-    ``$TRIMICRO_<KIND>``, else ``default``. An empty variable counts as unset."""
+#: The keys of a config file's ``[plugins]`` table: the groups a user picks one plugin of.
+FILE_KEYS = ("auth", "broker", "codec", "registry", "store", "transport")
+
+#: A config file: a path or a ``file://`` URL (JSON, TOML or YAML by its suffix, as the config
+#: package's ``FileSource`` reads it).
+ConfigFile = str | os.PathLike[str]
+
+
+def from_file(path: ConfigFile | None = None, *, only: str | None = None) -> dict[str, str]:
+    """The ``[plugins]`` table of the config file ``path`` (else ``$TRIMICRO_CONFIG``; neither:
+    ``{}``), each URL checked against the installed plugins (with ``only``, that key's alone: a
+    user may override a value the file gets wrong, as the environment and flags do).
+
+    ``[plugins]`` maps a group (:data:`FILE_KEYS`) to a URL (``codec`` also to a list of
+    names); the rest of the file is the application's. An unreadable file, an unknown key, a
+    value of the wrong type or a scheme nobody provides is a :class:`PluginError` naming the
+    file, the key and, for a scheme, what is installed.
+    """
+    chosen = path if path is not None and str(path) else os.environ.get("TRIMICRO_CONFIG") or None
+    if chosen is None:
+        return {}
+    from .config.sources import FileSource
+
+    text = str(chosen)
+    if "://" in text:
+        source = load("config", text)
+        if not isinstance(source, FileSource):
+            raise PluginError(f"config file {text}: not a file (a file:// URL or a path)")
+    else:
+        try:
+            source = FileSource(Path(text).expanduser())
+        except BadRequest as exc:
+            raise PluginError(exc.detail) from None
+    try:
+        tree = source.read()
+    except BadRequest as exc:
+        raise PluginError(f"config file {exc.detail}") from None
+    except Exception as exc:  # NotFound and the like: a file the user named must be there
+        raise PluginError(f"config file {source.path}: {getattr(exc, 'detail', exc)}") from None
+    table = tree.get("plugins", {})
+    where = f"config file {source.path}: [plugins]"
+    if not isinstance(table, Mapping):
+        raise PluginError(f"{where} is not a table")
+    unknown = sorted(set(table) - set(FILE_KEYS))
+    if unknown:
+        raise PluginError(
+            f"{where}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(FILE_KEYS)}"
+        )
+    urls: dict[str, str] = {}
+    for key, value in table.items():
+        if key == "codec" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = ",".join(value)
+        if not isinstance(value, str) or not value:
+            raise PluginError(f"{where} {key}: a URL (a non-empty string), not {value!r}")
+        if only is None or key == only:
+            try:
+                for url in value.split(",") if key == "codec" else [value]:
+                    require(key, url.strip())
+            except PluginError as exc:
+                raise PluginError(f"{where} {key}: {exc.detail}") from None
+        urls[key] = value
+    return urls
+
+
+def configured(
+    kind: str, given: str | None = None, default: str | None = None, *, config_file: ConfigFile | None = None
+) -> str | None:
+    """What the user chose for ``kind`` (``"registry"``, ``"store"``...), first found of:
+    ``given`` (what the code or a CLI flag passes), ``$TRIMICRO_<KIND>``, the ``[plugins]``
+    table of the config file (``config_file``, else ``$TRIMICRO_CONFIG``: :func:`from_file`),
+    ``default``. An empty value counts as unset. The file is read only when it is needed."""
     _group(kind)
     if given:
         return given
-    return os.environ.get(f"TRIMICRO_{kind.upper()}") or default
+    from_env = os.environ.get(f"TRIMICRO_{kind.upper()}")
+    if from_env:
+        return from_env
+    if kind in FILE_KEYS:
+        from_config = from_file(config_file, only=kind).get(kind)
+        if from_config:
+            return from_config
+    return default
 
 
-def choose(kind: str, given: Any, default: str | None = None, **options: Any) -> tuple[Any, bool]:
+def choose(
+    kind: str,
+    given: Any,
+    default: str | None = None,
+    *,
+    config_file: ConfigFile | None = None,
+    **options: Any,
+) -> tuple[Any, bool]:
     """What ``start_cluster`` uses for ``kind``, and whether it built it (and so must close it).
 
-    ``given`` is an instance (used as is), a URL, ``None`` (then ``$TRIMICRO_<KIND>``, then
-    ``default``; nothing at all gives ``(None, False)``) or ``""`` (explicitly none). An
-    instance shared by name (``memory://NAME``) is not the caller's to close: others use it.
+    ``given`` is an instance (used as is), a URL, ``None`` (then ``$TRIMICRO_<KIND>``, then the
+    config file, then ``default``: :func:`configured`; nothing at all gives ``(None, False)``) or
+    ``""`` (explicitly none). An instance shared by name (``memory://NAME``) is not the caller's
+    to close: others use it.
     """
     if given is not None and not isinstance(given, str):
         return given, False
     if given == "":
         return None, False
-    url = configured(kind, given, default)
+    url = configured(kind, given, default, config_file=config_file)
     if not url:
         return None, False
     built = load(kind, url, **options)
@@ -307,27 +394,39 @@ def memory_registry(url: URL, **options: Any) -> Any:
 
 
 def static_registry(url: URL, **options: Any) -> Any:
-    """``static://NODE@HOST:PORT[,NODE@HOST:PORT...]?cluster=FINGERPRINT``: seed nodes.
+    """``static://HOST:PORT[,HOST:PORT...]`` or ``static://NODE@HOST:PORT,...?cluster=FINGERPRINT``.
 
-    Each seed becomes a ``trimicro.node`` record, so membership joins it and learns the rest of
-    the cluster by gossip. The node id is needed (the handshake checks it), and so is the
-    cluster's fingerprint (:func:`~trimicro.cluster.registry.cluster_fingerprint` of its
-    authority key, as ``trimicro nodes`` would not dial a node whose record names no cluster).
+    A bare ``HOST:PORT`` is a seed address (:attr:`StaticRegistry.seeds`): ``start_cluster``
+    dials it, learns the node id from the handshake and joins the members that node knows
+    (:mod:`~trimicro.cluster.membership.seeds`). ``NODE@HOST:PORT`` becomes a ``trimicro.node``
+    record that membership joins like a discovered node; it needs the cluster's fingerprint
+    (:func:`~trimicro.cluster.registry.cluster_fingerprint` of its authority key), as a node
+    does not dial a node whose record names no cluster it trusts. Both kinds may be mixed.
     """
+    from .membership.seeds import parse_seed
     from .registry import NODE_SERVICE, NodeInfo, Service, StaticRegistry
 
     _no_params(url, "cluster")
     cluster = url.params.get("cluster", "")
     nodes = []
+    addresses = []
     for seed in (s.strip() for s in url.host.split(",")):
         if not seed:
             continue
         node_id, at, address = seed.rpartition("@")
-        if not at or not node_id or ":" not in address:
-            raise PluginError(f"{url.text}: a seed is NODE_ID@HOST:PORT, not {seed!r}")
+        if not at:
+            try:
+                addresses.append(parse_seed(seed))
+            except ValueError:
+                raise PluginError(
+                    f"{url.text}: a seed is HOST:PORT or NODE_ID@HOST:PORT, not {seed!r}"
+                ) from None
+            continue
+        if not node_id or ":" not in address:
+            raise PluginError(f"{url.text}: a seed is HOST:PORT or NODE_ID@HOST:PORT, not {seed!r}")
         nodes.append(NodeInfo(node_id, address, {}, cluster))
     seeds = [Service(NODE_SERVICE, "1", {}, (), tuple(nodes))] if nodes else []
-    return StaticRegistry(seeds, **options)
+    return StaticRegistry(seeds, seeds=addresses, **options)
 
 
 def memory_store(url: URL, **options: Any) -> Any:

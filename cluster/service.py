@@ -9,6 +9,7 @@ may have been delivered (Go Micro leaves that choice to the endpoint too).
 from __future__ import annotations
 
 import typing
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import attrs
@@ -18,7 +19,7 @@ from trimicro.actors.lowlevel import handler_table
 
 from .registry import Endpoint
 
-__all__ = ["IDEMPOTENT", "describe_endpoints", "idempotent"]
+__all__ = ["IDEMPOTENT", "describe_endpoints", "endpoint_annotations", "idempotent", "inspect_empty"]
 
 F = TypeVar("F")
 
@@ -55,11 +56,10 @@ def _schema(t: Any) -> dict[str, str]:
 inspect_empty = object()
 
 
-def describe_endpoints(cls: type[Actor]) -> tuple[Endpoint, ...]:
-    """The endpoints of an actor class as registry records (``Service.method`` names only)."""
-    table = handler_table(cls)
-    endpoints: list[Endpoint] = []
-    for name, (fn, _) in table.by_endpoint.items():
+def endpoint_annotations(cls: type[Actor]) -> Iterator[tuple[str, Any, Any, Any]]:
+    """``(Service.method, handler, request type, return type)`` of each request-reply endpoint
+    of an actor class (:data:`inspect_empty` where a handler has no such annotation)."""
+    for name, (fn, _) in handler_table(cls).by_endpoint.items():
         if "." not in name:
             continue
         try:
@@ -67,11 +67,16 @@ def describe_endpoints(cls: type[Actor]) -> tuple[Endpoint, ...]:
         except Exception:
             hints = {}
         params = [p for p in hints if p != "return"]
-        request = _schema(hints[params[0]]) if params else {}
-        response = _schema(hints.get("return", inspect_empty))
+        yield name, fn, hints[params[0]] if params else inspect_empty, hints.get("return", inspect_empty)
+
+
+def describe_endpoints(cls: type[Actor]) -> tuple[Endpoint, ...]:
+    """The endpoints of an actor class as registry records (``Service.method`` names only)."""
+    endpoints: list[Endpoint] = []
+    for name, fn, request, returned in endpoint_annotations(cls):
         meta = {IDEMPOTENT: "true"} if getattr(fn, "__trimicro_idempotent__", False) else {}
-        endpoints.append(Endpoint(name, request, response, meta))
-    for name in table.by_stream:
+        endpoints.append(Endpoint(name, _schema(request), _schema(returned), meta))
+    for name in handler_table(cls).by_stream:
         if "." in name:
             endpoints.append(Endpoint(name, stream=True))
     return tuple(sorted(endpoints, key=lambda e: e.name))

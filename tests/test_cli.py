@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from trimicro.cluster.cli import MISS, WAIT, _wait_for, main, services_of
+from trimicro.cluster.cli import MISS, WAIT, main, services_of, wait_for
 from trimicro.cluster.registry import NodeInfo, Service
 from trimicro.mailbox.errors import NotFound
 
@@ -97,15 +97,15 @@ def test_help_style_commands_parse(command: str) -> None:
 
 def test_publish_waits_less_for_interest_than_lookups_wait_for_discovery() -> None:
     """A publish with no subscriber anywhere waits its whole wait: it has a shorter default."""
-    from trimicro.cluster.cli import PUBLISH_WAIT, WAIT, _wait, build_parser
+    from trimicro.cluster.cli import PUBLISH_WAIT, WAIT, build_parser, wait_seconds
 
     parser = build_parser()
     call = parser.parse_args(["call", "greeter", "Greeter.hello", "{}"])
     publish = parser.parse_args(["publish", "orders.created", "{}"])
-    assert (_wait(call), _wait(publish, PUBLISH_WAIT)) == (WAIT, PUBLISH_WAIT)
+    assert (wait_seconds(call), wait_seconds(publish, PUBLISH_WAIT)) == (WAIT, PUBLISH_WAIT)
     assert PUBLISH_WAIT < WAIT
     given = parser.parse_args(["publish", "orders.created", "{}", "--wait", "7"])
-    assert _wait(given, PUBLISH_WAIT) == 7.0
+    assert wait_seconds(given, PUBLISH_WAIT) == 7.0
 
 
 class _Arriving:
@@ -122,13 +122,13 @@ class _Arriving:
 
 async def test_listing_every_service_waits_until_the_answers_stop_arriving(autojump_clock: Any) -> None:
     registry = _Arriving(["auth", "counter", "greeter", "store"])
-    found = await _wait_for(registry, None, wait=5.0)  # type: ignore[arg-type]
+    found = await wait_for(registry, None, wait=5.0)  # type: ignore[arg-type]
     assert sorted(s.name for s in found) == ["auth", "counter", "greeter", "store"]
 
 
 async def test_listing_gives_what_it_has_when_the_wait_ends(autojump_clock: Any) -> None:
     registry = _Arriving([f"s{i}" for i in range(1000)])  # never settles
-    found = await _wait_for(registry, None, wait=1.0)  # type: ignore[arg-type]
+    found = await wait_for(registry, None, wait=1.0)  # type: ignore[arg-type]
     assert 5 <= len(found) == registry.calls < 1000  # the latest answer
 
 
@@ -144,13 +144,13 @@ class _SecondQuery:
 
 
 async def test_listing_waits_for_the_browsers_second_query(autojump_clock: Any) -> None:
-    found = await _wait_for(_SecondQuery(), None, wait=5.0)  # type: ignore[arg-type]
+    found = await wait_for(_SecondQuery(), None, wait=5.0)  # type: ignore[arg-type]
     assert sorted(s.name for s in found) == ["auth", "counter", "greeter"]
 
 
 async def test_a_registry_that_answers_in_full_is_not_waited_on(autojump_clock: Any) -> None:
     start = trio.current_time()
-    found = await _wait_for(_Arriving(["auth"]), None, wait=5.0, listen=0.0)  # type: ignore[arg-type]
+    found = await wait_for(_Arriving(["auth"]), None, wait=5.0, listen=0.0)  # type: ignore[arg-type]
     assert [s.name for s in found] == ["auth"]
     assert trio.current_time() - start < 1.0  # (virtual time) settled, not LISTEN
 
@@ -185,7 +185,7 @@ async def test_a_lookup_of_a_service_nobody_serves_ends_once_the_listing_settles
     cluster = _Cluster(lambda t: [_svc("auth", "n1"), _svc("greeter", "n1")])
     start = trio.current_time()
     with pytest.raises(NotFound, match="service nosuch not found"):
-        await _wait_for(cluster, "nosuch", wait=WAIT)  # type: ignore[arg-type]
+        await wait_for(cluster, "nosuch", wait=WAIT)  # type: ignore[arg-type]
     assert MISS <= trio.current_time() - start < WAIT  # (virtual time)
 
 
@@ -196,7 +196,7 @@ async def test_a_lookup_finds_a_service_that_arrives_with_the_second_query(autoj
     def listing(t: float) -> list[Service]:
         return [_svc("auth", "n1")] + ([_svc("greeter", "n2")] if t >= 1.25 else [])
 
-    found = await _wait_for(_Cluster(listing), "greeter", wait=WAIT)  # type: ignore[arg-type]
+    found = await wait_for(_Cluster(listing), "greeter", wait=WAIT)  # type: ignore[arg-type]
     assert [s.name for s in found] == ["greeter"]
 
 
@@ -205,7 +205,7 @@ async def test_a_lookup_with_nobody_answering_waits_the_whole_wait(autojump_cloc
     says that the cluster has no such service."""
     start = trio.current_time()
     with pytest.raises(NotFound):
-        await _wait_for(_Cluster(lambda t: []), "greeter", wait=WAIT)  # type: ignore[arg-type]
+        await wait_for(_Cluster(lambda t: []), "greeter", wait=WAIT)  # type: ignore[arg-type]
     assert trio.current_time() - start >= WAIT
 
 
@@ -216,7 +216,7 @@ async def test_describe_waits_for_every_node_of_the_service(autojump_clock: Any)
         return [_svc("greeter", *(["n1", "n2"] if t >= 1.1 else ["n1"]))]
 
     cluster = _Cluster(listing)
-    [svc] = await _wait_for(cluster, "greeter", wait=WAIT, complete=True)  # type: ignore[arg-type]
+    [svc] = await wait_for(cluster, "greeter", wait=WAIT, complete=True)  # type: ignore[arg-type]
     assert sorted(n.id for n in svc.nodes) == ["n1", "n2"]
-    [first] = await _wait_for(_Cluster(listing), "greeter", wait=WAIT)  # type: ignore[arg-type]
+    [first] = await wait_for(_Cluster(listing), "greeter", wait=WAIT)  # type: ignore[arg-type]
     assert [n.id for n in first.nodes] == ["n1"]  # a call takes the first answer: any node will do

@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -24,9 +26,17 @@ from trimicro.actors import Actor
 from trimicro.cluster import plugins
 from trimicro.cluster.cli import main
 from trimicro.cluster.cluster import start_cluster
-from trimicro.cluster.registry import MdnsRegistry, MemoryRegistry, NodeInfo, Service, StaticRegistry
+from trimicro.cluster.registry import (
+    MdnsRegistry,
+    MemoryRegistry,
+    NodeInfo,
+    Registry,
+    Service,
+    StaticRegistry,
+)
 from trimicro.cluster.store import LmdbStore, MemoryStore, Record
 from trimicro.mailbox.errors import MicroError, ServiceUnavailable
+from trimicro.testing.conformance import RegistryConformance
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "examples" / "plugins" / "jsonfile"
@@ -65,8 +75,18 @@ def test_bad_urls_and_groups_are_clear_errors(tmp_path: Path) -> None:
         plugins.load("store", f"lmdb://{tmp_path}?colour=blue")
     with pytest.raises(plugins.PluginError, match="needs a path"):
         plugins.load("store", "lmdb://")
-    with pytest.raises(plugins.PluginError, match="a seed is NODE_ID@HOST:PORT"):
-        plugins.load("registry", "static://127.0.0.1:7000")
+    with pytest.raises(plugins.PluginError, match="a seed is HOST:PORT or NODE_ID@HOST:PORT"):
+        plugins.load("registry", "static://127.0.0.1")
+    with pytest.raises(plugins.PluginError, match="a seed is HOST:PORT or NODE_ID@HOST:PORT"):
+        plugins.load("registry", "static://@127.0.0.1:7000")
+
+
+def test_static_registry_takes_bare_seed_addresses() -> None:
+    """``static://HOST:PORT,...`` lists addresses to join through (their node ids come from the
+    handshake), beside the records of ``NODE@HOST:PORT`` seeds."""
+    static = plugins.load("registry", "static://10.0.0.1:7000,n2@10.0.0.2:7000,[::1]:7001?cluster=ab")
+    assert static.seeds == ("10.0.0.1:7000", "[::1]:7001")
+    assert plugins.load("registry", "static://n1@127.0.0.1:7000?cluster=ab").seeds == ()
 
 
 def test_built_ins_are_selected_by_url(tmp_path: Path) -> None:
@@ -300,3 +320,28 @@ async def test_the_example_plugin_in_process_ttl_and_watch(jsonfile_plugin: None
             event = await events.__anext__()  # the TTL lapses without a deregister
             assert event.type is EventType.DELETE
     assert await two.list_services() == []
+
+
+class TestJsonFileRegistryConformance(RegistryConformance):
+    """The example plugin keeps every promise of a registry, as the built-ins do: two registries
+    on one file (built from the URL, as a user selects it) stand for two processes. Real time:
+    the plugin's TTLs are wall-clock, since other processes read them."""
+
+    @staticmethod
+    @asynccontextmanager
+    async def _on_file(path: Path) -> AsyncIterator[Registry]:
+        registry = plugins.load("registry", f"jsonfile://{path}?poll=0.05")
+        try:
+            yield registry
+        finally:
+            await registry.aclose()
+
+    @pytest.fixture
+    async def registry(self, jsonfile_plugin: None, tmp_path: Path) -> AsyncIterator[Registry]:
+        async with self._on_file(tmp_path / "registry.json") as registry:
+            yield registry
+
+    @pytest.fixture
+    async def observer(self, jsonfile_plugin: None, tmp_path: Path) -> AsyncIterator[Registry]:
+        async with self._on_file(tmp_path / "registry.json") as observer:
+            yield observer

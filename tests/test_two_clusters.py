@@ -28,7 +28,7 @@ import pytest
 import trio
 from procs import Proc, python_process
 
-from trimicro.cluster.cli import WAIT, _wait_for
+from trimicro.cluster.cli import WAIT, wait_for
 from trimicro.cluster.cluster import start_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +75,7 @@ async def api_calls(home: Path, step: int, address: str) -> list[int]:
         async with start_cluster(
             home=home, listen=None, membership=False, announce=False, auth_refresh=None
         ) as client:
-            await _wait_for(client, "counter", WAIT)
+            await wait_for(client, "counter", WAIT)
             for _ in range(CALLS // CLIENTS):
                 totals.append(await client.call("counter", "Counter.add", {"k": step}, timeout=10))
             [counter] = await client.describe("counter")
@@ -128,4 +128,7 @@ async def test_two_clusters_on_one_machine_never_talk_across(
         assert totals[name] == [step * i for i in range(1, CALLS + 1)]
         logged = errors[name].read_text()
         assert logged == "", f"side {name} logged:\n{logged}"
-    assert [r.getMessage() for r in caplog.records] == []
+    # Only what concerns these two clusters: another program on this machine's loopback (a
+    # second test run, say) may announce records of its own, which a node rightly ignores.
+    ours = [m for m in (r.getMessage() for r in caplog.records) if any(a in m for a in addresses.values())]
+    assert ours == []

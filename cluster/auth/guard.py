@@ -39,6 +39,7 @@ from trimicro.actors.lowlevel import AUTHORIZATION, Cell, Link
 from trimicro.mailbox.envelope import Envelope
 from trimicro.mailbox.errors import GUARD_ID, BadRequest, MicroError, NotFound, Unauthorized
 
+from ..introspect import DESCRIBE_PATH
 from .rules import DEFAULT_RULES, Access, Resource, Rule, Rules
 from .tokens import Account, TokenCache
 
@@ -108,6 +109,8 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("builtin-login", "", Resource("service", AUTH_SERVICE, "Auth.token"), Access.GRANTED, 1 << 30),
     Rule("builtin-refresh", "", Resource("service", AUTH_SERVICE, "Auth.refresh"), Access.GRANTED, 1 << 30),
     Rule("builtin-state", "*", Resource("service", AUTH_SERVICE, "Auth.state"), Access.GRANTED, 1 << 30),
+    # Endpoint schemas (what the registry already names, in full): any account, e.g. a gateway.
+    Rule("builtin-describe", "*", Resource("actor", DESCRIBE_PATH, "*"), Access.GRANTED, 1 << 30),
     # The authority's public keys (a JWKS): public, so anyone can verify a token.
     Rule("builtin-jwks", "", Resource("service", AUTH_SERVICE, "Auth.jwks"), Access.GRANTED, 1 << 30),
     # Administering auth (accounts, rules, revocations) takes scope "admin", whatever other rules say.

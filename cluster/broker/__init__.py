@@ -8,7 +8,9 @@
   index that matches a subject against many subscriptions (sans-I/O);
 - :mod:`.pubsub`: :class:`PubSub`, the default broker: per-node topic actors, queue groups,
   interest spread to peers, dead letters, and the sender-side auth check of each publish;
-  :mod:`.acked` its acknowledged mode, :mod:`.message` what it carries (:class:`Message`,
+  :mod:`.interest` (what each node subscribes to, told to peers), :mod:`.delivery` (the subscriber
+  side: local delivery and messages from peers) and :mod:`.route` (a topic's cached route) are
+  its parts; :mod:`.acked` its acknowledged mode, :mod:`.message` what it carries (:class:`Message`,
   :class:`Subscription`), :mod:`.host` what it needs of its node (:class:`Host`, with the
   auth checks on topics as :class:`TopicGuard`), which the cluster wiring satisfies.
 - :mod:`.nats` (``nats://``): the broker on a NATS server, core subjects and JetStream for the
@@ -23,9 +25,10 @@ The cluster wiring (:func:`trimicro.cluster.start_cluster`) builds one broker pe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from trimicro.actors import ActorRef
+from trimicro.actors import ActorRef, Middleware
 
 from .host import Host, TopicGuard
 from .message import DEAD_LETTER_PREFIX, Message, Policy, Subscription
@@ -71,6 +74,7 @@ class Broker(Protocol):
         ack: bool = False,
         ack_timeout: float = 5.0,
         max_deliveries: int = 5,
+        middleware: Sequence[Middleware] | None = None,
     ) -> int: ...
 
     async def subscribe(

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
 from trimicro.actors import ActorRef
+from trimicro.actors.lowlevel import Kind
 
 __all__ = ["DEAD_LETTER_PREFIX", "Message", "Policy", "Subscription"]
 
@@ -26,6 +27,8 @@ class Message:
     publisher: str = ""
     delivery: int = 1
     """1 for the first delivery; higher when redelivered in acknowledged mode."""
+    #: Subscribers' server middleware sees a delivery as a ``subscribe`` call on ``topic``.
+    __trimicro_kind__: ClassVar[Kind] = Kind.SUBSCRIBE
 
 
 @attrs.frozen(eq=False)

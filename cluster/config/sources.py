@@ -226,9 +226,11 @@ class FileSource:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     async def load(self) -> Mapping[str, Any]:
-        return await trio.to_thread.run_sync(self._read, abandon_on_cancel=True)
+        return await trio.to_thread.run_sync(self.read, abandon_on_cancel=True)
 
-    def _read(self) -> dict[str, Any]:
+    def read(self) -> dict[str, Any]:
+        """Read and parse the file now, on this thread (:meth:`load` runs it on a worker thread;
+        choosing plugins at start-up, before any loop runs, calls it directly)."""
         try:
             with open(self.path, "rb") as f:
                 data = f.read(MAX_SOURCE_BYTES + 1)

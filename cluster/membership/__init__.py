@@ -11,6 +11,8 @@ what the message claims: a member speaks for itself, and what it says about othe
 - peers come from the registry (every cluster node announces a ``trimicro.node`` record), so a
   new node joins as soon as discovery shows it one member; records of other clusters (another
   authority's fingerprint) are never joined, so a second cluster on the machine is not probed;
+- and from seeds (``host:port`` of members on other hosts, :mod:`.seeds`), asked for their
+  members every 2 s;
 - a dropped link (``on_peer_lost``: TCP reset after a SIGKILL) makes that member suspect at once,
   so a killed node is evicted after the suspicion timeout (1.5 s) instead of many minutes of mDNS
   TTL, while a merely paused one (SIGSTOP) is suspected after missing its probes and refutes
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import trio
@@ -45,6 +47,7 @@ from trimicro.cluster.registry import (
 from trimicro.mailbox.envelope import Envelope
 from trimicro.mailbox.errors import MicroError
 
+from .seeds import SeedJoiner
 from .swim import (
     MAX_METADATA_ENTRIES,
     MAX_METADATA_LENGTH,
@@ -154,7 +157,7 @@ class MembershipActor(Actor):
 class Membership:
     """One node's membership: joins peers from the registry, gossips, detects failures."""
 
-    def __init__(self, cluster: Host, config: SwimConfig | None = None) -> None:
+    def __init__(self, cluster: Host, config: SwimConfig | None = None, *, seeds: Sequence[str] = ()) -> None:
         self.cluster = cluster
         node = cluster.node
         self.node = node
@@ -175,6 +178,8 @@ class Membership:
         node.remote.on_peer_lost.append(self._on_peer_lost)
         cluster.cache.node_filter = self.is_live
         cluster.cache.extra.append(self.gossiped)
+        #: Joins through ``seeds`` (``host:port``), if any (see :mod:`.seeds`).
+        self.seeds = SeedJoiner(node, self, seeds, system_path=SYSTEM_PATH) if seeds else None
 
     # ---- views ---------------------------------------------------------------------------------
 
@@ -307,6 +312,8 @@ class Membership:
         await self.node.spawn(MembershipActor, self, name=SYSTEM_NAME)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._discover)
+            if self.seeds is not None:
+                nursery.start_soon(self.seeds.run)
             task_status.started()
             while True:
                 now = trio.current_time()

@@ -94,7 +94,8 @@ suspect/dead/left   ALIVE with ``i >= j``                check; silence: SUSPECT
 Anything else is ignored. DEAD and LEFT members are remembered for ``dead_retention`` so that stale
 rumours cannot bring them back, then forgotten.
 
-The wire format and its validation are in :mod:`.messages`.
+The wire format and its validation are in :mod:`.messages`, the spreading of updates in
+:mod:`.gossip`, the probe records and the probe order in :mod:`.probes`.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ from typing import Any
 
 import attrs
 
+from .gossip import Gossip, as_update
 from .messages import (
     GONE,
     LIVE,
@@ -122,6 +124,7 @@ from .messages import (
     decode_message,
     next_incarnation,
 )
+from .probes import Probe, ProbeOrder, Relay
 
 __all__ = [
     "MAX_ID_LENGTH",
@@ -143,45 +146,6 @@ _DEFAULT_CONFIG = SwimConfig()
 
 
 # --- the state machine ------------------------------------------------------------------------------
-
-
-@attrs.define
-class _Probe:
-    """A probe of ``target``: a ping, ``ping_req`` through helpers after ``probe_timeout``, and
-    no answer by ``probe_interval`` means ``target`` is suspect. Our round-robin probe is one;
-    a *check* (a member asked because of a claim about it) is another, with ``suspicious``
-    saying whether silence makes us suspect it (a death claim) or not (an alive rumour)."""
-
-    target: str
-    seq: int
-    started: float
-    helpers: set[str] = attrs.field(factory=set)
-    acked: bool = False
-    suspicious: bool = True
-
-
-@attrs.define
-class _Relay:
-    requester: str
-    requester_seq: int
-    target: str
-    expires: float
-
-
-@attrs.define
-class _Broadcast:
-    update: dict[str, Any]
-    transmits: int = 0
-
-
-def _as_update(member: Member) -> dict[str, Any]:
-    return {
-        "id": member.id,
-        "addr": member.address,
-        "inc": member.incarnation,
-        "s": int(member.state),
-        "md": dict(member.metadata),
-    }
 
 
 class Swim:
@@ -207,17 +171,16 @@ class Swim:
         me = Member(self_id, self_address, 0, MemberState.ALIVE, dict(metadata or {}), 0.0)
         self._members: dict[str, Member] = {self_id: me}
         self._unconfirmed: set[str] = set()  # added by join(), incarnation not heard yet
-        self._queue: dict[str, _Broadcast] = {}
+        self._gossip = Gossip(config)
         self._events: list[MemberEvent] = []
         self._suspect_until: dict[str, float] = {}
-        self._relays: dict[int, _Relay] = {}
-        self._probe: _Probe | None = None
-        self._probe_order: list[str] = []
-        self._probe_index = 0
+        self._relays: dict[int, Relay] = {}
+        self._probe: Probe | None = None
+        self._probe_order = ProbeOrder(rng)
         self._next_probe_at: float | None = None
         self._last_tick: float | None = None
         self._seq = 0
-        self._checks: dict[str, _Probe] = {}  # members asked because of a claim about them
+        self._checks: dict[str, Probe] = {}  # members asked because of a claim about them
         #: Claims that no member could have made honestly as far as this node can tell: about a
         #: member above the incarnation it announced to us (or before it announced one), a node
         #: saying that it is itself suspect or dead, an update about the sender that is not the
@@ -283,7 +246,7 @@ class Swim:
             member = Member(member_id, address, 0, MemberState.ALIVE, {}, now)
             self._members[member_id] = member
             self._unconfirmed.add(member_id)
-            self._add_to_probe_order(member_id)
+            self._probe_order.add(member_id)
             self._emit("joined", member)
         message = {"t": "ping", "seq": self._next_seq(), "u": self._piggyback(member_id)}
         return [Outgoing(member_id, address, message)]
@@ -319,7 +282,7 @@ class Swim:
             target_id = self._next_probe_target()
             if target_id is not None:
                 seq = self._next_seq()
-                self._probe = _Probe(target_id, seq, now)
+                self._probe = Probe(target_id, seq, now)
                 out.append(self._message(target_id, {"t": "ping", "seq": seq}))
             out.extend(self._remind_suspects(exclude=target_id))
 
@@ -331,7 +294,7 @@ class Swim:
         for member in list(self._members.values()):
             if member.state in GONE and now >= member.state_since + cfg.dead_retention:
                 del self._members[member.id]
-                self._queue.pop(member.id, None)
+                self._gossip.forget(member.id)
                 self._unconfirmed.discard(member.id)
 
         for seq, relay in list(self._relays.items()):
@@ -392,7 +355,7 @@ class Swim:
         self._set_self(left)
         self._probe = None
         self._checks.clear()
-        update = _as_update(left)
+        update = as_update(left)
         return [
             Outgoing(m.id, m.address, {"t": "ping", "seq": self._next_seq(), "u": [update]})
             for m in self.members()
@@ -427,10 +390,10 @@ class Swim:
         if target is None or target.state not in LIVE or len(self._relays) >= self.config.max_relays:
             return []
         seq = self._next_seq()
-        self._relays[seq] = _Relay(from_id, msg["seq"], target_id, now + self.config.probe_interval)
+        self._relays[seq] = Relay(from_id, msg["seq"], target_id, now + self.config.probe_interval)
         return [self._message(target_id, {"t": "ping", "seq": seq})]
 
-    def _advance(self, now: float, probe: _Probe, out: list[Outgoing]) -> bool:
+    def _advance(self, now: float, probe: Probe, out: list[Outgoing]) -> bool:
         """Move an unanswered probe on: indirect probes after ``probe_timeout``; after
         ``probe_interval``, suspect the target (if the probe says silence is suspicious) and
         return True (the probe is over)."""
@@ -444,7 +407,7 @@ class Swim:
             out.extend(self._indirect_probe(probe))
         return False
 
-    def _indirect_probe(self, probe: _Probe) -> list[Outgoing]:
+    def _indirect_probe(self, probe: Probe) -> list[Outgoing]:
         helpers = [
             m.id
             for m in self.members()
@@ -491,7 +454,7 @@ class Swim:
                 return
             member = Member(member_id, update["addr"], inc, MemberState.ALIVE, update["md"], now)
             self._members[member_id] = member
-            self._add_to_probe_order(member_id)
+            self._probe_order.add(member_id)
             self._emit("joined", member)
             self._enqueue(member)
             return
@@ -514,7 +477,7 @@ class Swim:
         self._suspect_until.pop(member_id, None)
         self._enqueue(member)
         if was in GONE:
-            self._add_to_probe_order(member_id)
+            self._probe_order.add(member_id)
             self._emit("joined", member)
             return
         if was is MemberState.SUSPECT:
@@ -556,7 +519,7 @@ class Swim:
         if self.me.state is MemberState.LEFT or len(self._checks) >= self.config.max_verifications:
             return []
         seq = self._next_seq()
-        self._checks[member.id] = _Probe(member.id, seq, now, suspicious=suspicious)
+        self._checks[member.id] = Probe(member.id, seq, now, suspicious=suspicious)
         return [self._message(member.id, {"t": "ping", "seq": seq})]
 
     def _about_self(self, inc: int, state: MemberState) -> None:
@@ -619,8 +582,7 @@ class Swim:
         # own record is not queued: it leads every message we send.
         if member.id == self._self_id:
             return
-        self._queue.pop(member.id, None)
-        self._queue[member.id] = _Broadcast(_as_update(member))
+        self._gossip.enqueue(member)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -634,43 +596,19 @@ class Swim:
     def _piggyback(self, to_id: str) -> list[dict[str, Any]]:
         """Up to ``max_piggyback`` updates: our own record; the recipient's, if we hold it as
         suspect, dead or left (so that it refutes, or learns it left); the queue, least-sent first."""
-        cfg = self.config
-        updates = [_as_update(self.me)]
+        updates = [as_update(self.me)]
         target = self._members.get(to_id)
         if target is not None and target.state is not MemberState.ALIVE and to_id != self._self_id:
-            updates.append(_as_update(target))
-        included = {u["id"] for u in updates}
+            updates.append(as_update(target))
         live = sum(1 for m in self._members.values() if m.state in LIVE)
-        limit = cfg.retransmit_mult * max(1, math.ceil(math.log2(live + 1)))
-        for member_id, broadcast in sorted(self._queue.items(), key=lambda kv: kv[1].transmits):
-            if len(updates) >= cfg.max_piggyback:
-                break
-            if member_id in included:
-                continue
-            updates.append(broadcast.update)
-            broadcast.transmits += 1
-            if broadcast.transmits >= limit:
-                del self._queue[member_id]
-        return updates[: cfg.max_piggyback]
-
-    def _add_to_probe_order(self, member_id: str) -> None:
-        # SWIM inserts newcomers at a random place of the current round, so they get probed soon.
-        remaining = self._probe_order[self._probe_index :]
-        if member_id not in remaining:
-            position = self._rng.randint(self._probe_index, len(self._probe_order))
-            self._probe_order.insert(position, member_id)
+        return self._gossip.fill(updates, live)
 
     def _next_probe_target(self) -> str | None:
-        while True:
-            if self._probe_index >= len(self._probe_order):
-                candidates = [m.id for m in self.members() if m.id != self._self_id and m.state in LIVE]
-                if not candidates:
-                    return None
-                self._rng.shuffle(candidates)
-                self._probe_order = candidates
-                self._probe_index = 0
-            member_id = self._probe_order[self._probe_index]
-            self._probe_index += 1
-            member = self._members.get(member_id)
-            if member is not None and member.state in LIVE and member_id != self._self_id:
-                return member_id
+        return self._probe_order.next(
+            lambda: [m.id for m in self.members() if m.id != self._self_id and m.state in LIVE],
+            self._probe_eligible,
+        )
+
+    def _probe_eligible(self, member_id: str) -> bool:
+        member = self._members.get(member_id)
+        return member is not None and member.state in LIVE and member_id != self._self_id

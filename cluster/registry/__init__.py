@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from trimicro.mailbox.errors import NotFound
+from trimicro.mailbox.errors import MicroError, NotFound
 
 log = logging.getLogger("trimicro.registry")
 
@@ -52,6 +52,7 @@ __all__ = [
     "Watchers",
     "belongs",
     "cluster_fingerprint",
+    "clusters_of",
     "in_clusters",
     "merge_nodes",
 ]
@@ -69,6 +70,24 @@ def cluster_fingerprint(authority_key: bytes) -> str:
     lowercase hex digits. Not a secret and not a proof (anyone can copy it into a record): it
     lets a client skip other clusters' nodes instead of failing a handshake with each."""
     return hashlib.sha256(bytes(authority_key)).hexdigest()[: 2 * _FINGERPRINT_BYTES]
+
+
+def clusters_of(identity: Any) -> tuple[str, frozenset[str]]:
+    """This node's cluster fingerprint and those of the authorities it trusts, from its identity.
+
+    An identity without a readable certificate names no cluster, and one without a ``trusted``
+    list (it judges peers some other way) filters nothing: only its handshake can tell.
+    """
+    from trimicro.mailbox.secure.identity import Certificate
+
+    try:
+        own = cluster_fingerprint(Certificate.decode(identity.certificate).issuer)
+    except (AttributeError, TypeError, ValueError, MicroError):
+        own = ""
+    trusted = getattr(identity, "trusted", None)
+    if trusted is None:
+        return own, frozenset()
+    return own, frozenset(cluster_fingerprint(key) for key in trusted)
 
 
 @attrs.frozen
@@ -374,9 +393,12 @@ class StaticRegistry:
     """A fixed list of services (seed addresses); register/deregister only change this copy.
 
     Give each seed node its ``cluster`` (:func:`cluster_fingerprint` of the cluster's authority
-    key): a cluster node does not dial a node whose record names no cluster it trusts."""
+    key): a cluster node does not dial a node whose record names no cluster it trusts.
+    ``seeds`` are bare ``host:port`` addresses of members (node ids unknown): not records, but
+    addresses that a cluster node joins through (:mod:`trimicro.cluster.membership.seeds`)."""
 
-    def __init__(self, services: Iterable[Service] = ()) -> None:
+    def __init__(self, services: Iterable[Service] = (), *, seeds: Iterable[str] = ()) -> None:
+        self.seeds = tuple(seeds)
         self._memory = MemoryRegistry()
         self._seed = list(services)
         self._seeded = False

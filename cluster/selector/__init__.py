@@ -48,6 +48,7 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from trimicro.actors.lowlevel import Unreachable
 from trimicro.cluster.registry import NodeInfo, Service
 from trimicro.mailbox.errors import MicroError, ServiceUnavailable
 
@@ -66,6 +67,8 @@ __all__ = [
     "Selector",
     "Strategy",
     "filter_nodes",
+    "maybe_delivered",
+    "node_trouble",
     "selector_named",
 ]
 
@@ -344,6 +347,20 @@ class CircuitBreaker:
 
 # Codes that say "not now", never "not ever": unavailable/unreachable, overloaded, timed out.
 _TRANSIENT = frozenset({408, 429, 502, 503, 504})
+
+
+def node_trouble(exc: MicroError) -> bool:
+    """Whether ``exc`` says the node, not the request, is in trouble (the breaker counts it)."""
+    return exc.code in (503, 429) or isinstance(exc, Unreachable)
+
+
+def maybe_delivered(exc: MicroError) -> bool:
+    """Whether the request may have run. Only a failure to reach the node at all is known not
+    to have: a 429 or 503 from the other side may come from the handler itself, so it counts
+    as delivered (and is retried only for idempotent endpoints)."""
+    if isinstance(exc, Unreachable):
+        return exc.maybe_delivered
+    return True
 
 
 class RetryPolicy:

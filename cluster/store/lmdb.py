@@ -6,12 +6,9 @@ committed state intact: there is no log to replay and no repair step on open. Re
 snapshots: a read-only transaction sees one consistent version of the database and never
 blocks, nor is blocked by, the single writer.
 
-Group commit: LMDB allows one write transaction at a time and, with ``sync=True``, each commit
-costs an ``fsync``. All writes of an environment therefore go to ONE dedicated writer thread,
-which takes every write queued so far and applies them in ONE write transaction: many
-concurrent ``await store.write(...)`` calls share one ``fsync``, and each caller is woken (via
-its trio token) only once the transaction holding its write has committed. Write transactions
-are opened and committed on that thread only, as LMDB requires.
+Group commit and map growth: see :mod:`.lmdb_env` (one writer thread per environment takes
+every write queued so far into one transaction, so concurrent writes share one ``fsync``; a
+full map is doubled and the batch retried, up to ``max_map_size``).
 
 Reads: a point read is a snapshot lookup on the trio thread itself when no map resize holds the
 lock (microseconds, no round trip through the writer or a thread); otherwise, and for every
@@ -31,20 +28,14 @@ read's cost. The trio thread registers as a reader of the map (which a map resiz
 once per scheduler batch, not per read: the registration ends just before trio next waits
 for I/O.
 
-Map growth: LMDB needs a map size up front. When a write transaction hits
-``MapFullError`` it is aborted (nothing is written), the map is doubled (readers are held off
-while it is remapped) and the batch is retried, up to ``max_map_size``; beyond that the writes
-that do not fit fail with :class:`InternalServerError` and the store stays usable.
-
 Durability: ``sync=True`` (the default) fsyncs every commit, so an acknowledged write survives
 a process crash *and* an OS crash or power loss. ``sync=False`` skips the fsync: a process
 crash still loses nothing acknowledged (the data is in the OS page cache), but an OS crash or
 power loss can lose the last acknowledged transactions and, per LMDB's documentation of
 ``MDB_NOSYNC``, may even corrupt the database if the file system reorders writes.
 
-Privacy: a store may hold secrets (the auth service keeps account hashes and rules in one), so
-its folder is created ``0o700`` and LMDB's files ``0o600``, as key files are. A store found with
-wider modes (made before this rule) is tightened on open, with a warning that says so.
+Privacy and the stored format: see :mod:`.lmdb_layout` (the folder is owner-only; a value is a
+msgpack map of version, value, metadata and expiry).
 
 Versions (compare-and-swap): a record's ``version`` is the id of the LMDB write transaction
 that wrote it. Transaction ids grow with every commit of the environment, from any process,
@@ -80,23 +71,17 @@ import builtins
 import contextlib
 import itertools
 import logging
-import os
-import queue
-import stat
 import threading
 import time
-import types
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lmdb  # type: ignore[import-untyped, unused-ignore]
-import msgpack
 import trio
 
-from trimicro.mailbox.errors import BadRequest, InternalServerError, MicroError, NotFound, ServiceUnavailable
+from trimicro.mailbox.errors import BadRequest, NotFound, ServiceUnavailable
 
 from . import (  # the records and checks both stores share
     MAX_NAMESPACES,
@@ -108,75 +93,13 @@ from . import (  # the records and checks both stores share
     _version_of,
     conflict,
 )
+from .lmdb_env import CLOSED, Closed, Env, Op, RWLock
+from .lmdb_layout import HEAD, current_version, dbi_name, decode_record, encode_value, expiry_of
 
 __all__ = ["CACHE_RECORDS", "READ_YIELD_EVERY", "SWEEP_BATCH", "SWEEP_SCAN", "LmdbStore"]
 
 
 log = logging.getLogger("trimicro.store")
-
-#: Ops taken into one write transaction at most (bounds a transaction's size and latency).
-MAX_BATCH = 4096
-
-
-# --------------------------------------------------------------------------------------------
-# LMDB: the shared environment, its writer thread and its readers/remap lock
-
-
-#: A stored value starts with this, then its version as 8 big-endian bytes, then the rest of
-#: the map: ``{"n": version (uint 64), "v": ..., "m": ..., "e": ...}``. The version is known
-#: only in the writer's transaction, so the map is encoded ahead without its first entry.
-_HEAD = b"\x84\xa1n\xcf"
-
-
-def _encode(rec: Record) -> bytes:
-    """The stored map without its header and version (see ``_HEAD``)."""
-    out: bytes = msgpack.packb({"v": rec.value, "m": dict(rec.metadata), "e": rec.expiry}, use_bin_type=True)
-    return out[1:]  # a 3-entry map's header byte (0x83): the head says 4 entries
-
-
-def _current_version(key: str, data: bytes | None, now: float) -> int:
-    """The version of a stored value (0: none, or expired) for a compare-and-swap."""
-    if data is None:
-        return 0
-    try:
-        obj = msgpack.unpackb(data, raw=False)
-        if _expired(obj["e"], now):
-            return 0
-        version: int = obj.get("n", 1)
-        return version
-    except (ValueError, TypeError, KeyError, AttributeError, msgpack.UnpackException) as exc:
-        raise InternalServerError(f"store record {key!r} is not readable: {exc}") from None
-
-
-#: Building a decoded Record field by field through its slots: attrs' frozen ``__init__``
-#: (a guarded setattr per field, the converter's copy of the metadata) cost more than the
-#: rest of a read that misses the cache. The metadata dict is msgpack's own fresh one.
-_new_record = object.__new__
-_set_key, _set_value, _set_metadata, _set_expiry, _set_version = (
-    Record.__dict__[name].__set__ for name in ("key", "value", "metadata", "expiry", "version")
-)
-
-
-def _decode(key: bytes, data: bytes) -> Record:
-    try:
-        obj = msgpack.unpackb(data, raw=False)
-        metadata = obj["m"]
-        if type(metadata) is not dict:
-            raise TypeError(f"metadata is a {type(metadata).__name__}, not a map")
-        record: Record = _new_record(Record)
-        _set_key(record, key.decode())
-        _set_value(record, obj["v"])
-        _set_metadata(record, types.MappingProxyType(metadata))
-        _set_expiry(record, obj["e"])
-        _set_version(record, obj.get("n", 1))  # no version: stored before versions existed
-        return record
-    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
-        raise InternalServerError(f"store record {key!r} is not readable: {exc}") from None
-
-
-def _expiry_of(data: bytes) -> float | None:
-    e: float | None = msgpack.unpackb(data, raw=False)["e"]
-    return e
 
 
 _BUSY = object()  # a point read must go through a worker thread
@@ -194,254 +117,6 @@ CACHE_RECORD_BYTES = 1024
 #: Point reads served from the memory map between two checkpoints (see ``LmdbStore.read``):
 #: a run of reads yields to other tasks, and sees a cancellation, at least this often.
 READ_YIELD_EVERY = 128
-
-
-class _RWLock:
-    """Many readers or one remapper; a waiting remapper holds off new readers."""
-
-    def __init__(self) -> None:
-        #: Guards the state below. The point-read fast path takes it only to register the
-        #: trio thread as a reader for a whole scheduler batch (see ``LmdbStore._hold``).
-        self.mutex = threading.Lock()
-        self._cond = threading.Condition(self.mutex)
-        self._readers = 0
-        self.writer = False
-        self.waiting = 0
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            while self.writer or self.waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            self.release_shared()
-
-    def release_shared(self) -> None:
-        with self.mutex:
-            self._readers -= 1
-            if not self._readers and self.waiting:  # only a remapper waits for readers to leave
-                self._cond.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self.waiting += 1
-            while self.writer or self._readers:
-                self._cond.wait()
-            self.waiting -= 1
-            self.writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self.writer = False
-                self._cond.notify_all()
-
-
-class _Closed:
-    """Stands in for a closed store's lock: always held, so a point read takes the slow path."""
-
-    def __init__(self) -> None:
-        self.mutex = threading.Lock()
-        self.mutex.acquire()
-        self.writer = True
-        self.waiting = 0
-        self._readers = 0
-
-
-_CLOSED = _Closed()
-
-
-class _Op:
-    """One queued write: applied in the writer's transaction, then its trio task is woken."""
-
-    __slots__ = ("apply", "error", "event", "result", "token")
-
-    def __init__(self, apply: Callable[[Any], Any]) -> None:
-        self.apply = apply
-        self.event = trio.Event()
-        self.token = trio.lowlevel.current_trio_token()
-        self.error: BaseException | None = None
-        self.result: Any = None
-
-    def done(self) -> None:
-        # If the waiting trio run is gone, there is nobody to tell.
-        with contextlib.suppress(trio.RunFinishedError):
-            self.token.run_sync_soon(self.event.set)
-
-
-#: LMDB's files in an environment folder.
-_LMDB_FILES = ("data.mdb", "lock.mdb")
-
-
-def _owner_only(path: Path) -> None:
-    """Create the store folder ``0o700``, or take group and others' access away from an
-    existing folder and its LMDB files (saying so): the store may hold secrets."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)  # parents keep the usual mode
-    if os.name != "posix":
-        return
-    for item in (path, *(path / name for name in _LMDB_FILES)):
-        try:
-            mode = stat.S_IMODE(os.stat(item).st_mode)
-        except FileNotFoundError:
-            continue
-        if not mode & 0o077:
-            continue
-        try:
-            os.chmod(item, mode & 0o700)
-        except OSError as exc:
-            raise PermissionError(
-                f"store {item} is open to group or others (mode {mode:o}) and cannot be made "
-                f"owner-only: {exc.strerror or exc}"
-            ) from exc
-        log.warning(
-            "store %s was open to group or others (mode %o): made it owner-only (%o)",
-            item,
-            mode,
-            mode & 0o700,
-        )
-
-
-class _Env:
-    """One open LMDB environment per path per process, with its single writer thread."""
-
-    def __init__(self, path: Path, map_size: int, max_map_size: int, sync: bool, max_dbs: int) -> None:
-        _owner_only(path)
-        self.path = path
-        # ``mode`` is for the files LMDB creates (it strips the execute bits): 0o600.
-        self.env: Any = lmdb.open(
-            str(path), map_size=map_size, max_dbs=max_dbs, sync=sync, subdir=True, mode=0o700
-        )
-        self.max_dbs = max_dbs
-        self.max_map_size = max_map_size
-        self.rw = _RWLock()
-        self.users = 0
-        self.commits = 0
-        self.dbis: dict[str, Any] = {}
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"lmdb-writer {path}", daemon=True)
-        self._thread.start()
-
-    def dbi(self, name: str) -> Any:
-        if name not in self.dbis:
-            try:
-                self.dbis[name] = self.env.open_db(name.encode(), create=True)
-            except lmdb.DbsFullError:
-                raise self.full() from None
-        return self.dbis[name]
-
-    def full(self) -> BadRequest:
-        return BadRequest(f"store holds its limit of {self.max_dbs} database/table namespaces (LMDB max_dbs)")
-
-    def open_in(self, txn: Any, name: str, create: bool) -> Any:
-        """A namespace's handle, opened in the writer's transaction ``txn`` (None: absent).
-        The caller records it in ``dbis`` once that transaction has committed."""
-        dbi = self.dbis.get(name)
-        if dbi is not None:
-            return dbi
-        try:
-            return self.env.open_db(name.encode(), txn=txn, create=create)
-        except lmdb.NotFoundError:
-            return None
-        except lmdb.DbsFullError:
-            raise self.full() from None
-
-    def exists(self, name: str) -> bool:
-        """Whether a namespace exists (on a worker thread: a read snapshot of the main database;
-        LMDB 1.0 keeps a named database's name with a trailing NUL)."""
-        raw = name.encode()
-        while True:
-            try:
-                with self.rw.shared(), self.env.begin() as txn:
-                    return txn.get(raw) is not None or txn.get(raw + b"\0") is not None
-            except lmdb.MapResizedError:
-                with self.rw.exclusive():
-                    self.env.set_mapsize(0)
-
-    def submit(self, op: _Op) -> None:
-        if self._closed:
-            raise ServiceUnavailable("store is closed")
-        self._queue.put(op)
-
-    async def close(self) -> None:
-        self._closed = True
-        self._queue.put(None)
-        await trio.to_thread.run_sync(self._thread.join)
-        await trio.to_thread.run_sync(self._close_env)
-
-    def _close_env(self) -> None:
-        # Exclusive: a trio thread still registered as a reader (its batch not yet ended)
-        # lets go before the memory map goes away under it.
-        with self.rw.exclusive():
-            self.env.close()
-
-    # -- on the writer thread --------------------------------------------------------------
-
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    op = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if op is None:
-                    stop = True
-                    break
-                batch.append(op)
-            try:
-                self._commit(batch)
-            finally:
-                for op in batch:  # every waiter is answered, whatever happened
-                    op.done()
-
-    def _commit(self, batch: builtins.list[_Op]) -> None:
-        """Commit ``batch`` in one transaction, growing the map as needed. Any failure (e.g. the
-        map cannot grow) fails these writes only, never the writer thread."""
-        try:
-            self._commit_growing(batch)
-        except Exception as exc:
-            failed = InternalServerError(f"store write failed: {type(exc).__name__}: {exc}")
-            for op in batch:
-                op.error = failed
-
-    def _commit_growing(self, batch: builtins.list[_Op]) -> None:
-        while True:
-            try:
-                with self.env.begin(write=True) as txn:  # aborts on any exception
-                    for op in batch:
-                        try:
-                            op.result, op.error = op.apply(txn), None
-                        except MicroError as exc:
-                            # This write's own refusal (a lost compare-and-swap, too many
-                            # namespaces), raised before it wrote anything: it alone fails.
-                            op.error = exc
-                self.commits += 1
-                return
-            except lmdb.MapFullError:
-                size = self.env.info()["map_size"]
-                if size >= self.max_map_size:
-                    if len(batch) > 1:  # fail only the writes that do not fit (each on its own)
-                        for op in batch:
-                            self._commit([op])
-                        return
-                    batch[0].error = InternalServerError(
-                        f"store is full: the LMDB map reached its cap of {self.max_map_size} bytes"
-                    )
-                    return
-                with self.rw.exclusive():
-                    self.env.set_mapsize(min(size * 2, self.max_map_size))
-            except lmdb.MapResizedError:  # another process grew the map: adopt its size
-                with self.rw.exclusive():
-                    self.env.set_mapsize(0)
 
 
 _ident = threading.get_ident
@@ -473,18 +148,7 @@ class _LetGo(trio.abc.Instrument):
             store._let_go_at_batch_end, store._owner = None, 0
 
 
-def _dbi_name(database: str, table: str) -> str:
-    """The LMDB database holding one (database, table) namespace: ``database/table``, with ``%``
-    and ``/`` in either name escaped (``%25``, ``%2F``), so that ("a/b", "c") and ("a", "b/c")
-    are two namespaces, not one. Names without those characters map as they always did."""
-
-    def escape(name: str) -> str:
-        return name.replace("%", "%25").replace("/", "%2F")
-
-    return f"{escape(database)}/{escape(table)}"
-
-
-_envs: dict[Path, _Env] = {}
+_envs: dict[Path, Env] = {}
 _envs_lock = threading.Lock()
 
 
@@ -512,17 +176,17 @@ class LmdbStore(_Checks):
         with _envs_lock:
             env = _envs.get(resolved)
             if env is None:
-                env = _envs[resolved] = _Env(resolved, map_size, max_map_size, sync, max_namespaces)
+                env = _envs[resolved] = Env(resolved, map_size, max_map_size, sync, max_namespaces)
             env.users += 1
             self._env = env
-            self._dbi = env.dbi(_dbi_name(database, table))
+            self._dbi = env.dbi(dbi_name(database, table))
         self._closed = False
         #: 0 once every READ_YIELD_EVERY calls (cheaper than a counter attribute).
         self._tick = itertools.cycle(range(READ_YIELD_EVERY)).__next__
         #: Decoded records of recent point reads, by key, with the stored bytes they came from.
         #: Each with the version (LMDB transaction id) of the snapshot it was last seen in.
         self._cache: dict[str, tuple[bytes, bytes, Record, int]] = {}
-        self._rw: _RWLock | _Closed = env.rw
+        self._rw: RWLock | Closed = env.rw
         self._begin = env.env.begin
         #: The thread whose trio run holds this store's read registration (0: none), and the
         #: thread whose trio run may take it (its instrument ends it): see _hold.
@@ -547,7 +211,7 @@ class LmdbStore(_Checks):
 
     async def _submit(self, apply: Callable[[Any], Any]) -> Any:
         self._check_open()
-        op = _Op(apply)
+        op = Op(apply)
         self._env.submit(op)
         await op.event.wait()
         if op.error is not None:
@@ -614,7 +278,7 @@ class LmdbStore(_Checks):
         """The handle of a namespace to read (None: it does not exist, so it holds nothing)."""
         if ns is None:
             return self._dbi
-        name = _dbi_name(*ns)
+        name = dbi_name(*ns)
         dbi = self._env.dbis.get(name)
         if dbi is None and await trio.to_thread.run_sync(self._env.exists, name):
             env = self._env
@@ -630,7 +294,7 @@ class LmdbStore(_Checks):
             dbi = self._dbi
             await self._submit(lambda txn: fn(txn, dbi))
             return
-        env, name = self._env, _dbi_name(*ns)
+        env, name = self._env, dbi_name(*ns)
 
         def apply(txn: Any) -> Any:
             dbi = env.open_in(txn, name, create)
@@ -684,11 +348,11 @@ class LmdbStore(_Checks):
                 record = hit[2]
                 expiry = record.expiry
             elif records:
-                record = _decode(raw, data)
+                record = decode_record(raw, data)
                 expiry = record.expiry
                 fresh.append((key, raw, data, record, version))
             else:
-                record, expiry = None, _expiry_of(data)
+                record, expiry = None, expiry_of(data)
             if expiry is not None and expiry <= now:
                 continue
             if skip:
@@ -769,7 +433,7 @@ class LmdbStore(_Checks):
                             record = hit[2]
                             cache[key] = (raw, data, record, version)
                         else:
-                            record = _decode(raw, data)
+                            record = decode_record(raw, data)
                             self._remember(key, raw, data, record, version)
                     # A full checkpoint (cancellation and a turn for other tasks) every
                     # READ_YIELD_EVERY reads, not a cancellation check on each: that check
@@ -809,7 +473,7 @@ class LmdbStore(_Checks):
                 data = await trio.to_thread.run_sync(self._read_txn, lambda txn: txn.get(raw, db=dbi), dbi)
             if data is None:
                 raise NotFound(f"store key {key!r} not found")
-            record = _decode(raw, data)
+            record = decode_record(raw, data)
             if _expired(record.expiry, now):
                 raise NotFound(f"store key {key!r} not found")
             return [record]
@@ -837,20 +501,20 @@ class LmdbStore(_Checks):
         table: str | None = None,
     ) -> None:
         raw, rec = self._record(record, ttl)
-        body = _encode(rec)
+        body = encode_value(rec)
         want = _version_of(if_version)
         if want is None and database is None and table is None:  # the common write: no closure cells
             dbi = self._dbi
-            await self._submit(lambda txn: txn.put(raw, _HEAD + txn.id().to_bytes(8, "big") + body, db=dbi))
+            await self._submit(lambda txn: txn.put(raw, HEAD + txn.id().to_bytes(8, "big") + body, db=dbi))
             return
         key, now = rec.key, self.now()
 
         def put(txn: Any, dbi: Any) -> None:
             if want is not None:
-                have = _current_version(key, txn.get(raw, None, dbi), now)
+                have = current_version(key, txn.get(raw, None, dbi), now)
                 if have != want:
                     raise conflict(key, want, have)  # before writing anything: this write alone fails
-            txn.put(raw, _HEAD + txn.id().to_bytes(8, "big") + body, db=dbi)
+            txn.put(raw, HEAD + txn.id().to_bytes(8, "big") + body, db=dbi)
 
         await self._apply(self._namespace(database, table), True, put)
 
@@ -900,7 +564,7 @@ class LmdbStore(_Checks):
                 for seen, (raw, data) in enumerate(cursor):
                     if seen >= SWEEP_SCAN or len(dead) >= SWEEP_BATCH:
                         return dead, bytes(raw)
-                    if _expired(_expiry_of(data), now):
+                    if _expired(expiry_of(data), now):
                         dead.append(bytes(raw))
                 return dead, None
 
@@ -911,7 +575,7 @@ class LmdbStore(_Checks):
                     gone = 0
                     for raw in dead:
                         data = txn.get(raw, db=dbi)
-                        if data is not None and _expired(_expiry_of(data), now):
+                        if data is not None and _expired(expiry_of(data), now):
                             txn.delete(raw, db=dbi)
                             gone += 1
                     return gone
@@ -933,7 +597,7 @@ class LmdbStore(_Checks):
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
-        self._rw = _CLOSED  # the point-read fast path never gets in; the slow path says closed
+        self._rw = CLOSED  # the point-read fast path never gets in; the slow path says closed
         self._let_go()
         let_go = self._let_go_at_batch_end
         if let_go is not None and self._owner == _ident():  # else the owner's run still ends it

@@ -19,6 +19,13 @@ Private keys live in files the way ssh keeps them: created ``0o600`` inside ``0o
 directories, written atomically, and refused on load if group or others may access them.
 :func:`dev_identity` builds all of it with zero setup under ``~/.trimicro`` (or
 ``$TRIMICRO_HOME``): every node created from the same home trusts every other one.
+
+A home on another host holds no authority key: it *joined* a cluster by installing a node
+bundle (:mod:`.bundle`: ``trimicro cert issue`` on the authority's host, ``trimicro cert
+install`` here), which writes the node's key and certificate under ``nodes/<id>/`` and the
+authority's public key to :data:`TRUSTED_FILE`. :func:`dev_identity` then loads that node and
+never creates anything, and :func:`dev_authority` refuses (a second authority there would make
+a second cluster, not a bigger one).
 """
 
 from __future__ import annotations
@@ -41,18 +48,25 @@ from nacl.signing import SigningKey, VerifyKey
 from trimicro.mailbox.errors import InternalServerError, Unauthorized
 
 __all__ = [
+    "AUTHORITY_FILE",
     "CLOCK_SKEW",
     "DEFAULT_CERT_TTL",
     "MAX_CERT_SIZE",
+    "TRUSTED_FILE",
     "Authority",
     "Certificate",
     "CertificateError",
     "IdentityError",
     "NodeIdentity",
+    "check_node_id",
     "default_home",
     "dev_authority",
     "dev_identity",
+    "installed_identity",
+    "joined",
+    "read_trusted",
     "verify_certificate",
+    "write_private",
 ]
 
 DEFAULT_CERT_TTL = 30 * 24 * 3600
@@ -73,6 +87,10 @@ _FIELD_SET = frozenset(_FIELDS)
 _NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _KEY_FILE = "node.key"
 _CERT_FILE = "node.cert"
+AUTHORITY_FILE = "authority.key"
+TRUSTED_FILE = "authorities.pub"
+"""In a joined home: the public keys of the authorities its nodes trust, one hex key a line."""
+_MAX_TRUSTED = 64
 _POSIX = os.name == "posix"
 
 
@@ -407,8 +425,67 @@ def default_home(home: Path | None = None) -> Path:
 
 
 def dev_authority(home: Path | None = None) -> Authority:
-    """The development authority of ``home`` (see :func:`default_home`), created on first use."""
-    return Authority.load_or_create(default_home(home) / "authority.key")
+    """The development authority of ``home`` (see :func:`default_home`), created on first use.
+
+    Raises :class:`IdentityError` in a joined home (one with :data:`TRUSTED_FILE` and no
+    authority key): the cluster's authority lives on another host.
+    """
+    home = default_home(home)
+    if joined(home):
+        raise IdentityError(
+            f"{home} joined a cluster whose authority is on another host "
+            f"(it has {TRUSTED_FILE} and no {AUTHORITY_FILE})"
+        )
+    return Authority.load_or_create(home / AUTHORITY_FILE)
+
+
+def joined(home: Path) -> bool:
+    """Whether ``home`` joined a cluster (a node bundle was installed, no authority key here)."""
+    return (home / TRUSTED_FILE).exists() and not (home / AUTHORITY_FILE).exists()
+
+
+def read_trusted(home: Path) -> list[bytes]:
+    """The authority keys of :data:`TRUSTED_FILE` in ``home`` ([] without one)."""
+    try:
+        with open(home / TRUSTED_FILE, encoding="ascii") as f:
+            text = f.read(_MAX_TRUSTED * 66)
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IdentityError(f"cannot read {home / TRUSTED_FILE}: {exc}") from exc
+    keys = []
+    for line in text.split():
+        try:
+            key = bytes.fromhex(line)
+        except ValueError:
+            key = b""
+        if len(key) != _KEY_LEN:
+            raise IdentityError(f"{home / TRUSTED_FILE}: {line[:70]!r} is not a 32-byte hex key")
+        keys.append(key)
+    return keys
+
+
+def installed_identity(node_id: str, home: Path) -> NodeIdentity:
+    """The identity of ``node_id`` installed in the joined ``home`` (nothing is created).
+
+    Raises :class:`IdentityError` if no bundle for ``node_id`` was installed there.
+    """
+    check_node_id(node_id)
+    directory = home / "nodes" / node_id
+    key = _load_key(directory / _KEY_FILE)
+    cert = _read_cert(directory / _CERT_FILE)
+    if key is None or cert is None:
+        raise IdentityError(
+            f"no certificate for node {node_id!r} in {home}: issue one on the authority's host "
+            f"(trimicro cert issue {node_id}) and install it here (trimicro cert install FILE)"
+        )
+    return NodeIdentity(key, cert, read_trusted(home))
+
+
+def check_node_id(node_id: str) -> None:
+    """``ValueError`` unless ``node_id`` is 1-128 characters of ``[A-Za-z0-9._-]`` (it names a folder)."""
+    if not isinstance(node_id, str) or not _NODE_ID_RE.fullmatch(node_id) or node_id in (".", ".."):
+        raise ValueError(f"node_id must be 1-128 characters of [A-Za-z0-9._-], got {node_id!r}")
 
 
 def dev_identity(node_id: str, home: Path | None = None) -> NodeIdentity:
@@ -416,12 +493,14 @@ def dev_identity(node_id: str, home: Path | None = None) -> NodeIdentity:
 
     ``home`` defaults to ``$TRIMICRO_HOME`` or ``~/.trimicro``. The authority key is
     ``home/authority.key`` (created on first use) and the node's files live in
-    ``home/nodes/<node_id>/``: nodes sharing a home trust each other, others do not.
+    ``home/nodes/<node_id>/``: nodes sharing a home trust each other, others do not. In a
+    joined home (see the module docstring) the installed identity is loaded instead.
     """
-    if not isinstance(node_id, str) or not _NODE_ID_RE.fullmatch(node_id) or node_id in (".", ".."):
-        raise ValueError(f"node_id must be 1-128 characters of [A-Za-z0-9._-], got {node_id!r}")
+    check_node_id(node_id)
     home = default_home(home)
-    authority = Authority.load_or_create(home / "authority.key")
+    if joined(home):
+        return installed_identity(node_id, home)
+    authority = Authority.load_or_create(home / AUTHORITY_FILE)
     return NodeIdentity.load_or_create(home / "nodes" / node_id, node_id, authority)
 
 
@@ -446,6 +525,12 @@ def _ensure_private_dir(directory: Path) -> None:
             raise IdentityError(f"cannot create directory {d}: {exc.strerror or exc}") from exc
         if _POSIX:
             os.chmod(d, 0o700)  # mkdir's mode is filtered through the umask
+
+
+def write_private(path: Path, data: bytes, *, overwrite: bool) -> bool:
+    """Write ``data`` to ``path`` as a key is written (see :func:`_write_file`): ``0o600``,
+    atomically, parents created ``0o700``; ``False`` if it exists and ``overwrite`` is off."""
+    return _write_file(path, data, overwrite=overwrite)
 
 
 def _write_file(path: Path, data: bytes, *, overwrite: bool) -> bool:

@@ -1,0 +1,5 @@
+"""``python -m trimicro.cluster.cli``: the ``trimicro`` command."""
+
+from . import console
+
+console()

@@ -1,0 +1,62 @@
+"""``trimicro api``: the HTTP gateway (docs/gateway.md) on a member node of the cluster.
+
+The node is a member (not only a client) because pub/sub needs the interest members exchange
+and the dashboard shows the membership view; it serves nothing itself. It follows the auth
+service's rules like a serving node, so ``/api/subscribe`` judges each token by current rules.
+The HTTP side needs the ``gateway`` extra (``pip install 'trimicro[gateway]'``): it is imported
+when the command runs, so the rest of the CLI works without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import uuid
+from typing import TextIO
+
+import trio
+
+from ..cluster import start_cluster
+from .common import UsageError, broker_url, home_dir, registry_url, token_audience
+
+__all__ = ["add_api_parser", "api"]
+
+
+def add_api_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--address", default="127.0.0.1:8080", help="host:port to serve HTTP on (default loopback)"
+    )
+    p.add_argument("--name", help="the gateway node's id (default: random)")
+    p.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (413 beyond)")
+    p.add_argument("--timeout", type=float, default=10.0, help="a call's deadline without a Timeout header")
+
+
+async def api(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        from ..gateway import GatewayOptions, run_gateway
+    except ImportError as exc:
+        raise UsageError(f"the gateway needs its extra: pip install 'trimicro[gateway]' ({exc})") from None
+    options = GatewayOptions(address=args.address, max_body=args.max_body, default_timeout=args.timeout)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with (
+            start_cluster(
+                args.name or f"gateway-{uuid.uuid4().hex[:8]}",
+                registry=registry_url(args),
+                broker=broker_url(args),
+                store="",
+                home=home_dir(args),
+                audience=token_audience(args),
+            ) as cluster,
+            trio.open_nursery() as nursery,
+        ):
+            url, _ = await nursery.start(run_gateway, cluster, options)
+            print(
+                f"gateway {cluster.id} at {url} (dashboard {url}/dashboard, docs {url}/docs)",
+                file=out,
+                flush=True,
+            )
+            async for sig in signals:
+                print(f"{signal.Signals(sig).name}: stopping the gateway", file=out, flush=True)
+                break
+            nursery.cancel_scope.cancel()
+    return 0

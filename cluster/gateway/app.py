@@ -1,0 +1,219 @@
+"""The gateway's HTTP routes (a Starlette app; any ASGI server on trio runs it).
+
+- ``POST /api/{service}/{endpoint}``: a call; ``endpoint`` is ``Endpoint.method``, the method alone,
+  or Go Micro's ``Endpoint/method``. The body is JSON, msgpack or CBOR (``Content-Type``), the
+  reply the same or what ``Accept`` asks for; errors are Go Micro's error JSON with their code as
+  the HTTP status. A stream endpoint answers Server-Sent Events (:mod:`.bridges`).
+- ``POST /api/publish/{topic}``, ``GET /api/subscribe/{pattern}`` (SSE): pub/sub.
+- ``/health/live``, ``/health/ready``, ``/openapi.json``, ``/docs``, and the dashboard.
+
+The client going away cancels its call: the handler waits for the reply and for the connection's
+end at once, and the first to come ends the other.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+
+from trimicro.actors import BadRequest, InternalServerError, MicroError, NotFound, TooManyRequests
+from trimicro.actors.lowlevel import AUTHORIZATION
+
+from . import bridges
+from .access import admit_call, admit_topic
+from .codec import JSON, decode_body
+from .headers import call_headers, deadline
+from .openapi import document
+from .responses import error_reply, reply
+from .state import GatewayState
+
+if TYPE_CHECKING:
+    from ..cluster import Cluster
+    from ..registry import Endpoint
+
+__all__ = ["PayloadTooLarge", "build_app", "read_body"]
+
+log = logging.getLogger("trimicro.gateway")
+
+
+class PayloadTooLarge(MicroError):
+    """413: the request body is larger than the gateway accepts."""
+
+    default_code = 413
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it passes ``limit`` (before it is all read)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes", id="gateway")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes", id="gateway")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def until_disconnect(request: Request) -> None:
+    """Return when the client has gone (call only once the body has been read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def cancel_on_disconnect(request: Request, work: Callable[[], Awaitable[Any]]) -> Any:
+    """``await work()``, cancelled if the client disconnects first (the call's service sees the
+    cancellation as its caller going away)."""
+    result: list[Any] = []
+    failed: list[MicroError] = []
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            await until_disconnect(request)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        try:
+            result.append(await work())
+        except MicroError as exc:  # raised below as itself, not inside the nursery's group
+            failed.append(exc)
+        nursery.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
+    if not result:
+        raise MicroError("the client went away", id="gateway", code=499, status="Client Closed Request")
+    return result[0]
+
+
+def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
+    """The gateway's ASGI app for ``cluster`` (routes above; :mod:`.dashboard` adds its own)."""
+    from .dashboard import routes as dashboard_routes
+
+    options = state.options
+
+    async def resolve(service: str, name: str) -> str:
+        """The canonical ``Endpoint.method``; 404 for an unknown service or endpoint."""
+        return (await lookup(service, name)).name
+
+    async def lookup(service: str, name: str) -> Endpoint:
+        """The endpoint a route names; 404 for an unknown service or endpoint."""
+        name = name.replace("/", ".")
+        if not state.knows(service):
+            await state.refresh()  # a service started since the last read
+            if not state.knows(service):
+                raise NotFound(f"service {service} not found", id="gateway")
+        endpoint = state.endpoint(service, name)
+        if endpoint is None:
+            raise NotFound(f"service {service} has no endpoint {name}", id="gateway")
+        return endpoint
+
+    async def call(request: Request) -> Response:
+        service = request.path_params["service"]
+        started = trio.current_time()
+        endpoint = request.path_params["endpoint"]
+        try:
+            found = await lookup(service, endpoint)
+            endpoint, stream = found.name, found.stream
+            body = decode_body(
+                request.headers.get("content-type"), await read_body(request, options.max_body)
+            )
+            headers = call_headers(request.headers.items())
+            admit_call(cluster, headers, service, endpoint)
+            timeout = deadline(request.headers.get("timeout"), options.default_timeout, options.max_timeout)
+            if stream:
+                if "text/event-stream" not in request.headers.get("accept", ""):
+                    raise BadRequest(
+                        f"{endpoint} is a stream: ask for text/event-stream or open a WebSocket", id="gateway"
+                    )
+                return bridges.stream_events(cluster, state, service, endpoint, body, headers)
+            result = await cancel_on_disconnect(
+                request, lambda: cluster.call(service, endpoint, body, timeout=timeout, headers=headers)
+            )
+        except MicroError as exc:
+            state.record(service, endpoint, started, exc)
+            return error_reply(exc)
+        state.record(service, endpoint, started, None)
+        return reply(request, result)
+
+    async def publish(request: Request) -> Response:
+        topic = request.path_params["topic"]
+        try:
+            body = decode_body(
+                request.headers.get("content-type"), await read_body(request, options.max_body)
+            )
+            headers = call_headers(request.headers.items())
+            admit_topic(cluster, (headers or {}).get(AUTHORIZATION), topic, "publish")
+            with trio.fail_after(options.default_timeout):
+                n = await cluster.publish(topic, body, headers=headers)
+        except ValueError as exc:  # a topic the broker refuses (bad subject)
+            return error_reply(BadRequest(str(exc), id="gateway"))
+        except trio.TooSlowError:
+            return error_reply(TooManyRequests(f"publishing on {topic} did not finish in time", id="gateway"))
+        except MicroError as exc:
+            state.record("publish", topic, trio.current_time(), exc)
+            return error_reply(exc)
+        return reply(request, {"topic": topic, "deliveries": n})
+
+    async def live(request: Request) -> Response:
+        return reply(request, {"status": "live"}, kind=JSON)
+
+    async def ready(request: Request) -> Response:
+        if state.ready:
+            return reply(request, {"status": "ready", "services": len(state.services)}, kind=JSON)
+        return reply(request, {"status": "starting"}, status=503, kind=JSON)
+
+    async def openapi(request: Request) -> Response:
+        try:
+            with trio.move_on_after(options.default_timeout):
+                await state.refresh()
+                await state.describe()
+        except MicroError:
+            pass  # the last answer will do
+        return reply(request, document(state.services, state.described), kind=JSON)
+
+    async def docs(request: Request) -> Response:
+        page = resources.files(__package__).joinpath("static/docs.html").read_bytes()
+        return Response(page, media_type="text/html; charset=utf-8")
+
+    async def guarded(handler: Callable[[Request], Awaitable[Response]], request: Request) -> Response:
+        try:
+            return await handler(request)
+        except MicroError as exc:
+            return error_reply(exc)
+        except Exception:  # a bug here is still the error JSON, and logged, never a bare 500
+            log.exception("gateway route %s failed", request.url.path)
+            return error_reply(InternalServerError("internal error in the gateway", id="gateway"))
+
+    def route(path: str, handler: Callable[[Request], Awaitable[Response]], method: str) -> Route:
+        async def endpoint(request: Request) -> Response:
+            return await guarded(handler, request)
+
+        return Route(path, endpoint, methods=[method])
+
+    return Starlette(
+        routes=[
+            route("/health/live", live, "GET"),
+            route("/health/ready", ready, "GET"),
+            route("/openapi.json", openapi, "GET"),
+            route("/docs", docs, "GET"),
+            route("/api/publish/{topic:path}", publish, "POST"),
+            Route("/api/subscribe/{pattern:path}", bridges.subscribe_route(cluster, state), methods=["GET"]),
+            route("/api/{service}/{endpoint:path}", call, "POST"),
+            WebSocketRoute(
+                "/api/{service}/{endpoint:path}", bridges.websocket_route(cluster, state, resolve)
+            ),
+            *dashboard_routes(state),
+        ]
+    )

@@ -1,0 +1,220 @@
+"""Streams and subscriptions over HTTP: Server-Sent Events one way, a WebSocket both ways.
+
+Flow control is end to end and nothing queues without a bound. An SSE bridge sends one event,
+waits for the socket to take it (the server's ``send`` waits on the client's TCP window) and only
+then takes the next item from the stream, whose credit (:mod:`trimicro.actors` streams) stops the
+service after ``window`` unread items; a subscription's channel holds ``queue`` messages and then
+blocks the subscriber actor, whose broker policy decides what happens next. A WebSocket's input
+goes to ``stream.send``, which waits for the service's credit, so a slow service slows the
+browser's reads too. Every bridge ends after ``max_stream`` seconds and when either side goes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import trio
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from trimicro.actors import BadRequest, MicroError
+
+from .access import admit_call, admit_topic
+from .codec import JSON, encode_body, error_body, http_status
+from .headers import call_headers
+from .responses import error_reply
+
+if TYPE_CHECKING:
+    from ..cluster import Cluster
+    from .state import GatewayState
+
+__all__ = ["EventStream", "sse_event", "stream_events", "subscribe_route", "websocket_route"]
+
+
+def sse_event(data: Any, event: str | None = None) -> bytes:
+    """One Server-Sent Event carrying ``data`` as JSON (one ``data:`` line: JSON has no newlines)."""
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data, default=str, separators=(',', ':'))}\n\n".encode()
+
+
+class EventStream(Response):
+    """An SSE response fed by ``source`` (an async context manager yielding an async iterator
+    of already-encoded events). ``source`` is opened before the status line, so a refusal (404,
+    401, 403) is still an ordinary error reply; a failure after that is a final ``error`` event."""
+
+    def __init__(
+        self, source: Callable[[], AbstractAsyncContextManager[AsyncIterator[bytes]]], limit: float | None
+    ) -> None:
+        super().__init__(media_type="text/event-stream")
+        self.source = source
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+        try:
+            with trio.move_on_after(self.limit if self.limit is not None else float("inf")):
+                async with self.source() as events, trio.open_nursery() as nursery:
+
+                    async def watch() -> None:
+                        while (await receive())["type"] != "http.disconnect":
+                            pass
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(watch)
+                    headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-store")]
+                    await send({"type": "http.response.start", "status": 200, "headers": headers})
+                    started = True
+                    async for chunk in events:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    nursery.cancel_scope.cancel()
+        except MicroError as exc:
+            if not started:
+                err = error_body(exc)
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": http_status(err),
+                        "headers": [(b"content-type", JSON.encode())],
+                    }
+                )
+                await send({"type": "http.response.body", "body": encode_body(JSON, err.to_fields())})
+                return
+            await send(
+                {"type": "http.response.body", "body": sse_event(exc.to_fields(), "error"), "more_body": True}
+            )
+        if started:
+            await send({"type": "http.response.body", "body": b""})
+
+
+def stream_events(
+    cluster: Cluster,
+    state: GatewayState,
+    service: str,
+    endpoint: str,
+    request: Any,
+    headers: dict[str, str] | None,
+) -> EventStream:
+    """A server-to-client stream as SSE: the request opens it, the caller's side is closed at once."""
+
+    @asynccontextmanager
+    async def source() -> AsyncIterator[AsyncIterator[bytes]]:
+        async with cluster.open_stream(service, endpoint, request, headers=headers) as stream:
+            stream.close_send()
+
+            async def events() -> AsyncIterator[bytes]:
+                async for item in stream:
+                    yield sse_event(item)
+                yield sse_event(None, "end")
+
+            yield events()
+
+    return EventStream(source, state.options.max_stream)
+
+
+def subscribe_route(cluster: Cluster, state: GatewayState) -> Callable[[Request], Awaitable[Response]]:
+    """``GET /api/subscribe/{pattern}``: the topic's messages as SSE, for the token's account.
+
+    The pattern is checked against the topic rules first (401/403 as a reply), then each message
+    against its own topic, as a subscribing node checks them: the gateway's node receives the
+    messages, the token decides which the client sees. ``?queue=`` joins a queue group.
+    """
+
+    async def subscribe(request: Request) -> Response:
+        pattern = request.path_params["pattern"]
+        token = (call_headers(request.headers.items()) or {}).get("authorization")
+        try:
+            admit_topic(cluster, token, pattern, "subscribe")
+        except MicroError as exc:
+            return error_reply(exc)
+
+        @asynccontextmanager
+        async def source() -> AsyncIterator[AsyncIterator[bytes]]:
+            queue = request.query_params.get("queue") or None
+            try:
+                opened = cluster.pubsub.messages(pattern, queue=queue, buffer=state.options.queue)
+            except ValueError as exc:
+                raise BadRequest(str(exc), id="gateway") from None
+            async with opened as messages:
+
+                async def events() -> AsyncIterator[bytes]:
+                    async for msg in messages:
+                        try:
+                            admit_topic(cluster, token, msg.topic, "subscribe")
+                        except MicroError:
+                            continue
+                        yield sse_event({"topic": msg.topic, "body": msg.body, "publisher": msg.publisher})
+
+                yield events()
+
+        return EventStream(source, state.options.max_stream)
+
+    return subscribe
+
+
+def websocket_route(
+    cluster: Cluster, state: GatewayState, resolve: Callable[[str, str], Awaitable[str]]
+) -> Callable[[WebSocket], Awaitable[None]]:
+    """A stream endpoint over a WebSocket: each text message in is one JSON item sent to the
+    service, each item out one text message; ``?request=`` (JSON) is the stream's opening
+    request. An empty text message ends the caller's direction (``close_send``: a WebSocket
+    has no half-close of its own); the socket closing cancels the stream; the service ending
+    its side closes the socket (1000), an error is a last ``{"error": ...}``
+    message and close code 1011."""
+    options = state.options
+
+    async def bridge(ws: WebSocket) -> None:
+        service, endpoint = ws.path_params["service"], ws.path_params["endpoint"]
+        try:
+            endpoint = await resolve(service, endpoint)
+            raw = ws.query_params.get("request")
+            request = json.loads(raw) if raw else None
+            headers = call_headers(ws.headers.items())
+            admit_call(cluster, headers, service, endpoint)
+        except (MicroError, ValueError) as exc:
+            await ws.close(code=1008, reason=str(exc)[:120])
+            return
+        await ws.accept()
+        try:
+            with trio.move_on_after(options.max_stream if options.max_stream is not None else float("inf")):
+                async with (
+                    cluster.open_stream(service, endpoint, request, headers=headers) as stream,
+                    trio.open_nursery() as nursery,
+                ):
+
+                    async def inbound() -> None:
+                        try:
+                            while True:
+                                text = await ws.receive_text()
+                                if len(text) > options.max_body:
+                                    raise BadRequest("message too large", id="gateway")
+                                if not text:
+                                    stream.close_send()
+                                    return
+                                await stream.send(json.loads(text))
+                        except WebSocketDisconnect:
+                            nursery.cancel_scope.cancel()
+                        except ValueError:
+                            raise BadRequest(
+                                "a WebSocket message must be one JSON value", id="gateway"
+                            ) from None
+
+                    nursery.start_soon(inbound)
+                    async for item in stream:
+                        await ws.send_text(json.dumps(item, default=str))
+                    nursery.cancel_scope.cancel()
+            await ws.close(code=1000)
+        except MicroError as exc:
+            try:
+                await ws.send_text(json.dumps({"error": exc.to_fields()}))
+                await ws.close(code=1011)
+            except (WebSocketDisconnect, RuntimeError):
+                pass
+        except WebSocketDisconnect:
+            pass
+
+    return bridge
