@@ -537,3 +537,57 @@ def jwt_auth(url: URL, **options: Any) -> Any:
     if url.location not in ("", "/"):
         raise PluginError(f"{url.text}: jwt:// takes no address")
     return build(options.pop("cluster"), **options)
+
+
+# ---- NATS (registry, broker and store on one server; see docs/nats.md) ---------------------------
+
+
+def _nats(url: URL, allowed: tuple[str, ...]) -> Any:
+    import importlib.util
+
+    from .natsio import options_from_url
+
+    if importlib.util.find_spec("nats") is None:
+        raise PluginError(f"{url.text}: the NATS plugins need nats-py: pip install 'trimicro[nats]'")
+    if url.path not in ("", "/"):
+        raise PluginError(f"{url.text}: nats:// takes servers (HOST:PORT,...), not a path")
+    return options_from_url(url.text, url.host, url.params, allowed)
+
+
+def nats_registry(url: URL, **options: Any) -> Any:
+    """``nats://HOST:PORT?bucket=trimicro_registry&grace=``: a registry on a JetStream KV bucket."""
+    from .registry.nats import NatsRegistry
+
+    nats_options = _nats(url, ("bucket", "grace"))
+    if "bucket" in url.params:
+        options.setdefault("bucket", url.params["bucket"])
+    if "grace" in url.params:
+        options.setdefault("grace", float(url.params["grace"]))
+    return NatsRegistry(nats_options, **options)
+
+
+def nats_store(url: URL, **options: Any) -> Any:
+    """``nats://HOST:PORT?database=&table=&bucket_prefix=trimicro&grace=``: a store on JetStream KV."""
+    from .store.nats import NatsStore
+
+    nats_options = _nats(url, ("database", "table", "bucket_prefix", "grace"))
+    for key in ("database", "table", "bucket_prefix"):
+        if key in url.params:
+            options.setdefault(key, url.params[key])
+    if "grace" in url.params:
+        options.setdefault("grace", float(url.params["grace"]))
+    return NatsStore(nats_options, **options)
+
+
+def nats_broker(url: URL, **options: Any) -> Any:
+    """``nats://HOST:PORT?prefix=trimicro&stream=TRIMICRO&ack_wait=30``: core NATS subjects, and
+    JetStream for acknowledged publishes, on the node ``start_cluster`` passes as ``cluster=``."""
+    from .broker.nats import NatsBroker
+
+    nats_options = _nats(url, ("prefix", "stream", "ack_wait"))
+    for key in ("prefix", "stream"):
+        if key in url.params:
+            options.setdefault(key, url.params[key])
+    if "ack_wait" in url.params:
+        options.setdefault("ack_wait", float(url.params["ack_wait"]))
+    return NatsBroker(options.pop("cluster"), nats_options, **options)

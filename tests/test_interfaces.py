@@ -168,8 +168,8 @@ async def test_the_broker_by_url_and_environment(tmp_path: Path, monkeypatch: py
     for url in ("cluster://", "default://", "cluster"):
         async with one(tmp_path, broker=url) as cluster:
             assert type(cluster.pubsub) is PubSub
-    monkeypatch.setenv("TRIMICRO_BROKER", "nats://127.0.0.1:4222")
-    with pytest.raises(plugins.UnknownScheme, match=r"'nats'.*cluster://.*default://"):
+    monkeypatch.setenv("TRIMICRO_BROKER", "kafka://127.0.0.1:9092")
+    with pytest.raises(plugins.UnknownScheme, match=r"'kafka'.*cluster://.*default://"):
         async with one(tmp_path):
             pass
     async with one(tmp_path, broker="cluster://") as cluster:  # given beats the environment
@@ -178,12 +178,12 @@ async def test_the_broker_by_url_and_environment(tmp_path: Path, monkeypatch: py
 
 def test_the_cli_takes_broker_before_or_after_the_subcommand(tmp_path: Path) -> None:
     for argv in (
-        ["--broker", "nats://x", "services", "--wait", "0", "--registry", "memory://"],
-        ["services", "--wait", "0", "--registry", "memory://", "--broker", "nats://x"],
+        ["--broker", "kafka://x", "services", "--wait", "0", "--registry", "memory://"],
+        ["services", "--wait", "0", "--registry", "memory://", "--broker", "kafka://x"],
     ):
         err = io.StringIO()
         assert main(["--home", str(tmp_path), *argv], io.StringIO(), err) == 2
-        assert err.getvalue().startswith("trimicro: no trimicro.broker plugin for scheme 'nats'")
+        assert err.getvalue().startswith("trimicro: no trimicro.broker plugin for scheme 'kafka'")
         assert "cluster://" in err.getvalue()
 
 

@@ -12,12 +12,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
+from nats_server import NatsServer, nats_server
 from procs import python_process
 
 from trimicro.actors import Actor
@@ -39,6 +41,7 @@ from trimicro.testing.conformance import RegistryConformance
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "examples" / "plugins" / "jsonfile"
 CLI = ("-m", "trimicro.cluster.cli")
+__all__ = ["nats_server"]  # the fixture, used by name
 
 
 class Echo(Actor):
@@ -190,6 +193,28 @@ def test_trimicro_plugins_lists_every_group_with_schemes_and_distributions() -> 
     assert ["trimicro.store", "lmdb://", "trimicro"] in [line.split() for line in table.splitlines()]
     assert ["trimicro.broker", "cluster://", "trimicro"] in [line.split() for line in table.splitlines()]
     assert ["trimicro.auth", "jwt://", "trimicro"] in [line.split() for line in table.splitlines()]
+    for group in ("trimicro.registry", "trimicro.broker", "trimicro.store"):
+        assert listed[group]["nats"] == "trimicro"
+
+
+def test_the_cli_takes_nats_urls(tmp_path: Path, nats_server: NatsServer) -> None:
+    """``--registry nats://...`` before or after the subcommand (the server is the tests' own)."""
+    import io
+
+    url = f"{nats_server.url}?bucket=cli_{uuid.uuid4().hex[:8]}"
+    for argv in (
+        ["--registry", url, "services", "--wait", "0"],
+        ["services", "--wait", "0", "--registry", url],
+    ):
+        out, err = io.StringIO(), io.StringIO()
+        assert main(["--home", str(tmp_path), *argv], out, err) == 0, err.getvalue()
+        assert out.getvalue().split() == ["SERVICE", "VERSION", "NODES"]
+    err = io.StringIO()
+    assert (
+        main(["--home", str(tmp_path), "services", "--registry", f"{url}&colour=red"], io.StringIO(), err)
+        == 2
+    )
+    assert "unknown option(s) colour" in err.getvalue() and "Traceback" not in err.getvalue()
 
 
 # ---- the example plugin, installed and used across processes -----------------------------------

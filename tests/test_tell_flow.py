@@ -492,6 +492,9 @@ async def test_a_hold_with_id_0_is_ignored_and_a_second_for_a_path_is_refused() 
             link_b.push(encode_envelope(Envelope(Kind.SYSTEM, corr, target, None, "tells.hold")))
         assert await ask(a.remote_ref("b", "echo"), 1, endpoint="Echo.ping") == 1  # after them
         assert list(link_a.held) == ["/user/echo"] and list(link_a.streams) == [good]
+        # a answers the refused hold with a CANCEL on its way back to b, which may still be
+        # in flight when the reply to the ask (sent before it) arrives: wait for it.
+        await until(lambda: bool(cancels))
         assert cancels == [good + 2]  # the second hold for the path, refused
 
 

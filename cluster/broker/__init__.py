@@ -13,6 +13,8 @@
   its parts; :mod:`.acked` its acknowledged mode, :mod:`.message` what it carries (:class:`Message`,
   :class:`Subscription`), :mod:`.host` what it needs of its node (:class:`Host`, with the
   auth checks on topics as :class:`TopicGuard`), which the cluster wiring satisfies.
+- :mod:`.nats` (``nats://``): the broker on a NATS server, core subjects and JetStream for the
+  acknowledged mode (:mod:`.nats_acked`); imported only when chosen (it needs nats-py).
 
 The cluster wiring (:func:`trimicro.cluster.start_cluster`) builds one broker per node
 (``cluster.pubsub``), once at start: ``broker=`` an instance, a factory taking the

@@ -6,6 +6,8 @@ get_service, list_services, watch); :class:`MemoryRegistry` is the one for a sin
 for tests, :class:`StaticRegistry` serves a fixed list (seed addresses), and
 :class:`MdnsRegistry` (:mod:`.mdns`) announces records over multicast DNS (the default).
 :class:`RegistryCache` (:mod:`.cache`) keeps a watched copy in front of any of them.
+:class:`~.nats.NatsRegistry` (:mod:`.nats`, ``nats://``) keeps records in a JetStream KV bucket
+(imported only when chosen: it needs nats-py).
 
 A record is only a hint: the node id and address it names are checked by the secure handshake
 (the certificate must be for that node id), so a forged record cannot capture traffic.
@@ -355,13 +357,22 @@ class MemoryRegistry:
             yield _ExpiringEvents(self, events)
 
 
-class _ExpiringEvents:
-    """A :class:`MemoryRegistry` watcher's events, including the DELETE of a node whose TTL
-    lapses while the watcher waits. Expiry is otherwise noticed only by the next call on the
-    registry, so a watcher of a quiet registry (a cache, membership) would keep a dead node
-    forever: here the waiting watcher itself expires entries when the next one is due."""
+class _Expiring(Protocol):
+    """A registry whose entries lapse: when the next one is due (trio's clock), and expiring them
+    (emitting their DELETEs to every watcher)."""
 
-    def __init__(self, registry: MemoryRegistry, events: AsyncIterator[Event]) -> None:
+    def _next_expiry(self) -> float: ...
+
+    def _expire(self) -> None: ...
+
+
+class _ExpiringEvents:
+    """A watcher's events (:class:`MemoryRegistry`'s, the NATS registry's), including the DELETE
+    of a node whose TTL lapses while the watcher waits. Expiry is otherwise noticed only by the
+    next call on the registry, so a watcher of a quiet registry (a cache, membership) would keep
+    a dead node forever: here the waiting watcher itself expires entries when the next one is due."""
+
+    def __init__(self, registry: _Expiring, events: AsyncIterator[Event]) -> None:
         self._registry = registry
         self._events = events
 

@@ -13,6 +13,8 @@
 - :class:`MemoryStore` keeps records in a dict: for one process and for tests.
 - :class:`LmdbStore` (:mod:`.lmdb`) is the default: durable, group-committed, safe across
   processes; its module docstring explains the choices.
+- :class:`~.nats.NatsStore` (:mod:`.nats`, ``nats://``) keeps records in JetStream KV buckets;
+  imported only when chosen (it needs nats-py).
 - :mod:`.service` serves a store to the cluster (:class:`StoreService`) and calls one
   (:class:`RemoteStore`).
 

@@ -34,6 +34,7 @@ import math
 import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -51,6 +52,8 @@ FORMAT = "trimicro-jsonfile/1"
 MAX_BYTES = 16 * 1024 * 1024
 MAX_ENTRIES = 10_000
 WATCH_BUFFER = 1024
+#: Snapshots of the file kept for this registry's watchers (see :meth:`JsonFileRegistry.watch`).
+SNAPSHOTS = 256
 
 #: An entry's key: (service name, version, cluster, node id).
 Key = tuple[str, str, str, str]
@@ -104,6 +107,13 @@ class JsonFileRegistry:
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.poll = poll
+        #: The file as this registry's watchers last read it, numbered, shared by all of them:
+        #: every watcher turns the same sequence of snapshots into events, so a change that one
+        #: watcher saw is seen by every other one too (polled separately, a change undone
+        #: between two of one watcher's reads would be missed by it alone).
+        self._snapshots: deque[tuple[int, Entries]] = deque(maxlen=SNAPSHOTS)
+        self._generation = 0
+        self._reading = trio.Lock()
 
     # ---- the file, under its lock (worker threads) --------------------------------------------
 
@@ -206,24 +216,40 @@ class JsonFileRegistry:
         entries = await trio.to_thread.run_sync(self._read)
         return merge_nodes(record for record, _ in entries.values())
 
+    async def _snapshot(self) -> tuple[int, Entries]:
+        """Read the file once more and add it to the shared, numbered snapshots."""
+        async with self._reading:
+            entries = await trio.to_thread.run_sync(self._read)
+            self._generation += 1
+            self._snapshots.append((self._generation, entries))
+            return self._generation, entries
+
     @asynccontextmanager
     async def watch(self, service: str | None = None) -> AsyncIterator[AsyncIterator[Event]]:
-        """Events from polling the file every :attr:`poll` seconds, for one service or all."""
+        """Events from polling the file every :attr:`poll` seconds, for one service or all.
+
+        Each watcher reads the file on its own schedule, and turns every snapshot any watcher
+        of this registry read since its last turn into events, in order. A watcher more than
+        ``SNAPSHOTS`` behind compares with the oldest one kept (changes in between coalesce).
+        """
         send, receive = trio.open_memory_channel[Event](WATCH_BUFFER)
-        first = await trio.to_thread.run_sync(self._read)  # changes after this call are events
+        first = await self._snapshot()  # changes after this call are events
 
         async def poll() -> None:
-            seen = first
+            seen_generation, seen = first
             async with send:
                 while True:
                     await trio.sleep(self.poll)
-                    now = await trio.to_thread.run_sync(self._read)
-                    for event in _changes(seen, now, service):
-                        try:
-                            send.send_nowait(event)
-                        except trio.WouldBlock:
-                            return  # too far behind: the iterator ends
-                    seen = now
+                    await self._snapshot()
+                    for generation, now in list(self._snapshots):
+                        if generation <= seen_generation:
+                            continue
+                        for event in _changes(seen, now, service):
+                            try:
+                                send.send_nowait(event)
+                            except trio.WouldBlock:
+                                return  # too far behind: the iterator ends
+                        seen_generation, seen = generation, now
 
         async with trio.open_nursery() as nursery, receive:
             nursery.start_soon(poll)

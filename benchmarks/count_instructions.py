@@ -1,0 +1,151 @@
+"""CPU cost per operation as instructions, counted by valgrind's callgrind: a figure that does
+not move with the machine's load, for A/B comparisons on a shared machine.
+
+Wall-clock rates on a busy 2-core machine scatter by +-50% between runs; the number of
+instructions a fixed amount of work executes does not (the same count twice, whatever else
+runs). Each scenario runs twice, with ``--small`` and ``--large`` operations; the difference of
+the two totals divided by the difference in operations is the cost of one operation, with the
+interpreter's start-up and the node's set-up cancelled out. What it cannot show: time spent
+waiting (scheduling, the kernel's side of a system call), so it complements, not replaces, the
+wall-clock benchmarks.
+
+Scenarios (each in a fresh interpreter of the checkout under test):
+
+* ``local-tell``: tells to one local actor (one ask at the end confirms them);
+* ``local-ask``: sequential asks to one local actor;
+* ``remote-ask1`` / ``remote-ask16``: asks between two nodes in one process over TCP on
+  127.0.0.1 (Noise, envelope, codec, dispatch on both sides: client + server CPU), one caller or
+  16 in flight; busy polling off (a spin would count instructions by wall time);
+* ``...-mw``: the same with one no-op middleware per node (it runs on both sides).
+
+Run:  python benchmarks/count_instructions.py [--python A/.venv/bin/python --python B/...]
+          [--scenarios local-tell,local-ask,remote-ask16] [--small 2000 --large 6000]
+Output: one JSON line per (python, scenario) with ``instructions_per_op``, then a summary line
+with the ratio of every later interpreter to the first. Needs ``valgrind`` (Debian package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+#: The workload, run by the interpreter under test: ``python -c WORKLOAD scenario n``.
+WORKLOAD = r"""
+import sys, trio
+from trimicro.actors import Actor, ask, start_node, tell
+
+class Counter(Actor):
+    def __init__(self):
+        self.n = 0
+    async def inc(self, msg: int) -> int:
+        self.n += msg
+        return self.n
+
+async def noop(call, call_next):
+    return await call_next(call)
+
+try:  # marks a middleware that only awaits call_next (keeps inline handlers inline)
+    from trimicro.actors.middleware import passes_through
+    noop = passes_through(noop)
+except ImportError:
+    pass
+
+async def local(kind, n):
+    async with start_node("count") as node:
+        ref = await node.spawn(Counter)
+        if kind == "tell":
+            for _ in range(n):
+                await tell(ref, 1)
+            await ask(ref, 1)
+        else:
+            for _ in range(n):
+                await ask(ref, 1)
+
+async def remote(n, inflight, mw):
+    from trimicro.mailbox.secure.identity import Authority, NodeIdentity
+    from trimicro.mailbox.transport.tcp import TcpTransport
+    auth, tr = Authority.generate(), TcpTransport()
+    kw = {"busy_poll": 0}
+    if mw:
+        kw["middleware"] = [noop]
+    async with start_node("a", listen="127.0.0.1:0", transport=tr,
+                          identity=NodeIdentity.issue("a", auth), **kw) as a, \
+               start_node("b", listen="127.0.0.1:0", transport=tr,
+                          identity=NodeIdentity.issue("b", auth), **kw) as b:
+        await b.spawn(Counter, name="counter")
+        await a.connect(b.address)
+        ref = a.remote_ref("b", "counter")
+        async def worker(k):
+            for _ in range(k):
+                await ask(ref, 1)
+        async with trio.open_nursery() as nursery:
+            for _ in range(inflight):
+                nursery.start_soon(worker, n // inflight)
+
+scenario, n = sys.argv[1], int(sys.argv[2])
+if scenario in ("local-tell", "local-ask"):
+    trio.run(local, scenario.split("-")[1], n)
+else:
+    base, _, mw = scenario.partition("-mw")
+    trio.run(remote, n, 16 if base == "remote-ask16" else 1, scenario.endswith("-mw"))
+"""
+
+SCENARIOS = ("local-tell", "local-ask", "remote-ask1", "remote-ask16", "remote-ask16-mw")
+
+
+def count(python: str, scenario: str, n: int) -> int:
+    """Instructions a whole run of ``scenario`` with ``n`` operations executes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        tool = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+        proc = subprocess.run(
+            [*tool, python, "-c", WORKLOAD, scenario, str(n)],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+    if proc.returncode != 0:
+        raise SystemExit(f"{scenario} with {python} failed:\n{proc.stderr[-2000:]}")
+    found = re.search(r"Collected : (\d+)", proc.stderr)
+    if found is None:
+        raise SystemExit(f"no instruction count in valgrind's output:\n{proc.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--python", action="append", help="an interpreter with trimicro installed (repeat for A/B)"
+    )
+    parser.add_argument("--scenarios", default="local-tell,local-ask,remote-ask16,remote-ask16-mw")
+    parser.add_argument("--small", type=int, default=2000)
+    parser.add_argument("--large", type=int, default=6000)
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
+    pythons = args.python or [sys.executable]
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    for s in scenarios:
+        if s not in SCENARIOS:
+            raise SystemExit(f"unknown scenario {s!r}; known: {', '.join(SCENARIOS)}")
+    per_op: dict[str, dict[str, float]] = {}
+    for python in pythons:
+        for scenario in scenarios:
+            small, large = count(python, scenario, args.small), count(python, scenario, args.large)
+            value = (large - small) / (args.large - args.small)
+            per_op.setdefault(python, {})[scenario] = value
+            row = {"python": python, "scenario": scenario, "instructions_per_op": round(value)}
+            print(json.dumps(row), flush=True)
+    first = pythons[0]
+    ratios = {p: {s: round(per_op[p][s] / per_op[first][s], 4) for s in scenarios} for p in pythons[1:]}
+    print(json.dumps({"summary": True, "baseline": first, "ratio_to_baseline": ratios}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The asyncio bridge of the NATS plugins (no server needed) and NATS names (sans-I/O)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trimicro.cluster.natsio import Bridge, Inbox, Outbox, bucket_name, escape, unescape
+from trimicro.mailbox.errors import RequestTimeout, ServiceUnavailable
+
+
+@pytest.fixture
+async def bridge() -> AsyncIterator[Bridge]:
+    bridge = Bridge("test")
+    bridge.open()
+    try:
+        yield bridge
+    finally:
+        await bridge.close()
+
+
+async def test_a_call_returns_the_result_or_raises_the_error(bridge: Bridge) -> None:
+    async def add() -> int:
+        await asyncio.sleep(0)
+        return 42
+
+    async def fail() -> None:
+        raise KeyError("nope")
+
+    assert await bridge.call(add, timeout=5) == 42
+    with pytest.raises(KeyError):
+        await bridge.call(fail, timeout=5)
+
+
+@pytest.mark.parametrize("how", ["timeout", "cancel"])
+async def test_a_call_given_up_in_trio_cancels_its_asyncio_task(bridge: Bridge, how: str) -> None:
+    started, cancelled = trio.Event(), trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    async def forever() -> None:
+        token.run_sync_soon(started.set)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            token.run_sync_soon(cancelled.set)
+            raise
+
+    if how == "timeout":
+        with pytest.raises(RequestTimeout):
+            await bridge.call(forever, timeout=0.2)
+    else:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: bridge.call(forever, timeout=60))
+            await started.wait()
+            nursery.cancel_scope.cancel()
+    with trio.fail_after(5):
+        await cancelled.wait()
+
+
+async def test_a_closed_bridge_refuses_calls(bridge: Bridge) -> None:
+    await bridge.close()
+
+    async def nothing() -> None:
+        pass
+
+    with pytest.raises(ServiceUnavailable):
+        await bridge.call(nothing, timeout=1)
+
+
+async def test_the_outbox_keeps_order_and_makes_a_full_queue_wait_with_a_deadline(bridge: Bridge) -> None:
+    sent: list[int] = []
+    gate, all_sent = asyncio.Event(), asyncio.Event()
+
+    async def handle(batch: list[int]) -> None:
+        await gate.wait()
+        sent.extend(batch)
+        if len(sent) == 50:
+            all_sent.set()
+
+    outbox: Outbox[int] = Outbox(bridge, handle, limit=3)
+    for i in range(3):
+        await outbox.put(i, timeout=1)
+    with pytest.raises(ServiceUnavailable, match="3 messages wait"):
+        await outbox.put(3, timeout=0.2)  # the handler holds the batch: no room
+    bridge.soon(gate.set)
+    for i in range(3, 50):
+        await outbox.put(i, timeout=5)
+
+    async def flushed() -> list[int]:
+        await all_sent.wait()
+        return sent
+
+    assert await bridge.call(flushed, timeout=5) == list(range(50))
+
+
+async def test_the_inbox_drops_and_counts_what_does_not_fit(bridge: Bridge) -> None:
+    got: list[int] = []
+    overflowed = trio.Event()
+    inbox: Inbox[int] = Inbox(bridge, got.extend, limit=10, overflowed=overflowed.set)
+
+    async def push_many() -> None:
+        for i in range(25):  # all at once on the loop: trio has no chance to take any
+            inbox.push(i)
+
+    await bridge.call(push_many, timeout=5)
+    with trio.fail_after(5):
+        await overflowed.wait()
+    assert got == list(range(10)) and inbox.dropped == 15
+
+
+@given(st.text())
+def test_escaped_names_are_one_nats_token_and_come_back(text: str) -> None:
+    token = escape(text)
+    assert re.fullmatch(r"[-/_=a-zA-Z0-9]+", token)
+    assert unescape(token) == text
+
+
+def test_readable_names_stay_readable_and_bucket_names_are_valid() -> None:
+    assert escape("user/1") == "user/1" and escape("a.b") == "a=2Eb" and escape("") == "="
+    names = {bucket_name("t", "db", "a/b"), bucket_name("t", "db", "a_b"), bucket_name("t", "db/a", "b")}
+    assert len(names) == 3 and all(re.fullmatch(r"[-_a-zA-Z0-9]+", n) for n in names)
