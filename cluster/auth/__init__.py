@@ -20,6 +20,13 @@ The cluster wiring (:func:`trimicro.cluster.start_cluster`) chooses the ``Auth``
 (``auth=True``: ``$TRIMICRO_AUTH`` or ``jwt://``; ``False``: none; or an instance or URL) and
 puts its guard on the node's hot path (``node.remote.guard``); another ``Auth`` decides under
 a :class:`~trimicro.cluster.auth.default.PluggedGuard`. See docs/auth.md.
+
+**What an ``Auth`` must guarantee.** ``inspect`` raises
+:class:`~trimicro.mailbox.errors.Unauthorized` (401) for a token that is malformed, expired,
+revoked or not signed by the cluster, never returning a partial account; ``verify`` raises
+:class:`~trimicro.mailbox.errors.Forbidden` (403) unless a rule grants access (default deny);
+both are called on the hot path of every request, so they answer from memory (a cache, the
+rules held by the node), never with I/O per call. ``generate`` and ``token`` may do I/O.
 """
 
 from __future__ import annotations

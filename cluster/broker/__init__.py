@@ -21,6 +21,19 @@ The cluster wiring (:func:`trimicro.cluster.start_cluster`) builds one broker pe
 :class:`~trimicro.cluster.Cluster`, or a URL of the ``trimicro.broker`` entry-point group
 (``cluster://``, also ``default://``: :class:`PubSub`), else ``$TRIMICRO_BROKER``. It calls
 ``start`` before the node announces itself and ``close`` when the node stops.
+
+**The interface's contract** (what :class:`~trimicro.testing.conformance.BrokerConformance`
+checks): ``publish(topic, body, headers=, ack=, ack_timeout=, max_deliveries=, middleware=)``
+delivers to every matching subscriber, on this node and others, exactly once in publish order
+per publisher (at most once by default; ``ack=True``: at least once, a nack or a missed
+``ack_timeout`` redelivered, to another queue-group member when there is one, after
+``max_deliveries`` published on ``$dead.<topic>``); it returns the number of deliveries made,
+raises :class:`~trimicro.mailbox.errors.BadRequest` for a bad subject and the 401/403 of the
+auth rules before delivering anything. ``subscribe(pattern, ref, queue=, policy=)`` subscribes
+a *local* actor (400 otherwise, or for an unknown policy): ``*`` matches one token, ``>`` the
+rest; a queue group gets each message once across its members; the slow-subscriber
+``policy`` is ``"block"``, ``"drop_oldest"`` or ``"drop_subscriber"``. A subscription ends with
+``unsubscribe`` (idempotent), with its policy's drop, and when its actor stops.
 """
 
 from __future__ import annotations

@@ -23,6 +23,16 @@ the config was given the ``secret_key``.
 
 Beside this module: the sources (:mod:`.sources`), sealing (:mod:`.secrets`) and the typed
 conversion of values (:mod:`.convert`).
+
+**Sources, the pluggable part.** A :class:`~.sources.Source` has a ``name`` (shown in
+:attr:`Config.errors` and logs), ``async load()`` returning the whole nested map now (raising
+anything if it cannot: the config keeps the last good value) and ``fingerprint()``, a cheap
+value that changes when ``load`` may return something new (``None``: unknown, load every time).
+Values are checked on load (depth, key lengths). Built in: ``Defaults``, ``FileSource`` (TOML,
+JSON, YAML), ``EnvSource`` (``APP_`` prefix), ``FlagSource``, ``StoreSource`` (a record of the
+cluster's store); by URL through the ``trimicro.config`` group: ``file://``, ``env://``.
+Reading: :meth:`Config.get` (by ``"a.b"`` path, typed with ``type=``, ``NotFound`` or the
+default when absent, ``BadRequest`` when the value does not convert).
 """
 
 from __future__ import annotations

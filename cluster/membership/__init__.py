@@ -22,6 +22,16 @@ Each member's metadata carries ``svc``, the ``name@version`` list of services it
 that starts a service is callable by every member within a few gossip rounds, before the
 registry has spread its record. The cluster's registry cache drops nodes that membership holds
 dead or left, and the circuit breaker skips suspects.
+
+**The API.** :class:`Membership` (``cluster.membership``) is built by the wiring on a
+:class:`Host` (the node, its registry and cache, its breaker, its cluster fingerprint, the
+services it serves, and ``accepts``, the cluster check) and run with
+``await nursery.start(membership.run)``. What the rest of the cluster reads:
+``is_live(info)`` (not dead or left), ``address_of(node_id)``, ``gossiped(name)`` (services
+learnt from gossip, before the registry has them), ``member(node_id)``, ``view()`` (for the
+CLI's ``nodes`` and the dashboard) and ``wait_changed()``. It is not a plugin point: SWIM runs
+on the cluster's own links whatever the registry; ``start_cluster(membership=False)`` leaves it
+out (the CLI's short-lived client nodes).
 """
 
 from __future__ import annotations

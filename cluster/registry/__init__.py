@@ -18,6 +18,26 @@ it belongs to (:attr:`NodeInfo.cluster`, the :func:`cluster_fingerprint` of the 
 certified it), :func:`merge_nodes` never mixes clusters in one record, and a cluster node keeps
 only the nodes of clusters it trusts (:func:`in_clusters`) *before* it dials anything: dialing a
 foreign node only fails its handshake, and that failure used to cost calls and retries.
+
+**The interface** (what :class:`~trimicro.testing.conformance.RegistryConformance` checks):
+
+* ``register(service, ttl)``: add the record's nodes (records of one name and version merge
+  their nodes; registering again updates and refreshes the TTL); the registration lapses
+  ``ttl`` seconds after it was last made (``None``: the backend's default);
+* ``deregister(service)``: withdraw exactly the given nodes; unknown ones are ignored;
+* ``get_service(name)``: every version, with live nodes; raises
+  :class:`~trimicro.mailbox.errors.NotFound` (404) when there is none;
+* ``list_services()``: every known service (nodes may be left out);
+* ``watch(service=None)``: an async context manager yielding an async iterator of
+  :class:`Event`; for each node CREATE, then UPDATE, then DELETE, in the order of the changes
+  (a lapse is a DELETE); every watcher gets every event; a watcher too far behind is dropped
+  (its iterator ends) rather than buffering without bound;
+* ``aclose()``, if the backend holds resources: the cluster closes what a URL built.
+
+A backend must keep ``NodeInfo.cluster`` as given (nodes keep only the clusters they trust),
+treat what it reads from a shared medium as untrusted (validate, bound, skip the malformed),
+and never block the trio loop. Backends are chosen by URL (group ``trimicro.registry``):
+``mdns://`` (default), ``memory://``, ``static://``, ``nats://``, and any installed plugin.
 """
 
 from __future__ import annotations

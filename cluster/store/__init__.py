@@ -20,6 +20,17 @@
 
 Both built-in stores share one set of checks (names, key and value sizes, options), so a
 request that one refuses, the other refuses the same way.
+
+**Errors and guarantees** (what :class:`~trimicro.testing.conformance.StoreConformance`
+checks): ``read`` of a missing or expired key raises :class:`~trimicro.mailbox.errors.NotFound`
+(a scan returns what matches, maybe nothing); ``delete`` of a missing key is a no-op; scans and
+``list`` return keys in the order of their UTF-8 bytes, ``prefix`` and ``suffix`` both applying,
+``limit``/``offset`` paging over live records only; a write's ``ttl`` (relative) wins over the
+record's ``expiry`` (absolute unix seconds), and a write with neither makes the record permanent;
+bad names, keys, values or options raise :class:`~trimicro.mailbox.errors.BadRequest`; a lost
+compare-and-swap raises ``Conflict`` (409) and changes nothing; a closed store refuses every call
+with a ``MicroError``, and ``aclose`` twice is harmless. A store plugin (group ``trimicro.store``,
+``factory(url, database=, table=, ...)``) keeps these, and runs blocking I/O off the trio thread.
 """
 
 from __future__ import annotations

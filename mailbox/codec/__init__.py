@@ -13,6 +13,14 @@ Codecs hold no per-call state and may be shared between tasks and threads.
 This package holds the interface (:class:`Codec`, :class:`CodecSet`, the content types); the
 implementations sit beside it (:mod:`.msgpack`, :mod:`.cbor`, :mod:`.json`) and the type registry
 in :mod:`.typeregistry`, all re-exported here: ``from trimicro.mailbox.codec import JsonCodec``.
+
+**The interface.** A :class:`Codec` has a ``content_type`` and two methods: ``encode(obj)``
+returns bytes or raises :class:`EncodeError`; ``decode(data)`` returns the value or raises
+:class:`DecodeError` (400), and nothing else, for any input at all (it reads bytes from the
+network), within its :class:`DecodeLimits`. ``decode(encode(v)) == v`` for every value above
+(tuples come back as lists). A codec plugin (entry-point group ``trimicro.codec``, its factory
+given ``registry=`` a :class:`TypeRegistry` and ``limits=``) must keep these promises and hold
+no per-call state.
 """
 
 from __future__ import annotations

@@ -13,6 +13,14 @@ Three layers, each usable alone, all built on PyNaCl (libsodium); nothing here i
   per node, a :class:`NodeIdentity` holds a node's key and judges its peers' certificates.
 
 The names below are the public API; the constants and primitives stay in their modules.
+
+**The API.** ``await secure_client(conn, signing_key, cert, verify_peer)`` and ``secure_server`` run the
+handshake over any ``Connection`` and return a :class:`SecureConnection`, or close the
+connection and raise if the handshake fails or ``verify_peer(id_key, cert)`` (the caller's
+judge of the peer's certificate, usually :meth:`NodeIdentity.verify_peer`) raises: nothing of
+the application is read from a peer that was not accepted. Afterwards every frame is sealed
+(ChaChaPoly) and a frame that fails to open closes the connection. There is one
+implementation; it is not a plugin point (the transport under it is).
 """
 
 from __future__ import annotations

@@ -12,6 +12,17 @@ Errors: a peer that breaks the framing raises :class:`~trimicro.mailbox.framing.
 connection is closed; an I/O failure raises :class:`TransportError`; using a connection after
 :meth:`Connection.aclose` raises :class:`ConnectionClosed`. All are
 :class:`~trimicro.mailbox.errors.MicroError` subclasses.
+
+**The interface.** ``Transport.listen(address)`` binds and returns a :class:`Listener`
+(``address`` resolved, ``accept()`` the next connection, ``aclose()`` idempotent);
+``Transport.dial(address, timeout=...)`` returns a :class:`Connection` or raises
+:class:`TransportError`. A ``Connection`` is ordered and reliable: ``send_frames`` sends every
+payload in order (calls from several tasks are serialised), ``receive_frame`` returns the next
+payload or ``None`` at a clean end (one reader at a time), ``aclose`` is idempotent, and a
+payload over ``max_frame_size`` is refused from its header, before it is buffered. A transport
+plugin (group ``trimicro.transport``) keeps exactly these promises; the links above it add
+nothing that would hide a reordering or a lost frame. :func:`serve` runs a handler per
+accepted connection, each in its own task.
 """
 
 from __future__ import annotations
