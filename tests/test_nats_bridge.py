@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import AsyncIterator
 
 import pytest
@@ -104,11 +105,17 @@ async def test_the_inbox_drops_and_counts_what_does_not_fit(bridge: Bridge) -> N
     overflowed = trio.Event()
     inbox: Inbox[int] = Inbox(bridge, got.extend, limit=10, overflowed=overflowed.set)
 
-    async def push_many() -> None:
-        for i in range(25):  # all at once on the loop: trio has no chance to take any
-            inbox.push(i)
+    pushed = threading.Event()
 
-    await bridge.call(push_many, timeout=5)
+    def push_many() -> None:
+        for i in range(25):
+            inbox.push(i)
+        pushed.set()
+
+    # The pushes run on the loop's thread while this (trio's) thread blocks: no batch can be
+    # taken before all 25 are pushed, so exactly the first 10 fit.
+    bridge.soon(push_many)
+    assert pushed.wait(5)
     with trio.fail_after(5):
         await overflowed.wait()
     assert got == list(range(10)) and inbox.dropped == 15
