@@ -20,8 +20,9 @@ line (medians over rounds, min-max, per-round ratios, target pass/fail).
 ``--middleware`` adds trimicro tell and ask with one no-op node middleware, measured beside
 the same without in each round (ratios ``tell_mw_vs_tell``, ``ask_mw_vs_ask``; and
 ``ask_mw_await_vs_ask`` for a no-op middleware not declared ``passes_through``);
-``--only-trimicro`` runs trimicro's tell and ask only (an A/B of two checkouts runs this with
-each checkout's interpreter in turn: see ``benchmarks/ab_checkouts.py``).
+``--only-trimicro`` runs trimicro's phases only: tell, ask, spawn and idle memory (with
+``--middleware``: tell and ask with and without it); an A/B of two checkouts runs this with
+each checkout's interpreter in turn: see ``benchmarks/ab_checkouts.py``.
 
 Run:  python benchmarks/bench_local.py [--rounds 3] [--seconds 1.0] [--middleware] [--only-trimicro]
 """
@@ -512,7 +513,14 @@ def one_round(r, args):
         else:
             m["tell.trimicro.msgs_per_s"] = round(trio.run(tm_tell, s))
             m.update(lat_metrics("ask.trimicro", *trio.run(tm_ask, s)))
-        log(f"round {r}: trimicro tell/ask done")
+            m["spawn.trimicro.per_s"] = round(trio.run(tm_spawn, args.spawn_n, 10.0)[0])
+            if r <= args.mem_rounds:
+                jobs = [
+                    ("mem.trimicro.100k.bytes", "trimicro", 100_000),
+                    ("mem.trimicro.10k.bytes", "trimicro", 10_000),
+                ]
+                m.update(run_mem(jobs, timeout=60))
+        log(f"round {r}: trimicro done")
         return m
     if args.middleware:
         middleware_round(m, s)
@@ -635,8 +643,8 @@ def main():
     p.add_argument(
         "--only-trimicro",
         action="store_true",
-        help="only trimicro's tell and ask (with --middleware: with and without it); for A/B "
-        "runs of two checkouts",
+        help="only trimicro: tell, ask, spawn, idle memory (with --middleware: tell and ask with "
+        "and without it); for A/B runs of two checkouts",
     )
     p.add_argument("--mem-child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -68,8 +68,12 @@ async def local(kind, n):
                 await ask(ref, 1)
 
 async def remote(n, inflight, mw):
-    from trimicro.mailbox.secure.identity import Authority, NodeIdentity
-    from trimicro.mailbox.transport.tcp import TcpTransport
+    try:
+        from trimicro.mailbox.secure.identity import Authority, NodeIdentity
+        from trimicro.mailbox.transport.tcp import TcpTransport
+    except ImportError:  # the flat mailbox layout before the pluggable interfaces (a452b81)
+        from trimicro.mailbox.identity import Authority, NodeIdentity
+        from trimicro.mailbox.tcp import TcpTransport
     auth, tr = Authority.generate(), TcpTransport()
     kw = {"busy_poll": 0}
     if mw:
