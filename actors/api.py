@@ -16,9 +16,10 @@ import trio
 from trimicro.mailbox.errors import NotFound
 from trimicro.mailbox.refs import ActorRef
 
-from .lifecycle import get_cell, get_item
+from .lifecycle import get_cell
 from .metadata import forward_auth, propagate
 from .middleware import Middleware, client
+from .status import get_item
 from .streams import DEFAULT_WINDOW, Stream
 
 __all__ = ["ask", "open_stream", "tell", "try_tell"]
