@@ -4,11 +4,11 @@ the peer it connects to.
 The runtime imports point one way, remoting -> peer -> link; a link still calls back into its
 peer (``bind``, ``restarted``, ``link_closed``) and reads its remoting's codecs, guard and limits.
 Naming those needs here, in a module that imports none of the three, is what lets the link's
-modules (:mod:`.outbox`, :mod:`.tellflow`, :mod:`.link`, :mod:`.watch`, :mod:`.actor`) and the
-remoting itself (its node) be typed
-without importing their owners (no import cycle, not even for annotations). The concrete
-:class:`~.remoting.Remoting`, :class:`~.peer.Peer` and :class:`~trimicro.actors.node.Node`
-satisfy them structurally; mypy checks that where a link is built.
+modules (:mod:`.outbox`, :mod:`.tellflow`, :mod:`.link`, :mod:`.watch`, :mod:`.actor`), and the
+remoting its node, be typed without importing their owners (no import cycle, not even for
+annotations). The concrete :class:`~.remoting.Remoting`, :class:`~.peer.Peer` and
+:class:`~trimicro.actors.node.Node` satisfy them structurally; mypy checks that where a link is
+built.
 
 Parameters that take a link are ``Any`` here: the link's own class is above this module.
 """
