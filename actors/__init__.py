@@ -19,13 +19,13 @@ from trimicro.mailbox.mailboxes import MailboxSpec, bounded, priority, unbounded
 from trimicro.mailbox.refs import ActorRef
 
 from .actor import Actor, handles, not_handler
-from .api import ask, tell, try_tell
+from .api import ask, open_stream, tell, try_tell
 from .cell import Escalated
 from .context import Context
 from .messages import DeadLetter, Terminated
 from .middleware import Call, Middleware, Next
 from .node import DEFAULT_ASK_TIMEOUT, Node, start_node
-from .streams import Stream, StreamClosed, open_stream
+from .streams import Stream, StreamClosed
 from .supervision import Backoff, ChildSpec, Restart, Strategy, SupervisorStrategy
 from .supervisor import Supervisor
 from .timers import Timer

@@ -1,4 +1,5 @@
-"""``tell``, ``try_tell`` and ``ask``: the same three calls for every ref, local or remote.
+"""``tell``, ``try_tell``, ``ask`` and ``open_stream``: the same calls for every ref, local or
+remote.
 
 A ref carries its binding (the local cell, or later a route to another node), so these are
 plain functions with no global lookup. Called from inside an actor, the actor is the sender.
@@ -6,7 +7,8 @@ plain functions with no global lookup. Called from inside an actor, the actor is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -14,11 +16,13 @@ import trio
 from trimicro.mailbox.errors import NotFound
 from trimicro.mailbox.refs import ActorRef
 
-from .lifecycle import get_cell, get_item
+from .lifecycle import get_cell
 from .metadata import forward_auth, propagate
 from .middleware import Middleware, client
+from .status import get_item
+from .streams import DEFAULT_WINDOW, Stream
 
-__all__ = ["ask", "tell", "try_tell"]
+__all__ = ["ask", "open_stream", "tell", "try_tell"]
 
 
 def _binding(ref: ActorRef) -> Any:
@@ -29,12 +33,6 @@ def _binding(ref: ActorRef) -> Any:
             raise NotFound(f"{ref} is not bound to a node; use node.resolve(ref)", id=ref.path)
         binding = cell.node.resolve(ref).binding  # inside an actor: resolve through its node
     return binding
-
-
-#: For :func:`~trimicro.actors.streams.open_stream`, which reaches its helpers through this
-#: module: importing :mod:`.metadata` there would close the cycle cell -> streams -> metadata ->
-#: cell, while streams -> api is the one such edge the import contract allows.
-_propagated = forward_auth
 
 
 def _sender() -> ActorRef | None:
@@ -158,9 +156,44 @@ async def _open_through(
     window: int,
     timeout: float,
 ) -> Any:
-    """``open_stream`` through middleware (for :mod:`.streams`, which reaches its helpers here:
-    see :data:`_propagated`)."""
+    """``open_stream`` through middleware."""
     chain = client.client_chain(binding.node.client_chain, middleware)
     return await client.open_stream(
         chain, ref, binding, endpoint, request, _sender(), headers, window, timeout
     )
+
+
+@asynccontextmanager
+async def open_stream(
+    ref: ActorRef,
+    endpoint: str,
+    request: Any = None,
+    *,
+    window: int = DEFAULT_WINDOW,
+    headers: dict[str, str] | None = None,
+    timeout: float | None = None,
+    middleware: Sequence[Any] | None = None,
+) -> AsyncIterator[Stream]:
+    """Open a stream with the handler ``endpoint`` of the actor ``ref`` (local or remote).
+
+    Returns once the handler has accepted it (or raises its typed error: 404 for an unknown
+    stream endpoint, 503 for a stopped actor). ``window`` is how many items this side buffers;
+    ``timeout`` bounds only the opening. Leaving the block closes the stream: if it is not over,
+    the handler sees it cancelled. ``middleware`` runs around the opening, outside the node's
+    (see :mod:`trimicro.actors.middleware`).
+    """
+    binding = _binding(ref)
+    node = binding.node
+    if timeout is None:
+        timeout = node.ask_timeout
+    headers = forward_auth(headers)  # metadata of the message being handled travels on
+    stream: Stream
+    if middleware is not None or node.client_chain is not None:
+        stream = await _open_through(middleware, ref, binding, endpoint, request, headers, window, timeout)
+    else:
+        stream = await binding.open_stream(endpoint, request, _sender(), headers, window, timeout)
+    try:
+        yield stream
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()

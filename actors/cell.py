@@ -23,37 +23,39 @@ from trimicro.mailbox.errors import (
 from trimicro.mailbox.mailboxes import Mailbox, Unbuilt
 from trimicro.mailbox.refs import ActorRef
 
+from .context import Context
 from .lifecycle import (
     BATCH,
-    DEAD,
-    FULL,
     MAX_REMOTE_WATCHERS,
     MAX_WATCHERS,
+    CellLifecycle,
+    Escalated,
+    Stopped,
+    current_cell,
+    log,
+    reset_cell,
+    set_cell,
+)
+from .mail import Mail, Reply
+from .processing import CellProcessing
+from .status import (
+    DEAD,
+    FULL,
     OK,
     RUNNING,
     STARTING,
     STOPPED,
     STOPPING,
     SUSPENDED,
-    CellLifecycle,
-    Escalated,
-    Stopped,
-    current_cell,
     current_item,
-    log,
-    reset_cell,
     reset_item,
-    set_cell,
     set_item,
 )
-from .mail import Mail, Reply
-from .processing import CellProcessing
 from .streams import DEFAULT_WINDOW, Stream, local_pair
 from .supervision import ChildSpec
 
 if TYPE_CHECKING:
-    from .context import Context
-    from .node import Node
+    from .ports import NodePort
 
 __all__ = [
     "BATCH",
@@ -82,7 +84,7 @@ class Cell(CellProcessing):
 
     def __init__(
         self,
-        node: Node,
+        node: NodePort,
         parent: CellLifecycle | None,
         spec: ChildSpec,
         path: str,
@@ -107,8 +109,6 @@ class Cell(CellProcessing):
         """The actor's :class:`Context`, built on first use (see ``Actor.context``)."""
         context = self._context
         if context is None:
-            from .context import Context  # a cycle at import time: context.py imports this
-
             context = self._context = Context(self)
         return context
 

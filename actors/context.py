@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from trimicro.mailbox.mailboxes import MailboxSpec
 from trimicro.mailbox.refs import ActorRef
 
-from .cell import STOPPING, Cell, current_item
 from .mail import Mail, Reply
+from .ports import CellPort
+from .status import STOPPING, current_item
 from .supervision import ChildSpec, Restart
+from .timers import Timer
 
 if TYPE_CHECKING:
+    # The one import of this module that closes a cycle (node -> actor -> context -> node), kept
+    # on purpose: ``context.node`` is public API and gives users the full :class:`Node`, which
+    # no Protocol of what the runtime needs would (see the actors contract in pyproject.toml).
     from .node import Node
-    from .timers import Timer
 
 __all__ = ["Context"]
 
@@ -32,7 +36,7 @@ class Context:
 
     __slots__ = ("_cell",)
 
-    def __init__(self, cell: Cell) -> None:
+    def __init__(self, cell: CellPort) -> None:
         self._cell = cell
 
     @property
@@ -42,7 +46,9 @@ class Context:
 
     @property
     def node(self) -> Node:
-        return self._cell.node
+        """The node this actor runs on (the cell sees it through :class:`~.ports.NodePort`; it
+        is always a :class:`Node`)."""
+        return cast("Node", self._cell.node)
 
     @property
     def parent(self) -> ActorRef | None:
@@ -108,7 +114,8 @@ class Context:
         An actor stopping itself is a *normal exit*: a ``PERMANENT`` child is restarted.
         """
         cell = self._cell if ref is None else ref.binding
-        if not isinstance(cell, Cell):
+        # ``type(self._cell)`` is the local cell class (Cell), known here without importing it.
+        if not isinstance(cell, type(self._cell)):
             raise ValueError(f"{ref} is not a local actor")
         node = self._cell.node
         if cell is self._cell and cell.parent is not None:

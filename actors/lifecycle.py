@@ -23,20 +23,15 @@ from trimicro.mailbox.refs import ActorRef
 from .actor import Actor, HandlerTable
 from .mail import Mail
 from .messages import Terminated
+from .status import RUNNING, STARTING, STOPPED, STOPPING, SUSPENDED
 from .supervision import ChildSpec, Restart, RestartIntensity, Strategy, SupervisorStrategy
 
 if TYPE_CHECKING:
     from .context import Context
-    from .node import Node
+    from .ports import NodePort
     from .timers import Timer
 
 log = logging.getLogger("trimicro.actors")
-
-# Cell status, ordered: a cell accepts messages while status < STOPPING.
-STARTING, RUNNING, SUSPENDED, STOPPING, STOPPED = range(5)
-
-# Results of Cell.offer.
-OK, FULL, DEAD = range(3)
 
 #: Messages a worker handles before yielding to other tasks (fairness without a yield per message).
 BATCH = 128
@@ -49,17 +44,13 @@ MAX_WATCHERS = 65536
 #: ``context.watch`` without room.
 MAX_REMOTE_WATCHERS = 16384
 
-#: The cell whose handler runs in the current task (the implicit sender of tell/ask).
+#: The cell whose handler runs in the current task (the implicit sender of tell/ask). The item
+#: it is serving is :data:`.status.current_item`.
 current_cell: ContextVar[CellLifecycle | None] = ContextVar("trimicro_current_cell", default=None)
-#: The queued item the current handler is serving.
-current_item: ContextVar[Mail | None] = ContextVar("trimicro_current_item", default=None)
 
-# Their methods, bound once for the modules that call them per message. On CPython 3.11 a
-# method call on a name bound by ``import`` compiles to LOAD_ATTR, not LOAD_METHOD, so
-# ``current_item.set(x)`` in a module that imports ``current_item`` builds (and frees) a bound
-# method at every call, about 150 instructions; these names are plain module globals.
+# Its methods, bound once for the modules that call them per message (see :mod:`.status` for
+# why: a method call on an imported name builds a bound method at every call on CPython 3.11).
 get_cell, set_cell, reset_cell = current_cell.get, current_cell.set, current_cell.reset
-get_item, set_item, reset_item = current_item.get, current_item.set, current_item.reset
 
 
 class Escalated(Exception):
@@ -82,7 +73,7 @@ class Stopped:
 
     __slots__ = ("node", "ref")
 
-    def __init__(self, node: Node, ref: ActorRef) -> None:
+    def __init__(self, node: NodePort, ref: ActorRef) -> None:
         self.node = node
         self.ref = ActorRef(ref.node, ref.path, ref.uid)  # unbound: no cycle through it either
 
@@ -160,7 +151,7 @@ class CellLifecycle:
 
     # The slots, for the type checker (set by ``Cell.__init__``: the assembled cell is the ref's
     # binding, so it is built there).
-    node: Node
+    node: NodePort
     parent: CellLifecycle | None
     spec: ChildSpec
     path: str

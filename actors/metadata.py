@@ -24,7 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import TypeAlias
 
-from .lifecycle import get_cell, get_item
+from .lifecycle import get_cell
+from .status import get_item
 
 __all__ = [
     "AUTHORIZATION",

@@ -24,15 +24,12 @@ from trimicro.mailbox.errors import (
 from .actor import _Unhandled
 from .lifecycle import (
     BATCH,
-    RUNNING,
-    SUSPENDED,
     CellLifecycle,
     reset_cell,
-    reset_item,
     set_cell,
-    set_item,
 )
 from .mail import Mail, Reply
+from .status import RUNNING, SUSPENDED, reset_item, set_item
 
 __all__ = ["CellProcessing"]
 

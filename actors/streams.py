@@ -14,14 +14,14 @@ seen by the other side as the end of ``async for``).
 
 Each end talks to the other through four operations (:class:`StreamOps`): in one process they
 are direct calls (:class:`LocalOps`); across nodes they are envelopes on the link
-(``trimicro.actors.remote``).
+(``trimicro.actors.remote``). ``open_stream`` itself lives in :mod:`.api`, beside ``ask`` and
+``tell``, whose helpers (binding, sender, metadata, middleware) it shares.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import trio
@@ -30,7 +30,7 @@ from trio.lowlevel import ParkingLot
 from trimicro.mailbox.errors import BadRequest, MicroError, ServiceUnavailable
 from trimicro.mailbox.refs import ActorRef
 
-__all__ = ["DEFAULT_WINDOW", "LocalOps", "Stream", "StreamClosed", "StreamOps", "open_stream"]
+__all__ = ["DEFAULT_WINDOW", "LocalOps", "Stream", "StreamClosed", "StreamOps"]
 
 #: Items a receiver accepts before it has consumed any (the protocol's default initial credit).
 DEFAULT_WINDOW = 256
@@ -308,41 +308,3 @@ def local_pair(
     opener.ops = LocalOps(handler)
     handler.ops = LocalOps(opener)
     return opener, handler
-
-
-@asynccontextmanager
-async def open_stream(
-    ref: ActorRef,
-    endpoint: str,
-    request: Any = None,
-    *,
-    window: int = DEFAULT_WINDOW,
-    headers: dict[str, str] | None = None,
-    timeout: float | None = None,
-    middleware: Sequence[Any] | None = None,
-) -> AsyncIterator[Stream]:
-    """Open a stream with the handler ``endpoint`` of the actor ``ref`` (local or remote).
-
-    Returns once the handler has accepted it (or raises its typed error: 404 for an unknown
-    stream endpoint, 503 for a stopped actor). ``window`` is how many items this side buffers;
-    ``timeout`` bounds only the opening. Leaving the block closes the stream: if it is not over,
-    the handler sees it cancelled. ``middleware`` runs around the opening, outside the node's
-    (see :mod:`trimicro.actors.middleware`).
-    """
-    from .api import _binding, _open_through, _propagated, _sender
-
-    binding = _binding(ref)
-    node = binding.node
-    if timeout is None:
-        timeout = node.ask_timeout
-    headers = _propagated(headers)  # metadata of the message being handled travels on
-    stream: Stream
-    if middleware is not None or node.client_chain is not None:
-        stream = await _open_through(middleware, ref, binding, endpoint, request, headers, window, timeout)
-    else:
-        stream = await binding.open_stream(endpoint, request, _sender(), headers, window, timeout)
-    try:
-        yield stream
-    finally:
-        with trio.CancelScope(shield=True):
-            await stream.aclose()

@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from ..actor import Handler, HandlerTable
-from ..lifecycle import get_item, reset_item, set_item
 from ..mail import Mail
+from ..status import get_item, reset_item, set_item
 from . import Call, Kind, Middleware, Next, Side, compose, is_passing_through
 
 __all__ = ["wrap_handlers"]

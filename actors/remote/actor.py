@@ -258,7 +258,7 @@ class RemoteActor:
         stream = Stream(window, request=request, headers=headers, peer=self.target)
         stream.on_done = lambda _s: streams.pop(corr, None)
         stream.ops = RemoteStreamOps(link, corr, codec)
-        meta = dict(headers or {})  # propagated metadata already merged (streams.open_stream)
+        meta = dict(headers or {})  # propagated metadata already merged (api.open_stream)
         meta["credit"] = str(window)
         ct = codec.content_type
         env = Envelope(Kind.STREAM_OPEN, corr, self.target, sender, endpoint, ct, meta, 0, body)

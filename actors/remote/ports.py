@@ -4,10 +4,11 @@ the peer it connects to.
 The runtime imports point one way, remoting -> peer -> link; a link still calls back into its
 peer (``bind``, ``restarted``, ``link_closed``) and reads its remoting's codecs, guard and limits.
 Naming those needs here, in a module that imports none of the three, is what lets the link's
-modules (:mod:`.outbox`, :mod:`.tellflow`, :mod:`.link`, :mod:`.watch`, :mod:`.actor`) be typed
-without importing their owners (no import cycle, not even for annotations). The concrete
-:class:`~.remoting.Remoting`, :class:`~.peer.Peer` and :class:`~trimicro.actors.node.Node`
-satisfy them structurally; mypy checks that where a link is built.
+modules (:mod:`.outbox`, :mod:`.tellflow`, :mod:`.link`, :mod:`.watch`, :mod:`.actor`), and the
+remoting its node, be typed without importing their owners (no import cycle, not even for
+annotations). The concrete :class:`~.remoting.Remoting`, :class:`~.peer.Peer` and
+:class:`~trimicro.actors.node.Node` satisfy them structurally; mypy checks that where a link is
+built.
 
 Parameters that take a link are ``Any`` here: the link's own class is above this module.
 """
@@ -22,31 +23,22 @@ from trimicro.mailbox.codec import Codec, CodecSet
 from trimicro.mailbox.envelope import Envelope
 from trimicro.mailbox.refs import ActorRef
 
+from .. import ports
 from ..busypoll import BusyPoller
 from ..cell import Cell
-from ..deadletters import DeadLetters
-from ..timers import TimeoutWheel
 from . import Guard
 from .flusher import _Flusher
 
 __all__ = ["NodePort", "PeerPort", "RemotingPort"]
 
 
-class NodePort(Protocol):
-    """What the remote layer needs of its node: its id, deadlines, dead letters, system tasks."""
+class NodePort(ports.NodePort, Protocol):
+    """What the remote layer needs of its node: what a cell needs of it (its id, deadlines, dead
+    letters, system tasks, the ask timeout, ...) and its live local actors, where a frame's
+    target is looked up."""
 
     @property
-    def id(self) -> str: ...
-    @property
-    def timeouts(self) -> TimeoutWheel: ...
-    @property
-    def dead_letters(self) -> DeadLetters: ...
-
-    def dead_letter(
-        self, recipient: ActorRef | None, msg: Any, reason: str, sender: ActorRef | None
-    ) -> None: ...
-
-    def spawn_system(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None: ...
+    def cells(self) -> Mapping[str, Cell]: ...
 
 
 class RemotingPort(Protocol):

@@ -38,7 +38,7 @@ from .watch import MAX_REMOTE_WATCHES
 log = logging.getLogger("trimicro.remote")
 
 if TYPE_CHECKING:
-    from ..node import Node
+    from .ports import NodePort
 
 
 class Remoting:
@@ -46,7 +46,7 @@ class Remoting:
 
     def __init__(
         self,
-        node: Node,
+        node: NodePort,
         nursery: trio.Nursery,
         *,
         transport: Transport,
