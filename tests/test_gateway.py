@@ -52,6 +52,15 @@ async def test_call_both_spellings_and_errors_as_go_micro_json() -> None:
             "/api/shop/buy", content=b"{not json", headers={"content-type": "application/json"}
         )
         assert r.status_code == 400
+        # Paths no route takes, and a method a route lacks: Go Micro's error JSON as well.
+        for method, path, status in (
+            ("POST", "/api/publish/1%0E%0A%C3%B6%C2%BF%C2%93%F1%9D%B2%AE%C2%B1", 404),  # found by fuzzing
+            ("GET", "/nowhere", 404),
+            ("GET", "/api/shop/Shop.buy", 405),
+        ):
+            r = await http.request(method, path)
+            assert r.status_code == status and r.headers["content-type"].startswith("application/json")
+            assert r.json()["code"] == status and set(r.json()) == {"id", "code", "detail", "status"}
 
 
 async def test_msgpack_and_cbor_by_content_type_and_accept() -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
@@ -202,7 +203,14 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
 
         return Route(path, endpoint, methods=[method])
 
+    async def no_route(request: Request, exc: Exception) -> Response:
+        # Starlette's own answers (no route matched, a method the route lacks) in the same error
+        # JSON as every other reply: a client never has to parse a second error format.
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        return error_reply(MicroError(f"{request.method} {request.url.path}", id="gateway", code=status))
+
     return Starlette(
+        exception_handlers={HTTPException: no_route},
         routes=[
             route("/health/live", live, "GET"),
             route("/health/ready", ready, "GET"),
@@ -215,5 +223,5 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
                 "/api/{service}/{endpoint:path}", bridges.websocket_route(cluster, state, resolve)
             ),
             *dashboard_routes(state),
-        ]
+        ],
     )
