@@ -690,6 +690,37 @@ def test_unknown_tag_is_a_decode_error(content_type: str) -> None:
         stranger.decode(data)
 
 
+@pytest.mark.parametrize("content_type", ALL)
+def test_unknown_tags_as_maps_is_opt_in(content_type: str) -> None:
+    """A gateway's registry decodes types it never registered as their fields, nested ones too
+    (at any depth, inside known values); built-in tags and malformed fields stay errors."""
+    lenient = CodecSet.default(default_registry(unknown_as_maps=True)).get(content_type)
+    value = {"env": Envelope(ActorRef("n", "/user/a", 1), Chain(Point(3)), [Point(1, 2)])}
+    got = lenient.decode(CODECS.get(content_type).encode(value))
+    assert got == {
+        "env": {
+            "to": ActorRef("n", "/user/a", 1),
+            "body": {"child": {"x": 3, "y": 0}},
+            "points": [{"x": 1, "y": 2}],
+            "meta": {},
+            "error": None,
+            "secret": b"",
+        }
+    }
+    for _ in range(2):  # the second time from any cache the codec keeps
+        assert lenient.decode(CODECS.get(content_type).encode([Point(5)])) == [{"x": 5, "y": 0}]
+    assert lenient.registry.decodes("Point") and not lenient.registry.decodes("$nope")
+    assert not default_registry().decodes("Point")
+    with pytest.raises(DecodeError, match="needs a map of fields"):
+        lenient.registry.from_wire("Point", [1, 2])
+    with pytest.raises(DecodeError, match="unknown type tag"):
+        lenient.registry.from_wire("$nope", {})
+    with pytest.raises(DecodeError, match="unknown type tag 'Point'"):
+        CodecSet.default(default_registry()).get(content_type).decode(
+            CODECS.get(content_type).encode(Point(1))
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # encoding failures
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 The node is a member (not only a client) because pub/sub needs the interest members exchange
 and the dashboard shows the membership view; it serves nothing itself. It follows the auth
 service's rules like a serving node, so ``/api/subscribe`` judges each token by current rules.
+It serves every service without their classes: its node decodes a typed value whose class it
+has not registered as the map of its fields (``unknown_as_maps``), which the reply's JSON,
+msgpack or CBOR carries as an object.
 The HTTP side needs the ``gateway`` extra (``pip install 'trimicro[gateway]'``): it is imported
 when the command runs, so the rest of the CLI works without it.
 """
@@ -15,6 +18,8 @@ import uuid
 from typing import TextIO
 
 import trio
+
+from trimicro.mailbox.codec import default_registry
 
 from ..cluster import start_cluster
 from .common import UsageError, broker_url, home_dir, registry_url, token_audience
@@ -46,6 +51,7 @@ async def api(args: argparse.Namespace, out: TextIO) -> int:
                 store="",
                 home=home_dir(args),
                 audience=token_audience(args),
+                types=default_registry(unknown_as_maps=True),
             ) as cluster,
             trio.open_nursery() as nursery,
         ):

@@ -156,10 +156,12 @@ class MsgpackCodec:
             name = data.decode()
         except UnicodeDecodeError:
             raise DecodeError("type tag is not UTF-8") from None
-        if name not in self._registry:
+        if name in self._registry:
+            tag = self._tags[bytes(data)] = _Tag(name)  # registered tags only: the cache stays bounded
+            return tag
+        if not self._registry.decodes(name):
             raise DecodeError(f"unknown type tag {name!r:.200}")
-        tag = self._tags[bytes(data)] = _Tag(name)
-        return tag
+        return _Tag(name)  # from_wire turns it into a plain map
 
     def encode(self, obj: Any) -> bytes:
         """``obj`` as msgpack; :class:`EncodeError` if it has no wire form."""

@@ -9,6 +9,11 @@ module-level mutable state, so two nodes in one process, or two tests, never sha
 :class:`~trimicro.mailbox.refs.ActorRef` (tag ``"$ref"``) and every
 :class:`~trimicro.mailbox.errors.MicroError` (tag ``"$err"``) are known to every registry. Tags
 starting with ``$`` are reserved for such built-ins.
+
+A registry is strict: a tag it does not know fails the decode. A node that forwards values it
+never handles itself (the HTTP gateway, which serves every service in any language) opts in to
+``unknown_as_maps``: a value with an unknown tag then decodes as the plain map of its fields,
+by name, as the wire carries them. Built-in tags stay strict either way.
 """
 
 from __future__ import annotations
@@ -102,9 +107,11 @@ class TypeRegistry:
     values the codec already decoded.
     """
 
-    __slots__ = ("_by_tag", "_by_type")
+    __slots__ = ("_by_tag", "_by_type", "unknown_as_maps")
 
-    def __init__(self) -> None:
+    def __init__(self, *, unknown_as_maps: bool = False) -> None:
+        #: Decode a value whose tag is not registered as the map of its fields (see the module).
+        self.unknown_as_maps = unknown_as_maps
         # type -> (tag, fields-of); tag -> build-from-fields. Both only grow, and a tag never
         # changes owner, so codecs may cache what they look up.
         self._by_type: dict[type, tuple[str, Callable[[Any], Any]]] = {ActorRef: (REF_TAG, _ref_to_wire)}
@@ -155,6 +162,11 @@ class TypeRegistry:
             return item in self._by_tag
         return isinstance(item, type) and (item in self._by_type or issubclass(item, MicroError))
 
+    def decodes(self, tag: str) -> bool:
+        """Whether :meth:`from_wire` takes values tagged ``tag``: a registered tag, or any tag
+        under ``unknown_as_maps``."""
+        return tag in self._by_tag or (self.unknown_as_maps and not tag.startswith("$"))
+
     def to_wire(self, obj: Any) -> tuple[str, Any]:
         """``(tag, fields)`` for a registered value; :class:`EncodeError` for anything else."""
         entry = self._by_type.get(type(obj))
@@ -173,9 +185,16 @@ class TypeRegistry:
         raise EncodeError(f"values of type {cls.__qualname__} have no wire form")
 
     def from_wire(self, tag: str, fields: Any) -> Any:
-        """Build the value tagged ``tag``; :class:`DecodeError` for unknown tags or bad fields."""
+        """Build the value tagged ``tag``; :class:`DecodeError` for unknown tags or bad fields.
+
+        Under ``unknown_as_maps`` an unknown (non-built-in) tag gives its fields map itself.
+        """
         build = self._by_tag.get(tag) if isinstance(tag, str) else None
         if build is None:
+            if self.unknown_as_maps and isinstance(tag, str) and not tag.startswith("$"):
+                if not isinstance(fields, dict):
+                    raise DecodeError(f"{tag!r:.200} needs a map of fields, not {type(fields).__name__}")
+                return fields
             raise DecodeError(f"unknown type tag {tag!r:.200}")
         return build(fields)
 
@@ -238,6 +257,6 @@ def _unknown(fields: dict[Any, Any], names: frozenset[str]) -> Iterator[Any]:
     return (k for k in fields if k not in names)
 
 
-def default_registry() -> TypeRegistry:
+def default_registry(*, unknown_as_maps: bool = False) -> TypeRegistry:
     """A new registry that knows only the built-ins (``ActorRef``, ``MicroError``)."""
-    return TypeRegistry()
+    return TypeRegistry(unknown_as_maps=unknown_as_maps)
