@@ -460,7 +460,7 @@ class LmdbStore(_Checks):
         closures would make every point read allocate cells for the variables they share)."""
         self._check_open()
         self._page(limit, offset)
-        ns = self._namespace(database, table)
+        ns = None if database is None and table is None else self._namespace(database, table)
         now = self.now()
         if not (prefix or suffix):
             # Here when the fast path above could not answer: a key it will not take (the
@@ -479,7 +479,7 @@ class LmdbStore(_Checks):
             return [record]
         affix = self._affix(key, "key")
         pre, suf = (affix if prefix else b""), (affix if suffix else b"")
-        dbi = await self._reading(ns)
+        dbi = self._dbi if ns is None else await self._reading(ns)  # no coroutine for the own table
         if dbi is None:
             return []
         found, fresh = await trio.to_thread.run_sync(
@@ -502,12 +502,11 @@ class LmdbStore(_Checks):
     ) -> None:
         raw, rec = self._record(record, ttl)
         body = encode_value(rec)
-        want = _version_of(if_version)
-        if want is None and database is None and table is None:  # the common write: no closure cells
+        if if_version is None and database is None and table is None:  # the common write: no closure cells
             dbi = self._dbi
             await self._submit(lambda txn: txn.put(raw, HEAD + txn.id().to_bytes(8, "big") + body, db=dbi))
             return
-        key, now = rec.key, self.now()
+        want, key, now = _version_of(if_version), rec.key, self.now()
 
         def put(txn: Any, dbi: Any) -> None:
             if want is not None:
@@ -535,7 +534,10 @@ class LmdbStore(_Checks):
         self._check_open()
         self._page(limit, offset)
         pre, suf, now = self._affix(prefix, "prefix"), self._affix(suffix, "suffix"), self.now()
-        dbi = await self._reading(self._namespace(database, table))
+        if database is None and table is None:  # the store's own table: no coroutine to find it
+            dbi = self._dbi
+        else:
+            dbi = await self._reading(self._namespace(database, table))
         if dbi is None:
             await trio.lowlevel.checkpoint()
             return []
