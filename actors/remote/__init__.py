@@ -50,6 +50,7 @@ __all__ = [
     "Identity",
     "InboundReply",
     "Link",
+    "LinkPort",
     "Peer",
     "RemoteActor",
     "Remoting",
@@ -101,21 +102,27 @@ class Guard(Protocol):
     access rules live in a higher layer: ``trimicro.cluster.auth``)."""
 
     def admit(
-        self, link: Link, action: str, cell: Cell, endpoint: str, headers: Mapping[str, str] | None, msg: Any
+        self,
+        link: LinkPort,
+        action: str,
+        cell: Cell,
+        endpoint: str,
+        headers: Mapping[str, str] | None,
+        msg: Any,
     ) -> Any:
         """Return the caller's principal (the handler's ``context.account``) or raise a
         :class:`~trimicro.mailbox.errors.MicroError` (401/403) to refuse. ``action`` is
         ``"call"``, ``"tell"`` or ``"stream"``."""
         ...
 
-    def admit_watch(self, link: Link, path: str, headers: Mapping[str, str] | None) -> Any:
+    def admit_watch(self, link: LinkPort, path: str, headers: Mapping[str, str] | None) -> Any:
         """Like :meth:`admit` for a death watch of the actor at ``path``, judged by the path
         alone: the node calls it before it looks the actor up, so that a refusal is the same
         whether the actor exists or not (see :mod:`.remote_watch`)."""
         ...
 
     def admit_path(
-        self, link: Link, action: str, path: str, endpoint: str, headers: Mapping[str, str] | None
+        self, link: LinkPort, action: str, path: str, endpoint: str, headers: Mapping[str, str] | None
     ) -> Any:
         """Like :meth:`admit` for a request to ``path`` where no actor lives, judged by the path
         and endpoint alone: the node asks before it answers 404, so that a caller the rules
@@ -178,4 +185,5 @@ from .batching import Coalesced  # noqa: E402
 from .link import Link  # noqa: E402
 from .outbox import InboundReply  # noqa: E402
 from .peer import Peer  # noqa: E402
+from .ports import LinkPort  # noqa: E402
 from .remoting import Remoting  # noqa: E402

@@ -11,6 +11,8 @@ annotations). The concrete :class:`~.remoting.Remoting`, :class:`~.peer.Peer` an
 built.
 
 Parameters that take a link are ``Any`` here: the link's own class is above this module.
+:class:`LinkPort` is what code beside the link (the guard, the death-watch handlers) needs of
+one.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ..cell import Cell
 from . import Guard
 from .flusher import _Flusher
 
-__all__ = ["NodePort", "PeerPort", "RemotingPort"]
+__all__ = ["LinkPort", "NodePort", "PeerPort", "RemotingPort"]
 
 
 class NodePort(ports.NodePort, Protocol):
@@ -96,3 +98,22 @@ class PeerPort(Protocol):
     def terminated(self, ref: ActorRef, watcher: ActorRef, reason: str | None) -> None: ...
 
     def link_closed(self, link: Any) -> None: ...
+
+
+class LinkPort(Protocol):
+    """What a :class:`~.link.Link` is to the code beside it that takes one as an argument: the
+    node's :class:`~trimicro.actors.remote.Guard` (``trimicro.cluster.auth`` implements it) and the
+    death-watch handlers (:mod:`.watch`). The peer it leads to, that peer's certificate as the
+    handshake gave it, the principal a guard caches on it, its remoting, and a queued send."""
+
+    #: Whoever a guard authenticated on this link (it caches it here), ``None`` until then.
+    principal: Any
+
+    @property
+    def remoting(self) -> RemotingPort: ...
+    @property
+    def peer(self) -> PeerPort: ...
+    @property
+    def peer_info(self) -> Any: ...
+
+    def push(self, frame: bytes) -> None: ...

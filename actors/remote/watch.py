@@ -30,7 +30,7 @@ from trimicro.mailbox.refs import ActorRef
 
 if TYPE_CHECKING:
     from ..cell import Cell
-    from .link import Link
+    from .ports import LinkPort
 
 __all__ = ["MAX_REMOTE_WATCHES", "REFUSED", "PeerWatches", "on_unwatch", "on_watch", "terminated_frame"]
 
@@ -94,13 +94,13 @@ class PeerWatches:
                 cell.remove_watcher(watcher)
 
 
-def terminated_frame(link: Link, watcher: ActorRef, ref: ActorRef, reason: str) -> bytes:
+def terminated_frame(link: LinkPort, watcher: ActorRef, ref: ActorRef, reason: str) -> bytes:
     """A ``terminated`` frame telling ``watcher`` (on the peer) that ``ref`` is gone."""
     body = link.remoting.codec.encode(reason)
     return encode_envelope(Envelope(Kind.SYSTEM, 0, watcher, ref, "terminated", body=body))
 
 
-def on_watch(link: Link, env: Envelope, target: ActorRef, sender: ActorRef) -> None:
+def on_watch(link: LinkPort, env: Envelope, target: ActorRef, sender: ActorRef) -> None:
     """A peer's ``watch`` of our actor ``target`` for its actor ``sender``."""
     remoting = link.remoting
     peer = link.peer
@@ -136,7 +136,7 @@ def on_watch(link: Link, env: Envelope, target: ActorRef, sender: ActorRef) -> N
         link.push(terminated_frame(link, watcher, target, f"{REFUSED}{exc.code} {exc.detail}"))
 
 
-def on_unwatch(link: Link, target: ActorRef, sender: ActorRef) -> None:
+def on_unwatch(link: LinkPort, target: ActorRef, sender: ActorRef) -> None:
     """A peer's ``unwatch``: undoes a watch of its own, nothing else."""
     try:
         cell = link.remoting.local_cell(target)

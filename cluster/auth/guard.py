@@ -35,7 +35,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from trimicro.actors import Node
-from trimicro.actors.lowlevel import AUTHORIZATION, Cell, Link
+from trimicro.actors.lowlevel import AUTHORIZATION, Cell, Link, LinkPort
 from trimicro.mailbox.envelope import Envelope
 from trimicro.mailbox.errors import GUARD_ID, BadRequest, MicroError, NotFound, Unauthorized
 
@@ -296,7 +296,7 @@ class AuthGuard:
     def _revoked(self, jti: str, sub: str) -> bool:
         return jti in self.revoked_tokens or sub in self.revoked_accounts
 
-    def authenticate(self, link: Link, headers: Mapping[str, str] | None) -> Account:
+    def authenticate(self, link: LinkPort, headers: Mapping[str, str] | None) -> Account:
         """The caller: the token's account if the request carries one, else the calling node's."""
         account: Account | None = link.principal
         if account is None:
@@ -361,7 +361,13 @@ class AuthGuard:
         )
 
     def admit(
-        self, link: Link, action: str, cell: Cell, endpoint: str, headers: Mapping[str, str] | None, msg: Any
+        self,
+        link: LinkPort,
+        action: str,
+        cell: Cell,
+        endpoint: str,
+        headers: Mapping[str, str] | None,
+        msg: Any,
     ) -> Account:
         """The :class:`~trimicro.actors.remote.Guard` hook: the caller's account, or 401/403.
 
@@ -372,7 +378,7 @@ class AuthGuard:
         key = (link, bearer(headers), cell, action, endpoint or type(msg))
         return self._grant(key, link, headers, action, lambda: self.resource_of(cell, endpoint, msg, action))
 
-    def admit_watch(self, link: Link, path: str, headers: Mapping[str, str] | None) -> Account:
+    def admit_watch(self, link: LinkPort, path: str, headers: Mapping[str, str] | None) -> Account:
         """The :class:`~trimicro.actors.remote.Guard` hook for a death watch: as :meth:`admit`
         for an ask (same caller, rules, 401/403, logging), on the resource named by ``path``
         alone with the endpoint :data:`WATCH_ENDPOINT`, so the verdict cannot depend on whether
@@ -380,7 +386,7 @@ class AuthGuard:
         return self.admit_path(link, "watch", path, WATCH_ENDPOINT, headers)
 
     def admit_path(
-        self, link: Link, action: str, path: str, endpoint: str, headers: Mapping[str, str] | None
+        self, link: LinkPort, action: str, path: str, endpoint: str, headers: Mapping[str, str] | None
     ) -> Account:
         """The :class:`~trimicro.actors.remote.Guard` hook for a request to a path where no actor
         lives (and for a watch): the same caller, rules, 401/403 and logging as :meth:`admit`,
@@ -392,7 +398,7 @@ class AuthGuard:
     def _grant(
         self,
         key: tuple[Any, ...],
-        link: Link,
+        link: LinkPort,
         headers: Mapping[str, str] | None,
         action: str,
         resource: Callable[[], Resource],
@@ -448,7 +454,7 @@ class AuthGuard:
         """:meth:`admit_sent` on a topic (the broker names topics, not auth's resources)."""
         return self.admit_sent(authorization, Resource("topic", topic, action))
 
-    def _caller(self, link: Link, headers: Mapping[str, str] | None, action: str) -> Account:
+    def _caller(self, link: LinkPort, headers: Mapping[str, str] | None, action: str) -> Account:
         try:
             return self.authenticate(link, headers)
         except MicroError as exc:
@@ -456,7 +462,9 @@ class AuthGuard:
             log.warning("refused a %s from node %s: %s", action, link.peer.node_id, exc.detail)
             raise Unauthorized("unauthorized", id=GUARD_ID) from None  # expired, revoked, forged: all alike
 
-    def admit_topic(self, link: Link, headers: Mapping[str, str] | None, topic: str, action: str) -> Account:
+    def admit_topic(
+        self, link: LinkPort, headers: Mapping[str, str] | None, topic: str, action: str
+    ) -> Account:
         """Publishing or subscribing across nodes: the same accounts and rules, on a topic."""
         key = (link, bearer(headers), "topic", action, topic)
         return self._grant(key, link, headers, action, lambda: Resource("topic", topic, action))
