@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from nacl.signing import SigningKey
 
 from trimicro.cluster.cli import main
 from trimicro.mailbox.errors import Conflict
@@ -71,6 +72,9 @@ def test_the_cli_procedure(tmp_path: Path) -> None:
         return main(list(argv), out=out, err=out), out.getvalue()
 
     a, b, bundle = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "n.json")
+    # No certificate before the explicit init: issuing never makes an authority on the side.
+    code, text = run("--home", a, "cert", "issue", "b1", "--out", bundle)
+    assert code == 2 and "authority init" in text and not (tmp_path / "a" / "authority.key").exists()
     code, text = run("--home", a, "authority", "init")
     assert code == 0 and "cluster " in text
     fingerprint = text.split("cluster ")[1].split()[0]
@@ -85,3 +89,30 @@ def test_the_cli_procedure(tmp_path: Path) -> None:
     assert shown["node_id"] == "b1" and shown["roles"] == ["web"] and shown["cluster"] == fingerprint
     assert shown["valid"] is True
     assert fingerprint in run("--home", b, "authority", "show")[1]
+
+
+def test_install_never_leaves_the_home_nor_changes_its_trust_nor_replaces_a_key(tmp_path: Path) -> None:
+    authority, stranger = init_authority(tmp_path / "a"), Authority.generate()
+    # A certificate the authority did sign, for an id that would be a path out of the home.
+    key = SigningKey.generate()
+    document = json.loads(issue_bundle(authority, "b1"))
+    document.update(
+        node_id="../../escaped",
+        key=base64.b64encode(bytes(key)).decode(),
+        certificate=base64.b64encode(authority.issue("../../escaped", bytes(key.verify_key))).decode(),
+    )
+    with pytest.raises(BundleError, match="node_id must be"):
+        install_bundle(tmp_path / "b", json.dumps(document).encode())
+    assert not (tmp_path / "escaped").exists()
+    # A home that trusts the cluster's authority refuses a bundle made by anyone else...
+    home = tmp_path / "b"
+    install_bundle(home, issue_bundle(authority, "b1"))
+    with pytest.raises(Conflict, match="does not trust"):
+        install_bundle(home, issue_bundle(stranger, "b2"))
+    assert dev_identity("b1", home).trusted == {authority.public_key}
+    # ...and never replaces a node's key; the same bundle again is fine.
+    again = issue_bundle(authority, "b2")
+    install_bundle(home, again)
+    install_bundle(home, again)
+    with pytest.raises(Conflict, match="another key"):
+        install_bundle(home, issue_bundle(authority, "b2"))

@@ -74,6 +74,15 @@ async def test_msgpack_and_cbor_by_content_type_and_accept() -> None:
         )
         assert r.headers["content-type"] == "application/cbor"
         assert cbor2.loads(r.content) == {"item": "tea", "qty": 1}
+        # Map keys are strings only (integers' hashes are not randomised: colliding keys would
+        # make decoding quadratic on the node's one thread), and CBOR is checked before decoding.
+        colliding = {k * (2**61 - 1): 0 for k in range(1, 200)}
+        for content_type, body in (
+            ("application/cbor", cbor2.dumps(colliding)),
+            ("application/msgpack", msgpack.packb({k % 2**63: 0 for k in colliding})),
+        ):
+            r = await http.post("/api/shop/buy", content=body, headers={"content-type": content_type})
+            assert r.status_code == 400 and "map key" in r.json()["detail"], (content_type, r.text)
 
 
 async def test_bodies_are_bounded_and_timeout_header_is_the_deadline() -> None:

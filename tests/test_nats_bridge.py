@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -98,6 +99,28 @@ async def test_the_outbox_keeps_order_and_makes_a_full_queue_wait_with_a_deadlin
         return sent
 
     assert await bridge.call(flushed, timeout=5) == list(range(50))
+
+
+async def test_every_waiter_of_a_full_outbox_wakes_when_room_comes(bridge: Bridge) -> None:
+    gate = asyncio.Event()
+
+    async def handle(batch: list[int]) -> None:
+        await gate.wait()
+
+    outbox: Outbox[int] = Outbox(bridge, handle, limit=1)
+    await outbox.put(0, timeout=1)
+    done: list[int] = []
+
+    async def put(i: int) -> None:
+        await outbox.put(i, timeout=10)
+        done.append(i)
+
+    async with trio.open_nursery() as nursery:
+        for i in (1, 2):
+            nursery.start_soon(put, i)
+        await trio.testing.wait_all_tasks_blocked()
+        bridge.soon(gate.set)  # room comes: both waiters wake (neither waits out its deadline)
+    assert sorted(done) == [1, 2]
 
 
 async def test_the_inbox_drops_and_counts_what_does_not_fit(bridge: Bridge) -> None:

@@ -20,6 +20,7 @@ import trio
 from trimicro.mailbox.errors import Conflict
 from trimicro.mailbox.secure.bundle import describe, init_authority, install_bundle, issue_bundle, read_bundle
 from trimicro.mailbox.secure.identity import (
+    AUTHORITY_FILE,
     DEFAULT_CERT_TTL,
     TRUSTED_FILE,
     default_home,
@@ -91,6 +92,8 @@ def _cert(args: argparse.Namespace, out: TextIO) -> int:
         days = args.days
         if not 0 < days <= 3650:
             raise UsageError("--days must be between 0 and 3650")
+        if not (home / AUTHORITY_FILE).exists():  # never an authority made on the side
+            raise UsageError(f"{home} holds no authority: run `trimicro authority init` first")
         bundle = issue_bundle(dev_authority(home), args.node, roles=args.role, ttl=days * 86400)
         path = Path(args.out or f"{args.node}.bundle.json")
         if not write_private(path, bundle, overwrite=False):

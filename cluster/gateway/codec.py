@@ -15,7 +15,9 @@ import attrs
 import cbor2
 import msgpack
 
+from trimicro.mailbox.codec.cbor import cbor_prescan
 from trimicro.mailbox.errors import BadRequest, InternalServerError, MicroError
+from trimicro.mailbox.limits import DEFAULT_LIMITS
 
 __all__ = [
     "CBOR",
@@ -85,9 +87,13 @@ def decode_body(content_type: str | None, data: bytes) -> Any:
     try:
         if kind == JSON:
             return json.loads(data)
+        # Map keys are strings (or bytes) only, as on the wire: Python does not randomise the
+        # hashes of numbers, so a body of colliding integer keys would make building its dict
+        # quadratic (a minute of the node's one thread for a body under the size cap).
         if kind == MSGPACK:
-            return msgpack.unpackb(data, raw=False, strict_map_key=False)
-        return cbor2.loads(data)
+            return msgpack.unpackb(data, raw=False, strict_map_key=True)
+        cbor_prescan(data, DEFAULT_LIMITS)  # lengths, depth and tags, before anything is built
+        return cbor2.loads(data, strict_hashable_types=True, max_depth=2 * DEFAULT_LIMITS.max_depth + 2)
     except Exception as exc:  # each codec raises its own family; all mean "not a body"
         raise BadRequest(f"the body is not valid {kind}: {exc}", id="gateway") from None
 

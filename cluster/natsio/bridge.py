@@ -209,10 +209,14 @@ class Outbox(Generic[Item]):
     async def put(self, item: Item, *, timeout: float) -> None:
         """Queue ``item``; wait (at most ``timeout`` s) while ``limit`` items are not yet sent."""
         while len(self._queue) + self._in_flight >= self.limit:
-            self._room = trio.Event()
+            # One event shared by every waiter, replaced only once it has fired: a fresh one
+            # per waiter would leave the earlier waiters on events nobody sets any more.
+            room = self._room
+            if room.is_set():
+                room = self._room = trio.Event()
             try:
                 with trio.fail_after(timeout):
-                    await self._room.wait()
+                    await room.wait()
             except trio.TooSlowError:
                 raise ServiceUnavailable(
                     f"{self._bridge.name}: {self.limit} messages wait to be sent for {timeout:g} s "

@@ -124,6 +124,10 @@ def read_bundle(data: bytes, *, now: float | None = None) -> NodeIdentity:
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise BundleError(f"not a node bundle (format {FORMAT!r})")
     node_id = _field(document, "node_id", str)
+    try:
+        check_node_id(node_id)  # it names a folder of the home: never a path out of it
+    except ValueError as exc:
+        raise BundleError(str(exc)) from None
     authorities = _field(document, "authorities", list)
     if not authorities or len(authorities) > 16:
         raise BundleError("a bundle names 1 to 16 authorities")
@@ -145,8 +149,10 @@ def read_bundle(data: bytes, *, now: float | None = None) -> NodeIdentity:
 def install_bundle(home: Path, data: bytes, *, now: float | None = None) -> NodeIdentity:
     """Check a bundle and install it in ``home`` (see the module docstring); returns its identity.
 
-    The home must not hold an authority of its own, and trusts the authorities already trusted
-    there plus the bundle's (several nodes can be installed in one home).
+    The home must not hold an authority of its own. A fresh home comes to trust the bundle's
+    authorities (that is what joining is); a home that already trusts some takes only a bundle
+    signed by one of them (several nodes of one cluster can be installed in one home), and
+    never replaces a node's key with another.
     """
     identity = read_bundle(data, now=now)
     if (home / AUTHORITY_FILE).exists():
@@ -154,8 +160,24 @@ def install_bundle(home: Path, data: bytes, *, now: float | None = None) -> Node
             f"{home} has an authority of its own: install the bundle in another home (--home)",
             id="identity",
         )
-    trusted = list(dict.fromkeys([*read_trusted(home), *identity.trusted]))
+    already = read_trusted(home)
+    if already and not set(identity.trusted) & set(already):
+        # Which authorities a home trusts changes by an explicit step, never as a side effect
+        # of installing a bundle (made by anyone): a home that trusts some takes only bundles
+        # signed by one of them.
+        raise Conflict(
+            f"the bundle for {identity.node_id} is signed by an authority {home} does not trust: "
+            "install it in another home (--home)",
+            id="identity",
+        )
+    trusted = list(dict.fromkeys([*already, *identity.trusted]))
     directory = home / "nodes" / identity.node_id
+    key_file = directory / "node.key"
+    if key_file.exists() and key_file.read_bytes() != bytes(identity.signing_key):
+        raise Conflict(
+            f"{home} already holds another key for node {identity.node_id}: not replaced",
+            id="identity",
+        )
     write_private(directory / "node.key", bytes(identity.signing_key), overwrite=True)
     write_private(directory / "node.cert", identity.certificate, overwrite=True)
     write_private(home / TRUSTED_FILE, "".join(f"{k.hex()}\n" for k in trusted).encode(), overwrite=True)
