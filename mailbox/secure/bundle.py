@@ -151,8 +151,8 @@ def install_bundle(home: Path, data: bytes, *, now: float | None = None) -> Node
 
     The home must not hold an authority of its own. A fresh home comes to trust the bundle's
     authorities (that is what joining is); a home that already trusts some takes only a bundle
-    signed by one of them (several nodes of one cluster can be installed in one home), and
-    never replaces a node's key with another.
+    signed by one of them (several nodes of one cluster can be installed in one home; a
+    renewal replaces the node's key and certificate with the new bundle's).
     """
     identity = read_bundle(data, now=now)
     if (home / AUTHORITY_FILE).exists():
@@ -172,12 +172,6 @@ def install_bundle(home: Path, data: bytes, *, now: float | None = None) -> Node
         )
     trusted = list(dict.fromkeys([*already, *identity.trusted]))
     directory = home / "nodes" / identity.node_id
-    key_file = directory / "node.key"
-    if key_file.exists() and key_file.read_bytes() != bytes(identity.signing_key):
-        raise Conflict(
-            f"{home} already holds another key for node {identity.node_id}: not replaced",
-            id="identity",
-        )
     write_private(directory / "node.key", bytes(identity.signing_key), overwrite=True)
     write_private(directory / "node.cert", identity.certificate, overwrite=True)
     write_private(home / TRUSTED_FILE, "".join(f"{k.hex()}\n" for k in trusted).encode(), overwrite=True)
