@@ -166,6 +166,24 @@ async def test_bidirectional_stream_over_websocket() -> None:
         assert got == [0, {"echo": "hi"}]
 
 
+async def test_a_binary_websocket_frame_is_answered_with_error_json() -> None:
+    async with gateway() as (gw, _, _):
+        sock, conn = await _websocket(gw.url, "/api/shop/count?request=" + quote(json.dumps({"n": 1})))
+        errors: list[Any] = []
+        with trio.fail_after(10):
+            async for event in _ws_events(sock, conn):
+                if isinstance(event, ws.AcceptConnection):
+                    await sock.send_all(conn.send(ws.Message(data=b"\x00binary")))
+                elif isinstance(event, ws.TextMessage):
+                    value = json.loads(event.data)
+                    if isinstance(value, dict) and "error" in value:
+                        errors.append(value["error"])
+                elif isinstance(event, ws.CloseConnection):
+                    break
+        await sock.aclose()
+        assert [e["code"] for e in errors] == [400] and "text frames" in errors[0]["detail"]
+
+
 async def test_publish_and_subscribe_over_sse() -> None:
     async with gateway() as (_, http, _):
         got: list[Any] = []

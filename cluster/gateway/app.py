@@ -217,7 +217,7 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
             route("/openapi.json", openapi, "GET"),
             route("/docs", docs, "GET"),
             route("/api/publish/{topic:path}", publish, "POST"),
-            Route("/api/subscribe/{pattern:path}", bridges.subscribe_route(cluster, state), methods=["GET"]),
+            route("/api/subscribe/{pattern:path}", bridges.subscribe_route(cluster, state), "GET"),
             route("/api/{service}/{endpoint:path}", call, "POST"),
             WebSocketRoute(
                 "/api/{service}/{endpoint:path}", bridges.websocket_route(cluster, state, resolve)

@@ -179,6 +179,9 @@ def websocket_route(
             await ws.close(code=1008, reason=str(exc)[:120])
             return
         await ws.accept()
+        # What the client sent wrong, kept here rather than raised from the reading task: out
+        # of a nursery it would come wrapped in an ExceptionGroup, past ``except MicroError``.
+        refused: list[MicroError] = []
         try:
             with trio.move_on_after(options.max_stream if options.max_stream is not None else float("inf")):
                 async with (
@@ -189,7 +192,12 @@ def websocket_route(
                     async def inbound() -> None:
                         try:
                             while True:
-                                text = await ws.receive_text()
+                                message = await ws.receive()
+                                if message["type"] == "websocket.disconnect":
+                                    raise WebSocketDisconnect(message.get("code", 1000))
+                                text = message.get("text")
+                                if text is None:  # a binary frame: this bridge speaks JSON text
+                                    raise BadRequest("send JSON in text frames, not binary", id="gateway")
                                 if len(text) > options.max_body:
                                     raise BadRequest("message too large", id="gateway")
                                 if not text:
@@ -198,15 +206,21 @@ def websocket_route(
                                 await stream.send(json.loads(text))
                         except WebSocketDisconnect:
                             nursery.cancel_scope.cancel()
+                        except MicroError as exc:
+                            refused.append(exc)
+                            nursery.cancel_scope.cancel()
                         except ValueError:
-                            raise BadRequest(
-                                "a WebSocket message must be one JSON value", id="gateway"
-                            ) from None
+                            refused.append(
+                                BadRequest("a WebSocket message must be one JSON value", id="gateway")
+                            )
+                            nursery.cancel_scope.cancel()
 
                     nursery.start_soon(inbound)
                     async for item in stream:
                         await ws.send_text(json.dumps(item, default=str))
                     nursery.cancel_scope.cancel()
+            if refused:
+                raise refused[0]
             await ws.close(code=1000)
         except MicroError as exc:
             try:
