@@ -29,7 +29,7 @@ import itertools
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
@@ -40,6 +40,7 @@ from trimicro.mailbox.errors import BadRequest
 from ..natsio import Inbox, NatsConnection, NatsOptions, Outbox
 from ..registry import Event, EventType, NodeInfo, Service
 from ..registry.nats import NatsRegistry
+from .forward import forwarded
 from .message import Message, Policy, Subscription
 from .nats_acked import JetStreamAcks
 from .topics import SubscriptionIndex, validate_pattern, validate_subject
@@ -70,16 +71,6 @@ class _Watcher(Actor):
 
     async def on_terminated(self, msg: Terminated) -> None:
         self.broker._actor_gone(msg.ref)
-
-
-class _Forwarder(Actor):
-    """Feeds a subscription into a memory channel (for :meth:`NatsBroker.messages`)."""
-
-    def __init__(self, send: trio.MemorySendChannel[Message]) -> None:
-        self.send = send
-
-    async def on_message(self, msg: Message) -> None:
-        await self.send.send(msg)
 
 
 class NatsBroker:
@@ -310,21 +301,11 @@ class NatsBroker:
         if not self._closed:
             self.node.spawn_system(self._announce_quietly)
 
-    @asynccontextmanager
-    async def messages(
+    def messages(
         self, pattern: str, *, queue: str | None = None, buffer: int = 1000
-    ) -> AsyncIterator[trio.MemoryReceiveChannel[Message]]:
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Message]]:
         """Subscribe for the duration of the block; yields a channel of :class:`Message`."""
-        send, receive = trio.open_memory_channel[Message](buffer)
-        ref = await self.node.spawn(_Forwarder, send)
-        sub = await self.subscribe(pattern, ref, queue=queue)
-        try:
-            async with receive:
-                yield receive
-        finally:
-            self.unsubscribe(sub)
-            with trio.CancelScope(shield=True):
-                await self.node.stop(ref)
+        return forwarded(self, pattern, queue=queue, buffer=buffer)
 
     # ---- publishing ------------------------------------------------------------------------------------
 

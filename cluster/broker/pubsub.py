@@ -46,8 +46,8 @@ import bisect
 import itertools
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
@@ -60,6 +60,7 @@ from trimicro.mailbox.errors import BadRequest
 from .acked import AckedDelivery, Deliverer
 from .backlog import Held, Holds
 from .delivery import NO_GROUPS, Delivery
+from .forward import forwarded
 from .host import Host, TopicGuard
 from .interest import Interest
 from .message import DEAD_LETTER_PREFIX, Message, Policy, Subscription
@@ -373,32 +374,12 @@ class PubSub(Interest, Delivery):
 
     # ---- handler subscriptions (no actor of one's own) -----------------------------------------
 
-    @asynccontextmanager
-    async def messages(
+    def messages(
         self, pattern: str, *, queue: str | None = None, buffer: int = 1000
-    ) -> AsyncIterator[trio.MemoryReceiveChannel[Message]]:
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Message]]:
         """Subscribe for the duration of the block; yields a channel of :class:`Message`."""
-        send, receive = trio.open_memory_channel[Message](buffer)
-        ref = await self.node.spawn(_Forwarder, send)
-        sub = await self.subscribe(pattern, ref, queue=queue)
-        try:
-            async with receive:
-                yield receive
-        finally:
-            self.unsubscribe(sub)
-            with trio.CancelScope(shield=True):
-                await self.node.stop(ref)
+        return forwarded(self, pattern, queue=queue, buffer=buffer)
 
 
 #: ``publish(middleware=_APPLIED)``: the chain has run, publish now (the end of the chain).
 _APPLIED: Sequence[Middleware] = ()
-
-
-class _Forwarder(Actor):
-    """Feeds a subscription into a memory channel (for ``PubSub.messages``)."""
-
-    def __init__(self, send: trio.MemorySendChannel[Message]) -> None:
-        self.send = send
-
-    async def on_message(self, msg: Message) -> None:
-        await self.send.send(msg)
