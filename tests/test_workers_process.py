@@ -182,50 +182,60 @@ async def exited(pid: int) -> None:
 async def test_two_workers_serve_restart_after_a_kill_and_stop_on_sigint(tmp_path: Path) -> None:
     name, module = service_module(tmp_path)
     argv = cli(tmp_path, "run", str(module), "--workers", "2", "--name", "w", "--store", "memory://")
-    errors = tmp_path / "stderr"
-    with errors.open("wb") as err:
-        async with (
-            MdnsRegistry() as registry,
-            registry.watch(name) as events,
-            supervisor(argv, stderr=err) as (proc, lines),
-            client(tmp_path) as caller,
-        ):
-            with trio.fail_after(START):
-                first = await lines.next()
-                assert first.startswith(f"supervising 2 workers: w-1, w-2 (pid {proc.pid})"), first
-                ready = await ready_lines(lines, 2)
-                assert set(ready) == {"w-1", "w-2"}
-                await registered(events, name, ready)
-                # Calls through the selector land on both workers, each its own process.
-                one = await call_until(caller, name, lambda r: r["node"] == "w-1")
-                two = await call_until(caller, name, lambda r: r["node"] == "w-2")
-            assert len({one["pid"], two["pid"], proc.pid}) == 3
-            # Only worker 1 serves the store (and auth): its ready line lists them.
-            w1 = next(line for line in lines.seen if line.startswith("node w-1 "))
-            w2 = next(line for line in lines.seen if line.startswith("node w-2 "))
-            assert "store@" in w1 and "store@" not in w2, lines.seen
+    async with (
+        MdnsRegistry() as registry,
+        registry.watch(name) as events,
+        supervisor(argv, stderr=subprocess.PIPE) as (proc, lines),
+        client(tmp_path) as caller,
+    ):
+        log = Lines(proc.stderr)  # the supervisor's log (a few lines: the pipe holds them)
+        with trio.fail_after(START):
+            first = await lines.next()
+            assert first.startswith(f"supervising 2 workers: w-1, w-2 (pid {proc.pid})"), first
+            ready = await ready_lines(lines, 2)
+            assert set(ready) == {"w-1", "w-2"}
+            await registered(events, name, ready)
+            # Calls through the selector land on both workers, each its own process.
+            one = await call_until(caller, name, lambda r: r["node"] == "w-1")
+            two = await call_until(caller, name, lambda r: r["node"] == "w-2")
+        assert len({one["pid"], two["pid"], proc.pid}) == 3
+        # Only worker 1 serves the store (and auth): its ready line lists them.
+        w1 = next(line for line in lines.seen if line.startswith("node w-1 "))
+        w2 = next(line for line in lines.seen if line.startswith("node w-2 "))
+        assert "store@" in w1 and "store@" not in w2, lines.seen
 
-            # kill -9 worker 2: the supervisor starts it again, under the same node id.
-            os.kill(two["pid"], signal.SIGKILL)
-            with trio.fail_after(START):
-                again = ready_node(await lines.until(lambda line: line.startswith("node w-2 ")))
-                assert again is not None
-                await registered(events, name, {"w-2": again[1]})
-                back = await call_until(caller, name, lambda r: r["node"] == "w-2")
-            assert back["pid"] not in (two["pid"], one["pid"])
+        # kill -9 worker 2: the supervisor logs it and starts it again, under the same node id.
+        os.kill(two["pid"], signal.SIGKILL)
+        with trio.fail_after(START):
+            crash = await log.until(lambda line: "w-2" in line)
+            assert crash.startswith("worker w-2 was killed by SIGKILL after "), crash
+            assert "restarting in 0.5s (1 of 5 restarts allowed in 60s)" in crash, crash
+            again = ready_node(await lines.until(lambda line: line.startswith("node w-2 ")))
+            assert again is not None
+            await registered(events, name, {"w-2": again[1]})
+            back = await call_until(caller, name, lambda r: r["node"] == "w-2")
+        assert back["pid"] not in (two["pid"], one["pid"])
 
-            proc.send_signal(signal.SIGINT)
-            with trio.fail_after(STOP):
-                await deregistered(events, name, {"w-1", "w-2"})
-                out = await lines.rest()
-                code = await proc.wait()
-    log = errors.read_text()
-    assert code == 0, (out, log)
+        # SIGTERM to worker 1 alone: it stops in order (exit 0), on purpose, and stays stopped.
+        os.kill(one["pid"], signal.SIGTERM)
+        with trio.fail_after(STOP):
+            await deregistered(events, name, {"w-1"})
+            stopped = await log.until(lambda line: "w-1" in line)
+            assert stopped == "worker w-1 exited 0 (stopped on purpose): not restarted", stopped
+
+        proc.send_signal(signal.SIGINT)
+        with trio.fail_after(STOP):
+            await deregistered(events, name, {"w-2"})
+            out = await lines.rest()
+            code = await proc.wait()
+            errors = await log.rest()
+    assert code == 0, (out, errors)
+    assert "SIGTERM: deregistering and stopping" in out
+    assert len([line for line in out if line.startswith("node w-1 ")]) == 1, out
     assert "SIGINT: stopping 2 workers" in out
-    assert out.count("the supervisor: deregistering and stopping") == 2, out
-    assert "worker w-2 was killed by SIGKILL" in log and "restarting in 0.5s" in log, log
-    assert "Traceback" not in log, log
-    assert gone(one["pid"]) and gone(back["pid"])
+    assert out.count("the supervisor: deregistering and stopping") == 1, out
+    assert not [line for line in errors if "Traceback" in line], errors
+    assert gone(back["pid"])
 
 
 async def test_workers_stop_and_deregister_when_the_supervisor_is_killed(tmp_path: Path) -> None:

@@ -330,6 +330,9 @@ class Supervisor:
             started = trio.current_time()
             code = await self._run_once(worker)
             if self.stopping.is_set():
+                if code != 0:  # a worker that failed to stop in order (or had to be killed)
+                    log.error("worker %s %s while stopping", worker.node_id, _exit_text(code))
+                    self.status = max(self.status, 1)
                 return
             uptime = trio.current_time() - started
             if code == 0:
@@ -419,7 +422,6 @@ class Supervisor:
             await process.stdin.aclose()
             await trio.sleep(STOP_GRACE)
             log.error("worker %s still ran %gs after it was told to stop: killed", worker.node_id, STOP_GRACE)
-            self.status = max(self.status, 1)
             process.kill()
 
     def _say(self, line: str) -> None:
