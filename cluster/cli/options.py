@@ -81,5 +81,5 @@ def client_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
         dest="as_node",
         default=default(None),
         metavar="NODE",
-        help="run as this node id (default: a fresh cli- id; in a joined home its one cli- certificate)",
+        help="run as this node id (default: a fresh cli- id; in a joined home a free cli- certificate)",
     )
