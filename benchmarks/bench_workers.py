@@ -31,7 +31,8 @@ load average). CPU per call does not depend on that share, so the summary also g
 from the CPU per call measured in that round. A setup's rate is bounded by each process being
 one thread (``workers / worker CPU per call``, ``clients / client CPU per call``) and by the
 cores shared by both sides (``cores / (client + worker CPU per call)``); it is the smallest of
-the three.
+the three. ``cpu_model_ratio_clients_elsewhere`` bounds each setup by its workers alone
+(``min(workers, cores) / worker CPU per call``): the gain when the callers run on other hosts.
 
 Every socket is loopback (mDNS on 127.0.0.1); the servers use a temporary home (their own
 authority). Every load loop is bounded in time (``--seconds``) and in count (2M calls).
@@ -309,10 +310,15 @@ def summarise(
         model = [
             capacity(r["w2"], 2, cores, args) / capacity(r["w1"], 1, cores, args) for r in by_round.values()
         ]
+        alone = [
+            min(2, cores) * r["w1"]["workers_cpu_us_per_call"] / r["w2"]["workers_cpu_us_per_call"]
+            for r in by_round.values()
+        ]
         entry: dict[str, Any] = {
             "ratio_w2_w1": statistics.median(ratios),
             "ratio_min_max": [min(ratios), max(ratios)],
             "cpu_model_ratio": statistics.median(model),
+            "cpu_model_ratio_clients_elsewhere": statistics.median(alone),
             "load_average": [min(r["load"] for r in rows), max(r["load"] for r in rows)],
         }
         for setup in SETUPS:
@@ -344,8 +350,8 @@ def capacity(row: dict[str, Any], workers: int, cores: int, args: argparse.Names
 def markdown(summary: dict[str, Any]) -> str:
     lines = [
         "| handler | server | calls/s | client CPU µs/call | workers CPU µs/call | client cores | "
-        "workers cores | ratio w2/w1 (min-max) | CPU model ratio |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|",
+        "workers cores | ratio w2/w1 (min-max) | CPU model ratio | clients elsewhere |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for handler, entry in summary["handlers"].items():
         for setup in SETUPS:
@@ -353,10 +359,11 @@ def markdown(summary: dict[str, Any]) -> str:
             low, high = entry["ratio_min_max"]
             ratio = f"{entry['ratio_w2_w1']:.2f} ({low:.2f}-{high:.2f})" if setup == "w2" else ""
             ideal = f"{entry['cpu_model_ratio']:.2f}" if setup == "w2" else ""
+            alone = f"{entry['cpu_model_ratio_clients_elsewhere']:.2f}" if setup == "w2" else ""
             lines.append(
                 f"| {handler} | {setup} | {s['calls_per_s']:.0f} | {s['client_cpu_us_per_call']:.0f} | "
                 f"{s['workers_cpu_us_per_call']:.0f} | {s['client_cores']:.2f} | {s['workers_cores']:.2f} | "
-                f"{ratio} | {ideal} |"
+                f"{ratio} | {ideal} | {alone} |"
             )
     return "\n".join(lines)
 
