@@ -2,7 +2,8 @@
 
 Every command other than ``run`` starts a short-lived client node (no services, not a member)
 that finds the cluster through the registry (mDNS on 127.0.0.1 by default) and uses the
-development identity of ``$TRIMICRO_HOME`` (``~/.trimicro``), like the nodes it talks to.
+development identity of ``$TRIMICRO_HOME`` (``~/.trimicro``), like the nodes it talks to; in a
+home that joined a cluster, an installed ``cli-`` certificate (:func:`.common.client_id`).
 People get tables; ``--json`` gives scripts one JSON document. A failure prints Go Micro's error
 fields and exits non-zero; a user error never prints a traceback.
 
@@ -11,7 +12,8 @@ group: :mod:`.serve` (``run``), :mod:`.listing` (``services``, ``describe``, ``n
 :mod:`.calls` (``call``, ``stream``), :mod:`.topics` (``publish``, ``subscribe``), :mod:`.records`
 (``store``), :mod:`.accounts` (``auth``), :mod:`.installed` (``plugins``), :mod:`.trust`
 (``authority``, ``cert``); what they share in
-:mod:`.common`, :mod:`.discovery` and :mod:`.options`.
+:mod:`.common`, :mod:`.discovery` and :mod:`.options`; :mod:`.workers` supervises ``run
+--workers N``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .records import store
 from .serve import load_target, run, services_of
 from .topics import publish, subscribe
 from .trust import add_trust_parsers, authority, cert
+from .workers import add_worker_options
 
 __all__ = [
     "MISS",
@@ -74,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", help="address to accept nodes on (default port 0 of --interface, else 127.0.0.1)"
     )
     plugin_options(serve, nested=True)
+    add_worker_options(serve)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
@@ -146,6 +150,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     out = out or sys.stdout
     err = err or sys.stderr
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `run --workers` gives it to each worker
     try:
         try:
             return trio.run(COMMANDS[args.command], args, out)

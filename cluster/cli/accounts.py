@@ -78,7 +78,7 @@ async def auth(args: argparse.Namespace, out: TextIO) -> int:
         if len(body) != 1:
             raise UsageError("auth revoke takes exactly one of --jwt, --jti, --account, --node")
         endpoint = "Auth.revoke"
-    async with await client_node(args) as cluster:
+    async with client_node(args) as cluster:
         await wait_for(cluster, AUTH_SERVICE, wait_seconds(args))
         # Public keys: anyone may fetch them, without the authority key an admin token needs.
         headers = auth_headers(args) if what == "jwks" else _admin_headers(args)

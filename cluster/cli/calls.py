@@ -23,7 +23,7 @@ __all__ = ["MAX_INPUT_LINE", "call", "stream"]
 
 async def call(args: argparse.Namespace, out: TextIO) -> int:
     body = parse_json(args.body, "the request") if args.body else {}
-    async with await client_node(args) as cluster:
+    async with client_node(args) as cluster:
         await wait_for(cluster, args.service, wait_seconds(args))
         result = await cluster.call(
             args.service, args.endpoint, body, timeout=args.timeout, headers=auth_headers(args)
@@ -43,7 +43,7 @@ async def stream(args: argparse.Namespace, out: TextIO) -> int:
     request = parse_json(args.request, "the request") if args.request else None
     caught: list[int] = []
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with await client_node(args) as cluster, trio.open_nursery() as guard:
+        async with client_node(args) as cluster, trio.open_nursery() as guard:
             with trio.CancelScope() as work:
 
                 async def stop_on_signal() -> None:

@@ -5,11 +5,18 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TextIO
+
+import trio
+
+from trimicro.mailbox.secure.identity import default_home, joined
 
 from .. import plugins
 from ..cluster import start_cluster
@@ -18,6 +25,7 @@ __all__ = [
     "UsageError",
     "auth_headers",
     "broker_url",
+    "client_id",
     "client_node",
     "config_file",
     "home_dir",
@@ -98,21 +106,94 @@ class UsageError(Exception):
 
 # ---- client commands ---------------------------------------------------------------------------
 
+#: Client certificates are node certificates whose id starts with this (``cli-HOST``).
+CLIENT_PREFIX = "cli-"
+#: How long a command waits for a client certificate that other commands use (default).
+CLIENT_WAIT = 5.0
 
-async def client_node(args: argparse.Namespace) -> Any:
-    return start_cluster(
-        f"cli-{uuid.uuid4().hex[:8]}",
-        registry=registry_url(args),
-        broker=broker_url(args),
-        store="",
-        listen=None,
-        home=home_dir(args),
-        membership=False,
-        announce=False,
-        auth_refresh=None,  # it serves nothing: no rules to fetch for a one-shot command
-        audience=token_audience(args),
-        config_file=config_file(args),
+
+@asynccontextmanager
+async def client_id(args: argparse.Namespace) -> AsyncIterator[str]:
+    """The node id a client command runs as, held until the block ends: ``--as NODE``, else
+    in a home with the authority a fresh ``cli-`` id (its certificate is made on the spot).
+
+    A joined home can make no certificate: there it is an installed ``cli-`` certificate
+    (docs/hosts.md) or ``--as NODE``, held with a lock file while the command runs, and a
+    command waits (``--wait``) for a free one. Two processes under one node id at once would
+    break each other: a peer takes the second for a restart of the first and drops its links.
+    For the same reason the default is never a served node's id.
+    """
+    given: str | None = getattr(args, "as_node", None)
+    home = default_home(home_dir(args))
+    if not joined(home):
+        yield given or f"{CLIENT_PREFIX}{uuid.uuid4().hex[:8]}"
+        return
+    nodes = home / "nodes"
+    candidates = (
+        [given] if given else sorted(p.parent.name for p in nodes.glob(f"{CLIENT_PREFIX}*/node.cert"))
     )
+    if not candidates:
+        raise UsageError(
+            f"{home} joined a cluster and holds no client certificate: on the authority's host run "
+            f"`trimicro cert issue {CLIENT_PREFIX}HOST`, then here `trimicro cert install "
+            f"{CLIENT_PREFIX}HOST.bundle.json` (docs/hosts.md)"
+        )
+    wait = getattr(args, "wait", None)
+    deadline = trio.current_time() + (CLIENT_WAIT if wait is None else float(wait))
+    while True:
+        for node_id in candidates:
+            held = _lock(nodes / node_id)
+            if held is not None:
+                try:
+                    yield node_id
+                finally:
+                    os.close(held)
+                return
+        if trio.current_time() >= deadline:
+            raise UsageError(
+                f"other commands use every client certificate of {home} ({', '.join(candidates)}): "
+                f"let them finish, or install another (`trimicro cert issue {CLIENT_PREFIX}HOST-2`)"
+            )
+        await trio.sleep(0.1)  # a lock file has no wake-up: ask again
+
+
+def _lock(folder: Path) -> int | None:
+    """An exclusive lock on ``folder``'s client lock file (held while the fd is open, dropped
+    when the process dies), or ``None`` if another process holds it."""
+    try:
+        fd = os.open(folder / "client.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:
+        raise UsageError(f"no certificate for {folder.name} in {folder.parent.parent}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def client_node(args: argparse.Namespace) -> Any:
+    """A short-lived node that only calls: not a member, announces nothing, listens nowhere."""
+    return _short_lived(args, listen=None, membership=False, announce=False)
+
+
+@asynccontextmanager
+async def _short_lived(args: argparse.Namespace, **options: Any) -> AsyncIterator[Any]:
+    async with (
+        client_id(args) as node_id,
+        start_cluster(
+            node_id,
+            registry=registry_url(args),
+            broker=broker_url(args),
+            store="",
+            home=home_dir(args),
+            auth_refresh=None,  # it serves nothing: no rules to fetch for a one-shot command
+            audience=token_audience(args),
+            config_file=config_file(args),
+            **options,
+        ) as cluster,
+    ):
+        yield cluster
 
 
 def print_table(rows: list[list[str]], headers: list[str], out: TextIO, indent: str = "") -> None:
@@ -133,13 +214,4 @@ def parse_json(text: str, what: str) -> Any:
 def member_node(args: argparse.Namespace) -> Any:
     """A short-lived member: pub/sub needs the interest that members exchange, so the node
     announces itself while the command runs (and leaves the membership at exit)."""
-    return start_cluster(
-        f"cli-{uuid.uuid4().hex[:8]}",
-        registry=registry_url(args),
-        broker=broker_url(args),
-        store="",
-        home=home_dir(args),
-        auth_refresh=None,
-        audience=token_audience(args),
-        config_file=config_file(args),
-    )
+    return _short_lived(args)

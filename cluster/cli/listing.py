@@ -40,7 +40,7 @@ def _service_json(svc: Service) -> dict[str, Any]:
 
 
 async def services(args: argparse.Namespace, out: TextIO) -> int:
-    async with await client_node(args) as cluster:
+    async with client_node(args) as cluster:
         found = await wait_for(cluster, None, wait_seconds(args), listen_seconds(args))
     found.sort(key=lambda s: (s.name, s.version))
     if args.json:
@@ -54,7 +54,7 @@ async def services(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def describe(args: argparse.Namespace, out: TextIO) -> int:
-    async with await client_node(args) as cluster:
+    async with client_node(args) as cluster:
         found = await wait_for(cluster, args.service, wait_seconds(args), listen_seconds(args), complete=True)
     if args.json:
         json.dump([_service_json(s) for s in found], out, indent=2)
@@ -81,7 +81,7 @@ async def describe(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def nodes(args: argparse.Namespace, out: TextIO) -> int:
-    async with await client_node(args) as cluster:
+    async with client_node(args) as cluster:
         members = await _wait_for_members(cluster, wait_seconds(args))
     if args.json:
         json.dump(members, out, indent=2)

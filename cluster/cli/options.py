@@ -76,3 +76,10 @@ def client_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
     p.add_argument(
         "--token", default=default(None), help="bearer token for the calls (default $TRIMICRO_TOKEN)"
     )
+    p.add_argument(
+        "--as",
+        dest="as_node",
+        default=default(None),
+        metavar="NODE",
+        help="run as this node id (default: a fresh cli- id; in a joined home a free cli- certificate)",
+    )

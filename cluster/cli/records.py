@@ -16,7 +16,7 @@ async def store(args: argparse.Namespace, out: TextIO) -> int:
     from ..store import Record
     from ..store.service import RemoteStore
 
-    async with await client_node(args) as cluster:
+    async with client_node(args) as cluster:
         await wait_for(cluster, args.service, wait_seconds(args))
         store = RemoteStore(cluster, args.service)
         ns = {"database": args.database, "table": args.table}

@@ -1,5 +1,6 @@
 """``trimicro run``: a node serving the services a module defines (and, with ``--store``, that
-store and the auth service), until SIGINT or SIGTERM.
+store and the auth service), until SIGINT or SIGTERM; with ``--workers N``, N such nodes in
+processes of their own under this one (:mod:`.workers`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .common import (
     store_url,
     token_audience,
 )
+from .workers import say, supervise, until_stopped, usable_cores, worker_listen
 
 __all__ = ["load_target", "run", "services_of"]
 
@@ -66,6 +68,11 @@ def services_of(module: ModuleType) -> list[Any]:
 
 
 async def run(args: argparse.Namespace, out: TextIO) -> int:
+    worker: int | None = getattr(args, "worker", None)
+    count = getattr(args, "workers", 1)
+    count = usable_cores() if count == "auto" else count
+    if worker is None and count > 1:
+        return await supervise(args, out, count, getattr(args, "argv", sys.argv[1:]))
     module = load_target(args.target)
     entries = services_of(module)
     if not entries:
@@ -75,13 +82,14 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
     # here (trio keeps it) and stops the node cleanly once it is up (deregistered, drained, exit
     # 0), instead of a KeyboardInterrupt thrown into whatever runs at that moment.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        served = store_url(args)
+        # A worker (of a supervisor) is node NAME-K; only worker 1 serves the store (one cache).
+        served = store_url(args) if worker in (None, 1) else None
         async with start_cluster(
-            args.name,
+            args.name if worker is None else f"{args.name}-{worker}",
             registry=registry_url(args),
             broker=broker_url(args),
             store=served or "",
-            listen=listen_address(args),
+            listen=worker_listen(listen_address(args), worker or 1),
             seeds=getattr(args, "seed", None) or (),
             home=home_dir(args),
             audience=token_audience(args),
@@ -100,10 +108,9 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
                 await cluster.serve(StoreService, cluster.store, hidden=hidden, name="store")
                 await _serve_auth(cluster, auth_store, args)
             names = ", ".join(sorted(cluster.services_digest().split(",")))
-            print(f"node {cluster.id} at {cluster.address} serving {names}", file=out, flush=True)
-            async for sig in signals:
-                print(f"{signal.Signals(sig).name}: deregistering and stopping", file=out, flush=True)
-                break
+            say(f"node {cluster.id} at {cluster.address} serving {names}", out)
+            reason = await until_stopped(signals, lifeline=worker is not None)
+            say(f"{reason}: deregistering and stopping", out)
             # Still inside the receiver: a second Ctrl-C during the shutdown is not a traceback.
             if auth_store is not None:
                 await auth_store.aclose()

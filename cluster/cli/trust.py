@@ -4,6 +4,8 @@ Joining a host (docs/hosts.md): ``authority init`` once, on the host that keeps 
 key; ``cert issue NODE`` there for each node of another host, which writes a bundle file (the
 node's key, its certificate, the authority's public key; ``0600``); copy it over a secure
 channel; ``cert install FILE`` on that host; then ``trimicro run --name NODE ...`` there.
+Both take several at once: the workers of ``run --workers N`` are nodes ``NODE-1``...``NODE-N``,
+each with a certificate of its own, and a host's client commands run as a ``cli-HOST`` node.
 ``cert show`` prints certificates (every node of the home, one node, or a bundle file).
 These commands start no node: they only read and write files in the home.
 """
@@ -45,12 +47,18 @@ def add_trust_parsers(sub: Any) -> None:
     cert = sub.add_parser("cert", help="node certificates: issue a bundle, install it, show them")
     actions = cert.add_subparsers(dest="cert_command", required=True)
     issue = actions.add_parser("issue", help="write a node bundle (key + certificate) to copy to a host")
-    issue.add_argument("node", help="the node id the certificate names (the node runs as --name NODE)")
-    issue.add_argument("--out", help="the bundle file to write (default NODE.bundle.json; 0600)")
+    issue.add_argument(
+        "node",
+        nargs="+",
+        help="the node id a certificate names (the node runs as --name NODE); several: a bundle each",
+    )
+    issue.add_argument(
+        "--out", help="the bundle file to write, for one NODE (default NODE.bundle.json; 0600)"
+    )
     issue.add_argument("--role", action="append", default=[], help="a role (repeat for several)")
     issue.add_argument("--days", type=float, default=DEFAULT_CERT_TTL / 86400, help="validity (default 30)")
     install = actions.add_parser("install", help="install a bundle in the home (this host joins)")
-    install.add_argument("file")
+    install.add_argument("file", nargs="+")
     show = actions.add_parser("show", help="print certificates: every node of the home, NODE, or --file")
     show.add_argument("node", nargs="?")
     show.add_argument("--file", help="a bundle file")
@@ -94,25 +102,32 @@ def _cert(args: argparse.Namespace, out: TextIO) -> int:
             raise UsageError("--days must be between 0 and 3650")
         if not (home / AUTHORITY_FILE).exists():  # never an authority made on the side
             raise UsageError(f"{home} holds no authority: run `trimicro authority init` first")
-        bundle = issue_bundle(dev_authority(home), args.node, roles=args.role, ttl=days * 86400)
-        path = Path(args.out or f"{args.node}.bundle.json")
-        if not write_private(path, bundle, overwrite=False):
-            raise Conflict(f"{path} exists: remove it or choose --out", id="identity")
-        shown = _fields(read_bundle(bundle).certificate)
+        if args.out and len(args.node) > 1:
+            raise UsageError("--out names the bundle of one node: leave it out for several")
+        paths = [Path(args.out or f"{node}.bundle.json") for node in args.node]
+        taken = [str(path) for path in paths if path.exists()]
+        if taken:  # checked for all before any is written
+            raise Conflict(f"{', '.join(taken)} exists: remove it or choose --out", id="identity")
+        rows = []
+        for node, path in zip(args.node, paths, strict=True):
+            bundle = issue_bundle(dev_authority(home), node, roles=args.role, ttl=days * 86400)
+            if not write_private(path, bundle, overwrite=False):
+                raise Conflict(f"{path} exists: remove it or choose --out", id="identity")
+            rows.append(_fields(read_bundle(bundle).certificate))
+        names = " ".join(path.name for path in paths)
         _print(
-            args,
-            out,
-            [shown],
-            note=f"wrote {path} (0600); on the node's host: trimicro cert install {path.name}",
+            args, out, rows, note=f"wrote {names} (0600); on the node's host: trimicro cert install {names}"
         )
     elif args.cert_command == "install":
-        data = Path(args.file).read_bytes()
-        identity = install_bundle(home, data)
+        bundles = [Path(file).read_bytes() for file in args.file]
+        identities = [install_bundle(home, data) for data in bundles]
         _print(
             args,
             out,
-            [_fields(identity.certificate)],
-            note=f"installed in {home}; run it: trimicro run --name {identity.node_id} ...",
+            [_fields(identity.certificate) for identity in identities],
+            note=f"installed in {home}; run it: trimicro run --name {identities[0].node_id} ..."
+            if len(identities) == 1
+            else f"installed {', '.join(i.node_id for i in identities)} in {home}",
         )
     else:
         _print(args, out, [_fields(c) for c in _certificates(home, args)])
