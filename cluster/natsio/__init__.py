@@ -26,6 +26,7 @@ from trimicro.mailbox.errors import ServiceUnavailable
 
 from .bridge import Bridge, Inbox, Outbox
 from .keys import bucket_name, escape, unescape
+from .requests import Requests
 
 __all__ = [
     "COMMON_OPTIONS",
@@ -35,6 +36,7 @@ __all__ = [
     "NatsConnection",
     "NatsOptions",
     "Outbox",
+    "Requests",
     "bucket_name",
     "escape",
     "options_from_url",
@@ -155,6 +157,8 @@ class NatsConnection:
         #: How often the client lost and regained the server (for tools and tests).
         self.disconnects = 0
         self.reconnects = 0
+        #: Round trips with no task on the loop per request (:mod:`.requests`).
+        self.requests = Requests(self)
 
     @property
     def closed(self) -> bool:

@@ -44,7 +44,8 @@ import logging
 import math
 import selectors
 import sys
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 import outcome
@@ -145,7 +146,7 @@ class HostedLoop:
                 if not loop._ready:
                     break
         finally:
-            if faked is not None:
+            if faked is not None and trio_asyncio is not None:
                 trio_asyncio.current_loop.reset(faked)
             asyncio.events._set_running_loop(None)
             sys.set_asyncgen_hooks(*hooks)
@@ -176,20 +177,38 @@ class HostedLoop:
         """Call ``waiter.expire()`` on the loop in ``seconds`` unless it is done by then."""
         deadlines = self._deadlines
         if len(deadlines) > 1024 and len(deadlines) > 2 * self._live_deadlines():
-            deadlines[:] = [d for d in deadlines if d[2].result is None]
+            deadlines[:] = [d for d in deadlines if not d[2].done]
             heapq.heapify(deadlines)
         self._sequence += 1
         heapq.heappush(deadlines, (self.loop.time() + seconds, self._sequence, waiter))
 
     def _live_deadlines(self) -> int:
-        return sum(1 for d in self._deadlines if d[2].result is None)
+        return sum(1 for d in self._deadlines if not d[2].done)
 
     def _expire_due(self) -> None:
         deadlines, now = self._deadlines, self.loop.time()
         while deadlines and deadlines[0][0] <= now:
             waiter = heapq.heappop(deadlines)[2]
-            if waiter.result is None:
+            if not waiter.done:
                 waiter.expire()
+
+    def run_now(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` at once in this trio task, as the loop would (the loop set as the running
+        one); what is left of it if it waits goes on as a task of the loop."""
+        loop = self.loop
+        asyncio.events._set_running_loop(loop)
+        trio_asyncio = sys.modules.get("trio_asyncio._loop")
+        faked = trio_asyncio.current_loop.set(loop) if trio_asyncio is not None else None
+        try:
+            yielded = coro.send(None)
+        except StopIteration:
+            return
+        finally:
+            if faked is not None and trio_asyncio is not None:
+                trio_asyncio.current_loop.reset(faked)
+            asyncio.events._set_running_loop(None)
+        loop.create_task(_rest(coro, yielded))
+        self._marked = True
 
     def mark(self) -> None:
         """Run the loop before trio next waits for I/O: trio queued work on it."""
@@ -289,7 +308,7 @@ class Waiter:
     at the deadline given by :meth:`HostedLoop.add_deadline`.
     """
 
-    __slots__ = ("abort", "expire", "hosted", "parked", "result", "task")
+    __slots__ = ("abort", "done", "expire", "hosted", "parked", "result", "task")
 
     def __init__(self, hosted: HostedLoop, abort: Callable[[], None], expire: Callable[[], None]) -> None:
         self.hosted = hosted
@@ -298,8 +317,12 @@ class Waiter:
         self.task = trio.lowlevel.current_task()
         self.parked = False  # rescheduled by finish() (else finish() keeps the result here)
         self.result: outcome.Outcome[Any] | None = None
+        self.done = False
 
     def finish(self, result: outcome.Outcome[Any]) -> None:
+        if self.done:
+            return
+        self.done = True
         hosted = self.hosted
         if self.parked:
             self.parked = False
@@ -379,3 +402,26 @@ class _BeforeWait(trio.abc.Instrument):
 
 def _nothing() -> None:
     pass
+
+
+async def _rest(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
+    """The rest of a coroutine :meth:`HostedLoop.run_now` started, as a task of the loop: each
+    value it yields goes to the task, each value the task sends goes back to it."""
+    return await _forward(coro, yielded)
+
+
+@types.coroutine
+def _forward(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as exc:  # a cancellation of the task: into the coroutine
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
