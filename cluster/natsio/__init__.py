@@ -2,7 +2,8 @@
 
 The registry (:mod:`trimicro.cluster.registry.nats`), broker (:mod:`trimicro.cluster.broker.nats`)
 and store (:mod:`trimicro.cluster.store.nats`) on NATS share this: a :class:`NatsConnection`
-owns an asyncio thread (:mod:`.bridge`) running the official client, reconnecting by itself
+owns the asyncio loop (:mod:`.bridge`, stepped by trio in trio's own thread: :mod:`.hosted`)
+running the official client, reconnecting by itself
 (forever, by default) when the server goes away; every call from trio has a deadline.
 :mod:`.keys` turns trimicro's names into what NATS allows.
 
@@ -137,7 +138,7 @@ def server_ttl(seconds: float, grace: float) -> int:
 
 
 class NatsConnection:
-    """One nats-py client on its own asyncio thread, used from trio.
+    """One nats-py client on its own asyncio loop (stepped by trio), used from trio.
 
     :meth:`connect` (idempotent, safe from concurrent tasks) connects on first use;
     :meth:`run` runs a coroutine function of the client on the loop with the deadline
