@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import threading
 from collections.abc import AsyncIterator
@@ -128,20 +129,66 @@ async def test_the_inbox_drops_and_counts_what_does_not_fit(bridge: Bridge) -> N
     overflowed = trio.Event()
     inbox: Inbox[int] = Inbox(bridge, got.extend, limit=10, overflowed=overflowed.set)
 
-    pushed = threading.Event()
-
     def push_many() -> None:
         for i in range(25):
             inbox.push(i)
-        pushed.set()
 
-    # The pushes run on the loop's thread while this (trio's) thread blocks: no batch can be
-    # taken before all 25 are pushed, so exactly the first 10 fit.
+    # The 25 pushes run in one callback of the loop: the batch is handed over at the end of
+    # that pump, so exactly the first 10 fit.
     bridge.soon(push_many)
-    assert pushed.wait(5)
     with trio.fail_after(5):
         await overflowed.wait()
     assert got == list(range(10)) and inbox.dropped == 15
+
+
+async def test_the_loop_runs_in_trios_thread_with_timers_and_other_threads_hand_overs(bridge: Bridge) -> None:
+    trio_thread = threading.get_ident()
+
+    async def where() -> tuple[int, bool]:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(0.05)  # a timer of the loop: the timer task fires it
+        # asyncio's executor hands its result back from another thread (the self-pipe)
+        other = await loop.run_in_executor(None, threading.get_ident)
+        return threading.get_ident(), other != trio_thread
+
+    assert await bridge.call(where, timeout=5) == (trio_thread, True)
+    with pytest.raises(RuntimeError):  # outside of a pump, asyncio sees no running loop
+        asyncio.get_running_loop()
+
+
+async def test_an_asyncio_generator_left_open_is_finalised_by_asyncio(bridge: Bridge) -> None:
+    closed = asyncio.Event()
+
+    async def numbers() -> AsyncIterator[int]:
+        try:
+            while True:
+                yield 1
+        finally:
+            await asyncio.sleep(0)  # needs asyncio: trio's finaliser could not run this
+            closed.set()
+
+    async def first() -> int:
+        return await anext(numbers())  # dropped unfinished: garbage once this returns
+
+    assert await bridge.call(first, timeout=5) == 1
+    gc.collect()
+    await bridge.call(closed.wait, timeout=5)
+
+
+async def test_concurrent_calls_each_get_their_own_result(bridge: Bridge) -> None:
+    async def echo(i: int) -> int:
+        await asyncio.sleep(0.001 * (i % 3))
+        return i
+
+    results: dict[int, int] = {}
+
+    async def one(i: int) -> None:
+        results[i] = await bridge.call(lambda: echo(i), timeout=5)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(50):
+            nursery.start_soon(one, i)
+    assert results == {i: i for i in range(50)}
 
 
 @given(st.text())

@@ -23,8 +23,8 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -101,6 +101,7 @@ class JetStreamAcks:
         self.ack_wait = ack_wait
         self._inbox_subject = ""
         self._pending: dict[str, _Pending] = {}
+        self._ids = itertools.count()
         self._answers: Inbox[tuple[str, bytes]] = Inbox(self.conn.bridge, self._answered)
         self._acts: Outbox[Callable[[], Awaitable[Any]]] = Outbox(self.conn.bridge, self._act)
         self._consumers: dict[Subscription, _Consumer] = {}
@@ -338,7 +339,8 @@ class JetStreamAcks:
             raise BadRequest("ack_timeout must be > 0 and max_deliveries >= 1")
         broker, conn = self.broker, self.conn
         await conn.connect()
-        msg_id = uuid.uuid4().hex
+        # The answers' inbox is this connection's own: a counter names each publish in it.
+        msg_id = str(next(self._ids))
         wire = broker.wire_headers(headers)
         wire.update(
             {
@@ -350,7 +352,7 @@ class JetStreamAcks:
         subject, payload = broker.subject(topic, "a"), broker.codec.encode(body)
         pending = self._pending[msg_id] = _Pending(broker.expected(topic))
         try:
-            await conn.run(lambda: conn.js.publish(subject, payload, headers=wire), "publish")
+            await conn.requests.js_publish(subject, payload, wire)
             if pending.expected:
                 with trio.move_on_after(ack_timeout * max_deliveries + conn.options.timeout):
                     await pending.done.wait()

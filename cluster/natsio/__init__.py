@@ -2,7 +2,8 @@
 
 The registry (:mod:`trimicro.cluster.registry.nats`), broker (:mod:`trimicro.cluster.broker.nats`)
 and store (:mod:`trimicro.cluster.store.nats`) on NATS share this: a :class:`NatsConnection`
-owns an asyncio thread (:mod:`.bridge`) running the official client, reconnecting by itself
+owns the asyncio loop (:mod:`.bridge`, stepped by trio in trio's own thread: :mod:`.hosted`)
+running the official client, reconnecting by itself
 (forever, by default) when the server goes away; every call from trio has a deadline.
 :mod:`.keys` turns trimicro's names into what NATS allows.
 
@@ -26,6 +27,7 @@ from trimicro.mailbox.errors import ServiceUnavailable
 
 from .bridge import Bridge, Inbox, Outbox
 from .keys import bucket_name, escape, unescape
+from .requests import Requests
 
 __all__ = [
     "COMMON_OPTIONS",
@@ -35,6 +37,7 @@ __all__ = [
     "NatsConnection",
     "NatsOptions",
     "Outbox",
+    "Requests",
     "bucket_name",
     "escape",
     "options_from_url",
@@ -135,7 +138,7 @@ def server_ttl(seconds: float, grace: float) -> int:
 
 
 class NatsConnection:
-    """One nats-py client on its own asyncio thread, used from trio.
+    """One nats-py client on its own asyncio loop (stepped by trio), used from trio.
 
     :meth:`connect` (idempotent, safe from concurrent tasks) connects on first use;
     :meth:`run` runs a coroutine function of the client on the loop with the deadline
@@ -155,6 +158,8 @@ class NatsConnection:
         #: How often the client lost and regained the server (for tools and tests).
         self.disconnects = 0
         self.reconnects = 0
+        #: Round trips with no task on the loop per request (:mod:`.requests`).
+        self.requests = Requests(self)
 
     @property
     def closed(self) -> bool:

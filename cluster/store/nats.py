@@ -137,20 +137,29 @@ class NatsStore(_Checks):
         return Record(key, value, metadata, expiry, version=revision)
 
     async def _current(self, kv: Any, key: str) -> _Current:
+        import nats.js.errors
+
         subject_key = escape(key)
+        if kv._direct:  # a bucket made elsewhere with direct gets: nats-py reads those
 
-        async def get() -> tuple[int, bytes | None]:
-            import nats.js.errors
+            async def get() -> tuple[int, bytes | None]:
+                try:
+                    entry = await kv._get(subject_key)  # get() hides the revision of a delete
+                except nats.js.errors.KeyDeletedError as exc:
+                    return exc.entry.revision or 0, None
+                except nats.js.errors.KeyNotFoundError:
+                    return 0, None
+                return entry.revision or 0, entry.value or b""
 
+            revision, data = await self.conn.run(get, "read")
+        else:
             try:
-                entry = await kv._get(subject_key)  # get() hides the revision of a delete
-            except nats.js.errors.KeyDeletedError as exc:
-                return exc.entry.revision or 0, None
-            except nats.js.errors.KeyNotFoundError:
-                return 0, None
-            return entry.revision or 0, entry.value or b""
-
-        revision, data = await self.conn.run(get, "read")
+                raw = await self.conn.requests.last_of(kv._stream, f"{kv._pre}{subject_key}")
+            except nats.js.errors.NotFoundError:
+                return _Current(0, None)
+            revision = raw.seq or 0
+            deleted = raw.headers is not None and raw.headers.get("KV-Operation") in ("DEL", "PURGE")
+            data = None if deleted else (raw.data or b"")
         record = None if data is None else self._decode(key, data, revision)
         return _Current(revision, record)
 
@@ -233,22 +242,18 @@ class NatsStore(_Checks):
             headers[_LAST] = str(current.revision)
         if rec.expiry is not None:
             headers[_TTL_HEADER] = str(server_ttl(rec.expiry - self.now(), self.grace))
-        subject = f"$KV.{kv._name}.{escape(rec.key)}"
-        payload = self._encode(rec)
+        import nats.js.errors
 
-        async def put() -> bool:
-            import nats.js.errors
-
-            try:
-                await self.conn.js.publish(subject, payload, headers=headers or None)
-            except nats.js.errors.APIError as exc:
-                if exc.err_code in (10071, 10164):  # wrong last sequence: another write won
-                    return False
-                raise
-            return True
-
-        if not await self.conn.run(put, "write"):
-            raise Conflict(f"store key {rec.key!r} was written by another client at version {want}")
+        try:
+            await self.conn.requests.js_publish(
+                f"$KV.{kv._name}.{escape(rec.key)}", self._encode(rec), headers or None
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in (10071, 10164):  # wrong last sequence: another write won
+                raise Conflict(
+                    f"store key {rec.key!r} was written by another client at version {want}"
+                ) from None
+            raise
 
     async def delete(self, key: str, *, database: str | None = None, table: str | None = None) -> None:
         self._check_open()
