@@ -52,6 +52,10 @@ class Outbox:
     peer: PeerPort
     conn: SecureConnection
     initiator: bool
+    #: What the peer proved in the handshake (its verified certificate), and whoever the node's
+    #: guard authenticated on this link (it caches it here): a guard judges a link by them.
+    peer_info: Any
+    principal: Any
     #: The protocol's state and rules, without I/O (:mod:`.protocol`).
     protocol: LinkProtocol
     #: ``protocol``'s CLOSED state as a plain attribute, read on every send.
