@@ -28,8 +28,6 @@ from . import (
     MAX_DEADLINE_MS,
     MAX_INBOUND,
     MAX_STREAMS,
-    RETIRE_GRACE,
-    RETIRE_POLL,
     Unreachable,
     _credit_header,
     _error_of,
@@ -42,7 +40,7 @@ from .batching import (
 )
 from .outbox import InboundReply, RemoteStreamOps
 from .ports import PeerPort, RemotingPort
-from .protocol import BadCorrelation, BadCredit, LinkEvent, LinkProtocol, LinkState, check_credit
+from .protocol import BadCorrelation, BadCredit, LinkEvent, LinkProtocol, check_credit
 from .tellflow import BACKLOG_LIMIT, MAX_WAITING_ASKS, Backlog, TellFlow, _headers_size, on_held, on_hold
 from .watch import on_unwatch, on_watch
 
@@ -472,20 +470,6 @@ class Link(TellFlow):
             self._closed()
             with trio.CancelScope(shield=True):
                 await self.conn.aclose()
-
-    async def retire(self) -> None:
-        """Close a duplicate link once its exchanges are over: new traffic already takes the
-        other link, but asks, requests being served and streams that started here finish here
-        (within RETIRE_GRACE), and what is queued is written before the close."""
-        if self.protocol.state not in (LinkState.AWAITING_HELLO, LinkState.OPEN):
-            return  # closed meanwhile, or already retiring
-        self.protocol.handle(LinkEvent.RETIRE)
-        with trio.move_on_after(RETIRE_GRACE):
-            # Polling, not an event: this is rare (two dials at once) and keeps the hot paths free.
-            while (self.pending or self.inbound or self.streams) and not self.closed:  # noqa: ASYNC110
-                await trio.sleep(RETIRE_POLL)
-            await self.flush()
-        self.close("duplicate connection")
 
     def unreachable(self, reason: str) -> Unreachable:
         node_id = self.peer.node_id
