@@ -21,7 +21,8 @@ CANCEL ends it early. See docs/protocol.md for the wire rules this follows.
 The package, by concern: :mod:`.protocol` (the link's rules without I/O: its states as a
 table, correlation ids, credit), :mod:`.link` (Link: the reader, the dispatch of frames, the
 lifetime), :mod:`.outbox` (a link's send queue and writer; InboundReply and RemoteStreamOps,
-which answer over it), :mod:`.tellflow` (flow control of tells per target), :mod:`.actor`
+which answer over it), :mod:`.tellflow` (the
+tells a link receives: their delivery, and flow control per target), :mod:`.actor`
 (RemoteActor), :mod:`.peer` (Peer), :mod:`.remoting` (Remoting), :mod:`.ports` (what a link
 needs of its node, remoting and peer, as Protocols), :mod:`.batching` (coalesced frames,
 batches of tells and items), :mod:`.flusher` (the trio instrument that writes once per

@@ -25,7 +25,7 @@ from .batching import _clock
 from .outbox import Outbox, RemoteStreamOps
 
 if TYPE_CHECKING:
-    from .peer import Peer
+    from .ports import ActorPeerPort
 
 
 class _Gone(Stopped):
@@ -46,7 +46,7 @@ class RemoteActor:
 
     __slots__ = ("node", "peer", "target")
 
-    def __init__(self, peer: Peer, target: ActorRef) -> None:
+    def __init__(self, peer: ActorPeerPort[Outbox], target: ActorRef) -> None:
         self.peer = peer
         self.node = peer.remoting.node
         self.target = target

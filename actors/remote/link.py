@@ -28,8 +28,6 @@ from . import (
     MAX_DEADLINE_MS,
     MAX_INBOUND,
     MAX_STREAMS,
-    RETIRE_GRACE,
-    RETIRE_POLL,
     Unreachable,
     _credit_header,
     _error_of,
@@ -39,11 +37,10 @@ from .batching import (
     _items_of,
     _Queued,
     _Tells,
-    _tells_of,
 )
 from .outbox import InboundReply, RemoteStreamOps
 from .ports import PeerPort, RemotingPort
-from .protocol import BadCorrelation, BadCredit, LinkEvent, LinkProtocol, LinkState, check_credit
+from .protocol import BadCorrelation, BadCredit, LinkEvent, LinkProtocol, check_credit
 from .tellflow import BACKLOG_LIMIT, MAX_WAITING_ASKS, Backlog, TellFlow, _headers_size, on_held, on_hold
 from .watch import on_unwatch, on_watch
 
@@ -275,83 +272,6 @@ class Link(TellFlow):
         else:
             self.send_error(corr, TooManyRequests(f"mailbox of {cell.path} is full", id=cell.path), codec)
 
-    def _on_tell(self, env: Envelope) -> Awaitable[None] | None:
-        """Deliver a tell without waiting; what the reader awaits when the mailbox is full (see
-        :meth:`_put_tells`)."""
-        remoting = self.remoting
-        sender = None if env.sender is None else self.peer.bind(env.sender)
-        try:
-            codec = remoting.codecs.get(env.content_type)
-            cell = remoting.local_cell(env.target)
-            msg = codec.decode(env.body)
-            guard = remoting.guard
-            principal = (
-                None if guard is None else guard.admit(self, "tell", cell, env.endpoint, env.headers, msg)
-            )
-        except MicroError as exc:
-            remoting.node.dead_letter(env.target, env.body, f"undeliverable: {exc.detail}", sender)
-            return None
-        item: Mail = (msg, None, sender, env.endpoint or None, env.headers or None, principal)
-        if self.backlogs:
-            backlog = self.backlogs.get(cell)
-            if backlog is not None:  # its earlier tells wait there: this one joins them
-                tells = _Tells(cell, codec, sender, env.endpoint, _NO_BODIES)
-                return self._queue(backlog, item, tells, 0, len(env.body) + _headers_size(env.headers))
-        offered = cell.offer(item)
-        if offered == OK:
-            return None
-        if offered == DEAD:  # stopped between lookup and offer: nothing to wait for
-            remoting.node.dead_letter(cell.ref, msg, "stopped", sender)
-            return None
-        tells = _Tells(cell, codec, sender, env.endpoint, _NO_BODIES)
-        return self._put_tells(tells, -1, item, len(env.body) + _headers_size(env.headers))
-
-    def _on_tells(self, env: Envelope) -> Awaitable[object] | None:
-        """Deliver a :class:`TellBatch` as :meth:`_on_tell` delivers each of its tells."""
-        remoting = self.remoting
-        sender = None if env.sender is None else self.peer.bind(env.sender)
-        try:
-            endpoint, bodies = _tells_of(env.body)
-        except MicroError as exc:  # malformed: one letter for the lot
-            remoting.node.dead_letter(env.target, env.body, f"undeliverable: {exc.detail}", sender)
-            return None
-        try:
-            codec = remoting.codecs.get(env.content_type)
-            cell = remoting.local_cell(env.target)
-        except MicroError as exc:  # a letter per tell, as for that many TELL frames
-            for body in bodies:
-                remoting.node.dead_letter(env.target, body, f"undeliverable: {exc.detail}", sender)
-            return None
-        tells = _Tells(cell, codec, sender, endpoint, bodies)
-        if self.backlogs:
-            backlog = self.backlogs.get(cell)
-            if backlog is not None:  # its earlier tells wait there: these join them
-                return self._queue(backlog, None, tells, 0)
-        full = self.offer_tells(tells, 0)
-        return None if full is None else self._put_tells(tells, *full)
-
-    def offer_tells(self, tells: _Tells, start: int) -> tuple[int, Mail] | None:
-        """Offer ``tells.bodies[start:]`` in order; at a full mailbox, its index and item."""
-        remoting = self.remoting
-        guard = remoting.guard
-        cell, codec, sender, endpoint, bodies, headers = tells
-        for i in range(start, len(bodies)):
-            try:
-                msg = codec.decode(bodies[i])
-                principal = (
-                    None if guard is None else guard.admit(self, "tell", cell, endpoint, headers or {}, msg)
-                )
-            except MicroError as exc:
-                remoting.node.dead_letter(cell.ref, bodies[i], f"undeliverable: {exc.detail}", sender)
-                continue
-            item: Mail = (msg, None, sender, endpoint or None, headers, principal)
-            offered = cell.offer(item)
-            if offered == DEAD:
-                remoting.node.dead_letter(cell.ref, msg, "stopped", sender)
-            elif offered != OK:
-                return i, item
-        return None
-
     def _on_cancel(self, corr: int) -> None:
         reply = self.inbound.pop(corr, None)
         if reply is not None:
@@ -550,20 +470,6 @@ class Link(TellFlow):
             self._closed()
             with trio.CancelScope(shield=True):
                 await self.conn.aclose()
-
-    async def retire(self) -> None:
-        """Close a duplicate link once its exchanges are over: new traffic already takes the
-        other link, but asks, requests being served and streams that started here finish here
-        (within RETIRE_GRACE), and what is queued is written before the close."""
-        if self.protocol.state not in (LinkState.AWAITING_HELLO, LinkState.OPEN):
-            return  # closed meanwhile, or already retiring
-        self.protocol.handle(LinkEvent.RETIRE)
-        with trio.move_on_after(RETIRE_GRACE):
-            # Polling, not an event: this is rare (two dials at once) and keeps the hot paths free.
-            while (self.pending or self.inbound or self.streams) and not self.closed:  # noqa: ASYNC110
-                await trio.sleep(RETIRE_POLL)
-            await self.flush()
-        self.close("duplicate connection")
 
     def unreachable(self, reason: str) -> Unreachable:
         node_id = self.peer.node_id

@@ -12,8 +12,9 @@ past OUT_HARD_CAP the peer is not reading: the link is closed.
 :class:`Outbox` is a base class of :class:`~.link.Link` (not an object a link holds: the
 hot paths read ``link.out`` and call ``link.push`` without an extra attribute hop). It
 declares the state it shares with the rest of the link; ``Link.__init__`` sets it. Modules
-that only send on a link (:mod:`.watch`, :mod:`.actor`, :mod:`.flusher`) type it as this
-class, so they need not import the link (which imports them).
+that only send on a link (:mod:`.watch`, :mod:`.actor`, :mod:`.flusher`), and :mod:`.peer`,
+which holds its links, type it as this class, so they need not import the link (which imports
+them).
 """
 
 from __future__ import annotations
@@ -35,10 +36,18 @@ from trimicro.mailbox.secure.stream import SecureConnection
 
 from ..mail import Reply
 from ..streams import Stream
-from . import COALESCE_MAX, COALESCE_SLACK, OUT_HARD_CAP, OUT_HIGH_WATER, Unreachable
+from . import (
+    COALESCE_MAX,
+    COALESCE_SLACK,
+    OUT_HARD_CAP,
+    OUT_HIGH_WATER,
+    RETIRE_GRACE,
+    RETIRE_POLL,
+    Unreachable,
+)
 from .batching import Coalesced, ItemsBatch, TellBatch, _bin, _clock, _is_tell, _Queued
 from .ports import PeerPort, RemotingPort
-from .protocol import LinkProtocol
+from .protocol import LinkEvent, LinkProtocol, LinkState
 
 __all__ = ["InboundReply", "Outbox", "RemoteStreamOps"]
 
@@ -52,6 +61,14 @@ class Outbox:
     peer: PeerPort
     conn: SecureConnection
     initiator: bool
+    #: What the peer proved in the handshake (its verified certificate), and whoever the node's
+    #: guard authenticated on this link (it caches it here): a guard judges a link by them.
+    peer_info: Any
+    principal: Any
+    #: The link's rank among its peer's links (newer ones replace older ones from the same
+    #: dialer), and the peer process's incarnation from its hello (None until then).
+    seq: int
+    incarnation: str | None
     #: The protocol's state and rules, without I/O (:mod:`.protocol`).
     protocol: LinkProtocol
     #: ``protocol``'s CLOSED state as a plain attribute, read on every send.
@@ -334,6 +351,20 @@ class Outbox:
             return
         gap = min(gap, poller.worth_below)
         self.next_gap = gap if self.next_gap == math.inf else self.next_gap + (gap - self.next_gap) * 0.125
+
+    async def retire(self) -> None:
+        """Close a duplicate link once its exchanges are over: new traffic already takes the
+        other link, but asks, requests being served and streams that started here finish here
+        (within RETIRE_GRACE), and what is queued is written before the close."""
+        if self.protocol.state not in (LinkState.AWAITING_HELLO, LinkState.OPEN):
+            return  # closed meanwhile, or already retiring
+        self.protocol.handle(LinkEvent.RETIRE)
+        with trio.move_on_after(RETIRE_GRACE):
+            # Polling, not an event: this is rare (two dials at once) and keeps the hot paths free.
+            while (self.pending or self.inbound or self.streams) and not self.closed:  # noqa: ASYNC110
+                await trio.sleep(RETIRE_POLL)
+            await self.flush()
+        self.close("duplicate connection")
 
     def close(self, reason: str) -> None:
         """End the link: nothing more is written (what is still queued then is not sent; callers

@@ -3,6 +3,9 @@
 It holds the :class:`~trimicro.actors.remote.link.Link` to that node when up, dials it on first
 use (one dial at a time; after a failure, new attempts wait out an exponential backoff), binds
 refs to actors there, and remembers which local actors watch actors there.
+
+It names neither the link nor the remoting (both import this module): it types its links as
+:class:`~.outbox.Outbox`, their base, and its remoting as :class:`~.ports.PeerRemotingPort`.
 """
 
 from __future__ import annotations
@@ -23,18 +26,18 @@ from .actor import RemoteActor
 from .watch import PeerWatches
 
 if TYPE_CHECKING:
-    from .link import Link
-    from .remoting import Remoting
+    from .outbox import Outbox
+    from .ports import PeerRemotingPort
 
 
 class Peer:
     """Another node as seen from this one: its link when up, how to dial it, who watches what there."""
 
-    def __init__(self, remoting: Remoting, node_id: str) -> None:
+    def __init__(self, remoting: PeerRemotingPort[Outbox], node_id: str) -> None:
         self.remoting = remoting
         self.node_id = node_id
         self.address: str | None = None
-        self.links: list[Link] = []
+        self.links: list[Outbox] = []
         self._dialing: trio.Event | None = None
         self._failures = 0
         self._retry_at = -math.inf
@@ -59,7 +62,7 @@ class Peer:
         return f"<Peer {self.node_id} at {self.address} links={len(self.links)}>"
 
     @property
-    def link(self) -> Link | None:
+    def link(self) -> Outbox | None:
         """The link new traffic uses (both nodes pick the same one when two exist)."""
         links = self.links
         return links[0] if links else None
@@ -75,7 +78,7 @@ class Peer:
 
     # ---- links ---------------------------------------------------------------------------------
 
-    def add_link(self, link: Link) -> None:
+    def add_link(self, link: Outbox) -> None:
         """Register a new link; with two, both nodes keep the one dialed by the smaller node id."""
         links = self.links
         links.append(link)
@@ -87,7 +90,7 @@ class Peer:
         if len(links) > 1:
             local = self.remoting.node.id
 
-            def rank(candidate: Link) -> tuple[int, int]:
+            def rank(candidate: Outbox) -> tuple[int, int]:
                 dialer = local if candidate.initiator else self.node_id
                 # Newer links from the same dialer replace older ones (the peer reconnected).
                 return (0 if dialer == min(local, self.node_id) else 1, -candidate.seq)
@@ -98,7 +101,7 @@ class Peer:
                     self.remoting.node.spawn_system(extra.retire)
         self._notify()
 
-    def restarted(self, link: Link) -> None:
+    def restarted(self, link: Outbox) -> None:
         """``link`` told us the peer's incarnation: links to an earlier run of it are dead (the
         old process may never close them, e.g. when it hangs), so close them now rather than
         after ``dead_after`` seconds of silence, and treat the old run as gone (its actors
@@ -130,7 +133,7 @@ class Peer:
         watching.drop_all(self.remoting.node.cells)
         self._refs = {}  # (bound refs to a run that is gone: a peer that flooded us leaves none)
 
-    def link_closed(self, link: Link) -> None:
+    def link_closed(self, link: Outbox) -> None:
         if link in self.links:
             self.links.remove(link)
         self._notify()
@@ -158,7 +161,7 @@ class Peer:
         with contextlib.suppress(MicroError):
             await self.connect(self.remoting.node.ask_timeout)
 
-    async def connect(self, timeout: float) -> Link:
+    async def connect(self, timeout: float) -> Outbox:
         """The current link, dialing if there is none (one dial at a time, with backoff)."""
         while True:
             link = self.link
@@ -218,7 +221,7 @@ class Peer:
             self._send_watch_op(link, "watch", target, next(iter(now)))
 
     @staticmethod
-    def _send_watch_op(link: Link, op: str, target: ActorRef, watcher: ActorRef) -> None:
+    def _send_watch_op(link: Outbox, op: str, target: ActorRef, watcher: ActorRef) -> None:
         link.push(encode_envelope(Envelope(Kind.SYSTEM, 0, target, watcher, op)))
 
     def unwatch(self, target: ActorRef, watcher: ActorRef) -> None:

@@ -1,5 +1,6 @@
-"""What a link needs of the objects around it, as Protocols: its node, the node's remoting and
-the peer it connects to.
+"""What the remote modules need of the objects above them, as Protocols: what a link needs of
+its node, the node's remoting and the peer it connects to; what a peer needs of its remoting;
+what a remote actor needs of its peer.
 
 The runtime imports point one way, remoting -> peer -> link; a link still calls back into its
 peer (``bind``, ``restarted``, ``link_closed``) and reads its remoting's codecs, guard and limits.
@@ -12,14 +13,18 @@ built.
 
 Parameters that take a link are ``Any`` here: the link's own class is above this module.
 :class:`LinkPort` is what code beside the link (the guard, the death-watch handlers) needs of
-one.
+one. A :class:`~.peer.Peer` is above :mod:`.actor` and below :mod:`.remoting`, and a remote
+actor sends on its peer's link: :class:`PeerRemotingPort` and :class:`ActorPeerPort` are generic
+in the link's type, which their users give as :class:`~.outbox.Outbox` (the link's base, below
+both; it declares what a peer uses of its links: ``initiator``, ``seq``, ``incarnation``,
+``retire``, ``close``). Annotations only: no call goes through a Protocol at run time.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from trimicro.mailbox.codec import Codec, CodecSet
 from trimicro.mailbox.envelope import Envelope
@@ -31,7 +36,10 @@ from ..cell import Cell
 from . import Guard
 from .flusher import _Flusher
 
-__all__ = ["LinkPort", "NodePort", "PeerPort", "RemotingPort"]
+__all__ = ["ActorPeerPort", "LinkPort", "NodePort", "PeerPort", "PeerRemotingPort", "RemotingPort"]
+
+#: The type of link the code using a port works with (the owners above name it: an Outbox).
+LinkT = TypeVar("LinkT", covariant=True)
 
 
 class NodePort(ports.NodePort, Protocol):
@@ -117,3 +125,38 @@ class LinkPort(Protocol):
     def peer_info(self) -> Any: ...
 
     def push(self, frame: bytes) -> None: ...
+
+
+class PeerRemotingPort(RemotingPort, Protocol[LinkT]):
+    """What a :class:`~.peer.Peer` needs of its :class:`~.remoting.Remoting`, beyond what its
+    links need: dialing, the discovery hook's addresses, the hooks told of a peer's first and
+    last link, and a place for a peer without links (so that bound refs keep their peer)."""
+
+    @property
+    def on_peer_up(self) -> Sequence[Callable[[Any], None]]: ...
+    @property
+    def on_peer_lost(self) -> Sequence[Callable[[Any, str], None]]: ...
+
+    def address_of(self, node_id: str) -> str | None: ...
+
+    def dormant(self, peer: Any) -> None: ...
+
+    async def dial(self, address: str, timeout: float, *, expect: str | None = None) -> LinkT: ...
+
+
+class ActorPeerPort(PeerPort, Protocol[LinkT]):
+    """What a :class:`~.actor.RemoteActor` needs of its :class:`~.peer.Peer`: the link to send
+    on (dialed when there is none), and the peer's half of death watch."""
+
+    @property
+    def remoting(self) -> RemotingPort: ...
+    @property
+    def link(self) -> LinkT | None: ...
+
+    async def connect(self, timeout: float) -> LinkT: ...
+
+    def connect_soon(self) -> None: ...
+
+    def watch(self, target: ActorRef, watcher: ActorRef) -> None: ...
+
+    def unwatch(self, target: ActorRef, watcher: ActorRef) -> None: ...

@@ -45,10 +45,10 @@ from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.errors import MicroError, ServiceUnavailable
 from trimicro.mailbox.refs import ref_binder
 
-from ..cell import DEAD, FULL, STOPPING, Cell
+from ..cell import DEAD, FULL, OK, STOPPING, Cell
 from ..mail import Mail
 from ..streams import Stream, StreamOps
-from .batching import _Tells
+from .batching import _NO_BODIES, _Tells, _tells_of
 from .outbox import Outbox, RemoteStreamOps
 
 __all__ = [
@@ -400,10 +400,82 @@ class TellFlow(Outbox):
     backlog_asks: int
     _backlog_room: trio.lowlevel.ParkingLot
 
+    def _on_tell(self, env: Envelope) -> Awaitable[None] | None:
+        """Deliver a tell without waiting; what the reader awaits when the mailbox is full (see
+        :meth:`_put_tells`)."""
+        remoting = self.remoting
+        sender = None if env.sender is None else self.peer.bind(env.sender)
+        try:
+            codec = remoting.codecs.get(env.content_type)
+            cell = remoting.local_cell(env.target)
+            msg = codec.decode(env.body)
+            guard = remoting.guard
+            principal = (
+                None if guard is None else guard.admit(self, "tell", cell, env.endpoint, env.headers, msg)
+            )
+        except MicroError as exc:
+            remoting.node.dead_letter(env.target, env.body, f"undeliverable: {exc.detail}", sender)
+            return None
+        item: Mail = (msg, None, sender, env.endpoint or None, env.headers or None, principal)
+        if self.backlogs:
+            backlog = self.backlogs.get(cell)
+            if backlog is not None:  # its earlier tells wait there: this one joins them
+                tells = _Tells(cell, codec, sender, env.endpoint, _NO_BODIES)
+                return self._queue(backlog, item, tells, 0, len(env.body) + _headers_size(env.headers))
+        offered = cell.offer(item)
+        if offered == OK:
+            return None
+        if offered == DEAD:  # stopped between lookup and offer: nothing to wait for
+            remoting.node.dead_letter(cell.ref, msg, "stopped", sender)
+            return None
+        tells = _Tells(cell, codec, sender, env.endpoint, _NO_BODIES)
+        return self._put_tells(tells, -1, item, len(env.body) + _headers_size(env.headers))
+
+    def _on_tells(self, env: Envelope) -> Awaitable[object] | None:
+        """Deliver a :class:`TellBatch` as :meth:`_on_tell` delivers each of its tells."""
+        remoting = self.remoting
+        sender = None if env.sender is None else self.peer.bind(env.sender)
+        try:
+            endpoint, bodies = _tells_of(env.body)
+        except MicroError as exc:  # malformed: one letter for the lot
+            remoting.node.dead_letter(env.target, env.body, f"undeliverable: {exc.detail}", sender)
+            return None
+        try:
+            codec = remoting.codecs.get(env.content_type)
+            cell = remoting.local_cell(env.target)
+        except MicroError as exc:  # a letter per tell, as for that many TELL frames
+            for body in bodies:
+                remoting.node.dead_letter(env.target, body, f"undeliverable: {exc.detail}", sender)
+            return None
+        tells = _Tells(cell, codec, sender, endpoint, bodies)
+        if self.backlogs:
+            backlog = self.backlogs.get(cell)
+            if backlog is not None:  # its earlier tells wait there: these join them
+                return self._queue(backlog, None, tells, 0)
+        full = self.offer_tells(tells, 0)
+        return None if full is None else self._put_tells(tells, *full)
+
     def offer_tells(self, tells: _Tells, start: int) -> tuple[int, Mail] | None:
-        """Offer ``tells.bodies[start:]`` in order; at a full mailbox, its index and item (the
-        link's: it admits each tell through the node's guard, which judges a link)."""
-        raise NotImplementedError
+        """Offer ``tells.bodies[start:]`` in order; at a full mailbox, its index and item."""
+        remoting = self.remoting
+        guard = remoting.guard
+        cell, codec, sender, endpoint, bodies, headers = tells
+        for i in range(start, len(bodies)):
+            try:
+                msg = codec.decode(bodies[i])
+                principal = (
+                    None if guard is None else guard.admit(self, "tell", cell, endpoint, headers or {}, msg)
+                )
+            except MicroError as exc:
+                remoting.node.dead_letter(cell.ref, bodies[i], f"undeliverable: {exc.detail}", sender)
+                continue
+            item: Mail = (msg, None, sender, endpoint or None, headers, principal)
+            offered = cell.offer(item)
+            if offered == DEAD:
+                remoting.node.dead_letter(cell.ref, msg, "stopped", sender)
+            elif offered != OK:
+                return i, item
+        return None
 
     async def _put_tells(self, tells: _Tells, i: int, item: Mail, size: int = 0) -> None:
         """Wait for room for the tell at ``i``, then offer the rest, waiting again as needed (a

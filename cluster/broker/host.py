@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from trimicro.actors import Node
-from trimicro.actors.lowlevel import Link
+from trimicro.actors.lowlevel import LinkPort
 
 __all__ = ["Host", "MemberEventView", "MembershipView", "TopicGuard"]
 
@@ -31,7 +31,7 @@ class TopicGuard(Protocol):
         ...
 
     def admit_topic(
-        self, link: Link, headers: Mapping[str, str] | None, topic: str, action: str
+        self, link: LinkPort, headers: Mapping[str, str] | None, topic: str, action: str
     ) -> object: ...
 
     def check_topic(self, account: Any, topic: str, action: str) -> None: ...
