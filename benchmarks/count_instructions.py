@@ -16,7 +16,12 @@ Scenarios (each in a fresh interpreter of the checkout under test):
 * ``remote-ask1`` / ``remote-ask16``: asks between two nodes in one process over TCP on
   127.0.0.1 (Noise, envelope, codec, dispatch on both sides: client + server CPU), one caller or
   16 in flight; busy polling off (a spin would count instructions by wall time);
-* ``...-mw``: the same with one no-op middleware per node (it runs on both sides).
+* ``...-mw``: the same with one no-op middleware per node (it runs on both sides);
+* ``remote-tell``: tells from one caller between the same two nodes (client + server CPU per
+  tell; batching and tell credit included); one ask behind them confirms every tell arrived;
+* ``pubsub1`` / ``pubsub10``: publishes on one cluster node (in-memory registry, no membership)
+  to 1 or 10 local subscriber actors, as ``bench_pubsub.py`` does: CPU per publish, its
+  deliveries included; an ask to each subscriber at the end confirms them.
 
 Run:  python benchmarks/count_instructions.py [--python A/.venv/bin/python --python B/...]
           [--scenarios local-tell,local-ask,remote-ask16] [--small 2000 --large 6000]
@@ -67,7 +72,7 @@ async def local(kind, n):
             for _ in range(n):
                 await ask(ref, 1)
 
-async def remote(n, inflight, mw):
+async def remote(n, inflight, mw, tells=False):
     try:
         from trimicro.mailbox.secure.identity import Authority, NodeIdentity
         from trimicro.mailbox.transport.tcp import TcpTransport
@@ -85,6 +90,13 @@ async def remote(n, inflight, mw):
         await b.spawn(Counter, name="counter")
         await a.connect(b.address)
         ref = a.remote_ref("b", "counter")
+        if tells:
+            for _ in range(n):
+                await tell(ref, 1)
+            got = await ask(ref, 0)  # behind every tell on the link
+            if got != n:
+                raise SystemExit(f"{got} of {n} tells arrived")
+            return
         async def worker(k):
             for _ in range(k):
                 await ask(ref, 1)
@@ -92,15 +104,62 @@ async def remote(n, inflight, mw):
             for _ in range(inflight):
                 nursery.start_soon(worker, n // inflight)
 
+async def pubsub(n, subscribers):
+    import tempfile
+    from pathlib import Path
+    from trimicro.actors import bounded, handles
+    from trimicro.cluster.cluster import start_cluster
+    from trimicro.cluster.registry import MemoryRegistry
+    try:
+        from trimicro.cluster.broker import Message
+    except ImportError:  # before the broker package (a452b81)
+        from trimicro.cluster.pubsub import Message
+
+    class Subscriber(Actor):
+        mailbox = bounded(n + 10)
+        def __init__(self):
+            self.n = 0
+        @handles(Message)
+        async def on_message(self, msg) -> None:
+            self.n += 1
+        async def count(self, body) -> int:
+            return self.n
+
+    with tempfile.TemporaryDirectory(prefix="trimicro-count-") as home:  # the node's keys
+        async with start_cluster("count", registry=MemoryRegistry(), home=Path(home),
+                                 membership=False) as cluster:
+            refs = [await cluster.node.spawn(Subscriber) for _ in range(subscribers)]
+            for ref in refs:
+                await cluster.subscribe("count.topic", ref)
+            body = {"id": 0, "a": 1}
+            for _ in range(n):
+                await cluster.publish("count.topic", body)
+            for ref in refs:
+                got = await ask(ref, None, endpoint="Subscriber.count", timeout=600)
+                if got != n:
+                    raise SystemExit(f"{got} of {n} messages delivered")
+
 scenario, n = sys.argv[1], int(sys.argv[2])
-if scenario in ("local-tell", "local-ask"):
+if scenario.startswith("pubsub"):
+    trio.run(pubsub, n, int(scenario[len("pubsub"):]))
+elif scenario in ("local-tell", "local-ask"):
     trio.run(local, scenario.split("-")[1], n)
 else:
     base, _, mw = scenario.partition("-mw")
-    trio.run(remote, n, 16 if base == "remote-ask16" else 1, scenario.endswith("-mw"))
+    inflight = 16 if base == "remote-ask16" else 1
+    trio.run(remote, n, inflight, scenario.endswith("-mw"), base == "remote-tell")
 """
 
-SCENARIOS = ("local-tell", "local-ask", "remote-ask1", "remote-ask16", "remote-ask16-mw")
+SCENARIOS = (
+    "local-tell",
+    "local-ask",
+    "remote-ask1",
+    "remote-ask16",
+    "remote-ask16-mw",
+    "remote-tell",
+    "pubsub1",
+    "pubsub10",
+)
 
 
 def count(python: str, scenario: str, n: int) -> int:

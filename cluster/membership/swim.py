@@ -95,7 +95,8 @@ Anything else is ignored. DEAD and LEFT members are remembered for ``dead_retent
 rumours cannot bring them back, then forgotten.
 
 The wire format and its validation are in :mod:`.messages`, the spreading of updates in
-:mod:`.gossip`, the probe records and the probe order in :mod:`.probes`.
+:mod:`.gossip`, the probe records and the probe order in :mod:`.probes`, the member table and
+the rules for what a member says about itself (or others about us) in :mod:`.table`.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ from typing import Any
 
 import attrs
 
-from .gossip import Gossip, as_update
+from .gossip import as_update
 from .messages import (
     GONE,
     LIVE,
@@ -124,7 +125,8 @@ from .messages import (
     decode_message,
     next_incarnation,
 )
-from .probes import Probe, ProbeOrder, Relay
+from .probes import Probe, Relay
+from .table import MemberTable
 
 __all__ = [
     "MAX_ID_LENGTH",
@@ -148,7 +150,7 @@ _DEFAULT_CONFIG = SwimConfig()
 # --- the state machine ------------------------------------------------------------------------------
 
 
-class Swim:
+class Swim(MemberTable):
     """One node's view of the cluster; feed it inputs, send what they return.
 
     Not thread-safe and never blocking: the runtime calls it from one task. ``now`` must not go
@@ -165,55 +167,14 @@ class Swim:
         metadata: dict[str, str] | None = None,
     ) -> None:
         check_local(self_id, self_address, metadata)
-        self.config = config
+        super().__init__(self_id, self_address, config, rng, metadata)
         self._rng = rng
-        self._self_id = self_id
-        me = Member(self_id, self_address, 0, MemberState.ALIVE, dict(metadata or {}), 0.0)
-        self._members: dict[str, Member] = {self_id: me}
-        self._unconfirmed: set[str] = set()  # added by join(), incarnation not heard yet
-        self._gossip = Gossip(config)
-        self._events: list[MemberEvent] = []
-        self._suspect_until: dict[str, float] = {}
         self._relays: dict[int, Relay] = {}
         self._probe: Probe | None = None
-        self._probe_order = ProbeOrder(rng)
         self._next_probe_at: float | None = None
         self._last_tick: float | None = None
         self._seq = 0
         self._checks: dict[str, Probe] = {}  # members asked because of a claim about them
-        #: Claims that no member could have made honestly as far as this node can tell: about a
-        #: member above the incarnation it announced to us (or before it announced one), a node
-        #: saying that it is itself suspect or dead, an update about the sender that is not the
-        #: first of its message. Honest gossip that outran the member's own announcement is
-        #: counted too; a steady rise means a member is lying.
-        self.ignored_claims = 0
-
-    # --- queries ----------------------------------------------------------------------------------
-
-    @property
-    def self_id(self) -> str:
-        return self._self_id
-
-    @property
-    def me(self) -> Member:
-        """This node's own record (its incarnation, metadata, ALIVE or LEFT)."""
-        return self._members[self._self_id]
-
-    def members(self) -> list[Member]:
-        """Every member not yet forgotten, this node included, sorted by id."""
-        return [self._members[k] for k in sorted(self._members)]
-
-    def alive_members(self) -> list[Member]:
-        """Members in state ALIVE (this node included while it has not left), sorted by id."""
-        return [m for m in self.members() if m.state is MemberState.ALIVE]
-
-    def get(self, member_id: str) -> Member | None:
-        return self._members.get(member_id)
-
-    def events(self) -> list[MemberEvent]:
-        """Drain the membership events produced since the last call."""
-        events, self._events = self._events, []
-        return events
 
     def next_deadline(self) -> float:
         """The latest time by which :meth:`tick` must be called again (``-inf``: call it now)."""
@@ -437,54 +398,6 @@ class Swim:
             return []
         return self._rumour(now, update, state)
 
-    def _own_record(self, now: float, update: dict[str, Any], state: MemberState) -> None:
-        """A member speaking for itself: the one source of its incarnation, address, metadata."""
-        member_id: str = update["id"]
-        inc: int = update["inc"]
-        current = self._members.get(member_id)
-        if state is MemberState.SUSPECT or state is MemberState.DEAD:
-            self.ignored_claims += 1  # nobody suspects itself; a peer that says so is broken
-            return
-        if state is MemberState.LEFT:
-            if current is not None and current.state is not MemberState.LEFT:
-                self._declare(now, current, MemberState.LEFT, inc)
-            return
-        if current is None:
-            if len(self._members) >= self.config.max_members:
-                return
-            member = Member(member_id, update["addr"], inc, MemberState.ALIVE, update["md"], now)
-            self._members[member_id] = member
-            self._probe_order.add(member_id)
-            self._emit("joined", member)
-            self._enqueue(member)
-            return
-        confirming = member_id in self._unconfirmed and current.state is MemberState.ALIVE
-        if inc == current.incarnation and not confirming:
-            return  # the same record, or a suspicion/death at it that it has not refuted yet
-        # A lower incarnation than ours is a new run of the node (counting from 0 again): only
-        # the node raises its incarnation, so what it says now is the truth.
-        self._unconfirmed.discard(member_id)
-        was = current.state
-        member = Member(
-            member_id,
-            update["addr"],
-            inc,
-            MemberState.ALIVE,
-            update["md"],
-            current.state_since if was is MemberState.ALIVE else now,
-        )
-        self._members[member_id] = member
-        self._suspect_until.pop(member_id, None)
-        self._enqueue(member)
-        if was in GONE:
-            self._probe_order.add(member_id)
-            self._emit("joined", member)
-            return
-        if was is MemberState.SUSPECT:
-            self._emit("alive", member)
-        if member.metadata != current.metadata or member.address != current.address:
-            self._emit("updated", member)
-
     def _rumour(self, now: float, update: dict[str, Any], state: MemberState) -> list[Outgoing]:
         """A claim about a third member: never applied, at most a reason to check the member."""
         member_id: str = update["id"]
@@ -522,17 +435,6 @@ class Swim:
         self._checks[member.id] = Probe(member.id, seq, now, suspicious=suspicious)
         return [self._message(member.id, {"t": "ping", "seq": seq})]
 
-    def _about_self(self, inc: int, state: MemberState) -> None:
-        me = self.me
-        if me.state is MemberState.LEFT:
-            return
-        if inc > me.incarnation:  # we never announced it: made up, or from a previous run of ours
-            self.ignored_claims += 1
-            return
-        if state is not MemberState.ALIVE and inc == me.incarnation:
-            self._set_self(attrs.evolve(me, incarnation=next_incarnation(me.incarnation)))
-        # Otherwise stale or our own record: our current one leads every message we send anyway.
-
     def _suspect(self, now: float, member: Member, inc: int, *, tell: bool) -> list[Outgoing]:
         suspect = attrs.evolve(member, incarnation=inc, state=MemberState.SUSPECT, state_since=now)
         self._members[member.id] = suspect
@@ -550,14 +452,6 @@ class Swim:
         suspects = [m for m in self._suspect_until if m != exclude][: self.config.max_piggyback]
         return [self._message(m, {"t": "ping", "seq": self._next_seq()}) for m in suspects]
 
-    def _declare(self, now: float, member: Member, state: MemberState, inc: int) -> None:
-        gone = attrs.evolve(member, incarnation=inc, state=state, state_since=now)
-        self._members[member.id] = gone
-        self._suspect_until.pop(member.id, None)
-        self._unconfirmed.discard(member.id)
-        self._emit("dead" if state is MemberState.DEAD else "left", gone)
-        self._enqueue(gone)
-
     def _stalled(self, gap: float) -> None:
         """We did not run for ``gap`` seconds: judge nobody by what we could not observe."""
         self._probe = None
@@ -568,21 +462,6 @@ class Swim:
         me = self.me
         if me.state is MemberState.ALIVE:
             self._set_self(attrs.evolve(me, incarnation=next_incarnation(me.incarnation)))
-
-    # --- helpers ----------------------------------------------------------------------------------
-
-    def _set_self(self, me: Member) -> None:
-        self._members[self._self_id] = me
-
-    def _emit(self, kind: EventKind, member: Member) -> None:
-        self._events.append(MemberEvent(kind, member))
-
-    def _enqueue(self, member: Member) -> None:
-        # One pending update per member (the newest), so the queue is bounded by the table. Our
-        # own record is not queued: it leads every message we send.
-        if member.id == self._self_id:
-            return
-        self._gossip.enqueue(member)
 
     def _next_seq(self) -> int:
         self._seq += 1

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import itertools
 import logging
 import threading
@@ -94,7 +95,8 @@ from . import (  # the records and checks both stores share
     conflict,
 )
 from .lmdb_env import CLOSED, Closed, Env, Op, RWLock
-from .lmdb_layout import HEAD, current_version, dbi_name, decode_record, encode_value, expiry_of
+from .lmdb_layout import HEAD, current_version, dbi_name, decode_record, encode_value
+from .lmdb_scan import delete_expired, expired_keys, scan
 
 __all__ = ["CACHE_RECORDS", "READ_YIELD_EVERY", "SWEEP_BATCH", "SWEEP_SCAN", "LmdbStore"]
 
@@ -306,63 +308,6 @@ class LmdbStore(_Checks):
         if dbi is not None and name not in env.dbis:
             env.dbis[name] = dbi  # committed: the handle lives on
 
-    def _scan(
-        self,
-        txn: Any,
-        prefix: bytes,
-        suffix: bytes,
-        now: float,
-        limit: int | None,
-        offset: int,
-        records: bool,
-        dbi: Any,
-    ) -> tuple[
-        builtins.list[tuple[bytes, Record | None]], builtins.list[tuple[str, bytes, bytes, Record, int]]
-    ]:
-        """The live matches in key order, as (key, record) (the record only if ``records``), and
-        the records decoded afresh (for the trio thread to cache: only it changes the cache).
-
-        Records cached by earlier reads are reused while their stored bytes are unchanged, as
-        point reads do: decoding was most of a scan's cost.
-        """
-        out: builtins.list[tuple[bytes, Record | None]] = []
-        fresh: builtins.list[tuple[str, bytes, bytes, Record, int]] = []
-        cache = self._cache if dbi is self._dbi else {}  # the cache holds the store's own table
-        version: int = txn.id()
-        skip = offset
-        cursor = txn.cursor(db=dbi)
-        if not cursor.set_range(prefix):
-            return out, fresh
-        for raw, data in cursor:
-            if not raw.startswith(prefix):
-                break
-            if suffix and not raw.endswith(suffix):
-                continue
-            try:
-                key = raw.decode()
-            except UnicodeDecodeError:
-                key = ""  # not one of ours: decoding it below reports it
-            hit = cache.get(key)  # only the trio thread changes the cache; a lookup is atomic
-            record: Record | None
-            if hit is not None and hit[1] == data:
-                record = hit[2]
-                expiry = record.expiry
-            elif records:
-                record = decode_record(raw, data)
-                expiry = record.expiry
-                fresh.append((key, raw, data, record, version))
-            else:
-                record, expiry = None, expiry_of(data)
-            if expiry is not None and expiry <= now:
-                continue
-            if skip:
-                skip -= 1
-                continue
-            if limit is not None and len(out) >= limit:
-                break
-            out.append((raw, record))
-        return out, fresh
-
     def _remember(self, key: str, raw: bytes, data: bytes, record: Record, version: int) -> None:
         """Cache a decoded record of at most CACHE_RECORD_BYTES stored bytes (the oldest goes)."""
         if len(data) <= CACHE_RECORD_BYTES and self._owner in (0, _ident()):
@@ -482,8 +427,9 @@ class LmdbStore(_Checks):
         dbi = self._dbi if ns is None else await self._reading(ns)  # no coroutine for the own table
         if dbi is None:
             return []
+        cache = self._cache if dbi is self._dbi else {}  # the cache holds the store's own table
         found, fresh = await trio.to_thread.run_sync(
-            self._read_txn, lambda txn: self._scan(txn, pre, suf, now, limit, offset, True, dbi), dbi
+            self._read_txn, lambda txn: scan(txn, dbi, cache, pre, suf, now, limit, offset, True), dbi
         )
         for fresh_key, fresh_raw, fresh_data, fresh_record, fresh_version in (
             fresh if dbi is self._dbi else ()
@@ -541,8 +487,9 @@ class LmdbStore(_Checks):
         if dbi is None:
             await trio.lowlevel.checkpoint()
             return []
+        cache = self._cache if dbi is self._dbi else {}  # the cache holds the store's own table
         found, _ = await trio.to_thread.run_sync(
-            self._read_txn, lambda txn: self._scan(txn, pre, suf, now, limit, offset, False, dbi), dbi
+            self._read_txn, lambda txn: scan(txn, dbi, cache, pre, suf, now, limit, offset, False), dbi
         )
         return [raw.decode() for raw, _ in found]
 
@@ -557,32 +504,14 @@ class LmdbStore(_Checks):
         dbi, total, start = self._dbi, 0, b""
         while True:
             now = self.now()
-
-            def scan(txn: Any, start: bytes = start, now: float = now) -> tuple[list[bytes], bytes | None]:
-                cursor = txn.cursor(db=dbi)
-                dead: list[bytes] = []
-                if not cursor.set_range(start):
-                    return dead, None
-                for seen, (raw, data) in enumerate(cursor):
-                    if seen >= SWEEP_SCAN or len(dead) >= SWEEP_BATCH:
-                        return dead, bytes(raw)
-                    if _expired(expiry_of(data), now):
-                        dead.append(bytes(raw))
-                return dead, None
-
-            dead, resume = await trio.to_thread.run_sync(self._read_txn, scan)
+            dead, resume = await trio.to_thread.run_sync(
+                self._read_txn,
+                functools.partial(
+                    expired_keys, dbi=dbi, start=start, now=now, scan=SWEEP_SCAN, batch=SWEEP_BATCH
+                ),
+            )
             if dead:
-
-                def delete(txn: Any, dead: list[bytes] = dead, now: float = now) -> int:
-                    gone = 0
-                    for raw in dead:
-                        data = txn.get(raw, db=dbi)
-                        if data is not None and _expired(expiry_of(data), now):
-                            txn.delete(raw, db=dbi)
-                            gone += 1
-                    return gone
-
-                total += await self._submit(delete)
+                total += await self._submit(functools.partial(delete_expired, dbi=dbi, dead=dead, now=now))
             if resume is None:
                 return total
             start = resume

@@ -15,8 +15,8 @@ All signatures are PyNaCl's Ed25519 (``nacl.signing``); nothing here is home-mad
 Certificates are small, strictly checked msgpack maps, decoded with tight limits so hostile bytes
 cannot make us allocate much.
 
-Private keys live in files the way ssh keeps them: created ``0o600`` inside ``0o700``
-directories, written atomically, and refused on load if group or others may access them.
+Private keys live in files the way ssh keeps them (:mod:`.keyfiles`): created ``0o600`` inside
+``0o700`` directories, written atomically, and refused on load if group or others may access them.
 :func:`dev_identity` builds all of it with zero setup under ``~/.trimicro`` (or
 ``$TRIMICRO_HOME``): every node created from the same home trusts every other one.
 
@@ -30,11 +30,8 @@ a second cluster, not a bigger one).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import secrets
-import stat
 import time
 from collections.abc import Collection, Iterable
 from pathlib import Path
@@ -45,7 +42,9 @@ import msgpack  # type: ignore[import-untyped, unused-ignore]
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
-from trimicro.mailbox.errors import InternalServerError, Unauthorized
+from trimicro.mailbox.errors import Unauthorized
+
+from .keyfiles import IdentityError, load_key, load_or_create_key, write_private
 
 __all__ = [
     "AUTHORITY_FILE",
@@ -91,15 +90,10 @@ AUTHORITY_FILE = "authority.key"
 TRUSTED_FILE = "authorities.pub"
 """In a joined home: the public keys of the authorities its nodes trust, one hex key a line."""
 _MAX_TRUSTED = 64
-_POSIX = os.name == "posix"
 
 
 class CertificateError(Unauthorized):
     """A certificate was refused: malformed, foreign, forged, expired, revoked or for another key."""
-
-
-class IdentityError(InternalServerError):
-    """A key or certificate file could not be used: unsafe permissions, wrong size, unreadable."""
 
 
 @attrs.frozen
@@ -262,7 +256,7 @@ class Authority:
     @classmethod
     def load_or_create(cls, path: Path) -> Authority:
         """Load the authority key stored at ``path``, creating it (``0o600``) on first use."""
-        return cls(_load_or_create_key(Path(path)))
+        return cls(load_or_create_key(Path(path)))
 
     @property
     def public_key(self) -> bytes:
@@ -386,14 +380,14 @@ class NodeIdentity:
         """
         directory = Path(directory)
         roles = tuple(roles)
-        key = _load_or_create_key(directory / _KEY_FILE)
+        key = load_or_create_key(directory / _KEY_FILE)
         at = time.time() if now is None else now
         cert_path = directory / _CERT_FILE
         stored = _read_cert(cert_path)
         if stored is not None and _reusable(stored, key, node_id, name, roles, authority, at):
             return cls(key, stored, [authority.public_key])
         cert = authority.issue(node_id, bytes(key.verify_key), name=name, roles=roles, ttl=ttl, now=at)
-        _write_file(cert_path, cert, overwrite=True)
+        write_private(cert_path, cert, overwrite=True)
         return cls(key, cert, [authority.public_key])
 
     def __repr__(self) -> str:
@@ -472,7 +466,7 @@ def installed_identity(node_id: str, home: Path) -> NodeIdentity:
     """
     check_node_id(node_id)
     directory = home / "nodes" / node_id
-    key = _load_key(directory / _KEY_FILE)
+    key = load_key(directory / _KEY_FILE)
     cert = _read_cert(directory / _CERT_FILE)
     if key is None or cert is None:
         raise IdentityError(
@@ -502,116 +496,6 @@ def dev_identity(node_id: str, home: Path | None = None) -> NodeIdentity:
         return installed_identity(node_id, home)
     authority = Authority.load_or_create(home / AUTHORITY_FILE)
     return NodeIdentity.load_or_create(home / "nodes" / node_id, node_id, authority)
-
-
-# -- files -----------------------------------------------------------------------------------------
-
-
-def _ensure_private_dir(directory: Path) -> None:
-    """Create ``directory`` and any missing parents with mode ``0o700``; leave existing ones."""
-    missing: list[Path] = []
-    d = directory
-    while not d.exists():
-        missing.append(d)
-        if d.parent == d:
-            break
-        d = d.parent
-    for d in reversed(missing):
-        try:
-            d.mkdir(mode=0o700)
-        except FileExistsError:
-            continue  # created concurrently: not ours to chmod
-        except OSError as exc:
-            raise IdentityError(f"cannot create directory {d}: {exc.strerror or exc}") from exc
-        if _POSIX:
-            os.chmod(d, 0o700)  # mkdir's mode is filtered through the umask
-
-
-def write_private(path: Path, data: bytes, *, overwrite: bool) -> bool:
-    """Write ``data`` to ``path`` as a key is written (see :func:`_write_file`): ``0o600``,
-    atomically, parents created ``0o700``; ``False`` if it exists and ``overwrite`` is off."""
-    return _write_file(path, data, overwrite=overwrite)
-
-
-def _write_file(path: Path, data: bytes, *, overwrite: bool) -> bool:
-    """Write ``data`` to ``path`` atomically, mode ``0o600``, via a temp file in the same directory.
-
-    With ``overwrite=False`` an existing file wins (returns False): two processes creating the
-    same key at once both end up using the first one written.
-    """
-    _ensure_private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            if _POSIX:
-                os.fchmod(fd, 0o600)  # in case the umask took owner bits away
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # atomic and never replaces an existing file
-            except FileExistsError:
-                return False
-            except OSError:  # a file system without hard links
-                if path.exists():
-                    return False
-                os.replace(tmp, path)
-        return True
-    except OSError as exc:
-        raise IdentityError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-
-
-def _load_key(path: Path) -> SigningKey | None:
-    """The key stored at ``path``, or None if there is no such file."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise IdentityError(f"cannot open key file {path}: {exc.strerror or exc}") from exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise IdentityError(f"key file {path} is not a regular file")
-        if _POSIX:
-            if st.st_mode & 0o077:
-                raise IdentityError(
-                    f"key file {path} is accessible by group or others "
-                    f"(mode {stat.S_IMODE(st.st_mode):o}); run chmod 600 on it"
-                )
-            if st.st_uid != os.getuid():
-                raise IdentityError(f"key file {path} is owned by another user")
-        seed = os.read(fd, _KEY_LEN + 1)
-    except OSError as exc:
-        raise IdentityError(f"cannot read key file {path}: {exc.strerror or exc}") from exc
-    finally:
-        os.close(fd)
-    if len(seed) != _KEY_LEN:
-        raise IdentityError(f"key file {path} must hold exactly {_KEY_LEN} bytes")
-    return SigningKey(seed)
-
-
-def _load_or_create_key(path: Path) -> SigningKey:
-    key = _load_key(path)
-    if key is not None:
-        return key
-    new = SigningKey.generate()
-    if _write_file(path, bytes(new), overwrite=False):
-        return new
-    key = _load_key(path)  # another process created it first
-    if key is None:
-        raise IdentityError(f"key file {path} vanished while being created")
-    return key
 
 
 def _read_cert(path: Path) -> bytes | None:
