@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen", help="address to accept nodes on (default port 0 of --interface, else 127.0.0.1)"
     )
+    serve.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="count requests, errors and latency per endpoint, and serve them for Prometheus at "
+        "http://HOST:PORT/metrics (a bare port: on 127.0.0.1)",
+    )
     plugin_options(serve, nested=True)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:

@@ -86,6 +86,7 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
             home=home_dir(args),
             audience=token_audience(args),
             config_file=config_file(args),
+            metrics=getattr(args, "metrics", None) or False,
         ) as cluster:
             for entry in entries:
                 cls, options = (entry, {}) if isinstance(entry, type) else entry
@@ -100,6 +101,8 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
                 await cluster.serve(StoreService, cluster.store, hidden=hidden, name="store")
                 await _serve_auth(cluster, auth_store, args)
             names = ", ".join(sorted(cluster.services_digest().split(",")))
+            if cluster.metrics is not None and cluster.metrics.address:
+                print(f"metrics at http://{cluster.metrics.address}/metrics", file=out, flush=True)
             print(f"node {cluster.id} at {cluster.address} serving {names}", file=out, flush=True)
             async for sig in signals:
                 print(f"{signal.Signals(sig).name}: deregistering and stopping", file=out, flush=True)
