@@ -10,7 +10,7 @@ The package: :func:`main` (argument parsing and the exit statuses) here, one mod
 group: :mod:`.serve` (``run``), :mod:`.listing` (``services``, ``describe``, ``nodes``),
 :mod:`.calls` (``call``, ``stream``), :mod:`.topics` (``publish``, ``subscribe``), :mod:`.records`
 (``store``), :mod:`.accounts` (``auth``), :mod:`.installed` (``plugins``), :mod:`.trust`
-(``authority``, ``cert``); what they share in
+(``authority``, ``cert``), :mod:`.top` (``top``); what they share in
 :mod:`.common`, :mod:`.discovery` and :mod:`.options`.
 """
 
@@ -37,6 +37,7 @@ from .listing import describe, nodes, services
 from .options import client_options, plugin_options
 from .records import store
 from .serve import load_target, run, services_of
+from .top import add_top_parser, top
 from .topics import publish, subscribe
 from .trust import add_trust_parsers, authority, cert
 
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("request", nargs="?", help="JSON request sent with the open")
     s.add_argument("--no-input", action="store_true", help="send nothing, only read")
     client("nodes", "show the membership view")
+    add_top_parser(client("top", "a live view of the nodes: endpoints by rate and latency, mailboxes, links"))
     pub = client("publish", "publish a JSON message on a topic")
     pub.add_argument("topic")
     pub.add_argument("body", help="JSON message")
@@ -144,6 +146,7 @@ COMMANDS = {
     "authority": authority,
     "cert": cert,
     "api": api,
+    "top": top,
 }
 
 
