@@ -87,11 +87,6 @@ class Node:
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
         #: What this node counts about itself (see :mod:`trimicro.actors.metrics`).
         self.metrics = NodeMetrics(EndpointRecorder() if metrics else None)
-        #: Around its actors' handlers: the endpoint recorder (outermost, server side only)
-        #: when metrics are on, then the node's middleware.
-        self._server_middleware: tuple[Middleware, ...] = (
-            (self.metrics.endpoints, *self.middleware) if self.metrics.endpoints else self.middleware
-        )
         #: The client side of it, composed once; ``None`` without middleware (the calls' fast
         #: paths check only this).
         self.client_chain: Next | None = compose(self.middleware) if self.middleware else None
@@ -266,14 +261,19 @@ class Node:
 
     def handlers_for(self, cls: type[Actor]) -> HandlerTable:
         """The handler table this node's actors of ``cls`` use: the class's own, or, when the
-        node or the class has middleware, a copy wrapped in it (node's outermost), built once
-        per class and node."""
+        node or the class has middleware, a copy wrapped in it (node's outermost), and in the
+        endpoint recorder when metrics are on, built once per class and node."""
         table = handler_table(cls)
-        if not self._server_middleware and not cls.middleware:
+        recorder = self.metrics.endpoints
+        if not self.middleware and not cls.middleware and recorder is None:
             return table
         wrapped = self._wrapped.get(cls)
         if wrapped is None:
-            wrapped = wrap_handlers(table, (*self._server_middleware, *cls.middleware))
+            wrapped = table
+            if self.middleware or cls.middleware:
+                wrapped = wrap_handlers(table, (*self.middleware, *cls.middleware))
+            if recorder is not None:  # outermost: what middleware raises counts too
+                wrapped = recorder.wrap(wrapped)
             if len(self._wrapped) < SHARED_SPECS:
                 self._wrapped[cls] = wrapped
         return wrapped

@@ -15,9 +15,10 @@ import trio
 from procs import python_process
 from prometheus_client.parser import text_string_to_metric_families
 
-from trimicro.actors import Actor, BadRequest, NotFound, ask, start_node, tell
+from trimicro.actors import Actor, BadRequest, Call, Forbidden, Next, NotFound, ask, start_node, tell
 from trimicro.actors.actor import handler_table
 from trimicro.actors.metrics import MAX_LABELS, EndpointRecorder, bump, node_snapshot
+from trimicro.actors.middleware import Side
 from trimicro.cluster import start_cluster
 from trimicro.cluster.metrics import CATALOG, cluster_snapshot
 from trimicro.cluster.metrics.http import parse_address, serve_metrics
@@ -99,8 +100,26 @@ async def test_an_untyped_exception_counts_as_500_and_a_failure_and_a_restart() 
         with trio.fail_after(10):
             await restarted.wait()
         snap = node_snapshot(node)
-    assert snap["endpoints"][0]["errors"] == {"500": 1}
+    buy = next(e for e in snap["endpoints"] if e["endpoint"] == "Shop.buy")
+    assert (buy["requests"], buy["errors"]) == (1, {"500": 1})
     assert (snap["failures"], snap["restarts"]) == (1, 1)
+
+
+async def test_what_the_nodes_middleware_raises_counts_for_the_endpoint() -> None:
+    """The recorder is outside the node's middleware: a refusal there is the endpoint's error."""
+
+    async def deny(call: Call, call_next: Next) -> Any:
+        if call.side is Side.SERVER:
+            raise Forbidden("not here")
+        return await call_next(call)
+
+    async with start_node(metrics=True, middleware=[deny]) as node:
+        ref = await node.spawn(Shop, name="shop")
+        with pytest.raises(Forbidden):
+            await ask(ref, 1)
+        snap = node_snapshot(node)
+    count = next(e for e in snap["endpoints"] if e["endpoint"] == "Shop.count")
+    assert (count["requests"], count["errors"]) == (1, {"403": 1})
 
 
 async def test_backlog_high_water_mark_is_what_waited_behind_a_served_message() -> None:
@@ -169,8 +188,7 @@ async def test_endpoints_are_bounded() -> None:
     recorder = EndpointRecorder(max_endpoints=2)
     classes = [type(f"A{i}", (Actor,), {"ping": _ping}) for i in range(4)]
     async with start_node(metrics=True) as node:
-        node.metrics.endpoints = recorder
-        node._server_middleware = (recorder,)
+        node.metrics.endpoints = recorder  # read when a class is first spawned
         for cls in classes:
             ref = await node.spawn(cls)
             await ask(ref, {}, endpoint="ping")

@@ -11,10 +11,9 @@ node that nobody watches pays nothing measurable:
 * **On when asked** (``start_node(metrics=True)``, which ``start_cluster(metrics=...)`` and
   ``trimicro run --metrics`` set): per endpoint, the requests served, the errors by Go Micro
   code and a latency histogram, and the deepest backlog seen behind a served message. This is
-  :class:`EndpointRecorder`, a server middleware (:mod:`trimicro.actors.middleware`) that the
-  node puts around its actors' handlers only then; it passes through (a handler without
-  ``await`` still runs inline) and never runs on the caller's side, so a node's own calls do not
-  take the middleware path for it.
+  :class:`EndpointRecorder`, which the node wraps around each actor class's handler table
+  only then (outside the node's and the class's middleware); a handler without ``await``
+  still runs inline, and the calls a node makes are not touched.
 
 Nothing here formats or exports anything: :func:`node_snapshot` copies the numbers into plain
 data (dicts, lists, ints; safe to send over the wire, or to read from another thread, as an

@@ -1,21 +1,25 @@
 """Per-endpoint request counts, errors by code and latency, recorded around each handler.
 
-:class:`EndpointRecorder` is a server middleware: a node that has metrics on puts it outermost
-around its actors' handlers (never around the calls it makes). Every way a message reaches a
-handler goes through it: a worker draining the mailbox, a direct ask, a request from another
-node, a stream handler's task, a pub/sub delivery. What it keeps per endpoint is an
-:class:`EndpointStats` of plain integers, found by the actor's class and the handler function
-(two identity lookups, no string built per call; a subclass's inherited handler is its own
-endpoint, ``Sub.method``, as the registry names it).
+A node that has metrics on has its :class:`EndpointRecorder` wrap each actor class's handler
+table once (:meth:`EndpointRecorder.wrap`, from ``Node.handlers_for``), outside the node's and
+the class's middleware: every way a message reaches a handler looks it up in that table (a
+worker draining the mailbox, a direct ask, a request from another node, a stream handler's
+task, a pub/sub delivery), and the calls a node makes are never touched. Each wrapper holds its
+endpoint's :class:`EndpointStats` of plain integers, so nothing is looked up per call.
 
-What it costs per served message, with metrics on: one dictionary lookup, a few integer
-additions, two ``perf_counter`` readings and one ``bisect`` into the bucket bounds (figures in
-docs/performance.md). A message that no handler takes, or an unknown endpoint, is refused before
-any handler runs and so is not counted here (the caller's 404 and the node's dead letters are).
+Why a wrapper of its own and not a middleware: a middleware gets a :class:`~trimicro.actors.middleware.Call`
+built per message (its fields, a copy of the headers, the kind of the message) before it runs;
+the recorder needs none of that, and as a middleware it cost several times what it does as
+a wrapper (docs/performance.md, "Metrics", has the A/B figures). What it costs per served
+message: one coroutine frame, a few integer additions, two ``perf_counter`` readings and one
+``bisect`` into the bucket bounds. A message that no handler takes, or an unknown endpoint, is
+refused before any handler runs and so is not counted here (the caller's 404 and the node's
+dead letters are).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Sequence
@@ -62,21 +66,8 @@ class EndpointStats:
         self.attributes = {"service": service, "endpoint": endpoint}
 
 
-def _endpoint_name(cls: type, service: str, handler: Any) -> str:
-    """``Service.method`` as the class's handler table names ``handler`` (the attribute's
-    name, which a handler's ``__name__`` need not be); its ``__name__`` if the table has none."""
-    table = getattr(cls, "_trimicro_handlers", None)
-    for name, entry in getattr(table, "by_endpoint", {}).items():
-        if entry[0] is handler and name.startswith(f"{service}."):
-            return str(name)
-    for name, fn in getattr(table, "by_stream", {}).items():
-        if fn is handler and name.startswith(f"{service}."):
-            return str(name)
-    return f"{service}.{getattr(handler, '__name__', 'receive')}"
-
-
 class EndpointRecorder:
-    """The server middleware that fills :class:`EndpointStats` (see the module docstring).
+    """Counts and times every handler of the tables it wraps (see the module docstring).
 
     ``observe``, when set, is also called with each call's stats and duration in seconds: the
     cluster layer sets it to record into an OpenTelemetry histogram when the user gave a
@@ -95,64 +86,69 @@ class EndpointRecorder:
         self.bounds = tuple(float(b) for b in bounds)
         self.max_endpoints = max_endpoints
         self.clock = clock
-        #: Actor class -> handler function -> its stats (no name built per call).
-        self.by_class: dict[type, dict[Any, EndpointStats]] = {}
-        self._entries = 0
-        #: (service, endpoint) -> stats, each entry once, in order of first call.
+        #: (service, endpoint) -> stats, in the order the endpoints were first wrapped.
         self.by_name: dict[tuple[str, str], EndpointStats] = {}
         self.observe: Callable[[EndpointStats, float], None] | None = None
 
-    #: It awaits nothing but the rest of the chain: inline handlers stay inline (this is what
-    #: ``middleware.passes_through`` sets; written out, because the node's ports import this
-    #: package, which therefore imports nothing that leads back to a cell or a context).
-    __trimicro_passes_through__ = True
-
     def stats(self) -> list[EndpointStats]:
-        """Every endpoint served so far (a copy of the list; the stats are live)."""
+        """Every endpoint of the tables wrapped so far (a copy of the list; the stats are live)."""
         return list(self.by_name.values())
 
-    def _stats_for(self, call: Any) -> EndpointStats:
-        cls = type(call.actor)
-        service = getattr(cls, "service_name", None) or cls.__name__
-        key = (service, _endpoint_name(cls, service, call.handler))
+    def _stats(self, service: str, endpoint: str) -> EndpointStats:
+        key = (service, endpoint)
         if len(self.by_name) >= self.max_endpoints and key not in self.by_name:
             key = ("other", "other")
         stats = self.by_name.get(key)
         if stats is None:
             stats = self.by_name[key] = EndpointStats(key[0], key[1], len(self.bounds) + 1)
-        if self._entries < self.max_endpoints:
-            self.by_class.setdefault(cls, {})[call.handler] = stats
-            self._entries += 1
         return stats
 
-    async def __call__(self, call: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
-        """Serve ``call`` (a :class:`~trimicro.actors.middleware.Call`) and count it."""
-        handlers = self.by_class.get(call.actor.__class__)
-        stats = None if handlers is None else handlers.get(call.handler)
-        if stats is None:
-            stats = self._stats_for(call)
-        stats.requests += 1
-        cell = getattr(call.actor, "_trimicro_cell", None)
-        if cell is not None:
-            waiting = len(cell.mailbox)
+    def wrap(self, table: Any) -> Any:
+        """A copy of ``table`` (a :class:`~trimicro.actors.actor.HandlerTable`) whose handlers
+        count and time themselves, each under its endpoint's name as the registry shows it
+        (``Service.method``: the table's name for it, which the function's own need not be).
+        Inline handlers stay inline: the wrapper awaits nothing but the handler."""
+        service = str(table.service)
+        names: dict[Any, str] = {}
+        prefix = f"{service}."
+        for name, (fn, _convert) in table.by_endpoint.items():
+            if name.startswith(prefix):
+                names.setdefault(fn, name)
+        for name, fn in table.by_stream.items():
+            if name.startswith(prefix):
+                names.setdefault(fn, name)
+
+        def wrap(fn: Any, stream: bool) -> Any:
+            name = names.get(fn) or f"{service}.{getattr(fn, '__name__', 'receive')}"
+            return self._timed(fn, self._stats(service, name))
+
+        return table.wrapped(wrap, True)
+
+    def _timed(self, fn: Callable[[Any, Any], Awaitable[Any]], stats: EndpointStats) -> Any:
+        bounds, clock, buckets = self.bounds, self.clock, stats.buckets
+
+        @functools.wraps(fn)
+        async def handler(instance: Any, message: Any) -> Any:
+            stats.requests += 1
+            waiting = len(instance._trimicro_cell.mailbox)
             if waiting > stats.backlog_max:
                 stats.backlog_max = waiting
-        clock = self.clock
-        started = clock()
-        try:
-            return await call_next(call)
-        except MicroError as exc:
-            errors = stats.errors
-            errors[exc.code] = errors.get(exc.code, 0) + 1
-            raise
-        except Exception:
-            errors = stats.errors
-            errors[UNTYPED] = errors.get(UNTYPED, 0) + 1
-            raise
-        finally:
-            elapsed = clock() - started
-            stats.buckets[bisect_left(self.bounds, elapsed)] += 1
-            stats.sum += elapsed
-            observe = self.observe
-            if observe is not None:
-                observe(stats, elapsed)
+            started = clock()
+            try:
+                return await fn(instance, message)
+            except MicroError as exc:
+                errors = stats.errors
+                errors[exc.code] = errors.get(exc.code, 0) + 1
+                raise
+            except Exception:
+                errors = stats.errors
+                errors[UNTYPED] = errors.get(UNTYPED, 0) + 1
+                raise
+            finally:
+                elapsed = clock() - started
+                buckets[bisect_left(bounds, elapsed)] += 1
+                stats.sum += elapsed
+                if self.observe is not None:
+                    self.observe(stats, elapsed)
+
+        return handler
