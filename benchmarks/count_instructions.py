@@ -16,7 +16,9 @@ Scenarios (each in a fresh interpreter of the checkout under test):
 * ``remote-ask1`` / ``remote-ask16``: asks between two nodes in one process over TCP on
   127.0.0.1 (Noise, envelope, codec, dispatch on both sides: client + server CPU), one caller or
   16 in flight; busy polling off (a spin would count instructions by wall time);
-* ``...-mw``: the same with one no-op middleware per node (it runs on both sides).
+* ``...-mw``: the same with one no-op middleware per node (it runs on both sides);
+* ``...-metrics``: the same with per-endpoint metrics on (``start_node(metrics=True)``, every
+  node; a checkout without them fails these).
 
 Run:  python benchmarks/count_instructions.py [--python A/.venv/bin/python --python B/...]
           [--scenarios local-tell,local-ask,remote-ask16] [--small 2000 --large 6000]
@@ -56,8 +58,8 @@ try:  # marks a middleware that only awaits call_next (keeps inline handlers inl
 except ImportError:
     pass
 
-async def local(kind, n):
-    async with start_node("count") as node:
+async def local(kind, n, metrics):
+    async with start_node("count", **({"metrics": True} if metrics else {})) as node:
         ref = await node.spawn(Counter)
         if kind == "tell":
             for _ in range(n):
@@ -67,7 +69,7 @@ async def local(kind, n):
             for _ in range(n):
                 await ask(ref, 1)
 
-async def remote(n, inflight, mw):
+async def remote(n, inflight, mw, metrics):
     try:
         from trimicro.mailbox.secure.identity import Authority, NodeIdentity
         from trimicro.mailbox.transport.tcp import TcpTransport
@@ -78,6 +80,8 @@ async def remote(n, inflight, mw):
     kw = {"busy_poll": 0}
     if mw:
         kw["middleware"] = [noop]
+    if metrics:
+        kw["metrics"] = True
     async with start_node("a", listen="127.0.0.1:0", transport=tr,
                           identity=NodeIdentity.issue("a", auth), **kw) as a, \
                start_node("b", listen="127.0.0.1:0", transport=tr,
@@ -93,14 +97,25 @@ async def remote(n, inflight, mw):
                 nursery.start_soon(worker, n // inflight)
 
 scenario, n = sys.argv[1], int(sys.argv[2])
+scenario, metrics = scenario.removesuffix("-metrics"), scenario.endswith("-metrics")
 if scenario in ("local-tell", "local-ask"):
-    trio.run(local, scenario.split("-")[1], n)
+    trio.run(local, scenario.split("-")[1], n, metrics)
 else:
     base, _, mw = scenario.partition("-mw")
-    trio.run(remote, n, 16 if base == "remote-ask16" else 1, scenario.endswith("-mw"))
+    trio.run(remote, n, 16 if base == "remote-ask16" else 1, scenario.endswith("-mw"), metrics)
 """
 
-SCENARIOS = ("local-tell", "local-ask", "remote-ask1", "remote-ask16", "remote-ask16-mw")
+SCENARIOS = (
+    "local-tell",
+    "local-ask",
+    "remote-ask1",
+    "remote-ask16",
+    "remote-ask16-mw",
+    "local-tell-metrics",
+    "local-ask-metrics",
+    "remote-ask1-metrics",
+    "remote-ask16-metrics",
+)
 
 
 def count(python: str, scenario: str, n: int) -> int:
