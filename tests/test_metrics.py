@@ -132,7 +132,7 @@ async def test_backlog_high_water_mark_is_what_waited_behind_a_served_message() 
     count = next(e for e in snap["endpoints"] if e["endpoint"] == "Shop.count")
     assert count["backlog_max"] == 50
     service = next(s for s in snap["mailboxes"]["services"] if s["service"] == "Shop")
-    assert (service["max"], service["queued"], service["actors"]) == (50, 0, 1)
+    assert (service["max"], service["queued"], service["deepest"]) == (50, 0, 0)
 
 
 async def test_a_stuck_mailbox_is_seen_at_the_snapshot() -> None:
@@ -153,6 +153,7 @@ async def test_a_stuck_mailbox_is_seen_at_the_snapshot() -> None:
     assert snap["mailboxes"]["queued"] == 4  # one is being handled
     assert snap["mailboxes"]["deepest"] == [{"actor": "/user/slow", "depth": 4, "service": "Slow"}]
     assert snap["mailboxes"]["max"]["Slow"] == 4
+    assert snap["mailboxes"]["services"] == [{"service": "Slow", "queued": 4, "deepest": 4, "max": 4}]
     assert not snap["endpoints_enabled"] and snap["endpoints"] == []
 
 

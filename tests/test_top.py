@@ -51,7 +51,7 @@ def snapshot(t: float, requests: int, buckets: list[int], total: float, **extra:
         "actors": 2,
         "mailboxes": {
             "queued": 4,
-            "services": [{"service": "Shop", "actors": 1, "queued": 4, "deepest": 4, "max": 9}],
+            "services": [{"service": "Shop", "queued": 4, "deepest": 4, "max": 9}],
             "deepest": [{"actor": "/user/shop", "depth": 4, "service": "Shop"}],
             "max": {"Shop": 9},
         },

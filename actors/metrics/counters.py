@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from trimicro.mailbox.mailboxes import Unbuilt
+
 from .endpoints import EndpointRecorder
 
 __all__ = ["MAX_LABELS", "NodeMetrics", "bump", "node_snapshot"]
@@ -80,39 +82,48 @@ def _service_of(cell: Any) -> str:
 
 
 def _mailboxes(metrics: NodeMetrics, cells: list[Any]) -> dict[str, Any]:
-    """Queued messages per service now, the deepest mailboxes by path, the high-water marks."""
-    services: dict[str, dict[str, int]] = {}
+    """Queued messages per service now, the deepest mailboxes by path, the high-water marks.
+
+    Every actor is looked at, so the loop skips an empty mailbox first thing: most actors of
+    a big node are idle, and an idle actor that never had mail has no queue yet (``Unbuilt``,
+    whose length is a Python call). 100,000 idle actors: 32 ms per snapshot (234 ms when each
+    was asked its length and service), on the shared 2-core machine at a load average of 8.
+    """
+    services: dict[str, list[int]] = {}  # service -> [queued now, deepest now]
     deepest: list[tuple[int, str, str]] = []
     queued = 0
     for cell in cells:
-        if cell.parent is None:  # the root guardian: not an actor of the user's
+        mailbox = cell.mailbox
+        if type(mailbox) is Unbuilt or not mailbox:
             continue
-        depth = len(cell.mailbox)
+        depth = len(mailbox)
         service = _service_of(cell)
         entry = services.get(service)
         if entry is None:
-            entry = services[service] = {"actors": 0, "queued": 0, "deepest": 0}
-        entry["actors"] += 1
-        if not depth:
-            continue
+            entry = services[service] = [0, 0]
         queued += depth
-        entry["queued"] += depth
-        if depth > entry["deepest"]:
-            entry["deepest"] = depth
+        entry[0] += depth
+        if depth > entry[1]:
+            entry[1] = depth
         deepest.append((depth, cell.path, service))
     deepest.sort(key=lambda d: (-d[0], d[1]))
     high = metrics.mailbox_max
     recorder = metrics.endpoints
     if recorder is not None:
         for stats in recorder.stats():
-            if stats.backlog_max > high.get(stats.service, 0):
+            if stats.backlog_max >= high.get(stats.service, 0):
                 _set_max(high, stats.service, stats.backlog_max)
-    for service, entry in services.items():
-        if entry["deepest"] > high.get(service, 0):
-            _set_max(high, service, entry["deepest"])
+    for service, (_queued, deepest_now) in services.items():
+        if deepest_now > high.get(service, 0):
+            _set_max(high, service, deepest_now)
+    # Every service with a high-water mark (all served ones, with metrics on) and every one
+    # with mail now: the same series from one scrape to the next.
+    now = {s: services.get(s, [0, 0]) for s in sorted({*services, *high})}
     return {
         "queued": queued,
-        "services": [{"service": s, **e, "max": high.get(s, 0)} for s, e in sorted(services.items())],
+        "services": [
+            {"service": s, "queued": q, "deepest": d, "max": high.get(s, 0)} for s, (q, d) in now.items()
+        ],
         "deepest": [{"actor": p, "depth": d, "service": s} for d, p, s in deepest[:DEEPEST]],
         "max": dict(high),
     }

@@ -265,7 +265,7 @@ def _endpoints_table(model: TopModel) -> Table:
 def _mailboxes_table(model: TopModel) -> Table:
     """Services whose mailboxes hold messages now or did (high-water mark), fullest first."""
     table = Table(title="mailboxes (by service)", title_justify="left", expand=True)
-    for name in ("node", "service", "actors", "queued", "deepest now", "high-water"):
+    for name in ("node", "service", "queued", "deepest now", "high-water"):
         table.add_column(name, justify="left" if name in ("node", "service", "deepest now") else "right")
     rows = []
     for node_id, state in model.nodes.items():
@@ -277,10 +277,10 @@ def _mailboxes_table(model: TopModel) -> Table:
             queued, high = int(svc["queued"]), int(svc["max"])
             if queued or high:
                 name = str(svc["service"])
-                rows.append((queued, high, node_id, name, int(svc["actors"]), deepest.get(name, "")))
+                rows.append((queued, high, node_id, name, deepest.get(name, "")))
     rows.sort(key=lambda r: (-r[0], -r[1], r[2], r[3]))
-    for queued, high, node_id, name, actors, deepest_now in rows[:MAILBOX_ROWS]:
-        table.add_row(node_id, name, str(actors), str(queued), deepest_now, str(high))
+    for queued, high, node_id, name, deepest_now in rows[:MAILBOX_ROWS]:
+        table.add_row(node_id, name, str(queued), deepest_now, str(high))
     return table
 
 
@@ -365,9 +365,13 @@ def _keys() -> Iterator[int | None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-async def _until_quit(fd: int | None, done: trio.CancelScope) -> None:
-    """Cancel ``done`` at ``q`` on the terminal or at SIGINT/SIGTERM (Ctrl-C)."""
+async def _until_quit(
+    fd: int | None, done: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Cancel ``done`` at ``q`` on the terminal or at SIGINT/SIGTERM (Ctrl-C); started once
+    the signals are taken over, so that a Ctrl-C from then on ends top cleanly."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async with trio.open_nursery() as nursery:
 
             async def on_signal() -> None:
@@ -398,26 +402,29 @@ async def run_top(
     return."""
     model = TopModel()
     console = Console(file=out)
+    live_view = console.is_terminal and not once
     if not console.is_terminal:
         console = Console(file=out, width=PRINT_WIDTH)
-    infos = await find()
-    model.update(await poll(node, infos, max(1.0, interval)))
-    if once or not console.is_terminal:
-        await trio.sleep(interval)
-        model.update(await poll(node, infos, max(1.0, interval)))
-        console.print(render(model, interval))
-        return 0
-    live = Live(render(model, interval), console=console, screen=True, auto_refresh=False)
-    with _keys() as fd, trio.CancelScope() as done, live:
+    keys = _keys() if live_view else contextlib.nullcontext(None)
+    with keys as fd, trio.CancelScope() as done:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_until_quit, fd, done)
-            rounds = 0
-            while True:
+            await nursery.start(_until_quit, fd, done)
+            infos = await find()
+            model.update(await poll(node, infos, max(1.0, interval)))
+            if not live_view:
                 await trio.sleep(interval)
-                rounds += 1
-                if rounds % REDISCOVER == 0:
-                    with contextlib.suppress(MicroError):
-                        infos = await find()
                 model.update(await poll(node, infos, max(1.0, interval)))
-                live.update(render(model, interval), refresh=True)
+                console.print(render(model, interval))
+                nursery.cancel_scope.cancel()
+                return 0
+            with Live(render(model, interval), console=console, screen=True, auto_refresh=False) as live:
+                rounds = 0
+                while True:
+                    await trio.sleep(interval)
+                    rounds += 1
+                    if rounds % REDISCOVER == 0:
+                        with contextlib.suppress(MicroError):
+                            infos = await find()
+                    model.update(await poll(node, infos, max(1.0, interval)))
+                    live.update(render(model, interval), refresh=True)
     return 0
