@@ -100,6 +100,15 @@ def test_rates_and_latency_are_those_of_the_last_round() -> None:
     assert "Shop.buy" in screen and "10.0" in screen and "/user/shop (4)" in screen and "2 alive" in screen
 
 
+def test_endpoints_never_called_and_tops_own_requests_are_left_out() -> None:
+    idle = snapshot(1.0, 0, [0, 0, 0, 0, 0], 0.0)
+    idle["endpoints"].append({**idle["endpoints"][0], "service": "Metrics", "endpoint": "Metrics.snapshot"})
+    idle["endpoints"][1]["requests"] = 7
+    model = TopModel()
+    model.update({"n1": idle})
+    assert model.endpoints() == []
+
+
 def test_a_node_that_fails_or_sends_garbage_is_an_error_row_not_a_crash() -> None:
     model = TopModel()
     bad = snapshot(1.0, 1, [1, 0, 0, 0, 0], 0.1)

@@ -150,7 +150,7 @@ class TopModel:
             elapsed = self._elapsed(state)
             before = {e["endpoint"]: e for e in (state.prev or {}).get("endpoints", [])}
             for e in state.snap["endpoints"]:
-                if e["service"] == OWN_SERVICE:  # top's own requests
+                if e["service"] == OWN_SERVICE or not int(e["requests"]):  # top's own; never called
                     continue
                 buckets = [int(n) for n in e["buckets"]]
                 old = before.get(e["endpoint"])
@@ -281,6 +281,8 @@ def _mailboxes_table(model: TopModel) -> Table:
     rows.sort(key=lambda r: (-r[0], -r[1], r[2], r[3]))
     for queued, high, node_id, name, deepest_now in rows[:MAILBOX_ROWS]:
         table.add_row(node_id, name, str(queued), deepest_now, str(high))
+    if not rows:
+        table.add_row("", Text("no message has waited in a mailbox", style="dim"))
     return table
 
 
