@@ -10,6 +10,8 @@ import trio
 
 from trimicro.actors.messages import DeadLetter
 
+from .metrics import bump
+
 __all__ = ["DeadLetters"]
 
 log = logging.getLogger("trimicro.deadletters")
@@ -24,11 +26,14 @@ class DeadLetters:
 
     def __init__(self) -> None:
         self.count = 0
+        #: The count by reason (its detail cut off: ``"unreachable: ..."`` is ``"unreachable"``).
+        self.reasons: dict[str, int] = {}
         self.dropped = 0
         self._subscribers: list[trio.MemorySendChannel[DeadLetter]] = []
 
     def publish(self, letter: DeadLetter) -> None:
         self.count += 1
+        bump(self.reasons, letter.reason)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("dead letter to %s (%s): %r", letter.recipient, letter.reason, letter.message)
         for ch in self._subscribers:
@@ -38,6 +43,11 @@ class DeadLetters:
                 self.dropped += 1
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # a subscriber leaving (its block is closing)
+
+    def add(self, n: int, reason: str) -> None:
+        """Count ``n`` letters nobody sees (see :meth:`observed`) without building them."""
+        self.count += n
+        bump(self.reasons, reason, n)
 
     def observed(self) -> bool:
         """Whether anyone sees the letters themselves (a subscriber, or debug logging): if not,

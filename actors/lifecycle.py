@@ -177,6 +177,7 @@ class CellLifecycle:
         if self.status >= STOPPING:
             return
         log.warning("actor %s failed: %r", self.path, error, exc_info=error)
+        self.node.metrics.failures += 1
         self.status = SUSPENDED
         parent = self.parent
         if parent is None:  # the root guardian itself: nothing above to ask
@@ -384,6 +385,7 @@ class CellLifecycle:
                     await self._restart(cell, error)
 
     async def _restart(self, cell: CellLifecycle, error: BaseException) -> None:
+        self.node.metrics.restarts += 1
         try:
             await cell.start_instance(error)
         except Exception as e:

@@ -5,10 +5,11 @@
 delivering straight into mailboxes, the auth guard hooked into every inbound request, the
 cluster's calls, pub/sub's middleware) needs more: cells and their offer results, the
 :data:`Mail` a mailbox holds, the links and peers of remoting, the ``authorization`` metadata,
-the middleware kinds and composition. Everything here is a re-export: the modules that define
-these names (``cell``, ``mail``, ``remote``, ``actor``, ``middleware``) are private to the
-cluster and may be split or moved; this module is the stable place to import them from, and
-import-linter forbids ``trimicro.cluster`` any other way in.
+the middleware kinds and composition, the node's metrics and their snapshot. Everything here is
+a re-export: the modules that define these names (``cell``, ``mail``, ``remote``, ``actor``,
+``middleware``, ``metrics``) are private to the cluster and may be split or moved; this module
+is the stable place to import them from, and import-linter forbids ``trimicro.cluster`` any
+other way in.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .actor import HandlerTable, handler_table
 from .cell import DEAD, FULL, OK, STOPPING, Cell, current_cell
 from .mail import Mail
 from .metadata import MAX_PROPAGATED, MAX_PROPAGATED_BYTES, header_rule
+from .metrics import EndpointRecorder, EndpointStats, NodeMetrics, node_snapshot
 from .middleware import Kind, Side, compose
 from .remote import (
     AUTHORIZATION,
@@ -41,6 +43,8 @@ __all__ = [
     "OUT_HIGH_WATER",
     "STOPPING",
     "Cell",
+    "EndpointRecorder",
+    "EndpointStats",
     "Guard",
     "HandlerTable",
     "Identity",
@@ -48,6 +52,7 @@ __all__ = [
     "Link",
     "LinkPort",
     "Mail",
+    "NodeMetrics",
     "Peer",
     "Remoting",
     "Side",
@@ -57,4 +62,5 @@ __all__ = [
     "forward_auth",
     "handler_table",
     "header_rule",
+    "node_snapshot",
 ]

@@ -34,6 +34,7 @@ from .lifecycle import CellLifecycle
 from .mail import Mail
 from .messages import DeadLetter
 from .metadata import HeaderRule, header_rule
+from .metrics import EndpointRecorder, NodeMetrics
 from .middleware import Middleware, Next, compose
 from .middleware.server import wrap_handlers
 from .remote import MAX_HANDSHAKES, Identity, Remoting
@@ -79,10 +80,13 @@ class Node:
         max_handshakes: int = MAX_HANDSHAKES,
         propagate_headers: HeaderRule = None,
         middleware: Sequence[Middleware] = (),
+        metrics: bool = False,
     ) -> None:
         self.id = node_id
         #: This node's middleware, both sides (see :mod:`trimicro.actors.middleware`).
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
+        #: What this node counts about itself (see :mod:`trimicro.actors.metrics`).
+        self.metrics = NodeMetrics(EndpointRecorder() if metrics else None)
         #: The client side of it, composed once; ``None`` without middleware (the calls' fast
         #: paths check only this).
         self.client_chain: Next | None = compose(self.middleware) if self.middleware else None
@@ -257,14 +261,19 @@ class Node:
 
     def handlers_for(self, cls: type[Actor]) -> HandlerTable:
         """The handler table this node's actors of ``cls`` use: the class's own, or, when the
-        node or the class has middleware, a copy wrapped in it (node's outermost), built once
-        per class and node."""
+        node or the class has middleware, a copy wrapped in it (node's outermost), and in the
+        endpoint recorder when metrics are on, built once per class and node."""
         table = handler_table(cls)
-        if not self.middleware and not cls.middleware:
+        recorder = self.metrics.endpoints
+        if not self.middleware and not cls.middleware and recorder is None:
             return table
         wrapped = self._wrapped.get(cls)
         if wrapped is None:
-            wrapped = wrap_handlers(table, (*self.middleware, *cls.middleware))
+            wrapped = table
+            if self.middleware or cls.middleware:
+                wrapped = wrap_handlers(table, (*self.middleware, *cls.middleware))
+            if recorder is not None:  # outermost: what middleware raises counts too
+                wrapped = recorder.wrap(wrapped)
             if len(self._wrapped) < SHARED_SPECS:
                 self._wrapped[cls] = wrapped
         return wrapped
@@ -422,6 +431,7 @@ async def start_node(
     max_handshakes: int = MAX_HANDSHAKES,
     propagate_headers: HeaderRule = None,
     middleware: Sequence[Middleware] = (),
+    metrics: bool = False,
 ) -> AsyncIterator[Node]:
     """Run a node for the duration of the block.
 
@@ -447,6 +457,8 @@ async def start_node(
     a collection of keys to allow, or a predicate on the key (see :mod:`trimicro.actors.metadata`).
     ``middleware`` runs around the calls this node makes and the handlers of its actors (the
     first is outermost; see :mod:`trimicro.actors.middleware` for the order of the levels).
+    ``metrics`` turns on per-endpoint metrics (requests, errors by code, latency; see
+    :mod:`trimicro.actors.metrics`): ``node.metrics`` counts the rest either way.
     """
     if max_handshakes < 1:
         raise ValueError(f"max_handshakes must be at least 1, got {max_handshakes}")
@@ -483,6 +495,7 @@ async def start_node(
             max_handshakes=max_handshakes,
             propagate_headers=propagate_headers,
             middleware=middleware,
+            metrics=metrics,
         )
         nursery.start_soon(node.timers.run, name="trimicro-timers")
         nursery.start_soon(node.timeouts.run, name="trimicro-timeouts")

@@ -25,6 +25,7 @@ from trimicro.mailbox.refs import ActorRef, BindingNode
 
 from .deadletters import DeadLetters
 from .dispatcher import Dispatcher
+from .metrics import NodeMetrics
 from .supervision import ChildSpec, Restart, SupervisorStrategy
 from .timers import TimeoutWheel, Timer, TimerService
 
@@ -45,6 +46,8 @@ class NodePort(BindingNode, Protocol):
     def timers(self) -> TimerService: ...
     @property
     def dead_letters(self) -> DeadLetters: ...
+    @property
+    def metrics(self) -> NodeMetrics: ...
     @property
     def rng(self) -> random.Random: ...
     @property

@@ -22,6 +22,8 @@ Scenarios (each in a fresh interpreter of the checkout under test):
 * ``pubsub1`` / ``pubsub10``: publishes on one cluster node (in-memory registry, no membership)
   to 1 or 10 local subscriber actors, as ``bench_pubsub.py`` does: CPU per publish, its
   deliveries included; an ask to each subscriber at the end confirms them.
+* ``...-metrics``: the same with per-endpoint metrics on (``start_node(metrics=True)``, every
+  node; a checkout without them fails these).
 
 Run:  python benchmarks/count_instructions.py [--python A/.venv/bin/python --python B/...]
           [--scenarios local-tell,local-ask,remote-ask16] [--small 2000 --large 6000]
@@ -61,8 +63,8 @@ try:  # marks a middleware that only awaits call_next (keeps inline handlers inl
 except ImportError:
     pass
 
-async def local(kind, n):
-    async with start_node("count") as node:
+async def local(kind, n, metrics):
+    async with start_node("count", **({"metrics": True} if metrics else {})) as node:
         ref = await node.spawn(Counter)
         if kind == "tell":
             for _ in range(n):
@@ -72,7 +74,7 @@ async def local(kind, n):
             for _ in range(n):
                 await ask(ref, 1)
 
-async def remote(n, inflight, mw, tells=False):
+async def remote(n, inflight, mw, metrics, tells=False):
     try:
         from trimicro.mailbox.secure.identity import Authority, NodeIdentity
         from trimicro.mailbox.transport.tcp import TcpTransport
@@ -83,6 +85,8 @@ async def remote(n, inflight, mw, tells=False):
     kw = {"busy_poll": 0}
     if mw:
         kw["middleware"] = [noop]
+    if metrics:
+        kw["metrics"] = True
     async with start_node("a", listen="127.0.0.1:0", transport=tr,
                           identity=NodeIdentity.issue("a", auth), **kw) as a, \
                start_node("b", listen="127.0.0.1:0", transport=tr,
@@ -140,14 +144,15 @@ async def pubsub(n, subscribers):
                     raise SystemExit(f"{got} of {n} messages delivered")
 
 scenario, n = sys.argv[1], int(sys.argv[2])
+scenario, metrics = scenario.removesuffix("-metrics"), scenario.endswith("-metrics")
 if scenario.startswith("pubsub"):
     trio.run(pubsub, n, int(scenario[len("pubsub"):]))
 elif scenario in ("local-tell", "local-ask"):
-    trio.run(local, scenario.split("-")[1], n)
+    trio.run(local, scenario.split("-")[1], n, metrics)
 else:
     base, _, mw = scenario.partition("-mw")
     inflight = 16 if base == "remote-ask16" else 1
-    trio.run(remote, n, inflight, scenario.endswith("-mw"), base == "remote-tell")
+    trio.run(remote, n, inflight, scenario.endswith("-mw"), metrics, base == "remote-tell")
 """
 
 SCENARIOS = (
@@ -159,6 +164,10 @@ SCENARIOS = (
     "remote-tell",
     "pubsub1",
     "pubsub10",
+    "local-tell-metrics",
+    "local-ask-metrics",
+    "remote-ask1-metrics",
+    "remote-ask16-metrics",
 )
 
 

@@ -37,6 +37,7 @@ from .auth.guard import fetch_state
 from .client import Client, call
 from .introspect import DESCRIBE_NAME, Describe, endpoint_schemas
 from .membership import Membership
+from .metrics import Exports, check_options, start_exports
 from .registry import NODE_SERVICE, NodeInfo, Registry, Service, belongs, in_clusters
 from .selector import STRATEGIES, RetryPolicy, Selector, Strategy
 from .service import describe_endpoints
@@ -90,6 +91,9 @@ class Cluster(Client):
         #: The store ``start_cluster`` was given (``store=``), if any.
         self.store: Store | None = None
         self.announced = False
+        #: What this node exports of its metrics (:mod:`trimicro.cluster.metrics`): ``address``
+        #: is where ``/metrics`` is served, if it is.
+        self.metrics: Exports | None = None
         node.extensions["cluster"] = self
         node.remote.resolve = self.address_of
 
@@ -267,6 +271,8 @@ async def start_cluster(
     auth_refresh: float | None = 5.0,
     audience: str | None = None,
     config_file: str | PathLike[str] | None = None,
+    metrics: bool | str = False,
+    meter_provider: Any = None,
     **node_options: Any,
 ) -> AsyncIterator[Cluster]:
     """Run a cluster node for the duration of the block (see the module docstring).
@@ -306,9 +312,18 @@ async def start_cluster(
     :class:`~trimicro.cluster.auth.Auth`. ``selector`` is a
     :class:`~trimicro.cluster.selector.Selector` or a strategy name (``"random"``, the default,
     ``"roundrobin"``, ``"leastoutstanding"``, ``"hash"``). Each is chosen once, at start.
+
+    ``metrics=True`` counts requests, errors and latency per endpoint (the node's other counts
+    are always kept); ``metrics="127.0.0.1:9464"`` also serves them for Prometheus at
+    ``http://127.0.0.1:9464/metrics`` (``cluster.metrics.address``; port 0 picks one), and
+    ``meter_provider`` (an OpenTelemetry ``MeterProvider``) gets them as instruments. See
+    :mod:`trimicro.cluster.metrics` and docs/observability.md.
     """
     from . import plugins
 
+    check_options(metrics)
+    if metrics or meter_provider is not None:
+        node_options["metrics"] = True
     if isinstance(selector, str) and selector not in STRATEGIES:
         raise plugins.PluginError(f"unknown selector {selector!r}; known: {', '.join(STRATEGIES)}")
     # URLs whose factories take the node are checked before it starts, and loaded after.
@@ -369,6 +384,9 @@ async def start_cluster(
                 if cluster.auth_sync is not None:
                     nursery.start_soon(cluster.auth_sync.run)
             await node.spawn(Describe, cluster.schemas, name=DESCRIBE_NAME)
+            cluster.metrics = await start_exports(
+                cluster, nursery, metrics=metrics, meter_provider=meter_provider
+            )
             if membership:
                 all_seeds = [*seeds, *getattr(registry_, "seeds", ())]
                 cluster.membership = Membership(cluster, seeds=all_seeds)
@@ -398,6 +416,7 @@ async def start_cluster(
                     if cluster.membership is not None:
                         cluster.membership.leave()
                     await cluster.pubsub.close()
+                    cluster.metrics.close()
                 nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):

@@ -74,6 +74,10 @@ class Link(TellFlow):
         self._room = ParkingLot()
         self.received = 0
         self.sent = 0
+        #: Bytes of the frames read, and queued to be written (before encryption).
+        self.received_bytes = 0
+        self.sent_bytes = 0
+        remoting.node.metrics.links_opened += 1
         self._cancel_scope = trio.CancelScope()
         self._flushed: trio.Event | None = None
         #: The reader is in a step (between receiving a frame and waiting for the next): what
@@ -158,6 +162,7 @@ class Link(TellFlow):
                     self.reason = "connection closed by the peer"
                     return
             self.received += 1
+            self.received_bytes += len(frame)
             env = decode_envelope(frame)
             kind = env.kind
             if kind is Kind.REPLY or kind is Kind.ERROR:
@@ -482,6 +487,10 @@ class Link(TellFlow):
             return
         self.protocol.handle(LinkEvent.CLOSE)
         self.closed = True
+        metrics = self.remoting.node.metrics
+        metrics.links_closed += 1
+        metrics.link_bytes_sent += self.sent_bytes
+        metrics.link_bytes_received += self.received_bytes
         reason = self.reason or "connection lost"
         queued, self.out = self.out, []
         self.out_bytes = 0

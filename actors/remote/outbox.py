@@ -83,6 +83,7 @@ class Outbox:
     out: list[_Queued]
     out_bytes: int
     sent: int
+    sent_bytes: int
     _writer: ParkingLot
     _room: ParkingLot
     _cancel_scope: trio.CancelScope
@@ -247,6 +248,7 @@ class Outbox:
     def _take_out(self) -> list[bytes]:
         """Everything queued, as frames, leaving the queue empty (and waking its waiters)."""
         queued, self.out = self.out, []
+        self.sent_bytes += self.out_bytes
         self.out_bytes = 0
         if self._coalesced:
             self._coalesced = False
@@ -379,10 +381,13 @@ class Outbox:
         remoting = self.remoting
         letters = remoting.node.dead_letters
         if not letters.observed():  # (up to 16 MiB of tells: count them, decode nothing)
-            letters.count += sum(
-                len(f.parts) if isinstance(f, TellBatch) else _is_tell(f)
-                for f in queued
-                if not isinstance(f, Coalesced | ItemsBatch)
+            letters.add(
+                sum(
+                    len(f.parts) if isinstance(f, TellBatch) else _is_tell(f)
+                    for f in queued
+                    if not isinstance(f, Coalesced | ItemsBatch)
+                ),
+                reason,
             )
             return
         codecs = remoting.codecs

@@ -125,6 +125,8 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         "builtin-auth-others", "", Resource("service", AUTH_SERVICE, "Auth.*"), Access.DENIED, (1 << 30) - 2
     ),
     Rule("builtin-members", "*", Resource("actor", "/user/trimicro-cluster", "*"), Access.GRANTED, 1 << 30),
+    # A node's metrics snapshot (``trimicro top``): counts and the names the registry shows.
+    Rule("builtin-metrics", "*", Resource("actor", "/user/trimicro-metrics", "*"), Access.GRANTED, 1 << 30),
     # Acknowledged deliveries: the topic's own rule is applied inside (PubSub.deliver).
     Rule("builtin-deliver", "*", Resource("actor", "/user/trimicro-pubsub", "*"), Access.GRANTED, 1 << 30),
 )

@@ -60,6 +60,10 @@ class Broker(Protocol):
         """node id -> [(pattern, queue or "", count)]: the peers' interest."""
         ...
 
+    #: Deliveries to this node's subscribers, and deliveries made again (see ``PubSub``).
+    delivered: int
+    redelivered: int
+
     def may_receive(self, node_id: str, topic: str) -> bool: ...
 
     async def check_publish(self, topic: str, token: str | None) -> None: ...
@@ -198,9 +202,12 @@ class AckedDelivery:
                 return 0, refusal
             node_id, group, sub = candidates[attempt % len(candidates)]
             delivery = attrs.evolve(message, delivery=attempt + 1)
+            if attempt:
+                self.broker.redelivered += 1
             try:
                 if sub is not None:
                     await ask(sub.ref, delivery, timeout=ack_timeout)
+                    self.broker.delivered += 1
                     return 1, None
                 ref = self.broker.node.remote_ref(node_id, "trimicro-pubsub")
                 body = {
@@ -240,7 +247,9 @@ class AckedDelivery:
                 raise ServiceUnavailable(f"no member of {group} here")
             sub = members[next(self._rr) % len(members)]
             await _ask_subscriber(sub, message)
+            self.broker.delivered += 1
             return True
         for sub in match.plain:
             await _ask_subscriber(sub, message)
+            self.broker.delivered += 1
         return True

@@ -46,6 +46,7 @@ class Delivery:
     index: SubscriptionIndex[Subscription]
     held: Held
     dropped: int
+    delivered: int
     _rr: Iterator[int]
     _valid_subjects: set[str]
     #: Removes a subscription (PubSub.unsubscribe; a "drop_subscriber" policy uses it).
@@ -75,6 +76,7 @@ class Delivery:
             if members:
                 sub = members[next(self._rr) % len(members)]
                 delivered += await self._offer(sub, message, link)
+        self.delivered += delivered
         return delivered
 
     async def _offer(self, sub: Subscription, message: Message, link: Link | None = None) -> int:

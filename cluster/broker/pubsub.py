@@ -98,6 +98,10 @@ class PubSub(Interest, Delivery):
         self._deliverer: ActorRef | None = None
         #: Messages dropped by slow-subscriber policies (and subscriptions dropped).
         self.dropped = 0
+        #: Messages handed to this node's subscribers, and acknowledged deliveries this node
+        #: made again (a nack or a missed ack deadline).
+        self.delivered = 0
+        self.redelivered = 0
         #: Messages from other nodes waiting for a full "block" subscriber (see .backlog).
         self.held = Held(self.node, self.codec, self._subscribed)
         #: Holds other nodes asked of our publishes to them (their slow "block" subscribers).

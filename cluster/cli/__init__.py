@@ -11,7 +11,7 @@ The package: :func:`main` (argument parsing and the exit statuses) here, one mod
 group: :mod:`.serve` (``run``), :mod:`.listing` (``services``, ``describe``, ``nodes``),
 :mod:`.calls` (``call``, ``stream``), :mod:`.topics` (``publish``, ``subscribe``), :mod:`.records`
 (``store``), :mod:`.accounts` (``auth``), :mod:`.installed` (``plugins``), :mod:`.trust`
-(``authority``, ``cert``); what they share in
+(``authority``, ``cert``), :mod:`.top` (``top``); what they share in
 :mod:`.common`, :mod:`.discovery` and :mod:`.options`; :mod:`.workers` supervises ``run
 --workers N``.
 """
@@ -39,6 +39,7 @@ from .listing import describe, nodes, services
 from .options import client_options, plugin_options
 from .records import store
 from .serve import load_target, run, services_of
+from .top import add_top_parser, top
 from .topics import publish, subscribe
 from .trust import add_trust_parsers, authority, cert
 from .workers import add_worker_options
@@ -76,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen", help="address to accept nodes on (default port 0 of --interface, else 127.0.0.1)"
     )
+    serve.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="count requests, errors and latency per endpoint, and serve them for Prometheus at "
+        "http://HOST:PORT/metrics (a bare port: on 127.0.0.1)",
+    )
     plugin_options(serve, nested=True)
     add_worker_options(serve)
 
@@ -102,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("request", nargs="?", help="JSON request sent with the open")
     s.add_argument("--no-input", action="store_true", help="send nothing, only read")
     client("nodes", "show the membership view")
+    add_top_parser(client("top", "a live view of the nodes: endpoints by rate and latency, mailboxes, links"))
     pub = client("publish", "publish a JSON message on a topic")
     pub.add_argument("topic")
     pub.add_argument("body", help="JSON message")
@@ -142,6 +150,7 @@ COMMANDS = {
     "authority": authority,
     "cert": cert,
     "api": api,
+    "top": top,
 }
 
 

@@ -94,6 +94,8 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
             home=home_dir(args),
             audience=token_audience(args),
             config_file=config_file(args),
+            # Each worker serves /metrics on the next port, as it listens on the next one.
+            metrics=worker_listen(args.metrics, worker or 1) if getattr(args, "metrics", None) else False,
         ) as cluster:
             for entry in entries:
                 cls, options = (entry, {}) if isinstance(entry, type) else entry
@@ -108,6 +110,8 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
                 await cluster.serve(StoreService, cluster.store, hidden=hidden, name="store")
                 await _serve_auth(cluster, auth_store, args)
             names = ", ".join(sorted(cluster.services_digest().split(",")))
+            if cluster.metrics is not None and cluster.metrics.address:
+                say(f"metrics at http://{cluster.metrics.address}/metrics", out)
             say(f"node {cluster.id} at {cluster.address} serving {names}", out)
             reason = await until_stopped(signals, lifeline=worker is not None)
             say(f"{reason}: deregistering and stopping", out)

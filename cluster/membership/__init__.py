@@ -182,6 +182,8 @@ class Membership:
         self._changed = trio.Event()
         #: SWIM messages dropped as malformed (see :func:`~trimicro.cluster.membership.swim.decode_message`).
         self.rejected_messages = 0
+        #: Member events seen, by kind (``joined``, ``suspect``, ``dead``, ...): the flapping.
+        self.transitions: dict[str, int] = {}
         #: Called with every MemberEvent (pub/sub sends its interest to members that join).
         self.listeners: list[Callable[[MemberEvent], None]] = []
         node.remote.system_handlers["swim"] = self._on_swim
@@ -264,9 +266,11 @@ class Membership:
         if not events:
             return
         now = trio.current_time()
+        transitions = self.transitions
         for event in events:
             member = event.member
             log.info("member %s %s", member.id, event.kind)
+            transitions[event.kind] = transitions.get(event.kind, 0) + 1
             for listener in list(self.listeners):
                 listener(event)
             if event.kind in ("suspect", "dead", "left"):

@@ -274,6 +274,8 @@ class CircuitBreaker:
         self.open_for = open_for
         self.max_open_for = max_open_for
         self._circuits: dict[str, _Circuit] = {}
+        #: Times a circuit opened (or re-opened after a failed trial).
+        self.trips = 0
 
     def state(self, node_id: str, now: float) -> BreakerState:
         """The node's state at ``now`` (does not change anything)."""
@@ -327,12 +329,18 @@ class CircuitBreaker:
         """Drop the state of every node."""
         self._circuits.clear()
 
+    def open_count(self, now: float) -> int:
+        """How many nodes' circuits are open at ``now`` (half-open ones not counted)."""
+        circuits = list(self._circuits.values())
+        return sum(1 for c in circuits if c.open_until is not None and now < c.open_until)
+
     def last_failure(self, node_id: str) -> float:
         """When ``node_id`` last failed (``-inf`` if it never did or has recovered)."""
         circuit = self._circuits.get(node_id)
         return -math.inf if circuit is None else circuit.last_failure
 
     def _trip(self, circuit: _Circuit, now: float) -> None:
+        self.trips += 1
         if circuit.open_until is None:
             circuit.open_for = self.open_for
         else:
@@ -393,6 +401,9 @@ class RetryPolicy:
         self.budget_min = budget_min
         self.budget_cap = max(budget_min, 10 * budget_min if budget_cap is None else budget_cap)
         self._tokens = float(budget_min)
+        #: First attempts and retries made (each call is one request; every retry one more).
+        self.requests = 0
+        self.retries = 0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait before retrying after ``attempt`` failed attempts (1 after the first call).
@@ -415,10 +426,12 @@ class RetryPolicy:
 
     def record_request(self) -> None:
         """A first attempt was made: deposit ``budget_ratio`` tokens."""
+        self.requests += 1
         self._tokens = min(self.budget_cap, self._tokens + self.budget_ratio)
 
     def record_retry(self) -> None:
         """A retry was made: spend one token."""
+        self.retries += 1
         self._tokens -= 1.0
 
     def should_retry(self, error: BaseException, *, delivered: bool, idempotent: bool) -> bool:

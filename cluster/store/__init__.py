@@ -160,6 +160,8 @@ class _Checks:
         self.max_key = max_key
         self.max_value = max_value
         self.now = now
+        #: Operations asked of this store, by kind (counted before any check: refused ones too).
+        self.reads = self.writes = self.deletes = self.lists = 0
 
     def _key(self, key: object) -> bytes:
         if not isinstance(key, str):
@@ -304,6 +306,7 @@ class MemoryStore(_Checks):
         database: str | None = None,
         table: str | None = None,
     ) -> builtins.list[Record]:
+        self.reads += 1
         await trio.lowlevel.checkpoint()
         self._check_open()
         self._page(limit, offset)
@@ -327,6 +330,7 @@ class MemoryStore(_Checks):
         database: str | None = None,
         table: str | None = None,
     ) -> None:
+        self.writes += 1
         await trio.lowlevel.checkpoint()
         self._check_open()
         raw, rec = self._record(record, ttl)
@@ -341,6 +345,7 @@ class MemoryStore(_Checks):
         data[raw] = attrs.evolve(rec, version=self._version)
 
     async def delete(self, key: str, *, database: str | None = None, table: str | None = None) -> None:
+        self.deletes += 1
         await trio.lowlevel.checkpoint()
         self._check_open()
         raw = self._key(key)
@@ -356,6 +361,7 @@ class MemoryStore(_Checks):
         database: str | None = None,
         table: str | None = None,
     ) -> builtins.list[str]:
+        self.lists += 1
         await trio.lowlevel.checkpoint()
         self._check_open()
         self._page(limit, offset)

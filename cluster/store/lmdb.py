@@ -331,6 +331,7 @@ class LmdbStore(_Checks):
         database: str | None = None,
         table: str | None = None,
     ) -> builtins.list[Record]:
+        self.reads += 1
         if (
             not (prefix or suffix or limit is not None or offset)
             and type(key) is str
@@ -446,6 +447,7 @@ class LmdbStore(_Checks):
         database: str | None = None,
         table: str | None = None,
     ) -> None:
+        self.writes += 1
         raw, rec = self._record(record, ttl)
         body = encode_value(rec)
         if if_version is None and database is None and table is None:  # the common write: no closure cells
@@ -464,6 +466,7 @@ class LmdbStore(_Checks):
         await self._apply(self._namespace(database, table), True, put)
 
     async def delete(self, key: str, *, database: str | None = None, table: str | None = None) -> None:
+        self.deletes += 1
         raw = self._key(key)
         await self._apply(self._namespace(database, table), False, lambda txn, dbi: txn.delete(raw, db=dbi))
 
@@ -477,6 +480,7 @@ class LmdbStore(_Checks):
         database: str | None = None,
         table: str | None = None,
     ) -> builtins.list[str]:
+        self.lists += 1
         self._check_open()
         self._page(limit, offset)
         pre, suf, now = self._affix(prefix, "prefix"), self._affix(suffix, "suffix"), self.now()

@@ -200,6 +200,7 @@ class NatsStore(_Checks):
         database: str | None = None,
         table: str | None = None,
     ) -> builtins.list[Record]:
+        self.reads += 1
         self._check_open()
         self._page(limit, offset)
         if not (prefix or suffix):
@@ -229,6 +230,7 @@ class NatsStore(_Checks):
         database: str | None = None,
         table: str | None = None,
     ) -> None:
+        self.writes += 1
         self._check_open()
         _, rec = self._record(record, ttl)
         want = _version_of(if_version)
@@ -256,6 +258,7 @@ class NatsStore(_Checks):
             raise
 
     async def delete(self, key: str, *, database: str | None = None, table: str | None = None) -> None:
+        self.deletes += 1
         self._check_open()
         subject_key = escape(key) if self._key(key) else ""
         kv = await self._bucket(database, table, False)
@@ -277,6 +280,7 @@ class NatsStore(_Checks):
         database: str | None = None,
         table: str | None = None,
     ) -> builtins.list[str]:
+        self.lists += 1
         self._check_open()
         self._page(limit, offset)
         start, end = self._affix(prefix, "prefix"), self._affix(suffix, "suffix")
