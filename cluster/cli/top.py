@@ -50,7 +50,7 @@ async def top(args: argparse.Namespace, out: TextIO) -> int:
     if args.interval <= 0:
         raise UsageError("--interval must be positive")
     wait = wait_seconds(args)
-    async with await client_node(args) as cluster:
+    async with client_node(args) as cluster:
 
         async def find() -> list[NodeInfo]:
             return await _nodes(cluster, args.node, wait)
