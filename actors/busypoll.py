@@ -19,16 +19,31 @@ itself after one budget (nothing to pair with it, so nothing to leak when a link
 only for peers whose next request came within one budget of the answer to their previous lone
 request on average (measured at each such answer, polled or not, so it needs no probe).
 ``start_node(busy_poll=0)`` turns it off.
+
+Polling only pays while a core would otherwise be idle: on a shared machine the spinning
+process holds a core the peer (or anything else) needs to produce the awaited message, which
+then comes after the spin, not during it. So a :class:`PollGate` watches what the polls
+achieve: each one either found its message within the budget (a hit) or not (a miss, whatever
+the cause: no free core, a slow handler). When fewer than half of the last POLL_WINDOW polls
+hit, polling pauses, for PAUSE_MIN seconds at first, doubling up to PAUSE_MAX while the probes
+after each pause keep missing. That signal was chosen over the process's run-queue delay
+(``/proc/self/schedstat``) and its involuntary context switches (``getrusage``) by measurement
+(docs/performance.md, "Polling on a shared machine"): those move with any load on the machine,
+including the peer's own polling, while a poll's outcome is the quantity that matters and
+costs nothing to observe. Under a CPU quota (cgroup ``cpu.max``, or ``cpu.cfs_quota_us``) or
+with one CPU, the node never spins: a spin there is always paid for by the process itself.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import trio
 from trio.lowlevel import ParkingLot
 
-__all__ = ["DEFAULT_BUSY_POLL", "PROBE_EVERY", "BusyPoller"]
+__all__ = ["DEFAULT_BUSY_POLL", "PROBE_EVERY", "BusyPoller", "PollGate", "spin_allowed"]
 
 #: Seconds a node polls for the reply of a lone request before it sleeps until the reply comes.
 DEFAULT_BUSY_POLL = 200e-6
@@ -41,7 +56,90 @@ POLL_WITHIN = 3.0
 #: Every this many lone requests to a peer polled for anyway, to notice it got fast again.
 PROBE_EVERY = 16
 
+#: Polls judged together: when fewer than half of them found their message within the budget,
+#: polling pauses.
+POLL_WINDOW = 8
+
+#: A reply handled this long after the budget ran out still came while polling (its caller's
+#: task runs a scheduler pass after the reader's).
+HIT_SLACK = 50e-6
+
+#: The first pause (seconds), doubled after each pause whose probes still missed, up to PAUSE_MAX.
+PAUSE_MIN = 0.05
+PAUSE_MAX = 2.0
+
 _clock = time.perf_counter
+
+
+def spin_allowed(cgroup_root: str = "/sys/fs/cgroup", proc_self: str = "/proc/self") -> tuple[bool, str]:
+    """Whether this process may busy-poll at all, and why not: never with one CPU, nor under a
+    CPU quota (every spin is charged to the quota, so the time is taken from the process's own
+    work). cgroup v2 (``cpu.max``) and v1 (``cpu.cfs_quota_us``), the process's group and its
+    ancestors."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    if cpus < 2:
+        return False, "one CPU"
+    try:
+        lines = Path(proc_self, "cgroup").read_text().splitlines()
+    except OSError:
+        return True, ""
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        names = controllers.split(",")
+        if controllers == "":  # v2: "0::/path"
+            mounts, file = [Path(cgroup_root), Path(cgroup_root, "unified")], "cpu.max"
+        elif "cpu" in names:  # v1, mounted as "cpu" or together with cpuacct
+            mounts = [Path(cgroup_root, m) for m in ("cpu", "cpu,cpuacct", "cpuacct,cpu")]
+            file = "cpu.cfs_quota_us"
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        for mount in mounts:
+            for depth in range(len(parts), -1, -1):  # the group, then each ancestor
+                try:
+                    quota = Path(mount, *parts[:depth], file).read_text().split()
+                except OSError:
+                    continue
+                if quota and quota[0] not in ("max", "-1"):
+                    return False, f"CPU quota ({file} {quota[0]})"
+    return True, ""
+
+
+class PollGate:
+    """Whether polling pays, judged from what recent polls achieved (sans I/O: the caller gives
+    the time). See the module doc."""
+
+    __slots__ = ("_hits", "_polls", "can_spin", "pause", "paused_until", "why")
+
+    def __init__(self, can_spin: bool = True, why: str = "") -> None:
+        #: False: never spin (one CPU, a CPU quota: ``why``).
+        self.can_spin = can_spin
+        self.why = why
+        #: Until when polling is paused, and the next pause's length.
+        self.paused_until = 0.0
+        self.pause = PAUSE_MIN
+        self._polls = 0
+        self._hits = 0
+
+    def open(self, now: float) -> bool:
+        """Whether to poll now."""
+        return self.can_spin and now >= self.paused_until
+
+    def record(self, hit: bool, now: float) -> None:
+        """A poll ended: its message came within the budget (``hit``) or not."""
+        self._polls += 1
+        self._hits += hit
+        if self._polls < POLL_WINDOW:
+            return
+        if self._hits * 2 < self._polls:  # polling does not pay: pause, longer each time
+            self.paused_until = now + self.pause
+            self.pause = min(self.pause * 2, PAUSE_MAX)
+        else:
+            self.pause = PAUSE_MIN
+        self._polls = self._hits = 0
 
 
 class BusyPoller:
@@ -60,13 +158,22 @@ class BusyPoller:
         self._briefly_until = 0.0
         self._waiting = 0
         self._started = False
-        #: Checkpoints taken while polling (for tests and benchmarks).
+        #: Checkpoints taken while polling, and polls that found their message within the budget
+        #: or not (for tests and benchmarks).
         self.polls = 0
+        self.hits = 0
+        self.misses = 0
+        #: Whether polling pays now (see :class:`PollGate`).
+        self.gate = PollGate(*spin_allowed())
 
     def worth(self, poll_time: float) -> bool:
         """Whether to poll for a peer whose polled-for replies take ``poll_time`` seconds on
         average."""
         return poll_time < self.worth_below
+
+    def open(self) -> bool:
+        """Whether polling pays now (:class:`PollGate`): ask before :meth:`begin`."""
+        return self.gate.open(_clock())
 
     def begin(self) -> None:
         """A lone request just left: poll for up to ``budget`` seconds, or until :meth:`end`."""
@@ -74,11 +181,24 @@ class BusyPoller:
         self._waiting += 1
         self._wake()
 
-    def poll_briefly(self) -> None:
+    def poll_briefly(self) -> bool:
         """Poll for up to ``budget`` seconds from now, then stop by itself (the serving side:
-        a caller's next request is due)."""
-        self._briefly_until = _clock() + self.budget
+        a caller's next request is due); False (no polling) while the gate is closed. The
+        caller reports with :meth:`record` whether the request came within the budget."""
+        now = _clock()
+        if not self.gate.open(now):
+            return False
+        self._briefly_until = now + self.budget
         self._wake()
+        return True
+
+    def record(self, hit: bool) -> None:
+        """A poll ended: what it waited for came within the budget (``hit``) or not."""
+        if hit:
+            self.hits += 1
+        else:
+            self.misses += 1
+        self.gate.record(hit, _clock())
 
     def _wake(self) -> None:
         if self._lot:
@@ -90,9 +210,13 @@ class BusyPoller:
                 return
             self._started = True
 
-    def end(self) -> None:
-        """The request's wait is over (answered, failed or cancelled)."""
+    def end(self, sent_at: float) -> float:
+        """The wait of the request sent at ``sent_at`` (a :func:`time.perf_counter` reading) is
+        over (answered, failed or cancelled): how long it took, recorded as a hit or a miss."""
         self._waiting -= 1
+        took = _clock() - sent_at
+        self.record(took < self.budget + HIT_SLACK)
+        return took
 
     async def run(self) -> None:
         checkpoint = trio.lowlevel.checkpoint

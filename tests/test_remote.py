@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -1028,7 +1029,7 @@ async def test_busy_poller_polls_only_while_someone_waits() -> None:
         for _ in range(20):
             await trio.lowlevel.checkpoint()
         assert poller.polls > 5
-        poller.end()
+        poller.end(time.perf_counter())
         for _ in range(5):
             await trio.lowlevel.checkpoint()
         parked = poller.polls
@@ -1039,11 +1040,11 @@ async def test_busy_poller_polls_only_while_someone_waits() -> None:
         for _ in range(5):
             await trio.lowlevel.checkpoint()
         assert poller.polls > parked  # woken again by the next lone request
-        poller.end()
+        poller.end(time.perf_counter())
         nursery.cancel_scope.cancel()
     late = BusyPoller(nursery, 60.0)  # a node stopping: its nursery is closed
     late.begin()  # no polling task, and no error for the request
-    late.end()
+    late.end(time.perf_counter())
     assert late.polls == 0
 
 

@@ -193,7 +193,7 @@ class RemoteActor:
             # Poll toward peers whose polled-for replies come in time, and now and then to any
             # peer (a probe: a peer that was slow may be fast again).
             link.lone_asks += 1
-            if not (poller.worth(link.poll_time) or link.lone_asks % PROBE_EVERY == 0):
+            if not (poller.worth(link.poll_time) or link.lone_asks % PROBE_EVERY == 0) or not poller.open():
                 poller = None
         else:
             poller = None
@@ -216,9 +216,8 @@ class RemoteActor:
                 try:
                     value = await reply.wait()
                 finally:
-                    poller.end()
                     # How long polled-for replies take on this link: a moving average (1/8 each).
-                    link.poll_time += (_clock() - sent_at - link.poll_time) * 0.125
+                    link.poll_time += (poller.end(sent_at) - link.poll_time) * 0.125
             if reply_headers is not None and reply.headers:
                 reply_headers.update(reply.headers)
             return value

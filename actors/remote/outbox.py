@@ -97,6 +97,9 @@ class Outbox:
     next_gap: float
     _answered_at: float
     _answered: bool
+    #: The node polls for the peer's next frame since the last answer (it reports whether the
+    #: frame came within the budget: see :class:`~..busypoll.PollGate`).
+    _polled_next = False
 
     #: A fresh correlation id for an exchange this side starts (§3.3): ``protocol.new_corr``,
     #: bound once.
@@ -339,7 +342,7 @@ class Outbox:
             return
         self._answered_at = _clock()
         if self.next_gap < poller.budget:
-            poller.poll_briefly()
+            self._polled_next = poller.poll_briefly()
 
     def _next_came(self) -> None:
         """The peer's next frame after an answer: measure the gap (capped, so that one idle
@@ -349,6 +352,9 @@ class Outbox:
         self._answered_at = 0.0
         if poller is None:  # (polling turned off since)
             return
+        if self._polled_next:  # it polled for this frame: did it come in time?
+            self._polled_next = False
+            poller.record(gap < poller.budget)
         gap = min(gap, poller.worth_below)
         self.next_gap = gap if self.next_gap == math.inf else self.next_gap + (gap - self.next_gap) * 0.125
 
