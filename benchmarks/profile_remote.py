@@ -15,13 +15,15 @@ Each function's own time (``tottime``) is charged to a layer by the file it is d
 A built-in function (a C call) other than those system calls is charged to the layer of the
 Python function that called it (cProfile records the time per caller). The shares are then
 scaled to the CPU time one call takes without the profiler (measured first, in the same
-process, with ``time.process_time``), so the figures are microseconds per call.
+process, with ``time.process_time``), so the figures are microseconds per call. cProfile
+reads the wall clock, so a preemption (a busy machine) charges its time to whatever function
+was running: each layer and function is the median of ``--runs`` profiled runs.
 
 What it does not show: two processes waking each other (the scheduler's and the kernel's side
 of a cross-process round trip): the remote benchmarks measure that (``bench_contended.py``).
 cProfile slows Python functions more than C ones, so small layers read a little high.
 
-Run:  python benchmarks/profile_remote.py [--calls 3000] [--inflight 1,16] [--top 25]
+Run:  python benchmarks/profile_remote.py [--calls 3000] [--inflight 1,16] [--top 25] [--runs 5]
 Output: one JSON line per in-flight count: ``cpu_us_per_call`` (no profiler), ``layers_us``
 (per call, by layer) and ``top`` (the functions with the most own time, µs per call).
 """
@@ -32,6 +34,7 @@ import argparse
 import cProfile
 import json
 import pstats
+import statistics
 import time
 from collections import defaultdict
 from typing import Any
@@ -129,18 +132,31 @@ async def _calls(n: int, inflight: int, prof: cProfile.Profile | None = None) ->
         return time.process_time() - t0
 
 
-def profile(n: int, inflight: int, top: int) -> dict[str, Any]:
+def profile(n: int, inflight: int, top: int, runs: int) -> dict[str, Any]:
     n -= n % inflight
     cpu = min(trio.run(_calls, n, inflight) for _ in range(3)) / n  # least disturbed of three
-    prof = cProfile.Profile()
-    trio.run(_calls, n, inflight, prof)
-    stats = pstats.Stats(prof)
-    layers, funcs = by_layer(stats)
+    # cProfile times by the wall clock: a preemption charges its time to whatever function ran.
+    # Each layer's and function's median over several profiled runs leaves such spikes out.
+    per_layer: dict[str, list[float]] = defaultdict(list)
+    per_func: dict[str, list[float]] = defaultdict(list)
+    for _ in range(runs):
+        prof = cProfile.Profile()
+        trio.run(_calls, n, inflight, prof)
+        layers, funcs = by_layer(pstats.Stats(prof))
+        for name, seconds in layers.items():
+            per_layer[name].append(seconds)
+        for seconds, name in funcs:
+            per_func[name].append(seconds)
+    layers = {name: statistics.median(v + [0.0] * (runs - len(v))) for name, v in per_layer.items()}
+    funcs = sorted(
+        ((statistics.median(v + [0.0] * (runs - len(v))), name) for name, v in per_func.items()), reverse=True
+    )
     total = sum(layers.values())
     scale = cpu / total * 1e6  # profiled seconds -> unprofiled µs per call
     return {
         "inflight": inflight,
         "calls": n,
+        "runs": runs,
         "cpu_us_per_call": round(cpu * 1e6, 1),
         "layers_us": {k: round(v * scale, 2) for k, v in sorted(layers.items(), key=lambda kv: -kv[1])},
         "top": [[name, round(tt * scale, 2)] for tt, name in funcs[:top]],
@@ -152,9 +168,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--inflight", default="1,16")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--runs", type=int, default=5, help="profiled runs (medians)")
     args = parser.parse_args()
     for k in (int(x) for x in args.inflight.split(",")):
-        print(json.dumps(profile(args.calls, k, args.top)), flush=True)
+        print(json.dumps(profile(args.calls, k, args.top, args.runs)), flush=True)
 
 
 if __name__ == "__main__":

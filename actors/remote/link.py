@@ -152,6 +152,7 @@ class Link(TellFlow):
                     self.answered()
                 frame = await conn.receive_frame()
                 self._reading = True
+                self.step_answers = 0
                 if self._answered_at:
                     self._next_came()
                 if frame is None:
@@ -195,6 +196,7 @@ class Link(TellFlow):
         reply = self.pending.pop(env.corr, None)
         if reply is None:
             return  # the caller gave up; a late answer is dropped
+        self.step_answers += 1
         if env.headers:
             reply.headers = env.headers
         try:

@@ -100,6 +100,10 @@ class Outbox:
     #: The node polls for the peer's next frame since the last answer (it reports whether the
     #: frame came within the budget: see :class:`~..busypoll.PollGate`).
     _polled_next = False
+    #: Answers to our requests that the reader's current (or last) step delivered: when more
+    #: than one, their callers' next requests follow in the same scheduler batch, and leave
+    #: together at its end rather than the first alone (see :meth:`write_at_once`).
+    step_answers = 0
 
     #: A fresh correlation id for an exchange this side starts (§3.3): ``protocol.new_corr``,
     #: bound once.
@@ -118,15 +122,17 @@ class Outbox:
         if self.out_bytes > OUT_HARD_CAP:
             self.close(f"peer not reading: more than {OUT_HARD_CAP} bytes queued")
             return
-        if self._writer and not self._reading and not self._dirty:
+        if not self._dirty and not self._reading and self._writer:  # (the cheap tests first)
             self._wake()
 
     def write_at_once(self, frame: bytes) -> None:
         """Send a frame now, with one non-blocking write, when nothing is queued and the writer is
         idle (else queue it as :meth:`push` does): a lone request leaves before its caller's
         task parks, instead of at the end of the scheduler batch. Callers use it only for the
-        first request in flight on the link, so requests that pile up still share a write."""
-        if self.out or self.closed:
+        first request in flight on the link, so requests that pile up still share a write;
+        and not after a step that answered several requests (their callers' next requests are
+        on their way: all of them leave in one write at the end of the batch)."""
+        if self.out or self.closed or self.step_answers > 1:
             self.push(frame)
             return
         self.out.append(frame)
@@ -155,7 +161,7 @@ class Outbox:
         """Queue a batch that later entries join until the writer takes it."""
         self.out.append(batch)
         self._coalesced = True
-        if self._writer and not self._reading and not self._dirty:
+        if not self._dirty and not self._reading and self._writer:  # (the cheap tests first)
             self._wake()
 
     def _add_entry(self, batch: Coalesced | TellBatch | ItemsBatch, entry: bytes) -> bool:
