@@ -3,10 +3,14 @@ costs every scheduler pass) and comes back with the next send that needs it."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
 import pytest
 import trio
 
-from trimicro.actors import Actor, ask, start_node, tell
+from trimicro.actors import Actor, ActorRef, Node, ask, start_node, tell
 from trimicro.actors.remote.flusher import IDLE_WAITS
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.secure.identity import Authority, NodeIdentity
@@ -27,6 +31,19 @@ class Sum(Actor):
         return self.total
 
 
+@asynccontextmanager
+async def _linked(authority: Authority) -> AsyncIterator[tuple[Node, ActorRef]]:
+    """Node ``a`` linked over TCP to node ``b``, and the ref of b's ``Sum`` (no busy polling)."""
+    options: dict[str, Any] = {"transport": TcpTransport(), "listen": "127.0.0.1:0", "busy_poll": 0}
+    async with (
+        start_node("a", identity=NodeIdentity.issue("a", authority), **options) as a,
+        start_node("b", identity=NodeIdentity.issue("b", authority), **options) as b,
+    ):
+        await b.spawn(Sum, name="sum")
+        await a.connect(b.address or "")
+        yield a, a.remote_ref("b", "sum")
+
+
 async def _idle_passes(n: int) -> None:
     for _ in range(n):
         await trio.lowlevel.checkpoint()  # one scheduler pass, one wait for I/O each
@@ -35,15 +52,7 @@ async def _idle_passes(n: int) -> None:
 async def test_the_flusher_leaves_the_run_when_idle_and_returns_for_queued_sends(
     authority: Authority,
 ) -> None:
-    tr = TcpTransport()
-    kw = {"transport": tr, "listen": "127.0.0.1:0", "busy_poll": 0}
-    async with (
-        start_node("a", identity=NodeIdentity.issue("a", authority), **kw) as a,
-        start_node("b", identity=NodeIdentity.issue("b", authority), **kw) as b,
-    ):
-        await b.spawn(Sum, name="sum")
-        await a.connect(b.address or "")
-        ref = a.remote_ref("b", "sum")
+    async with _linked(authority) as (a, ref):
         flusher = a.remote.flusher
         assert await ask(ref, 1) == 1
         await _idle_passes(IDLE_WAITS + 2)
@@ -67,15 +76,7 @@ async def test_after_a_step_with_several_answers_the_next_request_waits_for_the_
     """The first request in flight leaves in a write of its own, unless the reader's last step
     answered several requests: their callers' next requests follow in the same batch, and all
     of them leave in one write at its end."""
-    tr = TcpTransport()
-    kw = {"transport": tr, "listen": "127.0.0.1:0", "busy_poll": 0}
-    async with (
-        start_node("a", identity=NodeIdentity.issue("a", authority), **kw) as a,
-        start_node("b", identity=NodeIdentity.issue("b", authority), **kw) as b,
-    ):
-        await b.spawn(Sum, name="sum")
-        await a.connect(b.address or "")
-        ref = a.remote_ref("b", "sum")
+    async with _linked(authority) as (a, ref):
         assert await ask(ref, 1) == 1
         link = a.remote.peer("b").link
         assert link is not None and link.step_answers == 1
