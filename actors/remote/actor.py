@@ -148,6 +148,7 @@ class RemoteActor:
         deadline = trio.current_time() + timeout
         peer = self.peer
         link = peer.link
+        waits = link is None or link.out_bytes >= OUT_HIGH_WATER  # for a link, or for room in it
         if link is None:
             with trio.move_on_at(deadline):
                 link = await peer.connect(timeout)
@@ -181,7 +182,7 @@ class RemoteActor:
             endpoint or "",
             codec.content_type,
             headers or {},
-            max(1, math.ceil((deadline - trio.current_time()) * 1000)),  # what is left after dialing
+            max(1, math.ceil((deadline - trio.current_time() if waits else timeout) * 1000)),  # what is left
             body,
         )
         frame = encode_envelope(env)
@@ -203,7 +204,7 @@ class RemoteActor:
         wheel = self.node.timeouts
         reply.slot = wheel.add(deadline, reply)  # a cancel scope per call would cost more
         try:
-            if link.out_bytes >= OUT_HIGH_WATER or not link.fits(frame):
+            if link.out_bytes >= OUT_HIGH_WATER or len(frame) > link.remoting.max_frame_size:
                 await link.send(frame)  # waits for room; refuses an oversized frame with 400
             elif first and not link.out:
                 link.write_at_once(frame)

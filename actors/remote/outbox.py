@@ -452,10 +452,15 @@ class InboundReply(Reply):
         self.done = True
         link = self.link
         link.inbound.pop(self.corr, None)
-        self.forget_deadline()
+        if self.slot is not None:  # (forget_deadline, inline: once per request served)
+            link.remoting.node.timeouts.remove(self.slot, self)
+            self.slot = None
         if self.abandoned or link.closed:
             return False
-        link.answered()
+        if link._reading:  # (answered(), inline: the reader's step decides at its end)
+            link._answered = True
+        else:
+            link.answered()
         if self.error is None:
             try:
                 body = self.codec.encode(self.value)
@@ -470,7 +475,7 @@ class InboundReply(Reply):
                 bad = InternalServerError(f"reply not encodable: {type(exc).__name__}: {exc}")
                 link.send_error(self.corr, bad, self.codec)
                 return True
-            if not link.fits(frame):
+            if len(frame) > link.remoting.max_frame_size:
                 too_big = InternalServerError(f"reply of {len(frame)} bytes exceeds the frame limit")
                 link.send_error(self.corr, too_big, self.codec)
                 return True
