@@ -20,19 +20,23 @@ only for peers whose next request came within one budget of the answer to their 
 request on average (measured at each such answer, polled or not, so it needs no probe).
 ``start_node(busy_poll=0)`` turns it off.
 
-Polling only pays while a core would otherwise be idle: on a shared machine the spinning
-process holds a core the peer (or anything else) needs to produce the awaited message, which
-then comes after the spin, not during it. So a :class:`PollGate` watches what the polls
-achieve: each one either found its message within the budget (a hit) or not (a miss, whatever
-the cause: no free core, a slow handler). When fewer than half of the last POLL_WINDOW polls
-hit, polling pauses, for PAUSE_MIN seconds at first, doubling up to PAUSE_MAX while the probes
-after each pause keep missing. That signal was chosen over the process's run-queue delay
-(``/proc/self/schedstat``) and its involuntary context switches (``getrusage``) by measurement
-(docs/performance.md, "Polling on a shared machine"): those move with any load on the machine,
-including the peer's own polling, while a poll's outcome is the quantity that matters and
-costs nothing to observe. Under a CPU quota (cgroup ``cpu.max``, or ``cpu.cfs_quota_us``) or
-with one CPU, the node never spins: a spin there is always paid for by the process itself.
-"""
+Polling only pays while a core would otherwise be idle: on a shared machine the spinning process
+holds a core the peer (or anything else) needs to produce the awaited message, which then comes
+after the spin, not during it. So a :class:`PollGate` watches what the polls achieve: each one
+either found its message within the budget (a hit) or not (a miss, whatever the cause: no free
+core, a slow handler). When fewer than half of the last POLL_WINDOW polls hit, polling pauses,
+for PAUSE_MIN seconds at first, doubling up to PAUSE_MAX while the probes after each pause keep
+missing. Hits alone miss one case: a spin whose message does come in time, but on a machine with
+no idle core, where the spin's CPU is taken from another process (the peer, if it runs there, or
+another tenant). So the gate also samples the machine (``/proc/stat``, at most every LOAD_EVERY
+seconds, read when a poll is about to start) and polls only while the other processes leave at
+least FREE_CORES of a core idle (this process's own CPU, spin included, is not counted as load).
+The hit rate was chosen over the process's run-queue delay (``/proc/self/schedstat``) and its
+involuntary context switches (``getrusage``) by measurement (docs/performance.md, "Polling on a
+shared machine"): those move with any load on the machine, including the peer's own polling,
+while a poll's outcome is the quantity that matters and costs nothing to observe. Under a CPU
+quota (cgroup ``cpu.max``, or ``cpu.cfs_quota_us``) or with one CPU, the node never spins: a
+spin there is always paid for by the process itself."""
 
 from __future__ import annotations
 
@@ -43,7 +47,15 @@ from pathlib import Path
 import trio
 from trio.lowlevel import ParkingLot
 
-__all__ = ["DEFAULT_BUSY_POLL", "PROBE_EVERY", "BusyPoller", "PollGate", "spin_allowed"]
+__all__ = [
+    "DEFAULT_BUSY_POLL",
+    "PROBE_EVERY",
+    "BusyPoller",
+    "PollGate",
+    "load_sample",
+    "others_cores",
+    "spin_allowed",
+]
 
 #: Seconds a node polls for the reply of a lone request before it sleeps until the reply comes.
 DEFAULT_BUSY_POLL = 200e-6
@@ -60,6 +72,11 @@ PROBE_EVERY = 16
 #: polling pauses.
 POLL_WINDOW = 8
 
+#: Poll only while the machine's other processes leave at least this much of a core idle, and
+#: sample the machine at most this often (seconds).
+FREE_CORES = 0.75
+LOAD_EVERY = 0.1
+
 #: A reply handled this long after the budget ran out still came while polling (its caller's
 #: task runs a scheduler pass after the reader's).
 HIT_SLACK = 50e-6
@@ -71,16 +88,19 @@ PAUSE_MAX = 2.0
 _clock = time.perf_counter
 
 
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def spin_allowed(cgroup_root: str = "/sys/fs/cgroup", proc_self: str = "/proc/self") -> tuple[bool, str]:
     """Whether this process may busy-poll at all, and why not: never with one CPU, nor under a
     CPU quota (every spin is charged to the quota, so the time is taken from the process's own
     work). cgroup v2 (``cpu.max``) and v1 (``cpu.cfs_quota_us``), the process's group and its
     ancestors."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    if cpus < 2:
+    if _cpus() < 2:
         return False, "one CPU"
     try:
         lines = Path(proc_self, "cgroup").read_text().splitlines()
@@ -108,11 +128,40 @@ def spin_allowed(cgroup_root: str = "/sys/fs/cgroup", proc_self: str = "/proc/se
     return True, ""
 
 
+#: One sample of the machine for the load check: (busy and total clock ticks of all CPUs from
+#: ``/proc/stat``, this process's CPU seconds, the wall clock).
+LoadSample = tuple[int, int, float, float]
+
+
+def others_cores(before: LoadSample, after: LoadSample, cpus: int) -> float:
+    """Cores the machine's other processes kept busy between two samples (this process's own
+    CPU time taken out)."""
+    busy = after[0] - before[0]
+    total = after[1] - before[1]
+    wall = after[3] - before[3]
+    if total <= 0 or wall <= 0:
+        return 0.0
+    return max(0.0, busy / total * cpus - (after[2] - before[2]) / wall)
+
+
+def load_sample(proc_stat: str = "/proc/stat") -> LoadSample | None:
+    """A :data:`LoadSample` now; None where ``/proc/stat`` cannot be read (then load is not
+    checked)."""
+    try:
+        with open(proc_stat, "rb") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    total = sum(ticks)
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return total - idle, total, time.process_time(), _clock()
+
+
 class PollGate:
     """Whether polling pays, judged from what recent polls achieved (sans I/O: the caller gives
     the time). See the module doc."""
 
-    __slots__ = ("_hits", "_polls", "can_spin", "pause", "paused_until", "why")
+    __slots__ = ("_hits", "_polls", "can_spin", "crowded", "pause", "paused_until", "why")
 
     def __init__(self, can_spin: bool = True, why: str = "") -> None:
         #: False: never spin (one CPU, a CPU quota: ``why``).
@@ -121,12 +170,18 @@ class PollGate:
         #: Until when polling is paused, and the next pause's length.
         self.paused_until = 0.0
         self.pause = PAUSE_MIN
+        #: The machine's other processes leave less than FREE_CORES of a core idle.
+        self.crowded = False
         self._polls = 0
         self._hits = 0
 
     def open(self, now: float) -> bool:
         """Whether to poll now."""
-        return self.can_spin and now >= self.paused_until
+        return self.can_spin and not self.crowded and now >= self.paused_until
+
+    def note_load(self, others: float, cpus: int) -> None:
+        """The machine's other processes kept ``others`` of its ``cpus`` cores busy lately."""
+        self.crowded = cpus - others < FREE_CORES
 
     def record(self, hit: bool, now: float) -> None:
         """A poll ended: its message came within the budget (``hit``) or not."""
@@ -163,8 +218,16 @@ class BusyPoller:
         self.polls = 0
         self.hits = 0
         self.misses = 0
-        #: Whether polling pays now (see :class:`PollGate`).
+        #: Whether polling pays now (see :class:`PollGate`), and the machine's load: cores its
+        #: other processes kept busy at the last sample (read by benchmarks), and that sample.
         self.gate = PollGate(*spin_allowed())
+        self.others = 0.0
+        self._cpus = _cpus()
+        self._load: LoadSample | None = None
+        self._next_sample = 0.0
+        #: Sample the machine's load (tests that need polling whatever the machine runs turn
+        #: it off).
+        self.load_check = True
 
     def worth(self, poll_time: float) -> bool:
         """Whether to poll for a peer whose polled-for replies take ``poll_time`` seconds on
@@ -173,7 +236,23 @@ class BusyPoller:
 
     def open(self) -> bool:
         """Whether polling pays now (:class:`PollGate`): ask before :meth:`begin`."""
-        return self.gate.open(_clock())
+        now = _clock()
+        if now >= self._next_sample:
+            self._sample(now)
+        return self.gate.open(now)
+
+    def _sample(self, now: float) -> None:
+        """Check the machine's load (once per LOAD_EVERY at most, and only when about to poll)."""
+        self._next_sample = now + LOAD_EVERY
+        if not (self.gate.can_spin and self.load_check):
+            return
+        sample = load_sample()
+        if sample is None:
+            return
+        if self._load is not None:
+            self.others = others_cores(self._load, sample, self._cpus)
+            self.gate.note_load(self.others, self._cpus)
+        self._load = sample
 
     def begin(self) -> None:
         """A lone request just left: poll for up to ``budget`` seconds, or until :meth:`end`."""
@@ -186,6 +265,8 @@ class BusyPoller:
         a caller's next request is due); False (no polling) while the gate is closed. The
         caller reports with :meth:`record` whether the request came within the budget."""
         now = _clock()
+        if now >= self._next_sample:
+            self._sample(now)
         if not self.gate.open(now):
             return False
         self._briefly_until = now + self.budget

@@ -31,7 +31,9 @@ share of the machine that was busy just before it. The trimicro client also repo
 client + server, the signals a busy-poll gate could watch: the share of wall time spent waiting
 on a run queue (``runq_wait_share``, ``/proc/PID/schedstat``), involuntary context switches per
 call (``nivcsw_per_op``), and of the client's polls the share that found their reply within
-the budget (``client_poll_hit_share``) and how many calls polled at all (``client_polled_share``).
+the budget (``client_poll_hit_share``), how many calls polled at all (``client_polled_share``),
+and the cores the machine's other processes kept busy at the gate's last sample
+(``client_others_cores``).
 
 Output: one JSON line per run, then a summary line: per condition, contestant and metric the
 median and min-max over rounds, and ratios (per round, then the median and min-max) of every
@@ -70,7 +72,13 @@ REFERENCE = {"raw": {"ask1": "seq_direct", "ask16": "c16_wc"}, "zmq": {"ask1": "
 CONTESTANTS = ("raw", "zmq", "trimicro", "trimicro-nopoll", "trimicro-b")
 RUN_TIMEOUT = 120.0
 #: What the trimicro client reports besides rate and CPU: the signals a poll gate could use.
-SIGNALS = ("runq_wait_share", "nivcsw_per_op", "client_poll_hit_share", "client_polled_share")
+SIGNALS = (
+    "runq_wait_share",
+    "nivcsw_per_op",
+    "client_poll_hit_share",
+    "client_polled_share",
+    "client_others_cores",
+)
 
 
 def log(*a: object) -> None:
@@ -188,6 +196,7 @@ async def _client(
             metrics[f"{phase}.client_poll_hit_share"] = (
                 round(hits / (hits + misses), 3) if hits + misses else None
             )
+            metrics[f"{phase}.client_others_cores"] = getattr(poller, "others", None)
             metrics[f"{phase}.client_polled_share"] = round((hits + misses) / max(len(lat), 1), 3)
             lat.sort()
             metrics[f"{phase}.rtt_per_s"] = round(len(lat) / (elapsed / 1e9))

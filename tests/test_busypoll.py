@@ -12,11 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trimicro.actors.busypoll import (
+    FREE_CORES,
     PAUSE_MAX,
     PAUSE_MIN,
     POLL_WINDOW,
     BusyPoller,
     PollGate,
+    load_sample,
+    others_cores,
     spin_allowed,
 )
 
@@ -122,4 +125,42 @@ async def test_a_poller_whose_polls_miss_stops_polling_and_serving_polls_too() -
         for _ in range(20):
             await trio.lowlevel.checkpoint()
         assert poller.polls == 0
+        nursery.cancel_scope.cancel()
+
+
+def test_other_processes_cores_leave_this_process_out() -> None:
+    # 2 CPUs, 1 s: 200 ticks in all, 150 busy; this process used 0.5 s of CPU.
+    before, after = (1000, 4000, 10.0, 100.0), (1150, 4200, 10.5, 101.0)
+    assert others_cores(before, after, 2) == pytest.approx(1.0)
+    # Its own spinning never counts as load (no feedback from its own polling).
+    assert others_cores(before, (1200, 4200, 11.0, 101.0), 2) == pytest.approx(1.0)
+    assert others_cores(before, before, 2) == 0.0  # no time passed: nothing known
+
+
+def test_a_machine_without_a_free_core_closes_the_gate() -> None:
+    gate = PollGate()
+    gate.note_load(0.9, 2)  # the peer's work, say: a core stays free
+    assert gate.open(0.0)
+    gate.note_load(1.5, 2)  # a busy process besides: less than FREE_CORES left
+    assert not gate.open(0.0)
+    gate.note_load(2.0 - FREE_CORES, 2)
+    assert gate.open(0.0)
+
+
+def test_load_samples_come_from_proc_stat(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n")
+    sample = load_sample(str(stat))
+    assert sample is not None and sample[:2] == (150, 1000)  # busy = all but idle and iowait
+    assert load_sample(str(tmp_path / "missing")) is None
+
+
+async def test_a_poller_on_a_crowded_machine_does_not_poll(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        poller = BusyPoller(nursery, 60.0)
+        poller.gate = PollGate()
+        assert poller.load_check
+        poller.gate.note_load(2.0, 2)  # (as a sample on a machine with both cores busy would)
+        poller._next_sample = float("inf")  # no new sample in this test
+        assert not poller.open() and not poller.poll_briefly()
         nursery.cancel_scope.cancel()
