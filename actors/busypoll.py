@@ -31,10 +31,10 @@ no idle core, where the spin's CPU is taken from another process (the peer, if i
 another tenant). So the gate also samples the machine (``/proc/stat``, at most every LOAD_EVERY
 seconds, read when a poll is about to start) and polls only while the other processes leave at
 least FREE_CORES of a core idle (this process's own CPU, spin included, is not counted as load).
-The hit rate was chosen over the process's run-queue delay (``/proc/self/schedstat``) and its
-involuntary context switches (``getrusage``) by measurement (docs/performance.md, "Polling on a
-shared machine"): those move with any load on the machine, including the peer's own polling,
-while a poll's outcome is the quantity that matters and costs nothing to observe. Under a CPU
+These two were chosen over the process's run-queue delay (``/proc/self/schedstat``) and its
+involuntary context switches (``getrusage``) by measurement (docs/performance.md, "Remote calls
+on a shared machine"): those did not tell an idle machine from a busy one, nor polling from not
+polling, while a poll's outcome is the quantity that matters and costs nothing to observe. Under a CPU
 quota (cgroup ``cpu.max``, or ``cpu.cfs_quota_us``) or with one CPU, the node never spins: a
 spin there is always paid for by the process itself."""
 

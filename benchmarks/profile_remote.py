@@ -52,6 +52,7 @@ SYSCALLS = ("poll' of 'select.epoll", "posix.write", "posix.read", "method 'send
 LAYERS = (
     ("/mailbox/codec/", "codec"),
     ("/mailbox/envelope.py", "envelope"),
+    ("trimicro.mailbox.envelope", "envelope"),  # attrs' generated __init__ of Envelope
     ("/mailbox/framing.py", "framing"),
     ("/mailbox/secure/", "noise"),
     ("/nacl/", "noise"),
@@ -65,7 +66,8 @@ LAYERS = (
     ("/mailbox/", "actors"),
     ("/trio/_core/", "trio: scheduler"),
     ("/trio/", "trio: other"),
-    ("/outcome/", "trio: scheduler"),
+    ("outcome", "trio: scheduler"),
+    ("profile_remote.py", "the benchmark's callers"),
 )
 
 
