@@ -34,9 +34,9 @@ least FREE_CORES of a core idle (this process's own CPU, spin included, is not c
 These two were chosen over the process's run-queue delay (``/proc/self/schedstat``) and its
 involuntary context switches (``getrusage``) by measurement (docs/performance.md, "Remote calls
 on a shared machine"): those did not tell an idle machine from a busy one, nor polling from not
-polling, while a poll's outcome is the quantity that matters and costs nothing to observe. Under a CPU
-quota (cgroup ``cpu.max``, or ``cpu.cfs_quota_us``) or with one CPU, the node never spins: a
-spin there is always paid for by the process itself."""
+polling, while a poll's outcome is the quantity that matters and costs nothing to observe. Under
+a CPU quota (cgroup ``cpu.max``, or ``cpu.cfs_quota_us``) or with one CPU, the node never spins:
+a spin there is always paid for by the process itself."""
 
 from __future__ import annotations
 
@@ -107,7 +107,10 @@ def spin_allowed(cgroup_root: str = "/sys/fs/cgroup", proc_self: str = "/proc/se
     except OSError:
         return True, ""
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
         names = controllers.split(",")
         if controllers == "":  # v2: "0::/path"
             mounts, file = [Path(cgroup_root), Path(cgroup_root, "unified")], "cpu.max"
@@ -151,6 +154,8 @@ def load_sample(proc_stat: str = "/proc/stat") -> LoadSample | None:
         with open(proc_stat, "rb") as f:
             ticks = [int(v) for v in f.readline().split()[1:]]
     except (OSError, ValueError):
+        return None
+    if len(ticks) < 4:
         return None
     total = sum(ticks)
     idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait

@@ -164,3 +164,11 @@ async def test_a_poller_on_a_crowded_machine_does_not_poll(tmp_path: Path) -> No
         poller._next_sample = float("inf")  # no new sample in this test
         assert not poller.open() and not poller.poll_briefly()
         nursery.cancel_scope.cancel()
+
+
+def test_unreadable_or_odd_proc_files_never_stop_a_node(tmp_path: Path) -> None:
+    proc = _fake_proc(tmp_path, "garbage\n1:cpu\n")
+    assert spin_allowed(str(tmp_path / "cg"), proc) == (True, "")
+    stat = tmp_path / "stat"
+    stat.write_text("cpu 1 2\n")
+    assert load_sample(str(stat)) is None

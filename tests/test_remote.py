@@ -904,7 +904,7 @@ async def test_without_busy_polling_a_request_sleeps_until_its_reply(authority: 
 async def test_busy_polling_stops_after_its_budget_and_for_slow_peers(authority: Authority) -> None:
     """A reply slower than the budget is waited for asleep once the budget is spent; and a
     link whose replies are usually far slower than the budget is not polled for at all."""
-    async with polling_pair(authority, 0.001) as (a, b, _):
+    async with polling_pair(authority, 0.05) as (a, b, _):
         gate = trio.Event()
         await b.spawn(Latch, gate, name="latch")
         ref = a.remote_ref("b", "latch")
