@@ -160,6 +160,11 @@ class TimeoutWheel:
                         entry.expire()
                     except Exception:
                         log.exception("timeout handler %r failed", entry)
+            # Buckets emptied since (their asks answered: nearly all) are no reason to wake:
+            # sleep until the first that still holds something (else a node would wake every
+            # ``resolution`` for as long as its asks' deadlines span, for nothing).
+            while heap and not buckets.get(heap[0]):
+                buckets.pop(heapq.heappop(heap), None)
             with trio.CancelScope(deadline=heap[0] * resolution if heap else math.inf) as scope:
                 self._sleep = scope
                 await trio.sleep_forever()

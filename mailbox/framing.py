@@ -89,7 +89,8 @@ class FrameDecoder:
     oversized frame is never accumulated across reads.
 
     Consumed bytes are skipped with an offset, and the buffer is compacted once per
-    :meth:`feed` (moving at most the unfinished frame), so decoding is linear in the stream.
+    :meth:`feed` (moving at most the unfinished frame), so decoding is linear in the stream. A
+    chunk fed when nothing is left over is decoded in place (each frame is copied out once).
 
     Errors are final: after a :class:`ProtocolError` every later call raises it again,
     because a length-prefixed stream cannot resynchronise.
@@ -101,7 +102,9 @@ class FrameDecoder:
         if not 0 <= max_frame_size <= _MAX_UINT32:
             raise ValueError(f"max_frame_size must be in [0, {_MAX_UINT32}], not {max_frame_size}")
         self.max_frame_size = max_frame_size
-        self._buf = bytearray()
+        #: What was received and not yet decoded from ``_pos`` on: the last chunk itself while it
+        #: holds whole frames (bytes), a bytearray while a frame spans chunks.
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         self._error: ProtocolError | None = None
         self._closed = False
@@ -121,13 +124,23 @@ class FrameDecoder:
             return
         buf = self._buf
         pos = self._pos
-        if pos:
-            # Compact once per read: drop what was consumed, moving only the leftover.
-            if pos == len(buf):
-                buf.clear()
-            else:
-                del buf[:pos]
+        if pos == len(buf):
+            # Nothing left over (the usual case: whole frames per read): decode from the chunk
+            # itself, not from a copy of it in the buffer.
+            if len(data) >= HEADER_SIZE:
+                (length,) = _unpack_header(data)  # (pre-checked as below, for the same error)
+                if length > self.max_frame_size:
+                    self._buf, self._pos = b"", 0
+                    raise self._fail(FrameTooLarge(self._too_large(length)))
+            self._buf = data if type(data) is bytes else bytes(data)
             self._pos = 0
+            return
+        if isinstance(buf, bytearray):
+            if pos:  # compact once per read: drop what was consumed, moving only the leftover
+                del buf[:pos]
+        else:  # a chunk with a frame's start left over: the buffer grows from here
+            buf = self._buf = bytearray(buf[pos:])
+        self._pos = 0
         have = len(buf)
         if have < HEADER_SIZE and have + len(data) >= HEADER_SIZE:
             # Check the pending frame's header before its body enters the buffer.

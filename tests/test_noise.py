@@ -340,6 +340,28 @@ def test_failed_decrypt_does_not_advance_the_nonce() -> None:
     assert receiver.decrypt_with_ad(b"", good) == b"payload"
 
 
+@settings(max_examples=50)
+@given(st.lists(st.integers(0, MAX_MESSAGE_LEN - 16), min_size=1, max_size=6))
+def test_messages_of_any_size_in_any_order_match_libsodium(sizes: list[int]) -> None:
+    """The state's output buffer grows and is reused: every ciphertext and plaintext is the
+    reference's, and one returned earlier is not changed by a later message."""
+    key = bytes(range(32))
+    sender, receiver = CipherState(key), CipherState(key)
+    sealed: list[tuple[bytes, bytes, bytes]] = []
+    for n, size in enumerate(sizes):
+        plaintext = bytes([n % 251]) * size
+        ciphertext = sender.encrypt_with_ad(b"ad", plaintext)
+        nonce = b"\x00" * 4 + n.to_bytes(8, "little")
+        assert ciphertext == crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, b"ad", nonce, key)
+        opened = receiver.decrypt_with_ad(b"ad", ciphertext)
+        assert opened == plaintext
+        sealed.append((plaintext, ciphertext, opened))
+    for n, (plaintext, ciphertext, opened) in enumerate(sealed):  # copies, not views of the buffer
+        assert opened == plaintext
+        nonce = b"\x00" * 4 + n.to_bytes(8, "little")
+        assert ciphertext == crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, b"ad", nonce, key)
+
+
 def test_cipher_state_limits() -> None:
     cs = CipherState(bytes(32))
     with pytest.raises(HandshakeError):

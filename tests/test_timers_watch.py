@@ -198,3 +198,47 @@ async def test_timeout_wheel_never_early_at_most_one_bucket_late(autojump_clock:
         assert start + delay <= entry.at <= start + delay + 0.01 + 1e-9
     assert removed.at is None
     assert len(wheel) == 0
+
+
+async def test_timeout_wheel_wakes_only_for_buckets_that_hold_something(autojump_clock: Any) -> None:
+    """Asks answered long before their deadlines leave empty buckets behind: the wheel's task
+    does not wake for them (it used to, once per bucket, for as long as the deadlines spanned)."""
+    from trimicro.actors.timers import TimeoutWheel
+
+    class Entry:
+        def __init__(self) -> None:
+            self.at: float | None = None
+
+        def expire(self) -> None:
+            self.at = trio.current_time()
+
+    class Steps(trio.abc.Instrument):
+        def __init__(self) -> None:
+            self.wheel = 0
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            self.wheel += task.name == "wheel"
+
+    wheel = TimeoutWheel(resolution=0.01)
+    steps = Steps()
+    trio.lowlevel.add_instrument(steps)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wheel.run, name="wheel")
+            await trio.testing.wait_all_tasks_blocked()
+            start = trio.current_time()
+            first, last = Entry(), Entry()
+            wheel.add(start + 0.005, first)  # the wheel sleeps until this one's bucket
+            for i in range(200):  # 200 asks, each answered at once, a bucket each
+                entry = Entry()
+                wheel.remove(wheel.add(start + 0.02 + i * 0.01, entry), entry)
+            wheel.add(start + 3.0, last)
+            await trio.testing.wait_all_tasks_blocked()
+            before = steps.wheel
+            await trio.sleep(4)
+            nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert first.at is not None and last.at is not None
+    assert start + 3.0 <= last.at <= start + 3.01 + 1e-9
+    assert steps.wheel - before <= 3  # first's bucket, last's, and the cancellation

@@ -148,6 +148,7 @@ class RemoteActor:
         deadline = trio.current_time() + timeout
         peer = self.peer
         link = peer.link
+        waits = link is None or link.out_bytes >= OUT_HIGH_WATER  # for a link, or for room in it
         if link is None:
             with trio.move_on_at(deadline):
                 link = await peer.connect(timeout)
@@ -181,7 +182,7 @@ class RemoteActor:
             endpoint or "",
             codec.content_type,
             headers or {},
-            max(1, math.ceil((deadline - trio.current_time()) * 1000)),  # what is left after dialing
+            max(1, math.ceil((deadline - trio.current_time() if waits else timeout) * 1000)),  # what is left
             body,
         )
         frame = encode_envelope(env)
@@ -193,7 +194,7 @@ class RemoteActor:
             # Poll toward peers whose polled-for replies come in time, and now and then to any
             # peer (a probe: a peer that was slow may be fast again).
             link.lone_asks += 1
-            if not (poller.worth(link.poll_time) or link.lone_asks % PROBE_EVERY == 0):
+            if not (poller.worth(link.poll_time) or link.lone_asks % PROBE_EVERY == 0) or not poller.open():
                 poller = None
         else:
             poller = None
@@ -203,7 +204,7 @@ class RemoteActor:
         wheel = self.node.timeouts
         reply.slot = wheel.add(deadline, reply)  # a cancel scope per call would cost more
         try:
-            if link.out_bytes >= OUT_HIGH_WATER or not link.fits(frame):
+            if link.out_bytes >= OUT_HIGH_WATER or len(frame) > link.remoting.max_frame_size:
                 await link.send(frame)  # waits for room; refuses an oversized frame with 400
             elif first and not link.out:
                 link.write_at_once(frame)
@@ -216,9 +217,8 @@ class RemoteActor:
                 try:
                     value = await reply.wait()
                 finally:
-                    poller.end()
                     # How long polled-for replies take on this link: a moving average (1/8 each).
-                    link.poll_time += (_clock() - sent_at - link.poll_time) * 0.125
+                    link.poll_time += (poller.end(sent_at) - link.poll_time) * 0.125
             if reply_headers is not None and reply.headers:
                 reply_headers.update(reply.headers)
             return value

@@ -40,19 +40,28 @@ def _nothing() -> None:
     pass
 
 
+#: Waits for I/O with nothing to flush after which the flusher takes itself out of the run: an
+#: installed instrument costs every scheduler pass (about a tenth of one, by instruction count),
+#: and a lone caller's requests, a server's answers and the serving side's polling never need
+#: it; a spell of queued sends installs it again (once per spell, not per send).
+IDLE_WAITS = 32
+
+
 class _Flusher(trio.abc.Instrument):
     """Sends, just before trio waits for I/O, what tasks queued on links during the scheduler
     batch that is ending: every frame of the batch in one write per link, with no writer task
     to wake (that task's turn cost a scheduler pass on each request's path). A link whose
     socket will not take it all, or whose writer is busy, leaves the rest to its writer task.
 
-    A trio instrument (one per node, installed by the first link that needs it): its
+    A trio instrument (one per node, installed while links need it: see IDLE_WAITS): its
     ``before_io_wait`` runs once per scheduler batch, outside every task.
     """
 
     def __init__(self) -> None:
         self.links: list[Flushable] = []
         self.installed = False
+        #: Waits for I/O in a row with nothing to flush (see IDLE_WAITS).
+        self._idle = 0
         self._token: trio.lowlevel.TrioToken | None = None
 
     def add(self, link: Flushable) -> None:
@@ -65,7 +74,14 @@ class _Flusher(trio.abc.Instrument):
     def before_io_wait(self, timeout: float) -> None:
         links = self.links
         if not links:
+            self._idle += 1
+            if self._idle >= IDLE_WAITS:  # out of the run until a link needs it again
+                self._idle = 0
+                self.installed = False
+                with contextlib.suppress(KeyError):
+                    trio.lowlevel.remove_instrument(self)
             return
+        self._idle = 0
         self.links = []
         woke = False
         try:

@@ -156,6 +156,7 @@ class Link(TellFlow):
                     self.answered()
                 frame = await conn.receive_frame()
                 self._reading = True
+                self.step_answers = 0
                 if self._answered_at:
                     self._next_came()
                 if frame is None:
@@ -200,6 +201,7 @@ class Link(TellFlow):
         reply = self.pending.pop(env.corr, None)
         if reply is None:
             return  # the caller gave up; a late answer is dropped
+        self.step_answers += 1
         if env.headers:
             reply.headers = env.headers
         try:

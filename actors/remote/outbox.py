@@ -98,6 +98,13 @@ class Outbox:
     next_gap: float
     _answered_at: float
     _answered: bool
+    #: The node polls for the peer's next frame since the last answer (it reports whether the
+    #: frame came within the budget: see :class:`~..busypoll.PollGate`).
+    _polled_next = False
+    #: Answers to our requests that the reader's current (or last) step delivered: when more
+    #: than one, their callers' next requests follow in the same scheduler batch, and leave
+    #: together at its end rather than the first alone (see :meth:`write_at_once`).
+    step_answers = 0
 
     #: A fresh correlation id for an exchange this side starts (§3.3): ``protocol.new_corr``,
     #: bound once.
@@ -116,15 +123,17 @@ class Outbox:
         if self.out_bytes > OUT_HARD_CAP:
             self.close(f"peer not reading: more than {OUT_HARD_CAP} bytes queued")
             return
-        if self._writer and not self._reading and not self._dirty:
+        if not self._dirty and not self._reading and self._writer:  # (the cheap tests first)
             self._wake()
 
     def write_at_once(self, frame: bytes) -> None:
         """Send a frame now, with one non-blocking write, when nothing is queued and the writer is
         idle (else queue it as :meth:`push` does): a lone request leaves before its caller's
         task parks, instead of at the end of the scheduler batch. Callers use it only for the
-        first request in flight on the link, so requests that pile up still share a write."""
-        if self.out or self.closed:
+        first request in flight on the link, so requests that pile up still share a write;
+        and not after a step that answered several requests (their callers' next requests are
+        on their way: all of them leave in one write at the end of the batch)."""
+        if self.out or self.closed or self.step_answers > 1:
             self.push(frame)
             return
         self.out.append(frame)
@@ -153,7 +162,7 @@ class Outbox:
         """Queue a batch that later entries join until the writer takes it."""
         self.out.append(batch)
         self._coalesced = True
-        if self._writer and not self._reading and not self._dirty:
+        if not self._dirty and not self._reading and self._writer:  # (the cheap tests first)
             self._wake()
 
     def _add_entry(self, batch: Coalesced | TellBatch | ItemsBatch, entry: bytes) -> bool:
@@ -341,7 +350,7 @@ class Outbox:
             return
         self._answered_at = _clock()
         if self.next_gap < poller.budget:
-            poller.poll_briefly()
+            self._polled_next = poller.poll_briefly()
 
     def _next_came(self) -> None:
         """The peer's next frame after an answer: measure the gap (capped, so that one idle
@@ -351,6 +360,9 @@ class Outbox:
         self._answered_at = 0.0
         if poller is None:  # (polling turned off since)
             return
+        if self._polled_next:  # it polled for this frame: did it come in time?
+            self._polled_next = False
+            poller.record(gap < poller.budget)
         gap = min(gap, poller.worth_below)
         self.next_gap = gap if self.next_gap == math.inf else self.next_gap + (gap - self.next_gap) * 0.125
 
@@ -445,10 +457,15 @@ class InboundReply(Reply):
         self.done = True
         link = self.link
         link.inbound.pop(self.corr, None)
-        self.forget_deadline()
+        if self.slot is not None:  # (forget_deadline, inline: once per request served)
+            link.remoting.node.timeouts.remove(self.slot, self)
+            self.slot = None
         if self.abandoned or link.closed:
             return False
-        link.answered()
+        if link._reading:  # (answered(), inline: the reader's step decides at its end)
+            link._answered = True
+        else:
+            link.answered()
         if self.error is None:
             try:
                 body = self.codec.encode(self.value)
@@ -463,7 +480,7 @@ class InboundReply(Reply):
                 bad = InternalServerError(f"reply not encodable: {type(exc).__name__}: {exc}")
                 link.send_error(self.corr, bad, self.codec)
                 return True
-            if not link.fits(frame):
+            if len(frame) > link.remoting.max_frame_size:
                 too_big = InternalServerError(f"reply of {len(frame)} bytes exceeds the frame limit")
                 link.send_error(self.corr, too_big, self.codec)
                 return True

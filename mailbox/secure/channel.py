@@ -167,6 +167,8 @@ class SecureSession:
 
         Empty ``data`` yields no message at all.
         """
+        if len(data) <= MAX_PLAINTEXT:  # the usual case: one message
+            return [self.seal(data)] if data else []
         data = bytes(data)
         return [self.seal(data[i : i + MAX_PLAINTEXT]) for i in range(0, len(data), MAX_PLAINTEXT)]
 
