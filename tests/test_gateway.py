@@ -19,11 +19,15 @@ import wsproto.events as ws
 from gateway_services import Order, Receipt, Shop
 from openapi_spec_validator import validate
 
+from trimicro.actors import BadRequest
 from trimicro.cluster import start_cluster
 from trimicro.cluster.gateway import Gateway, GatewayOptions, open_gateway
 from trimicro.cluster.gateway.headers import call_headers
+from trimicro.cluster.gateway.subscriptions import choose_policy
 from trimicro.cluster.registry import MemoryRegistry
 from trimicro.mailbox.codec import TypeRegistry
+
+ERROR_KEYS = {"id", "code", "detail", "status"}
 
 
 @asynccontextmanager
@@ -54,8 +58,8 @@ async def test_call_both_spellings_and_errors_as_go_micro_json() -> None:
         assert r.status_code == 400
         # Paths no route takes, and a method a route lacks: Go Micro's error JSON as well.
         for method, path, status in (
-            ("POST", "/api/publish/1%0E%0A%C3%B6%C2%BF%C2%93%F1%9D%B2%AE%C2%B1", 404),  # found by fuzzing
             ("GET", "/nowhere", 404),
+            ("POST", "/api/shop/Shop.buy%0A", 404),  # the whole path names the endpoint, or none
             ("GET", "/api/shop/Shop.buy", 405),
         ):
             r = await http.request(method, path)
@@ -131,6 +135,24 @@ async def test_stream_as_server_sent_events() -> None:
         assert r.status_code == 400  # a stream needs SSE or a WebSocket
 
 
+async def test_a_stream_that_fails_midway_ends_with_an_error_event() -> None:
+    """The status line has gone out when the service fails: the failure is a last ``error``
+    event carrying Go Micro's error fields, and the stream ends (the bridge does not crash)."""
+    async with gateway() as (_, http, _):
+        events: list[tuple[str, Any]] = []
+        name = "message"
+        headers = {"accept": "text/event-stream"}
+        async with http.stream("POST", "/api/shop/count", json=["not", "a", "map"], headers=headers) as r:
+            assert r.status_code == 200
+            with trio.fail_after(10):
+                async for line in r.aiter_lines():
+                    if line.startswith("event: "):
+                        name = line[7:]
+                    elif line.startswith("data: "):
+                        events.append((name, json.loads(line[6:])))
+        assert [(n, set(d), d["code"]) for n, d in events] == [("error", ERROR_KEYS, 500)]
+
+
 async def _websocket(url: str, path: str) -> tuple[trio.SocketStream, wsproto.WSConnection]:
     host, port = url.removeprefix("http://").split(":")
     sock = await trio.open_tcp_stream(host, int(port))
@@ -203,6 +225,32 @@ async def test_publish_and_subscribe_over_sse() -> None:
                         break
             nursery.cancel_scope.cancel()
         assert got[0]["topic"] == "orders.new" and got[0]["body"] == {"id": 7}
+
+
+async def test_a_topic_the_broker_refuses_is_400_and_never_published() -> None:
+    """The topic is the whole path, judged by the broker's subject syntax: whitespace (a newline
+    at the end, which a ``$`` in the route's pattern would have cut off silently, or inside,
+    which ``.`` would not have matched), control characters, empty tokens, wildcards."""
+    async with gateway() as (gw, http, _):
+        bad = ("orders.new%0A", "orders%0Anew", "orders%20new", "1%0E%0A%C3%B6%C2%BF", "a..b", "orders.*")
+        async with gw.state.cluster.pubsub.messages("orders.>") as seen:
+            for topic in bad:
+                r = await http.post(f"/api/publish/{topic}", json={"id": 1})
+                assert r.status_code == 400 and r.headers["content-type"] == "application/json", topic
+                assert set(r.json()) == ERROR_KEYS and r.json()["code"] == 400
+            r = await http.post("/api/publish/orders.new", json={"id": 2})
+            assert r.json() == {"topic": "orders.new", "deliveries": 1}
+            with trio.fail_after(10):
+                first = await seen.receive()
+        assert (first.topic, first.body) == ("orders.new", {"id": 2})  # none of the bad ones got out
+        for path in ("/api/subscribe/orders.%0A", "/api/subscribe/orders.>?policy=sometimes"):
+            r = await http.get(path)
+            assert r.status_code == 400 and r.json()["code"] == 400, path
+    # The operator's default decides whether a client may hold publishers back at all.
+    assert choose_policy(None, "block") == "block" and choose_policy("drop_oldest", "block") == "drop_oldest"
+    assert choose_policy(None, "drop_subscriber") == "drop_subscriber"
+    with pytest.raises(BadRequest):
+        choose_policy("block", "drop_oldest")
 
 
 async def test_health_and_a_valid_openapi_document() -> None:
