@@ -21,9 +21,12 @@ from __future__ import annotations
 import datetime
 import decimal
 import enum
+import math
+import re
 import types
 import typing
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 import attrs
@@ -32,7 +35,7 @@ from trimicro.actors import Actor
 
 from .service import endpoint_annotations, inspect_empty
 
-__all__ = ["DESCRIBE_NAME", "DESCRIBE_PATH", "Describe", "endpoint_schemas", "json_schema"]
+__all__ = ["DESCRIBE_NAME", "DESCRIBE_PATH", "Describe", "constrained", "endpoint_schemas", "json_schema"]
 
 #: The system actor every cluster node runs for :func:`endpoint_schemas` of what it serves.
 DESCRIBE_NAME = "trimicro-describe"
@@ -99,6 +102,8 @@ def _attrs_schema(cls: type, seen: frozenset[type]) -> dict[str, Any]:
             continue
         key = a.alias or a.name
         properties[key] = json_schema(hints.get(a.name, a.type), seen)
+        if a.validator is not None and a.converter is None:  # a converter's input is not checked
+            properties[key] = constrained(properties[key], a.validator)
         if a.default is attrs.NOTHING:
             required.append(key)
     schema: dict[str, Any] = {
@@ -110,6 +115,140 @@ def _attrs_schema(cls: type, seen: frozenset[type]) -> dict[str, Any]:
     if required:
         schema["required"] = required
     return schema
+
+
+# attrs' validator classes are private: their types are taken from the public factories.
+def _noop(inst: Any, attribute: Any, value: Any) -> None:
+    """A validator that accepts anything (only its type's validators' types are wanted)."""
+
+
+_NUMBER: type[Any] = type(attrs.validators.gt(0))
+_MIN_LEN: type[Any] = type(attrs.validators.min_len(0))
+_MAX_LEN: type[Any] = type(attrs.validators.max_len(0))
+_IN: type[Any] = type(attrs.validators.in_(()))
+_MATCHES: type[Any] = type(attrs.validators.matches_re(""))
+_AND: type[Any] = type(attrs.validators.and_())
+_OPTIONAL: type[Any] = type(attrs.validators.optional(_noop))
+_DEEP_ITERABLE: type[Any] = type(attrs.validators.deep_iterable(_noop))
+_DEEP_MAPPING: type[Any] = type(attrs.validators.deep_mapping(_noop, _noop))
+_BOUNDS = {">": "exclusiveMinimum", ">=": "minimum", "<": "exclusiveMaximum", "<=": "maximum"}
+_LENGTHS = {"string": "Length", "array": "Items", "object": "Properties"}
+#: Two validators bounding the same way: the stricter holds.
+_TIGHTER: dict[str, Any] = {
+    **{k: max for k in ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties")},
+    **{k: min for k in ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties")},
+}
+_JSON_SCALARS = (str, int, float, bool, type(None))
+#: Longest ``in_`` that becomes an ``enum`` (the document stays small).
+MAX_ENUM = 256
+
+
+def constrained(schema: dict[str, Any], validator: Any) -> dict[str, Any]:
+    """``schema`` with the keywords that say what attrs' ``validator`` checks, where JSON Schema
+    can say it: ``gt``/``ge``/``lt``/``le`` as ``exclusiveMinimum``/``minimum``/...,
+    ``min_len``/``max_len`` as ``minLength``/``minItems``/``minProperties`` (by the schema's
+    type), ``in_`` as ``enum``, ``matches_re`` as ``pattern``, through ``and_``, ``optional``,
+    ``deep_iterable`` (``items``) and ``deep_mapping`` (``propertyNames``,
+    ``additionalProperties``).
+
+    Why: a client (or a fuzzer) reading the document learns the service's limits before it
+    calls; without them it finds them one 400 at a time. A validator JSON Schema cannot state
+    (a function of the handler's, ``or_``, ``not_``, a regex with flags) adds nothing: the schema
+    may accept too much, which is safe, but must never refuse what the service accepts.
+    """
+    out = dict(schema)
+    for keyword, value in _keywords(validator, out).items():
+        old = out.get(keyword)
+        if keyword == "enum" and old is not None:  # both hold: what both admit
+            value = [v for v in old if v in value]
+        elif keyword in _TIGHTER and old is not None:
+            value = _TIGHTER[keyword](old, value)
+        out[keyword] = value
+    return out
+
+
+def _keywords(v: Any, schema: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(v, _AND):
+        out = schema
+        for inner in attrs.astuple(v, recurse=False)[0]:
+            out = constrained(out, inner)
+        return {k: val for k, val in out.items() if schema.get(k) != val}
+    if isinstance(v, _OPTIONAL):
+        found = _keywords(v.validator, schema)
+        if "enum" in found:
+            found["enum"] = [*found["enum"], None]
+        return found
+    if isinstance(v, _NUMBER):
+        bound = v.bound
+        ok = isinstance(bound, int | float) and not isinstance(bound, bool) and math.isfinite(bound)
+        return {_BOUNDS[v.compare_op]: bound} if ok and v.compare_op in _BOUNDS else {}
+    if isinstance(v, _MIN_LEN | _MAX_LEN):
+        edge, n = ("min", v.min_length) if isinstance(v, _MIN_LEN) else ("max", v.max_length)
+        return {f"{edge}{_LENGTHS[t]}": n for t in _types(schema) if t in _LENGTHS}
+    if isinstance(v, _IN):
+        return _enum(attrs.astuple(v, recurse=False)[-1])  # the options as given (attrs >= 24 keeps them)
+    if isinstance(v, _MATCHES):
+        return _pattern(v.pattern, getattr(v.match_func, "__name__", ""))
+    if isinstance(v, _DEEP_ITERABLE):
+        found = _keywords(v.iterable_validator, schema) if v.iterable_validator else {}
+        if isinstance(schema.get("items"), dict):
+            found["items"] = constrained(schema["items"], v.member_validator)
+        if isinstance(schema.get("prefixItems"), list):
+            found["prefixItems"] = [constrained(s, v.member_validator) for s in schema["prefixItems"]]
+        return found
+    if isinstance(v, _DEEP_MAPPING):
+        found = _keywords(v.mapping_validator, schema) if v.mapping_validator else {}
+        if v.key_validator is not None:
+            names = constrained({"type": "string"}, v.key_validator)
+            if len(names) > 1:
+                found["propertyNames"] = names
+        if v.value_validator is not None and isinstance(schema.get("additionalProperties"), dict):
+            found["additionalProperties"] = constrained(schema["additionalProperties"], v.value_validator)
+        return found
+    return {}
+
+
+def _types(schema: dict[str, Any]) -> set[str]:
+    """The JSON types a schema admits (every one, for a schema that says nothing)."""
+    if "anyOf" in schema:
+        return set().union(*(_types(s) for s in schema["anyOf"]))
+    declared = schema.get("type")
+    if declared is None:
+        return set(_LENGTHS) if "enum" not in schema else set()
+    return {declared} if isinstance(declared, str) else set(declared)
+
+
+def _enum(options: Any) -> dict[str, Any]:
+    if isinstance(options, str | bytes):  # ``in_("abc")``: a substring test, not a choice
+        return {}
+    if isinstance(options, range) and options.step == 1:
+        return {"minimum": options.start, "maximum": options.stop - 1} if len(options) else {}
+    if not isinstance(options, Collection) or len(options) > MAX_ENUM:
+        return {}
+    try:
+        values = [o.value if isinstance(o, enum.Enum) else o for o in options]
+    except TypeError:
+        return {}
+    if not all(isinstance(o, _JSON_SCALARS) for o in values):
+        return {}
+    return {"enum": values}
+
+
+def _pattern(pattern: Any, how: str) -> dict[str, Any]:
+    # Only a pattern without flags (str patterns carry re.UNICODE implicitly): JSON Schema has
+    # none, and its ``pattern`` searches, so ``fullmatch`` and ``match`` are anchored here. The
+    # syntax stays Python's, as Python's JSON Schema tools read it (an ECMA-262 engine may read
+    # a class such as \d more narrowly).
+    if not isinstance(pattern, re.Pattern) or not isinstance(pattern.pattern, str):
+        return {}
+    if pattern.flags & ~re.UNICODE:
+        return {}
+    source = pattern.pattern
+    if how == "fullmatch":
+        return {"pattern": f"^(?:{source})$"}
+    if how == "match":
+        return {"pattern": f"^(?:{source})"}
+    return {"pattern": source} if how == "search" else {}
 
 
 def endpoint_schemas(cls: type[Actor]) -> dict[str, dict[str, Any]]:

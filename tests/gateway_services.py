@@ -7,14 +7,17 @@ from typing import Any
 import attrs
 import trio
 
-from trimicro.actors import Actor, BadRequest, Stream
+from trimicro.actors import Actor, Stream
 
 
 @attrs.frozen
 class Order:
-    item: str
-    qty: int
-    note: str | None = None
+    item: str = attrs.field(validator=attrs.validators.min_len(1))
+    # A value check in the type, not the handler: the OpenAPI document carries it (minimum).
+    qty: int = attrs.field(validator=attrs.validators.gt(0))
+    note: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.max_len(200))
+    )
 
 
 @attrs.frozen
@@ -42,8 +45,6 @@ class Shop(Actor):
         self.flooded = 0
 
     async def buy(self, order: Order) -> dict[str, Any]:
-        if order.qty <= 0:
-            raise BadRequest("qty must be positive")
         return {"item": order.item, "qty": order.qty}
 
     async def checkout(self, cart: Cart) -> Receipt:

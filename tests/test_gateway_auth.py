@@ -48,6 +48,13 @@ async def test_calls_are_401_without_a_token_and_403_with_one_the_rules_refuse(t
         assert refused(await http.post(hello, json={"name": "x"}), 401)
         r = await http.post(hello, json={"name": "x"}, headers=bearer(bob))
         assert (r.status_code, r.json()["caller"]) == (200, "bob")
+        # Refused on its headers alone, before the body is read or decoded: a MiB of garbage is
+        # a 401 without a token, where with one it reaches the decoder and is a 400.
+        garbage = {"content": b"\xff{" * (1 << 19), "headers": {"content-type": "application/json"}}
+        for path in (hello, "/api/publish/orders.new"):
+            assert refused(await http.post(path, **garbage), 401), path  # type: ignore[arg-type]
+        r = await http.post(hello, content=garbage["content"], headers={**garbage["headers"], **bearer(bob)})
+        assert refused(r, 400) and "not valid application/json" in r.json()["detail"]
         await lock_down(a)
         await synced(a, b)
         # Endpoint schemas stay readable to any account (the gateway asks as its node).

@@ -14,20 +14,22 @@ end at once, and the first to come ends the other.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from trimicro.actors import BadRequest, InternalServerError, MicroError, NotFound, TooManyRequests
 from trimicro.actors.lowlevel import AUTHORIZATION
 
+from ..broker import validate_subject
 from . import bridges
 from .access import admit_call, admit_topic
 from .codec import JSON, decode_body
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
     from ..cluster import Cluster
     from ..registry import Endpoint
 
-__all__ = ["PayloadTooLarge", "build_app", "read_body"]
+__all__ = ["PayloadTooLarge", "build_app", "discard_body", "read_body", "whole_paths"]
 
 log = logging.getLogger("trimicro.gateway")
 
@@ -64,6 +66,26 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"the body is larger than {limit} bytes", id="gateway")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def discard_body(request: Request, limit: int, timeout: float) -> None:
+    """Read and drop the unread body of a request refused on its headers, so that the refusal
+    reaches the client: a server that closes a connection with request bytes still unread makes
+    the kernel reset it, and the client loses the reply with them. Nothing is kept or decoded;
+    at most ``limit`` bytes for at most ``timeout`` seconds, after which the connection is left
+    to close (the body is past what the gateway would take anyway)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return
+    size = 0
+    with trio.move_on_after(timeout):
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    return
+        except ClientDisconnect:
+            return
 
 
 async def until_disconnect(request: Request) -> None:
@@ -120,24 +142,35 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
             raise NotFound(f"service {service} has no endpoint {name}", id="gateway")
         return endpoint
 
+    async def refuse(request: Request, exc: MicroError) -> Response:
+        """The error reply to a request refused on its path and headers, its body unread."""
+        await discard_body(request, options.max_body, options.default_timeout)
+        return error_reply(exc)
+
     async def call(request: Request) -> Response:
         service = request.path_params["service"]
         started = trio.current_time()
         endpoint = request.path_params["endpoint"]
+        # What the path and headers decide comes before the body is read: an anonymous client
+        # is refused without the gateway decoding, or even keeping, what it sent.
         try:
             found = await lookup(service, endpoint)
             endpoint, stream = found.name, found.stream
-            body = decode_body(
-                request.headers.get("content-type"), await read_body(request, options.max_body)
-            )
             headers = call_headers(request.headers.items())
             admit_call(cluster, headers, service, endpoint)
             timeout = deadline(request.headers.get("timeout"), options.default_timeout, options.max_timeout)
+            if stream and "text/event-stream" not in request.headers.get("accept", ""):
+                raise BadRequest(
+                    f"{endpoint} is a stream: ask for text/event-stream or open a WebSocket", id="gateway"
+                )
+        except MicroError as exc:
+            state.record(service, endpoint, started, exc)
+            return await refuse(request, exc)
+        try:
+            body = decode_body(
+                request.headers.get("content-type"), await read_body(request, options.max_body)
+            )
             if stream:
-                if "text/event-stream" not in request.headers.get("accept", ""):
-                    raise BadRequest(
-                        f"{endpoint} is a stream: ask for text/event-stream or open a WebSocket", id="gateway"
-                    )
                 return bridges.stream_events(cluster, state, service, endpoint, body, headers)
             result = await cancel_on_disconnect(
                 request, lambda: cluster.call(service, endpoint, body, timeout=timeout, headers=headers)
@@ -151,14 +184,21 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
     async def publish(request: Request) -> Response:
         topic = request.path_params["topic"]
         try:
+            try:
+                validate_subject(topic)  # the broker's own syntax, before anything else
+            except ValueError as exc:
+                raise BadRequest(str(exc), id="gateway") from None
+            headers = call_headers(request.headers.items())
+            admit_topic(cluster, (headers or {}).get(AUTHORIZATION), topic, "publish")
+        except MicroError as exc:
+            return await refuse(request, exc)
+        try:
             body = decode_body(
                 request.headers.get("content-type"), await read_body(request, options.max_body)
             )
-            headers = call_headers(request.headers.items())
-            admit_topic(cluster, (headers or {}).get(AUTHORIZATION), topic, "publish")
             with trio.fail_after(options.default_timeout):
                 n = await cluster.publish(topic, body, headers=headers)
-        except ValueError as exc:  # a topic the broker refuses (bad subject)
+        except ValueError as exc:  # a topic the broker refuses by rules of its own
             return error_reply(BadRequest(str(exc), id="gateway"))
         except trio.TooSlowError:
             return error_reply(TooManyRequests(f"publishing on {topic} did not finish in time", id="gateway"))
@@ -209,7 +249,7 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         return error_reply(MicroError(f"{request.method} {request.url.path}", id="gateway", code=status))
 
-    return Starlette(
+    app = Starlette(
         exception_handlers={HTTPException: no_route},
         routes=[
             route("/health/live", live, "GET"),
@@ -225,3 +265,19 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
             *dashboard_routes(state),
         ],
     )
+    whole_paths(app.routes)
+    return app
+
+
+def whole_paths(routes: Iterable[BaseRoute]) -> None:
+    r"""Make each route match the whole path or nothing.
+
+    Starlette compiles ``/api/publish/{topic:path}`` to ``^/api/publish/(?P<topic>.*)$``, and in
+    Python's ``re`` a ``$`` also matches before a final newline while ``.`` stops at one: the
+    path ``/api/publish/orders.new\n`` published on ``orders.new`` (what the client sent was
+    silently cut), and ``a\nb`` never reached the broker's subject check (a 404 instead of its
+    400). ``\Z`` and ``DOTALL`` hand every character of the path to the handler, which judges it.
+    """
+    for route in routes:
+        if isinstance(route, Route | WebSocketRoute):
+            route.path_regex = re.compile(route.path_regex.pattern.removesuffix("$") + r"\Z", re.DOTALL)

@@ -3,8 +3,9 @@
 Flow control is end to end and nothing queues without a bound. An SSE bridge sends one event,
 waits for the socket to take it (the server's ``send`` waits on the client's TCP window) and only
 then takes the next item from the stream, whose credit (:mod:`trimicro.actors` streams) stops the
-service after ``window`` unread items; a subscription's channel holds ``queue`` messages and then
-blocks the subscriber actor, whose broker policy decides what happens next. A WebSocket's input
+service after ``window`` unread items; a subscription's buffer holds ``queue`` messages, and then
+its slow-subscriber policy decides, as the broker's does (:mod:`.subscriptions`: the publishers
+wait, the oldest messages are dropped, or the subscription ends). A WebSocket's input
 goes to ``stream.send``, which waits for the service's credit, so a slow service slows the
 browser's reads too. Every bridge ends after ``max_stream`` seconds and when either side goes.
 """
@@ -24,10 +25,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from trimicro.actors import BadRequest, MicroError
 
+from ..broker import validate_pattern
 from .access import admit_call, admit_topic
 from .codec import JSON, encode_body, error_body, http_status
 from .headers import call_headers
 from .responses import error_reply
+from .subscriptions import Dropped, choose_policy, subscribed
 
 if TYPE_CHECKING:
     from ..cluster import Cluster
@@ -56,6 +59,7 @@ class EventStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
+        failed: MicroError | None = None
         try:
             with trio.move_on_after(self.limit if self.limit is not None else float("inf")):
                 async with self.source() as events, trio.open_nursery() as nursery:
@@ -69,24 +73,28 @@ class EventStream(Response):
                     headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-store")]
                     await send({"type": "http.response.start", "status": 200, "headers": headers})
                     started = True
-                    async for chunk in events:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    try:
+                        async for chunk in events:
+                            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    except MicroError as exc:  # kept: out of the nursery it would be an ExceptionGroup
+                        failed = exc
                     nursery.cancel_scope.cancel()
-        except MicroError as exc:
-            if not started:
-                err = error_body(exc)
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": http_status(err),
-                        "headers": [(b"content-type", JSON.encode())],
-                    }
-                )
-                await send({"type": "http.response.body", "body": encode_body(JSON, err.to_fields())})
-                return
+        except MicroError as exc:  # opening the source (a refusal), or closing it
+            failed = exc
+        if failed is not None and not started:
+            err = error_body(failed)
             await send(
-                {"type": "http.response.body", "body": sse_event(exc.to_fields(), "error"), "more_body": True}
+                {
+                    "type": "http.response.start",
+                    "status": http_status(err),
+                    "headers": [(b"content-type", JSON.encode())],
+                }
             )
+            await send({"type": "http.response.body", "body": encode_body(JSON, err.to_fields())})
+            return
+        if failed is not None:
+            last = sse_event(failed.to_fields(), "error")
+            await send({"type": "http.response.body", "body": last, "more_body": True})
         if started:
             await send({"type": "http.response.body", "body": b""})
 
@@ -119,39 +127,46 @@ def stream_events(
 def subscribe_route(cluster: Cluster, state: GatewayState) -> Callable[[Request], Awaitable[Response]]:
     """``GET /api/subscribe/{pattern}``: the topic's messages as SSE, for the token's account.
 
-    The pattern is checked against the topic rules first (401/403 as a reply), then each message
-    against its own topic, as a subscribing node checks them: the gateway's node receives the
-    messages, the token decides which the client sees. ``?queue=`` joins a queue group.
+    The pattern is checked against the broker's syntax and the topic rules first (400, 401, 403
+    as a reply), then each message against its own topic, as a subscribing node checks them:
+    the gateway's node receives the messages, the token decides which the client sees.
+    ``?queue=`` joins a queue group; ``?policy=`` is what a client that reads too slowly costs
+    (:mod:`.subscriptions`: the publishers wait, the oldest messages go, or the subscription ends).
     """
+    options = state.options
 
     async def subscribe(request: Request) -> Response:
         pattern = request.path_params["pattern"]
         token = (call_headers(request.headers.items()) or {}).get("authorization")
         try:
+            try:
+                validate_pattern(pattern)
+            except ValueError as exc:
+                raise BadRequest(str(exc), id="gateway") from None
             admit_topic(cluster, token, pattern, "subscribe")
+            policy = choose_policy(request.query_params.get("policy"), options.subscriber_policy)
         except MicroError as exc:
             return error_reply(exc)
+        group = request.query_params.get("queue") or None
 
         @asynccontextmanager
         async def source() -> AsyncIterator[AsyncIterator[bytes]]:
-            queue = request.query_params.get("queue") or None
-            try:
-                opened = cluster.pubsub.messages(pattern, queue=queue, buffer=state.options.queue)
-            except ValueError as exc:
-                raise BadRequest(str(exc), id="gateway") from None
-            async with opened as messages:
+            async with subscribed(cluster, pattern, queue=group, size=options.queue, policy=policy) as buffer:
 
                 async def events() -> AsyncIterator[bytes]:
-                    async for msg in messages:
+                    async for item in buffer.events():
+                        if isinstance(item, Dropped):
+                            yield sse_event({"dropped": item.count}, "dropped")
+                            continue
                         try:
-                            admit_topic(cluster, token, msg.topic, "subscribe")
+                            admit_topic(cluster, token, item.topic, "subscribe")
                         except MicroError:
                             continue
-                        yield sse_event({"topic": msg.topic, "body": msg.body, "publisher": msg.publisher})
+                        yield sse_event({"topic": item.topic, "body": item.body, "publisher": item.publisher})
 
                 yield events()
 
-        return EventStream(source, state.options.max_stream)
+        return EventStream(source, options.max_stream)
 
     return subscribe
 

@@ -167,7 +167,8 @@ _TIMEOUT = {
     "in": "header",
     "required": False,
     "description": "the call's deadline in seconds (capped by the gateway)",
-    "schema": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+    # A positive number: "0" is refused (400) like any deadline already passed.
+    "schema": {"type": "string", "pattern": r"^([0-9]*[1-9][0-9]*(\.[0-9]+)?|[0-9]*\.[0-9]*[1-9][0-9]*)$"},
 }
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from ..broker import Policy
+
 __all__ = ["GatewayOptions"]
 
 
@@ -28,6 +30,10 @@ class GatewayOptions:
     max_timeout: float = 60.0
     #: Items buffered per SSE subscription or stream bridge.
     queue: int = 64
+    #: What a subscriber that reads too slowly costs, unless it asks (``?policy=``) for a drop
+    #: policy: ``"block"`` (publishers wait), ``"drop_oldest"`` or ``"drop_subscriber"``, the
+    #: broker's slow-subscriber policies (see :mod:`trimicro.cluster.gateway.subscriptions`).
+    subscriber_policy: Policy = "block"
     #: Longest a stream or subscription bridge stays open, in seconds (``None``: while the client stays).
     max_stream: float | None = 3600.0
     #: How often the gateway re-reads the registry for its OpenAPI document and dashboard, in seconds.
