@@ -12,7 +12,11 @@ This module is that rule for trimicro (docs/protocol.md §3.5 states it for the 
 - Headers the caller passes explicitly win over propagated ones of the same key.
 - A node may restrict the rest (``start_node(propagate_headers=...)``: an allow-list of keys, or a
   predicate on the key); ``authorization`` always travels, as the auth model needs (the next
-  service judges the original caller, docs/auth.md).
+  service judges the original caller, docs/auth.md), and so does the W3C trace context
+  (:data:`TRACE_CONTEXT`: ``traceparent``, ``tracestate``), so a trace goes on through a node
+  whatever its rule, and through one that traces nothing itself (no OpenTelemetry SDK): its
+  calls carry the context it received. A node that traces replaces it with its own span's
+  (:mod:`trimicro.actors.tracing`).
 - At most :data:`MAX_PROPAGATED` headers and :data:`MAX_PROPAGATED_BYTES` bytes propagate, half of
   what a receiver accepts in one envelope, so that the caller's own headers still fit.
 
@@ -33,6 +37,7 @@ __all__ = [
     "MAX_PROPAGATED",
     "MAX_PROPAGATED_BYTES",
     "RESERVED_PREFIXES",
+    "TRACE_CONTEXT",
     "HeaderRule",
     "forward_auth",
     "header_rule",
@@ -70,13 +75,16 @@ HOP_HEADERS = frozenset(
 #: protocol reserves for per-hop use (``trimicro-``).
 RESERVED_PREFIXES = (":", "trimicro-")
 
+#: The W3C Trace Context keys, which every rule lets travel (still within the bounds below).
+TRACE_CONTEXT = frozenset({"traceparent", "tracestate"})
+
 #: At most this many headers propagate (a receiver accepts 64 in one envelope).
 MAX_PROPAGATED = 32
 #: At most this many bytes of keys and values propagate (a receiver accepts 8 KiB).
 MAX_PROPAGATED_BYTES = 4 * 1024
 
 #: What ``start_node(propagate_headers=)`` takes: ``None`` for the default rule, a collection of
-#: keys (an allow-list; empty: only ``authorization``), or a predicate on the key.
+#: keys (an allow-list; empty: only ``authorization`` and the trace context), or a predicate on the key.
 HeaderRule: TypeAlias = "Collection[str] | Callable[[str], bool] | None"
 
 
@@ -90,13 +98,13 @@ def header_rule(rule: HeaderRule) -> Callable[[str], bool]:
         return _default
     if callable(rule):
         check = rule
-        return lambda key: _default(key) and bool(check(key))
+        return lambda key: key in TRACE_CONTEXT or (_default(key) and bool(check(key)))
     if isinstance(rule, str):
         raise TypeError("propagate_headers takes a collection of keys, not one string")
-    allowed = frozenset(rule)
-    if not all(isinstance(k, str) for k in allowed):
+    if not all(isinstance(k, str) for k in rule):
         raise TypeError("propagate_headers keys are strings")
-    return lambda key: key in allowed and _default(key)
+    allowed = frozenset(k for k in rule if _default(k)) | TRACE_CONTEXT
+    return allowed.__contains__
 
 
 def forward_auth(headers: dict[str, str] | None) -> dict[str, str] | None:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -40,6 +40,10 @@ from .middleware.server import wrap_handlers
 from .remote import MAX_HANDSHAKES, Identity, Remoting
 from .supervision import ChildSpec, Restart, SupervisorStrategy
 from .timers import TimeoutWheel, TimerService
+from .tracing import TracingSetting, node_tracing
+
+if TYPE_CHECKING:
+    from .tracing.middleware import Tracing
 
 __all__ = ["DEFAULT_ASK_TIMEOUT", "Node", "start_node"]
 
@@ -81,15 +85,20 @@ class Node:
         propagate_headers: HeaderRule = None,
         middleware: Sequence[Middleware] = (),
         metrics: bool = False,
+        tracing: Tracing | None = None,
     ) -> None:
         self.id = node_id
         #: This node's middleware, both sides (see :mod:`trimicro.actors.middleware`).
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
         #: What this node counts about itself (see :mod:`trimicro.actors.metrics`).
         self.metrics = NodeMetrics(EndpointRecorder() if metrics else None)
+        #: Spans around its calls and handlers (:mod:`trimicro.actors.tracing`), or ``None``:
+        #: the innermost client middleware (a span per attempt) and the outermost server one.
+        self.tracing = tracing
+        client = self.middleware if tracing is None else (*self.middleware, tracing)
         #: The client side of it, composed once; ``None`` without middleware (the calls' fast
         #: paths check only this).
-        self.client_chain: Next | None = compose(self.middleware) if self.middleware else None
+        self.client_chain: Next | None = compose(client) if client else None
         #: Handler tables wrapped in middleware, per actor class (see :meth:`handlers_for`).
         self._wrapped: dict[type, HandlerTable] = {}
         self.ask_timeout = ask_timeout
@@ -265,13 +274,14 @@ class Node:
         endpoint recorder when metrics are on, built once per class and node."""
         table = handler_table(cls)
         recorder = self.metrics.endpoints
-        if not self.middleware and not cls.middleware and recorder is None:
+        if not self.middleware and not cls.middleware and recorder is None and self.tracing is None:
             return table
         wrapped = self._wrapped.get(cls)
         if wrapped is None:
             wrapped = table
-            if self.middleware or cls.middleware:
-                wrapped = wrap_handlers(table, (*self.middleware, *cls.middleware))
+            outer = () if self.tracing is None else (self.tracing,)
+            if outer or self.middleware or cls.middleware:
+                wrapped = wrap_handlers(table, (*outer, *self.middleware, *cls.middleware))
             if recorder is not None:  # outermost: what middleware raises counts too
                 wrapped = recorder.wrap(wrapped)
             if len(self._wrapped) < SHARED_SPECS:
@@ -432,6 +442,7 @@ async def start_node(
     propagate_headers: HeaderRule = None,
     middleware: Sequence[Middleware] = (),
     metrics: bool = False,
+    tracing: TracingSetting = None,
 ) -> AsyncIterator[Node]:
     """Run a node for the duration of the block.
 
@@ -453,12 +464,18 @@ async def start_node(
     take up to 5 s and holds buffers before anyone is authenticated): beyond it a new connection
     is closed at once; established links do not count.
     ``propagate_headers`` restricts which headers of a request being served travel on the calls
-    its handler makes (by default all but the hop-by-hop ones; ``authorization`` always does):
+    its handler makes (by default all but the hop-by-hop ones; ``authorization``, ``traceparent``
+    and ``tracestate`` always do):
     a collection of keys to allow, or a predicate on the key (see :mod:`trimicro.actors.metadata`).
     ``middleware`` runs around the calls this node makes and the handlers of its actors (the
     first is outermost; see :mod:`trimicro.actors.middleware` for the order of the levels).
     ``metrics`` turns on per-endpoint metrics (requests, errors by code, latency; see
     :mod:`trimicro.actors.metrics`): ``node.metrics`` counts the rest either way.
+
+    ``tracing``: by default the node makes OpenTelemetry spans of its calls and handlers when
+    the process has an SDK's tracer provider set globally, and nothing otherwise; ``False``
+    turns that off, a ``TracerProvider`` is used instead of the global one (see
+    :mod:`trimicro.actors.tracing`).
     """
     if max_handshakes < 1:
         raise ValueError(f"max_handshakes must be at least 1, got {max_handshakes}")
@@ -496,6 +513,7 @@ async def start_node(
             propagate_headers=propagate_headers,
             middleware=middleware,
             metrics=metrics,
+            tracing=node_tracing(tracing, node_id),
         )
         nursery.start_soon(node.timers.run, name="trimicro-timers")
         nursery.start_soon(node.timeouts.run, name="trimicro-timeouts")

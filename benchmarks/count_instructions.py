@@ -173,17 +173,18 @@ SCENARIOS = (
 
 def count(python: str, scenario: str, n: int) -> int:
     """Instructions a whole run of ``scenario`` with ``n`` operations executes."""
+    return callgrind_total([python, "-c", WORKLOAD, scenario, str(n)])
+
+
+def callgrind_total(argv: list[str]) -> int:
+    """Instructions the command ``argv`` executes, counted by callgrind (other benchmarks
+    count their own workloads with it)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
         tool = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-        proc = subprocess.run(
-            [*tool, python, "-c", WORKLOAD, scenario, str(n)],
-            capture_output=True,
-            text=True,
-            timeout=1800,
-        )
+        proc = subprocess.run([*tool, *argv], capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
-        raise SystemExit(f"{scenario} with {python} failed:\n{proc.stderr[-2000:]}")
+        raise SystemExit(f"{' '.join(argv[:1] + argv[-3:])} failed:\n{proc.stderr[-2000:]}")
     found = re.search(r"Collected : (\d+)", proc.stderr)
     if found is None:
         raise SystemExit(f"no instruction count in valgrind's output:\n{proc.stderr[-2000:]}")

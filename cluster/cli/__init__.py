@@ -22,13 +22,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 import trio
 
 from trimicro.mailbox.errors import MicroError
 
-from .. import plugins
+from .. import plugins, tracing
 from .accounts import add_auth_parser, auth
 from .api import add_api_parser, api
 from .calls import call, stream
@@ -162,6 +163,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `run --workers` gives it to each worker
     try:
         try:
+            tracing.configure(_service_name(args))  # when OTEL_* variables ask for traces
             return trio.run(COMMANDS[args.command], args, out)
         except BaseExceptionGroup as group:  # an error from inside a nursery: report the first
             raise _first_leaf(group) from None
@@ -182,6 +184,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _service_name(args: argparse.Namespace) -> str:
+    """The ``service.name`` of this process's traces (unless ``OTEL_SERVICE_NAME`` says): a
+    node's name or the module it serves, else the command (``trimicro-api``)."""
+    if args.command == "run":
+        target = str(args.target)
+        return str(args.name or (Path(target).stem if target.endswith(".py") else target.rsplit(".", 1)[-1]))
+    return f"trimicro-{args.command}"
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -37,6 +37,7 @@ from .headers import call_headers, deadline
 from .openapi import document
 from .responses import error_reply, reply
 from .state import GatewayState
+from .tracing import traced
 
 if TYPE_CHECKING:
     from ..cluster import Cluster
@@ -241,7 +242,7 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
         async def endpoint(request: Request) -> Response:
             return await guarded(handler, request)
 
-        return Route(path, endpoint, methods=[method])
+        return Route(path, traced(endpoint, method, path, cluster.node), methods=[method])
 
     async def no_route(request: Request, exc: Exception) -> Response:
         # Starlette's own answers (no route matched, a method the route lacks) in the same error
