@@ -10,7 +10,7 @@ The package: :func:`main` (argument parsing and the exit statuses) here, one mod
 group: :mod:`.serve` (``run``), :mod:`.listing` (``services``, ``describe``, ``nodes``),
 :mod:`.calls` (``call``, ``stream``), :mod:`.topics` (``publish``, ``subscribe``), :mod:`.records`
 (``store``), :mod:`.accounts` (``auth``), :mod:`.installed` (``plugins``), :mod:`.trust`
-(``authority``, ``cert``); what they share in
+(``authority``, ``cert``), :mod:`.health` (``health``); what they share in
 :mod:`.common`, :mod:`.discovery` and :mod:`.options`.
 """
 
@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import TextIO
 
 import trio
 
+from trimicro.actors.lowlevel import configure_logging, unconfigure_logging
 from trimicro.mailbox.errors import MicroError
+from trimicro.mailbox.logs import get_logger
 
 from .. import plugins
 from .accounts import add_auth_parser, auth
@@ -32,9 +35,10 @@ from .api import add_api_parser, api
 from .calls import call, stream
 from .common import UsageError
 from .discovery import MISS, PUBLISH_WAIT, WAIT, wait_for, wait_seconds
+from .health import add_health_parser, health
 from .installed import list_plugins
 from .listing import describe, nodes, services
-from .options import client_options, plugin_options
+from .options import client_options, log_options, plugin_options
 from .records import store
 from .serve import load_target, run, services_of
 from .topics import publish, subscribe
@@ -52,6 +56,8 @@ __all__ = [
     "wait_for",
     "wait_seconds",
 ]
+
+log = get_logger(__package__)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -74,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", help="address to accept nodes on (default port 0 of --interface, else 127.0.0.1)"
     )
     plugin_options(serve, nested=True)
+    log_options(serve)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
@@ -116,10 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--database", help="the database to use (default: the store's own)")
     st.add_argument("--table", help="the table to use (default: the store's own)")
     add_auth_parser(client("auth", "accounts, tokens, rules and revocations (the auth service)"))
+    add_health_parser(client("health", "is a node live and ready (exit 0), and if not, which check fails"))
     add_trust_parsers(sub)
     gw = sub.add_parser("api", help="serve the HTTP gateway, its OpenAPI docs and the dashboard")
     add_api_parser(gw)
     plugin_options(gw, nested=True)
+    log_options(gw)
     return parser
 
 
@@ -138,7 +147,12 @@ COMMANDS = {
     "authority": authority,
     "cert": cert,
     "api": api,
+    "health": health,
 }
+
+#: Commands that run until stopped log from INFO up by default (membership, addresses,
+#: registrations); a one-shot command from WARNING up, so its output stays its answer.
+SERVERS = {"run", "api"}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -147,6 +161,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     err = err or sys.stderr
     args = build_parser().parse_args(argv)
     try:
+        _configure_logging(args, err)
         try:
             return trio.run(COMMANDS[args.command], args, out)
         except BaseExceptionGroup as group:  # an error from inside a nursery: report the first
@@ -168,6 +183,21 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    finally:
+        unconfigure_logging()
+
+
+def _configure_logging(args: argparse.Namespace, err: TextIO) -> None:
+    """Records to ``err`` with time, level, logger, node and actor: ``--log-level`` and
+    ``--log-format`` (``run``, ``api``), else ``$TRIMICRO_LOG_LEVEL`` and ``$TRIMICRO_LOG_FORMAT``."""
+    default = "INFO" if args.command in SERVERS else "WARNING"
+    level = getattr(args, "log_level", None) or os.environ.get("TRIMICRO_LOG_LEVEL") or default
+    form = getattr(args, "log_format", None) or os.environ.get("TRIMICRO_LOG_FORMAT") or "text"
+    try:
+        configure_logging(level, form.lower(), err)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    log.debug("logging at %s as %s", level, form)
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

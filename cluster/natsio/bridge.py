@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import logging
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
@@ -36,10 +35,11 @@ from typing import Any, Generic, TypeVar
 import trio
 
 from trimicro.mailbox.errors import RequestTimeout, ServiceUnavailable
+from trimicro.mailbox.logs import get_logger
 
 __all__ = ["Bridge", "Inbox", "Outbox"]
 
-log = logging.getLogger("trimicro.nats")
+log = get_logger(__package__)
 
 T = TypeVar("T")
 Item = TypeVar("Item")

@@ -70,7 +70,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import itertools
-import logging
 import threading
 import time
 import weakref
@@ -82,6 +81,7 @@ import lmdb  # type: ignore[import-untyped, unused-ignore]
 import trio
 
 from trimicro.mailbox.errors import BadRequest, NotFound, ServiceUnavailable
+from trimicro.mailbox.logs import get_logger
 
 from . import (  # the records and checks both stores share
     MAX_NAMESPACES,
@@ -99,7 +99,7 @@ from .lmdb_layout import HEAD, current_version, dbi_name, decode_record, encode_
 __all__ = ["CACHE_RECORDS", "READ_YIELD_EVERY", "SWEEP_BATCH", "SWEEP_SCAN", "LmdbStore"]
 
 
-log = logging.getLogger("trimicro.store")
+log = get_logger(__package__)
 
 
 _BUSY = object()  # a point read must go through a worker thread
