@@ -33,7 +33,6 @@ import dataclasses
 import datetime as dt
 import enum
 import functools
-import logging
 import sys
 import types
 import typing
@@ -62,10 +61,11 @@ from cattrs.gen import make_dict_structure_fn
 from cattrs.strategies import configure_union_passthrough
 
 from trimicro.mailbox.errors import BadRequest, MicroError
+from trimicro.mailbox.logs import get_logger
 
 __all__ = ["BodyConverter", "body_converter", "is_map_annotation"]
 
-log = logging.getLogger("trimicro.actors")
+log = get_logger(__package__)
 
 #: A body (as it came) -> the handler's argument; raises :class:`BadRequest` if it does not fit.
 BodyConverter = Callable[[Any], Any]

@@ -9,12 +9,13 @@ from contextlib import asynccontextmanager
 import trio
 
 from trimicro.actors.messages import DeadLetter
+from trimicro.mailbox.logs import get_logger
 
 from .metrics import bump
 
 __all__ = ["DeadLetters"]
 
-log = logging.getLogger("trimicro.deadletters")
+log = get_logger(__package__)
 
 
 class DeadLetters:

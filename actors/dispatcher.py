@@ -8,14 +8,15 @@ an ``ask`` to another actor) keeps its worker, so the pool grows instead of dead
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Protocol
 
 import trio
 from outcome import Value
 from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
 
-log = logging.getLogger("trimicro.actors")
+from trimicro.mailbox.logs import get_logger
+
+log = get_logger(__package__)
 
 __all__ = ["Dispatcher", "Drainable"]
 

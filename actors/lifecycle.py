@@ -9,7 +9,6 @@ did in one class (attribute lookups go through the type's method cache, whatever
 
 from __future__ import annotations
 
-import logging
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,7 @@ import trio
 from trio.lowlevel import ParkingLot
 
 from trimicro.mailbox.errors import MicroError, ServiceUnavailable, TooManyRequests
+from trimicro.mailbox.logs import get_logger
 from trimicro.mailbox.mailboxes import Mailbox, Unbuilt
 from trimicro.mailbox.refs import ActorRef
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .ports import NodePort
     from .timers import Timer
 
-log = logging.getLogger("trimicro.actors")
+log = get_logger(__package__)
 
 #: Messages a worker handles before yielding to other tasks (fairness without a yield per message).
 BATCH = 128

@@ -9,7 +9,6 @@ process (each test starts its own).
 from __future__ import annotations
 
 import itertools
-import logging
 import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -21,6 +20,7 @@ import trio
 
 from trimicro.mailbox.codec import CodecSet, TypeRegistry
 from trimicro.mailbox.errors import Conflict, NotFound
+from trimicro.mailbox.logs import get_logger
 from trimicro.mailbox.mailboxes import Mailbox, MailboxSpec, Unbuilt, bounded
 from trimicro.mailbox.refs import ActorRef
 from trimicro.mailbox.transport import TcpTransport, Transport
@@ -30,7 +30,9 @@ from .busypoll import DEFAULT_BUSY_POLL
 from .cell import BATCH, RUNNING, STOPPING, Cell
 from .deadletters import DeadLetters
 from .dispatcher import Dispatcher
+from .health import Health
 from .lifecycle import CellLifecycle
+from .logs import current_node
 from .mail import Mail
 from .messages import DeadLetter
 from .metadata import HeaderRule, header_rule
@@ -38,6 +40,7 @@ from .metrics import EndpointRecorder, NodeMetrics
 from .middleware import Middleware, Next, compose
 from .middleware.server import wrap_handlers
 from .remote import MAX_HANDSHAKES, Identity, Remoting
+from .remote.health import HEALTH_OP, HealthAnswers
 from .supervision import ChildSpec, Restart, SupervisorStrategy
 from .timers import TimeoutWheel, TimerService
 from .tracing import TracingSetting, node_tracing
@@ -47,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_ASK_TIMEOUT", "Node", "start_node"]
 
-log = logging.getLogger("trimicro.node")
+log = get_logger(__package__)
 
 #: Default ``ask`` timeout in seconds. Go Micro allows 30 s, Erlang 5 s; 10 s fails a stuck call
 #: quickly enough for a user-facing request while leaving room for a slow dependency.
@@ -134,6 +137,9 @@ class Node:
             busy_poll=busy_poll,
             max_handshakes=max_handshakes,
         )
+        #: Readiness checks (see :mod:`.health`), answered to other nodes as ``SYSTEM health``.
+        self.health = Health(node_id)
+        self.remote.system_handlers[HEALTH_OP] = HealthAnswers(self.health)
         self._uids = itertools.count(1)
         #: Shared specs of anonymous spawns (see :meth:`child_spec`), at most SHARED_SPECS.
         self._specs: dict[type, ChildSpec] = {}
@@ -515,18 +521,24 @@ async def start_node(
             metrics=metrics,
             tracing=node_tracing(tracing, node_id),
         )
+        # Every task of the node inherits this (trio copies the context into the tasks it
+        # starts): their log records name the node at no cost per message (see :mod:`.logs`).
+        node_token = current_node.set(node_id)
         nursery.start_soon(node.timers.run, name="trimicro-timers")
         nursery.start_soon(node.timeouts.run, name="trimicro-timeouts")
         try:
             if listen is not None:
                 await node.listen(listen)
+            node.health.state = "running"
             yield node
         except BaseException as exc:
             body_error = exc
         finally:
+            node.health.state = "stopping"
             with trio.CancelScope(shield=True):
                 await node._shutdown()
                 await node.remote.aclose()
+            current_node.reset(node_token)
             nursery.cancel_scope.cancel()
     if body_error is not None:
         raise body_error

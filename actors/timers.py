@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import math
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -18,7 +17,9 @@ import trio
 
 __all__ = ["Expirable", "TimeoutWheel", "Timer", "TimerService"]
 
-log = logging.getLogger("trimicro.timers")
+from trimicro.mailbox.logs import get_logger
+
+log = get_logger(__package__)
 
 
 class Timer:

@@ -19,7 +19,6 @@ handshake (see :mod:`trimicro.cluster.registry`).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from os import PathLike
@@ -32,14 +31,28 @@ from trimicro.actors import ActorRef, Node, Restart, start_node
 from trimicro.actors.lowlevel import Cell, Identity
 from trimicro.mailbox.codec import TypeRegistry
 from trimicro.mailbox.errors import MicroError
+from trimicro.mailbox.logs import get_logger
 
 from .auth.guard import fetch_state
 from .client import Client, call
+from .health import add_checks
 from .introspect import DESCRIBE_NAME, Describe, endpoint_schemas
 from .membership import Membership
 from .metrics import Exports, check_options, start_exports
-from .registry import NODE_SERVICE, NodeInfo, Registry, Service, belongs, in_clusters
-from .selector import STRATEGIES, RetryPolicy, Selector, Strategy
+from .registry import (
+    NODE_SERVICE,
+    NodeInfo,
+    Registry,
+    Service,
+    belongs,
+    in_clusters,
+)
+from .selector import (
+    STRATEGIES,
+    RetryPolicy,
+    Selector,
+    Strategy,
+)
 from .service import describe_endpoints
 
 if TYPE_CHECKING:
@@ -53,7 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NODE_SERVICE", "Cluster", "call", "start_cluster"]
 
-log = logging.getLogger("trimicro.cluster")
+log = get_logger(__package__)
 
 
 class Cluster(Client):
@@ -160,6 +173,7 @@ class Cluster(Client):
             (NodeInfo(self.node.id, self.address, {"path": ref.path}, self.fingerprint),),
         )
         await self.registry.register(record, ttl=self.ttl)
+        log.info("registered service %s version %s at %s", name, version, self.address or "(no address)")
         self._served[name] = (record, ref)
         self._service_paths[ref.path] = name
         if instance is not None:
@@ -179,6 +193,7 @@ class Cluster(Client):
             self._announce()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self.registry.deregister(record)
+            log.info("deregistered service %s (its actor stopped)", name)
 
     async def _refresh_registrations(self) -> None:
         """Re-register before the TTL lapses (the registry forgets nodes that stop doing so)."""
@@ -371,6 +386,7 @@ async def start_cluster(
                 selector=selector,
             )
             cluster.store = store_
+            add_checks(cluster, membership=membership, announce=announce)
             if auth:  # False, None or "": no auth
                 from .auth.default import guard_for
 
@@ -400,6 +416,7 @@ async def start_cluster(
             await cluster.pubsub.start()
             if announce:
                 await registry_.register(cluster._node_record(), ttl=ttl)
+                log.info("node %s announced at %s", cluster.id, cluster.address or "(no address)")
             cluster.announced = announce
             nursery.start_soon(cluster._refresh_registrations)
             nursery.start_soon(cluster._follow_registry)
@@ -408,6 +425,7 @@ async def start_cluster(
             except BaseException as exc:
                 body_error = exc
             finally:
+                node.health.state = "stopping"  # not ready while it deregisters and leaves
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     for record, _ in list(cluster._served.values()):
                         await registry_.deregister(record)

@@ -30,3 +30,13 @@ def no_worker_crashes() -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
     assert not handler.records, f"the runtime crashed: {handler.records[0].getMessage()}"
+
+
+@pytest.fixture(autouse=True)
+def fresh_rate_limit() -> Iterator[None]:
+    """Each test starts with the library loggers' rate limit empty: what earlier tests warned
+    about must not hold back a warning a test waits for."""
+    from trimicro.mailbox.logs import RATE_LIMIT
+
+    RATE_LIMIT.reset()
+    yield

@@ -176,7 +176,7 @@ async def test_rules_change_live_and_deny_with_401_and_403(tmp_path: Path, caplo
         bob = await login(a, "bob", ["guest"])
         await lock_down(a)
         await synced(a, b)
-        caplog.set_level(logging.WARNING, logger="trimicro.auth")
+        caplog.set_level(logging.WARNING, logger="trimicro.cluster.auth")
         assert (await b.call("greeter", "Greeter.hello", {"name": "x"}, headers=bearer(alice)))[
             "caller"
         ] == "alice"
@@ -700,7 +700,7 @@ async def test_a_watch_is_judged_like_an_ask_and_a_refusal_hides_whether_the_act
     async with cluster_of(tmp_path, 2) as (a, b):
         await lock_down(a)
         await synced(a, b)
-        caplog.set_level(logging.WARNING, logger="trimicro.auth")
+        caplog.set_level(logging.WARNING, logger="trimicro.cluster.auth")
         send, receive = trio.open_memory_channel[Terminated](10)
         watcher = await b.node.spawn(Watcher, send)
         greeter = b.node.remote_ref("n0", "greeter")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -30,10 +29,9 @@ from trimicro.cluster.registry import (
 from trimicro.cluster.selector import RetryPolicy
 from trimicro.cluster.service import idempotent
 from trimicro.mailbox.codec import TypeRegistry
+from trimicro.mailbox.logs import RATE_LIMIT
 
 TYPES = TypeRegistry()
-#: The module that defines in_clusters (wherever it lives): its warned-ids set is reset per test.
-registry_module = sys.modules[in_clusters.__module__]
 
 
 @TYPES.message("test.Hello")
@@ -251,45 +249,48 @@ async def test_a_node_never_polls_another_clusters_auth_service(
     assert [r.getMessage() for r in caplog.records] == []
 
 
-async def test_a_record_that_names_no_cluster_is_ignored_with_one_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+async def test_a_record_that_names_no_cluster_is_ignored_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A seed built as ``NodeInfo(id, address)`` (no cluster) is not dialed by a node that
-    knows its cluster: the call is a 404, and the log says why, once per node id.
-    Before: the 404 alone, nothing logged."""
-    monkeypatch.setattr(registry_module, "_unclaimed_warned", set())
+    knows its cluster: the call is a 404, and the log says why (a few times at most: the
+    package logger's rate limit holds the repeats back). Before: the 404 alone, nothing logged."""
     caplog.set_level(logging.WARNING, logger="trimicro")
     seed = NodeInfo("seed1", f"127.0.0.1:{closed_port()}")
     static = StaticRegistry([Service("greeter", nodes=(seed,))])
     async with start_cluster(
         "client", registry=static, home=tmp_path, membership=False, announce=False, types=TYPES
     ) as client:
-        for _ in range(3):
+        for _ in range(20):
             with pytest.raises(NotFound):
                 await client.call("greeter", "Greeter.whoami", {})
             client.cache._entries.clear()  # asked again: the record is seen again
     warned = [r.getMessage() for r in caplog.records if "names no cluster" in r.getMessage()]
-    assert len(warned) == 1 and "seed1" in warned[0], warned
+    assert 1 <= len(warned) <= RATE_LIMIT.burst and "seed1" in warned[0], warned
+    assert RATE_LIMIT.suppressed >= 20 - RATE_LIMIT.burst
 
 
 def test_the_warnings_about_records_without_a_cluster_are_bounded(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Records come from a shared medium: the ids remembered as warned are bounded, and past
-    the bound one last warning says the rest go unlogged. A record of another cluster (two
+    """Records come from a shared medium: however many name no cluster, a burst is logged,
+    then one per interval that counts those held back. A record of another cluster (two
     clusters on one machine) is normal, and not logged."""
-    monkeypatch.setattr(registry_module, "_unclaimed_warned", set())
-    monkeypatch.setattr(registry_module, "_unclaimed_overflow", False)
-    monkeypatch.setattr(registry_module, "MAX_UNCLAIMED_WARNED", 2)
+    now = [0.0]
+    monkeypatch.setattr(RATE_LIMIT, "clock", lambda: now[0])
     caplog.set_level(logging.WARNING, logger="trimicro")
     ours, theirs = "a" * 32, "b" * 32
-    for i in range(5):
+    for i in range(50):
         nodes = (NodeInfo(f"x{i}", "127.0.0.1:1"), NodeInfo(f"o{i}", "127.0.0.1:1", cluster=theirs))
         assert in_clusters([Service("s", nodes=nodes)], {ours}) == []
-    assert len(registry_module._unclaimed_warned) == 2
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 3 and "x0" in messages[0] and "x1" in messages[1], messages
-    assert messages[2] == "ignoring more records that name no cluster, without logging them"
+    assert len(messages) == RATE_LIMIT.burst and all("names no cluster" in m for m in messages), messages
+    assert "x0" in messages[0] and not any(f"o{i} " in m for i in range(50) for m in messages)
+    now[0] += RATE_LIMIT.interval
+    in_clusters([Service("s", nodes=(NodeInfo("x50", "127.0.0.1:1"),))], {ours})
+    last = caplog.records[-1]
+    assert "x50" in last.getMessage()
+    assert last.getMessage().endswith(f"(suppressed {50 - RATE_LIMIT.burst} similar)")
 
 
 class Unwatched(MemoryRegistry):

@@ -322,7 +322,7 @@ async def test_get_section_structures_attrs() -> None:
 async def test_missing_file_warns_and_others_still_load(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="trimicro.config"):
+    with caplog.at_level(logging.WARNING, logger="trimicro.cluster.config"):
         config = await loaded(Defaults({"a": 1}), FileSource(tmp_path / "nope.json"))
     assert config.get("a") == 1
     assert "file not found" in config.errors[f"file:{tmp_path / 'nope.json'}"]
@@ -351,7 +351,7 @@ async def test_broken_file_keeps_last_good_and_recovers(
     f.write_text("port = 1\n")
     async with open_config(FileSource(f, name="app"), interval=0.05) as config:
         version = config.version
-        with caplog.at_level(logging.WARNING, logger="trimicro.config"):
+        with caplog.at_level(logging.WARNING, logger="trimicro.cluster.config"):
             rewrite(f, "port = = broken\n")
             with trio.fail_after(1):
                 while "app" not in config.errors:

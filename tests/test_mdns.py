@@ -169,7 +169,7 @@ def register_raw(raw: Zeroconf, infos: list[ServiceInfo]) -> None:
 async def test_malformed_instances_are_skipped(
     pair: tuple[MdnsRegistry, MdnsRegistry], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="trimicro.cluster.mdns")
+    caplog.set_level(logging.DEBUG, logger="trimicro.cluster.registry")
     a, b = pair
     name = unique("bad")
     base = {b"n": name.encode(), b"v": b"1", b"a": b"127.0.0.1:9200", b"md": b"{}", b"e0": b"[]"}

@@ -518,17 +518,17 @@ async def test_an_existing_store_open_to_others_is_tightened_on_open_and_says_so
     env.close()
     for name in ("data.mdb", "lock.mdb"):
         os.chmod(path / name, 0o644)
-    with caplog.at_level("WARNING", logger="trimicro.store"):
+    with caplog.at_level("WARNING", logger="trimicro.cluster.store"):
         store = LmdbStore(path)
         await store.aclose()
     assert (_mode(path), _mode(path / "data.mdb"), _mode(path / "lock.mdb")) == (0o700, 0o600, 0o600)
-    warned = [r.getMessage() for r in caplog.records if r.name == "trimicro.store"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "trimicro.cluster.store"]
     assert len(warned) == 3 and all("made it owner-only" in w for w in warned)
     assert str(path / "data.mdb") in " ".join(warned)
     caplog.clear()
-    with caplog.at_level("WARNING", logger="trimicro.store"):  # once tightened, nothing to say
+    with caplog.at_level("WARNING", logger="trimicro.cluster.store"):  # once tightened, nothing to say
         await LmdbStore(path).aclose()
-    assert not [r for r in caplog.records if r.name == "trimicro.store"]
+    assert not [r for r in caplog.records if r.name == "trimicro.cluster.store"]
 
 
 # --------------------------------------------------------------------------------------------

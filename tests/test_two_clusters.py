@@ -45,6 +45,7 @@ async def run_services(home: Path, stderr: Any) -> AsyncIterator[Proc]:
     """``trimicro --home HOME run examples/services.py --name svc --store ...``, stopped with
     SIGINT at the end (it deregisters: no stale records left for other tests)."""
     argv = ["-m", "trimicro.cluster.cli", "--home", str(home), "run", SERVICES, "--name", "svc"]
+    argv += ["--log-level", "WARNING"]  # INFO (the default) tells of registrations: no news here
     async with python_process(*argv, "--store", str(home / "store"), stderr=stderr) as proc:
         with trio.fail_after(30):
             line = await proc.line()

@@ -9,7 +9,7 @@ of Go Micro's wrappers::
         try:
             return await call_next(call)
         finally:
-            print(call.kind, call.endpoint, time.perf_counter() - started)
+            log.info("%s %s %.6fs", call.kind, call.endpoint, time.perf_counter() - started)
 
 A middleware receives the :class:`Call` and the rest of the chain. It may
 

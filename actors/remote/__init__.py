@@ -33,13 +33,13 @@ This module holds the limits, the hooks a node plugs in (:class:`Identity`, :cla
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from nacl.signing import SigningKey
 
 from trimicro.mailbox.errors import BadRequest, MicroError, ServiceUnavailable, error_from_fields
+from trimicro.mailbox.logs import get_logger
 
 from ..cell import Cell
 from ..metadata import AUTHORIZATION, forward_auth
@@ -59,7 +59,7 @@ __all__ = [
     "forward_auth",
 ]
 
-log = logging.getLogger("trimicro.remote")
+log = get_logger(__package__)
 
 #: Bytes queued for one link before senders wait (replies and control messages never wait).
 OUT_HIGH_WATER = 4 * 1024 * 1024

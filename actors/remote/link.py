@@ -8,7 +8,6 @@ and watchers of actors on that node get ``Terminated``. See docs/protocol.md for
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +17,7 @@ from trio.lowlevel import ParkingLot
 
 from trimicro.mailbox.envelope import Envelope, Kind, decode_envelope, encode_envelope
 from trimicro.mailbox.errors import BadRequest, MicroError, ServiceUnavailable, TooManyRequests
+from trimicro.mailbox.logs import get_logger
 from trimicro.mailbox.refs import ref_binder
 from trimicro.mailbox.secure.stream import SecureConnection
 
@@ -45,7 +45,7 @@ from .tellflow import BACKLOG_LIMIT, MAX_WAITING_ASKS, Backlog, TellFlow, _heade
 from .watch import on_unwatch, on_watch
 
 #: The package's logger, bound here (not imported) so calls on it compile as method calls, as before.
-log = logging.getLogger("trimicro.remote")
+log = get_logger(__package__)
 
 
 class Link(TellFlow):

@@ -19,7 +19,6 @@ them).
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from typing import Any, cast
@@ -31,6 +30,7 @@ from trio.lowlevel import ParkingLot
 from trimicro.mailbox.codec import Codec
 from trimicro.mailbox.envelope import Envelope, Kind, decode_envelope, encode_envelope
 from trimicro.mailbox.errors import BadRequest, InternalServerError, MicroError, RequestTimeout
+from trimicro.mailbox.logs import get_logger
 from trimicro.mailbox.refs import ActorRef, ref_binder
 from trimicro.mailbox.secure.stream import SecureConnection
 
@@ -51,7 +51,7 @@ from .protocol import LinkEvent, LinkProtocol, LinkState
 
 __all__ = ["InboundReply", "Outbox", "RemoteStreamOps"]
 
-log = logging.getLogger("trimicro.remote")
+log = get_logger(__package__)
 
 
 class Outbox:

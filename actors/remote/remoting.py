@@ -8,7 +8,6 @@ flusher.
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 import secrets
 import weakref
@@ -21,6 +20,7 @@ from trimicro.mailbox.codec import CodecSet
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.errors import MicroError, NotFound, RequestTimeout
 from trimicro.mailbox.framing import DEFAULT_MAX_FRAME_SIZE
+from trimicro.mailbox.logs import get_logger
 from trimicro.mailbox.refs import ActorRef
 from trimicro.mailbox.secure.stream import secure_client, secure_server
 from trimicro.mailbox.transport import Connection, Listener, Transport, serve
@@ -35,7 +35,7 @@ from .peer import Peer
 from .watch import MAX_REMOTE_WATCHES
 
 #: The package's logger, bound here (not imported) so calls on it compile as method calls, as before.
-log = logging.getLogger("trimicro.remote")
+log = get_logger(__package__)
 
 if TYPE_CHECKING:
     from .ports import NodePort
@@ -181,6 +181,7 @@ class Remoting:
         _ = self.identity  # load or create it now, so a bad identity fails the start, not a peer
         self.listener = await self.transport.listen(address)
         await self._nursery.start(self._serve, self.listener)
+        log.info("node %s listening on %s", self.node.id, self.listener.address)
         return self.listener.address
 
     async def _serve(self, listener: Listener, *, task_status: trio.TaskStatus[None]) -> None:

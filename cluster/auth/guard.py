@@ -23,7 +23,6 @@ Go Micro treats auth as part of the framework; so does trimicro, and it is on by
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Protocol
@@ -38,6 +37,7 @@ from trimicro.actors import Node
 from trimicro.actors.lowlevel import AUTHORIZATION, Cell, Link, LinkPort
 from trimicro.mailbox.envelope import Envelope
 from trimicro.mailbox.errors import GUARD_ID, BadRequest, MicroError, NotFound, Unauthorized
+from trimicro.mailbox.logs import get_logger
 
 from ..introspect import DESCRIBE_PATH
 from .rules import DEFAULT_RULES, Access, Resource, Rule, Rules
@@ -61,7 +61,7 @@ __all__ = [
     "sign_state",
 ]
 
-log = logging.getLogger("trimicro.auth")
+log = get_logger(__package__)
 
 #: The service name the auth service runs under (``trimicro run --store`` serves it).
 AUTH_SERVICE = "auth"

@@ -10,7 +10,6 @@ deliveries from other nodes (``PubSub.deliver``, at ``/user/trimicro-pubsub``).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -26,6 +25,7 @@ from trimicro.mailbox.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
+from trimicro.mailbox.logs import get_logger
 
 from .host import Host
 from .message import DEAD_LETTER_PREFIX, Message, Subscription
@@ -33,7 +33,7 @@ from .topics import SubscriptionIndex, matches, validate_subject
 
 __all__ = ["AckedDelivery", "Deliverer"]
 
-log = logging.getLogger("trimicro.pubsub")
+log = get_logger(__package__)
 
 #: A 401/403 from a delivery (the receiving node's rules, or a subscriber that raises one) is a
 #: refusal, not a failure to deliver: it would be the same on every attempt, so never redelivered.

@@ -35,7 +35,6 @@ fast path costs one truthiness test of :attr:`Held.by_link` per frame.
 from __future__ import annotations
 
 import itertools
-import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -46,12 +45,13 @@ from trimicro.actors.lowlevel import DEAD, STOPPING, Cell, Link, Mail
 from trimicro.mailbox.codec import Codec
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
 from trimicro.mailbox.errors import MicroError
+from trimicro.mailbox.logs import get_logger
 
 from .topics import matches, validate_pattern
 
 __all__ = ["HOLD_AT", "MAX_HOLDS", "OVERHEAD", "Held", "Holds"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__package__)
 
 #: Estimated bytes of one waiting message beyond its encoded body (the Message, its Mail,
 #: the deque slot).

@@ -11,7 +11,6 @@ stalls the link's reader (its messages wait beside the link, see :mod:`.backlog`
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
@@ -23,6 +22,7 @@ from trimicro.actors.lowlevel import AUTHORIZATION, DEAD, OK, Cell, Link, Mail
 from trimicro.mailbox.codec import Codec
 from trimicro.mailbox.envelope import Envelope
 from trimicro.mailbox.errors import BadRequest, MicroError
+from trimicro.mailbox.logs import get_logger
 
 from .backlog import OVERHEAD, Held
 from .host import Host
@@ -31,7 +31,7 @@ from .topics import SubscriptionIndex, validate_subject
 
 __all__ = ["NO_GROUPS", "Delivery"]
 
-log = logging.getLogger("trimicro.pubsub")
+log = get_logger(__package__)
 
 NO_GROUPS: frozenset[str] = frozenset()
 

@@ -9,8 +9,6 @@ part of :class:`~.pubsub.PubSub`, a mixin whose state the broker's ``__init__`` 
 
 from __future__ import annotations
 
-import logging
-
 import trio
 
 from trimicro.actors import ActorRef, Node
@@ -18,6 +16,7 @@ from trimicro.actors.lowlevel import Link, Peer
 from trimicro.mailbox.codec import Codec
 from trimicro.mailbox.envelope import Envelope
 from trimicro.mailbox.errors import BadRequest, MicroError
+from trimicro.mailbox.logs import get_logger
 
 from .host import Host, MemberEventView
 from .message import Subscription
@@ -26,7 +25,7 @@ from .topics import validate_pattern
 
 __all__ = ["MAX_REMOTE_INTEREST", "Interest"]
 
-log = logging.getLogger("trimicro.pubsub")
+log = get_logger(__package__)
 
 #: Interest entries accepted from one peer.
 MAX_REMOTE_INTEREST = 10_000

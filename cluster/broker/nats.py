@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -36,6 +35,7 @@ import trio
 
 from trimicro.actors import Actor, ActorRef, Terminated, tell
 from trimicro.mailbox.errors import BadRequest
+from trimicro.mailbox.logs import get_logger
 
 from ..natsio import Inbox, NatsConnection, NatsOptions, Outbox
 from ..registry import Event, EventType, NodeInfo, Service
@@ -47,7 +47,7 @@ from .topics import SubscriptionIndex, validate_pattern, validate_subject
 
 __all__ = ["NatsBroker"]
 
-log = logging.getLogger("trimicro.broker.nats")
+log = get_logger(__package__)
 
 PUBLISHER = "Trimicro-Publisher"
 _INTEREST_SERVICE = "trimicro.pubsub"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -33,13 +32,14 @@ import trio
 
 from trimicro.actors import ask
 from trimicro.mailbox.errors import BadRequest, MicroError
+from trimicro.mailbox.logs import get_logger
 
 from ..natsio import Inbox, NatsConnection, Outbox
 from .message import DEAD_LETTER_PREFIX, Message, Subscription
 
 __all__ = ["JetStreamAcks"]
 
-log = logging.getLogger("trimicro.broker.nats")
+log = get_logger(__package__)
 
 REPLY = "Trimicro-Reply"
 ACK_TIMEOUT = "Trimicro-Ack-Timeout"

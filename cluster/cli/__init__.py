@@ -11,15 +11,16 @@ The package: :func:`main` (argument parsing and the exit statuses) here, one mod
 group: :mod:`.serve` (``run``), :mod:`.listing` (``services``, ``describe``, ``nodes``),
 :mod:`.calls` (``call``, ``stream``), :mod:`.topics` (``publish``, ``subscribe``), :mod:`.records`
 (``store``), :mod:`.accounts` (``auth``), :mod:`.installed` (``plugins``), :mod:`.trust`
-(``authority``, ``cert``), :mod:`.top` (``top``); what they share in
-:mod:`.common`, :mod:`.discovery` and :mod:`.options`; :mod:`.workers` supervises ``run
---workers N``.
+(``authority``, ``cert``), :mod:`.top` (``top``), :mod:`.health` (``health``); what they
+share in :mod:`.common`, :mod:`.discovery` and :mod:`.options`; :mod:`.workers` supervises
+``run --workers N``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,9 @@ from typing import TextIO
 
 import trio
 
+from trimicro.actors.lowlevel import configure_logging, unconfigure_logging
 from trimicro.mailbox.errors import MicroError
+from trimicro.mailbox.logs import get_logger
 
 from .. import plugins, tracing
 from .accounts import add_auth_parser, auth
@@ -35,9 +38,10 @@ from .api import add_api_parser, api
 from .calls import call, stream
 from .common import UsageError
 from .discovery import MISS, PUBLISH_WAIT, WAIT, wait_for, wait_seconds
+from .health import add_health_parser, health
 from .installed import list_plugins
 from .listing import describe, nodes, services
-from .options import client_options, plugin_options
+from .options import client_options, log_options, plugin_options
 from .records import store
 from .serve import load_target, run, services_of
 from .top import add_top_parser, top
@@ -57,6 +61,8 @@ __all__ = [
     "wait_for",
     "wait_seconds",
 ]
+
+log = get_logger(__package__)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -86,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plugin_options(serve, nested=True)
     add_worker_options(serve)
+    log_options(serve)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
@@ -129,10 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--database", help="the database to use (default: the store's own)")
     st.add_argument("--table", help="the table to use (default: the store's own)")
     add_auth_parser(client("auth", "accounts, tokens, rules and revocations (the auth service)"))
+    add_health_parser(client("health", "is a node live and ready (exit 0), and if not, which check fails"))
     add_trust_parsers(sub)
     gw = sub.add_parser("api", help="serve the HTTP gateway, its OpenAPI docs and the dashboard")
     add_api_parser(gw)
     plugin_options(gw, nested=True)
+    log_options(gw)
     return parser
 
 
@@ -152,7 +161,12 @@ COMMANDS = {
     "cert": cert,
     "api": api,
     "top": top,
+    "health": health,
 }
+
+#: Commands that run until stopped log from INFO up by default (membership, addresses,
+#: registrations); a one-shot command from WARNING up, so its output stays its answer.
+SERVERS = {"run", "api"}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -162,6 +176,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `run --workers` gives it to each worker
     try:
+        _configure_logging(args, err)
         try:
             tracing.configure(_service_name(args))  # when OTEL_* variables ask for traces
             return trio.run(COMMANDS[args.command], args, out)
@@ -184,6 +199,21 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    finally:
+        unconfigure_logging()
+
+
+def _configure_logging(args: argparse.Namespace, err: TextIO) -> None:
+    """Records to ``err`` with time, level, logger, node and actor: ``--log-level`` and
+    ``--log-format`` (``run``, ``api``), else ``$TRIMICRO_LOG_LEVEL`` and ``$TRIMICRO_LOG_FORMAT``."""
+    default = "INFO" if args.command in SERVERS else "WARNING"
+    level = getattr(args, "log_level", None) or os.environ.get("TRIMICRO_LOG_LEVEL") or default
+    form = getattr(args, "log_format", None) or os.environ.get("TRIMICRO_LOG_FORMAT") or "text"
+    try:
+        configure_logging(level, form.lower(), err)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    log.debug("logging at %s as %s", level, form)
 
 
 def _service_name(args: argparse.Namespace) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from .discovery import PUBLISH_WAIT, WAIT
 
-__all__ = ["client_options", "plugin_options"]
+__all__ = ["client_options", "log_options", "plugin_options"]
 
 
 def plugin_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
@@ -82,4 +82,19 @@ def client_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
         default=default(None),
         metavar="NODE",
         help="run as this node id (default: a fresh cli- id; in a joined home a free cli- certificate)",
+    )
+
+
+def log_options(p: argparse.ArgumentParser) -> None:
+    """``--log-level`` and ``--log-format`` of the commands that run a node until stopped."""
+    p.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        help="DEBUG, INFO (default: membership changes, addresses, registrations), WARNING, ERROR "
+        "(default $TRIMICRO_LOG_LEVEL)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text (default) or json: one object per line on stderr (default $TRIMICRO_LOG_FORMAT)",
     )

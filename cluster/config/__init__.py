@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import logging
 import os
 import typing
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -52,6 +51,7 @@ import trio
 from trimicro.actors import Actor, ActorRef, tell
 from trimicro.cluster.store import Store
 from trimicro.mailbox.errors import BadRequest, Conflict, Forbidden, NotFound
+from trimicro.mailbox.logs import get_logger
 
 from .convert import convert, structure
 from .secrets import SEALED, box, generate_secret_key, is_sealed, seal, unseal
@@ -92,7 +92,7 @@ __all__ = [
     "write_store_config",
 ]
 
-log = logging.getLogger("trimicro.config")
+log = get_logger(__package__)
 
 T = TypeVar("T")
 

@@ -14,12 +14,12 @@ built-in default rules; there the gateway calls as its node, as every other node
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from trimicro.actors import MicroError, Unauthorized
 from trimicro.actors.lowlevel import AUTHORIZATION
+from trimicro.mailbox.logs import get_logger
 
 from ..auth import Resource
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["admit_anonymous", "admit_call", "admit_topic"]
 
-log = logging.getLogger("trimicro.auth")
+log = get_logger(__package__)
 
 
 def admit_anonymous(cluster: Cluster, token: str | None, resource: Resource) -> None:

@@ -5,7 +5,8 @@
   reply the same or what ``Accept`` asks for; errors are Go Micro's error JSON with their code as
   the HTTP status. A stream endpoint answers Server-Sent Events (:mod:`.bridges`).
 - ``POST /api/publish/{topic}``, ``GET /api/subscribe/{pattern}`` (SSE): pub/sub.
-- ``/health/live``, ``/health/ready``, ``/openapi.json``, ``/docs``, and the dashboard.
+- ``/health/live``, ``/health/ready`` (also ``/livez``, ``/readyz``: :mod:`.health`),
+  ``/openapi.json``, ``/docs``, and the dashboard.
 
 The client going away cancels its call: the handler waits for the reply and for the connection's
 end at once, and the first to come ends the other.
@@ -13,7 +14,6 @@ end at once, and the first to come ends the other.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
@@ -28,12 +28,14 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from trimicro.actors import BadRequest, InternalServerError, MicroError, NotFound, TooManyRequests
 from trimicro.actors.lowlevel import AUTHORIZATION
+from trimicro.mailbox.logs import get_logger
 
 from ..broker import validate_subject
 from . import bridges
 from .access import admit_call, admit_topic
 from .codec import JSON, decode_body
 from .headers import call_headers, deadline
+from .health import Readiness
 from .openapi import document
 from .responses import error_reply, reply
 from .state import GatewayState
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PayloadTooLarge", "build_app", "discard_body", "read_body", "whole_paths"]
 
-log = logging.getLogger("trimicro.gateway")
+log = get_logger(__package__)
 
 
 class PayloadTooLarge(MicroError):
@@ -208,13 +210,14 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
             return error_reply(exc)
         return reply(request, {"topic": topic, "deliveries": n})
 
+    readiness = Readiness(cluster, state)
+
     async def live(request: Request) -> Response:
-        return reply(request, {"status": "live"}, kind=JSON)
+        return reply(request, {"status": "live", "node": cluster.id}, kind=JSON)
 
     async def ready(request: Request) -> Response:
-        if state.ready:
-            return reply(request, {"status": "ready", "services": len(state.services)}, kind=JSON)
-        return reply(request, {"status": "starting"}, status=503, kind=JSON)
+        body, status = await readiness.body()
+        return reply(request, body, status=status, kind=JSON)
 
     async def openapi(request: Request) -> Response:
         try:
@@ -255,6 +258,8 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
         routes=[
             route("/health/live", live, "GET"),
             route("/health/ready", ready, "GET"),
+            route("/livez", live, "GET"),
+            route("/readyz", ready, "GET"),
             route("/openapi.json", openapi, "GET"),
             route("/docs", docs, "GET"),
             route("/api/publish/{topic:path}", publish, "POST"),

@@ -216,7 +216,6 @@ def _gateway_paths() -> dict[str, Any]:
         "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+$"},
     }
     pattern = dict(topic, name="pattern", schema={"type": "string", "pattern": r"^[A-Za-z0-9_.*>-]+$"})
-    ok = {"description": "ok", "content": {JSON: {"schema": {"type": "object"}}}}
     return {
         "/api/publish/{topic}": {
             "post": {
@@ -259,17 +258,53 @@ def _gateway_paths() -> dict[str, Any]:
                 },
             }
         },
-        "/health/live": {"get": {"operationId": "live", "tags": ["health"], "responses": {"200": ok}}},
-        "/health/ready": {
-            "get": {
-                "operationId": "ready",
-                "tags": ["health"],
-                "responses": {
-                    "200": ok,
-                    "503": {"description": "the cluster view has not loaded yet", "content": ok["content"]},
+        **_health_paths(),
+    }
+
+
+def _health_paths() -> dict[str, Any]:
+    """Liveness and readiness, under both spellings (``/health/*`` and Kubernetes' ``*z``)."""
+    report = {
+        "type": "object",
+        "required": ["status", "node", "live", "ready", "checks"],
+        "properties": {
+            "status": {"enum": ["ready", "starting", "not ready"]},
+            "node": {"type": "string"},
+            "live": {"type": "boolean"},
+            "ready": {"type": "boolean"},
+            "services": {"type": "integer"},
+            "checks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "ok", "detail"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "ok": {"type": "boolean"},
+                        "detail": {"type": "string"},
+                    },
                 },
-            }
+            },
         },
+    }
+    live = {"description": "the gateway answers", "content": {JSON: {"schema": {"type": "object"}}}}
+    ready = {
+        "200": {"description": "every check passes", "content": {JSON: {"schema": report}}},
+        "503": {
+            "description": "a check fails (each one's status and detail)",
+            "content": {JSON: {"schema": report}},
+        },
+    }
+    routes = {"/health/live": "live", "/livez": "livez", "/health/ready": "ready", "/readyz": "readyz"}
+    return {
+        path: {
+            "get": {
+                "operationId": op,
+                "tags": ["health"],
+                "responses": {"200": live} if op.startswith("live") else ready,
+            }
+        }
+        for path, op in routes.items()
     }
 
 

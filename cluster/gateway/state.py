@@ -8,7 +8,6 @@ failing cluster costs the gateway a fixed amount of memory.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ import attrs
 import trio
 
 from trimicro.actors import MicroError
+from trimicro.mailbox.logs import get_logger
 
 from ..registry import Endpoint, Service
 from .options import GatewayOptions
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EndpointStats", "GatewayState"]
 
-log = logging.getLogger("trimicro.gateway")
+log = get_logger(__package__)
 
 #: Latencies kept per endpoint for its percentiles; requests counted over RATE_WINDOW seconds.
 SAMPLES = 512

@@ -36,7 +36,6 @@ out (the CLI's short-lived client nodes).
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -56,6 +55,7 @@ from trimicro.cluster.registry import (
 )
 from trimicro.mailbox.envelope import Envelope
 from trimicro.mailbox.errors import MicroError
+from trimicro.mailbox.logs import get_logger
 
 from .seeds import SeedJoiner
 from .swim import (
@@ -72,7 +72,7 @@ from .swim import (
 
 __all__ = ["SYSTEM_NAME", "SYSTEM_PATH", "Host", "Membership", "MembershipActor"]
 
-log = logging.getLogger("trimicro.membership")
+log = get_logger(__package__)
 
 #: Where each cluster node runs its membership actor (``Membership.members`` and friends).
 SYSTEM_NAME = "trimicro-cluster"

@@ -24,7 +24,6 @@ A seed that does not answer costs one dial timeout per round and is tried again 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -32,10 +31,11 @@ import trio
 
 from trimicro.actors import ask
 from trimicro.mailbox.errors import MicroError
+from trimicro.mailbox.logs import get_logger
 
 __all__ = ["SEED_INTERVAL", "SeedJoiner", "parse_seed"]
 
-log = logging.getLogger("trimicro.membership")
+log = get_logger(__package__)
 
 #: Seconds between rounds (as the registry poll of :meth:`Membership._discover`).
 SEED_INTERVAL = 2.0

@@ -15,7 +15,6 @@ The URL options common to the three plugins are parsed here (:func:`options_from
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ import attrs
 import trio
 
 from trimicro.mailbox.errors import ServiceUnavailable
+from trimicro.mailbox.logs import get_logger
 
 from .bridge import Bridge, Inbox, Outbox
 from .keys import bucket_name, escape, unescape
@@ -46,7 +46,7 @@ __all__ = [
     "unescape",
 ]
 
-log = logging.getLogger("trimicro.nats")
+log = get_logger(__package__)
 
 T = TypeVar("T")
 
@@ -227,6 +227,17 @@ class NatsConnection:
         return await self.bridge.call(
             make, timeout=timeout or self.options.timeout, what=f"{self.purpose}: {what}"
         )
+
+    async def ping(self) -> None:
+        """A round trip to the server now (PING, PONG), for health checks: a registry that
+        reads its local copy answers lookups while the server is gone, a ping does not."""
+        await self.connect()
+        nc = self.nc
+        if not nc.is_connected:
+            raise ServiceUnavailable(
+                f"{self.purpose}: not connected to {', '.join(self.options.servers)}", id="nats"
+            )
+        await self.run(lambda: nc.flush(timeout=max(1, math.ceil(self.options.timeout))), "ping")
 
     async def aclose(self) -> None:
         """Flush and close the client, then stop the thread; a second call does nothing."""

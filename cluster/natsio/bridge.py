@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
@@ -29,12 +28,13 @@ import outcome
 import trio
 
 from trimicro.mailbox.errors import RequestTimeout, ServiceUnavailable
+from trimicro.mailbox.logs import get_logger
 
 from .hosted import HostedLoop, Waiter
 
 __all__ = ["Bridge", "Inbox", "Outbox"]
 
-log = logging.getLogger("trimicro.nats")
+log = get_logger(__package__)
 
 T = TypeVar("T")
 Item = TypeVar("Item")

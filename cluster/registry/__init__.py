@@ -43,7 +43,6 @@ and never block the trio loop. Backends are chosen by URL (group ``trimicro.regi
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 from collections.abc import AsyncIterator, Collection, Iterable
 from contextlib import asynccontextmanager
@@ -54,8 +53,9 @@ import attrs
 import trio
 
 from trimicro.mailbox.errors import MicroError, NotFound
+from trimicro.mailbox.logs import get_logger
 
-log = logging.getLogger("trimicro.registry")
+log = get_logger(__package__)
 
 __all__ = [
     "NODE_SERVICE",
@@ -209,44 +209,28 @@ def merge_nodes(records: Iterable[Service]) -> list[Service]:
     return [svc.with_nodes(nodes.values()) for svc, nodes in merged.values()]
 
 
-#: Node ids already warned about by :func:`belongs` (records that name no cluster), at most
-#: :data:`MAX_UNCLAIMED_WARNED`: records come from a shared medium, so the set is bounded.
-_unclaimed_warned: set[str] = set()
-MAX_UNCLAIMED_WARNED = 1024
-_unclaimed_overflow = False
-
-
 def belongs(node: NodeInfo, clusters: Collection[str]) -> bool:
     """Whether a client trusting ``clusters`` (fingerprints) may dial ``node``.
 
     A client that cannot tell its clusters (empty ``clusters``) keeps every node. A node that
     names no cluster is not kept by one that can: on a shared medium it may belong to anyone (an
     older trimicro, another cluster's hand-written record), and a seed list can name the cluster.
-    Such a record is logged at WARNING, once per node id (up to :data:`MAX_UNCLAIMED_WARNED`
-    ids, then once more to say the rest go unlogged): a seed built without ``cluster`` would
-    otherwise be a 404 with no word of why. A record naming another cluster is the normal
-    case of two clusters on one machine, and is not logged.
+    Such a record is logged at WARNING: a seed built without ``cluster`` would otherwise be a
+    404 with no word of why. Records come from a shared medium, so the warning repeats as often
+    as they are read: the package logger's rate limit (:mod:`trimicro.mailbox.logs`) lets a few
+    through, then one now and then that counts the rest. A record naming another cluster is the
+    normal case of two clusters on one machine, and is not logged.
     """
     if not clusters or node.cluster in clusters:
         return True
-    if not node.cluster and node.id not in _unclaimed_warned:
-        _warn_unclaimed(node)
-    return False
-
-
-def _warn_unclaimed(node: NodeInfo) -> None:
-    global _unclaimed_overflow
-    if len(_unclaimed_warned) < MAX_UNCLAIMED_WARNED:
-        _unclaimed_warned.add(node.id)
+    if not node.cluster:
         log.warning(
             "ignoring the record of node %s at %s: it names no cluster (give NodeInfo its "
             "cluster, the fingerprint of the authority that certified the node)",
             node.id,
             node.address,
         )
-    elif not _unclaimed_overflow:
-        _unclaimed_overflow = True
-        log.warning("ignoring more records that name no cluster, without logging them")
+    return False
 
 
 def in_clusters(services: Iterable[Service], clusters: Collection[str]) -> list[Service]:

@@ -13,18 +13,18 @@ alike: another cluster's record on the same machine is dropped before anything d
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Collection
 
 import trio
 
 from trimicro.mailbox.errors import MicroError, NotFound
+from trimicro.mailbox.logs import get_logger
 
 from . import Event, EventType, NodeInfo, Registry, Service, in_clusters, merge_nodes
 
 __all__ = ["RegistryCache"]
 
-log = logging.getLogger("trimicro.registry")
+log = get_logger(__package__)
 
 
 class RegistryCache:

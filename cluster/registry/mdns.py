@@ -30,7 +30,6 @@ import asyncio
 import functools
 import ipaddress
 import itertools
-import logging
 import math
 from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -49,6 +48,7 @@ from zeroconf import (
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo
 
 from trimicro.mailbox.errors import NotFound
+from trimicro.mailbox.logs import get_logger
 
 from . import Event, EventType, NodeInfo, Service, Watchers, merge_nodes
 from .txt import DEFAULT_SERVICE_TYPE, MAX_TXT_BYTES, MAX_TXT_STRING, decode_txt, encode_txt, instance_label
@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 # The logger keeps its name from before the registry became a package: logging setups name it.
-log = logging.getLogger("trimicro.cluster.mdns")
+log = get_logger(__package__)
 
 _T = TypeVar("_T")
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
 import time
 from collections.abc import AsyncIterator
@@ -36,13 +35,14 @@ import attrs
 import trio
 
 from trimicro.mailbox.errors import NotFound, RequestTimeout, ServiceUnavailable
+from trimicro.mailbox.logs import get_logger
 
 from ..natsio import SNAPSHOT_DONE, Inbox, NatsConnection, NatsOptions, escape, server_ttl, snapshot
 from . import Endpoint, Event, EventType, NodeInfo, Service, Watchers, _ExpiringEvents, merge_nodes
 
 __all__ = ["NatsRegistry"]
 
-log = logging.getLogger("trimicro.registry.nats")
+log = get_logger(__package__)
 
 _TTL_HEADER = "Nats-TTL"
 _DELETES = ("DEL", "PURGE")
@@ -320,6 +320,10 @@ class NatsRegistry:
     async def list_services(self) -> list[Service]:
         await self._start()
         return self._records()
+
+    async def ping(self) -> None:
+        """A round trip to the server (lookups read the local copy): the readiness check's."""
+        await self.conn.ping()
 
     def watch(self, service: str | None = None) -> Any:
         return self._watch_events(service)

@@ -71,7 +71,6 @@ import builtins
 import contextlib
 import functools
 import itertools
-import logging
 import threading
 import time
 import weakref
@@ -83,6 +82,7 @@ import lmdb  # type: ignore[import-untyped, unused-ignore]
 import trio
 
 from trimicro.mailbox.errors import BadRequest, NotFound, ServiceUnavailable
+from trimicro.mailbox.logs import get_logger
 
 from . import (  # the records and checks both stores share
     MAX_NAMESPACES,
@@ -101,7 +101,7 @@ from .lmdb_scan import delete_expired, expired_keys, scan
 __all__ = ["CACHE_RECORDS", "READ_YIELD_EVERY", "SWEEP_BATCH", "SWEEP_SCAN", "LmdbStore"]
 
 
-log = logging.getLogger("trimicro.store")
+log = get_logger(__package__)
 
 
 _BUSY = object()  # a point read must go through a worker thread

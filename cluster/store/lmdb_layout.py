@@ -11,7 +11,6 @@ version is known only inside the writer's transaction, so the rest is encoded ah
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 import types
@@ -20,6 +19,7 @@ from pathlib import Path
 import msgpack
 
 from trimicro.mailbox.errors import InternalServerError
+from trimicro.mailbox.logs import get_logger
 
 from . import Record, _expired
 
@@ -34,7 +34,7 @@ __all__ = [
     "owner_only",
 ]
 
-log = logging.getLogger("trimicro.store")
+log = get_logger(__package__)
 
 
 #: A stored value starts with this, then its version as 8 big-endian bytes, then the rest of
