@@ -43,7 +43,7 @@ async def health(args: argparse.Namespace, out: TextIO) -> int:
     if target is not None and _ADDRESS.match(target):
         # An address needs no discovery: the client node gets a registry that asks nobody.
         args = argparse.Namespace(**{**vars(args), "registry": "memory://"})
-    async with await client_node(args) as cluster:
+    async with client_node(args) as cluster:
         if target is not None and _ADDRESS.match(target):
             reports = [await _by_address(cluster, target, args)]
         else:
