@@ -10,7 +10,7 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -172,7 +172,7 @@ def _lock(folder: Path) -> int | None:
     return fd
 
 
-def client_node(args: argparse.Namespace) -> Any:
+def client_node(args: argparse.Namespace) -> AbstractAsyncContextManager[Any]:
     """A short-lived node that only calls: not a member, announces nothing, listens nowhere."""
     return _short_lived(args, listen=None, membership=False, announce=False)
 
