@@ -78,6 +78,13 @@ RESERVED_PREFIXES = (":", "trimicro-")
 #: The W3C Trace Context keys, which every rule lets travel (still within the bounds below).
 TRACE_CONTEXT = frozenset({"traceparent", "tracestate"})
 
+#: What always travels, whatever the rule. Alone (a traced request), they are copied as they
+#: are when they are as short as W3C makes them (a traceparent is 55 characters; a tracestate
+#: is recommended to stay within 512); longer ones take the general path, and its bounds.
+_ALWAYS = TRACE_CONTEXT | {AUTHORIZATION}
+_MAX_TRACESTATE = 512
+_MAX_TRACEPARENT = 64
+
 #: At most this many headers propagate (a receiver accepts 64 in one envelope).
 MAX_PROPAGATED = 32
 #: At most this many bytes of keys and values propagate (a receiver accepts 8 KiB).
@@ -126,6 +133,16 @@ def propagate(inbound: dict[str, str], headers: dict[str, str] | None) -> dict[s
             return headers
         out = dict(headers) if headers else {}
         out[AUTHORIZATION] = inbound[AUTHORIZATION]
+        return out
+    if (
+        inbound.keys() <= _ALWAYS
+        and len(inbound.get("tracestate", "")) <= _MAX_TRACESTATE
+        and len(inbound.get("traceparent", "")) <= _MAX_TRACEPARENT
+    ):
+        # Only keys every rule lets travel (a traced request, with auth on or off): all go.
+        out = dict(inbound)
+        if headers:
+            out.update(headers)
         return out
     cell = get_cell()
     rule: Callable[[str], bool] = _default if cell is None else cell.node.propagate

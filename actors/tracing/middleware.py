@@ -179,6 +179,8 @@ class Tracing:
 
     def __call__(self, call: Call, call_next: Next) -> Awaitable[Any]:
         if call.side is _CLIENT:
+            if self.passing and call.headers.get("traceparent") in self._passed:
+                return call_next(call)  # an unsampled request's: it passes on as it came
             return self._client(call, call_next)
         return self._server(call, call_next)
 
@@ -198,15 +200,16 @@ class Tracing:
         kind = call.kind
         headers = call.headers
         parent = None
-        if headers and not self.fields.isdisjoint(headers):
-            if self.passing and headers.get("traceparent") in self._passed:
-                return await call_next(call)  # an unsampled request's: it passes on as it came
-            if not _current_span().get_span_context().is_valid:
-                # Outside any span, a context in the call's headers is the parent: a caller
-                # passing on one it received some other way (an HTTP request's, say).
-                if self.passing and self._pass(headers) is not None:
-                    return await call_next(call)
-                parent = self.propagator.extract(headers, _EMPTY)
+        if (
+            headers
+            and not self.fields.isdisjoint(headers)
+            and not _current_span().get_span_context().is_valid
+        ):
+            # Outside any span, a context in the call's headers is the parent: a caller
+            # passing on one it received some other way (an HTTP request's, say).
+            if self.passing and self._pass(headers) is not None:
+                return await call_next(call)
+            parent = self.propagator.extract(headers, _EMPTY)
         span_kind = _SPAN_CLIENT
         if kind is _PUBLISH:
             topic = str(call.target)
