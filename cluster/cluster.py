@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from trimicro.actors import ActorRef, Node, Restart, Stream, ask, open_stream, start_node
-from trimicro.actors.lowlevel import Cell, Identity, current_cell
+from trimicro.actors.lowlevel import Cell, Identity, current_cell, register_node
 from trimicro.mailbox.codec import TypeRegistry
 from trimicro.mailbox.errors import MicroError, NotFound
 from trimicro.mailbox.logs import get_logger
@@ -546,6 +546,7 @@ async def start_cluster(
             ) as node,
             trio.open_nursery() as nursery,
         ):
+            register_node(nursery, node.id)  # its tasks' log records name the node
             cluster = Cluster(
                 node,
                 registry_,
