@@ -3,10 +3,12 @@
 :class:`ContextFilter`, on a handler, gives every record that reaches it (the library's and the
 application's alike) four attributes, read when the record is made, never on the message path:
 
-- ``node``: the id of the node whose task logged it. :func:`~trimicro.actors.start_node` sets
-  :data:`current_node` once, before it opens its nursery, and trio copies a task's context into
-  the tasks it starts, so every task of the node (links, timers, membership, actors) carries it
-  at no cost per message;
+- ``node``: the id of the node whose task logged it, found when the record is made by walking
+  up trio's task tree to the nursery :func:`~trimicro.actors.start_node` registered
+  (:func:`register_node`): every task of the node (links, timers, membership, actors) and the
+  task running the node's ``async with`` block. Not a context variable: nothing changes on the
+  message path, not even the size of the contexts that the runtime's own per-message context
+  variables are set in (each set copies the context's mapping);
 - ``actor``: the path of the actor whose handler (or hook) is running, from the runtime's own
   :data:`~trimicro.actors.lowlevel.current_cell` (``None`` outside one);
 - ``trace_id`` and ``span_id`` (hex) of the current OpenTelemetry span, when opentelemetry is
@@ -25,12 +27,15 @@ A public namespace for applications, as :mod:`trimicro.actors.middleware` is.
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib
 import json
 import logging
 import sys
-from contextvars import ContextVar
+import weakref
 from typing import Any, TextIO
+
+import trio
 
 from .lifecycle import get_cell
 
@@ -43,11 +48,45 @@ __all__ = [
     "configure",
     "current_node",
     "parse_level",
+    "register_node",
     "unconfigure",
 ]
 
-#: The node whose task is running (set by ``start_node`` for the tasks of its nursery).
-current_node: ContextVar[str | None] = ContextVar("trimicro_current_node", default=None)
+#: Each running node's nursery -> its id (weak: a stopped node's nursery goes with it).
+_nurseries: weakref.WeakKeyDictionary[trio.Nursery, str] = weakref.WeakKeyDictionary()
+
+
+def register_node(nursery: trio.Nursery, node_id: str) -> None:
+    """Records made in ``nursery``'s tasks (and below) name ``node_id``: ``start_node`` registers
+    its nursery, and a layer that runs a node's tasks in a nursery of its own (the cluster's)
+    registers that one too, so that with several nodes in one task each finds its own."""
+    _nurseries[nursery] = node_id
+
+
+def current_node() -> str | None:
+    """The node the running trio task belongs to: the nearest registered nursery above it, or
+    one the task itself (or an ancestor) opened; ``None`` outside any node or outside trio."""
+    try:
+        task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
+    except RuntimeError:
+        return None
+    nurseries = _nurseries
+    if not nurseries:
+        return None
+    while task is not None:
+        for nursery in reversed(task.child_nurseries):  # the task running an ``async with`` block
+            found = nurseries.get(nursery)
+            if found is not None:
+                return found
+        parent = task.parent_nursery
+        if parent is None:
+            return None
+        found = nurseries.get(parent)
+        if found is not None:
+            return found
+        task = parent.parent_task
+    return None
+
 
 #: The fields of every JSON line, in this order (``exception``, ``stack`` and ``suppressed``
 #: follow when the record has them).
@@ -55,22 +94,22 @@ FIELDS = ("time", "level", "logger", "message", "node", "actor", "trace_id", "sp
 FORMATS = ("text", "json")
 
 
+@functools.cache
 def _opentelemetry_trace() -> Any:
     """``opentelemetry.trace`` if installed (an optional dependency: imported by name, so the
-    library neither needs it nor type-checks against it)."""
+    library neither needs it nor type-checks against it), imported at the first record the
+    filter sees: a node that logs nothing never loads it."""
     try:
         return importlib.import_module("opentelemetry.trace")
     except ImportError:
         return None
 
 
-_otel = _opentelemetry_trace()
-
-
 def _trace_ids() -> tuple[str | None, str | None]:
-    if _otel is None:
+    otel = _opentelemetry_trace()
+    if otel is None:
         return None, None
-    context = _otel.get_current_span().get_span_context()
+    context = otel.get_current_span().get_span_context()
     if not context.is_valid:
         return None, None
     return format(context.trace_id, "032x"), format(context.span_id, "016x")
@@ -89,7 +128,7 @@ class ContextFilter(logging.Filter):
                 record.node = cell.node.id
                 record.actor = cell.path
             else:
-                record.node = current_node.get()
+                record.node = current_node()
                 record.actor = None
         elif not hasattr(record, "actor"):
             record.actor = None

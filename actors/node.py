@@ -32,7 +32,7 @@ from .deadletters import DeadLetters
 from .dispatcher import Dispatcher
 from .health import Health
 from .lifecycle import CellLifecycle
-from .logs import current_node
+from .logs import register_node
 from .mail import Mail
 from .messages import DeadLetter
 from .metadata import HeaderRule, header_rule
@@ -521,9 +521,7 @@ async def start_node(
             metrics=metrics,
             tracing=node_tracing(tracing, node_id),
         )
-        # Every task of the node inherits this (trio copies the context into the tasks it
-        # starts): their log records name the node at no cost per message (see :mod:`.logs`).
-        node_token = current_node.set(node_id)
+        register_node(nursery, node_id)  # log records name the node (see :mod:`.logs`)
         nursery.start_soon(node.timers.run, name="trimicro-timers")
         nursery.start_soon(node.timeouts.run, name="trimicro-timeouts")
         try:
@@ -538,7 +536,6 @@ async def start_node(
             with trio.CancelScope(shield=True):
                 await node._shutdown()
                 await node.remote.aclose()
-            current_node.reset(node_token)
             nursery.cancel_scope.cancel()
     if body_error is not None:
         raise body_error

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from trimicro.actors import ActorRef, Node, Restart, start_node
-from trimicro.actors.lowlevel import Cell, Identity
+from trimicro.actors.lowlevel import Cell, Identity, register_node
 from trimicro.mailbox.codec import TypeRegistry
 from trimicro.mailbox.errors import MicroError
 from trimicro.mailbox.logs import get_logger
@@ -375,6 +375,7 @@ async def start_cluster(
             ) as node,
             trio.open_nursery() as nursery,
         ):
+            register_node(nursery, node.id)  # its tasks' log records name the node
             cluster = Cluster(
                 node,
                 registry_,

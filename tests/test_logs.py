@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
@@ -56,15 +58,25 @@ async def test_records_name_the_node_and_the_actor_handling(json_log: io.StringI
     assert records["handling hi"]["node"] == "n1" and records["handling hi"]["actor"] == "/user/talker"
     assert (records["in the block"]["node"], records["in the block"]["actor"]) == ("n1", None)
     assert (records["before"]["node"], records["before"]["actor"]) == (None, None)
-    assert current_node.get() is None  # reset when the node stopped
+    assert current_node() is None  # the node's nursery is closed
 
 
 async def test_two_nodes_in_one_process_keep_their_own_ids(json_log: io.StringIO) -> None:
+    """Records of each node's own tasks (a timer's, not an actor's) name that node."""
     async with start_node("a") as a, start_node("b") as b:
         await ask(await a.spawn(Talker, name="t"), "from-a", endpoint="Talker.say")
         await ask(await b.spawn(Talker, name="t"), "from-b", endpoint="Talker.say")
+        for node in (a, b):
+            node.spawn_system(quiet_task, node.id)
+        await trio.testing.wait_all_tasks_blocked()
     records = {r["message"]: r for r in lines(json_log)}
     assert records["handling from-a"]["node"] == "a" and records["handling from-b"]["node"] == "b"
+    assert records["task of a"]["node"] == "a" and records["task of b"]["node"] == "b"
+    assert records["task of a"]["actor"] is None
+
+
+async def quiet_task(name: str) -> None:
+    logging.getLogger("app").info("task of %s", name)
 
 
 async def test_info_tells_membership_changes_addresses_and_registrations(
@@ -107,15 +119,12 @@ def test_json_lines_have_the_stable_fields_and_the_trace_ids(json_log: io.String
     assert "ValueError: boom" in str(failed["exception"])
 
 
-def test_text_lines_show_the_context_and_indent_what_follows() -> None:
+async def test_text_lines_show_the_context_and_indent_what_follows() -> None:
     buffer = io.StringIO()
     configure("INFO", "text", buffer)
     try:
-        token = current_node.set("n7")
-        try:
+        async with start_node("n7"):
             logging.getLogger("app").warning("one\n2025-01-01T00:00:00.000Z ERROR forged")
-        finally:
-            current_node.reset(token)
     finally:
         unconfigure()
     first, second = buffer.getvalue().splitlines()
