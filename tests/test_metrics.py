@@ -23,6 +23,7 @@ from trimicro.cluster import start_cluster
 from trimicro.cluster.metrics import CATALOG, cluster_snapshot
 from trimicro.cluster.metrics.http import parse_address, serve_metrics
 from trimicro.cluster.metrics.prometheus import Exposition
+from trimicro.mailbox.errors import MicroError
 from trimicro.mailbox.secure.identity import Authority, NodeIdentity
 from trimicro.mailbox.transport import TcpTransport
 
@@ -435,3 +436,23 @@ async def test_scrape_a_trimicro_run_process_after_real_calls(tmp_path: Path) ->
     assert sample(fams, "trimicro_links", "trimicro_links") == 1  # the caller's link
     assert sample(fams, "trimicro_link_received_bytes", "trimicro_link_received_bytes_total") > 0
     assert sample(fams, "trimicro_node_info", "trimicro_node_info", node="shop-node") == 1
+
+
+async def test_error_codes_outside_http_ranges_share_one_label() -> None:
+    """A code a peer sent can be any int (a handler that lets a downstream error through): each
+    would be a label and a Prometheus series of its own, so only 100-599 keep theirs."""
+
+    class Relay(Shop):
+        service_name = "Relay"
+
+        async def buy(self, order: dict[str, str]) -> dict[str, str]:
+            raise MicroError("from downstream", id="relay", code=int(order["item"]))
+
+    async with start_node(metrics=True) as node:
+        ref = await node.spawn(Relay, name="relay")
+        for code in ["1000", "1001", "99", "503", "1002"]:
+            with contextlib.suppress(MicroError):
+                await ask(ref, {"item": code}, endpoint="Relay.buy")
+        snap = node_snapshot(node)
+    buy = next(e for e in snap["endpoints"] if e["endpoint"] == "Relay.buy")
+    assert buy["errors"] == {"500": 4, "503": 1}

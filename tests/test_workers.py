@@ -156,3 +156,13 @@ def test_never_more_restarts_in_a_window_than_the_limit(
             assert policy.first_delay <= delay <= policy.max_delay
     for t in granted:
         assert len([u for u in granted if t <= u < t + window]) <= limit
+
+
+def test_a_bare_metrics_port_moves_up_per_worker_too() -> None:
+    """``--metrics 9464`` (a bare port) with several workers: each serves on its own port, not
+    all on 9464 (workers 2..N would fail to bind and be restarted until the limit)."""
+    from trimicro.cluster.cli.workers import worker_listen
+
+    assert [worker_listen("9464", w) for w in (1, 2, 3)] == ["9464", "9465", "9466"]
+    assert worker_listen("0", 2) == "0"
+    assert worker_listen("127.0.0.1:9464", 2) == "127.0.0.1:9465"

@@ -137,8 +137,11 @@ class EndpointRecorder:
             try:
                 return await fn(instance, message)
             except MicroError as exc:
+                # A code a peer sent can be any int: only HTTP-like codes get a label of their
+                # own (a bounded set), the rest count as untyped.
+                code = exc.code if 100 <= exc.code <= 599 else UNTYPED
                 errors = stats.errors
-                errors[exc.code] = errors.get(exc.code, 0) + 1
+                errors[code] = errors.get(code, 0) + 1
                 raise
             except Exception:
                 errors = stats.errors

@@ -203,6 +203,8 @@ def worker_listen(address: str, worker: int) -> str:
     """Worker ``worker``'s listen address: a fixed port moves up by ``worker - 1`` (one process
     per port), port 0 stays 0."""
     host, sep, port = address.rpartition(":")
+    if not sep and address.isdigit():  # a bare port ("9464", as --metrics takes it)
+        return address if int(address) == 0 else str(int(address) + worker - 1)
     if not sep or not port.isdigit() or int(port) == 0:
         return address
     return f"{host}:{int(port) + worker - 1}"

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 import trio
@@ -213,8 +214,7 @@ class NatsConnection:
             )
         except Exception as exc:
             raise ServiceUnavailable(
-                f"{self.purpose}: cannot connect to {', '.join(options.servers)}: "
-                f"{exc or type(exc).__name__}",
+                f"{self.purpose}: cannot connect to {_shown(options.servers)}: {exc or type(exc).__name__}",
                 id="nats",
             ) from exc
         return nc, nc.jetstream(timeout=options.timeout)
@@ -235,7 +235,7 @@ class NatsConnection:
         nc = self.nc
         if not nc.is_connected:
             raise ServiceUnavailable(
-                f"{self.purpose}: not connected to {', '.join(self.options.servers)}", id="nats"
+                f"{self.purpose}: not connected to {_shown(self.options.servers)}", id="nats"
             )
         await self.run(lambda: nc.flush(timeout=max(1, math.ceil(self.options.timeout))), "ping")
 
@@ -252,3 +252,15 @@ class NatsConnection:
                 except Exception as exc:  # closing a dead connection: nothing more to release
                     log.debug("%s: close: %s", self.purpose, exc)
         await self.bridge.close()
+
+
+def _shown(servers: Sequence[str]) -> str:
+    """The servers as an error may show them: without the user and password a URL may carry
+    (``nats://user:secret@host:4222``), since errors reach health reports and their readers."""
+    shown = []
+    for server in servers:
+        parts = urlsplit(server)
+        if parts.username is not None or parts.password is not None:
+            server = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        shown.append(server)
+    return ", ".join(shown)
