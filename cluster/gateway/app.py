@@ -30,12 +30,12 @@ from trimicro.actors import BadRequest, InternalServerError, MicroError, NotFoun
 from trimicro.actors.lowlevel import AUTHORIZATION
 from trimicro.mailbox.logs import get_logger
 
-from ..broker import validate_subject
 from . import bridges
 from .access import admit_call, admit_topic
 from .codec import JSON, decode_body
 from .headers import call_headers, deadline
 from .health import Readiness
+from .names import checked_topic
 from .openapi import document
 from .responses import error_reply, reply
 from .state import GatewayState
@@ -187,10 +187,7 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
     async def publish(request: Request) -> Response:
         topic = request.path_params["topic"]
         try:
-            try:
-                validate_subject(topic)  # the broker's own syntax, before anything else
-            except ValueError as exc:
-                raise BadRequest(str(exc), id="gateway") from None
+            checked_topic(topic)  # the broker's syntax and no control characters, before anything else
             headers = call_headers(request.headers.items())
             admit_topic(cluster, (headers or {}).get(AUTHORIZATION), topic, "publish")
         except MicroError as exc:

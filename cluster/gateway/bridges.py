@@ -25,10 +25,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from trimicro.actors import BadRequest, MicroError
 
-from ..broker import validate_pattern
 from .access import admit_call, admit_topic
 from .codec import JSON, encode_body, error_body, http_status
 from .headers import call_headers
+from .names import checked_pattern
 from .responses import error_reply
 from .subscriptions import Dropped, choose_policy, subscribed
 
@@ -139,10 +139,7 @@ def subscribe_route(cluster: Cluster, state: GatewayState) -> Callable[[Request]
         pattern = request.path_params["pattern"]
         token = (call_headers(request.headers.items()) or {}).get("authorization")
         try:
-            try:
-                validate_pattern(pattern)
-            except ValueError as exc:
-                raise BadRequest(str(exc), id="gateway") from None
+            checked_pattern(pattern)
             admit_topic(cluster, token, pattern, "subscribe")
             policy = choose_policy(request.query_params.get("policy"), options.subscriber_policy)
         except MicroError as exc:
