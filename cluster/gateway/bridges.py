@@ -23,7 +23,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from trimicro.actors import BadRequest, MicroError
+from trimicro.actors import BadRequest, InternalServerError, MicroError
+from trimicro.mailbox.logs import get_logger
 
 from .access import admit_call, admit_topic
 from .codec import JSON, encode_body, error_body, http_status
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from .state import GatewayState
 
 __all__ = ["EventStream", "sse_event", "stream_events", "subscribe_route", "websocket_route"]
+
+log = get_logger(__package__)
 
 
 def sse_event(data: Any, event: str | None = None) -> bytes:
@@ -78,6 +81,9 @@ class EventStream(Response):
                             await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     except MicroError as exc:  # kept: out of the nursery it would be an ExceptionGroup
                         failed = exc
+                    except Exception:  # a bug still ends the stream with an event, not a cut body
+                        log.exception("an event stream failed after its status line")
+                        failed = InternalServerError("internal error in the gateway", id="gateway")
                     nursery.cancel_scope.cancel()
         except MicroError as exc:  # opening the source (a refusal), or closing it
             failed = exc
