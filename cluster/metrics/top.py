@@ -325,8 +325,11 @@ def render(model: TopModel, interval: float) -> RenderableType:
     )
 
 
-async def poll(node: Node, infos: list[NodeInfo], timeout: float) -> dict[str, Snapshot | str]:
-    """Every node's snapshot (or its error's text), asked all at once within ``timeout``."""
+async def poll(
+    node: Node, infos: list[NodeInfo], timeout: float, headers: dict[str, str] | None = None
+) -> dict[str, Snapshot | str]:
+    """Every node's snapshot (or its error's text), asked all at once within ``timeout``, with
+    ``headers`` (an admin's ``authorization``: a snapshot is admin data)."""
     results: dict[str, Snapshot | str] = {}
 
     async def one(info: NodeInfo) -> None:
@@ -335,7 +338,9 @@ async def poll(node: Node, infos: list[NodeInfo], timeout: float) -> dict[str, S
             peer.address = info.address  # a hint: the handshake checks the node id
         try:
             ref = node.remote_ref(info.id, METRICS_PATH)
-            results[info.id] = await ask(ref, None, endpoint="Metrics.snapshot", timeout=timeout)
+            results[info.id] = await ask(
+                ref, None, endpoint="Metrics.snapshot", timeout=timeout, headers=headers
+            )
         except MicroError as exc:
             results[info.id] = f"error {exc.code}: {exc.detail}"
 
@@ -398,6 +403,7 @@ async def run_top(
     interval: float,
     once: bool,
     out: TextIO,
+    headers: dict[str, str] | None = None,
 ) -> int:
     """Show the nodes ``find`` returns (asked again every few rounds) until ``q`` or Ctrl-C;
     with ``once`` (or when ``out`` is not a terminal), print one screen after two rounds and
@@ -412,10 +418,10 @@ async def run_top(
         async with trio.open_nursery() as nursery:
             await nursery.start(_until_quit, fd, done)
             infos = await find()
-            model.update(await poll(node, infos, max(1.0, interval)))
+            model.update(await poll(node, infos, max(1.0, interval), headers))
             if not live_view:
                 await trio.sleep(interval)
-                model.update(await poll(node, infos, max(1.0, interval)))
+                model.update(await poll(node, infos, max(1.0, interval), headers))
                 console.print(render(model, interval))
                 nursery.cancel_scope.cancel()
                 return 0
@@ -427,6 +433,6 @@ async def run_top(
                     if rounds % REDISCOVER == 0:
                         with contextlib.suppress(MicroError):
                             infos = await find()
-                    model.update(await poll(node, infos, max(1.0, interval)))
+                    model.update(await poll(node, infos, max(1.0, interval), headers))
                     live.update(render(model, interval), refresh=True)
     return 0
