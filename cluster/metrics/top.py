@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from trimicro.actors import Node, ask
+from trimicro.actors.lowlevel import printable
 from trimicro.cluster.registry import NodeInfo
 from trimicro.mailbox.errors import MicroError
 
@@ -125,7 +126,7 @@ class TopModel:
         for node_id in list(self.nodes):
             if node_id not in results:
                 del self.nodes[node_id]
-        for node_id, result in results.items():
+        for node_id, result in _shown(results).items():
             state = self.nodes.setdefault(node_id, _NodeState())
             if isinstance(result, str):
                 state.error = result
@@ -188,6 +189,25 @@ class TopModel:
             (now["sent_bytes"] - before["sent_bytes"]) / elapsed,
             (now["received_bytes"] - before["received_bytes"]) / elapsed,
         )
+
+
+#: Nesting a snapshot may have (it has 4): deeper is malformed, and is not walked.
+MAX_DEPTH = 8
+
+
+def _shown(value: Any, depth: int = 0) -> Any:
+    """``value`` with every string in it (keys too) escaped for the terminal
+    (:func:`~trimicro.actors.lowlevel.printable`): node ids, paths, peers and errors come from
+    other nodes, and a control sequence in one must not drive the screen."""
+    if isinstance(value, str):
+        return printable(value)
+    if depth > MAX_DEPTH:
+        return None
+    if isinstance(value, dict):
+        return {_shown(k, depth + 1): _shown(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shown(v, depth + 1) for v in value]
+    return value
 
 
 def _readable(snap: Any) -> bool:
@@ -409,10 +429,11 @@ async def run_top(
     with ``once`` (or when ``out`` is not a terminal), print one screen after two rounds and
     return."""
     model = TopModel()
-    console = Console(file=out)
+    # No markup or emoji codes: "[...]" and ":...:" in a peer's strings are shown as they are.
+    console = Console(file=out, markup=False, emoji=False)
     live_view = console.is_terminal and not once
     if not console.is_terminal:
-        console = Console(file=out, width=PRINT_WIDTH)
+        console = Console(file=out, width=PRINT_WIDTH, markup=False, emoji=False)
     keys = _keys() if live_view else contextlib.nullcontext(None)
     with keys as fd, trio.CancelScope() as done:
         async with trio.open_nursery() as nursery:
