@@ -68,7 +68,8 @@ def quantile(q: float, bounds: list[float], counts: list[int]) -> float | None:
             if i >= len(bounds):
                 return bounds[-1] if bounds else None
             low = bounds[i - 1] if i else 0.0
-            return low + (bounds[i] - low) * (rank - seen) / n
+            # min(): low + (high - low) * 1.0 can round to just past ``high``.
+            return min(bounds[i], low + (bounds[i] - low) * (rank - seen) / n)
         seen += n
     return bounds[-1] if bounds else None
 
