@@ -10,8 +10,10 @@ node that serves nothing. Every node stops at the end of the block, the last sta
 
 All the nodes share one development identity in ``home`` (a temporary folder by default), so
 they trust each other; each node records the messages its actors handle
-(:attr:`InprocCluster.probes`). Under pytest-trio's ``autojump_clock`` the cluster's timers
-(membership probes, TTLs, retries, backoff) run in virtual time.
+(:attr:`InprocCluster.probes`). :meth:`InprocCluster.partition` and
+:meth:`InprocCluster.isolate` cut nodes off from each other (:mod:`.faults`). Under
+pytest-trio's ``autojump_clock`` the cluster's timers (membership probes, TTLs, retries,
+backoff) run in virtual time.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from trimicro.actors import ActorRef
 from trimicro.cluster import Cluster, MemoryRegistry, start_cluster
 from trimicro.mailbox.transport.inproc import InprocTransport
 
+from .faults import NodeTransport, Partitions
 from .probes import DEFAULT_TIMEOUT, MessageProbe, wait_converged
 
 __all__ = ["InprocCluster", "Serve", "open_cluster"]
@@ -57,8 +60,10 @@ class InprocCluster:
         self.home = home
         #: The registry every node announces in and looks up (inspect it, or watch it).
         self.registry = MemoryRegistry()
-        #: What carries the nodes' links.
+        #: What carries the nodes' links (each node dials through a :class:`~.faults.NodeTransport`).
         self.transport = InprocTransport()
+        #: The network faults in force (see :meth:`partition`).
+        self.partitions = Partitions()
         #: Every node started, in order (the client, once made, included).
         self.nodes: list[Cluster] = []
         #: Each node's :class:`~.probes.MessageProbe`, by node id.
@@ -107,17 +112,36 @@ class InprocCluster:
         # is not the task that closes the cluster (a fixture's, under pytest-trio).
         try:
             async with start_cluster(
-                node_id, registry=self.registry, transport=self.transport, home=self.home, **options
+                node_id,
+                registry=self.registry,
+                transport=NodeTransport(self.transport, node_id, self.partitions),
+                home=self.home,
+                **options,
             ) as node:
                 task_status.started(node)
                 await stop.wait()
         finally:
             stopped.set()
 
+    async def partition(self, a: Cluster | str, b: Cluster | str) -> None:
+        """Cut nodes ``a`` and ``b`` off from each other until :meth:`heal`: their links close
+        and they cannot dial each other (each sees the other ``suspect``, then ``dead``)."""
+        await self.partitions.cut(_id(a), _id(b))
+
+    async def isolate(self, node: Cluster | str) -> None:
+        """Cut ``node`` off from every other node (to the others, as if its process died)."""
+        for other in self.nodes:
+            if other.id != _id(node):
+                await self.partitions.cut(_id(node), other.id)
+
+    def heal(self) -> None:
+        """Remove every cut; the nodes link again as they next dial."""
+        self.partitions.heal()
+
     async def stop_node(self, node: Cluster | str) -> None:
         """Stop one node as its process would on SIGTERM: it deregisters, leaves the
         membership (the others see it ``left``) and closes its links."""
-        node_id = node if isinstance(node, str) else node.id
+        node_id = _id(node)
         stop, stopped = self._stops.pop(node_id)
         stop.set()
         await stopped.wait()
@@ -159,6 +183,10 @@ class InprocCluster:
         """Wait until every node sees every other alive and linked (see
         :func:`~.probes.wait_converged`)."""
         await wait_converged(self.nodes, timeout=timeout)
+
+
+def _id(node: Cluster | str) -> str:
+    return node if isinstance(node, str) else node.id
 
 
 @asynccontextmanager

@@ -73,3 +73,15 @@ async def test_a_probe_that_times_out_says_what_it_saw(
     await tell(worker, Job("laundry"))
     with pytest.raises(AssertionError, match=r"no message to worker within 5 s; seen 1:\n.*laundry"):
         await trimicro_probe.wait_for("worker", lambda job: job.name == "dishes", timeout=5)
+
+
+async def test_a_node_cut_off_is_suspected_then_dead(
+    trimicro_cluster: InprocCluster, autojump_clock: trio.testing.MockClock
+) -> None:
+    a = await trimicro_cluster.add_node("a")
+    await trimicro_cluster.add_node("b")
+    await trimicro_cluster.converged()
+    await trimicro_cluster.isolate("b")  # as if b's process had died
+    assert await wait_member(a, "b", "suspect") == "suspect"
+    assert await wait_member(a, "b", "dead") == "dead"
+    trimicro_cluster.heal()
