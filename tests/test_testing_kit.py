@@ -3,6 +3,7 @@ fakes refuse what they were not scripted for, the harness needs trio's MockClock
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +210,25 @@ async def test_the_cluster_fixture_closes_its_nodes(trimicro_cluster: InprocClus
     node = await trimicro_cluster.add_node("a")
     assert trimicro_cluster["a"] is node
     assert {n.id for n in trimicro_cluster.nodes} == {"client", "a"}
+
+
+GUIDE = Path(__file__).parent.parent / "docs" / "guides" / "testing.md"
+
+
+def test_every_python_sample_of_the_guide_is_included_from_a_test_that_runs() -> None:
+    """The guide's Python blocks hold only snippet includes of sections of test files, which
+    this suite collects (tests/kit_samples/test_*.py): a sample that breaks fails a test."""
+    root = GUIDE.parent.parent.parent
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S)
+    assert len(blocks) >= 8
+    included = 0
+    for block in blocks:
+        for line in filter(None, block.splitlines()):
+            found = re.fullmatch(r'--8<-- "(tests/kit_samples/test_[a-z_]+\.py)(?::([a-z]+))?"', line)
+            assert found, f"not a snippet include of a test file: {line!r}"
+            source = (root / found[1]).read_text()
+            section = found[2]
+            if section is not None:
+                assert f"# --8<-- [start:{section}]" in source and f"# --8<-- [end:{section}]" in source
+            included += 1
+    assert included >= 10
