@@ -72,6 +72,7 @@ class InprocCluster:
         self._client: Cluster | None = None
 
     def __getitem__(self, node_id: str) -> Cluster:
+        """The running node ``node_id`` (``KeyError`` if there is none)."""
         for node in self.nodes:
             if node.id == node_id:
                 return node

@@ -232,3 +232,29 @@ def test_every_python_sample_of_the_guide_is_included_from_a_test_that_runs() ->
                 assert f"# --8<-- [start:{section}]" in source and f"# --8<-- [end:{section}]" in source
             included += 1
     assert included >= 10
+
+
+def test_the_public_names_of_the_kit() -> None:
+    """What trimicro.testing exports is its API (applications' tests import it): a name that
+    disappears breaks them, a name that appears by accident becomes a promise."""
+    import trimicro.testing
+
+    by_module = {
+        "harness": "ActorHarness FakeCluster FakeRef Published Received ServiceCall unit",
+        "cluster": "InprocCluster Serve open_cluster",
+        "probes": "Delivery MessageProbe ProbeTimeout Recorder dead_letters terminations "
+        "wait_converged wait_member wait_terminated",
+    }
+    exported = {name: module for module, names in by_module.items() for name in names.split()}
+    assert set(trimicro.testing.__all__) == {*exported, "DEFAULT_TIMEOUT"}
+    for name, module in exported.items():
+        assert getattr(trimicro.testing, name).__module__ == f"trimicro.testing.{module}"
+
+
+def test_the_runtime_imports_no_pytest() -> None:
+    """Only trimicro.testing imports pytest: an application that runs trimicro never needs it."""
+    code = "import sys, trimicro.mailbox, trimicro.actors, trimicro.cluster; print('pytest' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False"
