@@ -18,6 +18,7 @@ backoff) run in virtual time.
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import ExitStack, asynccontextmanager
@@ -70,6 +71,8 @@ class InprocCluster:
         self.probes: dict[str, MessageProbe] = {}
         self._options = options
         self._client: Cluster | None = None
+        self._numbers = itertools.count(1)
+        self._used: set[str] = set()
 
     def __getitem__(self, node_id: str) -> Cluster:
         """The running node ``node_id`` (``KeyError`` if there is none)."""
@@ -81,10 +84,11 @@ class InprocCluster:
     async def add_node(
         self, name: str | None = None, *, services: Sequence[Any] = (), **options: Any
     ) -> Cluster:
-        """Start a node (``name`` is its id, ``n1``, ``n2``... by default) serving ``services``
-        (actor classes, or :class:`Serve` for a name, version or arguments); ``options`` go to
-        :func:`~trimicro.cluster.start_cluster` over those of :func:`open_cluster`."""
-        node_id = name or f"n{len(self.nodes) + 1}"
+        """Start a node serving ``services`` (actor classes, or :class:`Serve` for a name,
+        version or arguments); ``options`` go to :func:`~trimicro.cluster.start_cluster` over
+        those of :func:`open_cluster`. ``name`` is the node's id; by default ``n1``, ``n2``...
+        (never one used before in this cluster: a new node is not mistaken for a stopped one)."""
+        node_id = name or self._next_name()
         probe = MessageProbe()
         merged = {**self._options, **options}
         merged["middleware"] = [probe, *merged.get("middleware", ())]
@@ -93,11 +97,15 @@ class InprocCluster:
         stop, stopped = trio.Event(), trio.Event()
         node: Cluster = await self._nursery.start(self._run_node, node_id, merged, stop, stopped)
         self._stops[node.id] = (stop, stopped)
+        self._used.add(node.id)
         self.nodes.append(node)
         self.probes[node.id] = probe
         for service in services:
             await self.serve(node, service)
         return node
+
+    def _next_name(self) -> str:
+        return next(name for name in (f"n{i}" for i in self._numbers) if name not in self._used)
 
     async def _run_node(
         self,

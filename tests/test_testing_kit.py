@@ -258,3 +258,12 @@ def test_the_runtime_imports_no_pytest() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "False"
+
+
+async def test_default_node_names_count_from_n1_and_are_never_reused() -> None:
+    async with open_cluster() as cluster:
+        first = await cluster.add_node()
+        await cluster.add_node("n2")
+        assert (first.id, (await cluster.add_node()).id) == ("n1", "n3")
+        await cluster.stop_node("n3")
+        assert (await cluster.add_node()).id == "n4"
