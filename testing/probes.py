@@ -206,9 +206,11 @@ class MessageProbe:
         self.deliveries: Recorder[Delivery] = Recorder("message", limit=limit)
 
     async def __call__(self, call: Call, call_next: Next) -> Any:
-        if call.side is not Side.SERVER or not isinstance(call.target, ActorRef):
+        if call.side is not Side.SERVER:
             return await call_next(call)
-        delivery = Delivery(call.target, call.kind.value, call.endpoint, call.message, call.sender)
+        # A delivery of a published message names its topic as the target: record the actor.
+        target = call.target if isinstance(call.target, ActorRef) else call.actor.context.ref
+        delivery = Delivery(target, call.kind.value, call.endpoint, call.message, call.sender)
         self.deliveries.append(delivery)
         try:
             delivery.result = await call_next(call)
