@@ -22,6 +22,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: find the package
 
+from demo_checks import Checks
+
 from orders.app import open_shop
 from orders.chaos import Fault
 
@@ -60,13 +62,7 @@ async def post(base: str, path: str, body: Any) -> tuple[int, Any]:
 
 
 async def main() -> int:
-    failures: list[str] = []
-
-    def check(ok: bool, what: str) -> None:
-        print(f"  check: {what}: {'ok' if ok else 'FAILED'}", flush=True)
-        if not ok:
-            failures.append(what)
-
+    check = Checks()
     with tempfile.TemporaryDirectory(prefix="trimicro-orders-") as workdir:
         async with open_shop(Path(workdir)) as shop:
             print(f"shop: payments, orders, notify and gateway nodes up; gateway at {shop.url}\n")
@@ -100,8 +96,7 @@ async def main() -> int:
             for mail in mails:
                 print(f"  mail to {mail.to}: {mail.subject}: {mail.text}")
             check(sorted(m.to for m in mails) == sorted(b["customer"] for b, _, _ in SCRIPT), "one mail each")
-    print(f"\n{'all checks passed' if not failures else 'FAILED: ' + '; '.join(failures)}")
-    return 1 if failures else 0
+    return check.exit_status()
 
 
 if __name__ == "__main__":
