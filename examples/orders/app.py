@@ -8,7 +8,8 @@ hosts the default mDNS registry, or seeds, would do that instead (docs/hosts.md)
 - ``payments``: :class:`~.payment.Payments` on its own LMDB store (its ledger), behind the
   :class:`~.chaos.Chaos` middleware the demo scripts failures with;
 - ``orders``: :class:`~.shop.Orders` on its own LMDB store, calling payments through the
-  cluster's client (retries with backoff) and publishing on ``order.paid``;
+  cluster's client (its ``retry`` policy: 3 attempts, backoff from 20 ms) and publishing on
+  ``order.paid``;
 - ``notify``: :class:`~.notifier.Notifier`, subscribed to ``order.paid``;
 - ``gateway``: the HTTP gateway (``POST /api/{service}/{Endpoint.method}``); its node decodes
   replies whose classes it does not have as maps, as ``trimicro api`` does.
@@ -32,7 +33,7 @@ from .chaos import Chaos
 from .model import types
 from .notifier import Notifier, Outbox
 from .payment import Payments
-from .shop import PAID_TOPIC, ClusterPayments, Orders
+from .shop import PAID_TOPIC, Orders
 
 
 @attrs.frozen
@@ -67,9 +68,8 @@ async def open_shop(workdir: Path, *, retry: RetryPolicy | None = None) -> Async
             "gateway", registry=registry, home=home, store="", types=default_registry(unknown_as_maps=True)
         ) as gateway,
     ):
-        assert pay.store is not None and orders.store is not None
-        await pay.serve(Payments, pay.store)
-        await orders.serve(Orders, orders.store, ClusterPayments(orders), orders)
+        await pay.serve(Payments)
+        await orders.serve(Orders)
         notifier = await notify.node.spawn(Notifier, outbox, name="notifier")
         await notify.subscribe(PAID_TOPIC, notifier)
         await _interest_known(orders, notify.id, PAID_TOPIC)

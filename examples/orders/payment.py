@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trimicro.actors import Actor, Conflict, NotFound
+from trimicro.actors import Actor, Conflict, NotFound, ServiceUnavailable
 from trimicro.cluster import idempotent
 from trimicro.cluster.store import Record, Store
 
@@ -30,10 +30,17 @@ LEDGER = "charges"
 class Payments(Actor):
     service_name = "Payments"
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self) -> None:
         #: Requests that reached the handler (retries included): compare with the ledger.
         self.requests = 0
+
+    @property
+    def store(self) -> Store:
+        """The ledger's store: the one of this node's cluster (``trimicro run --store``)."""
+        store: Store | None = self.context.node.extensions["cluster"].store
+        if store is None:
+            raise ServiceUnavailable("the payment service needs a store (start_cluster(store=...))")
+        return store
 
     @idempotent
     async def charge(self, msg: Charge) -> Receipt:

@@ -6,18 +6,20 @@ payment service still fails after the client's retries) and publishes the paid o
 ``order.paid`` for whoever wants to know (the notifier). The store is the service's only
 state: any node serving ``Orders`` on the same store answers ``Orders.get`` for any order.
 
-The service's dependencies come in through its constructor (the store, a :class:`PaymentsClient`,
-an :class:`Events` publisher), so a test builds it with fakes and the app with the cluster.
+Like every service that ``trimicro run`` can serve, it takes what it needs from the cluster of
+its node: the store (``start_cluster(store=...)``, ``trimicro run --store``), calls by service
+name (:func:`trimicro.cluster.call`: the selector, and retries with backoff within the deadline)
+and publishing. A test gives it fakes of those (``trimicro.testing.unit``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 
 from trimicro.actors import Actor, Conflict, MicroError, NotFound, ServiceUnavailable
-from trimicro.cluster.client import Client
+from trimicro.cluster import call
 from trimicro.cluster.store import Record, Store
 
 from .model import PRICES, Charge, Order, OrderId, PlaceOrder, Receipt, dump, load
@@ -29,49 +31,37 @@ SEQUENCE = "sequence"
 PAID_TOPIC = "order.paid"
 
 
-class PaymentsClient(Protocol):
-    async def charge(self, request: Charge) -> Receipt: ...
-
-
-class Events(Protocol):
-    async def publish(self, topic: str, body: Any) -> int: ...
-
-
-@attrs.frozen
-class ClusterPayments:
-    """The payment service by name: a node the selector picks, and the client's retries (a 503
-    is retried because ``Payments.charge`` is marked idempotent), all within ``timeout``."""
-
-    client: Client
-    timeout: float = 10.0
-
-    async def charge(self, request: Charge) -> Receipt:
-        receipt: Receipt = await self.client.call(
-            "payments", "Payments.charge", request, timeout=self.timeout
-        )
-        return receipt
-
-
 class Orders(Actor):
     service_name = "Orders"
 
-    def __init__(self, store: Store, payments: PaymentsClient, events: Events) -> None:
-        self.store = store
-        self.payments = payments
-        self.events = events
+    #: How long a charge may take, retries included.
+    payment_timeout = 10.0
+
+    @property
+    def cluster(self) -> Any:
+        """The node's cluster (a :class:`~trimicro.cluster.Cluster`, or a test's fake of one)."""
+        return self.context.node.extensions["cluster"]
+
+    @property
+    def store(self) -> Store:
+        store: Store | None = self.cluster.store
+        if store is None:
+            raise ServiceUnavailable("the orders service needs a store (start_cluster(store=...))")
+        return store
 
     async def place(self, msg: PlaceOrder) -> Order:
         order = Order(await self._next_id(), msg.customer, msg.item, msg.qty, PRICES[msg.item] * msg.qty)
         await self._save(order)
         charge = Charge(order.id, order.amount_cents, idempotency_key=order.id)
         try:
-            receipt = await self.payments.charge(charge)
+            # Retried after a 503 by the cluster's client: Payments.charge is marked idempotent.
+            receipt: Receipt = await call("payments", "Payments.charge", charge, timeout=self.payment_timeout)
         except MicroError as exc:
             await self._save(attrs.evolve(order, status="payment_failed"))
             raise ServiceUnavailable(f"order {order.id} is saved but not paid: {exc.detail}") from exc
         paid = attrs.evolve(order, status="paid", payment_id=receipt.payment_id)
         await self._save(paid)
-        await self.events.publish(PAID_TOPIC, paid)
+        await self.cluster.publish(PAID_TOPIC, paid)
         return paid
 
     async def get(self, msg: OrderId) -> Order:
