@@ -2,11 +2,13 @@
 
 A caller that sees a 503 cannot know whether the charge happened: the failure may have come
 before the handler ran (the node was busy) or after (the reply was lost on the way back). So
-every :class:`~model.Charge` carries an idempotency key (the orders service uses the order's
-id), and the ledger in the store holds one receipt per key: a request whose key is there gets
-that receipt back, and nothing is charged again. The write is a compare-and-swap
-(``if_version=0``: only if the key is absent), so two payment nodes sharing a store, racing on
-the same key, still charge once: the loser reads the winner's receipt.
+every :class:`~.model.Charge` carries an idempotency key (the orders service uses the order's
+id). The first request with a key claims it in the store, with a compare-and-swap
+(``if_version=0``: only if the key is absent), and only then charges: a new payment, with an id
+of its own, in the ledger. A request whose key is claimed gets the first one's receipt back
+and charges nothing. Because the claim is atomic, two payment nodes sharing a store, racing on
+one key, still charge once: the loser returns the winner's receipt. A charge that fails
+releases its claim, so a retry charges.
 
 Because of that, ``charge`` is marked :func:`~trimicro.cluster.idempotent`: the cluster's
 client may retry it after a 503 even though the first attempt may have been delivered (for an
@@ -15,7 +17,10 @@ endpoint without the mark it retries only what surely never arrived).
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
+
+import trio
 
 from trimicro.actors import Actor, Conflict, NotFound, ServiceUnavailable
 from trimicro.cluster import idempotent
@@ -23,8 +28,10 @@ from trimicro.cluster.store import Record, Store
 
 from .model import Charge, Ledger, Receipt, dump, load
 
-#: The store table of the ledger: key = idempotency key, value = the receipt.
-LEDGER = "charges"
+#: The store tables: idempotency key -> receipt, and the ledger (payment id -> receipt), in
+#: which every entry is money taken.
+KEYS = "idempotency"
+LEDGER = "payments"
 
 
 class Payments(Actor):
@@ -36,7 +43,7 @@ class Payments(Actor):
 
     @property
     def store(self) -> Store:
-        """The ledger's store: the one of this node's cluster (``trimicro run --store``)."""
+        """The payment service's store: the one of this node's cluster (``trimicro run --store``)."""
         store: Store | None = self.context.node.extensions["cluster"].store
         if store is None:
             raise ServiceUnavailable("the payment service needs a store (start_cluster(store=...))")
@@ -45,29 +52,35 @@ class Payments(Actor):
     @idempotent
     async def charge(self, msg: Charge) -> Receipt:
         self.requests += 1
-        earlier = await self._receipt(msg.idempotency_key)
-        if earlier is not None:
-            return self._same_charge(earlier, msg)
-        receipt = Receipt(f"pay-{msg.idempotency_key}", msg.order_id, msg.amount_cents)
+        receipt = Receipt(f"pay-{uuid.uuid4().hex[:12]}", msg.order_id, msg.amount_cents)
         try:
-            await self.store.write(Record(msg.idempotency_key, dump(receipt)), if_version=0, table=LEDGER)
-        except Conflict:  # another node charged this key since we looked: its receipt stands
-            winner = await self._receipt(msg.idempotency_key)
-            assert winner is not None
-            return self._same_charge(winner, msg)
+            await self.store.write(Record(msg.idempotency_key, dump(receipt)), if_version=0, table=KEYS)
+        except Conflict:  # charged before (or by another node just now): that charge stands
+            return self._same_charge(await self._claimed(msg.idempotency_key), msg)
+        try:
+            await self.store.write(Record(receipt.payment_id, dump(receipt)), table=LEDGER)
+        except BaseException:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self.store.delete(msg.idempotency_key, table=KEYS)  # not charged: a retry may charge
+            raise
         return receipt
 
     async def ledger(self, _: Any = None) -> Ledger:
-        """Every charge made (one per key) and the requests that reached :meth:`charge`."""
-        keys = await self.store.list(table=LEDGER)
-        receipts = [r for r in [await self._receipt(k) for k in keys] if r is not None]
-        return Ledger(receipts, self.requests)
+        """Every payment taken, and the requests that reached :meth:`charge`."""
+        charges = []
+        for key in await self.store.list(table=LEDGER):
+            try:
+                (record,) = await self.store.read(key, table=LEDGER)
+            except NotFound:
+                continue
+            charges.append(load(Receipt, record.value))
+        return Ledger(charges, self.requests)
 
-    async def _receipt(self, key: str) -> Receipt | None:
+    async def _claimed(self, key: str) -> Receipt:
         try:
-            (record,) = await self.store.read(key, table=LEDGER)
-        except NotFound:
-            return None
+            (record,) = await self.store.read(key, table=KEYS)
+        except NotFound:  # its charge failed and let go of the key since: a retry will charge
+            raise ServiceUnavailable(f"the charge with key {key!r} failed just now; try again") from None
         return load(Receipt, record.value)
 
     @staticmethod

@@ -66,18 +66,19 @@ async def main() -> int:
     with tempfile.TemporaryDirectory(prefix="trimicro-orders-") as workdir:
         async with open_shop(Path(workdir)) as shop:
             print(f"shop: payments, orders, notify and gateway nodes up; gateway at {shop.url}\n")
-            ids = []
+            placed = []
             for body, faults, story in SCRIPT:
                 print(f"# {body['customer']}'s order, payment service: {story}")
                 shop.chaos.plan.extend(faults)
                 status, order = await post(shop.url, "/api/orders/Orders.place", body)
                 check(status == 200 and order["status"] == "paid", f"order {order.get('id')} paid")
-                ids.append(order.get("id"))
+                placed.append(order)
                 print()
 
+            ids = [order.get("id") for order in placed]
             print("# read an order back from the orders service's store")
             status, order = await post(shop.url, "/api/orders/Orders.get", {"id": ids[1]})
-            check(status == 200 and order["payment_id"] == f"pay-{ids[1]}", "stored with its payment")
+            check(status == 200 and order["status"] == "paid", "stored as paid")
             print("\n# a bad order: the gateway names the field")
             status, error = await post(shop.url, "/api/orders/Orders.place", {**SCRIPT[0][0], "qty": 0})
             check(status == 400 and "qty" in error["detail"], "refused with 400")
@@ -85,7 +86,11 @@ async def main() -> int:
             print("\n# the payment ledger: one charge per order, however many requests arrived")
             status, ledger = await post(shop.url, "/api/payments/Payments.ledger", {})
             charged = sorted(charge["order_id"] for charge in ledger["charges"])
-            check(charged == sorted(ids), f"{len(charged)} charges for {len(ids)} orders")
+            check(charged == sorted(ids), f"{len(charged)} payments taken for {len(ids)} orders")
+            paid_with = {order.get("payment_id") for order in placed}
+            check(
+                paid_with == {c["payment_id"] for c in ledger["charges"]}, "each order has the payment taken"
+            )
             print(
                 f"  the charge handler ran {ledger['requests']} times; "
                 f"faults injected: {', '.join(f.value for f in shop.chaos.injected)}"
