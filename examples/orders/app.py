@@ -72,12 +72,12 @@ async def open_shop(workdir: Path, *, retry: RetryPolicy | None = None) -> Async
         await orders.serve(Orders)
         notifier = await notify.node.spawn(Notifier, outbox, name="notifier")
         await notify.subscribe(PAID_TOPIC, notifier)
-        await _interest_known(orders, notify.id, PAID_TOPIC)
+        await wait_interest(orders, notify.id, PAID_TOPIC)
         async with open_gateway(gateway, GatewayOptions(address="127.0.0.1:0")) as gw:
             yield Shop(gw.url, chaos, outbox, orders)
 
 
-async def _interest_known(publisher: Cluster, node_id: str, pattern: str, timeout: float = 10.0) -> None:
+async def wait_interest(publisher: Cluster, node_id: str, pattern: str, timeout: float = 10.0) -> None:
     """Wait until ``publisher`` knows that ``node_id`` subscribes to ``pattern``: pub/sub is at
     most once, so an order paid before that would be announced to nobody."""
     with trio.fail_after(timeout):
