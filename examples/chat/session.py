@@ -50,6 +50,8 @@ class Session(Actor):
         self.backlog = backlog
         self.drain_timeout = drain_timeout
         self.pending: deque[Line] = deque()
+        #: The line the feed is sending (waiting for the client's credit); still pending.
+        self.sending: Line | None = None
         self.delivered = 0
         self.dropped = 0
         self.connected = False
@@ -80,13 +82,17 @@ class Session(Actor):
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
                     continue
-                await stream.send(self.pending[0])  # waits here while the client has no credit
-                self.pending.popleft()
+                self.sending = self.pending.popleft()
+                await stream.send(self.sending)  # waits here while the client has no credit
+                self.sending = None
                 self.delivered += 1
             stream.close_send()
         except MicroError:
             pass  # the client went away: the lines wait for it to come back, or for idleness
         finally:
+            if self.sending is not None:  # not sent: first in line for the next feed
+                self.pending.appendleft(self.sending)
+                self.sending = None
             self.connected = False
             self._fed.set()
             if not self.closing:
@@ -106,7 +112,8 @@ class Session(Actor):
             self.context.stop()
 
     async def stats(self, _: Any = None) -> SessionStats:
-        return SessionStats(self.user, self.connected, len(self.pending), self.delivered, self.dropped)
+        held = len(self.pending) + (self.sending is not None)
+        return SessionStats(self.user, self.connected, held, self.delivered, self.dropped)
 
     def _idle_timer(self) -> None:
         self.context.send_after(self.idle_after, Idle(), key="idle")
