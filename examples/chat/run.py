@@ -28,8 +28,9 @@ from chat.client import ChatClient, Transcript
 #: How many lines alice says while bob is not reading, and bob's window.
 LINES = 10
 WINDOW = 2
-#: Seconds a session waits for a client that went away (short, for the demo).
-IDLE_AFTER = 1.0
+#: Seconds a session waits for a client that went away or has not connected yet: short, for
+#: the demo, yet ample for a client to connect after joining on a busy machine.
+IDLE_AFTER = 2.0
 
 
 async def main() -> int:
