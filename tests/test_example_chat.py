@@ -70,6 +70,7 @@ async def test_one_feed_at_a_time() -> None:
                 await second.receive()
 
 
+# --8<-- [start:idle]
 async def test_a_session_without_a_client_stops_when_idle(autojump_clock: trio.testing.MockClock) -> None:
     async with (
         unit(Session, "ada", idle_after=30) as session,
@@ -86,6 +87,9 @@ async def test_a_session_without_a_client_stops_when_idle(autojump_clock: trio.t
         await session.advance(2)
         terminated = await stopped.wait_for()
         assert terminated.reason is None, terminated
+
+
+# --8<-- [end:idle]
 
 
 async def test_close_hands_over_what_is_pending_and_ends_the_feed_normally() -> None:

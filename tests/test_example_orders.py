@@ -104,6 +104,7 @@ async def test_a_charge_that_failed_lets_go_of_its_key() -> None:
 # ---- the orders service alone ---------------------------------------------------------------
 
 
+# --8<-- [start:unit]
 def paying(receipts: list[Charge]) -> Any:
     """A fake payment service's answer: a receipt for the charge, recorded."""
 
@@ -125,6 +126,9 @@ async def test_an_order_is_charged_by_its_id_stored_paid_and_announced() -> None
         assert await orders.call("Orders.get", {"id": "o-0001"}) == order  # from the store
         second = await orders.ask(PlaceOrder("bob", "cake", 1))
         assert (second.id, second.amount_cents) == ("o-0002", 500)
+
+
+# --8<-- [end:unit]
 
 
 async def test_an_order_whose_payment_failed_is_kept_unpaid_and_not_announced() -> None:
