@@ -4,7 +4,8 @@ It knows nothing of the orders service: it subscribes to a topic (``cluster.subs
 "order.paid", ref)``, done by the app) and the broker delivers each paid order to its handler
 as a :class:`~trimicro.cluster.broker.Message`. Anyone may publish on a topic (the gateway's
 ``POST /api/publish/order.paid`` too), so a body that is not an order is logged and dropped,
-never allowed to crash the subscriber.
+never allowed to crash the subscriber. (Who may publish there is for the topic rules to say:
+docs/auth.md.)
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ order's id as the idempotency key, saves it again (``paid``, or ``payment_failed
 payment service still fails after the client's retries) and publishes the paid order on
 ``order.paid`` for whoever wants to know (the notifier). The store is the service's only
 state: any node serving ``Orders`` on the same store answers ``Orders.get`` for any order.
+An actor handles one message at a time, so a payment that is being retried holds the next
+order back; to take more orders at once, serve ``Orders`` on more nodes sharing the store (the
+order numbers come from a compare-and-swap, so they never collide).
 
 Like every service that ``trimicro run`` can serve, it takes what it needs from the cluster of
 its node: the store (``start_cluster(store=...)``, ``trimicro run --store``), calls by service
