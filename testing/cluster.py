@@ -10,12 +10,15 @@ node that serves nothing. Every node stops at the end of the block, the last sta
 
 All the nodes share one development identity in ``home`` (a temporary folder by default), so
 they trust each other; each node records the messages its actors handle
-(:attr:`InprocCluster.probes`). Under pytest-trio's ``autojump_clock`` the cluster's timers
-(membership probes, TTLs, retries, backoff) run in virtual time.
+(:attr:`InprocCluster.probes`). :meth:`InprocCluster.partition` and
+:meth:`InprocCluster.isolate` cut nodes off from each other (:mod:`.faults`). Under
+pytest-trio's ``autojump_clock`` the cluster's timers (membership probes, TTLs, retries,
+backoff) run in virtual time.
 """
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import ExitStack, asynccontextmanager
@@ -29,6 +32,7 @@ from trimicro.actors import ActorRef
 from trimicro.cluster import Cluster, MemoryRegistry, start_cluster
 from trimicro.mailbox.transport.inproc import InprocTransport
 
+from .faults import NodeTransport, Partitions
 from .probes import DEFAULT_TIMEOUT, MessageProbe, wait_converged
 
 __all__ = ["InprocCluster", "Serve", "open_cluster"]
@@ -57,16 +61,21 @@ class InprocCluster:
         self.home = home
         #: The registry every node announces in and looks up (inspect it, or watch it).
         self.registry = MemoryRegistry()
-        #: What carries the nodes' links.
+        #: What carries the nodes' links (each node dials through a :class:`~.faults.NodeTransport`).
         self.transport = InprocTransport()
+        #: The network faults in force (see :meth:`partition`).
+        self.partitions = Partitions()
         #: Every node started, in order (the client, once made, included).
         self.nodes: list[Cluster] = []
         #: Each node's :class:`~.probes.MessageProbe`, by node id.
         self.probes: dict[str, MessageProbe] = {}
         self._options = options
         self._client: Cluster | None = None
+        self._numbers = itertools.count(1)
+        self._used: set[str] = set()
 
     def __getitem__(self, node_id: str) -> Cluster:
+        """The running node ``node_id`` (``KeyError`` if there is none)."""
         for node in self.nodes:
             if node.id == node_id:
                 return node
@@ -75,10 +84,11 @@ class InprocCluster:
     async def add_node(
         self, name: str | None = None, *, services: Sequence[Any] = (), **options: Any
     ) -> Cluster:
-        """Start a node (``name`` is its id, ``n1``, ``n2``... by default) serving ``services``
-        (actor classes, or :class:`Serve` for a name, version or arguments); ``options`` go to
-        :func:`~trimicro.cluster.start_cluster` over those of :func:`open_cluster`."""
-        node_id = name or f"n{len(self.nodes) + 1}"
+        """Start a node serving ``services`` (actor classes, or :class:`Serve` for a name,
+        version or arguments); ``options`` go to :func:`~trimicro.cluster.start_cluster` over
+        those of :func:`open_cluster`. ``name`` is the node's id; by default ``n1``, ``n2``...
+        (never one used before in this cluster: a new node is not mistaken for a stopped one)."""
+        node_id = name or self._next_name()
         probe = MessageProbe()
         merged = {**self._options, **options}
         merged["middleware"] = [probe, *merged.get("middleware", ())]
@@ -87,11 +97,15 @@ class InprocCluster:
         stop, stopped = trio.Event(), trio.Event()
         node: Cluster = await self._nursery.start(self._run_node, node_id, merged, stop, stopped)
         self._stops[node.id] = (stop, stopped)
+        self._used.add(node.id)
         self.nodes.append(node)
         self.probes[node.id] = probe
         for service in services:
             await self.serve(node, service)
         return node
+
+    def _next_name(self) -> str:
+        return next(name for name in (f"n{i}" for i in self._numbers) if name not in self._used)
 
     async def _run_node(
         self,
@@ -107,17 +121,36 @@ class InprocCluster:
         # is not the task that closes the cluster (a fixture's, under pytest-trio).
         try:
             async with start_cluster(
-                node_id, registry=self.registry, transport=self.transport, home=self.home, **options
+                node_id,
+                registry=self.registry,
+                transport=NodeTransport(self.transport, node_id, self.partitions),
+                home=self.home,
+                **options,
             ) as node:
                 task_status.started(node)
                 await stop.wait()
         finally:
             stopped.set()
 
+    async def partition(self, a: Cluster | str, b: Cluster | str) -> None:
+        """Cut nodes ``a`` and ``b`` off from each other until :meth:`heal`: their links close
+        and they cannot dial each other (each sees the other ``suspect``, then ``dead``)."""
+        await self.partitions.cut(_id(a), _id(b))
+
+    async def isolate(self, node: Cluster | str) -> None:
+        """Cut ``node`` off from every other node (to the others, as if its process died)."""
+        for other in self.nodes:
+            if other.id != _id(node):
+                await self.partitions.cut(_id(node), other.id)
+
+    def heal(self) -> None:
+        """Remove every cut; the nodes link again as they next dial."""
+        self.partitions.heal()
+
     async def stop_node(self, node: Cluster | str) -> None:
         """Stop one node as its process would on SIGTERM: it deregisters, leaves the
         membership (the others see it ``left``) and closes its links."""
-        node_id = node if isinstance(node, str) else node.id
+        node_id = _id(node)
         stop, stopped = self._stops.pop(node_id)
         stop.set()
         await stopped.wait()
@@ -159,6 +192,10 @@ class InprocCluster:
         """Wait until every node sees every other alive and linked (see
         :func:`~.probes.wait_converged`)."""
         await wait_converged(self.nodes, timeout=timeout)
+
+
+def _id(node: Cluster | str) -> str:
+    return node if isinstance(node, str) else node.id
 
 
 @asynccontextmanager

@@ -199,6 +199,7 @@ class FakeCluster:
 
     @property
     def id(self) -> str:
+        """The node's id (as a real cluster's ``id``)."""
         return self.node.id
 
     def _ref(self, service: str) -> ActorRef:
@@ -208,22 +209,26 @@ class FakeCluster:
         return ref
 
     async def publish(self, topic: str, body: Any, **options: Any) -> int:
+        """Record the publish (:attr:`published`); nobody subscribes here, so 0 deliveries."""
         self.published.append(Published(topic, body, options))
         await trio.lowlevel.checkpoint()
         return 0
 
     async def call(self, service: str, endpoint: str | None, body: Any = None, **options: Any) -> Any:
+        """Record the call (:attr:`calls`) and ask the fake serving ``service``."""
         self.calls.append(ServiceCall(service, endpoint, body))
         timeout = options.get("timeout")
         return await ask(self._ref(service), body, endpoint=endpoint, timeout=timeout)
 
     async def ask(self, service: str, message: Any, **options: Any) -> Any:
+        """``call`` by message type."""
         return await self.call(service, None, message, **options)
 
     @asynccontextmanager
     async def open_stream(
         self, service: str, endpoint: str, request: Any = None, **options: Any
     ) -> AsyncIterator[Any]:
+        """Open a stream with ``endpoint`` of the fake serving ``service``."""
         self.calls.append(ServiceCall(service, endpoint, request))
         async with open_stream(self._ref(service), endpoint, request, timeout=options.get("timeout")) as s:
             yield s

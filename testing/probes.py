@@ -21,7 +21,7 @@ virtual time costs nothing real, and a probe never passes because the machine wa
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
 
@@ -104,7 +104,7 @@ class Recorder(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[T]:
         return iter(list(self._items))
 
     def clear(self) -> None:
@@ -196,6 +196,9 @@ class MessageProbe:
     It sees the server side only: what reached a handler, after the body of an endpoint call
     was structured into the handler's type. Messages refused before a handler (no handler, an
     unknown endpoint) are dead letters or errors instead: see :func:`dead_letters`.
+
+    Like any middleware, it makes the node run every handler in a worker task (never inline
+    in the caller's): the order of events is the same, the scheduling a little different.
     """
 
     def __init__(self, *, limit: int = 10_000) -> None:

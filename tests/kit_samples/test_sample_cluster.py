@@ -3,6 +3,7 @@ docs/guides/testing.md."""
 
 from __future__ import annotations
 
+# --8<-- [start:imports]
 from typing import Any
 
 import trio
@@ -12,7 +13,10 @@ from trimicro.actors import Actor, ServiceUnavailable
 from trimicro.cluster import RetryPolicy, idempotent
 from trimicro.testing import InprocCluster, Serve
 
+# --8<-- [end:imports]
 
+
+# --8<-- [start:call]
 class Greeter(Actor):
     async def hello(self, body: dict[str, Any]) -> str:
         return f"hello {body['name']} from {self.context.node.id}"
@@ -27,6 +31,10 @@ async def test_call_a_service_by_name(trimicro_cluster: InprocCluster) -> None:
     assert replies == {"hello Ada from a", "hello Ada from b"}
 
 
+# --8<-- [end:call]
+
+
+# --8<-- [start:retries]
 class WarmingUp(Actor):
     """Unavailable until ``ready_at`` (trio time): a service that takes 30 s to warm up."""
 
@@ -52,3 +60,6 @@ async def test_thirty_seconds_of_retries_in_virtual_time(
     assert trio.current_time() >= ready_at
     attempts = trimicro_cluster.probes["server"].to("warm")
     assert len(attempts) > 2 and all(a.endpoint == "WarmingUp.get" for a in attempts)
+
+
+# --8<-- [end:retries]

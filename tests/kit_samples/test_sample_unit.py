@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+# --8<-- [start:imports]
 from typing import Any
 
 import attrs
@@ -12,7 +13,10 @@ from trimicro.actors import Actor, ActorRef, BadRequest, ask, tell
 from trimicro.cluster import call
 from trimicro.testing import FakeRef, unit
 
+# --8<-- [end:imports]
 
+
+# --8<-- [start:counter]
 @attrs.frozen
 class Add:
     k: int
@@ -44,6 +48,10 @@ class Counter(Actor):
         await self.context.node.extensions["cluster"].publish("counter.total", {"n": self.n})
 
 
+# --8<-- [end:counter]
+
+
+# --8<-- [start:unit]
 async def test_call_a_handler_by_endpoint_name() -> None:
     audit = FakeRef("audit")
     async with unit(Counter, audit) as counter:
@@ -70,6 +78,10 @@ async def test_a_tell_returns_when_the_handler_is_done() -> None:
         assert counter.actor.n == 4
 
 
+# --8<-- [end:unit]
+
+
+# --8<-- [start:timers]
 async def test_timers_run_by_advancing_the_clock(autojump_clock: trio.testing.MockClock) -> None:
     async with unit(Counter, FakeRef()) as counter:
         await counter.call("Counter.add", {"k": 1})
@@ -78,6 +90,10 @@ async def test_timers_run_by_advancing_the_clock(autojump_clock: trio.testing.Mo
         assert {p.topic for p in counter.published} == {"counter.total"}
 
 
+# --8<-- [end:timers]
+
+
+# --8<-- [start:fakes]
 @attrs.frozen
 class Buy:
     item: str
@@ -118,3 +134,6 @@ async def test_a_fake_can_fail_as_the_real_service_would() -> None:
             assert exc.detail == "card declined"
         else:
             raise AssertionError("the declined card went through")
+
+
+# --8<-- [end:fakes]
