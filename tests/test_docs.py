@@ -20,6 +20,7 @@ whole module takes about as long as its slowest sample.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -31,6 +32,8 @@ from pathlib import Path
 
 import attrs
 import pytest
+
+from trimicro.cluster.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 50.0
@@ -161,3 +164,23 @@ def test_extractor_reads_fences_and_snippets(tmp_path: Path) -> None:
         (5, "x = 1\nassert x == 1\n", (), ()),
         (10, "", ("examples/services.py", "tests/test_x.py"), ("tests/test_x.py:suite",)),
     ]
+
+
+def test_the_cli_reference_covers_every_command() -> None:
+    """docs/reference/cli.md has a section for each command the parser knows (a new command
+    without a page fails here; the sections show each command's ``--help``)."""
+    actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    commands = set(actions[0].choices)
+    page = (ROOT / "docs" / "reference" / "cli.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^### trimicro (\S+)$", page, re.M))
+    assert commands - documented == set(), "commands without a section in docs/reference/cli.md"
+    assert documented - commands == set(), "sections for commands that no longer exist"
+
+
+def test_the_configuration_reference_names_every_variable() -> None:
+    """Every ``TRIMICRO_*`` variable the package reads is in docs/reference/configuration.md."""
+    sources = [p for layer in ("mailbox", "actors", "cluster") for p in (ROOT / layer).rglob("*.py")]
+    read = {name for p in sources for name in re.findall(r"TRIMICRO_[A-Z_]+[A-Z]", p.read_text("utf-8"))}
+    page = (ROOT / "docs" / "reference" / "configuration.md").read_text(encoding="utf-8")
+    assert read, "no TRIMICRO_ variables found: the search is broken"
+    assert {name for name in read if f"`{name}`" not in page} == set()
