@@ -319,3 +319,32 @@ async def test_openapi_carries_full_schemas_fetched_from_the_service_node() -> N
             r = await http.post("/api/shop/checkout", json={"orders": [{"item": "tea", "qty": 2}]})
             assert r.status_code == 200, r.text
             assert r.json() == {"total": 2, "lines": [{"item": "tea", "qty": 2, "note": None}]}, r.text
+
+
+class GatedRegistry(MemoryRegistry):
+    """A registry whose listing waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = trio.Event()
+
+    async def list_services(self, *args: Any, **kwargs: Any) -> Any:
+        await self.gate.wait()
+        return await super().list_services(*args, **kwargs)
+
+
+async def test_ready_only_once_the_registry_has_answered() -> None:
+    registry = GatedRegistry()
+    async with (
+        start_cluster("gw", registry=registry, store="", auth=False) as cluster,
+        open_gateway(cluster, GatewayOptions(address="127.0.0.1:0")) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=10) as http,
+    ):
+        assert (await http.get("/health/live")).status_code == 200
+        r = await http.get("/health/ready")
+        assert (r.status_code, r.json()["status"]) == (503, "starting")
+        registry.gate.set()
+        with trio.fail_after(10):
+            await gw.state.refresh()  # the registry's first answer
+        r = await http.get("/health/ready")
+        assert (r.status_code, r.json()["status"]) == (200, "ready"), r.json()
