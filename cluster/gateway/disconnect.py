@@ -12,7 +12,9 @@ a flag; a long one is cancelled as soon as its client is gone, even if that was 
 watcher started (the server keeps the ``http.disconnect`` message for the request until read).
 
 Measured with ``benchmarks/bench_gateway.py --instructions`` (callgrind, the server process's
-instructions per request, docs/gateway.md).
+instructions per request, 200 and 600 sequential requests): 4.30M per gateway request with a
+watcher per request, 4.11M with this (-4.6%); Starlette answering a constant on the same server
+took 3.14M-3.15M in both runs.
 """
 
 from __future__ import annotations
