@@ -48,6 +48,10 @@ async def test_call_both_spellings_and_errors_as_go_micro_json() -> None:
         assert r.status_code == 400 and r.json()["code"] == 400
         assert "body.qty" in r.json()["detail"]
         assert set(r.json()) == {"id", "code", "detail", "status"}
+        # JSON Schema's "integer", which the document gives qty, admits 2.0: so does the service.
+        r = await http.post("/api/shop/buy", json={"item": "tea", "qty": 2.0})
+        assert (r.status_code, r.json()) == (200, {"item": "tea", "qty": 2})
+        assert (await http.post("/api/shop/buy", json={"item": "tea", "qty": 2.5})).status_code == 400
         r = await http.post("/api/shop/buy", json={"item": "tea", "qty": 0})
         assert r.status_code == 400 and "'qty' must be > 0" in r.json()["detail"]  # Order's validator
         assert (await http.post("/api/nosuch/X.y", json={})).status_code == 404
@@ -95,8 +99,11 @@ async def test_bodies_are_bounded_and_timeout_header_is_the_deadline() -> None:
         assert r.status_code == 413 and r.json()["code"] == 413
         r = await http.post("/api/shop/slow", json={"seconds": 5}, headers={"timeout": "0.2"})
         assert r.status_code == 408
-        r = await http.post("/api/shop/slow", json={"seconds": 0}, headers={"timeout": "soon"})
-        assert r.status_code == 400
+        for bad in ("soon", "0", "1e3", "-1", "inf"):  # what the document's pattern refuses
+            r = await http.post("/api/shop/slow", json={"seconds": 0}, headers={"timeout": bad})
+            assert r.status_code == 400, bad
+        r = await http.post("/api/shop/slow", json={"seconds": 0}, headers={"timeout": ""})
+        assert r.status_code == 200  # empty: the default deadline
 
 
 async def test_headers_follow_the_metadata_rule() -> None:
@@ -312,3 +319,32 @@ async def test_openapi_carries_full_schemas_fetched_from_the_service_node() -> N
             r = await http.post("/api/shop/checkout", json={"orders": [{"item": "tea", "qty": 2}]})
             assert r.status_code == 200, r.text
             assert r.json() == {"total": 2, "lines": [{"item": "tea", "qty": 2, "note": None}]}, r.text
+
+
+class GatedRegistry(MemoryRegistry):
+    """A registry whose listing waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = trio.Event()
+
+    async def list_services(self, *args: Any, **kwargs: Any) -> Any:
+        await self.gate.wait()
+        return await super().list_services(*args, **kwargs)
+
+
+async def test_ready_only_once_the_registry_has_answered() -> None:
+    registry = GatedRegistry()
+    async with (
+        start_cluster("gw", registry=registry, store="", auth=False) as cluster,
+        open_gateway(cluster, GatewayOptions(address="127.0.0.1:0")) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=10) as http,
+    ):
+        assert (await http.get("/health/live")).status_code == 200
+        r = await http.get("/health/ready")
+        assert (r.status_code, r.json()["status"]) == (503, "starting")
+        registry.gate.set()
+        with trio.fail_after(10):
+            await gw.state.refresh()  # the registry's first answer
+        r = await http.get("/health/ready")
+        assert (r.status_code, r.json()["status"]) == (200, "ready"), r.json()

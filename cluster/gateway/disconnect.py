@@ -12,7 +12,9 @@ a flag; a long one is cancelled as soon as its client is gone, even if that was 
 watcher started (the server keeps the ``http.disconnect`` message for the request until read).
 
 Measured with ``benchmarks/bench_gateway.py --instructions`` (callgrind, the server process's
-instructions per request, docs/gateway.md).
+instructions per request, 200 and 600 sequential requests): 4.30M per gateway request with a
+watcher per request, 4.11M with this (-4.6%); Starlette answering a constant on the same server
+took 3.14M-3.15M in both runs.
 """
 
 from __future__ import annotations
@@ -77,24 +79,33 @@ class DisconnectWatch:
         self.watchers = 0
         self._pending: deque[_Call] = deque()  # in order of ``since``: one delay for all
         self._wake = trio.Event()
+        self._running = False  # no ticker: register nothing (nothing would ever take it off)
 
     async def run(self) -> None:
         """Start a watcher for every registered call still running ``after`` seconds on."""
         async with trio.open_nursery() as nursery:
-            while True:
-                if not self._pending:
-                    self._wake = trio.Event()
-                    await self._wake.wait()
-                    continue
-                await trio.sleep_until(self._pending[0].since + self.after)
-                due = trio.current_time() - self.after + self.tick
-                while self._pending and self._pending[0].since <= due:
-                    entry = self._pending.popleft()
-                    if not entry.done:
-                        self.watchers += 1
-                        entry.watcher = trio.CancelScope()
-                        nursery.start_soon(self._watch, entry)
-                await trio.sleep(self.tick)  # one batch per tick, however many calls
+            self._running = True
+            try:
+                await self._tick(nursery)
+            finally:
+                self._running = False
+                self._pending.clear()
+
+    async def _tick(self, nursery: trio.Nursery) -> None:
+        while True:
+            if not self._pending:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            await trio.sleep_until(self._pending[0].since + self.after)
+            due = trio.current_time() - self.after + self.tick
+            while self._pending and self._pending[0].since <= due:
+                entry = self._pending.popleft()
+                if not entry.done:
+                    self.watchers += 1
+                    entry.watcher = trio.CancelScope()
+                    nursery.start_soon(self._watch, entry)
+            await trio.sleep(self.tick)  # one batch per tick, however many calls
 
     async def _watch(self, entry: _Call) -> None:
         assert entry.watcher is not None
@@ -107,8 +118,9 @@ class DisconnectWatch:
         (the call's service sees the cancellation as its caller going away)."""
         with trio.CancelScope() as scope:
             entry = _Call(request, scope, trio.current_time())
-            self._pending.append(entry)
-            self._wake.set()
+            if self._running:
+                self._pending.append(entry)
+                self._wake.set()
             try:
                 return await work()
             finally:
