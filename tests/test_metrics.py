@@ -323,12 +323,13 @@ async def test_opentelemetry_instruments_on_the_users_meter_provider() -> None:
         threaded = await trio.to_thread.run_sync(_otel_points, reader)  # a reader's own thread
         actors = len(cluster.node)
     try:
+        rpc = {"rpc.system": "trimicro", "rpc.service": "Shop", "rpc.method": "buy"}  # RPC conventions
         for got in (points, threaded):
-            requests = {p.attributes["endpoint"]: p.value for p in got["trimicro.requests"]}
-            assert requests["Shop.buy"] == 4
+            requests = [(dict(p.attributes), p.value) for p in got["trimicro.requests"]]
+            assert (rpc, 4) in requests
             errors = [(dict(p.attributes), p.value) for p in got["trimicro.request.errors"]]
-            assert errors == [({"service": "Shop", "endpoint": "Shop.buy", "code": "400"}, 1)]
-        duration = [p for p in points["trimicro.request.duration"] if p.attributes["endpoint"] == "Shop.buy"]
+            assert errors == [({**rpc, "error.type": "400", "rpc.trimicro.error_code": 400}, 1)]
+        duration = [p for p in points["trimicro.request.duration"] if dict(p.attributes) == rpc]
         assert duration[0].count == 4
         assert list(duration[0].explicit_bounds) == list(EndpointRecorder().bounds)
         assert [p.value for p in points["trimicro.actors"]] == [actors]

@@ -397,6 +397,18 @@ class Collector(Actor):
         self.got.send_nowait(trace.get_current_span().get_span_context())
 
 
+def emitted(spans: Spans) -> tuple[ReadableSpan, ReadableSpan]:
+    """The ``publish`` and ``process`` spans of ``Publisher.emit``, checked: the publish is a
+    child of the handler's span, the delivery a child of the publish and linked to it."""
+    handler = spans.one("Publisher/emit", SpanKind.SERVER)
+    publish = spans.one("publish orders.new", SpanKind.PRODUCER)
+    process = spans.one("process orders.new", SpanKind.CONSUMER)
+    assert_child(publish, handler)
+    assert_child(process, publish)
+    assert [link.context.span_id for link in process.links] == [sid(publish)]
+    return publish, process
+
+
 async def test_a_delivery_is_a_consumer_span_child_of_publish_and_linked_to_it(spans: Spans) -> None:
     registry = MemoryRegistry()
     send, receive = trio.open_memory_channel[Any](4)
@@ -415,12 +427,7 @@ async def test_a_delivery_is_a_consumer_span_child_of_publish_and_linked_to_it(s
         assert await ask(publisher, {}, endpoint="Publisher.emit") == 1
         with trio.fail_after(10):
             current = await receive.receive()
-    handler = spans.one("Publisher/emit", SpanKind.SERVER)
-    publish = spans.one("publish orders.new", SpanKind.PRODUCER)
-    process = spans.one("process orders.new", SpanKind.CONSUMER)
-    assert_child(publish, handler)
-    assert_child(process, publish)
-    assert [link.context.span_id for link in process.links] == [sid(publish)]
+    publish, process = emitted(spans)
     assert current == process.context
     assert process.attributes is not None and publish.attributes is not None
     assert publish.attributes["messaging.destination.name"] == "orders.new"
