@@ -267,3 +267,43 @@ async def test_default_node_names_count_from_n1_and_are_never_reused() -> None:
         assert (first.id, (await cluster.add_node()).id) == ("n1", "n3")
         await cluster.stop_node("n3")
         assert (await cluster.add_node()).id == "n4"
+
+
+async def test_a_partition_is_seen_dead_and_heals(
+    trimicro_cluster: InprocCluster, autojump_clock: trio.testing.MockClock
+) -> None:
+    a = await trimicro_cluster.add_node("a")
+    b = await trimicro_cluster.add_node("b")
+    await trimicro_cluster.converged()
+    await trimicro_cluster.partition(a, b)
+    assert await wait_member(a, "b", "dead") == "dead"
+    assert await wait_member(trimicro_cluster.client, "b", "alive") == "alive"  # only a lost b
+    trimicro_cluster.heal()
+    assert await wait_member(a, "b", "alive", timeout=60) == "alive"
+    assert await wait_member(b, "a", "alive", timeout=60) == "alive"
+
+
+@attrs.frozen
+class Beat:
+    pass
+
+
+class Heart(Actor):
+    def __init__(self) -> None:
+        self.beats: list[float] = []
+
+    async def started(self) -> None:
+        self.context.every(10.0, Beat())
+
+    async def beat(self, msg: Beat) -> None:
+        self.beats.append(trio.current_time())
+
+
+async def test_advance_runs_the_timers_in_order_with_a_clock_that_never_jumps_alone(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with unit(Heart) as heart:
+        start = trio.current_time()
+        await heart.advance(25)
+        assert [t - start for t in heart.actor.beats] == [pytest.approx(10), pytest.approx(20)]
+        assert mock_clock.autojump_threshold == float("inf")  # left as it was
