@@ -80,6 +80,21 @@ async def test_a_recorder_keeps_the_latest_events_only() -> None:
     assert (seen.items, seen.dropped) == ([2, 3, 4], 2)
 
 
+async def test_after_clear_a_wait_sees_only_what_comes_next(autojump_clock: trio.testing.MockClock) -> None:
+    seen: Recorder[int] = Recorder("number", limit=2)
+    seen.append(1)
+    seen.clear()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seen.wait_count, 3, None)  # a waiter that keeps up sees past the limit
+        for i in (2, 3, 4):
+            await trio.testing.wait_all_tasks_blocked()
+            seen.append(i)
+    with pytest.raises(ProbeTimeout, match=r"no 2 x number within 1 s; seen 1:\n  5$"):
+        seen.clear()
+        seen.append(5)
+        await seen.wait_count(2, timeout=1)
+
+
 async def test_a_recorder_wakes_a_waiter_with_the_matching_event(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
