@@ -1,6 +1,6 @@
 """Unit-testing one actor in isolation (Nameko's ``worker_factory`` and ``entrypoint_hook``).
 
-``async with unit(Checkout, payments=FakeRef(replies={"Payments.charge": "ok"})) as h:`` starts
+``async with unit(Checkout, stock=FakeRef(replies={"Stock.reserve": 1})) as h:`` starts
 a node of its own (no network), replaces what the actor talks to by fakes, spawns the actor,
 and gives a :class:`ActorHarness` to drive it:
 
@@ -14,6 +14,8 @@ and gives a :class:`ActorHarness` to drive it:
 - ``services={"payments": FakeRef(...)}`` answers the actor's calls by service name
   (``trimicro.cluster.call`` and ``self.context.node.extensions["cluster"].call``), and
   :attr:`ActorHarness.published` records what it publishes (:class:`FakeCluster`);
+  ``await h.publish("orders.new", body)`` delivers a message to its subscriptions and returns
+  once it has been handled;
 - ``await h.advance(30)`` runs 30 s of the actor's timers, in order, in no real time (trio's
   ``MockClock``: pytest-trio's ``autojump_clock`` or ``mock_clock`` fixture).
 
