@@ -321,3 +321,23 @@ def test_extractor_reads_sessions(tmp_path: Path) -> None:
         ("printf 'x' | trimicro call a A.b", ""),
     )
     assert normalized("at 127.0.0.1:41327  up\n\n") == ["at 127.0.0.1:PORT up"]
+
+
+def help_text(parser: argparse.ArgumentParser, command: list[str]) -> str:
+    """What ``trimicro COMMAND --help`` prints, from the parser itself (no process needed)."""
+    for name in command:
+        [subparsers] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        parser = subparsers.choices[name]
+    return parser.format_help()
+
+
+def test_the_cli_reference_shows_the_current_help(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each ``$ trimicro ... --help`` block of docs/reference/cli.md is what the command prints
+    today (argparse wraps at $COLUMNS: the page is written at 100)."""
+    monkeypatch.setenv("COLUMNS", "100")
+    page = (ROOT / "docs" / "reference" / "cli.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```console\n\$ trimicro ?(.*?) ?--help\n(.*?)^```", page, re.M | re.S)
+    assert len(blocks) > 20
+    parser = build_parser()
+    stale = [args for args, shown in blocks if shown.rstrip() != help_text(parser, args.split()).rstrip()]
+    assert not stale, f"--help changed for: {stale}; paste the new output into docs/reference/cli.md"
