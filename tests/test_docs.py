@@ -344,9 +344,30 @@ def test_the_cli_reference_shows_the_current_help(monkeypatch: pytest.MonkeyPatc
     """Each ``$ trimicro ... --help`` block of docs/reference/cli.md is what the command prints
     today (argparse wraps at $COLUMNS: the page is written at 100)."""
     monkeypatch.setenv("COLUMNS", "100")
-    page = (ROOT / "docs" / "reference" / "cli.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"^```console\n\$ trimicro ?(.*?) ?--help\n(.*?)^```", page, re.M | re.S)
+    page = CLI_PAGE.read_text(encoding="utf-8")
+    blocks = HELP_BLOCK.findall(page)
     assert len(blocks) > 20
     parser = build_parser()
     stale = [args for args, shown in blocks if shown.rstrip() != help_text(parser, args.split()).rstrip()]
-    assert not stale, f"--help changed for: {stale}; paste the new output into docs/reference/cli.md"
+    assert not stale, f"--help changed for: {stale}; rewrite them with: python tests/test_docs.py"
+
+
+CLI_PAGE = ROOT / "docs" / "reference" / "cli.md"
+HELP_BLOCK = re.compile(r"^```console\n\$ trimicro ?(.*?) ?--help\n(.*?)^```", re.M | re.S)
+
+
+def rewrite_cli_reference() -> None:
+    """Put the current ``--help`` of each command into its block of docs/reference/cli.md."""
+    os.environ["COLUMNS"] = "100"
+    parser = build_parser()
+
+    def current(match: re.Match[str]) -> str:
+        args = match.group(1)
+        shown = help_text(parser, args.split()).rstrip()
+        return f"```console\n$ trimicro {args + ' ' if args else ''}--help\n{shown}\n```"
+
+    CLI_PAGE.write_text(HELP_BLOCK.sub(current, CLI_PAGE.read_text(encoding="utf-8")), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    rewrite_cli_reference()
