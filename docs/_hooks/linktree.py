@@ -30,8 +30,10 @@ def on_config(config: Any) -> Any:
     tree = root / "build" / "docs-src" / "trimicro"
     tree.mkdir(parents=True, exist_ok=True)
     for layer in LAYERS:
-        link = tree / layer
+        link, target = tree / layer, root / layer
+        if link.is_symlink() and link.resolve() != target.resolve():
+            link.unlink()  # a tree left by a checkout that has moved
         if not link.is_symlink():
-            link.symlink_to(root / layer, target_is_directory=True)
+            link.symlink_to(target, target_is_directory=True)
     sys.path[:] = [entry for entry in sys.path if not (Path(entry or ".") / "trimicro").is_file()]
     return config
