@@ -4,6 +4,7 @@ command run as a newcomer runs it (a real process: HTTP gateway, TCP links, LMDB
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -250,3 +251,20 @@ def test_the_one_command_runs_the_flow_and_checks_it() -> None:
         ],
     )
     assert out.count('"status": "paid"') >= 4  # three placed, one read back
+
+
+def test_without_the_gateway_extra_the_command_says_what_to_install() -> None:
+    hide_starlette = (
+        "import runpy, sys; sys.modules['starlette'] = None; sys.argv = ['run.py'];"
+        " runpy.run_path('examples/orders/run.py', run_name='__main__')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", hide_starlette],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "pip install 'trimicro[gateway]'" in result.stderr and "Traceback" not in result.stderr
