@@ -1,6 +1,6 @@
 """Unit-testing one actor in isolation (Nameko's ``worker_factory`` and ``entrypoint_hook``).
 
-``async with unit(Checkout, payments=FakeRef(replies={"Payments.charge": "ok"})) as h:`` starts
+``async with unit(Checkout, stock=FakeRef(replies={"Stock.reserve": 1})) as h:`` starts
 a node of its own (no network), replaces what the actor talks to by fakes, spawns the actor,
 and gives a :class:`ActorHarness` to drive it:
 
@@ -14,6 +14,8 @@ and gives a :class:`ActorHarness` to drive it:
 - ``services={"payments": FakeRef(...)}`` answers the actor's calls by service name
   (``trimicro.cluster.call`` and ``self.context.node.extensions["cluster"].call``), and
   :attr:`ActorHarness.published` records what it publishes (:class:`FakeCluster`);
+  ``await h.publish("orders.new", body)`` delivers a message to its subscriptions and returns
+  once it has been handled;
 - ``await h.advance(30)`` runs 30 s of the actor's timers, in order, in no real time (trio's
   ``MockClock``: pytest-trio's ``autojump_clock`` or ``mock_clock`` fixture).
 
@@ -35,6 +37,8 @@ import trio.testing
 
 from trimicro.actors import Actor, ActorRef, Call, Next, Node, NotFound, ask, open_stream, start_node, tell
 from trimicro.actors.lowlevel import Cell
+from trimicro.cluster.broker import Message, Subscription
+from trimicro.cluster.broker.topics import matches, validate_pattern, validate_subject
 from trimicro.cluster.store import MemoryStore, Store
 
 from .probes import DEFAULT_TIMEOUT, Delivery, MessageProbe, Recorder
@@ -187,7 +191,9 @@ class ServiceCall:
 class FakeCluster:
     """What an actor under :func:`unit` finds as its node's cluster: calls by service name go
     to the fakes in ``services`` (a missing service is :class:`~trimicro.actors.NotFound`, as
-    in a cluster that does not serve it), publishes are recorded, ``store`` is a memory store.
+    in a cluster that does not serve it), publishes are recorded and delivered to the node's
+    own subscribers, ``store`` is a memory store. Actors reach it as a real cluster's
+    ``publish``/``subscribe``/``call``/``ask``/``open_stream``/``store``.
     """
 
     def __init__(self, node: Node, services: Mapping[str, ActorRef], store: Store) -> None:
@@ -196,6 +202,8 @@ class FakeCluster:
         self.store = store
         self.published: Recorder[Published] = Recorder("publish")
         self.calls: Recorder[ServiceCall] = Recorder("call by service name")
+        #: The subscriptions of the node's actors (see :meth:`subscribe`).
+        self.subscriptions: list[Subscription] = []
 
     @property
     def id(self) -> str:
@@ -209,10 +217,32 @@ class FakeCluster:
         return ref
 
     async def publish(self, topic: str, body: Any, **options: Any) -> int:
-        """Record the publish (:attr:`published`); nobody subscribes here, so 0 deliveries."""
+        """Record the publish (:attr:`published`) and tell it, as a broker
+        :class:`~trimicro.cluster.broker.Message`, to the node's actors subscribed to a
+        matching pattern; returns how many were told."""
+        validate_subject(topic)
         self.published.append(Published(topic, body, options))
+        headers = dict(options.get("headers") or {})
+        told = 0
+        for sub in list(self.subscriptions):
+            if matches(sub.pattern, topic):
+                await tell(sub.ref, Message(topic, body, headers, self.node.id))
+                told += 1
         await trio.lowlevel.checkpoint()
-        return 0
+        return told
+
+    async def subscribe(self, pattern: str, ref: ActorRef, **options: Any) -> Subscription:
+        """Subscribe the actor ``ref`` to ``pattern`` (``orders.*``, ``orders.>``); queue
+        groups and policies are accepted and ignored (one node, no slow subscribers)."""
+        validate_pattern(pattern)
+        sub = Subscription(pattern, ref, options.get("queue"))
+        self.subscriptions.append(sub)
+        await trio.lowlevel.checkpoint()
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Remove a subscription made with :meth:`subscribe`."""
+        self.subscriptions = [s for s in self.subscriptions if s is not sub]
 
     async def call(self, service: str, endpoint: str | None, body: Any = None, **options: Any) -> Any:
         """Record the call (:attr:`calls`) and ask the fake serving ``service``."""
@@ -259,6 +289,22 @@ class ActorHarness(Generic[A]):
     def published(self) -> list[Published]:
         """What the actor published, in order."""
         return self.cluster.published.items
+
+    async def publish(self, topic: str, body: Any, *, timeout: float = DEFAULT_TIMEOUT) -> list[Delivery]:
+        """Publish ``body`` on ``topic`` as another service would, and return once every
+        subscribed actor of the node has handled it (their :class:`~.probes.Delivery`\\ s)."""
+        before = {id(d) for d in self.probe.deliveries}
+        told = await self.cluster.publish(topic, body)
+
+        def ours(d: Delivery) -> bool:
+            return (
+                id(d) not in before and d.kind == "subscribe" and getattr(d.message, "topic", None) == topic
+            )
+
+        found = await self.probe.deliveries.wait_count(
+            told, ours, timeout=timeout, what=f"deliveries of {topic}"
+        )
+        return [await d.finished(timeout) for d in found]
 
     @property
     def handled(self) -> list[Delivery]:

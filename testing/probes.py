@@ -85,6 +85,7 @@ class Recorder(Generic[T]):
         self.limit = limit
         self.dropped = 0
         self._items: list[T] = []
+        self._base = 0  # how many events came before ``_items[0]`` (dropped or cleared)
         self._changed = trio.Event()
 
     def append(self, item: T) -> None:
@@ -93,6 +94,7 @@ class Recorder(Generic[T]):
         if len(self._items) > self.limit:
             del self._items[0]
             self.dropped += 1
+            self._base += 1
         self._changed.set()
         self._changed = trio.Event()
 
@@ -109,6 +111,7 @@ class Recorder(Generic[T]):
 
     def clear(self) -> None:
         """Forget what was recorded: later waits see only what comes next."""
+        self._base += len(self._items)
         self._items.clear()
 
     def matching(self, match: Callable[[T], bool] | None = None) -> list[T]:
@@ -138,9 +141,14 @@ class Recorder(Generic[T]):
     ) -> list[T]:
         """The first ``count`` events ``match`` accepts, waiting up to ``timeout`` seconds for
         them to be recorded; else :class:`ProbeTimeout`."""
+        found: list[T] = []
+        scanned = self._base  # events are looked at once each, however long the wait
         with trio.move_on_after(timeout):
             while True:
-                found = self.matching(match)
+                for item in self._items[max(0, scanned - self._base) :]:
+                    if match is None or match(item):
+                        found.append(item)
+                scanned = self._base + len(self._items)
                 if len(found) >= count:
                     return found[:count]
                 await self._changed.wait()
@@ -206,9 +214,11 @@ class MessageProbe:
         self.deliveries: Recorder[Delivery] = Recorder("message", limit=limit)
 
     async def __call__(self, call: Call, call_next: Next) -> Any:
-        if call.side is not Side.SERVER or not isinstance(call.target, ActorRef):
+        if call.side is not Side.SERVER:
             return await call_next(call)
-        delivery = Delivery(call.target, call.kind.value, call.endpoint, call.message, call.sender)
+        # A delivery of a published message names its topic as the target: record the actor.
+        target = call.target if isinstance(call.target, ActorRef) else call.actor.context.ref
+        delivery = Delivery(target, call.kind.value, call.endpoint, call.message, call.sender)
         self.deliveries.append(delivery)
         try:
             delivery.result = await call_next(call)

@@ -80,6 +80,21 @@ async def test_a_recorder_keeps_the_latest_events_only() -> None:
     assert (seen.items, seen.dropped) == ([2, 3, 4], 2)
 
 
+async def test_after_clear_a_wait_sees_only_what_comes_next(autojump_clock: trio.testing.MockClock) -> None:
+    seen: Recorder[int] = Recorder("number", limit=2)
+    seen.append(1)
+    seen.clear()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seen.wait_count, 3, None)  # a waiter that keeps up sees past the limit
+        for i in (2, 3, 4):
+            await trio.testing.wait_all_tasks_blocked()
+            seen.append(i)
+    with pytest.raises(ProbeTimeout, match=r"no 2 x number within 1 s; seen 1:\n  5$"):
+        seen.clear()
+        seen.append(5)
+        await seen.wait_count(2, timeout=1)
+
+
 async def test_a_recorder_wakes_a_waiter_with_the_matching_event(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -267,3 +282,43 @@ async def test_default_node_names_count_from_n1_and_are_never_reused() -> None:
         assert (first.id, (await cluster.add_node()).id) == ("n1", "n3")
         await cluster.stop_node("n3")
         assert (await cluster.add_node()).id == "n4"
+
+
+async def test_a_partition_is_seen_dead_and_heals(
+    trimicro_cluster: InprocCluster, autojump_clock: trio.testing.MockClock
+) -> None:
+    a = await trimicro_cluster.add_node("a")
+    b = await trimicro_cluster.add_node("b")
+    await trimicro_cluster.converged()
+    await trimicro_cluster.partition(a, b)
+    assert await wait_member(a, "b", "dead") == "dead"
+    assert await wait_member(trimicro_cluster.client, "b", "alive") == "alive"  # only a lost b
+    trimicro_cluster.heal()
+    assert await wait_member(a, "b", "alive", timeout=60) == "alive"
+    assert await wait_member(b, "a", "alive", timeout=60) == "alive"
+
+
+@attrs.frozen
+class Beat:
+    pass
+
+
+class Heart(Actor):
+    def __init__(self) -> None:
+        self.beats: list[float] = []
+
+    async def started(self) -> None:
+        self.context.every(10.0, Beat())
+
+    async def beat(self, msg: Beat) -> None:
+        self.beats.append(trio.current_time())
+
+
+async def test_advance_runs_the_timers_in_order_with_a_clock_that_never_jumps_alone(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with unit(Heart) as heart:
+        start = trio.current_time()
+        await heart.advance(25)
+        assert [t - start for t in heart.actor.beats] == [pytest.approx(10), pytest.approx(20)]
+        assert mock_clock.autojump_threshold == float("inf")  # left as it was

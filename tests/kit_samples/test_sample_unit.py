@@ -11,6 +11,7 @@ import trio.testing
 
 from trimicro.actors import Actor, ActorRef, BadRequest, ask, tell
 from trimicro.cluster import call
+from trimicro.cluster.broker import Message
 from trimicro.testing import FakeRef, unit
 
 # --8<-- [end:imports]
@@ -137,3 +138,29 @@ async def test_a_fake_can_fail_as_the_real_service_would() -> None:
 
 
 # --8<-- [end:fakes]
+
+
+# --8<-- [start:subscriber]
+class Mailer(Actor):
+    """Subscribes to new orders and tells the outbox to send a mail for each."""
+
+    def __init__(self, outbox: ActorRef) -> None:
+        self.outbox = outbox
+
+    async def started(self) -> None:
+        await self.context.node.extensions["cluster"].subscribe("orders.*", self.context.ref)
+
+    async def on_order(self, msg: Message) -> None:
+        await tell(self.outbox, f"mail about order {msg.body['id']} ({msg.topic})")
+
+
+async def test_a_subscriber_gets_what_is_published() -> None:
+    outbox = FakeRef("outbox")
+    async with unit(Mailer, outbox) as mailer:
+        [delivery] = await mailer.publish("orders.new", {"id": 7})  # returns once handled
+        assert delivery.error is None
+        assert await mailer.publish("payments.new", {"id": 8}) == []  # no matching subscription
+        assert await outbox.wait_tells(1) == ["mail about order 7 (orders.new)"]
+
+
+# --8<-- [end:subscriber]
