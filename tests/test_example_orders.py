@@ -4,6 +4,7 @@ command run as a newcomer runs it (a real process: HTTP gateway, TCP links, LMDB
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,9 +16,8 @@ import trio
 import trio.testing
 from example_apps import ROOT, run_app
 
-from trimicro.actors import Conflict, MicroError, NotFound, ServiceUnavailable, ask, tell
+from trimicro.actors import Conflict, MicroError, NotFound, ServiceUnavailable, ask
 from trimicro.cluster import Cluster, RetryPolicy
-from trimicro.cluster.broker import Message
 from trimicro.cluster.store import MemoryStore, Record
 from trimicro.testing import FakeRef, InprocCluster, Published, open_cluster, unit
 
@@ -165,10 +165,11 @@ PAID = Order("o-0001", "ada", "tea", 2, 700, status="paid", payment_id="pay-1")
 async def test_the_notifier_mails_the_customer_of_a_paid_order() -> None:
     outbox = Outbox()
     async with unit(Notifier, outbox) as notifier:
-        await tell(notifier.ref, Message(PAID_TOPIC, PAID))
+        await notifier.cluster.subscribe(PAID_TOPIC, notifier.ref)  # as the app subscribes it
+        await notifier.publish(PAID_TOPIC, PAID)  # returns once the notifier has handled it
         # As the gateway's POST /api/publish/order.paid would carry it: a map.
-        await tell(notifier.ref, Message(PAID_TOPIC, {**attrs.asdict(PAID), "customer": "bob"}))
-        assert await outbox.wait_for(2, timeout=5) == [
+        await notifier.publish(PAID_TOPIC, {**attrs.asdict(PAID), "customer": "bob"})
+        assert outbox.sent == [
             Mail("ada", "order o-0001 paid", "2 x tea, 7.00 EUR. Thanks!"),
             Mail("bob", "order o-0001 paid", "2 x tea, 7.00 EUR. Thanks!"),
         ]
@@ -177,12 +178,14 @@ async def test_the_notifier_mails_the_customer_of_a_paid_order() -> None:
 async def test_the_notifier_drops_what_is_not_an_order_and_carries_on() -> None:
     outbox = Outbox()
     async with unit(Notifier, outbox) as notifier:
+        await notifier.cluster.subscribe(PAID_TOPIC, notifier.ref)
         before = notifier.actor
         for junk in ({"id": 7}, "hello", None, [1, 2]):
-            await tell(notifier.ref, Message(PAID_TOPIC, junk))
-        await tell(notifier.ref, Message(PAID_TOPIC, PAID))
-        assert [m.to for m in await outbox.wait_for(1, timeout=5)] == ["ada"]  # after the junk (FIFO)
-        assert len(outbox.sent) == 1
+            (delivery,) = await notifier.publish(PAID_TOPIC, junk)
+            assert delivery.error is None, junk
+        assert outbox.sent == []
+        await notifier.publish(PAID_TOPIC, PAID)
+        assert [m.to for m in outbox.sent] == ["ada"]
         assert notifier.actor is before  # never failed, so never restarted
 
 
@@ -250,3 +253,20 @@ def test_the_one_command_runs_the_flow_and_checks_it() -> None:
         ],
     )
     assert out.count('"status": "paid"') >= 4  # three placed, one read back
+
+
+def test_without_the_gateway_extra_the_command_says_what_to_install() -> None:
+    hide_starlette = (
+        "import runpy, sys; sys.modules['starlette'] = None; sys.argv = ['run.py'];"
+        " runpy.run_path('examples/orders/run.py', run_name='__main__')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", hide_starlette],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "pip install 'trimicro[gateway]'" in result.stderr and "Traceback" not in result.stderr

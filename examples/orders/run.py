@@ -24,7 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from demo_checks import Checks
 
-from orders.app import open_shop
+try:
+    from orders.app import open_shop
+except ModuleNotFoundError as missing:  # hypercorn or starlette: the gateway's extra
+    sys.exit(f"the order flow serves HTTP: pip install 'trimicro[gateway]' ({missing})")
 from orders.chaos import Fault
 
 #: What the demo orders, and how the payment service fails each time before it succeeds.
