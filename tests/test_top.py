@@ -304,3 +304,13 @@ def test_top_ends_cleanly_on_ctrl_c_and_prints_json_for_scripts(node: Any) -> No
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def test_top_in_a_joined_home_asks_for_an_admins_token(tmp_path: Path) -> None:
+    """A snapshot is admin data: without the authority key to sign an admin token, top says
+    to give one instead of failing on every node."""
+    (tmp_path / "authorities.pub").write_text("00" * 32 + "\n")  # joined: no authority key here
+    done = subprocess.run(
+        cli(tmp_path, "top", "--once", "--wait", "0"), capture_output=True, text=True, timeout=START
+    )
+    assert done.returncode == 2 and "--token" in done.stderr, done.stderr

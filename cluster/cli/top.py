@@ -17,6 +17,7 @@ from typing import TextIO
 import trio
 
 from trimicro.mailbox.errors import NotFound
+from trimicro.mailbox.secure.identity import IdentityError
 
 from ..cluster import Cluster
 from ..registry import NODE_SERVICE, NodeInfo
@@ -52,7 +53,14 @@ async def top(args: argparse.Namespace, out: TextIO) -> int:
     if args.interval <= 0:
         raise UsageError("--interval must be positive")
     wait = wait_seconds(args)
-    headers = admin_headers(args)  # a snapshot names paths and peers: scope admin reads it
+    try:
+        headers = admin_headers(args)  # a snapshot names paths and peers: scope admin reads it
+    except IdentityError:  # a joined home: the authority key that signs admin tokens is elsewhere
+        raise UsageError(
+            "trimicro top reads the nodes' metrics, which only scope admin may: this home joined a "
+            "cluster whose authority key is on another host, so give an admin's token "
+            "(--token or $TRIMICRO_TOKEN)"
+        ) from None
     async with client_node(args) as cluster:
 
         async def find() -> list[NodeInfo]:
