@@ -47,6 +47,10 @@ from .watch import on_unwatch, on_watch
 #: The package's logger, bound here (not imported) so calls on it compile as method calls, as before.
 log = get_logger(__package__)
 
+#: The kinds the reader tells apart first, bound here: reading an enum member (``Kind.ASK``)
+#: costs several times a global's lookup, and the reader does it for every frame.
+_REPLY, _ERROR, _ASK, _TELL = Kind.REPLY, Kind.ERROR, Kind.ASK, Kind.TELL
+
 
 class Link(TellFlow):
     """One authenticated connection to a peer node, shared by every actor on both nodes."""
@@ -166,11 +170,11 @@ class Link(TellFlow):
             self.received_bytes += len(frame)
             env = decode_envelope(frame)
             kind = env.kind
-            if kind is Kind.REPLY or kind is Kind.ERROR:
+            if kind is _REPLY or kind is _ERROR:
                 self._on_answer(env)
-            elif kind is Kind.ASK:
+            elif kind is _ASK:
                 self._on_ask(env)
-            elif kind is Kind.TELL:
+            elif kind is _TELL:
                 full = self._on_tell(env)
                 if full is not None:
                     self.busy = True  # waiting on a full mailbox is not silence (see _keepalive)
@@ -207,7 +211,7 @@ class Link(TellFlow):
         try:
             codec = self.remoting.codecs.get(env.content_type)
             value = codec.decode(env.body)
-            if env.kind is Kind.ERROR:
+            if env.kind is _ERROR:
                 reply.fail(_error_of(value))
             else:
                 reply.resolve(value)
