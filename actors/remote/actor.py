@@ -165,8 +165,8 @@ class RemoteActor:
         reply_headers: dict[str, str] | None = None,
     ) -> Any:
         """Send a request and wait for its answer; on timeout or cancellation send CANCEL."""
-        deadline = trio.current_time() + timeout
         peer = self.peer
+        deadline = peer.remoting.now() + timeout
         link = peer.link
         waits = link is None or link.out_bytes >= OUT_HIGH_WATER  # for a link, or for room in it
         if link is None:
@@ -202,7 +202,7 @@ class RemoteActor:
             endpoint or "",
             codec.content_type,
             headers or {},
-            max(1, math.ceil((deadline - trio.current_time() if waits else timeout) * 1000)),  # what is left
+            max(1, math.ceil((deadline - peer.remoting.now() if waits else timeout) * 1000)),  # what is left
             body,
         )
         pending = link.pending
