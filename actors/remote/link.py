@@ -239,11 +239,13 @@ class Link(TellFlow):
         body: bytes,
     ) -> None:
         remoting = self.remoting
-        try:
-            self.protocol.check_peer_corr(corr, corr in self.inbound or corr in self.streams)
-        except BadCorrelation as exc:
-            self.send_error(corr, exc, remoting.codec)
-            return
+        protocol = self.protocol
+        if corr % 2 != protocol.peer_parity or corr in self.inbound or corr in self.streams:
+            try:  # (the rule, inline above for the usual case, is the protocol's: it refuses)
+                protocol.check_peer_corr(corr, corr in self.inbound or corr in self.streams)
+            except BadCorrelation as exc:
+                self.send_error(corr, exc, remoting.codec)
+                return
         try:
             codec = remoting.codecs.get(content_type)
         except MicroError as exc:
