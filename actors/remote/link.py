@@ -241,7 +241,9 @@ class Link(TellFlow):
             return
         reply = InboundReply(self, corr, codec)
         sender = None if env.sender is None else self.peer.bind(env.sender)
-        item: Mail = (msg, reply, sender, env.endpoint or None, env.headers or None, principal)
+        item = Mail()  # Mail.of written out, as on every per-message path (see actors/mail.py)
+        item.msg, item.reply, item.sender = msg, reply, sender
+        item.endpoint, item.headers, item.principal = env.endpoint or None, env.headers or None, principal
         if env.deadline_ms:
             reply.deadline = trio.current_time() + min(env.deadline_ms, MAX_DEADLINE_MS) / 1000
         else:
@@ -330,7 +332,8 @@ class Link(TellFlow):
         streams[corr] = stream
         stream.on_credit(credit)
         stream.ops.credit(stream.window)  # accepting = granting the opener its first credit
-        cell.start_stream(fn, stream, (request, None, sender, env.endpoint, headers or None, principal))
+        opening = Mail.of(request, None, sender, env.endpoint, headers or None, principal)
+        cell.start_stream(fn, stream, opening)
 
     def _on_stream_data(self, env: Envelope) -> None:
         stream = self.streams.get(env.corr)
