@@ -12,7 +12,8 @@ unions of scalars, enums, literals, datetimes. A body that does not fit is a 400
 Strict, not coercing: cattrs' own hooks call the type on the value (``str(5) == "5"``,
 ``list("abc")``), which would let a wrong client pass unnoticed and hand the handler values
 nobody sent. Here a scalar must already have its type (an int is accepted for a float, as JSON
-has one number type; an ISO 8601 string is accepted for a datetime, date or time, as JSON has
+has one number type, and a float with no fraction for an int, as JSON Schema's "integer"
+admits ``1.0``; an ISO 8601 string is accepted for a datetime, date or time, as JSON has
 none), a list field takes a list or tuple, a map field a map, a class field a map or an
 instance of the class (a local caller's, or one the type registry decoded). A map with a key
 its class has no field for is refused, as the class's ``__init__`` would. A type cattrs knows
@@ -95,7 +96,7 @@ def _expected(what: str, value: Any) -> Mismatch:
     return Mismatch(f"expected {what}, got {_kind(value)}")
 
 
-# ---- scalars: checked, never converted (but int -> float, ISO string -> datetime) ------------
+# ---- scalars: checked, never converted (but int <-> float, ISO string -> datetime) -----------
 #
 # cattrs finds these by ``functools.singledispatch``, which also hands them every subclass (an
 # IntEnum is an int, a StrEnum a str): ``t`` says which, and a subclass is built from the value.
@@ -121,6 +122,10 @@ def _str(value: Any, t: Any) -> Any:
 def _int(value: Any, t: Any) -> Any:
     if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
         return value if t is int else _subclass(value, t, int)
+    if isinstance(value, float) and value.is_integer():
+        # JSON Schema's "integer" (the OpenAPI document's word for an int) admits 1.0, and
+        # JSON writers such as JavaScript's may send an int so: only an exact one, never 1.5.
+        return _int(int(value), t)
     if t is not int and issubclass(t, enum.Enum):
         return _enum(value, t)
     raise _expected("int", value)
@@ -283,6 +288,37 @@ def _class_factory(t: Any, converter: cattrs.Converter) -> Hook:
     return structure
 
 
+#: What a union of scalars the union passthrough validates may hold.
+_SCALARS = frozenset({str, bytes, int, bool, type(None)})
+
+
+def _is_int_union(t: Any) -> bool:
+    """``int | str`` and the like: scalars with an int and no float (which takes 1.0 already)."""
+    args = typing.get_args(t)
+    return (
+        typing.get_origin(t) in (typing.Union, types.UnionType)
+        and int in args
+        and float not in args
+        and set(args) <= _SCALARS
+    )
+
+
+def _int_union_factory(t: Any) -> Hook:
+    """A union of scalars with an int: the value's class must be one of them (a bool is not
+    an int here, as it is not for an int field), or the value a float with no fraction."""
+    members = frozenset(typing.get_args(t))
+    name = _type_name(t)
+
+    def structure(value: Any, _: Any) -> Any:
+        if value.__class__ in members:
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise _expected(name, value)
+
+    return structure
+
+
 def _is_class_union(t: Any) -> bool:
     return is_supported_union(t) and sum(m is not type(None) for m in typing.get_args(t)) > 1
 
@@ -355,6 +391,7 @@ def _converter(detailed: bool) -> cattrs.Converter:
     converter.register_structure_hook_factory(_is_class_union, _class_union_factory)
     # ``int | str`` and the like: the value must be of one of them (exactly).
     configure_union_passthrough(str | bytes | int | float | bool | None, converter)
+    converter.register_structure_hook_factory(_is_int_union, _int_union_factory)
     return converter
 
 

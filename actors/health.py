@@ -102,6 +102,8 @@ class Health:
         #: ``starting`` until ``start_node`` yields the node, ``running``, then ``stopping``.
         self.state = "starting"
         self._probes: dict[str, Probe] = {}
+        #: Bumped when a check is added or removed, so a cached report is not served past it.
+        self.changes = 0
 
     def add(self, name: str, probe: Probe) -> None:
         """Add (or replace) the check ``name``; at most :data:`MAX_CHECKS`."""
@@ -110,9 +112,11 @@ class Health:
         if name not in self._probes and len(self._probes) >= MAX_CHECKS - 1:
             raise ValueError(f"a node has at most {MAX_CHECKS} checks")
         self._probes[name] = probe
+        self.changes += 1
 
     def remove(self, name: str) -> None:
         self._probes.pop(name, None)
+        self.changes += 1
 
     @property
     def names(self) -> list[str]:

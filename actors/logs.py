@@ -19,7 +19,8 @@ application's alike) four attributes, read when the record is made, never on the
 :func:`configure` installs either on the root logger (what ``trimicro run --log-level
 --log-format`` does); an application with its own logging setup adds the filter and a
 formatter to its handler instead. Repeated warnings are rate-limited on the library's loggers
-(:mod:`trimicro.mailbox.logs`).
+(:mod:`trimicro.mailbox.logs`). :func:`printable` makes text another node sent safe to show on
+a terminal (the CLI's ``health`` and ``top`` print node names, paths and errors through it).
 
 A public namespace for applications, as :mod:`trimicro.actors.middleware` is.
 """
@@ -48,9 +49,25 @@ __all__ = [
     "configure",
     "current_node",
     "parse_level",
+    "printable",
     "register_node",
     "unconfigure",
 ]
+
+
+def printable(text: str) -> str:
+    """``text`` (from a peer: a node name, an actor path, an error's detail) with every control,
+    format or unassigned character escaped (``\\x1b``, ``\\n``, ``\\u202e``), so printing it
+    can neither move the cursor, recolour, retitle or clear a terminal, nor fake a line of its
+    own, nor reorder what is shown (bidirectional overrides). Other text is kept as it is."""
+    if text.isprintable():  # the usual case, checked in C
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    return repr(char)[1:-1]  # repr escapes exactly what str.isprintable refuses
+
 
 #: Each running node's nursery -> its id (weak: a stopped node's nursery goes with it).
 _nurseries: weakref.WeakKeyDictionary[trio.Nursery, str] = weakref.WeakKeyDictionary()

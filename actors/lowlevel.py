@@ -19,7 +19,7 @@ from .actor import HandlerTable, handler_table
 from .cell import DEAD, FULL, OK, STOPPING, Cell, current_cell
 from .health import Check, Health, NotReady, Report
 from .logs import configure as configure_logging
-from .logs import register_node
+from .logs import printable, register_node
 from .logs import unconfigure as unconfigure_logging
 from .mail import Mail
 from .metadata import MAX_PROPAGATED, MAX_PROPAGATED_BYTES, header_rule
@@ -75,6 +75,7 @@ __all__ = [
     "handler_table",
     "header_rule",
     "node_snapshot",
+    "printable",
     "register_node",
     "unconfigure_logging",
 ]

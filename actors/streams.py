@@ -245,6 +245,10 @@ class Stream:
             # The other side finished cleanly and wants no more items: only sending ends.
             self._send_error = StreamClosed("the other side has finished the stream")
             self._send_closed = True
+            if self.handler_scope is not None and not self._send_lot:
+                # A handler waiting on something else (a feed waiting for news) would learn only
+                # at its next send, maybe never: cancel it, as when the stream fails.
+                self.handler_scope.cancel()
             self._send_lot.unpark_all()
             self._maybe_done()
             return

@@ -14,14 +14,27 @@ stops the run: under overload a call can end as a documented error (408 when its
 passes), which the JSON reports next to the rate instead of hiding it.
 
     .venv/bin/python benchmarks/bench_gateway.py [--seconds 5] [--rounds 5] [--connections 16]
+
+``--instructions`` counts instead the CPU instructions the server process executes per request
+(valgrind's callgrind: a figure the machine's load does not move, the reliable A/B here), for
+the Starlette constant and the gateway: the server runs under callgrind, a client in this
+process sends ``--small`` and then ``--large`` sequential requests on one keep-alive connection
+to a fresh server each time, and the difference of the two totals over the difference in
+requests is one request's cost, with start-up and shutdown cancelled out.
+
+    .venv/bin/python benchmarks/bench_gateway.py --instructions [--small 200] [--large 600]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import os
+import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -186,10 +199,90 @@ async def main(seconds: int, rounds: int, connections: int) -> dict[str, Any]:
     }
 
 
+async def serve_one(target: str) -> None:
+    """Serve ``target`` (``constant`` or ``gateway``), print its URL, stop when stdin closes."""
+    starlette = Starlette(routes=[Route("/c", _constant, methods=["POST"])])
+    async with (
+        start_cluster("bench-gw", registry=MemoryRegistry(), store="", auth=False) as cluster,
+        trio.open_nursery() as nursery,
+    ):
+        await cluster.serve(Echo)
+        if target == "constant":
+            url = (await nursery.start(serve, starlette, _config()))[0] + "/c"
+            print(url, flush=True)
+            await trio.to_thread.run_sync(sys.stdin.read)
+        else:
+            async with open_gateway(cluster, GatewayOptions(address="127.0.0.1:0")) as gw:
+                await gw.state.refresh()
+                print(gw.url + "/api/echo/Echo.ping", flush=True)
+                await trio.to_thread.run_sync(sys.stdin.read)
+        nursery.cancel_scope.cancel()
+
+
+def _instructions(target: str, requests: int) -> int:
+    """Instructions a fresh server for ``target`` executes, start to end, serving ``requests``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+        argv += [sys.executable, __file__, "--serve", target]
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            url = proc.stdout.readline().strip()
+            if not url.startswith("http://"):
+                raise SystemExit(f"the server did not start: {url!r}")
+            host, _, rest = url.removeprefix("http://").partition(":")
+            port, _, path = rest.partition("/")
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            for _ in range(requests):
+                conn.request("POST", "/" + path, b'{"x": 1}', {"content-type": "application/json"})
+                reply = conn.getresponse()
+                if reply.status != 200:
+                    raise SystemExit(f"{target}: {reply.status} {reply.read()[:200]!r}")
+                reply.read()
+            conn.close()
+            _, err = proc.communicate(timeout=300)  # closes stdin: the server stops
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    found = re.search(r"Collected : (\d+)", err)
+    if found is None:
+        raise SystemExit(f"no instruction count in valgrind's output:\n{err[-2000:]}")
+    return int(found.group(1))
+
+
+def instructions(small: int, large: int) -> dict[str, Any]:
+    """Instructions per request of the Starlette constant and of the gateway (server side)."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("needs valgrind (apt-get install valgrind)")
+    per: dict[str, float] = {}
+    for target in ("constant", "gateway"):
+        per[target] = (_instructions(target, large) - _instructions(target, small)) / (large - small)
+    return {
+        "small": small,
+        "large": large,
+        "starlette_constant_instructions_per_request": round(per["constant"]),
+        "gateway_instructions_per_request": round(per["gateway"]),
+        "gateway_over_constant": round(per["gateway"] / per["constant"], 3),
+    }
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--instructions", action="store_true", help="count instructions per request")
+    parser.add_argument("--small", type=int, default=200)
+    parser.add_argument("--large", type=int, default=600)
+    parser.add_argument("--serve", choices=["constant", "gateway"], help=argparse.SUPPRESS)
     a = parser.parse_args()
-    print(json.dumps(trio.run(main, a.seconds, a.rounds, a.connections), indent=2), file=sys.stdout)
+    if a.serve:
+        trio.run(serve_one, a.serve)
+    elif a.instructions:
+        print(json.dumps(instructions(a.small, a.large), indent=2), file=sys.stdout)
+    else:
+        print(json.dumps(trio.run(main, a.seconds, a.rounds, a.connections), indent=2), file=sys.stdout)

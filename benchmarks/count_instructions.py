@@ -24,6 +24,13 @@ Scenarios (each in a fresh interpreter of the checkout under test):
   deliveries included; an ask to each subscriber at the end confirms them.
 * ``...-metrics``: the same with per-endpoint metrics on (``start_node(metrics=True)``, every
   node; a checkout without them fails these).
+* ``raw-ask1`` / ``raw-seq`` / ``raw-ask16``: the yardstick of issue 19, raw trio TCP + msgpack,
+  with the shared baselines' own code (``shared/bench/limit_trio_tcp.py``, imported from a
+  parent folder of this checkout or ``--shared-bench``: its server, ``FramedStream`` and
+  ``RpcClient``), client and server as tasks of one process, as the remote scenarios run:
+  ``seq_direct`` (one caller reading its own reply), ``seq`` (one caller, a reader task) and
+  ``c16_wc`` (16 in flight, one writer task). ``remote-askN / raw-askN`` is the issue's CPU
+  ratio as instructions over instructions.
 
 Run:  python benchmarks/count_instructions.py [--python A/.venv/bin/python --python B/...]
           [--scenarios local-tell,local-ask,remote-ask16] [--small 2000 --large 6000]
@@ -41,6 +48,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 #: The workload, run by the interpreter under test: ``python -c WORKLOAD scenario n``.
 WORKLOAD = r"""
@@ -155,6 +163,49 @@ else:
     trio.run(remote, n, inflight, scenario.endswith("-mw"), metrics, base == "remote-tell")
 """
 
+#: The raw trio TCP + msgpack round trips, run by ``python -c RAW_WORKLOAD scenario n DIR``
+#: where DIR holds ``limit_trio_tcp.py`` (its functions are used as they are, not copied).
+RAW_WORKLOAD = r"""
+import sys, trio
+sys.path.insert(0, sys.argv[3])
+from limit_trio_tcp import FramedStream, RpcClient, handle_connection
+from _common import make_msg
+
+async def main(scenario, n):
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, handle_connection, listeners)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        if scenario == "raw-ask1":  # seq_direct
+            fs = FramedStream(stream)
+            for i in range(n):
+                await fs.send(make_msg(i))
+                (reply,) = await fs.receive_batch()
+                assert reply["id"] == i
+        else:  # seq (1 caller) or c16_wc (16), through the RPC client's reader (and writer)
+            inflight = 16 if scenario == "raw-ask16" else 1
+            client = RpcClient(stream, coalesce=inflight > 1)
+            async def caller(k):
+                for i in range(k):
+                    reply = await client.call(make_msg(i))
+                    assert reply["r"] == 3
+            async with trio.open_nursery() as tasks:
+                tasks.start_soon(client.reader)
+                if inflight > 1:
+                    tasks.start_soon(client.writer)
+                async with trio.open_nursery() as callers:
+                    for _ in range(inflight):
+                        callers.start_soon(caller, n // inflight)
+                tasks.cancel_scope.cancel()
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+trio.run(main, sys.argv[1], int(sys.argv[2]))
+"""
+
+RAW_SCENARIOS = ("raw-ask1", "raw-seq", "raw-ask16")
+
 SCENARIOS = (
     "local-tell",
     "local-ask",
@@ -168,12 +219,28 @@ SCENARIOS = (
     "local-ask-metrics",
     "remote-ask1-metrics",
     "remote-ask16-metrics",
+    *RAW_SCENARIOS,
 )
 
 
-def count(python: str, scenario: str, n: int) -> int:
+def count(python: str, scenario: str, n: int, shared: Path | None = None) -> int:
     """Instructions a whole run of ``scenario`` with ``n`` operations executes."""
+    if scenario in RAW_SCENARIOS:
+        if shared is None:
+            raise SystemExit("the raw scenarios need shared/bench (--shared-bench DIR)")
+        return callgrind_total([python, "-c", RAW_WORKLOAD, scenario, str(n), str(shared)])
     return callgrind_total([python, "-c", WORKLOAD, scenario, str(n)])
+
+
+def find_shared_bench(given: str | None) -> Path | None:
+    """``shared/bench`` (the baselines' folder) given, or in a parent folder of this checkout."""
+    if given:
+        return Path(given)
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "shared" / "bench"
+        if (candidate / "limit_trio_tcp.py").is_file():
+            return candidate
+    return None
 
 
 def callgrind_total(argv: list[str]) -> int:
@@ -199,7 +266,9 @@ def main() -> None:
     parser.add_argument("--scenarios", default="local-tell,local-ask,remote-ask16,remote-ask16-mw")
     parser.add_argument("--small", type=int, default=2000)
     parser.add_argument("--large", type=int, default=6000)
+    parser.add_argument("--shared-bench", help="the folder of limit_trio_tcp.py (raw-* scenarios)")
     args = parser.parse_args()
+    shared = find_shared_bench(args.shared_bench)
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
     pythons = args.python or [sys.executable]
@@ -210,7 +279,8 @@ def main() -> None:
     per_op: dict[str, dict[str, float]] = {}
     for python in pythons:
         for scenario in scenarios:
-            small, large = count(python, scenario, args.small), count(python, scenario, args.large)
+            small = count(python, scenario, args.small, shared)
+            large = count(python, scenario, args.large, shared)
             value = (large - small) / (args.large - args.small)
             per_op.setdefault(python, {})[scenario] = value
             row = {"python": python, "scenario": scenario, "instructions_per_op": round(value)}

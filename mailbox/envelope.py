@@ -27,12 +27,16 @@ __all__ = [
     "ENVELOPE_FIELDS",
     "PROTOCOL_VERSION",
     "Envelope",
+    "EnvelopeParts",
     "Kind",
     "MalformedEnvelope",
     "UnknownKind",
     "UnsupportedVersion",
     "decode_envelope",
+    "decode_parts",
     "encode_envelope",
+    "encode_parts",
+    "ref_fields",
 ]
 
 #: The envelope layout version written as the first array element.
@@ -124,9 +128,8 @@ def encode_envelope(env: Envelope) -> bytes:
     """
     target = env.target
     sender = env.sender
-    fields = [
-        PROTOCOL_VERSION,
-        env.kind,
+    return encode_parts(
+        int(env.kind),
         env.corr,
         None if target is None else [target.node, target.path, target.uid],
         None if sender is None else [sender.node, sender.path, sender.uid],
@@ -135,12 +138,39 @@ def encode_envelope(env: Envelope) -> bytes:
         env.headers,
         env.deadline_ms,
         env.body,
-    ]
+    )
+
+
+def ref_fields(ref: ActorRef | None) -> list[Any] | None:
+    """A ref as the envelope's ``[node, path, uid]`` (nil for none), for :func:`encode_parts`:
+    a sender that sends to one actor many times builds this once (refs are immutable)."""
+    return None if ref is None else [ref.node, ref.path, ref.uid]
+
+
+def encode_parts(
+    kind: int,
+    corr: int,
+    target: list[Any] | None,
+    sender: list[Any] | None,
+    endpoint: str,
+    content_type: str,
+    headers: dict[str, str],
+    deadline_ms: int,
+    body: bytes,
+) -> bytes:
+    """The bytes :func:`encode_envelope` makes of an envelope with these fields, the refs given
+    as :func:`ref_fields`, without building the :class:`Envelope`.
+
+    The hot paths (a request, its answer) send with this: an envelope object costs as much to
+    build as to pack, and a request's sender reuses its target's fields. Same wire form.
+    """
     try:
         packer = _local.packer
     except AttributeError:
         packer = _local.packer = msgpack.Packer(use_bin_type=True)
-    packed: bytes = packer.pack(fields)
+    packed: bytes = packer.pack(
+        [PROTOCOL_VERSION, kind, corr, target, sender, endpoint, content_type, headers, deadline_ms, body]
+    )
     return packed
 
 
@@ -163,9 +193,26 @@ def decode_envelope(
     most :data:`ENVELOPE_FIELDS` elements, that the only map has at most ``max_headers``
     entries, and that no extension types occur.
     """
+    return Envelope(*decode_parts(data, max_headers=max_headers, max_header_bytes=max_header_bytes))
+
+
+#: An envelope's fields in wire order after the version, validated: what :func:`decode_parts`
+#: returns (``kind, corr, target, sender, endpoint, content_type, headers, deadline_ms, body``).
+EnvelopeParts = tuple[Kind, int, ActorRef | None, ActorRef | None, str, str, dict[str, str], int, bytes]
+
+
+def decode_parts(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_headers: int = DEFAULT_MAX_HEADERS,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+) -> EnvelopeParts:
+    """:func:`decode_envelope`'s fields, checked the same way, without building the
+    :class:`Envelope`: a link's reader unpacks them into locals for the frames it handles
+    most (a request, an answer), where the object cost as much as the rest of the checks."""
     size = len(data)
     try:
-        obj = msgpack.unpackb(
+        obj = _unpackb(
             data,
             raw=False,
             use_list=True,
@@ -182,23 +229,19 @@ def decode_envelope(
             raise UnsupportedVersion(_unsupported(version)) from None
         raise MalformedEnvelope(f"not a valid msgpack envelope: {exc}") from None
 
-    if type(obj) is not list:
-        raise MalformedEnvelope(f"an envelope is a msgpack array, not {type(obj).__name__}")
-    if not obj:
-        raise MalformedEnvelope("an envelope is a non-empty msgpack array")
-    version = obj[0]
-    if type(version) is not int:
-        raise MalformedEnvelope(f"envelope version must be an int, not {type(version).__name__}")
-    if version != PROTOCOL_VERSION:
-        raise UnsupportedVersion(_unsupported(version))
-    if len(obj) != ENVELOPE_FIELDS:
-        raise MalformedEnvelope(f"a version-1 envelope has {ENVELOPE_FIELDS} fields, not {len(obj)}")
+    if (
+        type(obj) is not list
+        or len(obj) != ENVELOPE_FIELDS
+        or type(obj[0]) is not int
+        or obj[0] != PROTOCOL_VERSION
+    ):
+        _refuse_layout(obj)
     _, kind, corr, target, sender, endpoint, content_type, headers, deadline_ms, body = obj
 
-    if type(kind) is not int:
-        raise MalformedEnvelope(f"kind must be an int, not {type(kind).__name__}")
-    known = _KINDS.get(kind)
+    known = _KINDS.get(kind) if type(kind) is int else None
     if known is None:
+        if type(kind) is not int:
+            raise MalformedEnvelope(f"kind must be an int, not {type(kind).__name__}")
         raise UnknownKind(f"unknown envelope kind {kind}")
     if type(corr) is not int or corr < 0:
         raise MalformedEnvelope(f"corr must be a uint64, not {corr!r}")
@@ -214,7 +257,7 @@ def decode_envelope(
         raise MalformedEnvelope(f"headers must be a map, not {type(headers).__name__}")
     if headers:
         _check_headers(headers, max_headers, max_header_bytes)
-    return Envelope(
+    return (
         known,
         corr,
         None if target is None else _ref(target, "target"),
@@ -225,6 +268,23 @@ def decode_envelope(
         deadline_ms,
         body,
     )
+
+
+_unpackb = msgpack.unpackb
+
+
+def _refuse_layout(obj: Any) -> None:
+    """Raise the error for a decoded value that is not a version-1 envelope array."""
+    if type(obj) is not list:
+        raise MalformedEnvelope(f"an envelope is a msgpack array, not {type(obj).__name__}")
+    if not obj:
+        raise MalformedEnvelope("an envelope is a non-empty msgpack array")
+    version = obj[0]
+    if type(version) is not int:
+        raise MalformedEnvelope(f"envelope version must be an int, not {type(version).__name__}")
+    if version != PROTOCOL_VERSION:
+        raise UnsupportedVersion(_unsupported(version))
+    raise MalformedEnvelope(f"a version-1 envelope has {ENVELOPE_FIELDS} fields, not {len(obj)}")
 
 
 def _ref(fields: Any, role: str) -> ActorRef:

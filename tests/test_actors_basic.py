@@ -18,6 +18,7 @@ from trimicro.actors import (
     Conflict,
     InternalServerError,
     MicroError,
+    Node,
     NotFound,
     RequestTimeout,
     ServiceUnavailable,
@@ -27,11 +28,7 @@ from trimicro.actors import (
     tell,
     try_tell,
 )
-
-
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
+from trimicro.testing import dead_letters
 
 
 @attrs.frozen
@@ -143,16 +140,15 @@ async def test_crash_gives_internal_error_and_restarts_actor() -> None:
         assert str(failure) == "kaboom"
 
 
-async def test_crash_on_tell_restarts_and_dead_letters() -> None:
-    async with start_node() as node:
-        ref = await node.spawn(Counter, name="counter")
-        await tell(ref, Add(3))
-        async with node.dead_letters.subscribe() as dl:
-            await tell(ref, Boom())
-            assert await ask(ref, Get()) == 0
-            letter = dl.receive_nowait()
-        assert letter.reason == "failed"
-        assert letter.message == Boom()
+async def test_crash_on_tell_restarts_and_dead_letters(trimicro_node: Node) -> None:
+    ref = await trimicro_node.spawn(Counter, name="counter")
+    await tell(ref, Add(3))
+    async with dead_letters(trimicro_node) as letters:
+        await tell(ref, Boom())
+        assert await ask(ref, Get()) == 0
+        letter = await letters.wait_for()
+    assert letter.reason == "failed"
+    assert letter.message == Boom()
 
 
 class Slow(Actor):

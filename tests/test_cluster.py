@@ -16,7 +16,6 @@ import trio.testing
 
 from trimicro.actors import Actor, MicroError, NotFound
 from trimicro.cluster.cluster import NODE_SERVICE, Cluster, start_cluster
-from trimicro.cluster.membership.swim import MemberState
 from trimicro.cluster.registry import (
     MemoryRegistry,
     NodeInfo,
@@ -30,6 +29,7 @@ from trimicro.cluster.selector import RetryPolicy
 from trimicro.cluster.service import idempotent
 from trimicro.mailbox.codec import TypeRegistry
 from trimicro.mailbox.logs import RATE_LIMIT
+from trimicro.testing import InprocCluster, Serve, wait_converged, wait_member
 
 TYPES = TypeRegistry()
 
@@ -68,19 +68,6 @@ async def nodes(n: int, home: Path, registry: Registry | None = None) -> AsyncIt
         yield clusters
 
 
-async def converged(clusters: list[Cluster]) -> None:
-    """Wait until every node sees every other node alive and has a link to it."""
-    ids = {c.id for c in clusters}
-    with trio.fail_after(10):
-        for c in clusters:
-            while {m.id for m in c.membership.swim.alive_members()} != ids:
-                await c.membership.wait_changed()
-            for other in ids - {c.id}:
-                peer = c.node.remote.peer(other)
-                while peer.link is None:
-                    await peer.wait_changed()
-
-
 async def test_serve_and_call_by_name_spreads_over_nodes(tmp_path: Path) -> None:
     async with nodes(3, tmp_path) as (a, b, client):
         await a.serve(Greeter, name="greeter", version="1.0")
@@ -92,16 +79,16 @@ async def test_serve_and_call_by_name_spreads_over_nodes(tmp_path: Path) -> None
         assert (await client.ask("greeter", Hello("Cy"))).startswith("hello Cy")  # ask by name
 
 
-async def test_describe_shows_endpoints_schemas_and_idempotency(tmp_path: Path) -> None:
-    async with nodes(2, tmp_path) as (a, client):
-        await a.serve(Greeter, name="greeter", version="2.1", metadata={"team": "core"})
-        [svc] = await client.describe("greeter")
-        assert (svc.name, svc.version, svc.metadata) == ("greeter", "2.1", {"team": "core"})
-        endpoints = {e.name: e for e in svc.endpoints}
-        assert endpoints["Greeter.hello"].request == {"name": "str"}
-        assert endpoints["Greeter.hello"].response == {"": "str"}
-        assert endpoints["Greeter.whoami"].metadata == {"idempotent": "true"}
-        assert [n.id for n in svc.nodes] == ["n0"]
+async def test_describe_shows_endpoints_schemas_and_idempotency(trimicro_cluster: InprocCluster) -> None:
+    greeter = Serve(Greeter, name="greeter", version="2.1", metadata={"team": "core"})
+    await trimicro_cluster.add_node("n0", types=TYPES, services=[greeter])
+    [svc] = await trimicro_cluster.client.describe("greeter")
+    assert (svc.name, svc.version, svc.metadata) == ("greeter", "2.1", {"team": "core"})
+    endpoints = {e.name: e for e in svc.endpoints}
+    assert endpoints["Greeter.hello"].request == {"name": "str"}
+    assert endpoints["Greeter.hello"].response == {"": "str"}
+    assert endpoints["Greeter.whoami"].metadata == {"idempotent": "true"}
+    assert [n.id for n in svc.nodes] == ["n0"]
 
 
 async def test_stopping_a_service_deregisters_it(tmp_path: Path) -> None:
@@ -117,17 +104,15 @@ async def test_stopping_a_service_deregisters_it(tmp_path: Path) -> None:
             await registry.get_service("greeter")
 
 
-async def test_membership_converges_and_sees_a_leave(tmp_path: Path) -> None:
-    registry = MemoryRegistry()
-    async with nodes(3, tmp_path, registry) as clusters:
-        await converged(clusters)
-        async with start_cluster("late", registry=registry, home=tmp_path) as late:
-            await converged([*clusters, late])
-        # "late" left gracefully: everyone marks it LEFT (not dead), promptly
-        with trio.fail_after(5):
-            for c in clusters:
-                while (m := c.membership.member("late")) is not None and m.state is not MemberState.LEFT:
-                    await c.membership.wait_changed()
+async def test_membership_converges_and_sees_a_leave(trimicro_cluster: InprocCluster) -> None:
+    clusters = [trimicro_cluster.client, *[await trimicro_cluster.add_node() for _ in range(2)]]
+    await wait_converged(clusters)
+    late = await trimicro_cluster.add_node("late")
+    await wait_converged([*clusters, late])
+    await trimicro_cluster.stop_node(late)
+    # "late" left gracefully: everyone marks it LEFT (not dead), promptly
+    for c in clusters:
+        assert await wait_member(c, "late", "left", timeout=5) == "left"
 
 
 class OnlyNodes(MemoryRegistry):
@@ -140,7 +125,7 @@ class OnlyNodes(MemoryRegistry):
 
 async def test_a_new_service_is_callable_through_gossip(tmp_path: Path) -> None:
     async with nodes(3, tmp_path, OnlyNodes()) as (a, b, client):
-        await converged([a, b, client])
+        await wait_converged([a, b, client])
         await b.serve(Greeter, name="greeter")
         with trio.fail_after(5):
             while True:
@@ -220,7 +205,7 @@ async def test_two_clusters_on_one_registry_never_call_list_or_join_each_other(t
                 assert {n.address for n in greeter.nodes} == addresses
                 listed = {s.name: {n.address for n in s.nodes} for s in await client.services()}
                 assert listed == {"greeter": addresses, NODE_SERVICE: addresses}
-            await converged(list(own))
+            await wait_converged(list(own))
             for node in own:
                 assert {m.address for m in node.membership.swim.members()} == addresses  # none joined
 

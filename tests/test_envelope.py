@@ -19,6 +19,8 @@ from trimicro.mailbox.envelope import (
     UnsupportedVersion,
     decode_envelope,
     encode_envelope,
+    encode_parts,
+    ref_fields,
 )
 from trimicro.mailbox.errors import BadRequest, NotFound, error_from_fields
 from trimicro.mailbox.framing import FrameDecoder, ProtocolError, encode_frame
@@ -195,6 +197,29 @@ def test_round_trip(env: Envelope) -> None:
     assert type(back.kind) is Kind
     assert decode_envelope(bytearray(data)) == env
     assert decode_envelope(memoryview(data)) == env
+
+
+@settings(max_examples=300)
+@given(envelopes)
+def test_parts_encode_to_the_documented_array(env: Envelope) -> None:
+    """The hot paths encode fields without an Envelope: the bytes must be the wire form itself
+    (the documented array, packed independently), so peers cannot tell the two apart."""
+    target, sender = ref_fields(env.target), ref_fields(env.sender)
+    data = encode_parts(
+        int(env.kind),
+        env.corr,
+        target,
+        sender,
+        env.endpoint,
+        env.content_type,
+        env.headers,
+        env.deadline_ms,
+        env.body,
+    )
+    fields = [PROTOCOL_VERSION, int(env.kind), env.corr, target, sender, env.endpoint, env.content_type]
+    assert data == packed([*fields, env.headers, env.deadline_ms, env.body])
+    assert data == encode_envelope(env)
+    assert decode_envelope(data) == env
 
 
 # --- validation -------------------------------------------------------------------------------

@@ -48,6 +48,10 @@ async def test_call_both_spellings_and_errors_as_go_micro_json() -> None:
         assert r.status_code == 400 and r.json()["code"] == 400
         assert "body.qty" in r.json()["detail"]
         assert set(r.json()) == {"id", "code", "detail", "status"}
+        # JSON Schema's "integer", which the document gives qty, admits 2.0: so does the service.
+        r = await http.post("/api/shop/buy", json={"item": "tea", "qty": 2.0})
+        assert (r.status_code, r.json()) == (200, {"item": "tea", "qty": 2})
+        assert (await http.post("/api/shop/buy", json={"item": "tea", "qty": 2.5})).status_code == 400
         r = await http.post("/api/shop/buy", json={"item": "tea", "qty": 0})
         assert r.status_code == 400 and "'qty' must be > 0" in r.json()["detail"]  # Order's validator
         assert (await http.post("/api/nosuch/X.y", json={})).status_code == 404
@@ -95,8 +99,11 @@ async def test_bodies_are_bounded_and_timeout_header_is_the_deadline() -> None:
         assert r.status_code == 413 and r.json()["code"] == 413
         r = await http.post("/api/shop/slow", json={"seconds": 5}, headers={"timeout": "0.2"})
         assert r.status_code == 408
-        r = await http.post("/api/shop/slow", json={"seconds": 0}, headers={"timeout": "soon"})
-        assert r.status_code == 400
+        for bad in ("soon", "0", "1e3", "-1", "inf"):  # what the document's pattern refuses
+            r = await http.post("/api/shop/slow", json={"seconds": 0}, headers={"timeout": bad})
+            assert r.status_code == 400, bad
+        r = await http.post("/api/shop/slow", json={"seconds": 0}, headers={"timeout": ""})
+        assert r.status_code == 200  # empty: the default deadline
 
 
 async def test_headers_follow_the_metadata_rule() -> None:
@@ -230,9 +237,13 @@ async def test_publish_and_subscribe_over_sse() -> None:
 async def test_a_topic_the_broker_refuses_is_400_and_never_published() -> None:
     """The topic is the whole path, judged by the broker's subject syntax: whitespace (a newline
     at the end, which a ``$`` in the route's pattern would have cut off silently, or inside,
-    which ``.`` would not have matched), control characters, empty tokens, wildcards."""
+    which ``.`` would not have matched), control and format characters (which the broker's
+    syntax, whitespace aside, lets through), empty tokens, wildcards."""
     async with gateway() as (gw, http, _):
-        bad = ("orders.new%0A", "orders%0Anew", "orders%20new", "1%0E%0A%C3%B6%C2%BF", "a..b", "orders.*")
+        bad = (
+            *("orders.new%0A", "orders%0Anew", "orders%20new", "1%0E%0A%C3%B6%C2%BF", "a..b", "orders.*"),
+            *("orders.%00", "orders%0Enew", "orders.%7F", "a%E2%80%AEb", ".a", "a.", ""),  # no whitespace
+        )
         async with gw.state.cluster.pubsub.messages("orders.>") as seen:
             for topic in bad:
                 r = await http.post(f"/api/publish/{topic}", json={"id": 1})
@@ -243,7 +254,11 @@ async def test_a_topic_the_broker_refuses_is_400_and_never_published() -> None:
             with trio.fail_after(10):
                 first = await seen.receive()
         assert (first.topic, first.body) == ("orders.new", {"id": 2})  # none of the bad ones got out
-        for path in ("/api/subscribe/orders.%0A", "/api/subscribe/orders.>?policy=sometimes"):
+        for path in (
+            *("/api/subscribe/orders.%0A", "/api/subscribe/orders.%0E", "/api/subscribe/orders..>"),
+            *("/api/subscribe/%E2%80%8Borders.>", "/api/subscribe/orders.>?policy=sometimes"),
+            "/api/subscribe/orders.>?policy=block",  # not on a gateway whose default drops
+        ):
             r = await http.get(path)
             assert r.status_code == 400 and r.json()["code"] == 400, path
     # The operator's default decides whether a client may hold publishers back at all.
@@ -304,3 +319,32 @@ async def test_openapi_carries_full_schemas_fetched_from_the_service_node() -> N
             r = await http.post("/api/shop/checkout", json={"orders": [{"item": "tea", "qty": 2}]})
             assert r.status_code == 200, r.text
             assert r.json() == {"total": 2, "lines": [{"item": "tea", "qty": 2, "note": None}]}, r.text
+
+
+class GatedRegistry(MemoryRegistry):
+    """A registry whose listing waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = trio.Event()
+
+    async def list_services(self, *args: Any, **kwargs: Any) -> Any:
+        await self.gate.wait()
+        return await super().list_services(*args, **kwargs)
+
+
+async def test_ready_only_once_the_registry_has_answered() -> None:
+    registry = GatedRegistry()
+    async with (
+        start_cluster("gw", registry=registry, store="", auth=False) as cluster,
+        open_gateway(cluster, GatewayOptions(address="127.0.0.1:0")) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=10) as http,
+    ):
+        assert (await http.get("/health/live")).status_code == 200
+        r = await http.get("/health/ready")
+        assert (r.status_code, r.json()["status"]) == (503, "starting")
+        registry.gate.set()
+        with trio.fail_after(10):
+            await gw.state.refresh()  # the registry's first answer
+        r = await http.get("/health/ready")
+        assert (r.status_code, r.json()["status"]) == (200, "ready"), r.json()

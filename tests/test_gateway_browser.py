@@ -1,7 +1,7 @@
 """The dashboard in a real browser: Debian's headless Chromium driven by Playwright, against a
 gateway process and two service processes found over mDNS. It sees the example services, calls
-an endpoint through the form, watches a node's state change live when its process is killed,
-and saves a screenshot (docs/img/dashboard.png is one)."""
+an endpoint through the form, sees its own subscription among the topics, watches a node's state
+change live when its process is killed, and saves a screenshot (docs/img/dashboard.png is one)."""
 
 from __future__ import annotations
 
@@ -100,6 +100,12 @@ def test_dashboard_in_chromium(cluster: tuple[str, dict[str, subprocess.Popen[st
         page.click("#send")
         expect(page.locator("#reply")).to_contain_text("400", timeout=30_000)
         expect(page.locator("#errors")).to_contain_text("name must not be empty", timeout=30_000)
+
+        # A subscription from the page (SSE, in queue group "audit") is a topic on the gateway's node.
+        page.evaluate("window.sub = new EventSource('/api/subscribe/orders.>?queue=audit')")
+        topic = page.locator("#topics")
+        expect(topic).to_contain_text("orders.>", timeout=30_000)
+        expect(topic).to_contain_text("audit")
 
         procs["svc-b"].kill()  # no goodbye: the membership must notice on its own
         row = page.locator('#members tr[data-node="svc-b"]')

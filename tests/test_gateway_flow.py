@@ -1,8 +1,9 @@
 """Flow control through the gateway with a slow consumer: a client that stops reading an SSE
 stream or a WebSocket stops the service (the stream's credit), so nothing between them grows
 without bound; reading again lets it go on, and every item arrives. A subscriber that stops
-reading gets its slow-subscriber policy: the publisher waits (``block``), the oldest messages go
-and the client is told how many (``drop_oldest``), or the subscription ends (``drop_subscriber``).
+reading gets its slow-subscriber policy: the oldest messages go and the client is told how many
+(``drop_oldest``, the default), the publisher waits (``block``, if the operator allows it), or the
+subscription ends (``drop_subscriber``).
 Not timing-based: the tests wait until every task of the run is blocked
 (trio.testing.wait_all_tasks_blocked) and then count."""
 
@@ -40,13 +41,13 @@ PAD = "x" * SIZE
 
 
 @asynccontextmanager
-async def flooding_gateway() -> AsyncIterator[tuple[str, Shop, Cluster]]:
+async def flooding_gateway(**options: Any) -> AsyncIterator[tuple[str, Shop, Cluster]]:
     """A gateway and the ``Shop`` service on one node, in this trio run; yields (url, shop, node)."""
     async with start_cluster(
         "gw", registry=MemoryRegistry(), store="", auth=False, membership=False
     ) as cluster:
         ref = await cluster.serve(Shop)
-        opts = GatewayOptions(address="127.0.0.1:0", refresh=3600, queue=QUEUE)
+        opts = GatewayOptions(address="127.0.0.1:0", refresh=3600, queue=QUEUE, **options)
         async with open_gateway(cluster, opts) as gw:
             await gw.state.refresh()
             yield gw.url, ref.binding.instance, cluster
@@ -123,12 +124,12 @@ async def _events(lines: AsyncIterator[str], until: int) -> AsyncIterator[tuple[
 
 @asynccontextmanager
 async def stalled_subscriber(
-    policy: str,
+    policy: str, **options: Any
 ) -> AsyncIterator[tuple[Cluster, trio.MemoryReceiveChannel[DeadLetter], httpx.Response]]:
-    """A gateway, its node's dead letters, and an SSE subscription to ``flood.>`` under
-    ``policy`` whose client reads nothing until the test does."""
+    """A gateway with ``options``, its node's dead letters, and an SSE subscription to
+    ``flood.>`` under ``policy`` whose client reads nothing until the test does."""
     async with (
-        flooding_gateway() as (url, _, cluster),
+        flooding_gateway(**options) as (url, _, cluster),
         cluster.node.dead_letters.subscribe(buffer=N) as letters,
         httpx.AsyncClient(base_url=url, timeout=30) as http,
         http.stream("GET", f"/api/subscribe/flood.>?policy={policy}") as r,
@@ -142,9 +143,10 @@ async def publish(cluster: Cluster, i: int) -> int:
 
 
 async def test_a_subscriber_that_stops_reading_holds_the_publisher_back() -> None:
-    """``block``, the default: a publish waits once the subscriber's buffer, its actor's mailbox
-    and the socket are full; reading on lets the publisher go on, and every message arrives."""
-    async with stalled_subscriber("") as (cluster, _, r):  # no policy asked: the default
+    """``block`` (where the operator allows it): a publish waits once the subscriber's buffer,
+    its actor's mailbox and the socket are full; reading on lets the publisher go on, and every
+    message arrives."""
+    async with stalled_subscriber("block", subscriber_policy="block") as (cluster, _, r):
         published = 0
 
         async def publisher() -> None:
@@ -165,9 +167,10 @@ async def test_a_subscriber_that_stops_reading_holds_the_publisher_back() -> Non
 
 
 async def test_drop_oldest_keeps_the_newest_and_tells_the_client_how_many_went() -> None:
-    """``drop_oldest``: the publisher never waits for the client; the buffer keeps the newest,
-    the client is told how many it missed, and each missed message is a dead letter."""
-    async with stalled_subscriber("drop_oldest") as (cluster, letters, r):
+    """``drop_oldest``, the gateway's default: the publisher never waits for the client; the
+    buffer keeps the newest, the client is told how many it missed, and each missed message is
+    a dead letter."""
+    async with stalled_subscriber("") as (cluster, letters, r):  # no policy asked: the default
         with trio.fail_after(60):  # every publish done while the client reads nothing
             assert [await publish(cluster, i) for i in range(N)] == [1] * N
             await wait_all_tasks_blocked(cushion=0.05)

@@ -2,7 +2,8 @@
 
 A service process answers an attrs ``Balance`` registered only there; the gateway process
 (``trimicro api``) knows nothing of it, yet the HTTP client gets the JSON object with its
-fields, nested values included: the gateway's node decodes unknown types as maps.
+fields, nested values included: the gateway's node decodes unknown types as maps. The
+command's flags reach the gateway (``--subscriber-policy``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ async def test_a_typed_reply_from_another_process_arrives_as_a_json_object(tmp_p
     stype = f"_t{uuid.uuid4().hex[:10]}._tcp.local."
     service = f"ledger-{uuid.uuid4().hex[:6]}"
     api = ["-m", "trimicro.cluster.cli", "--home", str(tmp_path), "api", "--address", "127.0.0.1:0"]
+    api += ["--subscriber-policy", "block"]
     async with (
         python_process(PEER, str(tmp_path), stype, service) as peer,
         python_process(*api, "--registry", f"mdns://?type={stype}") as gateway,
@@ -50,3 +52,7 @@ async def test_a_typed_reply_from_another_process_arrives_as_a_json_object(tmp_p
             assert packed.status_code == 200
             assert packed.headers["content-type"].startswith("application/msgpack")
             assert msgpack.unpackb(packed.content)["account"] == "bo"
+            # --subscriber-policy block: this gateway lets a client ask to hold publishers back
+            # (one started without it refuses that with a 400, tests/test_gateway.py).
+            async with http.stream("GET", "/api/subscribe/ledger.>?policy=block") as sub:
+                assert sub.status_code == 200, await sub.aread()

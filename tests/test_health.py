@@ -16,7 +16,7 @@ from openapi_spec_validator import validate
 
 from trimicro.actors import BadRequest, Node, ServiceUnavailable, TooManyRequests, start_node
 from trimicro.actors.health import MAX_CHECKS, MAX_DETAIL, Health, NotReady, Report
-from trimicro.actors.remote.health import MAX_ANSWERING, ask_health
+from trimicro.actors.remote.health import HEALTH_OP, MAX_WAITING, HealthAnswers, ask_health
 from trimicro.cluster.cluster import start_cluster
 from trimicro.cluster.gateway import GatewayOptions, open_gateway
 from trimicro.cluster.registry import MemoryRegistry, Service
@@ -149,23 +149,26 @@ async def test_health_is_asked_of_another_node_over_its_link(tmp_path: Path) -> 
         assert (live.live, live.ready, live.checks, len(runs)) == (True, None, (), 1)
 
 
-async def test_health_answers_are_bounded(tmp_path: Path) -> None:
-    """Reports for other nodes run every check: past MAX_ANSWERING at once, a 429 at once;
-    liveness is still answered; the held ones complete once their checks do."""
+async def test_concurrent_health_asks_share_one_probe_run_and_the_waiting_list_is_bounded(
+    tmp_path: Path,
+) -> None:
+    """Every report runs every probe: asks that come while one runs wait for it (one run for
+    all of them), past MAX_WAITING waiting a 429 at once; liveness is still answered."""
     async with two_nodes(tmp_path) as (a, b, b_id):
         release = trio.Event()
-        all_running = trio.Event()
-        running = [0]
+        started = trio.Event()
+        runs = [0]
 
         async def slow() -> str:
-            running[0] += 1
-            if running[0] == MAX_ANSWERING:
-                all_running.set()
+            runs[0] += 1
+            started.set()
             await release.wait()
             return "done"
 
         b.health.timeout = 60.0
         b.health.add("slow", slow)
+        answers = b.remote.system_handlers[HEALTH_OP]
+        assert isinstance(answers, HealthAnswers)
         peer = a.remote.peer(b_id)
         reports: list[Report] = []
         async with trio.open_nursery() as nursery:
@@ -173,15 +176,43 @@ async def test_health_answers_are_bounded(tmp_path: Path) -> None:
             async def one() -> None:
                 reports.append(await ask_health(peer, 30.0))
 
-            for _ in range(MAX_ANSWERING):
+            nursery.start_soon(one)
+            with trio.fail_after(10):
+                await started.wait()
+            for _ in range(MAX_WAITING - 1):
                 nursery.start_soon(one)
             with trio.fail_after(10):
-                await all_running.wait()
+                while len(answers._waiting or ()) < MAX_WAITING:
+                    await trio.testing.wait_all_tasks_blocked()
             with pytest.raises(TooManyRequests):
                 await ask_health(peer, 5.0)
             assert (await ask_health(peer, 5.0, checks=False)).live
             release.set()
-        assert len(reports) == MAX_ANSWERING and all(r.ready for r in reports)
+        assert len(reports) == MAX_WAITING and all(r.ready for r in reports)
+        assert runs == [1]
+
+
+async def test_a_health_report_answers_asks_for_max_age(tmp_path: Path) -> None:
+    """A report made less than ``max_age`` ago answers later asks without running the probes;
+    an older one is made again."""
+    async with two_nodes(tmp_path) as (a, b, b_id):
+        runs = [0]
+
+        async def counted() -> str:
+            runs[0] += 1
+            return f"run {runs[0]}"
+
+        b.health.add("counted", counted)
+        answers = b.remote.system_handlers[HEALTH_OP]
+        assert isinstance(answers, HealthAnswers)
+        answers.max_age = 3600.0
+        peer = a.remote.peer(b_id)
+        first = await ask_health(peer, 5.0)
+        second = await ask_health(peer, 5.0)
+        assert first == second and runs == [1]
+        answers.max_age = 0.0
+        third = await ask_health(peer, 5.0)
+        assert runs == [2] and third.checks[-1].detail == "run 2"
 
 
 async def test_a_node_that_does_not_answer_times_out(tmp_path: Path) -> None:

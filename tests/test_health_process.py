@@ -91,8 +91,14 @@ async def test_health_of_a_node_whose_registry_is_gone(tmp_path: Path) -> None:
         async with served(tmp_path, server.url) as (_, address):
             assert (await trimicro(tmp_path, "health", address))[0] == 0
             server.kill()
-            code, out = await trimicro(tmp_path, "health", address, "--json")
-            report = json.loads(out)
+            # A node answers from a report up to MAX_AGE (1 s) old: ask until one made after
+            # the kill comes back, within a deadline.
+            with trio.fail_after(30):
+                while True:
+                    code, out = await trimicro(tmp_path, "health", address, "--json")
+                    report = json.loads(out)
+                    if not report["ready"]:
+                        break
             assert (code, report["live"], report["ready"]) == (1, True, False)
             failing = [c for c in report["checks"] if not c["ok"]]
             assert [c["name"] for c in failing] == ["registry"], report
@@ -109,3 +115,25 @@ async def test_health_of_a_node_that_is_not_there(tmp_path: Path) -> None:
     assert code == 1 and out.splitlines()[0] == f"node 127.0.0.1:{port}: NOT LIVE"
     code, _ = await trimicro(tmp_path, "--registry", "memory://", "health", "nosuch", "--wait", "0")
     assert code == 1
+
+
+async def test_what_a_node_reports_is_printed_escaped(tmp_path: Path) -> None:
+    """A report's names and details are the node's to choose: `trimicro health` shows control
+    characters escaped, so a report cannot clear the screen or fake a line of the output."""
+    from trimicro.actors import start_node
+    from trimicro.actors.lowlevel import NotReady
+
+    evil = "\x1b[2J\x1b]0;pwned\x07\nnode other: live, ready\u202e"
+
+    async def probe() -> str:
+        raise NotReady(evil)
+
+    async with start_node("hostile", home=tmp_path, listen="127.0.0.1:0") as node:
+        assert node.address is not None
+        node.health.add("disk\x1b[31m", probe)
+        code, out = await trimicro(tmp_path, "health", node.address)
+    assert code == 1
+    assert not any(c in out for c in "\x1b\x07\u202e")
+    assert out.splitlines()[0] == "node hostile: live, NOT READY (disk\\x1b[31m)"
+    assert "\\x1b[2J\\x1b]0;pwned\\x07\\nnode other: live, ready\\u202e" in out
+    assert not any(line.startswith("node other") for line in out.splitlines())

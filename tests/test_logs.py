@@ -21,6 +21,7 @@ from trimicro.cluster.cli import main
 from trimicro.cluster.cluster import start_cluster
 from trimicro.cluster.registry import MemoryRegistry
 from trimicro.mailbox.logs import RATE_LIMIT, RateLimit, get_logger
+from trimicro.testing import wait_member
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,8 +87,7 @@ async def test_info_tells_membership_changes_addresses_and_registrations(
     async with start_cluster("a", registry=registry, home=tmp_path) as a:
         await a.serve(Talker, name="talker")
         async with start_cluster("b", registry=registry, home=tmp_path) as b:
-            while not any(m["id"] == "b" and m["state"] == "alive" for m in a.membership.view()):
-                await a.membership.wait_changed()
+            await wait_member(a, "b", "alive")
             address = b.address
     infos = {(r["node"], r["logger"], r["message"]) for r in lines(json_log) if r["level"] == "INFO"}
     assert ("a", "trimicro.cluster.membership", "member b joined") in infos

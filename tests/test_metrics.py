@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -322,12 +323,13 @@ async def test_opentelemetry_instruments_on_the_users_meter_provider() -> None:
         threaded = await trio.to_thread.run_sync(_otel_points, reader)  # a reader's own thread
         actors = len(cluster.node)
     try:
+        rpc = {"rpc.system": "trimicro", "rpc.service": "Shop", "rpc.method": "buy"}  # RPC conventions
         for got in (points, threaded):
-            requests = {p.attributes["endpoint"]: p.value for p in got["trimicro.requests"]}
-            assert requests["Shop.buy"] == 4
+            requests = [(dict(p.attributes), p.value) for p in got["trimicro.requests"]]
+            assert (rpc, 4) in requests
             errors = [(dict(p.attributes), p.value) for p in got["trimicro.request.errors"]]
-            assert errors == [({"service": "Shop", "endpoint": "Shop.buy", "code": "400"}, 1)]
-        duration = [p for p in points["trimicro.request.duration"] if p.attributes["endpoint"] == "Shop.buy"]
+            assert errors == [({**rpc, "error.type": "400", "rpc.trimicro.error_code": 400}, 1)]
+        duration = [p for p in points["trimicro.request.duration"] if dict(p.attributes) == rpc]
         assert duration[0].count == 4
         assert list(duration[0].explicit_bounds) == list(EndpointRecorder().bounds)
         assert [p.value for p in points["trimicro.actors"]] == [actors]
@@ -382,6 +384,31 @@ async def test_the_http_endpoint_answers_only_metrics_and_stays_bounded() -> Non
         for stream in idle:
             await stream.aclose()
         await extra.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failing_render_is_a_500_and_scrapes_share_one_render_a_second(caplog: Any) -> None:
+    """A render that raises answers 500 (logged) and the server goes on; scrapes within
+    ``max_age`` of a render get its document, per Accept header, without rendering again."""
+    renders: list[str] = []
+
+    def render(accept: str) -> tuple[bytes, str]:
+        renders.append(accept)
+        if len(renders) == 1:
+            raise RuntimeError("a bug in a snapshot")
+        return f"x {len(renders)}\n".encode(), "text/plain; version=0.0.4"
+
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(partial(serve_metrics, max_age=3600.0), "127.0.0.1:0", render)
+        async with httpx.AsyncClient(base_url=f"http://{address}") as client:
+            failed = await client.get("/metrics")
+            assert failed.status_code == 500 and "a bug" not in failed.text
+            assert "rendering /metrics failed" in caplog.text
+            first = await client.get("/metrics")
+            again = await client.get("/metrics")
+            assert (first.status_code, first.text, again.text) == (200, "x 2\n", "x 2\n")
+            other = await client.get("/metrics", headers={"accept": "application/openmetrics-text"})
+            assert other.text == "x 3\n" and len(renders) == 3
         nursery.cancel_scope.cancel()
 
 
@@ -456,3 +483,22 @@ async def test_error_codes_outside_http_ranges_share_one_label() -> None:
         snap = node_snapshot(node)
     buy = next(e for e in snap["endpoints"] if e["endpoint"] == "Relay.buy")
     assert buy["errors"] == {"500": 4, "503": 1}
+
+
+async def test_only_scope_admin_reads_a_nodes_snapshot_over_the_wire(tmp_path: Path) -> None:
+    """A snapshot names actors' paths and peers: another node's own account and a user without
+    scope ``admin`` are refused (403) even under the default rule (anything granted); an admin's
+    token reads it."""
+    from test_auth import bearer, cluster_of, login
+
+    from trimicro.cluster.metrics import METRICS_PATH
+
+    async with cluster_of(tmp_path, 2) as (a, b):
+        guest = await login(a, "guest", ["ops"])
+        admin = await login(a, "root", ["admin"])
+        ref = b.node.remote_ref(a.node.id, METRICS_PATH)
+        for headers in (None, bearer(guest)):
+            with pytest.raises(Forbidden):
+                await ask(ref, None, endpoint="Metrics.snapshot", timeout=10, headers=headers)
+        snapshot = await ask(ref, None, endpoint="Metrics.snapshot", timeout=10, headers=bearer(admin))
+        assert snapshot["node"] == a.node.id

@@ -322,6 +322,7 @@ async def test_the_example_plugin_in_process_ttl_and_watch(jsonfile_plugin: None
     assert await two.list_services() == []
 
 
+# --8<-- [start:conformance]
 class TestJsonFileRegistryConformance(RegistryConformance):
     """The example plugin keeps every promise of a registry, as the built-ins do: two registries
     on one file (built from the URL, as a user selects it) stand for two processes. Real time:
@@ -345,3 +346,6 @@ class TestJsonFileRegistryConformance(RegistryConformance):
     async def observer(self, jsonfile_plugin: None, tmp_path: Path) -> AsyncIterator[Registry]:
         async with self._on_file(tmp_path / "registry.json") as observer:
             yield observer
+
+
+# --8<-- [end:conformance]

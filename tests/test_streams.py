@@ -279,6 +279,20 @@ async def test_a_cancelled_stream_ends_a_handler_that_waits_elsewhere(mode: str)
             await probe["ended"].wait()
 
 
+@MODES
+async def test_an_opener_that_closed_its_side_and_left_ends_a_handler_that_waits_elsewhere(mode: str) -> None:
+    """A feed: the opener sends nothing (closes its side at once) and reads what the handler
+    pushes when there is news. When it leaves, the handler ends then, not at its next send."""
+    async with nodes(mode) as (caller, server):
+        probe: dict[str, Any] = {"started": trio.Event(), "ended": trio.Event()}
+        await server.spawn(Waiter, probe, name="w")
+        async with open_stream(chat_ref(caller, server, "w"), "Waiter.wait") as stream:
+            stream.close_send()
+            await probe["started"].wait()
+        with trio.fail_after(5):
+            await probe["ended"].wait()
+
+
 # ---- a stream's items travel in batches (SYSTEM ``items`` frames) -----------------------------
 
 

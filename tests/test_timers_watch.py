@@ -9,12 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from trimicro.actors import Actor, ActorRef, Terminated, ask, start_node
-
-
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
+from trimicro.actors import Actor, ActorRef, Node, Terminated, ask, start_node
+from trimicro.testing import terminations, wait_terminated
 
 
 @attrs.frozen
@@ -57,32 +53,21 @@ class Watcher(Actor):
         self.event.set()
 
 
-async def test_watch_delivers_terminated_on_stop() -> None:
-    async with start_node() as node:
-        got: list[Terminated] = []
-        ev = trio.Event()
-        target = await node.spawn(Idle, name="target")
-        watcher = await node.spawn(Watcher, got, ev)
-        await ask(watcher, Watch(target))
-        assert not ev.is_set()
-        await node.stop(target, "bye")
-        with trio.fail_after(5):
-            await ev.wait()
-        assert got == [Terminated(target, "bye")]
+async def test_watch_delivers_terminated_on_stop(trimicro_node: Node) -> None:
+    target = await trimicro_node.spawn(Idle, name="target")
+    async with terminations(trimicro_node, target) as stopped:
+        assert len(stopped) == 0
+        await trimicro_node.stop(target, "bye")
+        assert await stopped.wait_for() == Terminated(target, "bye")
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(stopped) == 1  # once
 
 
-async def test_watch_already_stopped_delivers_at_once() -> None:
-    async with start_node() as node:
-        got: list[Terminated] = []
-        ev = trio.Event()
-        target = await node.spawn(Idle)
-        await node.stop(target)
-        watcher = await node.spawn(Watcher, got, ev)
-        await ask(watcher, Watch(target))
-        with trio.fail_after(5):
-            await ev.wait()
-        assert len(got) == 1
-        assert got[0].ref == target
+async def test_watch_already_stopped_delivers_at_once(trimicro_node: Node) -> None:
+    target = await trimicro_node.spawn(Idle)
+    await trimicro_node.stop(target)
+    terminated = await wait_terminated(trimicro_node, target)
+    assert (terminated.ref, terminated.reason) == (target, "already stopped")
 
 
 async def test_unwatch_no_notice() -> None:

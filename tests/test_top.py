@@ -126,6 +126,39 @@ def test_a_node_that_fails_or_sends_garbage_is_an_error_row_not_a_crash() -> Non
     assert list(model.nodes) == ["n1"] and model.nodes["n1"].error == ""
 
 
+#: What a hostile node could put in the strings of its snapshot: a screen clear, a window title,
+#: a fake line, a bidirectional override, and rich markup and emoji codes.
+EVIL = "\x1b[2J\x1b]0;pwned\x07x\nFAKE LINE\u202e[red]red[/red]:smile:"
+
+
+async def test_a_peers_strings_are_escaped_not_obeyed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node ids, endpoints, paths, peers and errors reach the screen with control characters
+    escaped and markup shown as text."""
+    from trimicro.cluster.metrics import top
+
+    evil = snapshot(1.0, 1, [1, 0, 0, 0, 0], 0.1)
+    evil["endpoints"][0]["endpoint"] = EVIL
+    evil["mailboxes"]["deepest"][0]["actor"] = EVIL
+    evil["links"] = [
+        {"peer": EVIL, "direction": "in", "sent_bytes": 1, "received_bytes": 1,
+         "sent_frames": 1, "received_frames": 1, "pending": 0}
+    ]  # fmt: skip
+
+    async def poll(*args: Any) -> dict[str, Any]:
+        return {"n1" + EVIL: evil, "n2": "error 503: " + EVIL}
+
+    async def find() -> list[Any]:
+        return []
+
+    monkeypatch.setattr(top, "poll", poll)
+    out = io.StringIO()
+    assert await top.run_top(None, find, interval=0.01, once=True, out=out) == 0  # type: ignore[arg-type]
+    text = out.getvalue()
+    assert not any(c in text for c in "\x1b\x07\u202e")
+    assert "\\x1b[2J" in text and "[red]red[/red]" in text  # shown, escaped, not obeyed
+    assert not any(line.lstrip("│ ").startswith("FAKE") for line in text.splitlines())
+
+
 # ---- the live screen, in a pseudo-terminal, against a real node --------------------------------
 
 MODULE = """
@@ -271,3 +304,13 @@ def test_top_ends_cleanly_on_ctrl_c_and_prints_json_for_scripts(node: Any) -> No
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def test_top_in_a_joined_home_asks_for_an_admins_token(tmp_path: Path) -> None:
+    """A snapshot is admin data: without the authority key to sign an admin token, top says
+    to give one instead of failing on every node."""
+    (tmp_path / "authorities.pub").write_text("00" * 32 + "\n")  # joined: no authority key here
+    done = subprocess.run(
+        cli(tmp_path, "top", "--once", "--wait", "0"), capture_output=True, text=True, timeout=START
+    )
+    assert done.returncode == 2 and "--token" in done.stderr, done.stderr

@@ -22,7 +22,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
 
 from trimicro.actors import (
@@ -397,6 +397,18 @@ class Collector(Actor):
         self.got.send_nowait(trace.get_current_span().get_span_context())
 
 
+def emitted(spans: Spans) -> tuple[ReadableSpan, ReadableSpan]:
+    """The ``publish`` and ``process`` spans of ``Publisher.emit``, checked: the publish is a
+    child of the handler's span, the delivery a child of the publish and linked to it."""
+    handler = spans.one("Publisher/emit", SpanKind.SERVER)
+    publish = spans.one("publish orders.new", SpanKind.PRODUCER)
+    process = spans.one("process orders.new", SpanKind.CONSUMER)
+    assert_child(publish, handler)
+    assert_child(process, publish)
+    assert [link.context.span_id for link in process.links] == [sid(publish)]
+    return publish, process
+
+
 async def test_a_delivery_is_a_consumer_span_child_of_publish_and_linked_to_it(spans: Spans) -> None:
     registry = MemoryRegistry()
     send, receive = trio.open_memory_channel[Any](4)
@@ -415,12 +427,7 @@ async def test_a_delivery_is_a_consumer_span_child_of_publish_and_linked_to_it(s
         assert await ask(publisher, {}, endpoint="Publisher.emit") == 1
         with trio.fail_after(10):
             current = await receive.receive()
-    handler = spans.one("Publisher/emit", SpanKind.SERVER)
-    publish = spans.one("publish orders.new", SpanKind.PRODUCER)
-    process = spans.one("process orders.new", SpanKind.CONSUMER)
-    assert_child(publish, handler)
-    assert_child(process, publish)
-    assert [link.context.span_id for link in process.links] == [sid(publish)]
+    publish, process = emitted(spans)
     assert current == process.context
     assert process.attributes is not None and publish.attributes is not None
     assert publish.attributes["messaging.destination.name"] == "orders.new"
@@ -516,7 +523,9 @@ async def test_the_runtimes_own_actors_start_no_trace(spans: Spans) -> None:
 # ---- the gateway ---------------------------------------------------------------------------------
 
 
-async def test_the_gateway_continues_the_http_requests_trace(spans: Spans) -> None:
+@asynccontextmanager
+async def gateway_of(spans: Spans) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of a gateway whose node serves Echo, traced by ``spans``."""
     async with start_cluster(
         "gw", registry=MemoryRegistry(), store="", auth=False, tracing=spans.provider
     ) as c:
@@ -525,10 +534,15 @@ async def test_the_gateway_continues_the_http_requests_trace(spans: Spans) -> No
             open_gateway(c, GatewayOptions(address="127.0.0.1:0", refresh=0.2)) as gw,
             httpx.AsyncClient(base_url=gw.url, timeout=10) as http,
         ):
-            r = await http.post("/api/echo/hello", json={}, headers={"traceparent": TRACEPARENT})
-            assert r.status_code == 200 and r.json() == "hi"
-            assert (await http.post("/api/echo/missing", json={})).status_code == 404
-            assert (await http.post("/api/echo/broken", json={})).status_code == 500
+            yield http
+
+
+async def test_the_gateway_continues_the_http_requests_trace(spans: Spans) -> None:
+    async with gateway_of(spans) as http:
+        r = await http.post("/api/echo/hello", json={}, headers={"traceparent": TRACEPARENT})
+        assert r.status_code == 200 and r.json() == "hi"
+        assert (await http.post("/api/echo/missing", json={})).status_code == 404
+        assert (await http.post("/api/echo/broken", json={})).status_code == 500
     http_spans = spans.named("POST /api/{service}/{endpoint:path}")
     assert len(http_spans) == 3
     request = next(s for s in http_spans if s.attributes and s.attributes["url.path"] == "/api/echo/hello")
@@ -547,6 +561,32 @@ async def test_the_gateway_continues_the_http_requests_trace(spans: Spans) -> No
     assert missing.status.status_code is StatusCode.UNSET  # a 4xx is the client's
     assert broken.attributes is not None and broken.attributes["error.type"] == "500"
     assert broken.status.status_code is StatusCode.ERROR
+
+
+async def _through_gateway(spans: Spans, headers: dict[str, str]) -> list[ReadableSpan]:
+    """One request through a gateway traced by ``spans``: the gateway's spans recorded."""
+    async with gateway_of(spans) as http:
+        assert (await http.post("/api/echo/hello", json={}, headers=headers)).status_code == 200
+    return spans.named("POST /api/{service}/{endpoint:path}")
+
+
+async def test_a_gateway_told_not_to_trust_clients_links_their_trace_instead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """By default a client's sampled traceparent makes a parent-based sampler record; with
+    ``TRIMICRO_GATEWAY_TRACEPARENT=link`` the gateway's own sampler decides (a root) and the
+    client's context is a link of a trace of the gateway's own."""
+    sent = {"traceparent": TRACEPARENT}
+    never = ParentBased(ALWAYS_OFF)  # records only what a sampled parent asks for
+    (trusted,) = await _through_gateway(Spans(never), sent)
+    assert trusted.context is not None and f"{trusted.context.trace_id:032x}" == TRACE_ID
+    monkeypatch.setenv("TRIMICRO_GATEWAY_TRACEPARENT", "link")
+    assert await _through_gateway(Spans(never), sent) == []
+    (linked,) = await _through_gateway(Spans(ParentBased(ALWAYS_ON)), sent)
+    assert linked.parent is None and linked.context is not None
+    assert f"{linked.context.trace_id:032x}" != TRACE_ID
+    (link,) = linked.links
+    assert (f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}") == (TRACE_ID, PARENT_ID)
 
 
 # ---- the trimicro command's SDK set-up -----------------------------------------------------------

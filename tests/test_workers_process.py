@@ -317,3 +317,81 @@ async def test_a_worker_that_cannot_load_its_module_stops_the_supervisor(tmp_pat
     assert "failed to start (usage error): stopping" in log
     assert "No module named 'no_such_module_anywhere'" in log
     assert "restarting" not in log
+
+
+# ---- what a worker leaves behind ---------------------------------------------------------------
+
+#: A worker that starts a child holding its stdout (a subprocess of the application), notes the
+#: child's pid, says it is up, then crashes on its first run and waits for its lifeline after.
+LEAVES_A_CHILD = """
+import subprocess, sys
+
+children = sys.argv[1]
+child = subprocess.Popen(["sleep", "600"])  # inherits stdout: the pipe stays open
+with open(children, "a") as f:
+    f.write(f"{child.pid}\\n")
+with open(children) as f:
+    run = len(f.read().split())
+print(f"node w-1 at 127.0.0.1:0 serving run {run}", flush=True)
+if run == 1:
+    sys.exit(1)
+sys.stdin.read()  # the lifeline
+"""
+
+
+class Said:
+    """The supervisor's output, with an event per line awaited."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.waiting: dict[str, trio.Event] = {}
+
+    def write(self, text: str) -> int:
+        self.text += text
+        for line, event in self.waiting.items():
+            if line in self.text:
+                event.set()
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    async def wait_for(self, line: str) -> None:
+        event = self.waiting.setdefault(line, trio.Event())
+        if line in self.text:
+            event.set()
+        await event.wait()
+
+
+async def test_a_worker_whose_child_holds_stdout_is_restarted_and_its_group_killed(tmp_path: Path) -> None:
+    """A crashed worker is seen to exit (and restarted) although a child of it holds its stdout;
+    that child dies with the worker's process group, and so does the next one when stopping."""
+    from trimicro.cluster.cli.workers import RestartPolicy, Supervisor
+
+    script = tmp_path / "worker.py"
+    script.write_text(LEAVES_A_CHILD)
+    children = tmp_path / "children"
+    said = Said()
+    send, receive = trio.open_memory_channel[int](1)
+    policy = RestartPolicy(first_delay=0.0)
+    sup = Supervisor(["w-1"], lambda k: [sys.executable, str(script), str(children)], said, policy)  # type: ignore[arg-type]
+    status: list[int] = []
+    try:
+        with trio.fail_after(START):
+            async with trio.open_nursery() as nursery:
+
+                async def run() -> None:
+                    status.append(await sup.run(receive))
+
+                nursery.start_soon(run)
+                await said.wait_for("serving run 2")
+                first, second = (int(p) for p in children.read_text().split())
+                await exited(first)
+                await send.send(signal.SIGTERM)
+            await exited(second)
+        assert status == [0]
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            for pid in children.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)

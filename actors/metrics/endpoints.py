@@ -62,7 +62,7 @@ class EndpointStats:
         #: The most messages seen waiting in the actor's mailbox when one of this endpoint's
         #: messages started (what queued behind it: a backlog's high-water mark).
         self.backlog_max = 0
-        #: Its labels (OpenTelemetry attributes), built once (see ``EndpointRecorder.observe``).
+        #: Its labels, built once (``EndpointRecorder.observe`` gets them with the stats).
         self.attributes = {"service": service, "endpoint": endpoint}
 
 

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
+from trimicro.mailbox.envelope import (
+    DEFAULT_CONTENT_TYPE,
+    Envelope,
+    Kind,
+    encode_envelope,
+    encode_parts,
+    ref_fields,
+)
 from trimicro.mailbox.errors import MicroError, NotFound, RequestTimeout
 from trimicro.mailbox.refs import ActorRef
 
@@ -26,6 +33,9 @@ from .outbox import Outbox, RemoteStreamOps
 
 if TYPE_CHECKING:
     from .ports import ActorPeerPort
+
+#: The kinds the hot paths send, as ints: reading an enum member costs more than packing it.
+_TELL, _ASK, _CANCEL = int(Kind.TELL), int(Kind.ASK), int(Kind.CANCEL)
 
 
 class _Gone(Stopped):
@@ -44,12 +54,14 @@ class RemoteActor:
     ``tell``/``try_tell``/``ask`` take headers as ``trimicro.actors.api`` made them, the
     propagated metadata of the message being handled already merged in (:mod:`..metadata`)."""
 
-    __slots__ = ("node", "peer", "target")
+    __slots__ = ("_target", "node", "peer", "target")
 
     def __init__(self, peer: ActorPeerPort[Outbox], target: ActorRef) -> None:
         self.peer = peer
         self.node = peer.remoting.node
         self.target = target
+        #: ``target`` as the envelope carries it, built once (every request and tell sends it).
+        self._target = ref_fields(target)
 
     def __repr__(self) -> str:
         return f"<RemoteActor {self.target}>"
@@ -84,10 +96,17 @@ class RemoteActor:
             and link.tell_later(self.target, sender, endpoint or "", codec.content_type, body)
         ):
             return
-        env = Envelope(
-            Kind.TELL, 0, self.target, sender, endpoint or "", codec.content_type, headers or {}, 0, body
+        frame = encode_parts(
+            _TELL,
+            0,
+            self._target,
+            ref_fields(sender),
+            endpoint or "",
+            codec.content_type,
+            headers or {},
+            0,
+            body,
         )
-        frame = encode_envelope(env)
         if link.out_bytes < OUT_HIGH_WATER and len(frame) <= link.remoting.max_frame_size:
             link.push(frame)  # Link.send without its coroutine: the usual case, no room to wait for
         else:
@@ -122,8 +141,9 @@ class RemoteActor:
         except MicroError as exc:
             self.node.dead_letter(self.target, msg, f"undeliverable: {exc.detail}", sender)
             return False
-        env = Envelope(Kind.TELL, 0, self.target, sender, "", codec.content_type, headers or {}, 0, body)
-        frame = encode_envelope(env)
+        frame = encode_parts(
+            _TELL, 0, self._target, ref_fields(sender), "", codec.content_type, headers or {}, 0, body
+        )
         if not link.fits(frame):
             self.node.dead_letter(self.target, msg, "too large", sender)
             return False
@@ -145,8 +165,8 @@ class RemoteActor:
         reply_headers: dict[str, str] | None = None,
     ) -> Any:
         """Send a request and wait for its answer; on timeout or cancellation send CANCEL."""
-        deadline = trio.current_time() + timeout
         peer = self.peer
+        deadline = peer.remoting.now() + timeout
         link = peer.link
         waits = link is None or link.out_bytes >= OUT_HIGH_WATER  # for a link, or for room in it
         if link is None:
@@ -174,18 +194,17 @@ class RemoteActor:
         body = codec.encode(msg)
         corr = link.new_corr()
         reply = Reply()
-        env = Envelope(
-            Kind.ASK,
+        frame = encode_parts(
+            _ASK,
             corr,
-            self.target,
-            sender,
+            self._target,
+            None if sender is None else ref_fields(sender),
             endpoint or "",
             codec.content_type,
             headers or {},
-            max(1, math.ceil((deadline - trio.current_time() if waits else timeout) * 1000)),  # what is left
+            max(1, math.ceil((deadline - peer.remoting.now() if waits else timeout) * 1000)),  # what is left
             body,
         )
-        frame = encode_envelope(env)
         pending = link.pending
         first = not pending  # no other request in flight on this link
         pending[corr] = reply
@@ -226,7 +245,7 @@ class RemoteActor:
             # Timed out or cancelled before an answer came: tell the callee to stop working on it.
             reply.abandoned = True
             if pending.pop(corr, None) is not None and not link.closed:
-                link.push(encode_envelope(Envelope(Kind.CANCEL, corr)))
+                link.push(encode_parts(_CANCEL, corr, None, None, "", DEFAULT_CONTENT_TYPE, {}, 0, b""))
             raise
         finally:
             if reply.slot is not None:

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, TypeAlias
 import msgpack
 
 from trimicro.mailbox.codec import Codec
-from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
+from trimicro.mailbox.envelope import Kind, encode_parts, ref_fields
 from trimicro.mailbox.errors import BadRequest
 from trimicro.mailbox.refs import ActorRef
 
@@ -36,9 +36,7 @@ class Coalesced:
 
     def frame(self) -> bytes:
         body = _array(self.parts)
-        return encode_envelope(
-            Envelope(Kind.SYSTEM, 0, None, None, self.op, "application/msgpack", {}, 0, body)
-        )
+        return encode_parts(_SYSTEM, 0, None, None, self.op, "application/msgpack", {}, 0, body)
 
 
 def _array(parts: list[bytes], *first: bytes) -> bytes:
@@ -49,6 +47,9 @@ def _array(parts: list[bytes], *first: bytes) -> bytes:
 
 
 _clock = time.perf_counter
+
+#: A batch's kind, as an int: reading an enum member costs more than packing it.
+_SYSTEM = int(Kind.SYSTEM)
 
 
 class TellBatch:
@@ -72,8 +73,8 @@ class TellBatch:
 
     def frame(self) -> bytes:
         body = _array(self.parts, msgpack.packb(self.endpoint))
-        env = Envelope(Kind.SYSTEM, 0, self.target, self.sender, "tells", self.content_type, {}, 0, body)
-        return encode_envelope(env)
+        target, sender = ref_fields(self.target), ref_fields(self.sender)
+        return encode_parts(_SYSTEM, 0, target, sender, "tells", self.content_type, {}, 0, body)
 
 
 class ItemsBatch:
@@ -93,9 +94,7 @@ class ItemsBatch:
 
     def frame(self) -> bytes:
         body = _array(self.parts)
-        return encode_envelope(
-            Envelope(Kind.SYSTEM, self.corr, None, None, "items", self.content_type, {}, 0, body)
-        )
+        return encode_parts(_SYSTEM, self.corr, None, None, "items", self.content_type, {}, 0, body)
 
 
 #: What a link's send queue holds: frames, and batches that become a frame when written.

@@ -7,9 +7,12 @@ from its :class:`~trimicro.actors.health.Health` checks (docs/protocol.md §4.4)
 - the asker sends ``SYSTEM`` ``health`` with a new ``corr`` of its own (§3.3); the body is empty
   (a full report) or ``{"checks": false}`` (liveness only: answered at once, no probe runs);
 - the node answers ``REPLY`` with that ``corr`` and the report's map
-  (:meth:`~trimicro.actors.health.Report.to_dict`), or ``ERROR`` 429 when more than
-  :data:`MAX_ANSWERING` reports are being computed for its peers already. A ``corr`` of 0 is
-  not answered.
+  (:meth:`~trimicro.actors.health.Report.to_dict`), or ``ERROR`` 429 when :data:`MAX_WAITING`
+  asks wait for a report already. A ``corr`` of 0 is not answered.
+
+A report runs every probe, so asks do not each pay for one: a report made less than
+:data:`MAX_AGE` seconds ago answers at once, and asks that come while a report is being made
+wait for that one (one probe run at a time per node, however many peers ask).
 
 Any node that passed the handshake may ask (as for ``swim``): a report says what is wrong with
 the node, not what it holds. An older node ignores the operation; the asker's deadline ends it.
@@ -28,19 +31,26 @@ from ..mail import Reply
 from .outbox import Outbox
 from .peer import Peer
 
-__all__ = ["HEALTH_OP", "MAX_ANSWERING", "HealthAnswers", "ask_health"]
+__all__ = ["HEALTH_OP", "MAX_AGE", "MAX_WAITING", "HealthAnswers", "ask_health"]
 
 HEALTH_OP = "health"
-#: Reports computed at once for other nodes (each runs every probe); more asks get 429.
-MAX_ANSWERING = 8
+#: Seconds a report answers later asks before the probes run again.
+MAX_AGE = 1.0
+#: Asks that may wait for the report being made; more get 429 (the waiting list is bounded).
+MAX_WAITING = 64
 
 
 class HealthAnswers:
     """The ``health`` handler a node installs in ``remote.system_handlers``."""
 
-    def __init__(self, health: Health) -> None:
+    def __init__(self, health: Health, *, max_age: float = MAX_AGE) -> None:
         self.health = health
-        self.answering = 0
+        self.max_age = max_age
+        #: The last report, when it was made (trio's clock), and the node's state and set of
+        #: checks then: a node that starts stopping, or gains a check, is not answered from it.
+        self._last: tuple[float, tuple[str, int], Report] | None = None
+        #: Asks waiting for the report being made; ``None`` when no report is being made.
+        self._waiting: list[tuple[Outbox, int, Codec]] | None = None
 
     def __call__(self, link: Outbox, env: Envelope) -> None:
         corr = env.corr
@@ -50,21 +60,33 @@ class HealthAnswers:
         codec = remoting.codec
         if env.body and _live_only(remoting.codecs.get(env.content_type), env.body):
             _reply(link, corr, codec, self.health.live())
-        elif self.answering >= MAX_ANSWERING:
+        elif (last := self._last) is not None and self._fresh(last):
+            _reply(link, corr, codec, last[2])
+        elif self._waiting is None:
+            self._waiting = [(link, corr, codec)]
+            remoting.node.spawn_system(self._answer)
+        elif len(self._waiting) < MAX_WAITING:
+            self._waiting.append((link, corr, codec))
+        else:
             busy = TooManyRequests(
-                f"more than {MAX_ANSWERING} health reports at once", id=self.health.node_id
+                f"more than {MAX_WAITING} health asks wait for a report", id=self.health.node_id
             )
             link.send_error(corr, busy, codec)
-        else:
-            self.answering += 1
-            remoting.node.spawn_system(self._answer, link, corr, codec)
 
-    async def _answer(self, link: Outbox, corr: int, codec: Codec) -> None:
+    def _fresh(self, last: tuple[float, tuple[str, int], Report]) -> bool:
+        made, version, _ = last
+        now = (self.health.state, self.health.changes)
+        return version == now and trio.current_time() - made < self.max_age
+
+    async def _answer(self) -> None:
+        version = (self.health.state, self.health.changes)
         try:
             report = await self.health.report()
         finally:
-            self.answering -= 1
-        _reply(link, corr, codec, report)
+            waiting, self._waiting = self._waiting or [], None
+        self._last = (trio.current_time(), version, report)
+        for link, corr, codec in waiting:
+            _reply(link, corr, codec, report)
 
 
 def _live_only(codec: Codec, body: bytes) -> bool:

@@ -15,10 +15,10 @@ from typing import Any
 import trio
 from trio.lowlevel import ParkingLot
 
-from trimicro.mailbox.envelope import Envelope, Kind, decode_envelope, encode_envelope
+from trimicro.mailbox.envelope import Envelope, Kind, decode_parts, encode_envelope
 from trimicro.mailbox.errors import BadRequest, MicroError, ServiceUnavailable, TooManyRequests
 from trimicro.mailbox.logs import get_logger
-from trimicro.mailbox.refs import ref_binder
+from trimicro.mailbox.refs import ActorRef, ref_binder
 from trimicro.mailbox.secure.stream import SecureConnection
 
 from ..cell import DEAD, OK, Cell
@@ -46,6 +46,12 @@ from .watch import on_unwatch, on_watch
 
 #: The package's logger, bound here (not imported) so calls on it compile as method calls, as before.
 log = get_logger(__package__)
+
+#: The kinds the reader tells apart first, bound here: reading an enum member (``Kind.ASK``)
+#: costs several times a global's lookup, and the reader does it for every frame.
+_REPLY, _ERROR, _ASK, _TELL, _SYSTEM = Kind.REPLY, Kind.ERROR, Kind.ASK, Kind.TELL, Kind.SYSTEM
+_CANCEL, _STREAM_OPEN, _STREAM_DATA = Kind.CANCEL, Kind.STREAM_OPEN, Kind.STREAM_DATA
+_STREAM_CREDIT, _STREAM_CLOSE = Kind.STREAM_CREDIT, Kind.STREAM_CLOSE
 
 
 class Link(TellFlow):
@@ -164,13 +170,18 @@ class Link(TellFlow):
                     return
             self.received += 1
             self.received_bytes += len(frame)
-            env = decode_envelope(frame)
-            kind = env.kind
-            if kind is Kind.REPLY or kind is Kind.ERROR:
-                self._on_answer(env)
-            elif kind is Kind.ASK:
-                self._on_ask(env)
-            elif kind is Kind.TELL:
+            # The fields as locals: the two commonest frames need no Envelope object.
+            kind, corr, target, sender, endpoint, content_type, headers, deadline_ms, body = decode_parts(
+                frame
+            )
+            if kind is _REPLY or kind is _ERROR:
+                self._on_answer(kind, corr, content_type, headers, body)
+                continue
+            if kind is _ASK:
+                self._on_ask(corr, target, sender, endpoint, content_type, headers, deadline_ms, body)
+                continue
+            env = Envelope(kind, corr, target, sender, endpoint, content_type, headers, deadline_ms, body)
+            if kind is _TELL:
                 full = self._on_tell(env)
                 if full is not None:
                     self.busy = True  # waiting on a full mailbox is not silence (see _keepalive)
@@ -178,17 +189,7 @@ class Link(TellFlow):
                     await full
                     self._reading = True
                     self.busy = False
-            elif kind is Kind.CANCEL:
-                self._on_cancel(env.corr)
-            elif kind is Kind.STREAM_DATA:
-                self._on_stream_data(env)
-            elif kind is Kind.STREAM_CREDIT:
-                self._on_stream_credit(env)
-            elif kind is Kind.STREAM_CLOSE:
-                self._on_stream_close(env)
-            elif kind is Kind.STREAM_OPEN:
-                self._on_stream_open(env)
-            elif kind is Kind.SYSTEM:
+            elif kind is _SYSTEM:
                 pending = self._on_system(env)
                 if pending is not None:  # a higher layer's handler that may wait (backpressure)
                     self.busy = True
@@ -196,62 +197,83 @@ class Link(TellFlow):
                     await pending
                     self._reading = True
                     self.busy = False
+            elif kind is _CANCEL:
+                self._on_cancel(corr)
+            elif kind is _STREAM_DATA:
+                self._on_stream_data(env)
+            elif kind is _STREAM_CREDIT:
+                self._on_stream_credit(env)
+            elif kind is _STREAM_CLOSE:
+                self._on_stream_close(env)
+            elif kind is _STREAM_OPEN:
+                self._on_stream_open(env)
 
-    def _on_answer(self, env: Envelope) -> None:
-        reply = self.pending.pop(env.corr, None)
+    def _on_answer(
+        self, kind: Kind, corr: int, content_type: str, headers: dict[str, str], body: bytes
+    ) -> None:
+        reply = self.pending.pop(corr, None)
         if reply is None:
             return  # the caller gave up; a late answer is dropped
         self.step_answers += 1
-        if env.headers:
-            reply.headers = env.headers
+        if headers:
+            reply.headers = headers
         try:
-            codec = self.remoting.codecs.get(env.content_type)
-            value = codec.decode(env.body)
-            if env.kind is Kind.ERROR:
+            codec = self.remoting.codecs.get(content_type)
+            value = codec.decode(body)
+            if kind is _ERROR:
                 reply.fail(_error_of(value))
             else:
                 reply.resolve(value)
         except MicroError as exc:
             reply.fail(exc)
 
-    def _on_ask(self, env: Envelope) -> None:
-        corr = env.corr
+    def _on_ask(
+        self,
+        corr: int,
+        target: ActorRef | None,
+        sender: ActorRef | None,
+        endpoint: str,
+        content_type: str,
+        headers: dict[str, str],
+        deadline_ms: int,
+        body: bytes,
+    ) -> None:
         remoting = self.remoting
+        protocol = self.protocol
+        if corr % 2 != protocol.peer_parity or corr in self.inbound or corr in self.streams:
+            try:  # (the rule, inline above for the usual case, is the protocol's: it refuses)
+                protocol.check_peer_corr(corr, corr in self.inbound or corr in self.streams)
+            except BadCorrelation as exc:
+                self.send_error(corr, exc, remoting.codec)
+                return
         try:
-            self.protocol.check_peer_corr(corr, corr in self.inbound or corr in self.streams)
-        except BadCorrelation as exc:
-            self.send_error(corr, exc, remoting.codec)
-            return
-        try:
-            codec = remoting.codecs.get(env.content_type)
+            codec = remoting.codecs.get(content_type)
         except MicroError as exc:
             self.send_error(corr, exc, remoting.codec)
             return
         try:
             if len(self.inbound) >= MAX_INBOUND:
                 raise TooManyRequests(f"more than {MAX_INBOUND} requests in flight", id=remoting.node.id)
-            cell = remoting.cell_for(self, "call", env.target, env.endpoint, env.headers)
-            msg = codec.decode(env.body)
+            cell = remoting.cell_for(self, "call", target, endpoint, headers)
+            msg = codec.decode(body)
             guard = remoting.guard
-            principal = (
-                None if guard is None else guard.admit(self, "call", cell, env.endpoint, env.headers, msg)
-            )
+            principal = None if guard is None else guard.admit(self, "call", cell, endpoint, headers, msg)
         except MicroError as exc:
             self.send_error(corr, exc, codec)
             return
         reply = InboundReply(self, corr, codec)
-        sender = None if env.sender is None else self.peer.bind(env.sender)
+        sender = None if sender is None else self.peer.bind(sender)
         item = Mail()  # Mail.of written out, as on every per-message path (see actors/mail.py)
         item.msg, item.reply, item.sender = msg, reply, sender
-        item.endpoint, item.headers, item.principal = env.endpoint or None, env.headers or None, principal
-        if env.deadline_ms:
-            reply.deadline = trio.current_time() + min(env.deadline_ms, MAX_DEADLINE_MS) / 1000
+        item.endpoint, item.headers, item.principal = endpoint or None, headers or None, principal
+        if deadline_ms:
+            reply.deadline = remoting.now() + min(deadline_ms, MAX_DEADLINE_MS) / 1000
         else:
             reply.deadline = math.inf  # still cancellable by the caller's CANCEL
         backlog = self.backlogs.get(cell) if self.backlogs else None
         if backlog is None and cell.handle_now(item):  # an idle actor, a handler without await
             return
-        if env.deadline_ms:
+        if deadline_ms:
             reply.slot = remoting.node.timeouts.add(reply.deadline, reply)
         if backlog is not None:
             # Tells from this peer wait for the actor's room: the request must not overtake them
@@ -267,8 +289,8 @@ class Link(TellFlow):
                 return
             self.inbound[corr] = reply
             self.backlog_asks += 1
-            tells = _Tells(cell, codec, sender, env.endpoint, _NO_BODIES)
-            size = len(env.body) + _headers_size(env.headers)
+            tells = _Tells(cell, codec, sender, endpoint, _NO_BODIES)
+            size = len(body) + _headers_size(headers)
             self.backlog_bytes += backlog.add(item, tells, 0, credit=False, item_size=size)
             return
         result = cell.offer(item)

@@ -28,7 +28,7 @@ import trio
 from trio.lowlevel import ParkingLot
 
 from trimicro.mailbox.codec import Codec
-from trimicro.mailbox.envelope import Envelope, Kind, decode_envelope, encode_envelope
+from trimicro.mailbox.envelope import Envelope, Kind, decode_envelope, encode_envelope, encode_parts
 from trimicro.mailbox.errors import BadRequest, InternalServerError, MicroError, RequestTimeout
 from trimicro.mailbox.logs import get_logger
 from trimicro.mailbox.refs import ActorRef, ref_binder
@@ -52,6 +52,9 @@ from .protocol import LinkEvent, LinkProtocol, LinkState
 __all__ = ["InboundReply", "Outbox", "RemoteStreamOps"]
 
 log = get_logger(__package__)
+
+#: The kinds of an answer, as ints: reading an enum member costs more than packing it.
+_REPLY, _ERROR = int(Kind.REPLY), int(Kind.ERROR)
 
 
 class Outbox:
@@ -252,7 +255,7 @@ class Outbox:
 
     def send_error(self, corr: int, err: MicroError, codec: Codec) -> None:
         body = codec.encode(err.to_fields())
-        self.push(encode_envelope(Envelope(Kind.ERROR, corr, content_type=codec.content_type, body=body)))
+        self.push(encode_parts(_ERROR, corr, None, None, "", codec.content_type, {}, 0, body))
 
     def _take_out(self) -> list[bytes]:
         """Everything queued, as frames, leaving the queue empty (and waking its waiters)."""
@@ -473,9 +476,8 @@ class InboundReply(Reply):
                 link.send_error(self.corr, exc, self.codec)
                 return True
             ct = self.codec.content_type
-            env = Envelope(Kind.REPLY, self.corr, content_type=ct, headers=self.headers or {}, body=body)
             try:
-                frame = encode_envelope(env)
+                frame = encode_parts(_REPLY, self.corr, None, None, "", ct, self.headers or {}, 0, body)
             except Exception as exc:  # reply headers the handler filled with something unencodable
                 bad = InternalServerError(f"reply not encodable: {type(exc).__name__}: {exc}")
                 link.send_error(self.corr, bad, self.codec)

@@ -28,6 +28,10 @@ of them in building the span context). Checked once per node
 (:func:`drops_unsampled`): the sampler is the SDK's ``ParentBased`` and drops a span whose
 parent is not sampled, local or remote; and the propagator reads only W3C fields. Otherwise
 every request takes the general path.
+
+**Roots the sampler drops** (a call that starts a trace, at 1%: 99 in 100) are made without the
+SDK's ``start_span`` when the sampler's root decision is a function of the trace id we can
+evaluate as the SDK does (:mod:`.roots`); the SDK still makes every span it records.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from opentelemetry.trace import (
 from trimicro.mailbox.errors import MicroError
 
 from ..middleware import Call, Kind, Next, Side, passes_through
+from .roots import Roots, roots_of
 from .semconv import (
     ERROR_CODE,
     ERROR_TYPE,
@@ -163,7 +168,7 @@ class Tracing:
     before starting the node).
     """
 
-    __slots__ = ("_declared", "_passed", "fields", "node_id", "passing", "propagator", "tracer")
+    __slots__ = ("_declared", "_passed", "fields", "node_id", "passing", "propagator", "roots", "tracer")
 
     def __init__(self, tracer: trace.Tracer, node_id: str) -> None:
         self.tracer = tracer
@@ -176,6 +181,15 @@ class Tracing:
         self._declared: dict[type, bool] = {}
         #: ``traceparent`` -> handler context, for the unsampled requests passed last (FIFO).
         self._passed: dict[str, Context] = {}
+        #: Roots the sampler drops, made without the SDK's ``start_span`` (:mod:`.roots`).
+        self.roots: Roots | None = roots_of(tracer) if self.passing else None
+
+    def _start(self, name: str, parent: Context | None, kind: SpanKind) -> Span:
+        """A span from the tracer; a root through :attr:`roots` when there are cheap ones."""
+        roots = self.roots
+        if roots is not None and not _current_span(parent).get_span_context().is_valid:
+            return roots.start(name, parent, kind)
+        return self.tracer.start_span(name, parent, kind)
 
     def __call__(self, call: Call, call_next: Next) -> Awaitable[Any]:
         if call.side is _CLIENT:
@@ -213,7 +227,7 @@ class Tracing:
         span_kind = _SPAN_CLIENT
         if kind is _PUBLISH:
             topic = str(call.target)
-            span = self.tracer.start_span("publish " + topic, parent, _SPAN_PRODUCER)
+            span = self._start("publish " + topic, parent, _SPAN_PRODUCER)
             if span.is_recording():
                 span.set_attributes(publish_attributes(topic))
         else:
@@ -227,7 +241,7 @@ class Tracing:
                 return await call_next(call)  # the runtime's own chatter starts no trace
             if kind is _TELL:
                 span_kind = _SPAN_PRODUCER
-            span = self.tracer.start_span(client_name(call), parent, span_kind)
+            span = self._start(client_name(call), parent, span_kind)
             if span.is_recording():
                 span.set_attributes(client_attributes(call))
         if "tracestate" in headers:  # propagated from the request being handled: replaced below
@@ -236,7 +250,9 @@ class Tracing:
         if self.passing and not made.trace_flags.sampled and not made.trace_state and not _baggage(parent):
             # A root the sampler said no to: what the (W3C, checked) propagator would write,
             # without the 25,000 instructions of going through it; the next hops pass it on.
-            headers["traceparent"] = f"00-{made.trace_id:032x}-{made.span_id:016x}-{made.trace_flags:02x}"
+            # (%-formatting: a third less time than an f-string's format specs, per root.)
+            ids = (made.trace_id, made.span_id, made.trace_flags)
+            headers["traceparent"] = "00-%032x-%016x-%02x" % ids  # noqa: UP031
         else:
             self.propagator.inject(headers, _set_span(span, parent))
         try:
@@ -299,7 +315,7 @@ class Tracing:
             ):
                 return await call_next(call)
             span_kind = _SPAN_CONSUMER if kind is _TELL else _SPAN_SERVER
-            span = self.tracer.start_span(server_name(call), parent, span_kind)
+            span = self._start(server_name(call), parent, span_kind)
             if span.is_recording():
                 span.set_attributes(server_attributes(call, self.node_id))
         token = _attach(_set_span(span, parent))

@@ -125,8 +125,18 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         "builtin-auth-others", "", Resource("service", AUTH_SERVICE, "Auth.*"), Access.DENIED, (1 << 30) - 2
     ),
     Rule("builtin-members", "*", Resource("actor", "/user/trimicro-cluster", "*"), Access.GRANTED, 1 << 30),
-    # A node's metrics snapshot (``trimicro top``): counts and the names the registry shows.
-    Rule("builtin-metrics", "*", Resource("actor", "/user/trimicro-metrics", "*"), Access.GRANTED, 1 << 30),
+    # A node's metrics snapshot (``trimicro top``) names its actors' paths and its peers, which
+    # the registry does not show: scope "admin" only, whatever other rules say.
+    Rule(
+        "builtin-metrics", "admin", Resource("actor", "/user/trimicro-metrics", "*"), Access.GRANTED, 1 << 30
+    ),
+    Rule(
+        "builtin-metrics-others",
+        "",
+        Resource("actor", "/user/trimicro-metrics", "*"),
+        Access.DENIED,
+        (1 << 30) - 1,
+    ),
     # Acknowledged deliveries: the topic's own rule is applied inside (PubSub.deliver).
     Rule("builtin-deliver", "*", Resource("actor", "/user/trimicro-pubsub", "*"), Access.GRANTED, 1 << 30),
 )

@@ -21,19 +21,25 @@ For nodes that share a NATS server rather than the cluster's own links. What map
 
 ``publish`` returns the number of deliveries it made as far as the interest known to this node
 says (at most once: how many subscribers and groups match; acknowledged: how many acked).
+
+Traces and metrics are the cluster's own broker's: ``publish`` runs the node's client middleware
+(a traced node's ``publish`` span, whose context travels in the message's NATS headers, so each
+delivery's ``process`` span is its child and links to it, a redelivery too); the node counts
+the deliveries it makes (``delivered``) and JetStream's redeliveries (``redelivered``).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
 
-from trimicro.actors import Actor, ActorRef, Terminated, tell
+from trimicro.actors import Actor, ActorRef, Middleware, Terminated, tell
+from trimicro.actors.lowlevel import AUTHORIZATION, forward_auth
 from trimicro.mailbox.errors import BadRequest
 from trimicro.mailbox.logs import get_logger
 
@@ -43,6 +49,7 @@ from ..registry.nats import NatsRegistry
 from .forward import forwarded
 from .message import Message, Policy, Subscription
 from .nats_acked import JetStreamAcks
+from .through import APPLIED, publish_through, runs_chain
 from .topics import SubscriptionIndex, validate_pattern, validate_subject
 
 __all__ = ["NatsBroker"]
@@ -113,6 +120,10 @@ class NatsBroker:
         self._closed = False
         #: At-most-once messages dropped because the subscribers fell behind.
         self.dropped = 0
+        #: Messages handed to this node's subscribers (acknowledged ones at each delivery), and
+        #: acknowledged deliveries JetStream made again (a nack, a missed ack deadline).
+        self.delivered = 0
+        self.redelivered = 0
 
     # ---- lifetime --------------------------------------------------------------------------------
 
@@ -327,8 +338,21 @@ class NatsBroker:
         ack: bool = False,
         ack_timeout: float = 5.0,
         max_deliveries: int = 5,
+        middleware: Sequence[Middleware] | None = None,
     ) -> int:
-        """Publish ``body`` on ``topic``; the number of deliveries made (acked with ``ack=True``)."""
+        """Publish ``body`` on ``topic``; the number of deliveries made (acked with ``ack=True``).
+
+        As the cluster's own broker: through ``middleware`` and the node's client chain (a
+        traced node's ``publish`` span, whose context the message's headers carry to each
+        delivery's ``process`` span), with what the request being handled propagates (its
+        trace context), but never a token: subscribers do not see the publisher's."""
+        if runs_chain(self.node, middleware):
+            options = {"ack": ack, "ack_timeout": ack_timeout, "max_deliveries": max_deliveries}
+            return await publish_through(self, middleware, topic, body, headers, options)
+        if middleware is not APPLIED:
+            headers = forward_auth(headers)
+        if headers and AUTHORIZATION in headers:
+            headers = {k: v for k, v in headers.items() if k != AUTHORIZATION}
         self.validate(topic)
         if ack:
             return await self.acked.publish(topic, body, headers, ack_timeout, max_deliveries)
@@ -365,8 +389,10 @@ class NatsBroker:
                     message = Message(subject[start:], self.codec.decode(data), headers, publisher)
                     if key[1]:  # NATS chose this node for the group: one member here
                         await tell(subs[next(self._rr) % len(subs)].ref, message)
+                        self.delivered += 1
                     else:
                         for sub in list(subs):
                             await tell(sub.ref, message)
+                            self.delivered += 1
                 except Exception as exc:  # one bad message must not stop the others
                     log.warning("broker: dropping a message on %s: %s", subject, exc)

@@ -61,6 +61,9 @@ class Broker(Protocol):
     conn: NatsConnection
     node: Any
     codec: Any
+    #: Deliveries made, and those JetStream made again (the node's metrics read them).
+    delivered: int
+    redelivered: int
 
     def subject(self, topic: str, mode: str = "m") -> str: ...
 
@@ -292,6 +295,8 @@ class JetStreamAcks:
             headers.pop(name, None)
         body = broker.codec.decode(msg.data)
         if delivery <= limit:
+            broker.delivered += 1
+            broker.redelivered += delivery > 1
             try:
                 await ask(sub.ref, Message(topic, body, headers, publisher, delivery), timeout=timeout)
             except (MicroError, Exception) as exc:

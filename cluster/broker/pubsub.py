@@ -46,14 +46,14 @@ import bisect
 import itertools
 import random
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
 
-from trimicro.actors import Actor, ActorRef, Call, Middleware, Terminated
-from trimicro.actors.lowlevel import AUTHORIZATION, OUT_HIGH_WATER, Cell, Kind, Side, compose, forward_auth
+from trimicro.actors import Actor, ActorRef, Middleware, Terminated
+from trimicro.actors.lowlevel import AUTHORIZATION, OUT_HIGH_WATER, Cell, forward_auth
 from trimicro.mailbox.codec import MSGPACK
 from trimicro.mailbox.errors import BadRequest
 
@@ -65,6 +65,7 @@ from .host import Host, TopicGuard
 from .interest import Interest
 from .message import DEAD_LETTER_PREFIX, Message, Policy, Subscription
 from .route import MAX_ROUTE_SENDERS, MAX_ROUTES, Route
+from .through import publish_through, runs_chain
 from .topics import SubscriptionIndex, matches, validate_pattern
 
 __all__ = ["DEAD_LETTER_PREFIX", "Host", "Message", "Policy", "PubSub", "Subscription", "TopicGuard"]
@@ -214,10 +215,9 @@ class PubSub(Interest, Delivery):
         ``publish`` whose target is the topic (see :mod:`trimicro.actors.middleware`);
         subscribers' server middleware sees each delivery as a ``subscribe`` call.
         """
-        if middleware is not _APPLIED and (middleware is not None or self.node.client_chain is not None):
-            return await self._publish_through(
-                middleware, topic, body, headers, ack, ack_timeout, max_deliveries
-            )
+        if runs_chain(self.node, middleware):
+            options = {"ack": ack, "ack_timeout": ack_timeout, "max_deliveries": max_deliveries}
+            return await publish_through(self, middleware, topic, body, headers, options)
         if topic not in self._valid_subjects:
             self._validate(topic)
         headers = forward_auth(headers)
@@ -264,41 +264,6 @@ class PubSub(Interest, Delivery):
             )
         for node_id, groups in targets.items():
             delivered += await self._post(node_id, [topic, body, wire_headers, False, groups])
-        return delivered
-
-    async def _publish_through(
-        self,
-        middleware: Sequence[Middleware] | None,
-        topic: str,
-        body: Any,
-        headers: dict[str, str] | None,
-        ack: bool,
-        ack_timeout: float,
-        max_deliveries: int,
-    ) -> int:
-        """:meth:`publish` through the call's middleware (outermost), then the node's."""
-
-        def end(call: Call) -> Awaitable[int]:
-            return self.publish(
-                str(call.target),
-                call.message,
-                headers=call.headers or None,
-                ack=ack,
-                ack_timeout=ack_timeout,
-                max_deliveries=max_deliveries,
-                middleware=_APPLIED,
-            )
-
-        chain = compose(middleware or (), self.node.client_chain)
-        call = Call(
-            kind=Kind.PUBLISH,
-            side=Side.CLIENT,
-            target=topic,
-            message=body,
-            headers=dict(forward_auth(headers) or {}),
-            end=end,
-        )
-        delivered: int = await chain(call)
         return delivered
 
     async def check_publish(self, topic: str, token: str | None) -> None:
@@ -383,7 +348,3 @@ class PubSub(Interest, Delivery):
     ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Message]]:
         """Subscribe for the duration of the block; yields a channel of :class:`Message`."""
         return forwarded(self, pattern, queue=queue, buffer=buffer)
-
-
-#: ``publish(middleware=_APPLIED)``: the chain has run, publish now (the end of the chain).
-_APPLIED: Sequence[Middleware] = ()

@@ -7,27 +7,11 @@ import json
 import os
 from typing import TextIO
 
-from .common import UsageError, auth_headers, client_node, home_dir, token_audience
+from .common import UsageError, admin_headers, auth_headers, client_node
 from .discovery import wait_for, wait_seconds
 from .options import client_options, plugin_options
 
 __all__ = ["add_auth_parser", "auth"]
-
-
-def _admin_headers(args: argparse.Namespace) -> dict[str, str] | None:
-    """``--token`` if given, else a five-minute admin token signed with the home's authority key:
-    whoever holds that key (the ``0600`` file) is the cluster's administrator anyway."""
-    given = auth_headers(args)
-    if given:
-        return given
-    from trimicro.mailbox.secure.identity import dev_authority
-
-    from ..auth import Account, issue_token
-
-    authority = dev_authority(home_dir(args))
-    admin = Account("admin", "user", authority.public_key.hex(), ("admin",))
-    token = issue_token(authority.signing_key, admin, ttl=300, audience=token_audience(args))
-    return {"authorization": f"Bearer {token}"}
 
 
 async def auth(args: argparse.Namespace, out: TextIO) -> int:
@@ -81,7 +65,7 @@ async def auth(args: argparse.Namespace, out: TextIO) -> int:
     async with client_node(args) as cluster:
         await wait_for(cluster, AUTH_SERVICE, wait_seconds(args))
         # Public keys: anyone may fetch them, without the authority key an admin token needs.
-        headers = auth_headers(args) if what == "jwks" else _admin_headers(args)
+        headers = auth_headers(args) if what == "jwks" else admin_headers(args)
         result = await cluster.call(AUTH_SERVICE, endpoint, body, headers=headers)
     if what == "token" and not args.json:
         print(result["access"], file=out)  # the bare token, for $(trimicro auth token ...)

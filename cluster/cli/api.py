@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import signal
 import uuid
-from typing import TextIO
+from typing import Any, TextIO, get_args
 
 import trio
 
 from trimicro.mailbox.codec import default_registry
 
+from ..broker import Policy
 from ..cluster import start_cluster
 from .common import UsageError, broker_url, home_dir, registry_url, token_audience
 
@@ -34,6 +35,13 @@ def add_api_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="the gateway node's id (default: random)")
     p.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (413 beyond)")
     p.add_argument("--timeout", type=float, default=10.0, help="a call's deadline without a Timeout header")
+    p.add_argument(
+        "--subscriber-policy",
+        choices=get_args(Policy),
+        help="what an SSE subscriber that reads too slowly costs unless it asks (?policy=): drop_oldest"
+        " (the default: it misses the oldest messages, no publisher waits), block (publishers wait for"
+        " it; only this default lets clients ask for it) or drop_subscriber (its subscription ends)",
+    )
 
 
 async def api(args: argparse.Namespace, out: TextIO) -> int:
@@ -41,7 +49,10 @@ async def api(args: argparse.Namespace, out: TextIO) -> int:
         from ..gateway import GatewayOptions, run_gateway
     except ImportError as exc:
         raise UsageError(f"the gateway needs its extra: pip install 'trimicro[gateway]' ({exc})") from None
-    options = GatewayOptions(address=args.address, max_body=args.max_body, default_timeout=args.timeout)
+    chosen: dict[str, Any] = {"subscriber_policy": args.subscriber_policy} if args.subscriber_policy else {}
+    options = GatewayOptions(
+        address=args.address, max_body=args.max_body, default_timeout=args.timeout, **chosen
+    )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with (
             start_cluster(

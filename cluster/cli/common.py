@@ -23,6 +23,7 @@ from ..cluster import start_cluster
 
 __all__ = [
     "UsageError",
+    "admin_headers",
     "auth_headers",
     "broker_url",
     "client_id",
@@ -98,6 +99,22 @@ def auth_headers(args: argparse.Namespace) -> dict[str, str] | None:
     """``--token`` (or ``$TRIMICRO_TOKEN``) as the request's bearer token."""
     token = getattr(args, "token", None) or os.environ.get("TRIMICRO_TOKEN")
     return {"authorization": f"Bearer {token}"} if token else None
+
+
+def admin_headers(args: argparse.Namespace) -> dict[str, str] | None:
+    """``--token`` if given, else a five-minute admin token signed with the home's authority key:
+    whoever holds that key (the ``0600`` file) is the cluster's administrator anyway."""
+    given = auth_headers(args)
+    if given:
+        return given
+    from trimicro.mailbox.secure.identity import dev_authority
+
+    from ..auth import Account, issue_token
+
+    authority = dev_authority(home_dir(args))
+    admin = Account("admin", "user", authority.public_key.hex(), ("admin",))
+    token = issue_token(authority.signing_key, admin, ttl=300, audience=token_audience(args))
+    return {"authorization": f"Bearer {token}"}
 
 
 class UsageError(Exception):

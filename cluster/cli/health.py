@@ -16,7 +16,7 @@ from typing import TextIO
 
 import trio
 
-from trimicro.actors.lowlevel import Check, Report, ask_health
+from trimicro.actors.lowlevel import Check, Report, ask_health, printable
 from trimicro.mailbox.errors import MicroError
 
 from ..cluster import Cluster
@@ -112,8 +112,9 @@ def _print(report: Report, out: TextIO, *, live_only: bool) -> None:
     elif report.ready:
         state = "live, ready"
     else:
-        state = "live, NOT READY (" + ", ".join(c.name for c in report.failing()) + ")"
-    print(f"node {report.node}: {state}", file=out)
+        state = "live, NOT READY (" + ", ".join(printable(c.name) for c in report.failing()) + ")"
+    # What a node reports is its own to choose: escaped, so it cannot drive the terminal.
+    print(f"node {printable(report.node)}: {state}", file=out)
     if report.checks:
-        rows: list[list[str]] = [[c.name, "ok" if c.ok else "FAIL", c.detail] for c in report.checks]
+        rows = [[printable(c.name), "ok" if c.ok else "FAIL", printable(c.detail)] for c in report.checks]
         print_table(rows, ["check", "status", "detail"], out, "  ")

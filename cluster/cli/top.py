@@ -3,7 +3,9 @@
 The view is :mod:`trimicro.cluster.metrics.top` (rich, the ``metrics`` extra); this finds the
 nodes through the registry and hands them over. Each node is read with a request to its
 metrics actor over the cluster's links, so every node can be watched, whether or not it serves
-``/metrics`` (endpoint rates need the node to run with ``--metrics``).
+``/metrics`` (endpoint rates need the node to run with ``--metrics``). A snapshot is admin data
+(scope ``admin``): the calls carry ``--token``, else an admin token signed with the home's
+authority key, as ``trimicro auth`` does.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import TextIO
 import trio
 
 from trimicro.mailbox.errors import NotFound
+from trimicro.mailbox.secure.identity import IdentityError
 
 from ..cluster import Cluster
 from ..registry import NODE_SERVICE, NodeInfo
-from .common import UsageError, client_node
+from .common import UsageError, admin_headers, client_node
 from .discovery import wait_for, wait_seconds
 
 __all__ = ["add_top_parser", "top"]
@@ -50,14 +53,24 @@ async def top(args: argparse.Namespace, out: TextIO) -> int:
     if args.interval <= 0:
         raise UsageError("--interval must be positive")
     wait = wait_seconds(args)
+    try:
+        headers = admin_headers(args)  # a snapshot names paths and peers: scope admin reads it
+    except IdentityError:  # a joined home: the authority key that signs admin tokens is elsewhere
+        raise UsageError(
+            "trimicro top reads the nodes' metrics, which only scope admin may: this home joined a "
+            "cluster whose authority key is on another host, so give an admin's token "
+            "(--token or $TRIMICRO_TOKEN)"
+        ) from None
     async with client_node(args) as cluster:
 
         async def find() -> list[NodeInfo]:
             return await _nodes(cluster, args.node, wait)
 
         if args.json:  # one snapshot per node, for scripts
-            snapshots = await poll(cluster.node, await find(), max(1.0, args.interval))
+            snapshots = await poll(cluster.node, await find(), max(1.0, args.interval), headers)
             json.dump(snapshots, out, indent=2, sort_keys=True)
             print(file=out)
             return 0
-        return await run_top(cluster.node, find, interval=args.interval, once=args.once, out=out)
+        return await run_top(
+            cluster.node, find, interval=args.interval, once=args.once, out=out, headers=headers
+        )

@@ -27,6 +27,11 @@ its stdin, and each worker then deregisters and stops as after its own SIGINT. T
 stops the workers if the supervisor dies without a word (SIGKILL): the kernel closes the pipe.
 Workers run in sessions of their own, so a terminal's Ctrl-C reaches only the supervisor, which
 is then the only one deciding. A worker still running 30 s after its lifeline closed is killed.
+A worker is the leader of its own process group: once it has exited, whatever it started and
+left behind in that group (a subprocess of the application) is killed with it, so neither a
+stop nor a restart leaks processes. A worker is seen to exit when its process does, even if a
+process it started still holds its stdout: what is left to read is forwarded for at most
+:data:`DRAIN` seconds more.
 
 **Options per worker.** ``--listen HOST:PORT`` with a fixed port gives worker K port
 ``PORT + K - 1`` (a port is one process's); port 0 stays 0. ``--store`` is served by worker 1
@@ -81,6 +86,9 @@ STOP_GRACE = 30.0
 EXIT_USAGE = 2
 #: A worker's stdout line longer than this is forwarded in pieces (memory stays bounded).
 MAX_LINE = 65536
+#: Seconds a worker's output is still forwarded after its process exited (a process it left
+#: behind may hold the pipe open; it is killed with the worker's process group).
+DRAIN = 1.0
 
 
 def add_worker_options(p: argparse.ArgumentParser) -> None:
@@ -379,24 +387,32 @@ class Supervisor:
         )
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._forward, worker, process)
+                forwarding = trio.CancelScope()
+                nursery.start_soon(self._forward, worker, process, forwarding)
                 watch: trio.CancelScope = await nursery.start(self._stop_when_asked, worker, process)
                 await process.wait()
                 watch.cancel()
+                forwarding.deadline = trio.current_time() + DRAIN
         finally:
             with trio.CancelScope(shield=True):
                 for pipe in (process.stdin, process.stdout):
                     if pipe is not None:
                         await pipe.aclose()
                 if process.returncode is None:  # cancelled from outside: no orphan is left
-                    process.kill()
+                    _kill_group(process)
                     await process.wait()
+                _kill_group(process)  # what the worker left behind in its group
         code = process.returncode
         assert code is not None
         return code
 
-    async def _forward(self, worker: _Worker, process: trio.Process) -> None:
-        """Copy the worker's stdout lines to ours (its ready line says it is up)."""
+    async def _forward(self, worker: _Worker, process: trio.Process, scope: trio.CancelScope) -> None:
+        """Copy the worker's stdout lines to ours (its ready line says it is up), until the
+        end of the pipe or ``scope`` ends it."""
+        with scope:
+            await self._copy(worker, process)
+
+    async def _copy(self, worker: _Worker, process: trio.Process) -> None:
         stdout = process.stdout
         assert stdout is not None
         buffer = b""
@@ -424,10 +440,16 @@ class Supervisor:
             await process.stdin.aclose()
             await trio.sleep(STOP_GRACE)
             log.error("worker %s still ran %gs after it was told to stop: killed", worker.node_id, STOP_GRACE)
-            process.kill()
+            _kill_group(process)
 
     def _say(self, line: str) -> None:
         say(line, self.out)
+
+
+def _kill_group(process: trio.Process) -> None:
+    """SIGKILL the worker's process group (it leads one: ``start_new_session``)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _exit_text(code: int) -> str:

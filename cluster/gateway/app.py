@@ -8,16 +8,17 @@
 - ``/health/live``, ``/health/ready`` (also ``/livez``, ``/readyz``: :mod:`.health`),
   ``/openapi.json``, ``/docs``, and the dashboard.
 
-The client going away cancels its call: the handler waits for the reply and for the connection's
-end at once, and the first to come ends the other.
+The client going away cancels its call once the call has lasted long enough to be worth
+watching (:mod:`.disconnect`); the watching runs in the app's lifespan.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 from starlette.applications import Starlette
@@ -30,12 +31,13 @@ from trimicro.actors import BadRequest, InternalServerError, MicroError, NotFoun
 from trimicro.actors.lowlevel import AUTHORIZATION
 from trimicro.mailbox.logs import get_logger
 
-from ..broker import validate_subject
 from . import bridges
 from .access import admit_call, admit_topic
 from .codec import JSON, decode_body
+from .disconnect import DisconnectWatch
 from .headers import call_headers, deadline
 from .health import Readiness
+from .names import checked_topic
 from .openapi import document
 from .responses import error_reply, reply
 from .state import GatewayState
@@ -91,43 +93,19 @@ async def discard_body(request: Request, limit: int, timeout: float) -> None:
             return
 
 
-async def until_disconnect(request: Request) -> None:
-    """Return when the client has gone (call only once the body has been read)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def cancel_on_disconnect(request: Request, work: Callable[[], Awaitable[Any]]) -> Any:
-    """``await work()``, cancelled if the client disconnects first (the call's service sees the
-    cancellation as its caller going away)."""
-    result: list[Any] = []
-    failed: list[MicroError] = []
-    async with trio.open_nursery() as nursery:
-
-        async def watch() -> None:
-            await until_disconnect(request)
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(watch)
-        try:
-            result.append(await work())
-        except MicroError as exc:  # raised below as itself, not inside the nursery's group
-            failed.append(exc)
-        nursery.cancel_scope.cancel()
-    if failed:
-        raise failed[0]
-    if not result:
-        raise MicroError("the client went away", id="gateway", code=499, status="Client Closed Request")
-    return result[0]
-
-
 def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
     """The gateway's ASGI app for ``cluster`` (routes above; :mod:`.dashboard` adds its own)."""
     from .dashboard import routes as dashboard_routes
 
     options = state.options
+    watch = DisconnectWatch()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch.run)
+            yield
+            nursery.cancel_scope.cancel()
 
     async def resolve(service: str, name: str) -> str:
         """The canonical ``Endpoint.method``; 404 for an unknown service or endpoint."""
@@ -175,7 +153,7 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
             )
             if stream:
                 return bridges.stream_events(cluster, state, service, endpoint, body, headers)
-            result = await cancel_on_disconnect(
+            result = await watch.call(
                 request, lambda: cluster.call(service, endpoint, body, timeout=timeout, headers=headers)
             )
         except MicroError as exc:
@@ -187,10 +165,7 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
     async def publish(request: Request) -> Response:
         topic = request.path_params["topic"]
         try:
-            try:
-                validate_subject(topic)  # the broker's own syntax, before anything else
-            except ValueError as exc:
-                raise BadRequest(str(exc), id="gateway") from None
+            checked_topic(topic)  # the broker's syntax and no control characters, before anything else
             headers = call_headers(request.headers.items())
             admit_topic(cluster, (headers or {}).get(AUTHORIZATION), topic, "publish")
         except MicroError as exc:
@@ -254,6 +229,7 @@ def build_app(cluster: Cluster, state: GatewayState) -> Starlette:
         return error_reply(MicroError(f"{request.method} {request.url.path}", id="gateway", code=status))
 
     app = Starlette(
+        lifespan=lifespan,
         exception_handlers={HTTPException: no_route},
         routes=[
             route("/health/live", live, "GET"),

@@ -23,12 +23,13 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from trimicro.actors import BadRequest, MicroError
+from trimicro.actors import BadRequest, InternalServerError, MicroError
+from trimicro.mailbox.logs import get_logger
 
-from ..broker import validate_pattern
 from .access import admit_call, admit_topic
 from .codec import JSON, encode_body, error_body, http_status
 from .headers import call_headers
+from .names import checked_pattern
 from .responses import error_reply
 from .subscriptions import Dropped, choose_policy, subscribed
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from .state import GatewayState
 
 __all__ = ["EventStream", "sse_event", "stream_events", "subscribe_route", "websocket_route"]
+
+log = get_logger(__package__)
 
 
 def sse_event(data: Any, event: str | None = None) -> bytes:
@@ -78,6 +81,9 @@ class EventStream(Response):
                             await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     except MicroError as exc:  # kept: out of the nursery it would be an ExceptionGroup
                         failed = exc
+                    except Exception:  # a bug still ends the stream with an event, not a cut body
+                        log.exception("an event stream failed after its status line")
+                        failed = InternalServerError("internal error in the gateway", id="gateway")
                     nursery.cancel_scope.cancel()
         except MicroError as exc:  # opening the source (a refusal), or closing it
             failed = exc
@@ -139,10 +145,7 @@ def subscribe_route(cluster: Cluster, state: GatewayState) -> Callable[[Request]
         pattern = request.path_params["pattern"]
         token = (call_headers(request.headers.items()) or {}).get("authorization")
         try:
-            try:
-                validate_pattern(pattern)
-            except ValueError as exc:
-                raise BadRequest(str(exc), id="gateway") from None
+            checked_pattern(pattern)
             admit_topic(cluster, token, pattern, "subscribe")
             policy = choose_policy(request.query_params.get("policy"), options.subscriber_policy)
         except MicroError as exc:

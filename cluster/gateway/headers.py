@@ -10,13 +10,13 @@ a cookie forwarded to every service would hand the user's session to each of the
 
 from __future__ import annotations
 
-import math
+import re
 from collections.abc import Iterable
 
 from trimicro.actors import BadRequest
 from trimicro.actors.lowlevel import AUTHORIZATION, MAX_PROPAGATED, MAX_PROPAGATED_BYTES, header_rule
 
-__all__ = ["BROWSER_HEADERS", "call_headers", "deadline"]
+__all__ = ["BROWSER_HEADERS", "TIMEOUT_PATTERN", "call_headers", "deadline"]
 
 #: Request headers that describe the HTTP client, never forwarded.
 BROWSER_HEADERS = frozenset(
@@ -56,14 +56,18 @@ def call_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str] | None:
     return out or None
 
 
+#: A ``Timeout`` header: a positive decimal number of seconds (``"0"`` is refused like any
+#: deadline already passed), or empty for the default. The OpenAPI document states this pattern,
+#: so what it promises and what the gateway takes are one thing.
+TIMEOUT_PATTERN = r"^(|[0-9]*[1-9][0-9]*(\.[0-9]+)?|[0-9]*\.[0-9]*[1-9][0-9]*)$"
+_TIMEOUT = re.compile(TIMEOUT_PATTERN.removesuffix("$") + r"\Z")
+
+
 def deadline(header: str | None, default: float, longest: float) -> float:
     """The call's timeout from a ``Timeout`` header (seconds, as Go Micro's), capped at ``longest``."""
     if header is None or not header.strip():
         return min(default, longest)
-    try:
-        seconds = float(header)
-    except ValueError:
-        raise BadRequest(f"Timeout must be a number of seconds, got {header!r}", id="gateway") from None
-    if not math.isfinite(seconds) or seconds <= 0:
+    header = header.strip()
+    if not _TIMEOUT.match(header):
         raise BadRequest(f"Timeout must be a positive number of seconds, got {header!r}", id="gateway")
-    return min(seconds, longest)
+    return min(float(header), longest)

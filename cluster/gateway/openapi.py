@@ -20,8 +20,10 @@ import ast
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..broker.topics import MAX_SUBJECT_LENGTH
 from ..registry import Endpoint, Service
 from .codec import CBOR, JSON, MSGPACK
+from .headers import TIMEOUT_PATTERN
 
 __all__ = ["ERROR_SCHEMA", "document", "endpoint_schemas", "type_schema"]
 
@@ -166,9 +168,8 @@ _TIMEOUT = {
     "name": "Timeout",
     "in": "header",
     "required": False,
-    "description": "the call's deadline in seconds (capped by the gateway)",
-    # A positive number: "0" is refused (400) like any deadline already passed.
-    "schema": {"type": "string", "pattern": r"^([0-9]*[1-9][0-9]*(\.[0-9]+)?|[0-9]*\.[0-9]*[1-9][0-9]*)$"},
+    "description": "the call's deadline in seconds (capped by the gateway; empty: the default)",
+    "schema": {"type": "string", "pattern": TIMEOUT_PATTERN},
 }
 
 
@@ -209,13 +210,26 @@ def _operation(service: Service, endpoint: Endpoint, full: Mapping[str, Any] | N
 
 
 def _gateway_paths() -> dict[str, Any]:
+    # The portable form of names (every value it admits is accepted); the gateway also takes
+    # any other character the broker's syntax admits, except control and format ones (.names).
+    token, wildcard = r"[A-Za-z0-9_-]+", r"([A-Za-z0-9_-]+|\*)"
     topic = {
         "name": "topic",
         "in": "path",
         "required": True,
-        "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+$"},
+        "description": "dot-separated tokens, no wildcards",
+        "schema": {"type": "string", "maxLength": MAX_SUBJECT_LENGTH, "pattern": rf"^{token}(\.{token})*$"},
     }
-    pattern = dict(topic, name="pattern", schema={"type": "string", "pattern": r"^[A-Za-z0-9_.*>-]+$"})
+    pattern = dict(
+        topic,
+        name="pattern",
+        description="dot-separated tokens; * is any one token, a last > one or more",
+        schema={
+            "type": "string",
+            "maxLength": MAX_SUBJECT_LENGTH,
+            "pattern": rf"^({wildcard}(\.{wildcard})*(\.>)?|>)$",
+        },
+    )
     return {
         "/api/publish/{topic}": {
             "post": {

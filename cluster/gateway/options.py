@@ -30,10 +30,11 @@ class GatewayOptions:
     max_timeout: float = 60.0
     #: Items buffered per SSE subscription or stream bridge.
     queue: int = 64
-    #: What a subscriber that reads too slowly costs, unless it asks (``?policy=``) for a drop
-    #: policy: ``"block"`` (publishers wait), ``"drop_oldest"`` or ``"drop_subscriber"``, the
-    #: broker's slow-subscriber policies (see :mod:`trimicro.cluster.gateway.subscriptions`).
-    subscriber_policy: Policy = "block"
+    #: What a subscriber that reads too slowly costs unless it asks for another (``?policy=``):
+    #: ``"drop_oldest"`` (it misses the oldest messages and is told how many), ``"block"``
+    #: (publishers wait for it) or ``"drop_subscriber"``, the broker's slow-subscriber policies
+    #: (see :mod:`trimicro.cluster.gateway.subscriptions` for why ``"drop_oldest"`` by default).
+    subscriber_policy: Policy = "drop_oldest"
     #: Longest a stream or subscription bridge stays open, in seconds (``None``: while the client stays).
     max_stream: float | None = 3600.0
     #: How often the gateway re-reads the registry for its OpenAPI document and dashboard, in seconds.

@@ -215,7 +215,12 @@ class GatewayState:
         cluster = self.cluster
         members = cluster.membership.view() if cluster.membership is not None else []
         topics: dict[str, list[dict[str, Any]]] = {}
-        for node_id, entries in sorted(getattr(cluster.pubsub, "remote_interest", {}).items()):
+        pubsub = cluster.pubsub
+        # This node's own subscriptions (the HTTP clients' SSE subscriptions) first, then the
+        # interest other nodes announced; a broker that keeps neither (NATS) shows none.
+        local = pubsub.local_interest() if hasattr(pubsub, "local_interest") else []
+        interest = [(cluster.id, local), *sorted(getattr(pubsub, "remote_interest", {}).items())]
+        for node_id, entries in interest:
             for pattern, queue, count in entries:
                 topics.setdefault(pattern, []).append({"node": node_id, "queue": queue, "subscribers": count})
         return {

@@ -7,21 +7,31 @@ subscription's policy, with the names and meaning of the broker's own
 (:data:`trimicro.cluster.broker.Policy`, docs/architecture.md), applied to this buffer of
 ``GatewayOptions.queue`` messages:
 
-- ``"block"`` (the default, as for any subscriber of the broker): the gateway's subscriber actor
+- ``"block"``: the gateway's subscriber actor
   waits for room, its mailbox of :data:`FEED_MAILBOX` messages fills, and then the broker's
   ``"block"`` holds the publishers back, a publish on this node waiting for room, one from
   another node held at the link (``pubsub.hold``): a slow browser slows the publishers, as a
   slow actor does, and loses nothing.
-- ``"drop_oldest"``: the oldest waiting message makes room; no publisher ever waits for this
-  client. The client learns how many it lost from an ``event: dropped`` (``{"dropped": n}``)
-  before the next message, and each lost message is a dead letter on the node
-  (``"dropped-oldest"``), as the broker's drops are.
+- ``"drop_oldest"`` (the gateway's default): the oldest waiting message makes room; no
+  publisher ever waits for this client. The client learns how many it lost from an
+  ``event: dropped`` (``{"dropped": n}``) before the next message, and each lost message is a
+  dead letter on the node (``"dropped-oldest"``), as the broker's drops are.
 - ``"drop_subscriber"``: a full buffer ends the subscription: it leaves the broker at once, the
   client gets what was buffered, then an ``error`` event (429) and the end of the stream.
 
-A client asks with ``?policy=``; ``GatewayOptions.subscriber_policy`` is the default, and a
-gateway whose default is not ``"block"`` refuses ``"block"`` (400): its operator has decided that
-HTTP clients do not hold publishers back. Memory per subscriber: at most ``queue`` messages here,
+A client asks with ``?policy=``; ``GatewayOptions.subscriber_policy`` (``trimicro api
+--subscriber-policy``) is the default, and a gateway whose default is not ``"block"`` refuses
+``"block"`` (400): its operator has decided that HTTP clients do not hold publishers back.
+
+Why ``"drop_oldest"`` by default, where the broker's own subscribers block: an actor that
+subscribes is the cluster's own code, written to keep up; an HTTP subscriber is a browser tab
+that the user may send to the background (browsers throttle and freeze those), a phone on a
+bad network, or anyone the topic rules let subscribe. Under ``"block"`` any one of them holds
+every publisher of its topics, on every node (``pubsub.hold`` at the links), for as long as it
+reads slowly: one forgotten tab would stall the topic for the whole cluster. Live views want
+the newest messages anyway, and what a client missed is not silent (``event: dropped``, dead
+letters). An operator whose HTTP subscribers are trusted consumers that must lose nothing
+starts the gateway with ``--subscriber-policy block``. Memory per subscriber: at most ``queue`` messages here,
 :data:`FEED_MAILBOX` in the actor's mailbox (``"block"`` only), and the kernel's socket buffers.
 """
 

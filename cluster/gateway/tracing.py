@@ -11,10 +11,20 @@ is the client's, as the conventions say of server spans). Attributes: ``http.req
 
 Only when the gateway's node traces (:attr:`trimicro.actors.Node.tracing`): otherwise
 :func:`traced` returns the route's function as it is.
+
+**Whose sampling decision.** By default the client's ``traceparent`` is the span's parent and
+a parent-based sampler (the SDK's default) follows its sampled flag: OpenTelemetry's default,
+what a gateway behind a traced front end (a load balancer, a web app) wants. A gateway open
+to clients it does not trust can set ``TRIMICRO_GATEWAY_TRACEPARENT=link`` (read when the
+routes are built): each request then starts a trace of its own, so the gateway's sampler
+decides as for any root and the client can neither force a trace to be recorded nor choose
+its trace id; the client's context, when it sent one, is a *link* of the span (the
+conventions' way to relate a trace to one that is not its parent).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +34,11 @@ from starlette.responses import Response
 if TYPE_CHECKING:
     from trimicro.actors import Node
 
-__all__ = ["traced"]
+__all__ = ["PARENT_POLICY", "traced"]
+
+#: The environment variable that says what a client's ``traceparent`` is: ``trust`` (the
+#: default: the parent) or ``link`` (a link of a new trace).
+PARENT_POLICY = "TRIMICRO_GATEWAY_TRACEPARENT"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -36,15 +50,24 @@ def traced(endpoint: Endpoint, method: str, route: str, node: Node) -> Endpoint:
         return endpoint
     from opentelemetry import context, trace
     from opentelemetry.context import Context
-    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
     tracer, propagator = tracing.tracer, tracing.propagator
     name = f"{method} {route}"
     empty = Context()
+    policy = os.environ.get(PARENT_POLICY, "trust").strip().lower() or "trust"
+    if policy not in ("trust", "link"):
+        raise ValueError(f"{PARENT_POLICY} is 'trust' or 'link', not {policy!r}")
+    linking = policy == "link"
 
     async def with_span(request: Request) -> Response:
         parent = propagator.extract(request.headers, empty)
-        span = tracer.start_span(name, parent, SpanKind.SERVER)
+        if linking:  # a trace of its own: the client's context is only a link
+            sent = trace.get_current_span(parent).get_span_context()
+            links = [Link(sent)] if sent.is_valid else None
+            span = tracer.start_span(name, empty, SpanKind.SERVER, links=links)
+        else:
+            span = tracer.start_span(name, parent, SpanKind.SERVER)
         if span.is_recording():
             span.set_attributes(_request_attributes(request, method, route))
         token = context.attach(trace.set_span_in_context(span, parent))

@@ -9,7 +9,12 @@ docs/observability.md lists the same). Each entry reads its samples from a snaps
 Names: the OpenTelemetry name is dotted (``trimicro.request.duration``, unit ``s``); the
 Prometheus family is that name with underscores and the unit spelled out
 (``trimicro_request_duration_seconds``), and counters get ``_total`` when written, as the
-OpenTelemetry-to-Prometheus naming rules give. Labels are the same in both.
+OpenTelemetry-to-Prometheus naming rules give. Labels are the same in both, but for the
+endpoint metrics: on the OpenTelemetry side their attributes are those of OpenTelemetry's RPC
+conventions (:func:`rpc_attributes`: ``rpc.system``, ``rpc.service``, ``rpc.method``, and for
+errors ``error.type`` and ``rpc.trimicro.error_code``, as the spans carry them), while the
+Prometheus labels stay ``service``, ``endpoint`` and ``code`` (dots are no label characters, and
+PromQL users group by these short names).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any, Literal
 
 import attrs
 
-__all__ = ["CATALOG", "Kind", "Metric", "Samples", "Snapshot"]
+__all__ = ["CATALOG", "RPC_SYSTEM", "Kind", "Metric", "Samples", "Snapshot", "rpc_attributes"]
 
 Snapshot = dict[str, Any]
 Kind = Literal["counter", "gauge", "histogram"]
@@ -41,6 +46,30 @@ class Metric:
     help: str
     labels: tuple[str, ...]
     read: Callable[[Snapshot], Samples] = attrs.field(repr=False)
+    #: Labels -> OpenTelemetry attributes, when they are named otherwise there.
+    attributes: Callable[[dict[str, str]], dict[str, Any]] | None = attrs.field(default=None, repr=False)
+
+
+#: ``rpc.system`` of every call (OpenTelemetry's RPC conventions), as the spans say.
+RPC_SYSTEM = "trimicro"
+
+
+def rpc_attributes(labels: dict[str, str]) -> dict[str, Any]:
+    """An endpoint metric's labels as OpenTelemetry RPC attributes: ``rpc.system``,
+    ``rpc.service``, ``rpc.method`` (``hello`` of the endpoint ``Greeter.hello``) and, for an
+    error count, ``error.type`` (the code as a string) and ``rpc.trimicro.error_code`` (an int)."""
+    service, dot, method = labels["endpoint"].partition(".")
+    out: dict[str, Any] = {
+        "rpc.system": RPC_SYSTEM,
+        "rpc.service": labels["service"],
+        "rpc.method": method if dot else service,
+    }
+    code = labels.get("code")
+    if code is not None:
+        out["error.type"] = code
+        if code.isdigit():
+            out["rpc.trimicro.error_code"] = int(code)
+    return out
 
 
 def _at(snap: Snapshot, path: tuple[str, ...]) -> Any:
@@ -122,13 +151,13 @@ CATALOG: tuple[Metric, ...] = (
     # Per endpoint: only with metrics on (the snapshot's endpoints are empty otherwise).
     Metric("trimicro.requests", "trimicro_requests", "counter", "{request}",
            "Messages handled, by endpoint: asks, tells, stream opens and pub/sub deliveries",
-           ("service", "endpoint"), _requests),
+           ("service", "endpoint"), _requests, rpc_attributes),
     Metric("trimicro.request.errors", "trimicro_request_errors", "counter", "{request}",
            "Handled messages that ended in an error, by Go Micro code (500: an untyped exception)",
-           ("service", "endpoint", "code"), _errors),
+           ("service", "endpoint", "code"), _errors, rpc_attributes),
     Metric("trimicro.request.duration", "trimicro_request_duration_seconds", "histogram", "s",
            "Time in the handler (and the node's middleware), by endpoint",
-           ("service", "endpoint"), _duration),
+           ("service", "endpoint"), _duration, rpc_attributes),
     Metric("trimicro.mailbox.backlog_max", "trimicro_mailbox_backlog_max", "gauge", "{message}",
            "Most messages seen waiting in one mailbox of the service's actors (high-water mark)",
            ("service",), _mailbox("max")),

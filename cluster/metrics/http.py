@@ -7,6 +7,11 @@ per connection to one h11 state machine. Everything is bounded: at most
 most :data:`MAX_HEAD` bytes, :data:`DEADLINE` seconds per connection, and no request body read.
 The address is the user's choice (``trimicro run --metrics``); one without a host binds to
 127.0.0.1, so nothing is exposed off the machine unless asked for.
+
+A document is rendered at most once per :data:`MAX_AGE` seconds per format (:class:`RenderCache`):
+a render walks every actor's mailbox, so a storm of scrapes (several Prometheus servers, a
+script in a loop) costs the node one render a second, not one each. A render that fails is
+answered 500 and logged (rate-limited); it never reaches the node's nursery.
 """
 
 from __future__ import annotations
@@ -16,7 +21,19 @@ from collections.abc import Callable
 import h11
 import trio
 
-__all__ = ["DEADLINE", "MAX_CONNECTIONS", "MAX_HEAD", "parse_address", "serve_metrics"]
+from trimicro.mailbox.logs import get_logger
+
+__all__ = [
+    "DEADLINE",
+    "MAX_AGE",
+    "MAX_CONNECTIONS",
+    "MAX_HEAD",
+    "RenderCache",
+    "parse_address",
+    "serve_metrics",
+]
+
+log = get_logger(__package__)
 
 #: Connections served at once; a scraper needs one.
 MAX_CONNECTIONS = 8
@@ -25,7 +42,33 @@ MAX_HEAD = 16 * 1024
 #: Seconds one connection may take, from accept to the last byte of the response.
 DEADLINE = 10.0
 
+#: Seconds a rendered document answers later scrapes in the same format.
+MAX_AGE = 1.0
+#: Accept headers whose documents are kept (scrapers send one or two; more clear the cache).
+MAX_FORMATS = 4
+
 Render = Callable[[str], tuple[bytes, str]]
+
+
+class RenderCache:
+    """``render`` called at most once per ``max_age`` seconds (trio's clock) per ``Accept``
+    header; at most :data:`MAX_FORMATS` documents are kept."""
+
+    def __init__(self, render: Render, max_age: float = MAX_AGE) -> None:
+        self.render = render
+        self.max_age = max_age
+        self._documents: dict[str, tuple[float, bytes, str]] = {}
+
+    def __call__(self, accept: str) -> tuple[bytes, str]:
+        now = trio.current_time()
+        kept = self._documents.get(accept)
+        if kept is not None and now - kept[0] < self.max_age:
+            return kept[1], kept[2]
+        body, content_type = self.render(accept)
+        if accept not in self._documents and len(self._documents) >= MAX_FORMATS:
+            self._documents.clear()
+        self._documents[accept] = (now, body, content_type)
+        return body, content_type
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -72,7 +115,11 @@ def _answer(request: h11.Request, render: Render) -> list[h11.Event]:
     if request.method not in (b"GET", b"HEAD"):
         return _response(405, b"GET or HEAD\n", "text/plain; charset=utf-8")
     accept = ", ".join(v.decode("latin-1") for k, v in request.headers if k == b"accept")
-    body, content_type = render(accept)
+    try:
+        body, content_type = render(accept)
+    except Exception:  # a bug in a snapshot must not take the node down with the scrape
+        log.exception("rendering /metrics failed")
+        return _response(500, b"metrics unavailable: see the node's log\n", "text/plain; charset=utf-8")
     return _response(200, body, content_type, head_only=request.method == b"HEAD")
 
 
@@ -100,11 +147,17 @@ async def _serve_one(stream: trio.SocketStream, render: Render, limiter: trio.Ca
 
 
 async def serve_metrics(
-    address: str, render: Render, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    address: str,
+    render: Render,
+    *,
+    max_age: float = MAX_AGE,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``render``'s document at ``http://ADDRESS/metrics`` until cancelled; tells
-    ``task_status`` the address it bound (``host:port``, with the port chosen for port 0)."""
+    """Serve ``render``'s document at ``http://ADDRESS/metrics`` until cancelled, rendered at
+    most once per ``max_age`` seconds (:class:`RenderCache`); tells ``task_status`` the address
+    it bound (``host:port``, with the port chosen for port 0)."""
     host, port = parse_address(address)
+    render = RenderCache(render, max_age)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()
     shown = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"

@@ -8,7 +8,9 @@ A periodic reader collects on a thread of its own; the snapshot is then taken on
 thread (``trio.from_thread``), never by reading the runtime's objects from another thread. The
 latency histogram is the exception: OpenTelemetry has no asynchronous histogram, so the
 endpoint recorder also records each call's duration into a synchronous one (only when a meter
-provider was given). Names, units and attributes are :data:`~.catalog.CATALOG`'s.
+provider was given). Names, units and attributes are :data:`~.catalog.CATALOG`'s; the endpoint
+metrics' attributes are OpenTelemetry's RPC ones (``rpc.system``, ``rpc.service``,
+``rpc.method``, ``error.type``, ``rpc.trimicro.error_code``: :func:`~.catalog.rpc_attributes`).
 
 Only the API (opentelemetry-api) is used here; the SDK is the user's.
 """
@@ -75,9 +77,15 @@ class Instruments:
             explicit_bucket_boundaries_advisory=list(recorder.bounds),
         )
         record = histogram.record
+        to_attributes = metric.attributes or dict
+        #: Each endpoint's attributes, made at its first call (endpoints are bounded).
+        known: dict[EndpointStats, dict[str, Any]] = {}
 
         def observe(stats: EndpointStats, seconds: float) -> None:
-            record(seconds, stats.attributes)
+            attributes = known.get(stats)
+            if attributes is None:
+                attributes = known[stats] = to_attributes(stats.attributes)
+            record(seconds, attributes)
 
         recorder.observe = observe
 
@@ -86,7 +94,10 @@ class Instruments:
             snap = self.snapshot()
             if snap is None:
                 return []
-            return [self._observation(value, labels) for labels, value in metric.read(snap)]
+            to_attributes = metric.attributes
+            if to_attributes is None:
+                return [self._observation(value, labels) for labels, value in metric.read(snap)]
+            return [self._observation(value, to_attributes(labels)) for labels, value in metric.read(snap)]
 
         return callback
 

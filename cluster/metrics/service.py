@@ -3,8 +3,9 @@
 ``trimicro top`` asks it, on each node, for a snapshot (``Metrics.snapshot``) through the
 cluster's own authenticated links: that works on every node, whether or not it serves
 ``/metrics`` over HTTP, across hosts, with nothing more to open or to know than the node's id.
-Any authenticated account may ask (a built-in rule, as for the membership view): what it tells
-is counts and names the registry already shows.
+Only accounts with scope ``admin`` may ask (built-in rules in :mod:`trimicro.cluster.auth.guard`
+that no operator rule overrides): a snapshot names the node's actors' paths and its peers,
+which the registry does not show.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from trimicro.actors import Node, ask
+from trimicro.actors.lowlevel import printable
 from trimicro.cluster.registry import NodeInfo
 from trimicro.mailbox.errors import MicroError
 
@@ -67,7 +68,8 @@ def quantile(q: float, bounds: list[float], counts: list[int]) -> float | None:
             if i >= len(bounds):
                 return bounds[-1] if bounds else None
             low = bounds[i - 1] if i else 0.0
-            return low + (bounds[i] - low) * (rank - seen) / n
+            # min(): low + (high - low) * 1.0 can round to just past ``high``.
+            return min(bounds[i], low + (bounds[i] - low) * (rank - seen) / n)
         seen += n
     return bounds[-1] if bounds else None
 
@@ -125,7 +127,7 @@ class TopModel:
         for node_id in list(self.nodes):
             if node_id not in results:
                 del self.nodes[node_id]
-        for node_id, result in results.items():
+        for node_id, result in _shown(results).items():
             state = self.nodes.setdefault(node_id, _NodeState())
             if isinstance(result, str):
                 state.error = result
@@ -188,6 +190,25 @@ class TopModel:
             (now["sent_bytes"] - before["sent_bytes"]) / elapsed,
             (now["received_bytes"] - before["received_bytes"]) / elapsed,
         )
+
+
+#: Nesting a snapshot may have (it has 4): deeper is malformed, and is not walked.
+MAX_DEPTH = 8
+
+
+def _shown(value: Any, depth: int = 0) -> Any:
+    """``value`` with every string in it (keys too) escaped for the terminal
+    (:func:`~trimicro.actors.lowlevel.printable`): node ids, paths, peers and errors come from
+    other nodes, and a control sequence in one must not drive the screen."""
+    if isinstance(value, str):
+        return printable(value)
+    if depth > MAX_DEPTH:
+        return None
+    if isinstance(value, dict):
+        return {_shown(k, depth + 1): _shown(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shown(v, depth + 1) for v in value]
+    return value
 
 
 def _readable(snap: Any) -> bool:
@@ -325,8 +346,11 @@ def render(model: TopModel, interval: float) -> RenderableType:
     )
 
 
-async def poll(node: Node, infos: list[NodeInfo], timeout: float) -> dict[str, Snapshot | str]:
-    """Every node's snapshot (or its error's text), asked all at once within ``timeout``."""
+async def poll(
+    node: Node, infos: list[NodeInfo], timeout: float, headers: dict[str, str] | None = None
+) -> dict[str, Snapshot | str]:
+    """Every node's snapshot (or its error's text), asked all at once within ``timeout``, with
+    ``headers`` (an admin's ``authorization``: a snapshot is admin data)."""
     results: dict[str, Snapshot | str] = {}
 
     async def one(info: NodeInfo) -> None:
@@ -335,7 +359,9 @@ async def poll(node: Node, infos: list[NodeInfo], timeout: float) -> dict[str, S
             peer.address = info.address  # a hint: the handshake checks the node id
         try:
             ref = node.remote_ref(info.id, METRICS_PATH)
-            results[info.id] = await ask(ref, None, endpoint="Metrics.snapshot", timeout=timeout)
+            results[info.id] = await ask(
+                ref, None, endpoint="Metrics.snapshot", timeout=timeout, headers=headers
+            )
         except MicroError as exc:
             results[info.id] = f"error {exc.code}: {exc.detail}"
 
@@ -398,24 +424,26 @@ async def run_top(
     interval: float,
     once: bool,
     out: TextIO,
+    headers: dict[str, str] | None = None,
 ) -> int:
     """Show the nodes ``find`` returns (asked again every few rounds) until ``q`` or Ctrl-C;
     with ``once`` (or when ``out`` is not a terminal), print one screen after two rounds and
     return."""
     model = TopModel()
-    console = Console(file=out)
+    # No markup or emoji codes: "[...]" and ":...:" in a peer's strings are shown as they are.
+    console = Console(file=out, markup=False, emoji=False)
     live_view = console.is_terminal and not once
     if not console.is_terminal:
-        console = Console(file=out, width=PRINT_WIDTH)
+        console = Console(file=out, width=PRINT_WIDTH, markup=False, emoji=False)
     keys = _keys() if live_view else contextlib.nullcontext(None)
     with keys as fd, trio.CancelScope() as done:
         async with trio.open_nursery() as nursery:
             await nursery.start(_until_quit, fd, done)
             infos = await find()
-            model.update(await poll(node, infos, max(1.0, interval)))
+            model.update(await poll(node, infos, max(1.0, interval), headers))
             if not live_view:
                 await trio.sleep(interval)
-                model.update(await poll(node, infos, max(1.0, interval)))
+                model.update(await poll(node, infos, max(1.0, interval), headers))
                 console.print(render(model, interval))
                 nursery.cancel_scope.cancel()
                 return 0
@@ -427,6 +455,6 @@ async def run_top(
                     if rounds % REDISCOVER == 0:
                         with contextlib.suppress(MicroError):
                             infos = await find()
-                    model.update(await poll(node, infos, max(1.0, interval)))
+                    model.update(await poll(node, infos, max(1.0, interval), headers))
                     live.update(render(model, interval), refresh=True)
     return 0

@@ -279,6 +279,7 @@ def _changes(before: Entries, after: Entries, service: str | None) -> list[Event
     return events
 
 
+# --8<-- [start:factory]
 def registry_from_url(url: Any, **options: Any) -> JsonFileRegistry:
     """The entry point: ``jsonfile:///abs/registry.json`` (or ``jsonfile://rel/registry.json``),
     optionally ``?poll=SECONDS``. ``url`` is trimicro's parsed plugin URL."""
@@ -288,3 +289,6 @@ def registry_from_url(url: Any, **options: Any) -> JsonFileRegistry:
     if "poll" in url.params:
         options.setdefault("poll", float(url.params["poll"]))
     return JsonFileRegistry(url.file_path(), **options)
+
+
+# --8<-- [end:factory]
