@@ -61,7 +61,7 @@ async def tell(
     cell = get_cell()
     item = get_item()
     if item is not None:
-        _msg, _reply, _its_sender, _endpoint, inbound, _principal = item
+        inbound = item.headers
         if inbound:  # serving a message with metadata: it travels on
             headers = propagate(inbound, headers)
     if middleware is not None or binding.node.client_chain is not None:
@@ -128,7 +128,7 @@ async def ask(
         if timeout is None:
             timeout = node.ask_timeout
     else:
-        _msg, reply, _its_sender, _endpoint, inbound, _principal = item
+        reply, inbound = item.reply, item.headers
         if timeout is None:
             timeout = node.ask_timeout
             if reply is not None and reply.deadline is not None:

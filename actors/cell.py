@@ -23,6 +23,7 @@ from trimicro.mailbox.errors import (
 from trimicro.mailbox.mailboxes import Mailbox, Unbuilt
 from trimicro.mailbox.refs import ActorRef
 
+from .cancelpoint import cancel_pending
 from .context import Context
 from .lifecycle import (
     BATCH,
@@ -144,8 +145,11 @@ class Cell(CellProcessing):
         node = self.node
         if node.spend():
             await trio.lowlevel.cancel_shielded_checkpoint()
-        await trio.lowlevel.checkpoint_if_cancelled()
-        item: Mail = (msg, None, sender, endpoint, headers, None)
+        if cancel_pending():
+            await checkpoint()  # raises Cancelled
+        item = Mail()  # Mail.of written out, as on every per-message path (see .mail)
+        item.msg, item.reply, item.sender = msg, None, sender
+        item.endpoint, item.headers, item.principal = endpoint, headers, None
         while True:
             result = self.offer(item)
             if result == OK:
@@ -156,7 +160,7 @@ class Cell(CellProcessing):
             await self._wait_room()
 
     def try_tell(self, msg: Any, sender: ActorRef | None, headers: dict[str, str] | None) -> bool:
-        result = self.offer((msg, None, sender, None, headers, None))
+        result = self.offer(Mail.of(msg, sender=sender, headers=headers))
         if result == OK:
             return True
         self.node.dead_letter(self.ref, msg, "stopped" if result == DEAD else "full", sender)
@@ -181,7 +185,9 @@ class Cell(CellProcessing):
             return await self._ask_direct(msg, sender, headers, endpoint, timeout, reply_headers)
         node = self.node
         reply = Reply()
-        item: Mail = (msg, reply, sender, endpoint, headers, None)
+        item = Mail()  # Mail.of written out, as on every per-message path (see .mail)
+        item.msg, item.reply, item.sender = msg, reply, sender
+        item.endpoint, item.headers, item.principal = endpoint, headers, None
         result = self.offer(item)
         if result != OK:
             if result == DEAD:
@@ -232,11 +238,14 @@ class Cell(CellProcessing):
         node = self.node
         if node.spend():
             await trio.lowlevel.cancel_shielded_checkpoint()
-        await trio.lowlevel.checkpoint_if_cancelled()
+        if cancel_pending():
+            await checkpoint()  # raises Cancelled
         if self.status != RUNNING or self.active or len(self.mailbox):  # changed while we yielded
             return await self.ask(msg, sender, headers, endpoint, timeout, reply_headers)
         reply = Reply()
-        item: Mail = (msg, reply, sender, endpoint, headers, None)
+        item = Mail()  # Mail.of written out, as on every per-message path (see .mail)
+        item.msg, item.reply, item.sender = msg, reply, sender
+        item.endpoint, item.headers, item.principal = endpoint, headers, None
         # A handler with no ``await`` completes in one step: nothing could time it out or
         # cancel it, so it runs without the cancel scope (about half of a direct ask's cost).
         table = self.handlers
@@ -290,7 +299,7 @@ class Cell(CellProcessing):
         opener.peer, end.peer = self.ref, sender
         opener.on_credit(end.window)
         end.on_credit(opener.window)
-        self.start_stream(fn, end, (request, None, sender, endpoint, headers, None))
+        self.start_stream(fn, end, Mail.of(request, sender=sender, endpoint=endpoint, headers=headers))
         return opener
 
     def stream_handler(self, endpoint: str) -> Any:
@@ -341,7 +350,7 @@ class Cell(CellProcessing):
 
     def system(self, msg: Any) -> bool:
         """Deliver a runtime notice (e.g. Terminated) even when the mailbox is full of user mail."""
-        result = self.offer((msg, None, None, None, None, None), system=True)
+        result = self.offer(Mail.of(msg), system=True)
         if result != OK:
             self.node.dead_letter(self.ref, msg, "stopped" if result == DEAD else "full", None)
             return False

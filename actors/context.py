@@ -27,7 +27,7 @@ def _reply_of(item: Mail | None) -> Reply | None:
     """The reply slot of the item being handled (``None`` for a tell or outside a handler)."""
     if item is None:
         return None
-    _msg, reply, _sender, _endpoint, _headers, _principal = item
+    reply = item.reply
     return reply
 
 
@@ -66,7 +66,7 @@ class Context:
         item = current_item.get()
         if item is None:
             return None
-        _msg, _reply, sender, _endpoint, _headers, _principal = item
+        sender = item.sender
         return sender
 
     @property
@@ -76,7 +76,7 @@ class Context:
         item = current_item.get()
         if item is None:
             return {}
-        _msg, _reply, _sender, _endpoint, headers, _principal = item
+        headers = item.headers
         return {} if headers is None else dict(headers)
 
     @property
@@ -87,7 +87,7 @@ class Context:
         item = current_item.get()
         if item is None:
             return None
-        _msg, _reply, _sender, _endpoint, _headers, principal = item
+        principal = item.principal
         return principal
 
     async def spawn(

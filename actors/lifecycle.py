@@ -298,7 +298,7 @@ class CellLifecycle:
         mb = self.mailbox
         while len(mb):
             item = mb.pop()
-            msg, reply, sender, _endpoint, _headers, _principal = item
+            msg, reply, sender = item.msg, item.reply, item.sender
             if reply is not None:
                 reply.fail(ServiceUnavailable(f"actor {self.path} stopped", id=self.path))
             elif not isinstance(msg, Terminated):

@@ -1,28 +1,33 @@
 """What a mailbox holds: the queued item, and the reply slot an ask waits on.
 
-Every message, local or from another node, is queued as one :data:`Mail` value: the message,
-the :class:`Reply` of an ask (``None`` for a tell), the sender, the endpoint it names, its
-metadata and the verified principal of a caller on another node. ``Mail`` is a fixed-length
-tuple type, so mypy checks every place one is built and every place one is read, and readers
-unpack it into named variables (``msg, reply, sender, endpoint, headers, principal = item``),
-never index it by number.
+Every message, local or from another node, is queued as one :class:`Mail`: the message, the
+:class:`Reply` of an ask (``None`` for a tell), the sender, the endpoint it names, its metadata
+and the verified principal of a caller on another node. Every reader takes its fields by name
+(``item.reply``), and mypy checks each one.
 
-Why not a ``NamedTuple``: an item is built and read for every message, and a tuple *subclass*
-pays for it on CPython 3.11. Building one (``tuple.__new__(Mail, ...)``, the cheapest way) costs
-about 1,400 instructions more than a tuple display (an argument tuple, a temporary, a
-GC-tracked allocation, no free list), and each read by name goes through the unspecialised
-descriptor path (about 200 instructions, against about 30 to unpack a field of an exact tuple).
-That came to +11% instructions per local tell and +13% per ask; the exact tuple costs nothing
-over the untyped one it replaced. Tried again with every reader unpacking (no read by name) and
-every item built by ``tuple.__new__(Mail, ...)`` bound once per module: still +8.4% per local
-tell and +6.8% per ask (``count_instructions.py``; remote ask16 +0.8%), because unpacking a
-tuple subclass takes CPython 3.11's generic iterator path (about 465 instructions more per
-unpack than an exact tuple's specialised one) on top of the ~1,400 of building it.
+Why a slotted class built without ``__init__``: an item is built and read once per message, so
+its cost is paid by every tell and ask (``benchmarks/count_instructions.py``, CPython 3.11):
+
+* an exact tuple read by unpacking: the baseline;
+* a ``NamedTuple``: +8.4% instructions per local tell, +6.8% per ask, even with every reader
+  unpacking and items built by ``tuple.__new__`` (CPython 3.11 builds a tuple subclass about
+  1,400 instructions dearer and unpacks it through the generic iterator path);
+* this class with a six-argument ``__init__``: about 1,860 instructions more per item than a
+  tuple (calling a Python ``__init__`` from ``type.__call__`` re-enters the interpreter);
+* this class built as ``Mail()`` and six slot stores: about 770 more per item, and a read by
+  name (``LOAD_ATTR_SLOT``) costs what unpacking did. The per-message paths build it that way
+  (:meth:`Mail.of` written out); the rest call :meth:`Mail.of`.
+
+On the local paths the ~770 are paid for by a cheaper cancellation check in ``tell`` and the
+direct ``ask`` (:mod:`.cancelpoint`, about 1,400 fewer): local tell 0.97 of the tuple's
+instructions, local ask 0.97-1.01, remote ask1 and ask16 0.99-1.00. Remote tell and pub/sub
+pay the ~770 without that check on their path (0.99 against the tuple at 9ffbc6a, 1.04-1.05
+against the faster main of af4c5a1); ``RemoteActor.tell`` still awaits trio's coroutine check.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import Any
 
 import trio
 from trio.lowlevel import Abort, checkpoint, current_task, reschedule
@@ -113,15 +118,44 @@ class Reply:
         return self.value
 
 
-#: One queued item: ``(msg, reply, sender, endpoint, headers, principal)``.
-#:
-#: - ``msg``: the message (or an endpoint's body);
-#: - ``reply``: the slot the asker waits on; ``None`` for a tell, a system notice or a stream's
-#:   opening;
-#: - ``sender``: the sending actor's ref, if any;
-#: - ``endpoint``: ``"Service.method"`` when the message names its handler; ``None``: chosen
-#:   by type;
-#: - ``headers``: metadata sent with the message (``context.headers``), or ``None``;
-#: - ``principal``: who is calling, as the node's guard verified it (requests from other nodes
-#:   only; ``None`` otherwise).
-Mail: TypeAlias = tuple[Any, Reply | None, ActorRef | None, str | None, dict[str, str] | None, Any]
+class Mail:
+    """One queued item. Build it with :meth:`of` (or, on a per-message path, ``Mail()`` and all
+    six stores: a field never stored raises ``AttributeError`` when read)."""
+
+    __slots__ = ("endpoint", "headers", "msg", "principal", "reply", "sender")
+
+    #: The message (or an endpoint's body).
+    msg: Any
+    #: The slot the asker waits on; ``None`` for a tell, a system notice or a stream's opening.
+    reply: Reply | None
+    #: The sending actor's ref, if any.
+    sender: ActorRef | None
+    #: ``"Service.method"`` when the message names its handler; ``None``: chosen by type.
+    endpoint: str | None
+    #: Metadata sent with the message (``context.headers``), or ``None``.
+    headers: dict[str, str] | None
+    #: Who is calling, as the node's guard verified it (requests from other nodes only;
+    #: ``None`` otherwise).
+    principal: Any
+
+    @classmethod
+    def of(
+        cls,
+        msg: Any,
+        reply: Reply | None = None,
+        sender: ActorRef | None = None,
+        endpoint: str | None = None,
+        headers: dict[str, str] | None = None,
+        principal: Any = None,
+    ) -> Mail:
+        """An item with these fields (the ones left out are ``None``)."""
+        item = cls()
+        item.msg, item.reply, item.sender = msg, reply, sender
+        item.endpoint, item.headers, item.principal = endpoint, headers, principal
+        return item
+
+    def __repr__(self) -> str:
+        return (
+            f"Mail(msg={self.msg!r}, reply={self.reply!r}, sender={self.sender!r}, "
+            f"endpoint={self.endpoint!r}, headers={self.headers!r}, principal={self.principal!r})"
+        )

@@ -120,7 +120,7 @@ def forward_auth(headers: dict[str, str] | None) -> dict[str, str] | None:
     item = get_item()
     if item is None:
         return headers
-    _msg, _reply, _sender, _endpoint, inbound, _principal = item
+    inbound = item.headers
     if not inbound:
         return headers
     return propagate(inbound, headers)

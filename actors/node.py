@@ -422,7 +422,7 @@ async def _run_start_hooks(cell: Cell) -> None:
 
 
 def _message_of(item: Mail) -> Any:
-    msg, _reply, _sender, _endpoint, _headers, _principal = item
+    msg = item.msg
     return msg
 
 

@@ -69,7 +69,7 @@ class CellProcessing(CellLifecycle):
                 room = self._room
                 if room:
                     room.unpark()
-                msg, reply, sender, endpoint, _headers, _principal = item
+                reply = item.reply
                 if reply is not None and reply.deadline is not None:
                     ok = await self._handle_bounded(item, reply, scope)
                     if scope.cancel_called:
@@ -79,6 +79,8 @@ class CellProcessing(CellLifecycle):
                 else:
                     fn: Any
                     convert: Any = None
+                    msg = item.msg
+                    endpoint = item.endpoint
                     if endpoint is None:
                         fn = by_type.get(type(msg))
                     else:
@@ -101,7 +103,7 @@ class CellProcessing(CellLifecycle):
                         else:
                             ok = True
                             if reply is not None and not reply.resolve(result):
-                                self.node.dead_letter(self.ref, result, "late-reply", sender)
+                                self.node.dead_letter(self.ref, result, "late-reply", item.sender)
                 if not ok:
                     break
                 n += 1
@@ -148,7 +150,7 @@ class CellProcessing(CellLifecycle):
     async def _handle_one(self, item: Mail) -> bool:
         """Run the handler for one queued item and settle its reply; ``False`` when the actor
         failed (it is now suspended) and its batch must stop."""
-        msg, reply, sender, endpoint, _headers, _principal = item
+        msg, reply, endpoint = item.msg, item.reply, item.endpoint
         table = self.handlers
         assert table is not None
         token = set_item(item)
@@ -173,7 +175,7 @@ class CellProcessing(CellLifecycle):
         finally:
             reset_item(token)
         if reply is not None and not reply.resolve(result):
-            self.node.dead_letter(self.ref, result, "late-reply", sender)
+            self.node.dead_letter(self.ref, result, "late-reply", item.sender)
         return True
 
     def handle_now(self, item: Mail) -> bool:
@@ -185,9 +187,9 @@ class CellProcessing(CellLifecycle):
         """
         if self.status != RUNNING or self.active or len(self.mailbox):
             return False
-        msg, reply, sender, endpoint, _headers, _principal = item
+        msg, reply = item.msg, item.reply
         table = self.handlers
-        found = None if table is None else table.inline_for(msg, endpoint)
+        found = None if table is None else table.inline_for(msg, item.endpoint)
         if found is None:
             return False
         fn, convert = found
@@ -207,7 +209,7 @@ class CellProcessing(CellLifecycle):
             self._handler_raised(item, e)
         else:
             if reply is not None and not reply.resolve(result):
-                self.node.dead_letter(self.ref, result, "late-reply", sender)
+                self.node.dead_letter(self.ref, result, "late-reply", item.sender)
         finally:
             reset_item(item_token)
             reset_cell(cell_token)
@@ -221,7 +223,7 @@ class CellProcessing(CellLifecycle):
     def _handler_raised(self, item: Mail, e: Exception) -> bool:
         """Settle an item whose handler raised: a typed error answers the asker and the actor
         carries on (``True``); any other exception answers 500 and fails the actor."""
-        msg, reply, sender, _endpoint, _headers, _principal = item
+        msg, reply, sender = item.msg, item.reply, item.sender
         table = self.handlers
         service = table.service if table is not None else self.path
         if isinstance(e, MicroError):

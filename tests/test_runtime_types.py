@@ -1,4 +1,4 @@
-"""The actor layer's internal values are typed: the queued :data:`Mail` and the :class:`Binding`
+"""The actor layer's internal values are typed: the queued :class:`Mail` and the :class:`Binding`
 every ref delivers through (a local cell, a stopped actor's stand-in, a route to another node)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from trimicro.actors import Actor, api, ask, cell, metadata, processing, start_node, tell
 from trimicro.actors.cell import Cell, Stopped, current_item
-from trimicro.actors.mail import Reply
+from trimicro.actors.mail import Mail, Reply
 from trimicro.actors.middleware import server
 from trimicro.actors.remote.actor import RemoteActor
 from trimicro.mailbox.refs import Binding
@@ -29,9 +29,8 @@ class Recorder(Actor):
         return len(self.items)
 
 
-async def test_mail_is_an_exact_tuple_of_six_named_fields() -> None:
-    # An exact tuple (not a NamedTuple): built and read once per message, a tuple subclass cost
-    # +11% instructions per tell (see actors/mail.py).
+async def test_mail_is_a_typed_record_read_by_name() -> None:
+    # A slotted class, not a tuple read by position (see actors/mail.py for what it costs).
     async with start_node("types") as node:
         ref = await node.spawn(Recorder)
         await tell(ref, "told", headers={"k": "v"})
@@ -40,12 +39,24 @@ async def test_mail_is_an_exact_tuple_of_six_named_fields() -> None:
         assert isinstance(recorder, Cell) and isinstance(recorder.instance, Recorder)
         told, asked = recorder.instance.items
     for item in (told, asked):
-        assert type(item) is tuple and len(item) == 6
-    msg, reply, sender, endpoint, headers, principal = told
-    assert (msg, reply, sender, endpoint, headers, principal) == ("told", None, None, None, {"k": "v"}, None)
-    msg, reply, sender, endpoint, headers, principal = asked
-    assert msg == "asked" and isinstance(reply, Reply) and reply.value == 2
-    assert (sender, endpoint, headers, principal) == (None, None, None, None)
+        assert type(item) is Mail and not isinstance(item, tuple)
+        assert not hasattr(item, "__dict__")  # slotted: no per-item dict
+    assert (told.msg, told.reply, told.sender, told.endpoint, told.headers, told.principal) == (
+        "told", None, None, None, {"k": "v"}, None,
+    )  # fmt: skip
+    assert asked.msg == "asked" and isinstance(asked.reply, Reply) and asked.reply.value == 2
+    assert (asked.sender, asked.endpoint, asked.headers, asked.principal) == (None, None, None, None)
+
+
+def test_mail_of_fills_every_field() -> None:
+    reply = Reply()
+    item = Mail.of("m", reply, None, "Svc.m", {"h": "1"}, "alice")
+    fields = (item.msg, item.reply, item.sender, item.endpoint, item.headers, item.principal)
+    assert fields == ("m", reply, None, "Svc.m", {"h": "1"}, "alice")
+    assert set(Mail.__slots__) == {"msg", "reply", "sender", "endpoint", "headers", "principal"}
+    bare = Mail.of("only")
+    assert (bare.reply, bare.sender, bare.endpoint, bare.headers, bare.principal) == (None,) * 5
+    assert "msg='only'" in repr(bare)
 
 
 def test_every_binding_implements_the_whole_protocol() -> None:

@@ -378,7 +378,7 @@ async def test_asks_waiting_in_a_backlog_are_bounded_even_once_expired(
                 1
                 for bl in link_b.backlogs.values()
                 for e in bl.entries
-                if e[0] is not None and e[0][1] is not None
+                if e[0] is not None and e[0].reply is not None
             )
 
         with trio.fail_after(30):

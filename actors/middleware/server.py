@@ -52,7 +52,8 @@ def _wrap(fn: Handler, chain: Next, stream: bool) -> Handler:
         reply = sender = endpoint = None
         headers: dict[str, str] = {}
         if item is not None:
-            _msg, reply, sender, endpoint, inbound, _principal = item
+            reply, sender, endpoint = item.reply, item.sender, item.endpoint
+            inbound = item.headers
             if inbound:
                 headers = dict(inbound)  # a middleware may change its copy, not the sender's
         deadline = None if reply is None else reply.deadline
@@ -86,10 +87,11 @@ def _serve(call: Call) -> Awaitable[Any]:
     handler = call.handler
     assert handler is not None
     item: Mail | None = call.via
-    if item is not None:
-        msg, reply, sender, endpoint, inbound, principal = item
-        if call.headers != (inbound or {}):
-            return _serve_with(call, handler, (msg, reply, sender, endpoint, call.headers or None, principal))
+    if item is not None and call.headers != (item.headers or {}):
+        changed = Mail.of(
+            item.msg, item.reply, item.sender, item.endpoint, call.headers or None, item.principal
+        )
+        return _serve_with(call, handler, changed)
     return handler(call.actor, call.message)
 
 

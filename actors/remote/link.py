@@ -263,7 +263,9 @@ class Link(TellFlow):
             return
         reply = InboundReply(self, corr, codec)
         sender = None if sender is None else self.peer.bind(sender)
-        item: Mail = (msg, reply, sender, endpoint or None, headers or None, principal)
+        item = Mail()  # Mail.of written out, as on every per-message path (see actors/mail.py)
+        item.msg, item.reply, item.sender = msg, reply, sender
+        item.endpoint, item.headers, item.principal = endpoint or None, headers or None, principal
         if deadline_ms:
             reply.deadline = remoting.now() + min(deadline_ms, MAX_DEADLINE_MS) / 1000
         else:
@@ -352,7 +354,8 @@ class Link(TellFlow):
         streams[corr] = stream
         stream.on_credit(credit)
         stream.ops.credit(stream.window)  # accepting = granting the opener its first credit
-        cell.start_stream(fn, stream, (request, None, sender, env.endpoint, headers or None, principal))
+        opening = Mail.of(request, None, sender, env.endpoint, headers or None, principal)
+        cell.start_stream(fn, stream, opening)
 
     def _on_stream_data(self, env: Envelope) -> None:
         stream = self.streams.get(env.corr)

@@ -167,7 +167,7 @@ def on_held(link: TellFlow, env: Envelope) -> None:
 def _undelivered(cell: Cell, item: Mail) -> None:
     """A tell or request from the backlog that the actor stopped before taking: a dead letter,
     or 503 for the request's caller."""
-    msg, reply, sender, _endpoint, _headers, _principal = item
+    msg, reply, sender = item.msg, item.reply, item.sender
     if reply is None:
         cell.node.dead_letter(cell.ref, msg, "stopped", sender)
     else:
@@ -306,7 +306,7 @@ class Backlog:
                     while True:
                         if item is not None:
                             # (a request: skipped if over while it waited)
-                            _msg, reply, _sender, _endpoint, _headers, _principal = item
+                            reply = item.reply
                             if reply is not None:
                                 self.asks -= 1
                                 link.backlog_asks -= 1
@@ -365,7 +365,7 @@ class Backlog:
         self.entries.clear()
         for item, tells, i, size in left:
             if item is not None:
-                _msg, reply, _sender, _endpoint, _headers, _principal = item
+                reply = item.reply
                 if reply is not None:
                     self.asks -= 1
                     link.backlog_asks -= 1
@@ -416,7 +416,9 @@ class TellFlow(Outbox):
         except MicroError as exc:
             remoting.node.dead_letter(env.target, env.body, f"undeliverable: {exc.detail}", sender)
             return None
-        item: Mail = (msg, None, sender, env.endpoint or None, env.headers or None, principal)
+        item = Mail()  # Mail.of written out, as on every per-message path (see actors/mail.py)
+        item.msg, item.reply, item.sender = msg, None, sender
+        item.endpoint, item.headers, item.principal = env.endpoint or None, env.headers or None, principal
         if self.backlogs:
             backlog = self.backlogs.get(cell)
             if backlog is not None:  # its earlier tells wait there: this one joins them
@@ -469,7 +471,9 @@ class TellFlow(Outbox):
             except MicroError as exc:
                 remoting.node.dead_letter(cell.ref, bodies[i], f"undeliverable: {exc.detail}", sender)
                 continue
-            item: Mail = (msg, None, sender, endpoint or None, headers, principal)
+            item = Mail()  # Mail.of written out, as on every per-message path (see actors/mail.py)
+            item.msg, item.reply, item.sender = msg, None, sender
+            item.endpoint, item.headers, item.principal = endpoint or None, headers, principal
             offered = cell.offer(item)
             if offered == DEAD:
                 remoting.node.dead_letter(cell.ref, msg, "stopped", sender)
@@ -505,7 +509,7 @@ class TellFlow(Outbox):
                     return
                 deadline = trio.current_time() + HOLD_AFTER
             if result == DEAD:
-                msg, _reply, sender, _endpoint, _headers, _principal = item
+                msg, sender = item.msg, item.sender
                 node.dead_letter(cell.ref, msg, "stopped", sender)
             full = self.offer_tells(tells, i + 1)
             if full is None:

@@ -150,7 +150,7 @@ class Held:
                     del self.by_link[link]
             while entries:
                 item, size = entries.popleft()
-                msg, _reply, _sender, _endpoint, _headers, _principal = item
+                msg = item.msg
                 self.node.dead_letter(cell.ref, msg, reason, None)
                 link.backlog_drained(size)
 

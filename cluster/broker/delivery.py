@@ -83,7 +83,7 @@ class Delivery:
         cell = sub.ref.binding
         if not isinstance(cell, Cell):
             return 0
-        item: Mail = (message, None, None, None, message.headers or None, None)
+        item = Mail.of(message, headers=message.headers or None)
         if link is not None:
             queues = self.held.by_link.get(link)
             if queues and sub in queues:  # earlier messages from this link wait for it: go behind
@@ -101,10 +101,7 @@ class Delivery:
         self.dropped += 1
         if sub.policy == "drop_oldest":
             old = cell.mailbox.discard_first(_is_published)
-            if old is not None:
-                dropped, _reply, _sender, _endpoint, _headers, _principal = old
-            else:
-                dropped = message
+            dropped = old.msg if old is not None else message
             self.node.dead_letter(sub.ref, dropped, "dropped-oldest", None)
             return 1 if cell.offer(item) == OK else 0
         self.node.dead_letter(sub.ref, message, "dropped-subscriber", None)
@@ -115,7 +112,7 @@ class Delivery:
         """Queue a message from ``link`` for a full "block" subscriber (see .backlog); waits only
         while the link's backlogs are past their budget."""
         message: Message
-        message, _reply, _sender, _endpoint, _headers, _principal = item
+        message = item.msg
         size = OVERHEAD + len(self.codec.encode(message.body)) + 64 * len(message.headers)
         drains = self.held.queue(link, sub, cell, item, size)
         if drains is not None:
@@ -227,14 +224,16 @@ class Delivery:
 
 def _is_published(item: Mail) -> bool:
     """Whether a queued item is a published message (what ``drop_oldest`` may drop)."""
-    msg, _reply, _sender, _endpoint, _headers, _principal = item
+    msg = item.msg
     return isinstance(msg, Message)
 
 
 def _offer_now(subs: Sequence[Subscription], message: Message) -> tuple[int, list[Subscription] | None]:
     """Queue ``message`` for every subscription whose mailbox takes it now (a deque append);
     the count, and the subscriptions that need :meth:`Delivery._offer` (full, or not local)."""
-    item: Mail = (message, None, None, None, message.headers or None, None)
+    item = Mail()  # Mail.of written out, as on every per-message path (see actors/mail.py)
+    item.msg, item.reply, item.sender = message, None, None
+    item.endpoint, item.headers, item.principal = None, message.headers or None, None
     delivered = 0
     slow: list[Subscription] | None = None
     for sub in subs:
