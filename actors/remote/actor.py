@@ -23,6 +23,7 @@ from trimicro.mailbox.errors import MicroError, NotFound, RequestTimeout
 from trimicro.mailbox.refs import ActorRef
 
 from ..busypoll import PROBE_EVERY
+from ..cancelpoint import cancel_pending
 from ..cell import Stopped
 from ..mail import Reply
 from ..messages import Terminated
@@ -79,7 +80,8 @@ class RemoteActor:
         node = self.node
         if node.spend():
             await trio.lowlevel.cancel_shielded_checkpoint()
-        await trio.lowlevel.checkpoint_if_cancelled()
+        if cancel_pending():  # a plain call, not a coroutine per tell (see ..cancelpoint)
+            await trio.lowlevel.checkpoint()
         try:
             link: Outbox = self.peer.link or await self.peer.connect(node.ask_timeout)
             codec = self.peer.remoting.codec
