@@ -161,8 +161,10 @@ class Delivery:
     """One message an actor handled, as :class:`MessageProbe` saw it.
 
     ``kind`` is ``"ask"``, ``"tell"``, ``"stream"`` or ``"subscribe"`` (a published message
-    delivered to a subscriber). ``done`` is set when the handler has returned or raised;
-    ``result`` and ``error`` are then what it did.
+    delivered to a subscriber). ``endpoint`` is the endpoint that handled it (``"Counter.add"``),
+    whether the sender named it or the handler was chosen by the message's type (``None`` only
+    when no handler function is known). ``done`` is set when the handler has returned or
+    raised; ``result`` and ``error`` are then what it did.
     """
 
     target: ActorRef
@@ -197,6 +199,18 @@ def _to(target: ActorRef | str | None) -> Callable[[Delivery], bool]:
     return lambda d: d.path == path
 
 
+def _endpoint(call: Call) -> str | None:
+    """The endpoint a server-side call runs: the one the sender named, else the handler's own
+    name (a message routed by its type names none), so a probe matches either way."""
+    if call.endpoint is not None:
+        return call.endpoint
+    name = getattr(call.handler, "__name__", None)
+    if name is None or call.actor is None:
+        return None
+    cls = type(call.actor)
+    return f"{getattr(cls, 'service_name', None) or cls.__name__}.{name}"
+
+
 class MessageProbe:
     """A node middleware recording every message its actors handle (``start_node(
     middleware=[probe])``, ``start_cluster(middleware=[probe])``, or given by the kit's nodes).
@@ -218,7 +232,7 @@ class MessageProbe:
             return await call_next(call)
         # A delivery of a published message names its topic as the target: record the actor.
         target = call.target if isinstance(call.target, ActorRef) else call.actor.context.ref
-        delivery = Delivery(target, call.kind.value, call.endpoint, call.message, call.sender)
+        delivery = Delivery(target, call.kind.value, _endpoint(call), call.message, call.sender)
         self.deliveries.append(delivery)
         try:
             delivery.result = await call_next(call)

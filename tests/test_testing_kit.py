@@ -152,11 +152,18 @@ async def test_the_message_probe_sees_handlers_not_callers() -> None:
         [delivery] = probe.to("echo")
         assert (delivery.kind, delivery.endpoint, delivery.message, delivery.result) == (
             "ask",
-            None,
+            "Echo.ping",  # routed by the message's type, yet named by the handler that ran
             Ping(1),
             1,
         )
         assert delivery.done.is_set() and probe.to(echo) == [delivery] and len(client_side) == 1
+        # A tell by type is found by its endpoint as well as a call that names the endpoint.
+        await tell(echo, Ping(2))
+        assert (await probe.wait_for(echo, endpoint="Echo.ping", match=lambda m: m == Ping(2))).result == 2
+        assert await ask(echo, {"n": 3}, endpoint="Echo.ping") == 3
+        assert (
+            await probe.wait_for("echo", endpoint="Echo.ping", match=lambda m: m == Ping(3))
+        ).kind == "ask"
 
 
 async def test_a_tell_through_the_harness_reports_the_handler_error() -> None:
