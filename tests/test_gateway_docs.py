@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import uuid
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -72,7 +73,7 @@ async def test_the_curl_examples_get_what_the_page_says(tmp_path: Path) -> None:
         for command in commands():
             shell = command.split(" #", 1)[0].replace("localhost:8080", address)
             shell += " --max-time 3 -o /dev/null -w '%{http_code}'"
-            done = await trio.to_thread.run_sync(
-                lambda: subprocess.run(shell, shell=True, env=env, capture_output=True, text=True, timeout=30)
-            )
+            run = partial(subprocess.run, shell, shell=True, env=env, capture_output=True, text=True)
+            with trio.fail_after(30):
+                done = await trio.to_thread.run_sync(run, abandon_on_cancel=True)
             assert done.stdout.strip() == str(expected(command)), (command, done.stdout, done.stderr)
