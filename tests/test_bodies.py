@@ -483,6 +483,9 @@ def test_scalars_are_checked_never_coerced(kind: type, value: Any) -> None:
         (int | str, True, None),  # a bool is no int in a union either
         (int | str, 2.5, None),
         (int | None, False, None),
+        (int | None, Level.HIGH, Level.HIGH),  # an int subclass is an int, in a union too
+        (int | str, Colour.RED, Colour.RED),
+        (int | bool, True, True),
     ],
 )
 def test_a_float_with_no_fraction_is_an_int_and_nothing_else_is(kind: Any, body: Any, result: Any) -> None:

@@ -213,8 +213,15 @@ def _int_union_factory(t: Any) -> Hook:
     members = frozenset(typing.get_args(t))
     name = _type_name(t)
 
+    takes_bool = bool in members
+    bases = tuple(m for m in members if m is not bool and m is not type(None))
+
     def structure(value: Any, _: Any) -> Any:
         if value.__class__ in members:
+            return value
+        # A subclass of a member (an IntEnum, a StrEnum) is one, as for a plain int field; a
+        # bool only where the union names bool.
+        if isinstance(value, bases) and (takes_bool or not isinstance(value, bool)):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
