@@ -88,3 +88,46 @@ async def test_a_client_gone_before_its_watcher_started_still_cancels_the_call()
         await sock.aclose()
         with trio.fail_after(10):
             await shop.cancelled.wait()
+
+
+class BrokenRequest(FakeRequest):
+    """A connection whose ``receive`` fails (a server's error for a dead socket, say)."""
+
+    async def receive(self) -> dict[str, Any]:
+        self.reads += 1
+        raise OSError("connection reset")
+
+
+async def test_a_watcher_that_fails_leaves_the_other_calls_watched(autojump_clock: Any) -> None:
+    """One client's broken connection is logged; the ticker and the other watchers go on, so a
+    later client that goes away still cancels its call."""
+    watch = DisconnectWatch()
+
+    async def slow() -> str:
+        await trio.sleep(3600)
+        return "slow"
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch.run)
+        broken = BrokenRequest()
+
+        async def call(request: FakeRequest, done: list[BaseException | str]) -> None:
+            try:
+                done.append(await watch.call(cast(Request, request), slow))
+            except MicroError as exc:
+                done.append(exc)
+
+        first: list[BaseException | str] = []
+        nursery.start_soon(call, broken, first)
+        await trio.sleep(2 * (WATCH_AFTER + TICK))
+        assert broken.reads == 1  # its watcher ran and failed
+        long = FakeRequest()
+        second: list[BaseException | str] = []
+        nursery.start_soon(call, long, second)
+        await trio.sleep(2 * (WATCH_AFTER + TICK))
+        assert long.reads == 1  # the ticker still starts watchers
+        long.gone.set()
+        await trio.sleep(TICK)
+        assert len(second) == 1 and isinstance(second[0], MicroError) and second[0].code == 499
+        assert first == []  # the broken one's call runs on, unwatched
+        nursery.cancel_scope.cancel()

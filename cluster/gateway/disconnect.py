@@ -27,6 +27,7 @@ import trio
 from starlette.requests import Request
 
 from trimicro.actors import MicroError
+from trimicro.mailbox.logs import get_logger
 
 __all__ = ["TICK", "WATCH_AFTER", "DisconnectWatch", "until_disconnect"]
 
@@ -36,6 +37,8 @@ WATCH_AFTER = 0.15
 TICK = 0.05
 
 T = TypeVar("T")
+
+log = get_logger(__package__)
 
 
 async def until_disconnect(request: Request) -> None:
@@ -110,7 +113,11 @@ class DisconnectWatch:
     async def _watch(self, entry: _Call) -> None:
         assert entry.watcher is not None
         with entry.watcher:
-            await until_disconnect(entry.request)
+            try:
+                await until_disconnect(entry.request)
+            except Exception:  # one connection's failure must not end every call's watch
+                log.warning("watching a client for its disconnect failed", exc_info=True)
+                return
             entry.call.cancel()
 
     async def call(self, request: Request, work: Callable[[], Awaitable[T]]) -> T:
