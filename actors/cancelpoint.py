@@ -8,10 +8,13 @@ question of the current task with a plain call (about 1,500), and the caller awa
 checkpoint only when the answer is yes, which then raises. Measured with
 ``benchmarks/count_instructions.py`` (see :mod:`.mail`, whose typed item this pays for).
 
-It reads two private attributes of trio's ``Task``, exactly as ``checkpoint_if_cancelled``
-itself does (trio 0.35). Should a trio release rename them, the ``AttributeError`` makes it fall
-back to the public ``trio.current_effective_deadline()``: slower, never wrong;
-``tests/test_cancelpoint.py`` pins both answers against trio's own.
+It reads the two private attributes of trio's ``Task`` that ``checkpoint_if_cancelled`` reads
+(trio 0.35), with two differences: it does not count a cancel point (``Task._cancel_points``,
+trio's own bookkeeping, which trimicro does not read), and its fallback ignores a pending
+KeyboardInterrupt. Should a trio release rename those attributes, the ``AttributeError`` makes
+it fall back to the public ``trio.current_effective_deadline()``: slower, and blind to a pending
+KeyboardInterrupt until the next real checkpoint; ``tests/test_cancelpoint.py`` pins both
+answers against trio's own.
 """
 
 from __future__ import annotations

@@ -60,9 +60,10 @@ def printable(text: str) -> str:
     format or unassigned character escaped (``\\x1b``, ``\\n``, ``\\u202e``), so printing it
     can neither move the cursor, recolour, retitle or clear a terminal, nor fake a line of its
     own, nor reorder what is shown (bidirectional overrides). Other text is kept as it is."""
-    if text.isprintable():  # the usual case, checked in C
+    if text.isprintable() and "\\" not in text:  # the usual case, checked in C
         return text
-    return "".join(c if c.isprintable() else _escape(c) for c in text)
+    # A backslash is escaped too, so the text "\\x1b" cannot pass for an escaped ESC.
+    return "".join(c if c.isprintable() and c != "\\" else _escape(c) for c in text)
 
 
 def _escape(char: str) -> str:

@@ -14,7 +14,14 @@ import trio
 import trio.testing
 from openapi_spec_validator import validate
 
-from trimicro.actors import BadRequest, Node, ServiceUnavailable, TooManyRequests, start_node
+from trimicro.actors import (
+    BadRequest,
+    InternalServerError,
+    Node,
+    ServiceUnavailable,
+    TooManyRequests,
+    start_node,
+)
 from trimicro.actors.health import MAX_CHECKS, MAX_DETAIL, Health, NotReady, Report
 from trimicro.actors.remote.health import HEALTH_OP, MAX_WAITING, HealthAnswers, ask_health
 from trimicro.cluster.cluster import start_cluster
@@ -213,6 +220,18 @@ async def test_a_health_report_answers_asks_for_max_age(tmp_path: Path) -> None:
         answers.max_age = 0.0
         third = await ask_health(peer, 5.0)
         assert runs == [2] and third.checks[-1].detail == "run 2"
+
+
+async def test_a_report_that_fails_answers_its_waiters_with_an_error(tmp_path: Path) -> None:
+    """Every ask waiting for a report that fails gets a 500 at once, not its deadline."""
+    async with two_nodes(tmp_path) as (a, b, b_id):
+
+        async def broken() -> Report:
+            raise RuntimeError("report failed")
+
+        b.health.report = broken  # type: ignore[method-assign]
+        with trio.fail_after(10), pytest.raises(InternalServerError):
+            await ask_health(a.remote.peer(b_id), 30.0)
 
 
 async def test_a_node_that_does_not_answer_times_out(tmp_path: Path) -> None:

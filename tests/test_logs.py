@@ -240,3 +240,14 @@ def test_cli_logs_through_the_environment_setting(tmp_path: Path, monkeypatch: p
     assert any(r["logger"] == "trimicro.cluster.cli" and r["level"] == "DEBUG" for r in logged)
     assert err.getvalue().splitlines()[-1].startswith("error 404 Not Found")
     assert logging.getLogger().level == level  # restored on return
+
+
+def test_printable_escapes_controls_and_backslashes_alike() -> None:
+    """A peer's text is shown with its control characters escaped, and a backslash escaped too,
+    so the six characters ``\\x1b[2J`` cannot pass for an escaped real ESC."""
+    from trimicro.actors.logs import printable
+
+    assert printable("node-1") == "node-1"
+    assert printable("\x1b[2J") == "\\x1b[2J"
+    assert printable("\\x1b[2J") == "\\\\x1b[2J"
+    assert printable("\\x1b[2J") != printable("\x1b[2J")

@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.sampling import (
     ParentBasedTraceIdRatio,
     TraceIdRatioBased,
 )
+from opentelemetry.trace import SpanKind
 from test_tracing import Echo, Front, Spans, two_nodes
 
 from trimicro.actors import ask, start_node
@@ -112,3 +113,20 @@ def test_drawn_ids_are_handed_out_once_then_the_generators_own() -> None:
     assert ids.generate_trace_id() == 42
     assert ids.generate_trace_id() not in (0, 42)
     assert ids.is_trace_id_random() and ids.generate_span_id()
+
+
+def test_a_root_the_sdk_fails_to_start_leaves_no_drawn_id_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A span processor that raises in the SDK's ``start_span`` must not leave the drawn trace
+    id pending for the next root (which would then share its trace id)."""
+    spans = Spans(ParentBasedTraceIdRatio(1.0))
+    tracer = tracer_of(spans)
+    roots = roots_of(tracer)
+    assert roots is not None
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a span processor failed")
+
+    monkeypatch.setattr(tracer, "start_span", failing)
+    with pytest.raises(RuntimeError):
+        roots.start("ask", None, SpanKind.CLIENT)
+    assert roots.ids.pending == 0

@@ -24,12 +24,15 @@ import trio
 
 from trimicro.mailbox.codec import Codec
 from trimicro.mailbox.envelope import Envelope, Kind, encode_envelope
-from trimicro.mailbox.errors import MicroError, RequestTimeout, TooManyRequests
+from trimicro.mailbox.errors import InternalServerError, MicroError, RequestTimeout, TooManyRequests
+from trimicro.mailbox.logs import get_logger
 
 from ..health import Health, Report
 from ..mail import Reply
 from .outbox import Outbox
 from .peer import Peer
+
+log = get_logger(__package__)
 
 __all__ = ["HEALTH_OP", "MAX_AGE", "MAX_WAITING", "HealthAnswers", "ask_health"]
 
@@ -82,8 +85,18 @@ class HealthAnswers:
         version = (self.health.state, self.health.changes)
         try:
             report = await self.health.report()
-        finally:
+        except Exception as exc:  # every waiter gets an answer, not its deadline
             waiting, self._waiting = self._waiting or [], None
+            detail = f"health report failed: {type(exc).__name__}"
+            failed = InternalServerError(detail, id=self.health.node_id)
+            for link, corr, codec in waiting:
+                link.send_error(corr, failed, codec)
+            log.warning("node %s: a health report failed", self.health.node_id, exc_info=True)
+            return
+        except BaseException:
+            self._waiting = None
+            raise
+        waiting, self._waiting = self._waiting or [], None
         self._last = (trio.current_time(), version, report)
         for link, corr, codec in waiting:
             _reply(link, corr, codec, report)

@@ -128,7 +128,9 @@ class Roots:
         trace_id = self.ids.draw()
         if trace_id & _LOW_64 < self.bound or not self.enabled():
             self.ids.pending = trace_id  # sampled: the SDK makes it, with this trace id
-            span: Span = tracer.start_span(name, parent, kind)
-            self.ids.pending = 0  # (a disabled tracer draws none)
+            try:
+                span: Span = tracer.start_span(name, parent, kind)
+            finally:  # (a disabled tracer draws none; a failing span processor must not
+                self.ids.pending = 0  # leave this id to the next root)
             return span
         return NonRecordingSpan(SpanContext(trace_id, self.ids.generate_span_id(), False, self.flags))

@@ -70,7 +70,8 @@ def traced(endpoint: Endpoint, method: str, route: str, node: Node) -> Endpoint:
             span = tracer.start_span(name, parent, SpanKind.SERVER)
         if span.is_recording():
             span.set_attributes(_request_attributes(request, method, route))
-        token = context.attach(trace.set_span_in_context(span, parent))
+        # Linking: nothing of the untrusted client's context (its baggage) goes on downstream.
+        token = context.attach(trace.set_span_in_context(span, empty if linking else parent))
         try:
             response = await endpoint(request)
         except BaseException as exc:  # the routes answer errors themselves: a bug, or a cancel
