@@ -35,7 +35,7 @@ from orders.app import wait_interest
 from orders.chaos import Chaos, Fault
 from orders.model import Charge, Ledger, Order, OrderId, PlaceOrder, Receipt, dump, types
 from orders.notifier import Mail, Notifier, Outbox
-from orders.payment import KEYS, LEDGER, PENDING, Payments, payment_id
+from orders.payment import KEYS, LEDGER, PENDING, PENDING_TTL, Payments, payment_id
 from orders.shop import PAID_TOPIC, Orders
 
 CHARGE = {"order_id": "o-0001", "amount_cents": 700, "idempotency_key": "o-0001"}
@@ -170,6 +170,22 @@ async def test_a_charge_lost_between_claim_and_ledger_is_not_answered_with_a_rec
         assert (await payments.call("Payments.ledger")).charges == []
         with pytest.raises(Conflict, match="used for another charge"):
             await payments.call("Payments.charge", {**CHARGE, "amount_cents": 701})
+
+
+async def test_a_pending_claim_whose_charge_never_landed_lapses_and_the_key_charges(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = LedgerDown(failures=1, error=ServiceUnavailable("ledger unavailable"))
+    store.now = trio.current_time  # the claim's ttl in virtual time
+    async with unit(Payments, store=store) as payments:
+        with pytest.raises(ServiceUnavailable, match="ledger unavailable"):
+            await payments.call("Payments.charge", CHARGE)  # outcome unknown: claim kept
+        with pytest.raises(ServiceUnavailable, match="outcome is unknown"):
+            await payments.call("Payments.charge", CHARGE)
+        await trio.sleep(PENDING_TTL + 1)  # the claim lapses
+        receipt = await payments.call("Payments.charge", CHARGE)
+        assert receipt.payment_id == payment_id("o-0001")
+        assert (await payments.call("Payments.ledger")).charges == [receipt]
 
 
 # ---- the orders service alone ---------------------------------------------------------------
