@@ -16,7 +16,15 @@ import trio
 import trio.testing
 from example_apps import ROOT, run_app
 
-from trimicro.actors import Conflict, MicroError, NotFound, ServiceUnavailable, ask
+from trimicro.actors import (
+    BadRequest,
+    Conflict,
+    MicroError,
+    NotFound,
+    RequestTimeout,
+    ServiceUnavailable,
+    ask,
+)
 from trimicro.cluster import Cluster, RetryPolicy
 from trimicro.cluster.store import MemoryStore, Record
 from trimicro.testing import FakeRef, InprocCluster, Published, open_cluster, unit
@@ -25,9 +33,9 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from orders.app import wait_interest
 from orders.chaos import Chaos, Fault
-from orders.model import Charge, Ledger, Order, OrderId, PlaceOrder, Receipt, types
+from orders.model import Charge, Ledger, Order, OrderId, PlaceOrder, Receipt, dump, types
 from orders.notifier import Mail, Notifier, Outbox
-from orders.payment import KEYS, LEDGER, Payments
+from orders.payment import KEYS, LEDGER, PENDING, PENDING_TTL, Payments, payment_id
 from orders.shop import PAID_TOPIC, Orders
 
 CHARGE = {"order_id": "o-0001", "amount_cents": 700, "idempotency_key": "o-0001"}
@@ -60,13 +68,22 @@ async def test_a_key_names_one_charge() -> None:
         assert bad.value.code == 400
 
 
-async def test_two_payment_actors_on_one_store_racing_on_a_key_charge_once() -> None:
+async def test_two_payment_actors_on_one_store_racing_on_a_key_charge_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with unit(Payments) as payments:
         rival = await payments.node.spawn(Payments, name="rival")  # same node: same store
         receipts: list[Receipt] = []
 
         async def charge(ref: Any) -> None:
-            receipts.append(await ask(ref, Charge("o-0001", 700, "o-0001"), endpoint="Payments.charge"))
+            for _ in range(20):  # a loser may find the winner's claim pending: 503, retry later
+                try:
+                    receipts.append(
+                        await ask(ref, Charge("o-0001", 700, "o-0001"), endpoint="Payments.charge")
+                    )
+                    return
+                except ServiceUnavailable:
+                    await trio.sleep(0.1)  # backoff in virtual time, as the client's retries
 
         async with trio.open_nursery() as nursery:
             for _ in range(5):
@@ -78,26 +95,96 @@ async def test_two_payment_actors_on_one_store_racing_on_a_key_charge_once() -> 
 
 
 class LedgerDown(MemoryStore):
-    """A store whose ledger table refuses the next ``failures`` writes."""
+    """A store whose ledger table fails the next ``failures`` writes with ``error``; with
+    ``lands``, each of those writes lands first (the reply is what is lost)."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, error: Exception, *, lands: bool = False) -> None:
         super().__init__()
-        self.failures = failures
+        self.failures, self.error, self.lands = failures, error, lands
 
     async def write(self, record: Record, **options: Any) -> None:
         if options.get("table") == LEDGER and self.failures > 0:
             self.failures -= 1
-            raise ServiceUnavailable("ledger unavailable")
+            if self.lands:
+                await super().write(record, **options)
+            raise self.error
         await super().write(record, **options)
 
 
-async def test_a_charge_that_failed_lets_go_of_its_key() -> None:
-    store = LedgerDown(failures=1)
+async def test_a_charge_the_ledger_refused_lets_go_of_its_key() -> None:
+    store = LedgerDown(failures=1, error=BadRequest("ledger refuses the record"))
+    async with unit(Payments, store=store) as payments:
+        with pytest.raises(BadRequest, match="ledger refuses"):
+            await payments.call("Payments.charge", CHARGE)
+        assert await store.list(table=KEYS) == []  # surely not charged: the claim is released
+        receipt = await payments.call("Payments.charge", CHARGE)  # so the retry charges
+        assert (await payments.call("Payments.ledger")).charges == [receipt]
+
+
+async def test_a_ledger_write_that_landed_but_timed_out_is_not_charged_again() -> None:
+    store = LedgerDown(failures=1, error=RequestTimeout("ledger write timed out"), lands=True)
+    async with unit(Payments, store=store) as payments:
+        with pytest.raises(RequestTimeout):
+            await payments.call("Payments.charge", CHARGE)
+        (taken,) = (await payments.call("Payments.ledger")).charges  # it landed all the same
+        retry = await payments.call("Payments.charge", CHARGE)  # as @idempotent allows
+        assert retry == taken and retry.payment_id == payment_id(CHARGE["idempotency_key"])
+        assert (await payments.call("Payments.ledger")).charges == [taken]  # once
+        (claim,) = await store.read("o-0001", table=KEYS)
+        assert claim.metadata == {}  # the retry completed the pending claim
+
+
+class Hanging(MemoryStore):
+    """A store whose first ledger write lands, then never returns (its reply is lost)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.landed = False
+
+    async def write(self, record: Record, **options: Any) -> None:
+        await super().write(record, **options)
+        if options.get("table") == LEDGER and not self.landed:
+            self.landed = True
+            await trio.sleep_forever()
+
+
+async def test_a_ledger_write_cancelled_by_the_callers_deadline_is_not_charged_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = Hanging()
+    async with unit(Payments, store=store) as payments:
+        with pytest.raises(RequestTimeout):  # the handler is cancelled at the request's deadline
+            await payments.call("Payments.charge", CHARGE, timeout=5)
+        assert store.landed
+        retry = await payments.call("Payments.charge", CHARGE)  # as @idempotent allows
+        assert (await payments.call("Payments.ledger")).charges == [retry]  # one payment
+
+
+async def test_a_charge_lost_between_claim_and_ledger_is_not_answered_with_a_receipt() -> None:
+    async with unit(Payments) as payments:
+        store = payments.cluster.store
+        claim = Receipt(payment_id("o-0001"), "o-0001", 700)
+        await store.write(Record("o-0001", dump(claim), metadata=PENDING), if_version=0, table=KEYS)
+        with pytest.raises(ServiceUnavailable, match="in progress or its outcome is unknown"):
+            await payments.call("Payments.charge", CHARGE)  # nothing in the ledger: no receipt
+        assert (await payments.call("Payments.ledger")).charges == []
+        with pytest.raises(Conflict, match="used for another charge"):
+            await payments.call("Payments.charge", {**CHARGE, "amount_cents": 701})
+
+
+async def test_a_pending_claim_whose_charge_never_landed_lapses_and_the_key_charges(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = LedgerDown(failures=1, error=ServiceUnavailable("ledger unavailable"))
+    store.now = trio.current_time  # the claim's ttl in virtual time
     async with unit(Payments, store=store) as payments:
         with pytest.raises(ServiceUnavailable, match="ledger unavailable"):
+            await payments.call("Payments.charge", CHARGE)  # outcome unknown: claim kept
+        with pytest.raises(ServiceUnavailable, match="outcome is unknown"):
             await payments.call("Payments.charge", CHARGE)
-        assert await store.list(table=KEYS) == []  # the claim is released
-        receipt = await payments.call("Payments.charge", CHARGE)  # so the retry charges
+        await trio.sleep(PENDING_TTL + 1)  # the claim lapses
+        receipt = await payments.call("Payments.charge", CHARGE)
+        assert receipt.payment_id == payment_id("o-0001")
         assert (await payments.call("Payments.ledger")).charges == [receipt]
 
 
