@@ -4,6 +4,7 @@ buckets), a malformed snapshot, and the live screen in a pseudo-terminal against
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -157,6 +158,63 @@ async def test_a_peers_strings_are_escaped_not_obeyed(monkeypatch: pytest.Monkey
     assert not any(c in text for c in "\x1b\x07\u202e")
     assert "\\x1b[2J" in text and "[red]red[/red]" in text  # shown, escaped, not obeyed
     assert not any(line.lstrip("│ ").startswith("FAKE") for line in text.splitlines())
+
+
+class _Terminal(io.StringIO):
+    """A screen that says it is a terminal: rich draws top's live view on it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_the_live_view_signs_a_new_admin_token_before_the_first_one_expires(
+    autojump_clock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Top runs for hours and each round's snapshots are admin-only: the headers of every round,
+    well past the first token's lifetime, carry a token valid when it is sent."""
+    from trimicro.cluster.auth import verify_token
+    from trimicro.cluster.cli.common import ADMIN_TTL, admin_header_source
+    from trimicro.cluster.metrics import top
+    from trimicro.mailbox.secure.identity import dev_authority
+
+    for name in ("TRIMICRO_TOKEN", "TRIMICRO_AUDIENCE"):
+        monkeypatch.delenv(name, raising=False)
+    start = time.time()
+
+    def clock() -> float:  # wall-clock time that runs with the test's virtual time
+        return start + trio.current_time()
+
+    trusted = [dev_authority(tmp_path).public_key]
+    args = argparse.Namespace(home=str(tmp_path), token=None, audience=None)
+    sent: list[tuple[float, str]] = []
+
+    async def poll(
+        node: Any, infos: Any, timeout: float, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        assert headers is not None
+        sent.append((clock(), headers["authorization"].removeprefix("Bearer ")))
+        return {}
+
+    async def find() -> list[Any]:
+        return []
+
+    monkeypatch.setattr(top, "poll", poll)
+    source = admin_header_source(args, clock=clock)
+    with trio.move_on_after(2.2 * ADMIN_TTL):
+        await top.run_top(None, find, interval=10.0, once=False, out=_Terminal(), headers=source)  # type: ignore[arg-type]
+    assert sent[-1][0] - start > 2 * ADMIN_TTL  # the rounds went on past two lifetimes
+    for at, token in sent:
+        account = verify_token(token, trusted, now=at, leeway=0)  # raises if expired at `at`
+        assert account.scopes == ("admin",)
+    assert len({token for _, token in sent}) >= 4  # signed again every half lifetime
+
+
+def test_a_given_token_is_used_as_given_however_long_top_runs() -> None:
+    from trimicro.cluster.cli.common import admin_header_source
+
+    args = argparse.Namespace(home=None, token="mine", audience=None)
+    source = admin_header_source(args, clock=iter(range(0, 10**6, 1000)).__next__)
+    assert [source() for _ in range(3)] == [{"authorization": "Bearer mine"}] * 3
 
 
 # ---- the live screen, in a pseudo-terminal, against a real node --------------------------------

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from trimicro.cluster.cli.workers import usable_cores
@@ -363,10 +364,26 @@ class Said:
         await event.wait()
 
 
-async def test_a_worker_whose_child_holds_stdout_is_restarted_and_its_group_killed(tmp_path: Path) -> None:
+async def test_a_worker_whose_child_holds_stdout_is_restarted_and_its_group_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A crashed worker is seen to exit (and restarted) although a child of it holds its stdout;
-    that child dies with the worker's process group, and so does the next one when stopping."""
+    that child dies with the worker's process group, and so does the next one when stopping.
+    The group is killed before the worker is reaped: a reaped worker's pid, the group's id,
+    may already name another process group."""
     from trimicro.cluster.cli.workers import RestartPolicy, Supervisor
+
+    real_killpg = os.killpg
+    after_reaping: list[int] = []
+
+    def killpg(pgid: int, sig: int) -> None:
+        try:  # the worker (our child) not reaped yet: this peeks, and leaves it a zombie
+            os.waitid(os.P_PID, pgid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            after_reaping.append(pgid)
+        real_killpg(pgid, sig)
+
+    monkeypatch.setattr(os, "killpg", killpg)
 
     script = tmp_path / "worker.py"
     script.write_text(LEAVES_A_CHILD)
@@ -390,6 +407,7 @@ async def test_a_worker_whose_child_holds_stdout_is_restarted_and_its_group_kill
                 await send.send(signal.SIGTERM)
             await exited(second)
         assert status == [0]
+        assert after_reaping == []
     finally:
         with contextlib.suppress(FileNotFoundError):
             for pid in children.read_text().split():

@@ -8,8 +8,9 @@ import argparse
 import fcntl
 import json
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,7 +23,10 @@ from .. import plugins
 from ..cluster import start_cluster
 
 __all__ = [
+    "ADMIN_TTL",
+    "HeaderSource",
     "UsageError",
+    "admin_header_source",
     "admin_headers",
     "auth_headers",
     "broker_url",
@@ -101,20 +105,53 @@ def auth_headers(args: argparse.Namespace) -> dict[str, str] | None:
     return {"authorization": f"Bearer {token}"} if token else None
 
 
+#: Lifetime of the admin tokens the CLI signs for itself (seconds).
+ADMIN_TTL = 300
+
+#: What gives a request's headers when it is sent: a long-running command asks it every time.
+HeaderSource = Callable[[], dict[str, str] | None]
+
+
 def admin_headers(args: argparse.Namespace) -> dict[str, str] | None:
     """``--token`` if given, else a five-minute admin token signed with the home's authority key:
-    whoever holds that key (the ``0600`` file) is the cluster's administrator anyway."""
+    whoever holds that key (the ``0600`` file) is the cluster's administrator anyway. For one
+    command's few calls; a command that runs longer than the token uses :func:`admin_header_source`."""
+    return admin_header_source(args)()
+
+
+def admin_header_source(args: argparse.Namespace, *, clock: Callable[[], float] = time.time) -> HeaderSource:
+    """The headers of :func:`admin_headers`, for a command that runs for minutes or hours
+    (``trimicro top``): each call returns headers valid then. A token signed here is signed
+    again once half its lifetime has passed by ``clock`` (wall-clock seconds, as the token's
+    ``exp``), so one call's headers stay valid for at least ``ADMIN_TTL / 2`` seconds; a
+    ``--token`` is returned as given (its owner chose its lifetime).
+
+    The authority key is read now: a joined home (:class:`IdentityError`) fails at once, not
+    at the first call.
+    """
     given = auth_headers(args)
     if given:
-        return given
+        return lambda: given
     from trimicro.mailbox.secure.identity import dev_authority
 
     from ..auth import Account, issue_token
 
     authority = dev_authority(home_dir(args))
     admin = Account("admin", "user", authority.public_key.hex(), ("admin",))
-    token = issue_token(authority.signing_key, admin, ttl=300, audience=token_audience(args))
-    return {"authorization": f"Bearer {token}"}
+    audience = token_audience(args)
+    signed: dict[str, str] = {}
+    signed_at = 0.0
+
+    def headers() -> dict[str, str]:
+        nonlocal signed, signed_at
+        now = clock()
+        # Also when the clock went back: the token's iat may then be in the future.
+        if not signed or not signed_at <= now < signed_at + ADMIN_TTL / 2:
+            token = issue_token(authority.signing_key, admin, ttl=ADMIN_TTL, now=now, audience=audience)
+            signed, signed_at = {"authorization": f"Bearer {token}"}, now
+        return dict(signed)  # the caller's to change
+
+    return headers
 
 
 class UsageError(Exception):

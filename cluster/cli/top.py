@@ -5,7 +5,7 @@ nodes through the registry and hands them over. Each node is read with a request
 metrics actor over the cluster's links, so every node can be watched, whether or not it serves
 ``/metrics`` (endpoint rates need the node to run with ``--metrics``). A snapshot is admin data
 (scope ``admin``): the calls carry ``--token``, else an admin token signed with the home's
-authority key, as ``trimicro auth`` does.
+authority key, as ``trimicro auth`` does, signed again while top runs (it outlives a token).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from trimicro.mailbox.secure.identity import IdentityError
 
 from ..cluster import Cluster
 from ..registry import NODE_SERVICE, NodeInfo
-from .common import UsageError, admin_headers, client_node
+from .common import UsageError, admin_header_source, client_node
 from .discovery import wait_for, wait_seconds
 
 __all__ = ["add_top_parser", "top"]
@@ -54,7 +54,7 @@ async def top(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError("--interval must be positive")
     wait = wait_seconds(args)
     try:
-        headers = admin_headers(args)  # a snapshot names paths and peers: scope admin reads it
+        headers = admin_header_source(args)  # a snapshot names paths and peers: scope admin reads it
     except IdentityError:  # a joined home: the authority key that signs admin tokens is elsewhere
         raise UsageError(
             "trimicro top reads the nodes' metrics, which only scope admin may: this home joined a "
@@ -67,7 +67,7 @@ async def top(args: argparse.Namespace, out: TextIO) -> int:
             return await _nodes(cluster, args.node, wait)
 
         if args.json:  # one snapshot per node, for scripts
-            snapshots = await poll(cluster.node, await find(), max(1.0, args.interval), headers)
+            snapshots = await poll(cluster.node, await find(), max(1.0, args.interval), headers())
             json.dump(snapshots, out, indent=2, sort_keys=True)
             print(file=out)
             return 0

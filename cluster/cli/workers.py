@@ -385,23 +385,28 @@ class Supervisor:
             stdout=subprocess.PIPE,
             start_new_session=True,  # the terminal's Ctrl-C reaches the supervisor only
         )
+        reaped = False
         try:
             async with trio.open_nursery() as nursery:
                 forwarding = trio.CancelScope()
                 nursery.start_soon(self._forward, worker, process, forwarding)
                 watch: trio.CancelScope = await nursery.start(self._stop_when_asked, worker, process)
-                await process.wait()
+                await _exited(process)
                 watch.cancel()
+                # What the worker left behind in its group, killed before the worker is reaped:
+                # until then its pid, the group's id, cannot name another process group.
+                _kill_group(process)
+                await process.wait()
+                reaped = True
                 forwarding.deadline = trio.current_time() + DRAIN
         finally:
             with trio.CancelScope(shield=True):
                 for pipe in (process.stdin, process.stdout):
                     if pipe is not None:
                         await pipe.aclose()
-                if process.returncode is None:  # cancelled from outside: no orphan is left
+                if not reaped:  # cancelled from outside: no orphan is left
                     _kill_group(process)
                     await process.wait()
-                _kill_group(process)  # what the worker left behind in its group
         code = process.returncode
         assert code is not None
         return code
@@ -439,6 +444,8 @@ class Supervisor:
             assert process.stdin is not None
             await process.stdin.aclose()
             await trio.sleep(STOP_GRACE)
+            if scope.cancel_called:  # the worker exited as the grace ended: it may be reaped now
+                return
             log.error("worker %s still ran %gs after it was told to stop: killed", worker.node_id, STOP_GRACE)
             _kill_group(process)
 
@@ -450,6 +457,21 @@ def _kill_group(process: trio.Process) -> None:
     """SIGKILL the worker's process group (it leads one: ``start_new_session``)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+async def _exited(process: trio.Process) -> None:
+    """Until ``process`` has exited, without reaping it: a zombie keeps its pid, so
+    ``killpg(pid)`` still reaches its own group (``process.wait()`` would free the pid for
+    reuse, by another group's leader too). Where pidfds are missing, it waits and reaps."""
+    try:
+        fd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # not Linux 5.3+: the pid may be reused after all
+        await process.wait()
+        return
+    try:
+        await trio.lowlevel.wait_readable(fd)  # readable once the process has exited
+    finally:
+        os.close(fd)
 
 
 def _exit_text(code: int) -> str:

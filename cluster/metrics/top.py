@@ -424,11 +424,16 @@ async def run_top(
     interval: float,
     once: bool,
     out: TextIO,
-    headers: dict[str, str] | None = None,
+    headers: Callable[[], dict[str, str] | None] | None = None,
 ) -> int:
     """Show the nodes ``find`` returns (asked again every few rounds) until ``q`` or Ctrl-C;
     with ``once`` (or when ``out`` is not a terminal), print one screen after two rounds and
-    return."""
+    return.
+
+    ``headers`` is asked for each round's headers: top runs for hours, and a token signed at
+    the start would expire under it (see ``trimicro.cluster.cli.common.admin_header_source``).
+    """
+    round_headers = headers or (lambda: None)
     model = TopModel()
     # No markup or emoji codes: "[...]" and ":...:" in a peer's strings are shown as they are.
     console = Console(file=out, markup=False, emoji=False)
@@ -440,10 +445,10 @@ async def run_top(
         async with trio.open_nursery() as nursery:
             await nursery.start(_until_quit, fd, done)
             infos = await find()
-            model.update(await poll(node, infos, max(1.0, interval), headers))
+            model.update(await poll(node, infos, max(1.0, interval), round_headers()))
             if not live_view:
                 await trio.sleep(interval)
-                model.update(await poll(node, infos, max(1.0, interval), headers))
+                model.update(await poll(node, infos, max(1.0, interval), round_headers()))
                 console.print(render(model, interval))
                 nursery.cancel_scope.cancel()
                 return 0
@@ -455,6 +460,6 @@ async def run_top(
                     if rounds % REDISCOVER == 0:
                         with contextlib.suppress(MicroError):
                             infos = await find()
-                    model.update(await poll(node, infos, max(1.0, interval), headers))
+                    model.update(await poll(node, infos, max(1.0, interval), round_headers()))
                     live.update(render(model, interval), refresh=True)
     return 0
