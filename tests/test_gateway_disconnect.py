@@ -6,6 +6,7 @@ from typing import Any, cast
 
 import pytest
 import trio
+import trio.testing
 from starlette.requests import Request
 from test_gateway import gateway
 
@@ -109,6 +110,7 @@ async def test_a_watcher_that_fails_leaves_the_other_calls_watched(autojump_cloc
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch.run)
+        await trio.testing.wait_all_tasks_blocked()  # the ticker runs: calls register with it
         broken = BrokenRequest()
 
         async def call(request: FakeRequest, done: list[BaseException | str]) -> None:
